@@ -1,0 +1,104 @@
+"""The route table and the aiohttp application.
+
+Every route names its access policy; a route without a known policy stops the
+daemon at start-up instead of being served open.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from cluster.api.context import CTX, Context
+from cluster.api.handlers import (
+    aliases, events, images, infra, instances, operations, profiles, server, snapshots, state)
+from cluster.api.middleware import error_middleware
+from cluster.api.response import ApiError
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+MAX_BODY_BYTES = 4 * 2**20  # JSON bodies; file and image uploads stream with their own caps
+UNTRUSTED, TRUSTED = "untrusted", "trusted"
+ACCESS_KEY: web.AppKey[dict[str, str]] = web.AppKey("access", dict)
+
+
+def _trusted(routes: list[tuple[str, str, Handler]]) -> list[tuple[str, str, Handler, str]]:
+    return [(m, p, h, TRUSTED) for m, p, h in routes]
+
+
+def route_table() -> list[tuple[str, str, Handler, str]]:
+    from cluster import bootstrap
+    from cluster.api.handlers import exec as exec_
+    from cluster.api.handlers import files, logs
+
+    table = [
+        ("GET", "/", _root, UNTRUSTED),
+        ("GET", "/1.0", server.get_server, UNTRUSTED),
+        *_trusted([r for r in server.ROUTES if r[:2] != ("GET", "/1.0")]),
+        ("GET", "/1.0/instances", instances.list_instances, TRUSTED),
+        ("POST", "/1.0/instances", instances.create_instance, TRUSTED),
+        ("GET", "/1.0/instances/{name}", instances.get_instance, TRUSTED),
+        ("PUT", "/1.0/instances/{name}", instances.put_instance, TRUSTED),
+        ("PATCH", "/1.0/instances/{name}", instances.patch_instance, TRUSTED),
+        ("DELETE", "/1.0/instances/{name}", instances.delete_instance, TRUSTED),
+        ("POST", "/1.0/instances/{name}", instances.rename_instance, TRUSTED),
+        ("GET", "/1.0/instances/{name}/state", state.get_state, TRUSTED),
+        ("PUT", "/1.0/instances/{name}/state", state.put_state, TRUSTED),
+        *_trusted(snapshots.ROUTES),
+        *_trusted(exec_.ROUTES),
+        *_trusted(files.ROUTES),
+        *_trusted(logs.ROUTES),
+        ("GET", "/1.0/operations", operations.list_operations, TRUSTED),
+        ("GET", "/1.0/operations/{id}", operations.get_operation, TRUSTED),
+        ("DELETE", "/1.0/operations/{id}", operations.delete_operation, TRUSTED),
+        ("GET", "/1.0/operations/{id}/wait", operations.wait_operation, TRUSTED),
+        # Authorised by the operation's per-fd secret, as in LXD.
+        ("GET", "/1.0/operations/{id}/websocket", operations.operation_websocket, UNTRUSTED),
+        ("GET", "/1.0/events", events.events, TRUSTED),
+        *_trusted(aliases.ROUTES),
+        *_trusted(images.ROUTES),
+        *_trusted(profiles.ROUTES),
+        *_trusted(infra.ROUTES),
+        *_trusted(bootstrap.ROUTES),
+    ]
+    return table
+
+
+async def _root(request: web.Request) -> web.Response:
+    from cluster.api.response import sync
+
+    return sync(["/1.0"])
+
+
+def _is_trusted(request: web.Request) -> bool:
+    """The unix socket is root-only, so its clients are trusted (as LXD's)."""
+    transport = request.transport
+    sockname = transport.get_extra_info("sockname") if transport else None
+    return isinstance(sockname, str) or sockname is None
+
+
+def access_middleware() -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        route = request.match_info.route
+        policy = request.app[ACCESS_KEY].get(f"{request.method} {route.resource.canonical}"
+                                             if route.resource else "", TRUSTED)
+        if policy != UNTRUSTED and not _is_trusted(request):
+            raise ApiError(403, "not authorized")
+        return await handler(request)
+
+    return middleware
+
+
+def build_app(ctx: Context) -> web.Application:
+    app = web.Application(middlewares=[error_middleware(), access_middleware()],
+                          client_max_size=MAX_BODY_BYTES)
+    app[CTX] = ctx
+    access: dict[str, str] = {}
+    for method, path, handler, policy in route_table():
+        if policy not in (UNTRUSTED, TRUSTED):
+            raise RuntimeError(f"route {method} {path} has no access policy")
+        resource_route = app.router.add_route(method, path, handler)
+        access[f"{method} {resource_route.resource.canonical}"] = policy
+    app[ACCESS_KEY] = access
+    return app

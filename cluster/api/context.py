@@ -1,0 +1,105 @@
+"""What handlers reach through ``request.app[CTX]``."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+from cluster.api.events import EventHub
+from cluster.api.operations import Operations
+from cluster.api.response import ApiError
+from cluster.state.commands import Command
+from cluster.state.store import Change
+from cluster.state.raft import RaftStore
+from node_agent.agent import NodeAgent
+from node_agent.node import LocalNode
+from node_agent.paths import Paths
+
+
+@dataclass
+class Context:
+    paths: Paths
+    member: str
+    store: RaftStore
+    node: LocalNode
+    ops: Operations
+    events: EventHub
+    agent: NodeAgent
+    started_at: float = field(default_factory=time.time)
+    server_config: dict[str, Any] = field(default_factory=dict)
+
+    async def submit_and_wait(self, cmd: Command, timeout: float = 600.0) -> dict[str, Any]:
+        """Commit ``cmd`` and wait until the agent has carried out the work it queued."""
+        tracker = await self.submit_tracked(cmd)
+        await tracker.wait(timeout)
+        return tracker.value
+
+    async def submit_tracked(self, cmd: Command) -> Tracker:
+        """Commit ``cmd`` now (so a refusal is raised at once) and return a waiter.
+
+        The feed is subscribed before the commit so the agent's report can
+        never be missed; the tracker unsubscribes when waited on or closed.
+        """
+        queue = self.store.subscribe()
+        try:
+            value: dict[str, Any] = await self.store.submit(cmd) or {}
+        except BaseException:
+            self.store.unsubscribe(queue)
+            raise
+        uid = value.get("uid") or self._uid(cmd)
+        return Tracker(self, queue, uid, int(value.get("generation", 0)), value)
+
+    def _uid(self, cmd: Command) -> str:
+        with self.store.read() as state:
+            name = cmd.args.get("new_name") or cmd.args.get("name", "")
+            inst = state.instances.get(name)
+            return inst.uid if inst is not None else ""
+
+    async def wait_report(self, queue: asyncio.Queue[Change], uid: str, generation: int,
+                          timeout: float) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        with self.store.read() as state:
+            inst = state.instance_by_uid(uid)
+            if inst is not None and inst.observed.generation >= generation:
+                error = inst.results.get(generation, "")
+                if error:
+                    raise ApiError(400, error)
+                return
+        while True:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise ApiError(504, "Timed out waiting for the node agent")
+            change = await asyncio.wait_for(queue.get(), remaining)
+            args = change.command.args
+            if (change.command.type == "instance.observed" and args.get("uid") == uid
+                    and int(args.get("generation", 0)) >= generation):
+                if args.get("error"):
+                    raise ApiError(400, str(args["error"]))
+                return
+
+
+@dataclass
+class Tracker:
+    ctx: Context
+    queue: asyncio.Queue[Change]
+    uid: str
+    generation: int
+    value: dict[str, Any]
+
+    async def wait(self, timeout: float = 600.0) -> None:
+        try:
+            if self.uid and self.generation:
+                await self.ctx.wait_report(self.queue, self.uid, self.generation, timeout)
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        self.ctx.store.unsubscribe(self.queue)
+
+
+CTX: web.AppKey[Context] = web.AppKey("ctx", Context)

@@ -1,0 +1,181 @@
+"""``/1.0/images``: upload (unified or split), list, get, update, export, delete."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from aiohttp import BodyPartReader, MultipartWriter, web
+
+from cluster.api import views
+from cluster.api.context import Context
+from cluster.api.handlers.common import ctx_of, int_query
+from cluster.api.response import ApiError, async_operation, bad_request, json_body, not_found, sync
+from cluster.state.commands import command
+
+MAX_IMAGE_BYTES = 16 * 2**30
+CHUNK = 1 << 20
+
+
+def resolve(ctx: Context, prefix: str) -> str:
+    with ctx.store.read() as state:
+        found = [fp for fp in state.images if fp.startswith(prefix)] if prefix else []
+    if len(found) != 1:
+        raise not_found("Image not found") if not found else bad_request(
+            "More than one image matches the fingerprint prefix")
+    return found[0]
+
+
+async def list_images(request: web.Request) -> web.Response:
+    ctx = ctx_of(request)
+    with ctx.store.read() as state:
+        if int_query(request, "recursion"):
+            return sync([views.image(state, i) for i in state.images.values()])
+        return sync([f"/1.0/images/{fp}" for fp in state.images])
+
+
+async def get_image(request: web.Request) -> web.Response:
+    ctx = ctx_of(request)
+    fp = resolve(ctx, request.match_info["fp"])
+    with ctx.store.read() as state:
+        return sync(views.image(state, state.images[fp]))
+
+
+async def _save(stream: Any, target: Path) -> int:
+    size = 0
+    with target.open("wb") as out:
+        while True:
+            chunk = await stream.read(CHUNK)
+            if not chunk:
+                return size
+            size += len(chunk)
+            if size > MAX_IMAGE_BYTES:
+                raise ApiError(413, f"Image larger than {MAX_IMAGE_BYTES} bytes")
+            await asyncio.to_thread(out.write, chunk)
+
+
+async def _receive(request: web.Request, tmp: Path) -> tuple[Path, Path | None]:
+    """Store the upload in ``tmp``: one unified tarball, or metadata + rootfs parts."""
+    if request.content_type.startswith("multipart/"):
+        reader = await request.multipart()
+        parts: dict[str, Path] = {}
+        async for part in reader:
+            if not isinstance(part, BodyPartReader) or part.name not in (
+                    "metadata", "rootfs", "rootfs.img"):
+                raise bad_request("Unexpected part in the image upload")
+            parts[part.name] = tmp / part.name
+            await _save(part, parts[part.name])
+        if "metadata" not in parts:
+            raise bad_request("The image upload has no metadata part")
+        return parts["metadata"], parts.get("rootfs") or parts.get("rootfs.img")
+    target = tmp / "image.tar"
+    size = await _save(request.content, target)
+    if size == 0:
+        raise bad_request("Empty image upload")
+    return target, None
+
+
+async def upload_image(request: web.Request) -> web.Response:
+    ctx = ctx_of(request)
+    if request.content_type == "application/json":
+        body = await json_body(request)
+        raise bad_request(f"Image source {body.get('source', {}).get('type')!r} is not "
+                          "supported: upload the image file (no image server is reachable)")
+    tmp_root = ctx.paths.images / "tmp"
+    tmp_root.mkdir(exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=tmp_root))
+    try:
+        metadata, rootfs = await _receive(request, tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    public = request.headers.get("X-LXD-public", "false") in ("true", "1")
+    expected = request.headers.get("X-LXD-fingerprint", "")
+
+    async def run(op: Any) -> dict[str, Any]:
+        try:
+            info = await asyncio.to_thread(ctx.node.images.import_file, metadata, rootfs)
+        finally:
+            await asyncio.to_thread(shutil.rmtree, tmp, True)
+        if expected and expected != info.fingerprint:
+            await asyncio.to_thread(ctx.node.images.delete, info.fingerprint)
+            raise ApiError(400, "Fingerprint mismatch")
+        await ctx.store.submit(command("image.add", fingerprint=info.fingerprint,
+                                       info=info.to_dict(), public=public, member=ctx.member))
+        ctx.events.lifecycle("image-created", f"/1.0/images/{info.fingerprint}")
+        return {"fingerprint": info.fingerprint, "size": info.size}
+
+    op = ctx.ops.start("Downloading image", run, {"images": []})
+    return async_operation(op.to_dict())
+
+
+async def update_image(request: web.Request) -> web.Response:
+    ctx = ctx_of(request)
+    fp = resolve(ctx, request.match_info["fp"])
+    body = await json_body(request)
+    args: dict[str, Any] = {}
+    if "public" in body:
+        args["public"] = bool(body["public"])
+    if "properties" in body:
+        args["properties"] = body["properties"]
+    await ctx.store.submit(command("image.update", fingerprint=fp, **args))
+    return sync({})
+
+
+async def delete_image(request: web.Request) -> web.Response:
+    ctx = ctx_of(request)
+    fp = resolve(ctx, request.match_info["fp"])
+    await ctx.store.submit(command("image.delete", fingerprint=fp))
+
+    async def run(op: Any) -> None:
+        await asyncio.to_thread(ctx.node.images.delete, fp)
+        ctx.events.lifecycle("image-deleted", f"/1.0/images/{fp}")
+
+    op = ctx.ops.start("Deleting image", run, {"images": [f"/1.0/images/{fp}"]})
+    return async_operation(op.to_dict())
+
+
+async def export_image(request: web.Request) -> web.StreamResponse:
+    ctx = ctx_of(request)
+    fp = resolve(ctx, request.match_info["fp"])
+    paths = await asyncio.to_thread(ctx.node.images.export_paths, fp)
+    if len(paths) == 1:
+        return web.FileResponse(paths[0], headers={
+            "Content-Type": "application/octet-stream",
+            "Content-Disposition": f"attachment; filename={fp}.tar.gz"})
+    writer = MultipartWriter("form-data")
+    for name, path in zip(("metadata", _rootfs_part(paths[1])), paths, strict=False):
+        part = writer.append(open(path, "rb"))  # noqa: SIM115 - aiohttp closes it
+        part.set_content_disposition("form-data", name=name, filename=path.name)
+    response = web.StreamResponse(headers={"Content-Type": writer.content_type})
+    await response.prepare(request)
+    await writer.write(response)
+    await response.write_eof()
+    return response
+
+
+def _rootfs_part(path: Path) -> str:
+    return "rootfs.img" if path.name.endswith(".img") else "rootfs"
+
+
+def cleanup_uploads(images_dir: Path) -> None:
+    """Remove partial uploads left by a crash."""
+    tmp = images_dir / "tmp"
+    if tmp.is_dir():
+        for entry in os.listdir(tmp):
+            shutil.rmtree(tmp / entry, ignore_errors=True)
+
+
+ROUTES = [
+    ("GET", "/1.0/images", list_images),
+    ("POST", "/1.0/images", upload_image),
+    ("GET", "/1.0/images/{fp:[0-9a-fA-F]+}", get_image),
+    ("PUT", "/1.0/images/{fp:[0-9a-fA-F]+}", update_image),
+    ("PATCH", "/1.0/images/{fp:[0-9a-fA-F]+}", update_image),
+    ("DELETE", "/1.0/images/{fp:[0-9a-fA-F]+}", delete_image),
+    ("GET", "/1.0/images/{fp:[0-9a-fA-F]+}/export", export_image),
+]

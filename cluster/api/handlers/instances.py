@@ -1,0 +1,227 @@
+"""``/1.0/instances`` and ``/1.0/instances/<name>``."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import secrets
+import uuid
+from typing import Any
+
+from aiohttp import web
+
+from cluster.api import filters, views
+from cluster.api.handlers.common import (
+    ctx_of, instance_copy, int_query, live_statuses, tracked_operation)
+from cluster.api.handlers.state import instance_state
+from cluster.api.response import ApiError, bad_request, json_body, not_found, sync
+from cluster.state import validate
+from cluster.state.apply_instances import expanded
+from cluster.state.commands import command
+from cluster.state.model import State
+
+ADJECTIVES = ("brave", "calm", "eager", "fancy", "gentle", "happy", "jolly", "keen", "lucky",
+              "merry", "proud", "quick", "sunny", "tidy", "witty")
+ANIMALS = ("ant", "bee", "cat", "doe", "eel", "fox", "gnu", "hen", "ibex", "jay", "koala",
+           "lynx", "mole", "newt", "owl", "pug", "yak")
+
+
+async def list_instances(request: web.Request) -> web.Response:
+    ctx = ctx_of(request)
+    recursion = int_query(request, "recursion")
+    clauses = filters.parse(request.query["filter"]) if request.query.get("filter") else None
+    with ctx.store.read() as state:
+        instances = [copy.deepcopy(i) for i in state.instances.values()]
+    if recursion == 0 and clauses is None:
+        return sync([f"/1.0/instances/{i.name}" for i in instances])
+    statuses = await live_statuses(ctx, instances)
+    with ctx.store.read() as state:
+        objs = [views.instance(state, i, statuses[i.name]) for i in instances]
+    if clauses is not None:
+        objs = [o for o in objs if filters.matches(o, clauses)]
+    if recursion == 0:
+        return sync([f"/1.0/instances/{o['name']}" for o in objs])
+    if recursion >= 2:
+        by_name = {i.name: i for i in instances}
+        states = await asyncio.gather(*(instance_state(ctx, by_name[o["name"]]) for o in objs))
+        for obj, st in zip(objs, states, strict=True):
+            inst = by_name[obj["name"]]
+            obj["state"] = st
+            obj["snapshots"] = [views.snapshot(inst, s) for s in inst.snapshots.values()
+                                if s.ready] or None
+            obj["backups"] = None
+    return sync(objs)
+
+
+def _resolve_image(state: State, source: Any) -> str:
+    if not isinstance(source, dict):
+        raise bad_request("Missing or invalid instance source")
+    kind = source.get("type", "image")
+    if kind != "image":
+        raise bad_request(f"Unsupported instance source type {kind!r}")
+    if source.get("alias"):
+        alias = state.aliases.get(source["alias"])
+        if alias is None:
+            raise not_found(f"Image alias {source['alias']!r} not found")
+        return alias.target
+    prefix = source.get("fingerprint", "")
+    if not isinstance(prefix, str) or not prefix:
+        raise bad_request("The image source needs an alias or a fingerprint")
+    found = [fp for fp in state.images if fp.startswith(prefix)]
+    if len(found) != 1:
+        raise not_found("Image not found") if not found else bad_request(
+            "More than one image matches the fingerprint prefix")
+    return found[0]
+
+
+def _mac() -> str:
+    return "00:16:3e:" + ":".join(f"{b:02x}" for b in secrets.token_bytes(3))
+
+
+def _free_name(state: State) -> str:
+    while True:
+        name = f"{secrets.choice(ADJECTIVES)}-{secrets.choice(ANIMALS)}"
+        if name not in state.instances:
+            return name
+
+
+async def create_instance(request: web.Request) -> web.Response:
+    ctx = ctx_of(request)
+    body = await json_body(request)
+    if body.get("type", "container") not in ("container", ""):
+        raise bad_request(f"Instance type {body['type']!r} is not supported")
+    config = body.get("config") or {}
+    devices = body.get("devices") or {}
+    profiles = body.get("profiles")
+    profiles = ["default"] if profiles is None else profiles
+    with ctx.store.read() as state:
+        name = body.get("name") or _free_name(state)
+        problem = (validate.instance_name_error(name) or validate.config_error(config)
+                   or validate.devices_error(devices))
+        if problem:
+            raise bad_request(problem)
+        if name in state.instances:
+            raise ApiError(409, "Instance already exists")
+        fingerprint = _resolve_image(state, body.get("source"))
+        image = state.images[fingerprint]
+        if image.info.get("type", "container") != "container":
+            raise bad_request("The image is a virtual-machine image; instance type is container")
+        _, all_devices = expanded(state, config, devices, [p for p in profiles
+                                                         if p in state.profiles])
+        config = dict(config)
+        for key, value in image.info.get("properties", {}).items():
+            config.setdefault(f"image.{key}", str(value))
+        for dev_name, dev in all_devices.items():
+            if dev.get("type") == "nic" and not dev.get("hwaddr"):
+                config.setdefault(f"volatile.{dev_name}.hwaddr", _mac())
+    cmd = command("instance.create", uid=uuid.uuid4().hex, name=name, type="container",
+                  location=ctx.member, architecture=image.info.get("architecture", "x86_64"),
+                  image=fingerprint, config=config, devices=devices, profiles=profiles,
+                  ephemeral=bool(body.get("ephemeral", False)),
+                  description=str(body.get("description", "")), start=bool(body.get("start")))
+    tracker = await ctx.submit_tracked(cmd)
+    ctx.events.lifecycle("instance-created", f"/1.0/instances/{name}")
+    return tracked_operation(ctx, tracker, "Creating instance",
+                             {"instances": [f"/1.0/instances/{name}"]})
+
+
+async def get_instance(request: web.Request) -> web.Response:
+    ctx = ctx_of(request)
+    inst = instance_copy(ctx, request.match_info["name"])
+    statuses = await live_statuses(ctx, [inst])
+    with ctx.store.read() as state:
+        obj = views.instance(state, inst, statuses[inst.name])
+    return sync(obj, etag=_etag(obj))
+
+
+def _etag(obj: dict[str, Any]) -> str:
+    import hashlib
+    import json
+
+    keys = ("architecture", "config", "devices", "ephemeral", "profiles", "description")
+    return hashlib.sha256(json.dumps({k: obj[k] for k in keys}, sort_keys=True)
+                          .encode()).hexdigest()
+
+
+async def _check_etag(request: web.Request, name: str) -> None:
+    wanted = request.headers.get("If-Match")
+    if not wanted:
+        return
+    ctx = ctx_of(request)
+    inst = instance_copy(ctx, name)
+    with ctx.store.read() as state:
+        current = _etag(views.instance(state, inst, "Stopped"))
+    if wanted.strip('"') != current:
+        raise ApiError(412, "ETag doesn't match")
+
+
+async def put_instance(request: web.Request) -> web.Response:
+    ctx = ctx_of(request)
+    name = request.match_info["name"]
+    body = await json_body(request)
+    inst = instance_copy(ctx, name)
+    if body.get("restore"):
+        cmd = command("instance.restore", name=name, snapshot=body["restore"])
+        tracker = await ctx.submit_tracked(cmd)
+        return tracked_operation(ctx, tracker, "Restoring snapshot",
+                                 {"instances": [f"/1.0/instances/{name}"]},
+                                 ("instance-restored", f"/1.0/instances/{name}"))
+    await _check_etag(request, name)
+    config = body.get("config", {})
+    if isinstance(config, dict):
+        config = {k: v for k, v in config.items() if not str(k).startswith("volatile.")}
+    cmd = command("instance.update", name=name, config=config,
+                  devices=body.get("devices", {}),
+                  profiles=body.get("profiles", inst.profiles),
+                  description=body.get("description", inst.description),
+                  ephemeral=body.get("ephemeral", inst.ephemeral))
+    tracker = await ctx.submit_tracked(cmd)
+    return tracked_operation(ctx, tracker, "Updating instance",
+                             {"instances": [f"/1.0/instances/{name}"]},
+                             ("instance-updated", f"/1.0/instances/{name}"))
+
+
+async def patch_instance(request: web.Request) -> web.Response:
+    ctx = ctx_of(request)
+    name = request.match_info["name"]
+    body = await json_body(request)
+    await _check_etag(request, name)
+    inst = instance_copy(ctx, name)
+    config = {k: v for k, v in inst.config.items() if not k.startswith("volatile.")}
+    config.update(body.get("config") or {})
+    devices = dict(inst.devices)
+    devices.update(body.get("devices") or {})
+    cmd = command("instance.update", name=name, config=config, devices=devices,
+                  profiles=body.get("profiles", inst.profiles),
+                  description=body.get("description", inst.description),
+                  ephemeral=body.get("ephemeral", inst.ephemeral))
+    await ctx.submit_and_wait(cmd)
+    ctx.events.lifecycle("instance-updated", f"/1.0/instances/{name}")
+    return sync({})
+
+
+async def delete_instance(request: web.Request) -> web.Response:
+    ctx = ctx_of(request)
+    name = request.match_info["name"]
+    inst = instance_copy(ctx, name)
+    statuses = await live_statuses(ctx, [inst])
+    if statuses[name] in ("Running", "Frozen") and inst.power != "Deleted":
+        raise bad_request("Instance is running")
+    tracker = await ctx.submit_tracked(command("instance.delete", name=name, force=True))
+    return tracked_operation(ctx, tracker, "Deleting instance",
+                             {"instances": [f"/1.0/instances/{name}"]},
+                             ("instance-deleted", f"/1.0/instances/{name}"))
+
+
+async def rename_instance(request: web.Request) -> web.Response:
+    ctx = ctx_of(request)
+    name = request.match_info["name"]
+    body = await json_body(request)
+    if body.get("migration"):
+        raise bad_request("Migration is not supported yet")
+    new = body.get("name")
+    instance_copy(ctx, name)
+    tracker = await ctx.submit_tracked(command("instance.rename", name=name, new_name=new))
+    return tracked_operation(ctx, tracker, "Renaming instance",
+                             {"instances": [f"/1.0/instances/{name}"]},
+                             ("instance-renamed", f"/1.0/instances/{new}"))

@@ -1,0 +1,82 @@
+"""``/1.0/profiles``."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from cluster.api import views
+from cluster.api.handlers.common import ctx_of, int_query
+from cluster.api.response import json_body, not_found, sync
+from cluster.state.commands import command
+
+
+async def list_profiles(request: web.Request) -> web.Response:
+    ctx = ctx_of(request)
+    with ctx.store.read() as state:
+        if int_query(request, "recursion"):
+            return sync([views.profile(state, p) for p in state.profiles.values()])
+        return sync([f"/1.0/profiles/{p}" for p in state.profiles])
+
+
+async def create_profile(request: web.Request) -> web.Response:
+    body = await json_body(request)
+    await ctx_of(request).store.submit(command(
+        "profile.create", name=body.get("name"), config=body.get("config") or {},
+        devices=body.get("devices") or {}, description=body.get("description", "")))
+    return sync({})
+
+
+async def get_profile(request: web.Request) -> web.Response:
+    ctx = ctx_of(request)
+    with ctx.store.read() as state:
+        profile = state.profiles.get(request.match_info["name"])
+        if profile is None:
+            raise not_found("Profile not found")
+        return sync(views.profile(state, profile))
+
+
+async def put_profile(request: web.Request) -> web.Response:
+    body = await json_body(request)
+    await ctx_of(request).store.submit(command(
+        "profile.update", name=request.match_info["name"], config=body.get("config") or {},
+        devices=body.get("devices") or {}, description=body.get("description", "")))
+    return sync({})
+
+
+async def patch_profile(request: web.Request) -> web.Response:
+    ctx = ctx_of(request)
+    body = await json_body(request)
+    with ctx.store.read() as state:
+        profile = state.profiles.get(request.match_info["name"])
+        if profile is None:
+            raise not_found("Profile not found")
+        config = {**profile.config, **(body.get("config") or {})}
+        devices = {**profile.devices, **(body.get("devices") or {})}
+        description = body.get("description", profile.description)
+    await ctx.store.submit(command("profile.update", name=request.match_info["name"],
+                                   config=config, devices=devices, description=description))
+    return sync({})
+
+
+async def rename_profile(request: web.Request) -> web.Response:
+    body = await json_body(request)
+    await ctx_of(request).store.submit(command(
+        "profile.rename", name=request.match_info["name"], new_name=body.get("name")))
+    return sync({})
+
+
+async def delete_profile(request: web.Request) -> web.Response:
+    await ctx_of(request).store.submit(command("profile.delete",
+                                               name=request.match_info["name"]))
+    return sync({})
+
+
+ROUTES = [
+    ("GET", "/1.0/profiles", list_profiles),
+    ("POST", "/1.0/profiles", create_profile),
+    ("GET", "/1.0/profiles/{name}", get_profile),
+    ("PUT", "/1.0/profiles/{name}", put_profile),
+    ("PATCH", "/1.0/profiles/{name}", patch_profile),
+    ("POST", "/1.0/profiles/{name}", rename_profile),
+    ("DELETE", "/1.0/profiles/{name}", delete_profile),
+]

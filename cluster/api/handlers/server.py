@@ -1,0 +1,131 @@
+"""``/1.0`` (server info and config), ``/1.0/resources`` and ``/1.0/cluster``."""
+
+from __future__ import annotations
+
+import os
+import platform
+from typing import Any
+
+from aiohttp import web
+
+import cluster
+from cluster.api.context import Context
+from cluster.api.handlers.common import ctx_of
+from cluster.api.response import bad_request, json_body, sync
+from cluster.state.commands import command
+
+# Only extensions whose behaviour corral really implements.
+API_EXTENSIONS = [
+    "storage", "network", "profile_usedby", "container_exec_recording",
+    "container_exec_signal_handling", "file_delete", "file_append", "file_symlinks",
+    "directory_manipulation", "snapshot_expiry", "etag", "patch", "resources",
+    "event_lifecycle", "api_filtering", "instances", "instance_create_start",
+    "image_types",
+]
+
+
+def _os_release() -> dict[str, str]:
+    out: dict[str, str] = {}
+    try:
+        with open("/etc/os-release") as fh:
+            for line in fh:
+                key, _, value = line.strip().partition("=")
+                out[key] = value.strip('"')
+    except OSError:
+        pass
+    return out
+
+
+def server_info(ctx: Context) -> dict[str, Any]:
+    release = _os_release()
+    with ctx.store.read() as state:
+        config = dict(state.config)
+    return {
+        "api_extensions": API_EXTENSIONS, "api_status": "stable", "api_version": "1.0",
+        "auth": "trusted", "public": False, "auth_methods": ["tls"], "config": config,
+        "environment": {
+            "addresses": [], "architectures": [platform.machine()], "certificate": "",
+            "certificate_fingerprint": "", "driver": "lxc",
+            "driver_version": ctx.node.driver.probe().version, "firewall": "xtables",
+            "kernel": platform.system(), "kernel_architecture": platform.machine(),
+            "kernel_version": platform.release(), "os_name": release.get("NAME", ""),
+            "os_version": release.get("VERSION_ID", ""), "project": "default",
+            "server": "corral", "server_clustered": False, "server_event_mode": "full-mesh",
+            "server_name": ctx.member, "server_pid": os.getpid(),
+            "server_version": cluster.__version__, "storage": "dir", "storage_version": "1",
+            "storage_supported_drivers": [{"Name": "dir", "Version": "1", "Remote": False}],
+        },
+    }
+
+
+async def get_server(request: web.Request) -> web.Response:
+    return sync(server_info(ctx_of(request)))
+
+
+async def put_server(request: web.Request) -> web.Response:
+    ctx = ctx_of(request)
+    body = await json_body(request)
+    config = body.get("config", {})
+    if request.method == "PATCH":
+        with ctx.store.read() as state:
+            config = {**state.config, **config}
+    if not isinstance(config, dict):
+        raise bad_request("Server config must be a mapping")
+    await ctx.store.submit(command("config.set", config=config))
+    return sync({})
+
+
+def _meminfo() -> dict[str, int]:
+    out: dict[str, int] = {}
+    with open("/proc/meminfo") as fh:
+        for line in fh:
+            key, _, rest = line.partition(":")
+            out[key] = int(rest.split()[0]) * 1024
+    return out
+
+
+async def resources(request: web.Request) -> web.Response:
+    mem = _meminfo()
+    cpus = os.cpu_count() or 1
+    return sync({
+        "cpu": {"architecture": platform.machine(), "total": cpus,
+                "sockets": [{"socket": 0, "cores": [{"core": i, "threads": [
+                    {"id": i, "thread": 0, "online": True}]} for i in range(cpus)]}]},
+        "memory": {"total": mem.get("MemTotal", 0),
+                   "used": mem.get("MemTotal", 0) - mem.get("MemAvailable", 0)},
+        "storage": {"disks": [], "total": 0}, "gpu": {"cards": [], "total": 0},
+        "network": {"cards": [], "total": 0}, "pci": {"devices": [], "total": 0},
+        "usb": {"devices": [], "total": 0},
+        "system": {"type": "physical", "uuid": "", "vendor": "", "product": ""},
+    })
+
+
+async def get_cluster(request: web.Request) -> web.Response:
+    ctx = ctx_of(request)
+    return sync({"server_name": ctx.member, "enabled": False, "member_config": []})
+
+
+async def list_members(request: web.Request) -> web.Response:
+    ctx = ctx_of(request)
+    leader = ctx.store.leader()
+    with ctx.store.read() as state:
+        members = [{
+            "server_name": m.name, "url": f"https://{m.address}" if m.address else "",
+            "roles": m.roles, "architecture": m.architecture, "status": "Online",
+            "message": "Fully operational", "database": True, "failure_domain": "default",
+            "description": m.description, "config": {}, "groups": ["default"],
+        } for m in state.members.values()]
+    if request.query.get("recursion") in (None, "", "0"):
+        return sync([f"/1.0/cluster/members/{m['server_name']}" for m in members])
+    del leader
+    return sync(members)
+
+
+ROUTES = [
+    ("GET", "/1.0", get_server),
+    ("PUT", "/1.0", put_server),
+    ("PATCH", "/1.0", put_server),
+    ("GET", "/1.0/resources", resources),
+    ("GET", "/1.0/cluster", get_cluster),
+    ("GET", "/1.0/cluster/members", list_members),
+]

@@ -1,0 +1,77 @@
+"""``/1.0/instances/<name>/state``: live state, and power actions."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from aiohttp import web
+
+from cluster.api.context import Context
+from cluster.api.handlers.common import ctx_of, instance_copy, live_statuses, tracked_operation
+from cluster.api.response import bad_request, json_body, sync
+from cluster.state.commands import command
+from cluster.state.model import Instance
+
+STOPPED_STATE: dict[str, Any] = {
+    "status": "Stopped", "status_code": 102, "pid": 0, "processes": 0,
+    "cpu": {"usage": 0}, "memory": {"usage": 0, "usage_peak": 0, "swap_usage": 0,
+                                    "swap_usage_peak": 0},
+    "network": None, "disk": None,
+}
+LIFECYCLE = {"start": "instance-started", "stop": "instance-stopped",
+             "restart": "instance-restarted", "freeze": "instance-paused",
+             "unfreeze": "instance-resumed"}
+
+
+async def instance_state(ctx: Context, inst: Instance) -> dict[str, Any]:
+    if inst.location != ctx.member or inst.observed.generation == 0:
+        return {**STOPPED_STATE, "status": inst.observed.status}
+    return await asyncio.to_thread(ctx.node.driver.state, inst.name)
+
+
+async def get_state(request: web.Request) -> web.Response:
+    ctx = ctx_of(request)
+    inst = instance_copy(ctx, request.match_info["name"])
+    return sync(await instance_state(ctx, inst))
+
+
+def _refusal(action: str, status: str) -> str:
+    if action == "start" and status == "Running":
+        return "The instance is already running"
+    if action == "stop" and status == "Stopped":
+        return "The instance is already stopped"
+    if action in ("freeze", "restart") and status != "Running" and not (
+            action == "restart" and status == "Frozen"):
+        return "The instance isn't running"
+    if action == "unfreeze" and status != "Frozen":
+        return "The instance is not frozen"
+    return ""
+
+
+async def put_state(request: web.Request) -> web.Response:
+    ctx = ctx_of(request)
+    name = request.match_info["name"]
+    body = await json_body(request)
+    action = body.get("action")
+    if action not in LIFECYCLE:
+        raise bad_request(f"Unknown state action {action!r}")
+    if body.get("stateful"):
+        raise bad_request("Stateful stop/start is not supported")
+    inst = instance_copy(ctx, name)
+    if not inst.pending:
+        status = (await live_statuses(ctx, [inst]))[name]
+        if action == "start" and status == "Frozen":
+            action = "unfreeze"  # LXD: start on a frozen instance resumes it
+        problem = _refusal(action, status)
+        if problem:
+            raise bad_request(problem)
+    timeout = body.get("timeout", -1)
+    if not isinstance(timeout, int | float):
+        raise bad_request("Invalid timeout")
+    cmd = command("instance.action", name=name, action=action,
+                  force=bool(body.get("force", False)), timeout=timeout)
+    tracker = await ctx.submit_tracked(cmd)
+    return tracked_operation(ctx, tracker, f"{action.capitalize()} instance",
+                             {"instances": [f"/1.0/instances/{name}"]},
+                             (LIFECYCLE[action], f"/1.0/instances/{name}"))

@@ -1,0 +1,72 @@
+"""LXD's response envelopes and the API's error type.
+
+Handlers return ``sync(...)``, ``empty()`` or ``async_operation(...)``, or raise
+``ApiError``; the error middleware is the only place errors become bodies.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from aiohttp import web
+
+
+class ApiError(Exception):
+    """A refusal to show the client: ``status`` is the HTTP status and LXD's error_code."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def bad_request(message: str) -> ApiError:
+    return ApiError(400, message)
+
+
+def not_found(message: str = "Not Found") -> ApiError:
+    return ApiError(404, message)
+
+
+def _dumps(body: Any) -> str:
+    return json.dumps(body, separators=(",", ":"))
+
+
+def sync(metadata: Any = None, status: int = 200, etag: str | None = None) -> web.Response:
+    body = {"type": "sync", "status": "Success", "status_code": 200, "operation": "",
+            "error_code": 0, "error": "", "metadata": metadata}
+    response = web.json_response(body, status=status, dumps=_dumps)
+    if etag:
+        response.headers["ETag"] = etag
+    return response
+
+
+def empty() -> web.Response:
+    return sync({})
+
+
+def error(status: int, message: str) -> web.Response:
+    body = {"type": "error", "status": "", "status_code": 0, "operation": "",
+            "error_code": status, "error": message, "metadata": None}
+    return web.json_response(body, status=status, dumps=_dumps)
+
+
+def async_operation(op: dict[str, Any]) -> web.Response:
+    url = f"/1.0/operations/{op['id']}"
+    body = {"type": "async", "status": "Operation created", "status_code": 100,
+            "operation": url, "error_code": 0, "error": "", "metadata": op}
+    return web.json_response(body, status=202, headers={"Location": url}, dumps=_dumps)
+
+
+async def json_body(request: web.Request) -> dict[str, Any]:
+    """The request's JSON object; a clear 400 for anything else."""
+    try:
+        body = await request.json(loads=json.loads)
+    except web.HTTPRequestEntityTooLarge:
+        raise
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise bad_request(f"Invalid JSON body: {exc}") from exc
+    if not isinstance(body, dict):
+        raise bad_request("The request body must be a JSON object")
+    return body

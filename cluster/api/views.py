@@ -1,0 +1,62 @@
+"""Records of the replicated state rendered in LXD's JSON shapes (pure)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cluster.api.operations import rfc3339
+from cluster.state.apply_instances import expanded
+from cluster.state.model import Image, Instance, Profile, Snapshot, State
+
+STATUS_CODES = {"Running": 103, "Stopped": 102, "Frozen": 110, "Error": 112,
+                "Starting": 106, "Stopping": 107}
+
+
+def instance(state: State, inst: Instance, status: str) -> dict[str, Any]:
+    config, devices = expanded(state, inst.config, inst.devices, inst.profiles)
+    return {
+        "name": inst.name, "type": inst.type, "architecture": inst.architecture,
+        "config": dict(inst.config), "devices": dict(inst.devices),
+        "profiles": list(inst.profiles), "ephemeral": inst.ephemeral, "stateful": False,
+        "description": inst.description, "created_at": rfc3339(inst.created_at),
+        "last_used_at": rfc3339(inst.last_used_at), "expanded_config": config,
+        "expanded_devices": devices, "status": status,
+        "status_code": STATUS_CODES.get(status, 112), "location": inst.location,
+        "project": "default",
+    }
+
+
+def snapshot(inst: Instance, snap: Snapshot) -> dict[str, Any]:
+    return {
+        "name": snap.name, "architecture": inst.architecture, "config": dict(snap.config),
+        "devices": dict(snap.devices), "profiles": list(snap.profiles), "ephemeral": False,
+        "stateful": snap.stateful, "description": snap.description,
+        "created_at": rfc3339(snap.created_at), "last_used_at": rfc3339(0),
+        "expires_at": rfc3339(snap.expires_at), "expanded_config": dict(snap.config),
+        "expanded_devices": dict(snap.devices), "size": -1,
+    }
+
+
+def image(state: State, img: Image) -> dict[str, Any]:
+    info = img.info
+    return {
+        "fingerprint": img.fingerprint, "filename": info.get("filename", ""),
+        "size": info.get("size", 0), "architecture": info.get("architecture", "x86_64"),
+        "type": info.get("type", "container"), "properties": dict(info.get("properties", {})),
+        "public": img.public, "auto_update": False, "cached": False, "profiles": ["default"],
+        "aliases": [{"name": a.name, "description": a.description}
+                    for a in state.aliases.values() if a.target == img.fingerprint],
+        "created_at": rfc3339(float(info.get("created_at", 0) or 0)),
+        "expires_at": rfc3339(float(info.get("expires_at", 0) or 0)),
+        "uploaded_at": rfc3339(img.uploaded_at), "last_used_at": rfc3339(img.last_used_at),
+        "update_source": None,
+    }
+
+
+def profile(state: State, prof: Profile) -> dict[str, Any]:
+    return {
+        "name": prof.name, "description": prof.description, "config": dict(prof.config),
+        "devices": dict(prof.devices),
+        "used_by": [f"/1.0/instances/{i.name}" for i in state.instances.values()
+                    if prof.name in i.profiles],
+    }

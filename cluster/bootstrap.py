@@ -1,0 +1,87 @@
+"""``corral init --auto``: make this daemon a one-member cluster.
+
+The CLI side posts the options to the running daemon's unix socket
+(``POST /internal/init``); the daemon creates the storage pool and the bridge
+(with dnsmasq and NAT) and commits ``cluster.bootstrap``. Doing it twice is
+refused with a clear error and changes nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import platform
+import sys
+from typing import Any
+
+from aiohttp import web
+
+from cluster.api.handlers.common import ctx_of
+from cluster.api.response import ApiError, bad_request, json_body, sync
+from cluster.state.commands import command
+
+DEFAULT_BRIDGE = "corralbr0"
+DEFAULT_ADDRESS = "10.190.72.1/24"
+
+
+def _check_address(address: str) -> str:
+    try:
+        iface = ipaddress.ip_interface(address)
+    except ValueError as exc:
+        raise bad_request(f"Invalid network address {address!r}: {exc}") from exc
+    if iface.version != 4 or iface.network.prefixlen > 30 or iface.ip == iface.network[0]:
+        raise bad_request(f"Network address {address!r} must be a host address in an IPv4 "
+                          "subnet of /30 or larger, like 10.190.72.1/24")
+    return str(iface)
+
+
+async def init_handler(request: web.Request) -> web.Response:
+    from cluster.daemon import open_local_parts
+
+    ctx = ctx_of(request)
+    body = await json_body(request)
+    with ctx.store.read() as state:
+        if state.members:
+            raise ApiError(409, "This member is already initialised")
+    bridge = str(body.get("bridge_name") or DEFAULT_BRIDGE)
+    if not 0 < len(bridge) <= 15 or "/" in bridge or " " in bridge:
+        raise bad_request(f"Invalid bridge name {bridge!r}")
+    address = _check_address(str(body.get("network_address") or DEFAULT_ADDRESS))
+    pool_config = {"source": str(body["storage_path"])} if body.get("storage_path") else {}
+    await ctx.store.submit(command(
+        "cluster.bootstrap",
+        member={"name": ctx.member, "address": "", "architecture": platform.machine()},
+        pool={"name": "default", "driver": "dir", "config": pool_config},
+        network={"name": bridge, "config": {"ipv4.address": address, "ipv4.nat": "true",
+                                            "ipv6.address": "none"}}))
+    await open_local_parts(ctx)
+    return sync({})
+
+
+ROUTES = [("POST", "/internal/init", init_handler)]
+
+
+async def _post_init(options: dict[str, Any]) -> None:
+    import aiohttp
+
+    from node_agent.paths import Paths, corral_dir
+
+    paths = Paths(corral_dir())
+    connector = aiohttp.UnixConnector(path=str(paths.socket))
+    async with aiohttp.ClientSession(connector=connector) as session:
+        async with session.post("http://corral/internal/init", json=options) as resp:
+            body = await resp.json()
+            if resp.status >= 400:
+                raise RuntimeError(body.get("error") or f"HTTP {resp.status}")
+
+
+def init_auto(args: Any) -> int:
+    """CLI entry: returns the exit code."""
+    options = {key: getattr(args, key, None)
+               for key in ("network_address", "bridge_name", "storage_path")}
+    try:
+        asyncio.run(_post_init({k: v for k, v in options.items() if v}))
+    except (OSError, RuntimeError) as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        return 1
+    return 0

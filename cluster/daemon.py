@@ -1,0 +1,115 @@
+"""``corral daemon``: one member's process, in the foreground.
+
+Start order: replicated state, local parts (pools, bridges), node agent
+(re-attaches to running containers), then the API on the unix socket.
+Stopping the daemon leaves containers running, as LXD does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+from typing import Any
+
+from aiohttp import web
+
+from cluster.api.app import build_app
+from cluster.api.context import Context
+from cluster.api.events import EventHub
+from cluster.api.handlers.images import cleanup_uploads
+from cluster.api.operations import Operations
+from cluster.local_config import load_or_create
+from cluster.state.raft import RaftStore
+from node_agent.agent import NodeAgent
+from node_agent.idmap import ensure_root_idmap
+from node_agent.node import LocalNode
+from node_agent.paths import Paths, corral_dir
+
+log = logging.getLogger("corral")
+
+
+def _setup_logging(paths: Paths, debug: bool) -> None:
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    root = logging.getLogger()
+    root.setLevel(logging.DEBUG if debug else logging.INFO)
+    for handler in (logging.StreamHandler(sys.stderr), logging.FileHandler(paths.log)):
+        handler.setFormatter(fmt)
+        root.addHandler(handler)
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
+async def open_local_parts(ctx: Context) -> None:
+    """Make this member's pools and bridges match the replicated state."""
+    from node_agent.network.bridge import BridgeNetwork
+
+    with ctx.store.read() as state:
+        pools = [(p.name, p.config.get("source")) for p in state.storage_pools.values()]
+        nets = [(n.name, n.config.get("ipv4.address", "")) for n in state.networks.values()
+                if n.type == "bridge"]
+    for name, source in pools:
+        if name not in ctx.node.pools:
+            await asyncio.to_thread(ctx.node.add_pool, name, source)
+    for name, address in nets:
+        if name not in ctx.node.networks:
+            network = BridgeNetwork(name, address, ctx.paths.networks / name)
+            await asyncio.to_thread(network.ensure)
+            ctx.node.networks[name] = network
+
+
+async def serve(paths: Paths, ready: asyncio.Event | None = None) -> None:
+    paths.ensure()
+    local = load_or_create(paths.cluster_file)
+    store = RaftStore(local.raft_address, [], paths.raft_dir)
+    await store.start()
+    idmap = await asyncio.to_thread(ensure_root_idmap)
+    node = LocalNode.open(paths, idmap)
+    await asyncio.to_thread(cleanup_uploads, paths.images)
+    events = EventHub(local.member)
+    ops = Operations(local.member, lambda op: events.publish("operation", op.to_dict()))
+    agent = NodeAgent(local.member, store, node)
+    ctx = Context(paths=paths, member=local.member, store=store, node=node, ops=ops,
+                  events=events, agent=agent)
+    await open_local_parts(ctx)
+    await agent.start()
+    app = build_app(ctx)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    if paths.socket.exists():
+        paths.socket.unlink()
+    site = web.UnixSite(runner, str(paths.socket))
+    await site.start()
+    os.chmod(paths.socket, 0o600)
+    log.info("corral daemon ready: member %s, socket %s", local.member, paths.socket)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    if ready is not None:
+        ready.set()
+    try:
+        await stop.wait()
+    finally:
+        log.info("corral daemon stopping (instances keep running)")
+        await runner.cleanup()
+        await ops.close()
+        await agent.close()
+        await store.close()
+
+
+def main(args: Any = None) -> int:
+    paths = Paths(corral_dir())
+    paths.ensure()
+    _setup_logging(paths, bool(getattr(args, "debug", False)))
+    paths.pid.write_text(f"{os.getpid()}\n")
+    try:
+        asyncio.run(serve(paths))
+    finally:
+        try:
+            if paths.pid.read_text().strip() == str(os.getpid()):
+                paths.pid.unlink()
+        except OSError:
+            pass
+    return 0

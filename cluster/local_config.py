@@ -1,0 +1,35 @@
+"""``$CORRAL_DIR/cluster.yaml``: the few facts a member keeps outside the
+replicated state (its own name and its Raft address), written once."""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import yaml
+
+
+@dataclass
+class LocalConfig:
+    member: str
+    raft_address: str
+
+
+def _free_loopback_port() -> int:
+    """A port the kernel hands out for a bind on loopback (a bind, never a connect)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def load_or_create(path: Path) -> LocalConfig:
+    if path.exists():
+        data = yaml.safe_load(path.read_text()) or {}
+        return LocalConfig(member=str(data["member"]), raft_address=str(data["raft_address"]))
+    config = LocalConfig(member=socket.gethostname().split(".")[0] or "corral",
+                         raft_address=f"127.0.0.1:{_free_loopback_port()}")
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(yaml.safe_dump(asdict(config)))
+    tmp.replace(path)
+    return config

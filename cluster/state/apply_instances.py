@@ -1,0 +1,307 @@
+"""Apply handlers for instances and their snapshots.
+
+Each handler validates first and mutates only when everything checks out, so
+a refused command changes nothing. Work for the node agent is queued on the
+instance as numbered ``Action``s; the agent reports each generation back with
+``instance.observed``.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from cluster.state import validate
+from cluster.state.commands import Command, Result, fail, ok
+from cluster.state.model import Action, Instance, Snapshot, State
+
+POWER_AFTER = {"start": "Running", "restart": "Running", "stop": "Stopped",
+               "freeze": "Frozen", "unfreeze": "Running"}
+KEEP_RESULTS = 32
+
+
+def _enqueue(inst: Instance, kind: str, **args: Any) -> int:
+    inst.generation += 1
+    inst.pending.append(Action(inst.generation, kind, args))
+    return inst.generation
+
+
+def _get(state: State, name: object) -> Instance | Result:
+    inst = state.instances.get(name) if isinstance(name, str) else None
+    return inst if inst is not None else fail(404, "Instance not found")
+
+
+def _spec_error(state: State, args: dict[str, Any]) -> str:
+    profiles = args.get("profiles", [])
+    if not isinstance(profiles, list) or not all(isinstance(p, str) for p in profiles):
+        return "Profiles must be a list of names"
+    for name in profiles:
+        if name not in state.profiles:
+            return f"Profile {name!r} not found"
+    problem = validate.config_error(args.get("config", {})) or validate.devices_error(
+        args.get("devices", {}))
+    if problem:
+        return problem
+    config, devices = expanded(state, args.get("config", {}), args.get("devices", {}), profiles)
+    if not any(d.get("type") == "disk" and d.get("path") == "/" for d in devices.values()):
+        return "No root device could be found"
+    for dev in devices.values():
+        if dev.get("type") == "disk" and dev.get("pool") and dev["pool"] not in state.storage_pools:
+            return f"Storage pool {dev['pool']!r} not found"
+        net = dev.get("network") or dev.get("parent")
+        if dev.get("type") == "nic" and dev.get("network") and net not in state.networks:
+            return f"Network {net!r} not found"
+    return ""
+
+
+def expanded(state: State, config: dict[str, str], devices: dict[str, dict[str, str]],
+             profiles: list[str]) -> tuple[dict[str, str], dict[str, dict[str, str]]]:
+    """The instance's config and devices with its profiles applied (LXD's expansion)."""
+    chosen = [{"config": state.profiles[p].config, "devices": state.profiles[p].devices}
+              for p in profiles if p in state.profiles]
+    return validate.expand(chosen, config, devices)  # type: ignore[arg-type]
+
+
+def create(state: State, cmd: Command) -> Result:
+    a = cmd.args
+    problem = validate.instance_name_error(a.get("name"))
+    if problem:
+        return fail(400, problem)
+    if a["name"] in state.instances:
+        return fail(409, "Instance already exists")
+    if a.get("type", "container") != "container":
+        return fail(400, f"Instance type {a.get('type')!r} is not supported")
+    if a.get("image") not in state.images:
+        return fail(404, "Image not found")
+    if a.get("location") not in state.members:
+        return fail(400, f"Cluster member {a.get('location')!r} not found")
+    problem = _spec_error(state, a)
+    if problem:
+        return fail(400, problem)
+    inst = Instance(
+        uid=a["uid"], name=a["name"], type="container", location=a["location"],
+        architecture=a.get("architecture", "x86_64"), image=a["image"], created_at=cmd.time,
+        config=dict(a.get("config", {})), devices=copy.deepcopy(a.get("devices", {})),
+        profiles=list(a.get("profiles", [])), ephemeral=bool(a.get("ephemeral", False)),
+        description=str(a.get("description", "")),
+    )
+    _enqueue(inst, "create")
+    if a.get("start"):
+        _enqueue(inst, "start")
+        inst.power = "Running"
+    state.instances[inst.name] = inst
+    state.images[inst.image].last_used_at = cmd.time
+    return ok({"uid": inst.uid, "generation": inst.generation})
+
+
+def action(state: State, cmd: Command) -> Result:
+    inst = _get(state, cmd.args.get("name"))
+    if isinstance(inst, Result):
+        return inst
+    kind = cmd.args.get("action")
+    if kind not in POWER_AFTER:
+        return fail(400, f"Unknown state action {kind!r}")
+    generation = _enqueue(inst, kind, force=bool(cmd.args.get("force", False)),
+                          timeout=float(cmd.args.get("timeout", -1) or -1))
+    inst.power = POWER_AFTER[kind]
+    if kind in ("start", "restart"):
+        inst.last_used_at = cmd.time
+    return ok({"generation": generation})
+
+
+def update(state: State, cmd: Command) -> Result:
+    """Full replacement of config, devices, profiles and description (PUT)."""
+    inst = _get(state, cmd.args.get("name"))
+    if isinstance(inst, Result):
+        return inst
+    a = cmd.args
+    problem = _spec_error(state, a)
+    if problem:
+        return fail(400, problem)
+    volatile = {k: v for k, v in inst.config.items() if k.startswith("volatile.")}
+    inst.config = {**volatile, **a.get("config", {})}
+    inst.devices = copy.deepcopy(a.get("devices", {}))
+    inst.profiles = list(a.get("profiles", []))
+    inst.description = str(a.get("description", inst.description))
+    if "ephemeral" in a:
+        inst.ephemeral = bool(a["ephemeral"])
+    return ok({"generation": _enqueue(inst, "update")})
+
+
+def rename(state: State, cmd: Command) -> Result:
+    inst = _get(state, cmd.args.get("name"))
+    if isinstance(inst, Result):
+        return inst
+    new = cmd.args.get("new_name")
+    problem = validate.instance_name_error(new)
+    if problem:
+        return fail(400, problem)
+    if new in state.instances:
+        return fail(409, f"Name {new!r} already in use")
+    if inst.power != "Stopped" or inst.observed.status != "Stopped":
+        return fail(400, "Renaming of running instance not allowed")
+    del state.instances[inst.name]
+    generation = _enqueue(inst, "rename", old=inst.name, new=new)
+    inst.name = str(new)
+    state.instances[inst.name] = inst
+    return ok({"generation": generation})
+
+
+def delete(state: State, cmd: Command) -> Result:
+    inst = _get(state, cmd.args.get("name"))
+    if isinstance(inst, Result):
+        return inst
+    if not cmd.args.get("force") and (inst.power != "Stopped"):
+        return fail(400, "Instance is running")
+    inst.power = "Deleted"
+    return ok({"generation": _enqueue(inst, "delete")})
+
+
+def snapshot(state: State, cmd: Command) -> Result:
+    inst = _get(state, cmd.args.get("name"))
+    if isinstance(inst, Result):
+        return inst
+    snap = cmd.args.get("snapshot")
+    problem = validate.entity_name_error("Snapshot", snap)
+    if problem:
+        return fail(400, problem)
+    if snap in inst.snapshots:
+        return fail(409, "Snapshot already exists")
+    if cmd.args.get("stateful"):
+        return fail(400, "Stateful snapshots are not supported")
+    inst.snapshots[str(snap)] = Snapshot(
+        name=str(snap), created_at=cmd.time, config=dict(inst.config),
+        devices=copy.deepcopy(inst.devices), profiles=list(inst.profiles),
+        description=str(cmd.args.get("description", "")),
+        expires_at=float(cmd.args.get("expires_at", 0) or 0))
+    return ok({"generation": _enqueue(inst, "snapshot", snapshot=snap)})
+
+
+def _ready_snapshot(state: State, cmd: Command) -> tuple[Instance, Snapshot] | Result:
+    inst = _get(state, cmd.args.get("name"))
+    if isinstance(inst, Result):
+        return inst
+    snap = inst.snapshots.get(cmd.args.get("snapshot", ""))
+    if snap is None or not snap.ready:
+        return fail(404, "Snapshot not found")
+    return inst, snap
+
+
+def snapshot_delete(state: State, cmd: Command) -> Result:
+    found = _ready_snapshot(state, cmd)
+    if isinstance(found, Result):
+        return found
+    inst, snap = found
+    snap.ready = False  # hidden at once; removed when the agent reports the deletion
+    return ok({"generation": _enqueue(inst, "snapshot_delete", snapshot=snap.name)})
+
+
+def snapshot_rename(state: State, cmd: Command) -> Result:
+    found = _ready_snapshot(state, cmd)
+    if isinstance(found, Result):
+        return found
+    inst, snap = found
+    new = cmd.args.get("new_name")
+    problem = validate.entity_name_error("Snapshot", new)
+    if problem:
+        return fail(400, problem)
+    if new in inst.snapshots:
+        return fail(409, "Snapshot already exists")
+    del inst.snapshots[snap.name]
+    generation = _enqueue(inst, "snapshot_rename", old=snap.name, new=new)
+    snap.name = str(new)
+    inst.snapshots[snap.name] = snap
+    return ok({"generation": generation})
+
+
+def restore(state: State, cmd: Command) -> Result:
+    found = _ready_snapshot(state, cmd)
+    if isinstance(found, Result):
+        return found
+    inst, snap = found
+    inst.config = {**{k: v for k, v in inst.config.items() if k.startswith("volatile.")},
+                   **{k: v for k, v in snap.config.items() if not k.startswith("volatile.")}}
+    inst.devices = copy.deepcopy(snap.devices)
+    inst.profiles = list(snap.profiles)
+    return ok({"generation": _enqueue(inst, "restore", snapshot=snap.name)})
+
+
+def observed(state: State, cmd: Command) -> Result:
+    """The agent's report: generation reached, status seen, error if the action failed."""
+    a = cmd.args
+    inst = state.instance_by_uid(a.get("uid", ""))
+    if inst is None:
+        return ok(None)  # reports about purged instances are harmless
+    generation = int(a.get("generation", 0))
+    error = str(a.get("error", ""))
+    done = [act for act in inst.pending if act.generation <= generation]
+    inst.pending = [act for act in inst.pending if act.generation > generation]
+    if generation > inst.observed.generation:
+        inst.observed.generation = generation
+    inst.observed.status = str(a.get("status", inst.observed.status))
+    inst.observed.error = error
+    for act in done:
+        _settle(state, inst, act, error if act.generation == generation else "")
+    if error:
+        inst.results[generation] = error
+    else:
+        inst.results[generation] = ""
+    for old in sorted(inst.results)[:-KEEP_RESULTS]:
+        del inst.results[old]
+    if error and inst.pending == [] and inst.power != "Deleted":
+        inst.power = inst.observed.status if inst.observed.status in POWER_AFTER.values() else "Stopped"
+    return ok(None)
+
+
+def _settle(state: State, inst: Instance, act: Action, error: str) -> None:
+    snap_name = act.args.get("snapshot", "")
+    if act.kind == "create" and error:
+        state.instances.pop(inst.name, None)  # nothing half-created stays behind
+    elif act.kind == "delete" and not error:
+        state.instances.pop(inst.name, None)
+    elif act.kind == "snapshot":
+        if error:
+            inst.snapshots.pop(snap_name, None)
+        elif snap_name in inst.snapshots:
+            inst.snapshots[snap_name].ready = True
+    elif act.kind == "snapshot_delete":
+        if error and snap_name in inst.snapshots:
+            inst.snapshots[snap_name].ready = True
+        else:
+            inst.snapshots.pop(snap_name, None)
+    elif act.kind == "delete" and error:
+        inst.power = inst.observed.status
+
+
+def observe_status(state: State, cmd: Command) -> Result:
+    """A status change the agent saw without an action (e.g. poweroff inside)."""
+    inst = state.instance_by_uid(cmd.args.get("uid", ""))
+    if inst is not None and not inst.pending:
+        inst.observed.status = str(cmd.args.get("status", inst.observed.status))
+        if inst.observed.status == "Stopped" and inst.power != "Deleted":
+            inst.power = "Stopped"
+    return ok(None)
+
+
+def purge(state: State, cmd: Command) -> Result:
+    """Drop a record whose creation the API gave up on (never used for live instances)."""
+    inst = state.instance_by_uid(cmd.args.get("uid", ""))
+    if inst is not None:
+        state.instances.pop(inst.name, None)
+    return ok(None)
+
+
+HANDLERS = {
+    "instance.create": create,
+    "instance.action": action,
+    "instance.update": update,
+    "instance.rename": rename,
+    "instance.delete": delete,
+    "instance.snapshot": snapshot,
+    "instance.snapshot_delete": snapshot_delete,
+    "instance.snapshot_rename": snapshot_rename,
+    "instance.restore": restore,
+    "instance.observed": observed,
+    "instance.observe_status": observe_status,
+    "instance.purge": purge,
+}

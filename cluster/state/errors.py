@@ -1,0 +1,49 @@
+"""Typed failures of state commands.
+
+::
+
+    StateError            a command was refused; carries an HTTP-like ``code``
+     +-- BadRequest       400: malformed or invalid input
+     +-- NotFound         404: the named record does not exist
+     +-- Conflict         409: the record exists already or is busy
+     +-- Unavailable      503: no leader / commit outcome unknown after retries
+
+``apply`` never raises (an exception inside a replicated method blocks the
+pysyncobj log forever); it returns a ``Result`` holding one of these codes.
+The store raises these exceptions on the caller's side.
+"""
+
+from __future__ import annotations
+
+
+class StateError(Exception):
+    code = 500
+
+    def __init__(self, message: str, code: int | None = None) -> None:
+        super().__init__(message)
+        if code is not None:
+            self.code = code
+
+
+class BadRequest(StateError):
+    code = 400
+
+
+class NotFound(StateError):
+    code = 404
+
+
+class Conflict(StateError):
+    code = 409
+
+
+class Unavailable(StateError):
+    code = 503
+
+
+_BY_CODE: dict[int, type[StateError]] = {400: BadRequest, 404: NotFound, 409: Conflict, 503: Unavailable}
+
+
+def error_for(code: int, message: str) -> StateError:
+    """Rebuild the typed error a ``Result`` describes."""
+    return _BY_CODE.get(code, StateError)(message, code)

@@ -1,0 +1,146 @@
+"""The replicated state: plain, picklable data and nothing else.
+
+Records are dataclasses so the code reads well; they hold no locks, loops or
+sockets (pysyncobj pickles the state when it compacts its log).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class Member:
+    name: str
+    address: str
+    architecture: str = "x86_64"
+    roles: list[str] = field(default_factory=list)
+    description: str = ""
+    heartbeat_at: float = 0.0
+    state: str = "ONLINE"
+
+
+@dataclass
+class Action:
+    """One unit of work for the node agent, numbered by the instance's generation."""
+
+    generation: int
+    kind: str  # create|start|stop|restart|freeze|unfreeze|update|rename|snapshot|...
+    args: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Observed:
+    """What the node agent last reported for an instance."""
+
+    generation: int = 0
+    status: str = "Stopped"
+    error: str = ""
+
+
+@dataclass
+class Snapshot:
+    name: str
+    created_at: float
+    config: dict[str, str] = field(default_factory=dict)
+    devices: dict[str, dict[str, str]] = field(default_factory=dict)
+    profiles: list[str] = field(default_factory=list)
+    description: str = ""
+    stateful: bool = False
+    expires_at: float = 0.0
+    ready: bool = False
+
+
+@dataclass
+class Instance:
+    uid: str
+    name: str
+    type: str
+    location: str
+    architecture: str
+    image: str
+    created_at: float
+    config: dict[str, str] = field(default_factory=dict)
+    devices: dict[str, dict[str, str]] = field(default_factory=dict)
+    profiles: list[str] = field(default_factory=list)
+    ephemeral: bool = False
+    description: str = ""
+    last_used_at: float = 0.0
+    power: str = "Stopped"  # the power state wanted once every pending action ran
+    generation: int = 0
+    pending: list[Action] = field(default_factory=list)
+    observed: Observed = field(default_factory=Observed)
+    results: dict[int, str] = field(default_factory=dict)  # generation -> error ("" = ok)
+    snapshots: dict[str, Snapshot] = field(default_factory=dict)
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.pending)
+
+
+@dataclass
+class Image:
+    fingerprint: str
+    info: dict[str, Any]
+    public: bool = False
+    uploaded_at: float = 0.0
+    last_used_at: float = 0.0
+    members: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Alias:
+    name: str
+    target: str
+    description: str = ""
+    type: str = "container"
+
+
+@dataclass
+class Profile:
+    name: str
+    config: dict[str, str] = field(default_factory=dict)
+    devices: dict[str, dict[str, str]] = field(default_factory=dict)
+    description: str = ""
+
+
+@dataclass
+class StoragePool:
+    name: str
+    driver: str
+    config: dict[str, str] = field(default_factory=dict)
+    description: str = ""
+
+
+@dataclass
+class Network:
+    name: str
+    type: str
+    config: dict[str, str] = field(default_factory=dict)
+    description: str = ""
+
+
+RECENT_COMMANDS = 20_000
+
+
+@dataclass
+class State:
+    members: dict[str, Member] = field(default_factory=dict)
+    instances: dict[str, Instance] = field(default_factory=dict)
+    images: dict[str, Image] = field(default_factory=dict)
+    aliases: dict[str, Alias] = field(default_factory=dict)
+    profiles: dict[str, Profile] = field(default_factory=dict)
+    storage_pools: dict[str, StoragePool] = field(default_factory=dict)
+    networks: dict[str, Network] = field(default_factory=dict)
+    config: dict[str, str] = field(default_factory=dict)
+    # Results of recently applied command ids: a retried command is applied once.
+    recent: OrderedDict[str, Any] = field(default_factory=OrderedDict)
+    index: int = 0  # number of commands applied; a cheap change counter
+
+    def instance_by_uid(self, uid: str) -> Instance | None:
+        for inst in self.instances.values():
+            if inst.uid == uid:
+                return inst
+        return None

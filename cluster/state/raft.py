@@ -1,0 +1,147 @@
+"""``RaftStore``: the replicated state on pysyncobj.
+
+One replicated method carries every command (adding a command type never
+renumbers pysyncobj's method table). Apply runs in pysyncobj's tick thread
+under a lock; readers on the event loop take the same lock briefly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, SyncObjConsumer, replicated
+
+from cluster.state.apply import apply
+from cluster.state.commands import Command, Result
+from cluster.state.errors import Unavailable, error_for
+from cluster.state.model import State
+from cluster.state.store import Change
+
+RETRIES = 5
+
+
+class _Replica(SyncObjConsumer):
+    def __init__(self) -> None:
+        # Set before SyncObjConsumer.__init__ so pysyncobj does not pickle them.
+        self.lock = threading.Lock()
+        self.listeners: list[Any] = []
+        super().__init__()
+        self.state = State()
+
+    @replicated
+    def apply_command(self, cmd: Command) -> Result:
+        with self.lock:
+            result = apply(self.state, cmd)
+        for listener in list(self.listeners):
+            listener(Change(cmd, result))
+        return result
+
+
+def raft_conf(journal_dir: Path) -> SyncObjConf:
+    """Settings for throughput and quick failover (see RECIPES: pysyncobj)."""
+    return SyncObjConf(
+        appendEntriesUseBatch=False,  # the batching default commits ~10 sync writes/s
+        autoTickPeriod=0.002,         # a commit on one node waits for the next tick
+        raftMinTimeout=0.4,
+        raftMaxTimeout=0.7,
+        appendEntriesPeriod=0.05,
+        connectionRetryTime=1.0,
+        journalFile=str(journal_dir / "journal"),
+        fullDumpFile=str(journal_dir / "snapshot"),
+        dynamicMembershipChange=True,
+        useFork=False,  # never fork the daemon (threads, sockets, containers' fds)
+        logCompactionMinEntries=20000,
+        commandsQueueSize=200000,
+    )
+
+
+class RaftStore:
+    def __init__(self, self_address: str, partners: list[str], journal_dir: Path) -> None:
+        self._address = self_address
+        self._partners = partners
+        self._journal_dir = journal_dir
+        self._replica = _Replica()
+        self._replica.listeners.append(self._on_change)
+        self._queues: list[asyncio.Queue[Change]] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._sync: SyncObj | None = None
+
+    async def start(self, ready_timeout: float = 30.0) -> None:
+        """Open the journal, replay it and wait until a leader is known."""
+        self._loop = asyncio.get_running_loop()
+        self._journal_dir.mkdir(parents=True, exist_ok=True)
+        self._sync = await asyncio.to_thread(
+            SyncObj, self._address, self._partners, raft_conf(self._journal_dir),
+            [self._replica])
+        deadline = self._loop.time() + ready_timeout
+        while not (self._sync.isReady() and self._sync._getLeader() is not None):
+            if self._loop.time() > deadline:
+                raise Unavailable("The replicated state did not become ready")
+            await asyncio.sleep(0.01)
+
+    async def close(self) -> None:
+        if self._sync is not None:
+            sync, self._sync = self._sync, None
+            await asyncio.to_thread(sync.destroy)
+
+    def _on_change(self, change: Change) -> None:
+        loop = self._loop
+        if loop is None or not self._queues:
+            return
+        for queue in list(self._queues):
+            loop.call_soon_threadsafe(queue.put_nowait, change)
+
+    def subscribe(self) -> asyncio.Queue[Change]:
+        queue: asyncio.Queue[Change] = asyncio.Queue()
+        self._queues.append(queue)
+        return queue
+
+    def unsubscribe(self, queue: asyncio.Queue[Change]) -> None:
+        if queue in self._queues:
+            self._queues.remove(queue)
+
+    @contextmanager
+    def read(self) -> Iterator[State]:
+        with self._replica.lock:
+            yield self._replica.state
+
+    def leader(self) -> str | None:
+        leader = self._sync._getLeader() if self._sync else None
+        return str(leader) if leader is not None else None
+
+    def members(self) -> list[str]:
+        return [self._address, *self._partners]
+
+    async def submit(self, cmd: Command, timeout: float = 10.0) -> Any:
+        """Commit ``cmd``; retried with the same id when the outcome is unknown."""
+        for _ in range(RETRIES):
+            result, error = await self._submit_once(cmd, timeout)
+            if error == FAIL_REASON.SUCCESS:
+                assert isinstance(result, Result)
+                if not result.ok:
+                    raise error_for(result.code, result.error)
+                return result.value
+        raise Unavailable("Could not commit the change: no leader or timed out")
+
+    async def _submit_once(self, cmd: Command, timeout: float) -> tuple[Any, Any]:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[tuple[Any, Any]] = loop.create_future()
+
+        def done(result: Any, error: Any) -> None:
+            loop.call_soon_threadsafe(_resolve, future, (result, error))
+
+        self._replica.apply_command(cmd, callback=done)
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), timeout)
+        except TimeoutError:
+            return None, FAIL_REASON.REQUEST_DENIED
+
+
+def _resolve(future: asyncio.Future[tuple[Any, Any]], value: tuple[Any, Any]) -> None:
+    if not future.done():
+        future.set_result(value)

@@ -1,0 +1,143 @@
+"""The node agent: converge this member's instances to the replicated desired state.
+
+It is woken by the store's change feed (push, not polling). Each instance has
+at most one worker at a time; a worker runs the instance's pending actions in
+generation order and reports each one back with an ``instance.observed``
+command. After a restart the pending actions are simply run again (actions
+are idempotent), and instances that should run but do not are started.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import logging
+from typing import Any
+
+from cluster.state.apply_instances import expanded
+from cluster.state.commands import command
+from cluster.state.model import Action, Instance
+from cluster.state.store import Store
+from node_agent.actions import perform
+from node_agent.node import InstanceSpec, LocalNode
+
+log = logging.getLogger(__name__)
+RESYNC_SECONDS = 30.0
+
+
+class NodeAgent:
+    def __init__(self, member: str, store: Store, node: LocalNode) -> None:
+        self.member = member
+        self.store = store
+        self.node = node
+        self._workers: dict[str, asyncio.Task[None]] = {}
+        self._dirty: set[str] = set()
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        queue = self.store.subscribe()
+        await self._boot()
+        self._task = asyncio.create_task(self._watch(queue))
+
+    async def close(self) -> None:
+        tasks = [t for t in [self._task, *self._workers.values()] if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _boot(self) -> None:
+        """Re-attach after a restart: report what runs, start what should run."""
+        with self.store.read() as state:
+            mine = [i.uid for i in state.instances.values() if i.location == self.member]
+            wants_running = {i.uid for i in state.instances.values()
+                             if i.location == self.member and i.power == "Running"
+                             and not i.pending}
+        for uid in mine:
+            if uid in wants_running:
+                spec = self._spec(uid)
+                if spec is not None:
+                    status = await asyncio.to_thread(self.node.driver.status, spec.name)
+                    if status == "Stopped":
+                        await self._run_action(spec, Action(0, "start"), report=False)
+            self.kick(uid)
+
+    async def _watch(self, queue: asyncio.Queue[Any]) -> None:
+        while True:
+            try:
+                change = await asyncio.wait_for(queue.get(), RESYNC_SECONDS)
+            except TimeoutError:
+                self._resync()
+                continue
+            if not change.result.ok:
+                continue
+            uid = self._uid_of(change.command)
+            if uid:
+                self.kick(uid)
+
+    def _uid_of(self, cmd: Any) -> str:
+        if cmd.type == "instance.create":
+            return str(cmd.args.get("uid", ""))
+        if cmd.type.startswith("instance.") and cmd.type not in (
+                "instance.observed", "instance.observe_status", "instance.purge"):
+            with self.store.read() as state:
+                inst = state.instances.get(cmd.args.get("new_name") or cmd.args.get("name", ""))
+                return inst.uid if inst is not None else ""
+        return ""
+
+    def _resync(self) -> None:
+        with self.store.read() as state:
+            uids = [i.uid for i in state.instances.values()
+                    if i.location == self.member and i.pending]
+        for uid in uids:
+            self.kick(uid)
+
+    def kick(self, uid: str) -> None:
+        """Make sure a worker will look at ``uid`` again."""
+        self._dirty.add(uid)
+        worker = self._workers.get(uid)
+        if worker is None or worker.done():
+            self._workers[uid] = asyncio.create_task(self._work(uid))
+
+    async def _work(self, uid: str) -> None:
+        try:
+            while uid in self._dirty:
+                self._dirty.discard(uid)
+                while True:
+                    found = self._next_action(uid)
+                    if found is None:
+                        break
+                    await self._run_action(*found)
+        finally:
+            self._workers.pop(uid, None)
+
+    def _next_action(self, uid: str) -> tuple[InstanceSpec, Action] | None:
+        with self.store.read() as state:
+            inst = state.instance_by_uid(uid)
+            if inst is None or inst.location != self.member or not inst.pending:
+                return None
+            return self._spec_of(state, inst), copy.deepcopy(inst.pending[0])
+
+    def _spec(self, uid: str) -> InstanceSpec | None:
+        with self.store.read() as state:
+            inst = state.instance_by_uid(uid)
+            return self._spec_of(state, inst) if inst is not None else None
+
+    @staticmethod
+    def _spec_of(state: Any, inst: Instance) -> InstanceSpec:
+        config, devices = expanded(state, inst.config, inst.devices, inst.profiles)
+        return InstanceSpec(inst.uid, inst.name, inst.image, dict(config),
+                            copy.deepcopy(devices))
+
+    async def _run_action(self, spec: InstanceSpec, act: Action, report: bool = True) -> None:
+        error = ""
+        try:
+            await asyncio.to_thread(perform, self.node, spec, act.kind, act.args)
+        except Exception as exc:  # noqa: BLE001 - every failure is reported, not raised
+            log.warning("%s %s failed: %s", act.kind, spec.name, exc)
+            error = str(exc) or type(exc).__name__
+        if not report:
+            return
+        status = "Stopped" if act.kind == "delete" else await asyncio.to_thread(
+            self.node.driver.status, spec.name)
+        await self.store.submit(command("instance.observed", uid=spec.uid,
+                                        generation=act.generation, status=status, error=error))

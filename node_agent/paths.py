@@ -1,0 +1,72 @@
+"""Where everything of one daemon lives under ``CORRAL_DIR``.
+
+Every daemon (and every test) has its own root, so several daemons can share
+one machine without touching each other's files.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_DIR = "/var/lib/corral"
+
+
+def corral_dir() -> Path:
+    """The state directory named by ``CORRAL_DIR`` (as ``LXD_DIR`` for ``lxc``)."""
+    return Path(os.environ.get("CORRAL_DIR") or DEFAULT_DIR)
+
+
+@dataclass(frozen=True)
+class Paths:
+    root: Path
+
+    @property
+    def socket(self) -> Path:
+        return self.root / "unix.socket"
+
+    @property
+    def log(self) -> Path:
+        return self.root / "corral.log"
+
+    @property
+    def pid(self) -> Path:
+        return self.root / "corral.pid"
+
+    @property
+    def cluster_file(self) -> Path:
+        """Local, non-replicated facts: member name, raft address, network settings."""
+        return self.root / "cluster.yaml"
+
+    @property
+    def raft_dir(self) -> Path:
+        return self.root / "raft"
+
+    @property
+    def images(self) -> Path:
+        return self.root / "images"
+
+    @property
+    def containers(self) -> Path:
+        """liblxc's ``lxcpath``: one directory per container with its ``config``."""
+        return self.root / "containers"
+
+    @property
+    def storage_pools(self) -> Path:
+        return self.root / "storage-pools"
+
+    @property
+    def networks(self) -> Path:
+        return self.root / "networks"
+
+    @property
+    def exec_output(self) -> Path:
+        return self.root / "exec-output"
+
+    def ensure(self) -> None:
+        """Create the tree; directories stay traversable (0711) for unprivileged roots."""
+        for path in (self.root, self.raft_dir, self.images, self.containers,
+                     self.storage_pools, self.networks, self.exec_output):
+            path.mkdir(parents=True, exist_ok=True)
+            path.chmod(0o711)

@@ -1,0 +1,200 @@
+"""The pure state machine: validation, idempotency, determinism, no change on refusal."""
+
+from __future__ import annotations
+
+import pickle
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from cluster.state.apply import apply
+from cluster.state.commands import Command
+from cluster.state.model import State
+
+FP = "a" * 64
+
+
+def cmd(type_: str, id_: str | None = None, t: float = 1.0, **args: Any) -> Command:
+    return Command(id=id_ or f"{type_}-{sorted(args.items())!r}-{t}", type=type_, args=args,
+                   time=t)
+
+
+def bootstrapped() -> State:
+    state = State()
+    assert apply(state, cmd("cluster.bootstrap", member={"name": "m1"},
+                            pool={"name": "default", "driver": "dir"},
+                            network={"name": "br0"})).ok
+    assert apply(state, cmd("image.add", fingerprint=FP, info={"type": "container"},
+                            member="m1")).ok
+    return state
+
+
+def create(state: State, name: str, uid: str = "", **extra: Any) -> Any:
+    args = {"location": "m1", "image": FP, "profiles": ["default"], **extra}
+    return apply(state, cmd("instance.create", uid=uid or f"u-{name}", name=name, **args))
+
+
+def test_bootstrap_makes_member_pool_network_and_default_profile() -> None:
+    state = bootstrapped()
+    assert list(state.members) == ["m1"]
+    assert state.profiles["default"].devices["root"] == {"type": "disk", "path": "/",
+                                                         "pool": "default"}
+    assert not apply(state, cmd("cluster.bootstrap", id_="again", member={"name": "m2"},
+                                pool={}, network={})).ok
+
+
+def test_create_queues_create_and_start_actions() -> None:
+    state = bootstrapped()
+    result = create(state, "c1", start=True)
+    assert result.ok and result.value["generation"] == 2
+    inst = state.instances["c1"]
+    assert [a.kind for a in inst.pending] == ["create", "start"]
+    assert inst.power == "Running"
+
+
+def test_retried_command_is_applied_once() -> None:
+    state = bootstrapped()
+    first = apply(state, cmd("instance.create", id_="same", uid="u1", name="c1",
+                             location="m1", image=FP, profiles=["default"]))
+    again = apply(state, cmd("instance.create", id_="same", uid="u1", name="c1",
+                             location="m1", image=FP, profiles=["default"]))
+    assert first == again and first.ok
+    assert len(state.instances) == 1
+
+
+BAD_CREATES = [
+    ({"name": "1abc"}, 400), ({"name": "-x"}, 400), ({"name": "x" * 64}, 400),
+    ({"name": "a_b"}, 400), ({"name": "ok", "config": {"limits.memory": "lots"}}, 400),
+    ({"name": "ok", "config": {"bogus.key": "1"}}, 400),
+    ({"name": "ok", "config": {"limits.cpu": "0"}}, 400),
+    ({"name": "ok", "profiles": ["missing"]}, 400),
+    ({"name": "ok", "image": "b" * 64}, 404),
+    ({"name": "ok", "devices": {"x": {"type": "usb"}}}, 400),
+    ({"name": "ok", "profiles": []}, 400),  # no root disk
+]
+
+
+def test_invalid_creates_are_refused_and_change_nothing() -> None:
+    for overrides, code in BAD_CREATES:
+        state = bootstrapped()
+        before = pickle.dumps((state.instances, state.images, state.profiles))
+        args = {"uid": "u", "name": "ok", "location": "m1", "image": FP,
+                "profiles": ["default"], **overrides}
+        result = apply(state, cmd("instance.create", **args))
+        assert not result.ok and result.code == code, (overrides, result)
+        assert pickle.dumps((state.instances, state.images, state.profiles)) == before
+
+
+def test_duplicate_name_conflicts() -> None:
+    state = bootstrapped()
+    assert create(state, "c1").ok
+    result = create(state, "c1", uid="other")
+    assert not result.ok and result.code == 409
+
+
+def test_failed_create_report_removes_the_instance() -> None:
+    state = bootstrapped()
+    create(state, "c1")
+    apply(state, cmd("instance.observed", uid="u-c1", generation=1, status="Stopped",
+                     error="disk full"))
+    assert "c1" not in state.instances
+
+
+def test_observed_pops_actions_in_order_and_records_errors() -> None:
+    state = bootstrapped()
+    create(state, "c1", start=True)
+    apply(state, cmd("instance.observed", uid="u-c1", generation=1, status="Stopped"))
+    inst = state.instances["c1"]
+    assert [a.kind for a in inst.pending] == ["start"]
+    apply(state, cmd("instance.observed", uid="u-c1", generation=2, status="Stopped",
+                     error="boom"))
+    assert inst.pending == [] and inst.results[2] == "boom" and inst.power == "Stopped"
+
+
+def test_delete_of_running_instance_needs_force_and_report_removes_it() -> None:
+    state = bootstrapped()
+    create(state, "c1", start=True)
+    assert apply(state, cmd("instance.delete", name="c1")).code == 400
+    result = apply(state, cmd("instance.delete", name="c1", force=True))
+    assert result.ok
+    apply(state, cmd("instance.observed", uid="u-c1", generation=result.value["generation"],
+                     status="Stopped"))
+    assert "c1" not in state.instances
+
+
+def test_snapshot_lifecycle() -> None:
+    state = bootstrapped()
+    create(state, "c1")
+    gen = apply(state, cmd("instance.snapshot", name="c1", snapshot="s0")).value["generation"]
+    assert not state.instances["c1"].snapshots["s0"].ready
+    assert apply(state, cmd("instance.restore", name="c1", snapshot="s0")).code == 404
+    apply(state, cmd("instance.observed", uid="u-c1", generation=gen, status="Stopped"))
+    assert state.instances["c1"].snapshots["s0"].ready
+    assert apply(state, cmd("instance.snapshot", id_="dup", name="c1", snapshot="s0")).code == 409
+    assert apply(state, cmd("instance.snapshot", name="c1", snapshot="a/b")).code == 400
+    assert apply(state, cmd("instance.restore", t=2.0, name="c1", snapshot="s0")).ok
+
+
+def test_rename_requires_stopped_and_free_name() -> None:
+    state = bootstrapped()
+    create(state, "c1")
+    create(state, "c2")
+    assert apply(state, cmd("instance.rename", name="c1", new_name="c2")).code == 409
+    assert apply(state, cmd("instance.rename", name="c1", new_name="9x")).code == 400
+    assert apply(state, cmd("instance.rename", name="c1", new_name="c3")).ok
+    assert "c3" in state.instances and "c1" not in state.instances
+
+
+def test_profile_rules() -> None:
+    state = bootstrapped()
+    assert apply(state, cmd("profile.delete", name="default")).code == 400
+    assert apply(state, cmd("profile.create", name="p1", config={"limits.cpu": "1"})).ok
+    assert apply(state, cmd("profile.create", id_="x", name="p1")).code == 409
+    create(state, "c1", profiles=["default", "p1"])
+    assert apply(state, cmd("profile.delete", name="p1")).code == 400
+
+
+def test_unknown_command_and_newer_version_are_refused() -> None:
+    state = bootstrapped()
+    assert apply(state, cmd("no.such")).code == 400
+    newer = Command(id="v", type="config.set", args={"config": {}}, time=0, ver=99)
+    assert apply(state, newer).code == 400
+
+
+def test_apply_never_raises_on_garbage() -> None:
+    state = bootstrapped()
+    result = apply(state, cmd("instance.create", uid=None, name=None))
+    assert not result.ok
+
+
+names = st.sampled_from(["c1", "c2", "c3"])
+commands = st.one_of(
+    st.builds(lambda n, s: ("instance.create", {"uid": f"u-{n}", "name": n, "location": "m1",
+                                                "image": FP, "profiles": ["default"],
+                                                "start": s}), names, st.booleans()),
+    st.builds(lambda n, a: ("instance.action", {"name": n, "action": a}), names,
+              st.sampled_from(["start", "stop", "restart", "freeze", "bogus"])),
+    st.builds(lambda n, f: ("instance.delete", {"name": n, "force": f}), names, st.booleans()),
+    st.builds(lambda n, g, e: ("instance.observed", {"uid": f"u-{n}", "generation": g,
+                                                     "status": "Running", "error": e}),
+              names, st.integers(0, 6), st.sampled_from(["", "err"])),
+    st.builds(lambda n, s: ("instance.snapshot", {"name": n, "snapshot": s}), names,
+              st.sampled_from(["s0", "s1", "bad/name"])),
+    st.builds(lambda n, m: ("instance.rename", {"name": n, "new_name": m}), names, names),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(commands, max_size=30))
+def test_replicas_agree_and_refusals_change_nothing(ops: list[tuple[str, dict[str, Any]]]) -> None:
+    a, b = bootstrapped(), bootstrapped()
+    for i, (type_, args) in enumerate(ops):
+        command = Command(id=f"c{i}", type=type_, args=args, time=float(i))
+        before = pickle.dumps(a.instances)
+        result = apply(a, command)
+        apply(b, command)
+        if not result.ok:
+            assert pickle.dumps(a.instances) == before
+        assert result.code != 500, result
+    assert pickle.dumps(a.instances) == pickle.dumps(b.instances)
