@@ -26,8 +26,8 @@ def error_middleware() -> Callable[[web.Request, Handler], Awaitable[web.StreamR
             return error(exc.code, str(exc))
         except DriverError as exc:
             return error(exc.code, str(exc))
-        except web.HTTPRequestEntityTooLarge as exc:
-            return error(413, f"Request body too large (limit {exc.max_size} bytes)")
+        except web.HTTPRequestEntityTooLarge:
+            return error(413, f"Request body too large (limit {request.client_max_size} bytes)")
         except web.HTTPException as exc:
             if exc.status < 400:
                 raise

@@ -1,1 +1,26 @@
-"""node_agent/images."""
+"""Images: LXD-format image tarballs stored by fingerprint, unpacked into rootfs templates.
+
+::
+
+    busybox.py    build_busybox_image(): a tiny unified image from the host's busybox
+    store.py      ImageStore: import / list / delete / export, rootfs templates,
+                  template rendering (uses the three modules below)
+    tarball.py    stream reading, member-name checks, metadata.yaml parsing
+    unpack.py     safe extraction of tar / squashfs rootfs, uid shifting
+    templates.py  the pongo2 subset LXD images use, written chroot-safely
+    errors.py     ImageError (400) > ImageNotFound (404)
+"""
+
+from .busybox import build_busybox_image
+from .errors import ImageError, ImageNotFound
+from .store import ImageInfo, ImageStore
+from .templates import render
+
+__all__ = [
+    "ImageError",
+    "ImageInfo",
+    "ImageNotFound",
+    "ImageStore",
+    "build_busybox_image",
+    "render",
+]

@@ -53,8 +53,7 @@ async def pool_resources(request: web.Request) -> web.Response:
     ctx = ctx_of(request)
     await _pool_view(ctx, request.match_info["name"])
     usage = await asyncio.to_thread(ctx.node.pool(request.match_info["name"]).usage)
-    return sync({"space": {"used": usage.get("used", 0), "total": usage.get("total", 0)},
-                 "inodes": {"used": 0, "total": 0}})
+    return sync(usage)
 
 
 async def _network_views(ctx: Any) -> list[dict[str, Any]]:

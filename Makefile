@@ -1,0 +1,44 @@
+# corral: `make demo` sets up a fresh Debian 12 machine (as root) and runs a
+# one-member cluster with two containers; `make test` runs the whole suite.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+APT_PACKAGES := lxc lxc-dev busybox-static dnsmasq-base iptables iproute2 pkg-config \
+	squashfs-tools uidmap gcc python3 python3-venv python3-dev
+export CORRAL_DIR ?= /var/lib/corral
+
+.PHONY: deps demo demo-clean test lint bench
+
+$(VENV)/.apt-stamp:
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing apt packages: $$missing"; \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; \
+	fi
+	@mkdir -p $(VENV) && touch $@
+
+$(VENV)/.pip-stamp: $(VENV)/.apt-stamp pyproject.toml
+	@[ -x $(PY) ] || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	@touch $@
+
+deps: $(VENV)/.pip-stamp
+
+demo: deps
+	@bash scripts/demo.sh
+
+demo-clean: deps
+	@$(PY) -m cluster.teardown "$(CORRAL_DIR)"
+
+lint: deps
+	$(VENV)/bin/ruff check cluster node_agent scheduler tests bench
+	$(VENV)/bin/mypy cluster node_agent scheduler
+
+test: deps
+	$(VENV)/bin/ruff check cluster node_agent scheduler tests bench
+	$(VENV)/bin/mypy cluster node_agent scheduler
+	$(PY) -m pytest -q -p no:cacheprovider --timeout=600 tests
+
+bench: deps
+	$(PY) bench/lifecycle.py

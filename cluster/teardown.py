@@ -1,0 +1,84 @@
+"""Remove everything one corral daemon made: its process, containers, bridges,
+dnsmasq, firewall rules and state. Used by ``make demo-clean`` and by tests.
+
+``python -m cluster.teardown DIR`` -- only processes whose pid files live in
+DIR are signalled, and only after their command line is checked.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from node_agent.paths import Paths
+
+PLACEHOLDER_ADDRESS = "10.0.0.1/24"  # teardown finds what to remove by name, pid file and tag
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def stop_daemon(paths: Paths, timeout: float = 15.0) -> None:
+    try:
+        pid = int(paths.pid.read_text().strip())
+    except (OSError, ValueError):
+        return
+    if "corral" not in _cmdline(pid) or "daemon" not in _cmdline(pid):
+        return
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while _cmdline(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if _cmdline(pid):
+        os.kill(pid, signal.SIGKILL)
+
+
+def stop_containers(paths: Paths) -> None:
+    if not paths.containers.is_dir():
+        return
+    for entry in sorted(paths.containers.iterdir()):
+        if (entry / "config").exists():
+            subprocess.run(["lxc-stop", "-k", "-n", entry.name, "-P", str(paths.containers)],
+                           capture_output=True, timeout=60, check=False)
+
+
+def remove_networks(paths: Paths) -> None:
+    from node_agent.network.bridge import BridgeNetwork
+
+    if not paths.networks.is_dir():
+        return
+    for entry in sorted(paths.networks.iterdir()):
+        if entry.is_dir():
+            BridgeNetwork(entry.name, PLACEHOLDER_ADDRESS, entry).teardown()
+
+
+def teardown(root: Path) -> None:
+    paths = Paths(root)
+    if not root.exists():
+        return
+    stop_daemon(paths)
+    stop_containers(paths)
+    remove_networks(paths)
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def main() -> int:
+    if len(sys.argv) != 2:
+        print("usage: python -m cluster.teardown CORRAL_DIR", file=sys.stderr)
+        return 2
+    teardown(Path(sys.argv[1]))
+    print(f"removed corral state, containers and networks of {sys.argv[1]}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

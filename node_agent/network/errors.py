@@ -1,0 +1,29 @@
+"""The network package's error tree.
+
+::
+
+    NetworkError           any failure of a network call (code: HTTP-ish status)
+     +-- NetworkCommandError  a host tool (ip, iptables, dnsmasq) failed or timed out (500)
+
+Validation failures are plain ``NetworkError`` with code 400. Foreign errors
+(``subprocess``, ``OSError``) are translated once, where the tool is called.
+"""
+
+from __future__ import annotations
+
+
+class NetworkError(Exception):
+    """A network request that cannot be honoured; ``code`` is the HTTP status to answer."""
+
+    code: int = 400
+
+    def __init__(self, message: str, code: int | None = None) -> None:
+        super().__init__(message)
+        if code is not None:
+            self.code = code
+
+
+class NetworkCommandError(NetworkError):
+    """A host networking tool failed: the request was valid, the host was not."""
+
+    code = 500

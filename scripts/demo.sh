@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# The main job: a one-member corral cluster with two busybox containers.
+# Idempotent: re-running reuses the daemon, the image and the containers.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+CORRAL=.venv/bin/corral
+export CORRAL_DIR=${CORRAL_DIR:-/var/lib/corral}
+mkdir -p "$CORRAL_DIR"
+
+if ! $CORRAL waitready --timeout 1 >/dev/null 2>&1; then
+    echo "starting corral daemon (CORRAL_DIR=$CORRAL_DIR, log $CORRAL_DIR/corral.log)"
+    setsid nohup $CORRAL daemon >/dev/null 2>&1 < /dev/null &
+    $CORRAL waitready --timeout 60
+fi
+$CORRAL init --auto 2>/dev/null || true    # refused harmlessly when already initialised
+if ! $CORRAL image list --format csv | grep -q '^busybox,'; then
+    $CORRAL image build busybox
+fi
+for name in demo1 demo2; do
+    if ! $CORRAL list --format csv -c n | grep -qx "$name"; then
+        $CORRAL launch busybox "$name" -c limits.memory=64MiB -c limits.cpu=1
+    fi
+    state=$($CORRAL list --format csv -c s "$name" | head -n1)
+    [ "$state" = "RUNNING" ] || $CORRAL start "$name"
+done
+sleep 2    # give DHCP a moment so the list shows addresses
+$CORRAL list
+echo "+ corral exec demo1 -- sh -c 'hostname; uname -r; ip -4 -o addr show eth0; free -m | head -2'"
+$CORRAL exec demo1 -- sh -c 'hostname; uname -r; ip -4 -o addr show eth0; free -m | head -2'

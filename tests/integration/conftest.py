@@ -1,0 +1,67 @@
+"""A real corral daemon for integration tests, with its own dir, bridge and subnet."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from cluster.harness import DaemonProcess
+
+
+def real_prerequisites() -> str:
+    """Why real-component tests cannot run here, or ``""``."""
+    if os.geteuid() != 0:
+        return "needs root"
+    for tool in ("lxc-start", "lxc-attach", "dnsmasq", "iptables", "busybox"):
+        if shutil.which(tool) is None and not Path(f"/bin/{tool}").exists():
+            return f"needs {tool}"
+    return ""
+
+
+def new_daemon(tmp_root: Path) -> DaemonProcess:
+    tag = secrets.token_hex(2)
+    return DaemonProcess(root=tmp_root / f"corral-{tag}", bridge=f"ctb{tag}",
+                         address=f"10.{232 + secrets.randbelow(8)}.{secrets.randbelow(250)}.1/24")
+
+
+@pytest.fixture(scope="session")
+def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProcess]:
+    """One initialised daemon with the busybox image, shared by the session."""
+    problem = real_prerequisites()
+    if problem:
+        pytest.skip(problem)
+    base = Path("/tmp") / f"corral-tests-{secrets.token_hex(3)}"
+    base.mkdir(mode=0o711)
+    proc = new_daemon(base)
+    try:
+        proc.start()
+        proc.init()
+        proc.corral("image", "build", "busybox", timeout=300)
+        yield proc
+    finally:
+        proc.destroy()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def fresh_daemon() -> Iterator[DaemonProcess]:
+    """A daemon of its own, for tests that restart or kill it."""
+    problem = real_prerequisites()
+    if problem:
+        pytest.skip(problem)
+    base = Path("/tmp") / f"corral-tests-{secrets.token_hex(3)}"
+    base.mkdir(mode=0o711)
+    proc = new_daemon(base)
+    try:
+        proc.start()
+        proc.init()
+        proc.corral("image", "build", "busybox", timeout=300)
+        yield proc
+    finally:
+        proc.destroy()
+        shutil.rmtree(base, ignore_errors=True)

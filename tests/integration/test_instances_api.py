@@ -1,0 +1,204 @@
+"""Real containers through the API: lifecycle, limits, snapshots and bad input."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from cluster.harness import DaemonProcess
+from tests.integration.api import Api
+
+pytestmark = pytest.mark.real
+
+
+@pytest.fixture
+def api(daemon: DaemonProcess) -> Api:
+    return Api(str(daemon.socket))
+
+
+@pytest.fixture
+def running(api: Api) -> Iterator[str]:
+    name = f"t{secrets.token_hex(3)}"
+    api.ok("POST", "/1.0/instances", {"name": name, "source": {"type": "image",
+                                                               "alias": "busybox"},
+                                      "config": {"limits.memory": "128MiB",
+                                                 "limits.cpu": "1",
+                                                 "limits.processes": "200"},
+                                      "start": True})
+    yield name
+    api.settle("PUT", f"/1.0/instances/{name}/state", {"action": "stop", "force": True})
+    api.settle("DELETE", f"/1.0/instances/{name}")
+
+
+def names(api: Api) -> list[str]:
+    return [u.rsplit("/", 1)[1] for u in api.get("/1.0/instances")]
+
+
+def exec_out(daemon: DaemonProcess, name: str, *cmd: str) -> tuple[int, str]:
+    result = daemon.corral("exec", name, "--", *cmd, check=False)
+    return result.returncode, result.stdout.decode()
+
+
+def test_launch_exec_stop_start_delete(api: Api, daemon: DaemonProcess) -> None:
+    name = f"life{secrets.token_hex(2)}"
+    api.ok("POST", "/1.0/instances", {"name": name, "source": {"alias": "busybox",
+                                                               "type": "image"}})
+    inst = api.get(f"/1.0/instances/{name}")
+    assert inst["status"] == "Stopped" and inst["expanded_devices"]["root"]["path"] == "/"
+    api.ok("PUT", f"/1.0/instances/{name}/state", {"action": "start"})
+    state = api.get(f"/1.0/instances/{name}/state")
+    assert state["status"] == "Running" and state["pid"] > 0
+    code, out = exec_out(daemon, name, "cat", "/etc/hostname")
+    assert code == 0 and out.strip() == name
+    assert exec_out(daemon, name, "sh", "-c", "exit 3")[0] == 3
+    code, out = exec_out(daemon, name, "id", "-u")
+    assert out.strip() == "0"
+    api.ok("PUT", f"/1.0/instances/{name}/state", {"action": "freeze"})
+    assert api.get(f"/1.0/instances/{name}")["status"] == "Frozen"
+    api.ok("PUT", f"/1.0/instances/{name}/state", {"action": "unfreeze"})
+    api.ok("PUT", f"/1.0/instances/{name}/state", {"action": "restart", "force": True})
+    assert api.get(f"/1.0/instances/{name}")["status"] == "Running"
+    api.ok("PUT", f"/1.0/instances/{name}/state", {"action": "stop", "force": True})
+    assert api.get(f"/1.0/instances/{name}")["status"] == "Stopped"
+    api.ok("DELETE", f"/1.0/instances/{name}")
+    assert name not in names(api)
+    assert not (daemon.root / "storage-pools" / "default" / "containers" / name).exists()
+    assert not (daemon.root / "containers" / name).exists()
+
+
+def test_unprivileged_by_default_and_limits_visible_inside(api: Api, daemon: DaemonProcess,
+                                                          running: str) -> None:
+    rootfs = daemon.root / "storage-pools" / "default" / "containers" / running / "rootfs"
+    assert rootfs.stat().st_uid >= 100000  # the container's root is a mapped host id
+    assert exec_out(daemon, running, "nproc")[1].strip() == "1"
+    code, out = exec_out(daemon, running, "sh", "-c",
+                         "cat /sys/fs/cgroup/memory/memory.limit_in_bytes "
+                         "/sys/fs/cgroup/memory.max 2>/dev/null; true")
+    assert str(128 * 2**20) in out, out
+    code, out = exec_out(daemon, running, "sh", "-c",
+                         "cat /sys/fs/cgroup/pids/pids.max /sys/fs/cgroup/pids.max "
+                         "2>/dev/null; true")
+    assert "200" in out, out
+
+
+def test_live_limit_update_reaches_the_cgroup(api: Api, daemon: DaemonProcess,
+                                             running: str) -> None:
+    api.ok("PATCH", f"/1.0/instances/{running}", {"config": {"limits.memory": "96MiB"}})
+    code, out = exec_out(daemon, running, "sh", "-c",
+                         "cat /sys/fs/cgroup/memory/memory.limit_in_bytes "
+                         "/sys/fs/cgroup/memory.max 2>/dev/null; true")
+    assert str(96 * 2**20) in out, out
+
+
+def test_snapshot_restore_and_delete(api: Api, daemon: DaemonProcess, running: str) -> None:
+    assert exec_out(daemon, running, "sh", "-c", "echo one > /root/f")[0] == 0
+    api.ok("POST", f"/1.0/instances/{running}/snapshots", {"name": "s1"})
+    assert exec_out(daemon, running, "sh", "-c", "echo two > /root/f")[0] == 0
+    snaps = api.get(f"/1.0/instances/{running}/snapshots")
+    assert snaps == [f"/1.0/instances/{running}/snapshots/s1"]
+    api.ok("PUT", f"/1.0/instances/{running}", {"restore": "s1"})
+    assert exec_out(daemon, running, "cat", "/root/f")[1].strip() == "one"
+    api.ok("DELETE", f"/1.0/instances/{running}/snapshots/s1")
+    assert api.get(f"/1.0/instances/{running}/snapshots") == []
+
+
+def test_list_recursion_and_filter(api: Api, running: str) -> None:
+    full = api.get("/1.0/instances?recursion=2")
+    mine = [i for i in full if i["name"] == running][0]
+    assert mine["state"]["status"] == "Running" and "network" in mine["state"]
+    filtered = api.get(f"/1.0/instances?recursion=1&filter=name%20eq%20{running}")
+    assert [i["name"] for i in filtered] == [running]
+
+
+# --- bad input: a clear LXD error and no change -----------------------------------------
+
+def _error(api: Api, method: str, path: str, body: object = None) -> tuple[int, str]:
+    status, doc = api.call(method, path, body)
+    assert doc["type"] == "error" and doc["error_code"] == status, doc
+    return status, doc["error"]
+
+
+@pytest.mark.parametrize("name", ["1abc", "-abc", "abc-", "a_b", "a" * 64, "a.b", ""])
+def test_invalid_instance_names_are_refused(api: Api, daemon: DaemonProcess, name: str) -> None:
+    before = names(api)
+    status, message = _error(api, "POST", "/1.0/instances",
+                             {"name": name or None, "source": {"alias": "busybox"}}
+                             if name else {"name": "", "source": {"alias": "nope"}})
+    assert status in (400, 404) and message
+    assert names(api) == before
+
+
+@pytest.mark.parametrize("config,needle", [
+    ({"bogus.key": "1"}, "Unknown configuration key"),
+    ({"limits.memory": "lots"}, "limits.memory"),
+    ({"limits.cpu": "-1"}, "limits.cpu"),
+    ({"security.privileged": "maybe"}, "security.privileged"),
+    ({"limits.processes": "0"}, "limits.processes"),
+])
+def test_bad_config_is_refused(api: Api, config: dict[str, str], needle: str) -> None:
+    before = names(api)
+    status, message = _error(api, "POST", "/1.0/instances",
+                             {"name": "badcfg", "source": {"alias": "busybox"},
+                              "config": config})
+    assert status == 400 and needle in message
+    assert names(api) == before
+
+
+def test_bad_config_update_changes_nothing(api: Api, running: str) -> None:
+    before = api.get(f"/1.0/instances/{running}")["config"]
+    status, message = _error(api, "PATCH", f"/1.0/instances/{running}",
+                             {"config": {"limits.memory": "12 parsecs"}})
+    assert status == 400
+    assert api.get(f"/1.0/instances/{running}")["config"] == before
+
+
+def test_unknown_image_duplicate_and_running_delete(api: Api, running: str,
+                                                    daemon: DaemonProcess) -> None:
+    status, message = _error(api, "POST", "/1.0/instances",
+                             {"name": "noimg", "source": {"alias": "no-such-image"}})
+    assert status == 404 and "not found" in message.lower()
+    assert not (daemon.root / "storage-pools" / "default" / "containers" / "noimg").exists()
+    status, message = _error(api, "POST", "/1.0/instances",
+                             {"name": running, "source": {"alias": "busybox"}})
+    assert status == 409 and "already exists" in message
+    status, message = _error(api, "DELETE", f"/1.0/instances/{running}")
+    assert status == 400 and "running" in message.lower()
+    assert api.get(f"/1.0/instances/{running}")["status"] == "Running"
+
+
+def test_non_json_and_oversized_bodies(api: Api) -> None:
+    status, _, raw = api.raw("POST", "/1.0/instances", b"{not json",
+                             {"Content-Type": "application/json"})
+    assert status == 400 and b"Invalid JSON" in raw
+    big = b'{"name": "' + b"x" * (5 * 2**20) + b'"}'
+    status, _, raw = api.raw("POST", "/1.0/instances", big,
+                             {"Content-Type": "application/json"})
+    assert status == 413 and b'"error_code":413' in raw
+
+
+def test_exec_on_stopped_instance_is_refused(api: Api) -> None:
+    api.ok("POST", "/1.0/instances", {"name": "stoppedx", "source": {"alias": "busybox"}})
+    try:
+        status, message = _error(api, "POST", "/1.0/instances/stoppedx/exec",
+                                 {"command": ["true"], "wait-for-websocket": False})
+        assert status == 400 and "not running" in message.lower()
+        assert api.get("/1.0/instances/stoppedx")["status"] == "Stopped"
+    finally:
+        api.ok("DELETE", "/1.0/instances/stoppedx")
+
+
+def test_unknown_routes_and_instances_get_lxd_errors(api: Api) -> None:
+    assert _error(api, "GET", "/1.0/instances/nope")[0] == 404
+    assert _error(api, "GET", "/1.0/nothing-here")[0] == 404
+
+
+def test_no_leftovers_after_failed_create(api: Api, daemon: DaemonProcess) -> None:
+    pool = Path(daemon.root / "storage-pools" / "default" / "containers")
+    before = sorted(p.name for p in pool.iterdir()) if pool.exists() else []
+    _error(api, "POST", "/1.0/instances", {"name": "x", "source": {"alias": "busybox"},
+                                           "profiles": ["missing"]})
+    after = sorted(p.name for p in pool.iterdir()) if pool.exists() else []
+    assert before == after
