@@ -51,6 +51,19 @@ def stop_containers(paths: Paths) -> None:
                            capture_output=True, timeout=60, check=False)
 
 
+def remove_cgroups(paths: Paths) -> None:
+    """Drop this daemon's cgroup prefix once its containers have stopped."""
+    from node_agent.idmap import IdMap
+    from node_agent.node import LocalNode
+
+    driver = LocalNode.open(paths, IdMap(0, 0, 0, 0)).driver
+    for _ in range(20):
+        driver.remove_cgroup_prefix()
+        if not any((Path(h) / driver.cgroup_prefix).exists() for h in driver.mounts.hierarchies):
+            return
+        time.sleep(0.1)
+
+
 def remove_networks(paths: Paths) -> None:
     from node_agent.network.bridge import BridgeNetwork
 
@@ -67,6 +80,7 @@ def teardown(root: Path) -> None:
         return
     stop_daemon(paths)
     stop_containers(paths)
+    remove_cgroups(paths)
     remove_networks(paths)
     shutil.rmtree(root, ignore_errors=True)
 

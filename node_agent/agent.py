@@ -33,6 +33,8 @@ class NodeAgent:
         self._workers: dict[str, asyncio.Task[None]] = {}
         self._dirty: set[str] = set()
         self._task: asyncio.Task[None] | None = None
+        self._restocking: set[tuple[str, str, bool]] = set()
+        self._background: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         queue = self.store.subscribe()
@@ -40,7 +42,8 @@ class NodeAgent:
         self._task = asyncio.create_task(self._watch(queue))
 
     async def close(self) -> None:
-        tasks = [t for t in [self._task, *self._workers.values()] if t is not None]
+        tasks = [t for t in [self._task, *self._workers.values(), *self._background]
+                 if t is not None]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -128,6 +131,24 @@ class NodeAgent:
         return InstanceSpec(inst.uid, inst.name, inst.image, dict(config),
                             copy.deepcopy(devices))
 
+    def _restock(self, spec: InstanceSpec) -> None:
+        key = (spec.image, spec.pool, spec.privileged)
+        if key in self._restocking:
+            return
+        self._restocking.add(key)
+
+        async def restock() -> None:
+            try:
+                await asyncio.to_thread(self.node.restock_spare, spec)
+            except Exception as exc:  # noqa: BLE001 - a spare is an optimisation only
+                log.info("could not prepare a spare rootfs: %s", exc)
+            finally:
+                self._restocking.discard(key)
+
+        task = asyncio.create_task(restock())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
     async def _run_action(self, spec: InstanceSpec, act: Action, report: bool = True) -> None:
         error = ""
         try:
@@ -135,6 +156,8 @@ class NodeAgent:
         except Exception as exc:  # noqa: BLE001 - every failure is reported, not raised
             log.warning("%s %s failed: %s", act.kind, spec.name, exc)
             error = str(exc) or type(exc).__name__
+        if act.kind == "create" and not error:
+            self._restock(spec)
         if not report:
             return
         status = "Stopped" if act.kind == "delete" else await asyncio.to_thread(

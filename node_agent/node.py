@@ -73,6 +73,13 @@ class LocalNode:
     def rootfs(self, spec: InstanceSpec) -> Path:
         return self.pool(spec.pool).rootfs_path(spec.name)
 
+    def restock_spare(self, spec: InstanceSpec) -> None:
+        """Keep one ready copy of the spec's image rootfs so the next create is a rename."""
+        pool = self.pool(spec.pool)
+        template = self.images.rootfs_template(spec.image, self.uid_shift(spec))
+        if pool.spare_count(template) == 0:
+            pool.prepare_spare(template)
+
     def define(self, spec: InstanceSpec) -> None:
         self.driver.define(InstanceDefinition(spec.name, self.rootfs(spec), spec.config,
                                               spec.devices))

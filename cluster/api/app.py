@@ -6,13 +6,25 @@ daemon at start-up instead of being served open.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from cluster.api.context import CTX, Context
 from cluster.api.handlers import (
-    aliases, events, images, infra, instances, operations, profiles, server, snapshots, state)
+    aliases,
+    events,
+    images,
+    infra,
+    instances,
+    operations,
+    profiles,
+    server,
+    snapshots,
+    state,
+)
 from cluster.api.middleware import error_middleware
 from cluster.api.response import ApiError
 
@@ -22,11 +34,11 @@ UNTRUSTED, TRUSTED = "untrusted", "trusted"
 ACCESS_KEY: web.AppKey[dict[str, str]] = web.AppKey("access", dict)
 
 
-def _trusted(routes: list[tuple[str, str, Handler]]) -> list[tuple[str, str, Handler, str]]:
+def _trusted(routes: Sequence[tuple[str, str, Any]]) -> list[tuple[str, str, Any, str]]:
     return [(m, p, h, TRUSTED) for m, p, h in routes]
 
 
-def route_table() -> list[tuple[str, str, Handler, str]]:
+def route_table() -> list[tuple[str, str, Any, str]]:
     from cluster import bootstrap
     from cluster.api.handlers import exec as exec_
     from cluster.api.handlers import files, logs
@@ -77,12 +89,12 @@ def _is_trusted(request: web.Request) -> bool:
     return isinstance(sockname, str) or sockname is None
 
 
-def access_middleware() -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+def access_middleware() -> Middleware:
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         route = request.match_info.route
-        policy = request.app[ACCESS_KEY].get(f"{request.method} {route.resource.canonical}"
-                                             if route.resource else "", TRUSTED)
+        key = f"{request.method} {route.resource.canonical}" if route.resource else ""
+        policy = request.app[ACCESS_KEY].get(key, TRUSTED)
         if policy != UNTRUSTED and not _is_trusted(request):
             raise ApiError(403, "not authorized")
         return await handler(request)
@@ -98,7 +110,7 @@ def build_app(ctx: Context) -> web.Application:
     for method, path, handler, policy in route_table():
         if policy not in (UNTRUSTED, TRUSTED):
             raise RuntimeError(f"route {method} {path} has no access policy")
-        resource_route = app.router.add_route(method, path, handler)
-        access[f"{method} {resource_route.resource.canonical}"] = policy
+        resource = app.router.add_route(method, path, handler).resource
+        access[f"{method} {resource.canonical if resource else path}"] = policy
     app[ACCESS_KEY] = access
     return app

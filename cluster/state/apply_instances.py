@@ -59,7 +59,7 @@ def expanded(state: State, config: dict[str, str], devices: dict[str, dict[str, 
     """The instance's config and devices with its profiles applied (LXD's expansion)."""
     chosen = [{"config": state.profiles[p].config, "devices": state.profiles[p].devices}
               for p in profiles if p in state.profiles]
-    return validate.expand(chosen, config, devices)  # type: ignore[arg-type]
+    return validate.expand(chosen, config, devices)
 
 
 def create(state: State, cmd: Command) -> Result:
@@ -249,7 +249,8 @@ def observed(state: State, cmd: Command) -> Result:
     for old in sorted(inst.results)[:-KEEP_RESULTS]:
         del inst.results[old]
     if error and inst.pending == [] and inst.power != "Deleted":
-        inst.power = inst.observed.status if inst.observed.status in POWER_AFTER.values() else "Stopped"
+        seen = inst.observed.status
+        inst.power = seen if seen in POWER_AFTER.values() else "Stopped"
     return ok(None)
 
 

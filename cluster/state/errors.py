@@ -41,7 +41,8 @@ class Unavailable(StateError):
     code = 503
 
 
-_BY_CODE: dict[int, type[StateError]] = {400: BadRequest, 404: NotFound, 409: Conflict, 503: Unavailable}
+_BY_CODE: dict[int, type[StateError]] = {
+    400: BadRequest, 404: NotFound, 409: Conflict, 503: Unavailable}
 
 
 def error_for(code: int, message: str) -> StateError:

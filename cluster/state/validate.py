@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from typing import Any
 
 from node_agent.units import parse_size
 
@@ -38,7 +39,8 @@ def entity_name_error(kind: str, name: object) -> str:
 
 
 def _bool(value: str) -> str:
-    return "" if value in ("true", "false", "1", "0", "yes", "no", "on", "off") else "must be a boolean"
+    allowed = ("true", "false", "1", "0", "yes", "no", "on", "off")
+    return "" if value in allowed else "must be a boolean"
 
 
 def _uint(value: str) -> str:
@@ -142,14 +144,14 @@ def devices_error(devices: object) -> str:
     return ""
 
 
-def expand(profiles: list[dict[str, object]], config: dict[str, str],
+def expand(profiles: list[dict[str, Any]], config: dict[str, str],
            devices: dict[str, dict[str, str]]) -> tuple[dict[str, str], dict[str, dict[str, str]]]:
     """LXD's expansion: profiles in order, then the instance's own keys on top."""
     out_config: dict[str, str] = {}
     out_devices: dict[str, dict[str, str]] = {}
     for profile in profiles:
-        out_config.update(profile.get("config", {}))  # type: ignore[arg-type]
-        out_devices.update(profile.get("devices", {}))  # type: ignore[arg-type]
+        out_config.update(profile.get("config", {}))
+        out_devices.update(profile.get("devices", {}))
     out_config.update(config)
     out_devices.update(devices)
     return out_config, out_devices

@@ -187,6 +187,10 @@ class DirPool:
             _rename(scratch, spare, _RENAME_NOREPLACE, what="spare")
         return spare
 
+    def spare_count(self, template_rootfs: Path) -> int:
+        shelf = self.path / ".spares" / _template_key(Path(template_rootfs))
+        return len(list(shelf.glob("*"))) if shelf.is_dir() else 0
+
     def drop_spares(self) -> None:
         """Remove every spare copy (e.g. after an image is deleted)."""
         for name in _names(self.path / ".spares"):

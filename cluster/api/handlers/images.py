@@ -133,6 +133,8 @@ async def delete_image(request: web.Request) -> web.Response:
 
     async def run(op: Any) -> None:
         await asyncio.to_thread(ctx.node.images.delete, fp)
+        for pool in ctx.node.pools.values():
+            await asyncio.to_thread(pool.drop_spares)
         ctx.events.lifecycle("image-deleted", f"/1.0/images/{fp}")
 
     op = ctx.ops.start("Deleting image", run, {"images": [f"/1.0/images/{fp}"]})
@@ -153,7 +155,7 @@ async def export_image(request: web.Request) -> web.StreamResponse:
         part.set_content_disposition("form-data", name=name, filename=path.name)
     response = web.StreamResponse(headers={"Content-Type": writer.content_type})
     await response.prepare(request)
-    await writer.write(response)
+    await writer.write(response)  # type: ignore[arg-type]
     await response.write_eof()
     return response
 

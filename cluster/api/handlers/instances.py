@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import copy
 import secrets
 import uuid
@@ -12,8 +11,13 @@ from aiohttp import web
 
 from cluster.api import filters, views
 from cluster.api.handlers.common import (
-    ctx_of, instance_copy, int_query, live_statuses, tracked_operation)
-from cluster.api.handlers.state import instance_state
+    ctx_of,
+    instance_copy,
+    int_query,
+    live_statuses,
+    tracked_operation,
+)
+from cluster.api.handlers.state import instance_states
 from cluster.api.response import ApiError, bad_request, json_body, not_found, sync
 from cluster.state import validate
 from cluster.state.apply_instances import expanded
@@ -43,7 +47,7 @@ async def list_instances(request: web.Request) -> web.Response:
         return sync([f"/1.0/instances/{o['name']}" for o in objs])
     if recursion >= 2:
         by_name = {i.name: i for i in instances}
-        states = await asyncio.gather(*(instance_state(ctx, by_name[o["name"]]) for o in objs))
+        states = await instance_states(ctx, [by_name[o["name"]] for o in objs])
         for obj, st in zip(objs, states, strict=True):
             inst = by_name[obj["name"]]
             obj["state"] = st

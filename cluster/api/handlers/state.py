@@ -30,6 +30,17 @@ async def instance_state(ctx: Context, inst: Instance) -> dict[str, Any]:
     return await asyncio.to_thread(ctx.node.driver.state, inst.name)
 
 
+async def instance_states(ctx: Context, instances: list[Instance]) -> list[dict[str, Any]]:
+    """States of many instances with one worker-thread hop (list recursion=2)."""
+
+    def collect() -> list[dict[str, Any]]:
+        return [ctx.node.driver.state(i.name)
+                if i.location == ctx.member and i.observed.generation else
+                {**STOPPED_STATE, "status": i.observed.status} for i in instances]
+
+    return await asyncio.to_thread(collect)
+
+
 async def get_state(request: web.Request) -> web.Response:
     ctx = ctx_of(request)
     inst = instance_copy(ctx, request.match_info["name"])
