@@ -49,7 +49,8 @@ async def _save(stream: Any, target: Path) -> int:
     size = 0
     with target.open("wb") as out:
         while True:
-            chunk = await stream.read(CHUNK)
+            chunk = await (stream.read_chunk(CHUNK) if isinstance(stream, BodyPartReader)
+                           else stream.read(CHUNK))
             if not chunk:
                 return size
             size += len(chunk)
