@@ -1,1 +1,3 @@
-"""cluster/cli."""
+"""cluster/cli: the ``corral`` command-line client (see README.md)."""
+
+VERSION = "0.1.0"

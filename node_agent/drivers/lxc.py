@@ -91,6 +91,7 @@ class LxcDriver:
         # Read-only handles for status/state: building one parses the config (~0.5 ms).
         # Dropped whenever the config changes; mutations always use a fresh handle.
         self._readers: dict[str, Any] = {}
+        self._nic_layouts: dict[tuple[str, int], dict[str, tuple[str, str]]] = {}
 
     # -- host facts -------------------------------------------------------------------------
 
@@ -339,18 +340,29 @@ class LxcDriver:
                 "network": self._network(container, pid), "disk": {}}
 
     def _network(self, container: Any, pid: int) -> dict[str, dict[str, Any]]:
-        """NICs from the loaded config (cheap); only the random host veth name needs a
-        round trip to the monitor."""
-        nics: dict[str, st.HostSide] = {}
+        """NICs from the loaded config; the host veth names need a round trip to the
+        monitor, so the NIC layout is kept for as long as the same init runs."""
+        key = (str(container.name), pid)
+        layout = self._nic_layouts.get(key)
+        if layout is None:
+            layout = self._nic_layouts[key] = self._nic_layout(container)
+            for stale in [k for k in self._nic_layouts if k[0] == key[0] and k != key]:
+                del self._nic_layouts[stale]
+        nics = {iface: st.host_side(host, hwaddr) for iface, (host, hwaddr) in layout.items()}
+        return st.read_network(pid, nics)
+
+    def _nic_layout(self, container: Any) -> dict[str, tuple[str, str]]:
+        """``{container ifname: (host veth, hwaddr)}`` of the running container."""
+        nics: dict[str, tuple[str, str]] = {}
         index = 0
         while kind := _item(container, f"lxc.net.{index}.type"):
             item = f"lxc.net.{index}."
             if kind == "veth":
-                nics[_item(container, item + "name")] = st.host_side(
+                nics[_item(container, item + "name")] = (
                     _item(container, item + "veth.pair", running=True),
                     _item(container, item + "hwaddr"))
             index += 1
-        return st.read_network(pid, nics)
+        return nics
 
     # -- exec and limits ---------------------------------------------------------------------
 

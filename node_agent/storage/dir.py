@@ -182,7 +182,7 @@ class DirPool:
         shelf.mkdir(mode=0o700, parents=True, exist_ok=True)
         with self._scratch() as scratch:
             scratch.chmod(0o711)
-            _copy(Path(template_rootfs), scratch / "rootfs")
+            _copy(Path(template_rootfs), scratch / "rootfs", background=True)
             spare = shelf / scratch.name
             _rename(scratch, spare, _RENAME_NOREPLACE, what="spare")
         return spare
@@ -270,11 +270,17 @@ def _template_key(template: Path) -> str:
     return hashlib.sha256(ident.encode()).hexdigest()[:16]
 
 
-def _copy(src: Path, dst: Path) -> None:
-    """``cp -a``: owners, modes, times, symlinks, hardlinks, xattrs; reflinks where possible."""
+def _copy(src: Path, dst: Path, background: bool = False) -> None:
+    """``cp -a``: owners, modes, times, symlinks, hardlinks, xattrs; reflinks where possible.
+
+    ``background`` copies (spares) run at the lowest CPU and I/O priority so they never
+    slow down the starts and creates they are meant to speed up.
+    """
     if not src.is_dir():
         raise VolumeNotFound(f"source tree {src} not found")
     argv = ["cp", "-a", "--reflink=auto", "--no-target-directory", str(src), str(dst)]
+    if background:
+        argv = ["nice", "-n", "19", "ionice", "-c", "3", *argv]
     try:
         proc = subprocess.run(argv, capture_output=True, text=True, timeout=COPY_TIMEOUT,
                               stdin=subprocess.DEVNULL, check=False)

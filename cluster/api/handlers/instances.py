@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import secrets
 import uuid
 from typing import Any
@@ -11,10 +10,12 @@ from aiohttp import web
 
 from cluster.api import filters, views
 from cluster.api.handlers.common import (
+    Probe,
     ctx_of,
     instance_copy,
     int_query,
     live_statuses,
+    probe_instances,
     tracked_operation,
 )
 from cluster.api.handlers.state import instance_states
@@ -35,25 +36,28 @@ async def list_instances(request: web.Request) -> web.Response:
     recursion = int_query(request, "recursion")
     clauses = filters.parse(request.query["filter"]) if request.query.get("filter") else None
     with ctx.store.read() as state:
-        instances = [copy.deepcopy(i) for i in state.instances.values()]
-    if recursion == 0 and clauses is None:
-        return sync([f"/1.0/instances/{i.name}" for i in instances])
-    statuses = await live_statuses(ctx, instances)
+        if recursion == 0 and clauses is None:
+            return sync([f"/1.0/instances/{name}" for name in state.instances])
+        probes = [Probe(i.name, i.observed.status, i.observed.generation,
+                        i.location == ctx.member) for i in state.instances.values()]
+    found = await probe_instances(ctx, probes, full=recursion >= 2)
+    objs = []
     with ctx.store.read() as state:
-        objs = [views.instance(state, i, statuses[i.name]) for i in instances]
+        for probe in probes:
+            inst = state.instances.get(probe.name)
+            if inst is None:
+                continue
+            obj = views.instance(state, inst, found[probe.name]["status"])
+            if recursion >= 2:
+                obj["state"] = found[probe.name]
+                obj["snapshots"] = [views.snapshot(inst, s) for s in inst.snapshots.values()
+                                    if s.ready] or None
+                obj["backups"] = None
+            objs.append(obj)
     if clauses is not None:
         objs = [o for o in objs if filters.matches(o, clauses)]
     if recursion == 0:
         return sync([f"/1.0/instances/{o['name']}" for o in objs])
-    if recursion >= 2:
-        by_name = {i.name: i for i in instances}
-        states = await instance_states(ctx, [by_name[o["name"]] for o in objs])
-        for obj, st in zip(objs, states, strict=True):
-            inst = by_name[obj["name"]]
-            obj["state"] = st
-            obj["snapshots"] = [views.snapshot(inst, s) for s in inst.snapshots.values()
-                                if s.ready] or None
-            obj["backups"] = None
     return sync(objs)
 
 
@@ -135,7 +139,12 @@ async def get_instance(request: web.Request) -> web.Response:
     statuses = await live_statuses(ctx, [inst])
     with ctx.store.read() as state:
         obj = views.instance(state, inst, statuses[inst.name])
-    return sync(obj, etag=_etag(obj))
+    etag = _etag(obj)
+    if int_query(request, "recursion") >= 1:  # lxc info: state and snapshots inline
+        obj["state"] = (await instance_states(ctx, [inst]))[0]
+        obj["snapshots"] = [views.snapshot(inst, s) for s in inst.snapshots.values()
+                            if s.ready] or None
+    return sync(obj, etag=etag)
 
 
 def _etag(obj: dict[str, Any]) -> str:
@@ -165,7 +174,10 @@ async def put_instance(request: web.Request) -> web.Response:
     body = await json_body(request)
     inst = instance_copy(ctx, name)
     if body.get("restore"):
-        cmd = command("instance.restore", name=name, snapshot=body["restore"])
+        snapshot = str(body["restore"])
+        if snapshot.startswith(f"{name}/"):  # lxc sends "NAME/SNAP"
+            snapshot = snapshot.split("/", 1)[1]
+        cmd = command("instance.restore", name=name, snapshot=snapshot)
         tracker = await ctx.submit_tracked(cmd)
         return tracked_operation(ctx, tracker, "Restoring snapshot",
                                  {"instances": [f"/1.0/instances/{name}"]},

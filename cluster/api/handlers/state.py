@@ -2,49 +2,37 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from aiohttp import web
 
 from cluster.api.context import Context
-from cluster.api.handlers.common import ctx_of, instance_copy, live_statuses, tracked_operation
+from cluster.api.handlers.common import (
+    ctx_of,
+    instance_copy,
+    live_statuses,
+    probe_instances,
+    probe_of,
+    tracked_operation,
+)
 from cluster.api.response import bad_request, json_body, sync
 from cluster.state.commands import command
 from cluster.state.model import Instance
 
-STOPPED_STATE: dict[str, Any] = {
-    "status": "Stopped", "status_code": 102, "pid": 0, "processes": 0,
-    "cpu": {"usage": 0}, "memory": {"usage": 0, "usage_peak": 0, "swap_usage": 0,
-                                    "swap_usage_peak": 0},
-    "network": None, "disk": None,
-}
 LIFECYCLE = {"start": "instance-started", "stop": "instance-stopped",
              "restart": "instance-restarted", "freeze": "instance-paused",
              "unfreeze": "instance-resumed"}
 
 
-async def instance_state(ctx: Context, inst: Instance) -> dict[str, Any]:
-    if inst.location != ctx.member or inst.observed.generation == 0:
-        return {**STOPPED_STATE, "status": inst.observed.status}
-    return await asyncio.to_thread(ctx.node.driver.state, inst.name)
-
-
 async def instance_states(ctx: Context, instances: list[Instance]) -> list[dict[str, Any]]:
-    """States of many instances with one worker-thread hop (list recursion=2)."""
-
-    def collect() -> list[dict[str, Any]]:
-        return [ctx.node.driver.state(i.name)
-                if i.location == ctx.member and i.observed.generation else
-                {**STOPPED_STATE, "status": i.observed.status} for i in instances]
-
-    return await asyncio.to_thread(collect)
+    found = await probe_instances(ctx, [probe_of(ctx, i) for i in instances], full=True)
+    return [found[i.name] for i in instances]
 
 
 async def get_state(request: web.Request) -> web.Response:
     ctx = ctx_of(request)
     inst = instance_copy(ctx, request.match_info["name"])
-    return sync(await instance_state(ctx, inst))
+    return sync((await instance_states(ctx, [inst]))[0])
 
 
 def _refusal(action: str, status: str) -> str:
