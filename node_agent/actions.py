@@ -7,6 +7,7 @@ second time before its report commits, and that must do no harm.
 from __future__ import annotations
 
 import logging
+import shutil
 from collections.abc import Callable
 from typing import Any
 
@@ -91,10 +92,14 @@ def _rename(node: LocalNode, spec: InstanceSpec, args: dict[str, Any]) -> None:
         pool.rename(old, new)
     if (node.paths.containers / old).exists():
         node.driver.rename(old, new)
+    outputs = node.paths.exec_output / old
+    if outputs.exists():
+        outputs.rename(node.paths.exec_output / new)
     node.define(spec)
 
 
 def _remove(node: LocalNode, spec: InstanceSpec) -> None:
+    shutil.rmtree(node.paths.exec_output / spec.name, ignore_errors=True)
     if node.driver.status(spec.name) in ("Running", "Frozen"):
         node.driver.stop(spec.name, True, 10.0)
     if (node.paths.containers / spec.name).exists():

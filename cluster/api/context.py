@@ -13,8 +13,8 @@ from cluster.api.events import EventHub
 from cluster.api.operations import Operations
 from cluster.api.response import ApiError
 from cluster.state.commands import Command
-from cluster.state.store import Change
 from cluster.state.raft import RaftStore
+from cluster.state.store import Change
 from node_agent.agent import NodeAgent
 from node_agent.node import LocalNode
 from node_agent.paths import Paths

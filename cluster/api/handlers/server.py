@@ -20,7 +20,7 @@ API_EXTENSIONS = [
     "container_exec_signal_handling", "file_delete", "file_append", "file_symlinks",
     "directory_manipulation", "snapshot_expiry", "etag", "patch", "resources",
     "event_lifecycle", "api_filtering", "instances", "instance_create_start",
-    "image_types",
+    "image_types", "container_exec_user_group_cwd",
 ]
 
 
