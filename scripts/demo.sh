@@ -25,5 +25,5 @@ for name in demo1 demo2; do
 done
 sleep 2    # give DHCP a moment so the list shows addresses
 $CORRAL list
-echo "+ corral exec demo1 -- sh -c 'hostname; uname -r; ip -4 -o addr show eth0; free -m | head -2'"
-$CORRAL exec demo1 -- sh -c 'hostname; uname -r; ip -4 -o addr show eth0; free -m | head -2'
+echo "+ corral exec demo1 -- sh -c 'hostname; nproc; cat /sys/fs/cgroup/memory/memory.limit_in_bytes; ip -4 -o addr show eth0'"
+$CORRAL exec demo1 -- sh -c 'hostname; nproc; cat /sys/fs/cgroup/memory/memory.limit_in_bytes; ip -4 -o addr show eth0'
