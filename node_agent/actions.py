@@ -43,7 +43,7 @@ def _create(node: LocalNode, spec: InstanceSpec, args: dict[str, Any]) -> None:
 
 
 def _start(node: LocalNode, spec: InstanceSpec, args: dict[str, Any]) -> None:
-    status = node.driver.status(spec.name)
+    status = node.status(spec.name)
     if status == "Running":
         return
     if status == "Frozen":
@@ -54,7 +54,7 @@ def _start(node: LocalNode, spec: InstanceSpec, args: dict[str, Any]) -> None:
 
 
 def _stop(node: LocalNode, spec: InstanceSpec, args: dict[str, Any]) -> None:
-    if node.driver.status(spec.name) == "Stopped":
+    if node.status(spec.name) == "Stopped":
         return
     node.driver.stop(spec.name, bool(args.get("force")), _timeout(args))
 
@@ -70,18 +70,18 @@ def _restart(node: LocalNode, spec: InstanceSpec, args: dict[str, Any]) -> None:
 
 
 def _freeze(node: LocalNode, spec: InstanceSpec, args: dict[str, Any]) -> None:
-    if node.driver.status(spec.name) == "Running":
+    if node.status(spec.name) == "Running":
         node.driver.freeze(spec.name)
 
 
 def _unfreeze(node: LocalNode, spec: InstanceSpec, args: dict[str, Any]) -> None:
-    if node.driver.status(spec.name) == "Frozen":
+    if node.status(spec.name) == "Frozen":
         node.driver.unfreeze(spec.name)
 
 
 def _update(node: LocalNode, spec: InstanceSpec, args: dict[str, Any]) -> None:
     node.define(spec)
-    if node.driver.status(spec.name) in ("Running", "Frozen"):
+    if node.status(spec.name) in ("Running", "Frozen"):
         node.driver.apply_limits(spec.name, spec.config)
 
 
@@ -100,7 +100,7 @@ def _rename(node: LocalNode, spec: InstanceSpec, args: dict[str, Any]) -> None:
 
 def _remove(node: LocalNode, spec: InstanceSpec) -> None:
     shutil.rmtree(node.paths.exec_output / spec.name, ignore_errors=True)
-    if node.driver.status(spec.name) in ("Running", "Frozen"):
+    if node.status(spec.name) in ("Running", "Frozen"):
         node.driver.stop(spec.name, True, 10.0)
     if (node.paths.containers / spec.name).exists():
         node.driver.delete(spec.name)
@@ -132,7 +132,7 @@ def _snapshot_rename(node: LocalNode, spec: InstanceSpec, args: dict[str, Any]) 
 
 
 def _restore(node: LocalNode, spec: InstanceSpec, args: dict[str, Any]) -> None:
-    was_running = node.driver.status(spec.name) in ("Running", "Frozen")
+    was_running = node.status(spec.name) in ("Running", "Frozen")
     if was_running:
         node.driver.stop(spec.name, True, 10.0)
     node.pool(spec.pool).restore(spec.name, args["snapshot"])

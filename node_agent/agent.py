@@ -59,7 +59,7 @@ class NodeAgent:
             if uid in wants_running:
                 spec = self._spec(uid)
                 if spec is not None:
-                    status = await asyncio.to_thread(self.node.driver.status, spec.name)
+                    status = await asyncio.to_thread(self.node.status, spec.name)
                     if status == "Stopped":
                         await self._run_action(spec, Action(0, "start"), report=False)
             self.kick(uid)
@@ -161,6 +161,8 @@ class NodeAgent:
         if not report:
             return
         status = "Stopped" if act.kind == "delete" else await asyncio.to_thread(
-            self.node.driver.status, spec.name)
+            self.node.status, spec.name)
+        # If this commit fails the action stays pending; the resync runs it again
+        # (actions are idempotent) and reports then.
         await self.store.submit(command("instance.observed", uid=spec.uid,
                                         generation=act.generation, status=status, error=error))

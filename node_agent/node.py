@@ -8,9 +8,11 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from node_agent.drivers.base import DriverError, InstanceDefinition
+from node_agent.drivers.base import DriverError, InstanceDefinition, NotFound
 from node_agent.drivers.lxc import LxcDriver
+from node_agent.drivers.lxc_state import stopped_state
 from node_agent.idmap import IdMap
 from node_agent.images import ImageStore
 from node_agent.network.bridge import BridgeNetwork
@@ -79,6 +81,20 @@ class LocalNode:
         template = self.images.rootfs_template(spec.image, self.uid_shift(spec))
         if pool.spare_count(template) == 0:
             pool.prepare_spare(template)
+
+    def status(self, name: str) -> str:
+        """The driver's status; an instance whose container is not (or no longer)
+        defined is simply Stopped."""
+        try:
+            return self.driver.status(name)
+        except NotFound:
+            return "Stopped"
+
+    def state(self, name: str) -> dict[str, Any]:
+        try:
+            return self.driver.state(name)
+        except NotFound:
+            return stopped_state()
 
     def define(self, spec: InstanceSpec) -> None:
         self.driver.define(InstanceDefinition(spec.name, self.rootfs(spec), spec.config,

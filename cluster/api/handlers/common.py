@@ -13,6 +13,7 @@ from aiohttp import web
 from cluster.api.context import CTX, Context, Tracker
 from cluster.api.response import ApiError, async_operation, not_found
 from cluster.state.model import Instance
+from node_agent.drivers.lxc_state import stopped_state
 
 
 def ctx_of(request: web.Request) -> Context:
@@ -28,12 +29,6 @@ def instance_copy(ctx: Context, name: str) -> Instance:
         return copy.deepcopy(inst)
 
 
-STOPPED_STATE: dict[str, Any] = {
-    "status": "Stopped", "status_code": 102, "pid": 0, "processes": 0,
-    "cpu": {"usage": 0}, "memory": {"usage": 0, "usage_peak": 0, "swap_usage": 0,
-                                    "swap_usage_peak": 0},
-    "network": None, "disk": None,
-}
 
 
 @dataclass(frozen=True)
@@ -57,10 +52,10 @@ def probe_instances(ctx: Context, probes: list[Probe],
 
     def one(probe: Probe) -> dict[str, Any]:
         if not probe.local or probe.generation == 0:
-            return {**STOPPED_STATE, "status": probe.observed}
+            return {**stopped_state(), "status": probe.observed}
         if full:
-            return ctx.node.driver.state(probe.name)
-        return {"status": ctx.node.driver.status(probe.name)}
+            return ctx.node.state(probe.name)
+        return {"status": ctx.node.status(probe.name)}
 
     async def collect() -> dict[str, dict[str, Any]]:
         # One hop, serially: spreading the reads over threads measured slower (the GIL).

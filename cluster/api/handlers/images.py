@@ -16,6 +16,7 @@ from cluster.api.context import Context
 from cluster.api.handlers.common import ctx_of, int_query
 from cluster.api.response import ApiError, async_operation, bad_request, json_body, not_found, sync
 from cluster.state.commands import command
+from node_agent.images.errors import ImageNotFound
 
 MAX_IMAGE_BYTES = 16 * 2**30
 CHUNK = 1 << 20
@@ -133,7 +134,10 @@ async def delete_image(request: web.Request) -> web.Response:
     await ctx.store.submit(command("image.delete", fingerprint=fp))
 
     async def run(op: Any) -> None:
-        await asyncio.to_thread(ctx.node.images.delete, fp)
+        try:
+            await asyncio.to_thread(ctx.node.images.delete, fp)
+        except ImageNotFound:
+            pass  # the record is gone; no files on this member is the goal anyway
         for pool in ctx.node.pools.values():
             await asyncio.to_thread(pool.drop_spares)
         ctx.events.lifecycle("image-deleted", f"/1.0/images/{fp}")
