@@ -12,6 +12,7 @@ import logging
 import os
 import signal
 import sys
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -59,6 +60,18 @@ async def open_local_parts(ctx: Context) -> None:
             ctx.node.networks[name] = network
 
 
+def _host_rebooted(paths: Paths) -> bool:
+    """Whether the host booted since this daemon last ran (its boot id changed)."""
+    marker = paths.root / "boot_id"
+    current = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    try:
+        previous = marker.read_text().strip()
+    except OSError:
+        previous = ""
+    marker.write_text(current + "\n")
+    return previous != current
+
+
 async def serve(paths: Paths, ready: asyncio.Event | None = None) -> None:
     paths.ensure()
     local = load_or_create(paths.cluster_file)
@@ -73,7 +86,7 @@ async def serve(paths: Paths, ready: asyncio.Event | None = None) -> None:
     ctx = Context(paths=paths, member=local.member, store=store, node=node, ops=ops,
                   events=events, agent=agent)
     await open_local_parts(ctx)
-    await agent.start()
+    await agent.start(host_rebooted=_host_rebooted(paths))
     app = build_app(ctx)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()

@@ -22,7 +22,7 @@ from node_agent.actions import perform
 from node_agent.node import InstanceSpec, LocalNode
 
 log = logging.getLogger(__name__)
-RESYNC_SECONDS = 30.0
+RESYNC_SECONDS = 10.0
 
 
 class NodeAgent:
@@ -36,9 +36,9 @@ class NodeAgent:
         self._restocking: set[tuple[str, str, bool]] = set()
         self._background: set[asyncio.Task[None]] = set()
 
-    async def start(self) -> None:
+    async def start(self, host_rebooted: bool = False) -> None:
         queue = self.store.subscribe()
-        await self._boot()
+        await self._boot(host_rebooted)
         self._task = asyncio.create_task(self._watch(queue))
 
     async def close(self) -> None:
@@ -48,21 +48,41 @@ class NodeAgent:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def _boot(self) -> None:
-        """Re-attach after a restart: report what runs, start what should run."""
+    async def _boot(self, host_rebooted: bool) -> None:
+        """Re-attach after a restart. After a host reboot, start again what ran before
+        (as LXD does); after a mere daemon restart, what stopped meanwhile stopped by
+        itself (a poweroff inside) and is only reported."""
         with self.store.read() as state:
             mine = [i.uid for i in state.instances.values() if i.location == self.member]
-            wants_running = {i.uid for i in state.instances.values()
-                             if i.location == self.member and i.power == "Running"
-                             and not i.pending}
+        if host_rebooted:
+            for spec in await self._stopped_but_wanted():
+                await self._run_action(spec, Action(0, "start"), report=False)
+        await self._report_self_stops()
         for uid in mine:
-            if uid in wants_running:
-                spec = self._spec(uid)
-                if spec is not None:
-                    status = await asyncio.to_thread(self.node.status, spec.name)
-                    if status == "Stopped":
-                        await self._run_action(spec, Action(0, "start"), report=False)
             self.kick(uid)
+
+    async def _stopped_but_wanted(self) -> list[InstanceSpec]:
+        """Local instances that should run, have no pending work, and do not run."""
+        with self.store.read() as state:
+            specs = [self._spec_of(state, i) for i in state.instances.values()
+                     if i.location == self.member and i.power in ("Running", "Frozen")
+                     and not i.pending]
+        statuses = await asyncio.to_thread(lambda: [self.node.status(s.name) for s in specs])
+        return [s for s, status in zip(specs, statuses, strict=True) if status == "Stopped"]
+
+    async def _report_self_stops(self) -> None:
+        """Record instances that stopped on their own; ephemeral ones are deleted (LXD)."""
+        for spec in await self._stopped_but_wanted():
+            await self.store.submit(command("instance.observe_status", uid=spec.uid,
+                                            status="Stopped"))
+            await self._delete_if_ephemeral(spec)
+
+    async def _delete_if_ephemeral(self, spec: InstanceSpec) -> None:
+        with self.store.read() as state:
+            inst = state.instance_by_uid(spec.uid)
+            ephemeral = inst is not None and inst.ephemeral and inst.power != "Deleted"
+        if ephemeral:
+            await self.store.submit(command("instance.delete", name=spec.name, force=True))
 
     async def _watch(self, queue: asyncio.Queue[Any]) -> None:
         while True:
@@ -70,6 +90,10 @@ class NodeAgent:
                 change = await asyncio.wait_for(queue.get(), RESYNC_SECONDS)
             except TimeoutError:
                 self._resync()
+                try:
+                    await self._report_self_stops()
+                except Exception as exc:  # noqa: BLE001 - the next resync tries again
+                    log.info("could not report self-stopped instances: %s", exc)
                 continue
             if not change.result.ok:
                 continue
@@ -166,3 +190,5 @@ class NodeAgent:
         # (actions are idempotent) and reports then.
         await self.store.submit(command("instance.observed", uid=spec.uid,
                                         generation=act.generation, status=status, error=error))
+        if act.kind == "stop" and not error:
+            await self._delete_if_ephemeral(spec)

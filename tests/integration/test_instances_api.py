@@ -202,3 +202,38 @@ def test_no_leftovers_after_failed_create(api: Api, daemon: DaemonProcess) -> No
                                            "profiles": ["missing"]})
     after = sorted(p.name for p in pool.iterdir()) if pool.exists() else []
     assert before == after
+
+
+def _gone_within(api: Api, name: str, seconds: float) -> bool:
+    import time
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if name not in names(api):
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def test_ephemeral_instance_is_deleted_when_stopped(api: Api) -> None:
+    api.ok("POST", "/1.0/instances", {"name": "eph", "ephemeral": True, "start": True,
+                                      "source": {"alias": "busybox"}})
+    assert api.get("/1.0/instances/eph")["ephemeral"] is True
+    api.ok("PUT", "/1.0/instances/eph/state", {"action": "stop", "force": True})
+    assert _gone_within(api, "eph", 10)
+
+
+def test_poweroff_inside_is_noticed_and_ephemeral_ones_go(api: Api,
+                                                         daemon: DaemonProcess) -> None:
+    api.ok("POST", "/1.0/instances", {"name": "selfstop", "start": True,
+                                      "source": {"alias": "busybox"}})
+    api.ok("POST", "/1.0/instances", {"name": "selfeph", "start": True, "ephemeral": True,
+                                      "source": {"alias": "busybox"}})
+    try:
+        for name in ("selfstop", "selfeph"):
+            daemon.corral("exec", name, "--", "poweroff", check=False)
+        assert _gone_within(api, "selfeph", 30)
+        assert api.get("/1.0/instances/selfstop")["status"] == "Stopped"
+    finally:
+        api.settle("PUT", "/1.0/instances/selfstop/state", {"action": "stop", "force": True})
+        api.settle("DELETE", "/1.0/instances/selfstop")
