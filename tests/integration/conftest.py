@@ -6,11 +6,13 @@ import os
 import secrets
 import shutil
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
 from cluster.harness import DaemonProcess
+from tests.integration.api import Api
 
 
 def real_prerequisites() -> str:
@@ -29,9 +31,9 @@ def new_daemon(tmp_root: Path) -> DaemonProcess:
                          address=f"10.{232 + secrets.randbelow(8)}.{secrets.randbelow(250)}.1/24")
 
 
-@pytest.fixture(scope="session")
-def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProcess]:
-    """One initialised daemon with the busybox image, shared by the session."""
+@contextmanager
+def initialised_daemon() -> Iterator[DaemonProcess]:
+    """A started, initialised daemon with the busybox image; destroyed afterwards."""
     problem = real_prerequisites()
     if problem:
         pytest.skip(problem)
@@ -46,22 +48,22 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProcess]:
     finally:
         proc.destroy()
         shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def daemon() -> Iterator[DaemonProcess]:
+    """One daemon shared by the session."""
+    with initialised_daemon() as proc:
+        yield proc
 
 
 @pytest.fixture
 def fresh_daemon() -> Iterator[DaemonProcess]:
     """A daemon of its own, for tests that restart or kill it."""
-    problem = real_prerequisites()
-    if problem:
-        pytest.skip(problem)
-    base = Path("/tmp") / f"corral-tests-{secrets.token_hex(3)}"
-    base.mkdir(mode=0o711)
-    proc = new_daemon(base)
-    try:
-        proc.start()
-        proc.init()
-        proc.corral("image", "build", "busybox", timeout=300)
+    with initialised_daemon() as proc:
         yield proc
-    finally:
-        proc.destroy()
-        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def api(daemon: DaemonProcess) -> Api:
+    return Api(str(daemon.socket))

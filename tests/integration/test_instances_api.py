@@ -15,11 +15,6 @@ pytestmark = pytest.mark.real
 
 
 @pytest.fixture
-def api(daemon: DaemonProcess) -> Api:
-    return Api(str(daemon.socket))
-
-
-@pytest.fixture
 def running(api: Api) -> Iterator[str]:
     name = f"t{secrets.token_hex(3)}"
     api.ok("POST", "/1.0/instances", {"name": name, "source": {"type": "image",
