@@ -232,3 +232,44 @@ def test_poweroff_inside_is_noticed_and_ephemeral_ones_go(api: Api,
     finally:
         api.settle("PUT", "/1.0/instances/selfstop/state", {"action": "stop", "force": True})
         api.settle("DELETE", "/1.0/instances/selfstop")
+
+
+def test_privileged_opt_out_and_rename(api: Api, daemon: DaemonProcess) -> None:
+    api.ok("POST", "/1.0/instances", {"name": "priv", "source": {"alias": "busybox"},
+                                      "config": {"security.privileged": "true"}})
+    pool = daemon.root / "storage-pools" / "default" / "containers"
+    assert (pool / "priv" / "rootfs").stat().st_uid == 0  # no id shift when privileged
+    api.ok("POST", "/1.0/instances/priv", {"name": "priv2"})
+    assert "priv2" in names(api) and "priv" not in names(api)
+    assert (pool / "priv2" / "rootfs").is_dir() and not (pool / "priv").exists()
+    api.ok("PUT", "/1.0/instances/priv2/state", {"action": "start"})
+    assert exec_out(daemon, "priv2", "cat", "/etc/hostname")[1].strip() == "priv"
+    status, doc = api.call("POST", "/1.0/instances/priv2", {"name": "priv3"})
+    assert status == 400 and "running" in doc["error"].lower()
+    api.ok("PUT", "/1.0/instances/priv2/state", {"action": "stop", "force": True})
+    api.ok("DELETE", "/1.0/instances/priv2")
+
+
+def test_profiles_apply_to_instances_and_guard_their_use(api: Api, daemon: DaemonProcess) -> None:
+    api.ok("POST", "/1.0/profiles", {"name": "small", "config": {"limits.memory": "80MiB"}})
+    api.ok("POST", "/1.0/instances", {"name": "prof", "start": True,
+                                      "source": {"alias": "busybox"},
+                                      "profiles": ["default", "small"]})
+    try:
+        inst = api.get("/1.0/instances/prof")
+        assert inst["expanded_config"]["limits.memory"] == "80MiB"
+        assert "/1.0/instances/prof" in api.get("/1.0/profiles/small")["used_by"]
+        code, out = exec_out(daemon, "prof", "cat",
+                             "/sys/fs/cgroup/memory/memory.limit_in_bytes")
+        assert out.strip() == str(80 * 2**20)
+        status, doc = api.call("DELETE", "/1.0/profiles/small")
+        assert status == 400 and "in use" in doc["error"]
+        status, doc = api.call("PUT", "/1.0/profiles/small",
+                               {"config": {"limits.memory": "bogus"}})
+        assert status == 400
+        assert api.get("/1.0/profiles/small")["config"] == {"limits.memory": "80MiB"}
+    finally:
+        api.settle("PUT", "/1.0/instances/prof/state", {"action": "stop", "force": True})
+        api.settle("DELETE", "/1.0/instances/prof")
+    api.ok("DELETE", "/1.0/profiles/small")
+    assert "/1.0/profiles/small" not in api.get("/1.0/profiles")
