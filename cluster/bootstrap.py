@@ -18,6 +18,8 @@ from aiohttp import web
 
 from cluster.api.handlers.common import ctx_of
 from cluster.api.response import ApiError, bad_request, json_body, sync
+from cluster.https import ADDRESS_KEY, check_https_config
+from cluster.https import reconcile as https_reconcile
 from cluster.state.commands import command
 
 DEFAULT_BRIDGE = "corralbr0"
@@ -48,13 +50,18 @@ async def init_handler(request: web.Request) -> web.Response:
         raise bad_request(f"Invalid bridge name {bridge!r}")
     address = _check_address(str(body.get("network_address") or DEFAULT_ADDRESS))
     pool_config = {"source": str(body["storage_path"])} if body.get("storage_path") else {}
+    config = {ADDRESS_KEY: str(body["address"])} if body.get("address") else {}
+    check_https_config(config)
     await ctx.store.submit(command(
         "cluster.bootstrap",
-        member={"name": ctx.member, "address": "", "architecture": platform.machine()},
+        member={"name": ctx.member, "address": "", "architecture": platform.machine(),
+                "raft_address": ctx.store.address},
         pool={"name": "default", "driver": "dir", "config": pool_config},
         network={"name": bridge, "config": {"ipv4.address": address, "ipv4.nat": "true",
-                                            "ipv6.address": "none"}}))
+                                            "ipv6.address": "none"}},
+        config=config))
     await open_local_parts(ctx)
+    await https_reconcile(request)
     return sync({})
 
 
@@ -78,7 +85,7 @@ async def _post_init(options: dict[str, Any]) -> None:
 def init_auto(args: Any) -> int:
     """CLI entry: returns the exit code."""
     options = {key: getattr(args, key, None)
-               for key in ("network_address", "bridge_name", "storage_path")}
+               for key in ("network_address", "bridge_name", "storage_path", "address")}
     try:
         asyncio.run(_post_init({k: v for k, v in options.items() if v}))
     except (OSError, RuntimeError) as exc:

@@ -22,6 +22,7 @@ from cluster.api.context import Context
 from cluster.api.events import EventHub
 from cluster.api.handlers.images import cleanup_uploads
 from cluster.api.operations import Operations
+from cluster.https import HTTPS, HttpsListener, Identity
 from cluster.local_config import load_or_create
 from cluster.state.raft import RaftStore
 from node_agent.agent import NodeAgent
@@ -88,13 +89,19 @@ async def serve(paths: Paths, ready: asyncio.Event | None = None) -> None:
     await open_local_parts(ctx)
     await agent.start(host_rebooted=_host_rebooted(paths))
     app = build_app(ctx)
+    https = app[HTTPS] = HttpsListener(await asyncio.to_thread(Identity.load, paths.root))
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
+    https.attach(runner)
     if paths.socket.exists():
         paths.socket.unlink()
     site = web.UnixSite(runner, str(paths.socket))
     await site.start()
     os.chmod(paths.socket, 0o600)
+    try:
+        await https.reconcile(app)  # core.https_address, if set
+    except Exception as exc:  # noqa: BLE001 - the unix socket keeps serving; a PUT retries
+        log.error("HTTPS listener not started: %s", exc)
     log.info("corral daemon ready: member %s, socket %s", local.member, paths.socket)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -106,6 +113,7 @@ async def serve(paths: Paths, ready: asyncio.Event | None = None) -> None:
         await stop.wait()
     finally:
         log.info("corral daemon stopping (instances keep running)")
+        await https.close()
         await runner.cleanup()
         await ops.close()
         await agent.close()

@@ -2,6 +2,9 @@
 
 Each daemon gets its own ``CORRAL_DIR``, bridge name and subnet, so daemons
 never collide with each other or with a demo daemon on the same machine.
+With ``netns`` set, the daemon runs inside that network namespace (a "host" of
+``cluster.netns``); its unix socket is still a file under ``CORRAL_DIR``, so the
+CLI and API helpers work unchanged from the root namespace.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cluster.netns import enter_argv, netns_path
 from cluster.teardown import teardown
 
 
@@ -23,6 +27,7 @@ class DaemonProcess:
     bridge: str
     address: str  # the bridge's own CIDR, e.g. 10.231.7.1/24
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    netns: str | None = None  # run inside /run/netns/<netns> (see cluster.netns)
 
     @property
     def socket(self) -> Path:
@@ -43,13 +48,23 @@ class DaemonProcess:
         return result
 
     def start(self, timeout: float = 60.0) -> None:
+        self.spawn()
+        self.wait_ready(timeout)
+
+    def spawn(self) -> None:
+        """Start the daemon without waiting for it (to start several at once)."""
         self.root.mkdir(parents=True, exist_ok=True)
         self.root.chmod(0o711)
         log = (self.root / "daemon.stderr").open("ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "cluster.cli.main", "daemon"], env=self.env,
+            self.in_netns([sys.executable, "-m", "cluster.cli.main", "daemon"]), env=self.env,
             stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True)
-        self.wait_ready(timeout)
+        log.close()
+
+    def in_netns(self, argv: list[str]) -> list[str]:
+        """``argv`` entered into our namespace, with a sysfs of its own (LXC looks up
+        bridges in /sys/class/net); unchanged without ``netns``. Keeps the pid."""
+        return argv if self.netns is None else enter_argv(self.netns, argv, private_sysfs=True)
 
     def wait_ready(self, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
@@ -86,4 +101,10 @@ class DaemonProcess:
     def destroy(self) -> None:
         """Stop the daemon and remove every container, bridge and file it made."""
         self.stop()
+        if self.netns is not None and Path(netns_path(self.netns)).exists():
+            # lxc-stop reaches a container's monitor over an abstract unix socket, which
+            # belongs to the network namespace: tear down from inside it.
+            subprocess.run(enter_argv(self.netns, [sys.executable, "-m", "cluster.teardown",
+                                                   str(self.root)]),
+                           capture_output=True, timeout=300, check=False)
         teardown(self.root)

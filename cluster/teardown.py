@@ -32,7 +32,8 @@ def stop_daemon(paths: Paths, timeout: float = 15.0) -> None:
         pid = int(paths.pid.read_text().strip())
     except (OSError, ValueError):
         return
-    if "corral" not in _cmdline(pid) or "daemon" not in _cmdline(pid):
+    cmdline = _cmdline(pid)
+    if not ("corral" in cmdline or "cluster.cli.main" in cmdline) or "daemon" not in cmdline:
         return
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout

@@ -23,6 +23,7 @@ from node_agent.node import InstanceSpec, LocalNode
 
 log = logging.getLogger(__name__)
 RESYNC_SECONDS = 10.0
+HEARTBEAT_SECONDS = 2.5
 
 
 class NodeAgent:
@@ -33,6 +34,7 @@ class NodeAgent:
         self._workers: dict[str, asyncio.Task[None]] = {}
         self._dirty: set[str] = set()
         self._task: asyncio.Task[None] | None = None
+        self._heartbeat_task: asyncio.Task[None] | None = None
         self._restocking: set[tuple[str, str, bool]] = set()
         self._background: set[asyncio.Task[None]] = set()
 
@@ -40,13 +42,28 @@ class NodeAgent:
         queue = self.store.subscribe()
         await self._boot(host_rebooted)
         self._task = asyncio.create_task(self._watch(queue))
+        self._heartbeat_task = asyncio.create_task(self._heartbeat())
 
     async def close(self) -> None:
-        tasks = [t for t in [self._task, *self._workers.values(), *self._background]
-                 if t is not None]
+        tasks = [t for t in [self._task, self._heartbeat_task, *self._workers.values(),
+                             *self._background] if t is not None]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _heartbeat(self) -> None:
+        """Tell the cluster this member is alive (``cluster list`` shows OFFLINE once
+        heartbeats stop for longer than ``cluster.offline_threshold``)."""
+        while True:
+            with self.store.read() as state:
+                known = self.member in state.members
+            if known:
+                try:
+                    await self.store.submit(command("member.heartbeat", name=self.member),
+                                            timeout=HEARTBEAT_SECONDS)
+                except Exception as exc:  # noqa: BLE001 - a missed beat is retried
+                    log.info("heartbeat not committed: %s", exc)
+            await asyncio.sleep(HEARTBEAT_SECONDS)
 
     async def _boot(self, host_rebooted: bool) -> None:
         """Re-attach after a restart. After a host reboot, start again what ran before
@@ -85,21 +102,28 @@ class NodeAgent:
             await self.store.submit(command("instance.delete", name=spec.name, force=True))
 
     async def _watch(self, queue: asyncio.Queue[Any]) -> None:
+        loop = asyncio.get_running_loop()
+        next_resync = loop.time() + RESYNC_SECONDS
         while True:
             try:
-                change = await asyncio.wait_for(queue.get(), RESYNC_SECONDS)
+                change = await asyncio.wait_for(queue.get(), max(0.0, next_resync - loop.time()))
             except TimeoutError:
-                self._resync()
-                try:
-                    await self._report_self_stops()
-                except Exception as exc:  # noqa: BLE001 - the next resync tries again
-                    log.info("could not report self-stopped instances: %s", exc)
-                continue
-            if not change.result.ok:
+                change = None
+            if loop.time() >= next_resync:  # by the clock: heartbeats keep the feed busy
+                next_resync = loop.time() + RESYNC_SECONDS
+                await self._resync_now()
+            if change is None or not change.result.ok:
                 continue
             uid = self._uid_of(change.command)
             if uid:
                 self.kick(uid)
+
+    async def _resync_now(self) -> None:
+        self._resync()
+        try:
+            await self._report_self_stops()
+        except Exception as exc:  # noqa: BLE001 - the next resync tries again
+            log.info("could not report self-stopped instances: %s", exc)
 
     def _uid_of(self, cmd: Any) -> str:
         if cmd.type == "instance.create":

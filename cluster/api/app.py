@@ -15,6 +15,7 @@ from aiohttp.typedefs import Middleware
 from cluster.api.context import CTX, Context
 from cluster.api.handlers import (
     aliases,
+    certificates,
     events,
     images,
     infra,
@@ -72,6 +73,9 @@ def route_table() -> list[tuple[str, str, Any, str]]:
         *_trusted(profiles.ROUTES),
         *_trusted(infra.ROUTES),
         *_trusted(bootstrap.ROUTES),
+        # Untrusted clients may add their certificate with a trust token's secret.
+        *[(m, p, h, UNTRUSTED) for m, p, h in certificates.ROUTES_UNTRUSTED],
+        *_trusted(certificates.ROUTES),
     ]
     return table
 
@@ -83,10 +87,11 @@ async def _root(request: web.Request) -> web.Response:
 
 
 def _is_trusted(request: web.Request) -> bool:
-    """The unix socket is root-only, so its clients are trusted (as LXD's)."""
-    transport = request.transport
-    sockname = transport.get_extra_info("sockname") if transport else None
-    return isinstance(sockname, str) or sockname is None
+    """The unix socket is root-only, so its clients are trusted (as LXD's); over TLS,
+    clients whose certificate is in the trust store (``cluster.https``)."""
+    from cluster.https import is_trusted
+
+    return is_trusted(request)
 
 
 def access_middleware() -> Middleware:

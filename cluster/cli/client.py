@@ -25,6 +25,8 @@ from cluster.cli.progress import Progress
 if TYPE_CHECKING:
     import aiohttp
 
+    from cluster.cli.remotes import Remote
+
 HOST = "http://unix.socket"  # the host name lxc uses for its unix-socket transport
 FINAL_OK = 200
 FINAL_FAILED = (400, 401)  # Failure, Cancelled
@@ -108,10 +110,13 @@ def error_from(status: int, text: str) -> ApiError:
 
 
 class Client:
-    """One HTTP session on the daemon's socket; use as ``async with Client() as c``."""
+    """One HTTP session on the daemon's socket, or over HTTPS to a remote (see
+    ``corral remote add``) with this client's certificate; ``async with Client() as c``."""
 
-    def __init__(self, socket: str | None = None) -> None:
-        self.socket = socket or socket_path()
+    def __init__(self, socket: str | None = None, remote: Remote | None = None) -> None:
+        self.remote = remote
+        self.socket = remote.url if remote is not None else socket or socket_path()
+        self.base = remote.url if remote is not None else HOST
         self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> Client:
@@ -131,7 +136,11 @@ class Client:
         if self._session is None:
             import aiohttp
 
-            connector = aiohttp.UnixConnector(path=self.socket)
+            connector: aiohttp.BaseConnector
+            if self.remote is not None:
+                connector = aiohttp.TCPConnector(ssl=self.remote.ssl_context())
+            else:
+                connector = aiohttp.UnixConnector(path=self.socket)
             self._session = aiohttp.ClientSession(
                 connector=connector, timeout=aiohttp.ClientTimeout(total=None),
                 headers={"User-Agent": "corral"})
@@ -140,6 +149,8 @@ class Client:
     def _unreachable(self, exc: BaseException) -> Unreachable:
         reason = getattr(exc, "os_error", None) or exc
         text = getattr(reason, "strerror", None) or str(reason)
+        if self.remote is not None:
+            return Unreachable(f"Cannot reach remote {self.remote.name!r} at {self.base}: {text}")
         return Unreachable(f"Cannot reach the daemon at {self.socket}: {text} "
                            "(is it running? see CORRAL_DIR, CORRAL_SOCKET)")
 
@@ -156,9 +167,11 @@ class Client:
             data = json.dumps(body)
             hdrs.setdefault("Content-Type", "application/json")
         try:
-            async with self.session.request(method, HOST + path, data=data, headers=hdrs,
+            async with self.session.request(method, self.base + path, data=data, headers=hdrs,
                                             params=params) as resp:
                 yield resp
+        except aiohttp.ClientSSLError as exc:  # a subclass of ClientConnectorError
+            raise CliError(f"TLS failure talking to {self.base}: {exc}") from exc
         except (aiohttp.ClientConnectorError, FileNotFoundError, ConnectionError) as exc:
             raise self._unreachable(exc) from exc
 
@@ -229,7 +242,7 @@ class Client:
         # A peer that never answers our close frame must not stall the exit for long.
         timeout = aiohttp.ClientWSTimeout(ws_receive=None, ws_close=2.0)
         try:
-            return await self.session.ws_connect(HOST + path, max_msg_size=0, autoping=True,
+            return await self.session.ws_connect(self.base + path, max_msg_size=0, autoping=True,
                                                  timeout=timeout)
         except aiohttp.WSServerHandshakeError as exc:
             raise ApiError(exc.status, f"Websocket refused: {exc.message}") from exc

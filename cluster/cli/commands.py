@@ -76,6 +76,8 @@ def _instances(subs: argparse._SubParsersAction) -> None:
     p.add_argument("--join", metavar="ADDRESS", help="join the cluster a member at ADDRESS runs")
     p.add_argument("--network-address", help="address the API and raft listen on")
     p.add_argument("--network-port", type=int, help="port of the network API")
+    p.add_argument("--address", metavar="ADDR[:PORT]",
+                   help="serve the API over HTTPS there (core.https_address; port 8443)")
     p.add_argument("--bridge-name", help="name of the instance bridge")
     p.add_argument("--storage-path", help="directory of the default storage pool")
     p.add_argument("--member-name", help="name of this cluster member")
@@ -185,6 +187,7 @@ def _config(subs: argparse._SubParsersAction) -> None:
     p.add_argument("name", nargs="?")
     p.add_argument("-e", "--expanded", action="store_true")
     _devices(config, "instance", "config")
+    _trust(config)
 
 
 def _images(subs: argparse._SubParsersAction) -> None:
@@ -274,6 +277,50 @@ def _operations_and_server(subs: argparse._SubParsersAction) -> None:
     _leaf(subs, "version", "server:version", "Show client and server versions")
 
 
+def _dev_cluster(subs: argparse._SubParsersAction) -> None:
+    dev = _group(subs, "dev-cluster", "Run several members on this machine, in namespaces")
+    p = _leaf(dev, "up", "devcluster:up", "Start N members, each in a network namespace")
+    p.add_argument("--nodes", type=int, default=3)
+    p.add_argument("--dir", default="/var/lib/corral-dev", help="state of all members")
+    p = _leaf(dev, "down", "devcluster:down", "Remove every member and namespace of --dir")
+    p.add_argument("--dir", default="/var/lib/corral-dev")
+
+
+def _trust(config: argparse._SubParsersAction) -> None:
+    trust = _group(config, "trust", "Manage trusted clients (certificates and trust tokens)")
+    p = _leaf(trust, "add", "trust:add",
+              "Issue a trust token for client NAME, or trust a certificate FILE")
+    p.add_argument("name", metavar="[REMOTE:]NAME|FILE")
+    p.add_argument("--name", dest="cert_name", default="", help="name for a certificate FILE")
+    p = _leaf(trust, "list", "trust:list_", "List trusted certificates", aliases=["ls"])
+    p.add_argument("target_remote", nargs="?", metavar="REMOTE:")
+    _format(p)
+    p = _leaf(trust, "remove", "trust:remove", "Remove a trusted certificate", aliases=["rm"])
+    p.add_argument("name", metavar="[REMOTE:]FINGERPRINT")
+    p = _leaf(trust, "list-tokens", "trust:list_tokens", "List pending trust tokens")
+    p.add_argument("target_remote", nargs="?", metavar="REMOTE:")
+    _format(p)
+    p = _leaf(trust, "revoke-token", "trust:revoke_token", "Revoke the trust tokens of NAME")
+    p.add_argument("name", metavar="[REMOTE:]NAME")
+
+
+def _remote(subs: argparse._SubParsersAction) -> None:
+    remote = _group(subs, "remote", "Manage remote corral (or LXD) servers reached over HTTPS")
+    p = _leaf(remote, "add", "remote:add", "Add a remote from a trust token or an https URL")
+    p.add_argument("remote_name", metavar="NAME")
+    p.add_argument("address", metavar="TOKEN|https://ADDR[:PORT]")
+    p.add_argument("--accept-certificate", action="store_true",
+                   help="trust the server certificate presented at the URL")
+    p.add_argument("--password", default="", help="trust password or token secret")
+    p = _leaf(remote, "list", "remote:list_", "List remotes", aliases=["ls"])
+    _format(p)
+    p = _leaf(remote, "remove", "remote:remove", "Remove a remote", aliases=["rm"])
+    p.add_argument("remote_name", metavar="NAME")
+    p = _leaf(remote, "switch", "remote:switch", "Set the default remote")
+    p.add_argument("remote_name", metavar="NAME")
+    _leaf(remote, "get-default", "remote:get_default", "Show the default remote")
+
+
 def build_parser() -> Parser:
     """The whole command tree (cheap: about a millisecond)."""
     parser = Parser(prog="corral", description="Manage corral (LXD-compatible) instances")
@@ -287,6 +334,8 @@ def build_parser() -> Parser:
     _images(subs)
     _profiles(subs)
     _operations_and_server(subs)
+    _remote(subs)
+    _dev_cluster(subs)
     return parser
 
 

@@ -22,7 +22,10 @@ from typing import Any
 from cluster.cli.client import Client, CliError
 
 # Handlers that run without a connection to the daemon (they start it or set it up).
-LOCAL_HANDLERS = {"server:daemon", "server:init_cluster"}
+LOCAL_HANDLERS = {"server:daemon", "server:init_cluster", "devcluster:up", "devcluster:down"}
+# ``corral remote ...`` edits $CORRAL_CONF (and talks to the remote itself).
+LOCAL_HANDLERS |= {"remote:add", "remote:list_", "remote:remove", "remote:switch",
+                   "remote:get_default"}
 
 
 def resolve(handler: str) -> Callable[..., Any]:
@@ -34,7 +37,9 @@ def resolve(handler: str) -> Callable[..., Any]:
 
 
 async def _run_with_client(func: Callable[..., Any], args: argparse.Namespace) -> int:
-    async with Client() as client:
+    from cluster.cli.remotes import resolve
+
+    async with Client(remote=resolve(args)) as client:  # REMOTE:NAME arguments, over HTTPS
         return int(await func(client, args) or 0)
 
 

@@ -18,7 +18,8 @@ def bootstrap(state: State, cmd: Command) -> Result:
     state.members[member["name"]] = Member(
         name=member["name"], address=member.get("address", ""),
         architecture=member.get("architecture", "x86_64"),
-        roles=["database", "database-leader"], heartbeat_at=cmd.time)
+        raft_address=member.get("raft_address", ""), roles=["database"],
+        heartbeat_at=cmd.time, joined_at=cmd.time)
     pool = a["pool"]
     state.storage_pools[pool["name"]] = StoragePool(pool["name"], pool["driver"],
                                                     dict(pool.get("config", {})))

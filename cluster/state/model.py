@@ -20,6 +20,8 @@ class Member:
     description: str = ""
     heartbeat_at: float = 0.0
     state: str = "ONLINE"
+    raft_address: str = ""
+    joined_at: float = 0.0
 
 
 @dataclass
@@ -122,6 +124,39 @@ class Network:
     description: str = ""
 
 
+@dataclass
+class Certificate:
+    """A trusted TLS client, keyed by the SHA-256 fingerprint of its DER certificate."""
+
+    fingerprint: str
+    name: str
+    certificate: str  # PEM
+    type: str = "client"
+    restricted: bool = False
+    projects: list[str] = field(default_factory=list)
+    description: str = ""
+
+
+@dataclass
+class TrustToken:
+    """A pending, single-use trust token; only the SHA-256 of its secret is replicated."""
+
+    secret_hash: str
+    name: str
+    created_at: float
+    expires_at: float  # 0 = never
+
+
+@dataclass
+class JoinToken:
+    """A pending, single-use cluster join token for one new member name."""
+
+    name: str
+    secret_hash: str
+    created_at: float
+    expires_at: float
+
+
 RECENT_COMMANDS = 20_000
 
 
@@ -135,9 +170,16 @@ class State:
     storage_pools: dict[str, StoragePool] = field(default_factory=dict)
     networks: dict[str, Network] = field(default_factory=dict)
     config: dict[str, str] = field(default_factory=dict)
+    certificates: dict[str, Certificate] = field(default_factory=dict)
+    trust_tokens: dict[str, TrustToken] = field(default_factory=dict)  # by secret hash
+    join_tokens: dict[str, JoinToken] = field(default_factory=dict)  # by new member name
     # Results of recently applied command ids: a retried command is applied once.
     recent: OrderedDict[str, Any] = field(default_factory=OrderedDict)
     index: int = 0  # number of commands applied; a cheap change counter
+
+    def __setstate__(self, data: dict[str, Any]) -> None:
+        # A snapshot pickled before a field existed still loads, with that field empty.
+        self.__dict__.update(State().__dict__ | data)
 
     def instance_by_uid(self, uid: str) -> Instance | None:
         for inst in self.instances.values():

@@ -61,9 +61,11 @@ class _PromptSyncObj(SyncObj):  # type: ignore[misc]
                 return
 
 
-def raft_conf(journal_dir: Path) -> SyncObjConf:
-    """Settings for throughput and quick failover (see RECIPES: pysyncobj)."""
+def raft_conf(journal_dir: Path, password: str | None = None) -> SyncObjConf:
+    """Settings for throughput and quick failover (see RECIPES: pysyncobj). With a
+    ``password`` all Raft traffic is encrypted and peers without it are refused."""
     return SyncObjConf(
+        password=password,
         appendEntriesUseBatch=False,  # the batching default commits ~10 sync writes/s
         autoTickPeriod=0.05,
         raftMinTimeout=0.4,
@@ -80,9 +82,11 @@ def raft_conf(journal_dir: Path) -> SyncObjConf:
 
 
 class RaftStore:
-    def __init__(self, self_address: str, partners: list[str], journal_dir: Path) -> None:
+    def __init__(self, self_address: str, partners: list[str], journal_dir: Path,
+                 password: str | None = None) -> None:
         self._address = self_address
-        self._partners = partners
+        self._partners = list(partners)
+        self._password = password
         self._journal_dir = journal_dir
         self._replica = _Replica()
         self._replica.listeners.append(self._on_change)
@@ -91,18 +95,65 @@ class RaftStore:
         self._sync: SyncObj | None = None
 
     async def start(self, ready_timeout: float = 30.0) -> None:
-        """Open the journal, replay it and wait until a leader is known."""
+        """Open the journal, replay it and wait until a leader is known.
+
+        A member of a multi-member cluster starts even without a quorum (it serves
+        reads of its replica and its writes wait for a leader); a single member must
+        become its own leader or the start fails.
+        """
         self._loop = asyncio.get_running_loop()
         self._journal_dir.mkdir(parents=True, exist_ok=True)
         sync: SyncObj = await asyncio.to_thread(
-            _PromptSyncObj, self._address, self._partners, raft_conf(self._journal_dir),
-            [self._replica])
+            _PromptSyncObj, self._address, self._partners,
+            raft_conf(self._journal_dir, self._password), [self._replica])
         self._sync = sync
         deadline = self._loop.time() + ready_timeout
         while not (sync.isReady() and sync._getLeader() is not None):
             if self._loop.time() > deadline:
+                if self._partners:
+                    return
                 raise Unavailable("The replicated state did not become ready")
             await asyncio.sleep(0.01)
+
+    async def rebind(self, self_address: str, partners: list[str], password: str | None,
+                     fresh: bool) -> None:
+        """Restart Raft under a new address, partners or password (cluster enable, join).
+
+        The replica is rebuilt from the journal (or, with ``fresh``, from the
+        cluster that this member joins), never applied twice on top of itself.
+        """
+        await self.close()
+        if fresh:
+            for name in ("journal", "journal.meta", "snapshot", "snapshot.tmp"):
+                (self._journal_dir / name).unlink(missing_ok=True)
+        with self._replica.lock:
+            self._replica.state = State()
+        self._address, self._partners, self._password = self_address, list(partners), password
+        await self.start()
+
+    async def add_member(self, raft_address: str, timeout: float = 10.0) -> None:
+        """Add a voter (pysyncobj's dynamic membership; the change goes through the log)."""
+        await self._membership(self._require().addNodeToCluster, raft_address, timeout)
+
+    async def remove_member(self, raft_address: str, timeout: float = 10.0) -> None:
+        await self._membership(self._require().removeNodeFromCluster, raft_address, timeout)
+
+    def _require(self) -> SyncObj:
+        if self._sync is None:
+            raise Unavailable("The replicated state is not running")
+        return self._sync
+
+    async def _membership(self, change: Any, raft_address: str, timeout: float) -> None:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[tuple[Any, Any]] = loop.create_future()
+        change(raft_address, callback=lambda result, error: loop.call_soon_threadsafe(
+            _resolve, future, (result, error)))
+        try:
+            _, error = await asyncio.wait_for(future, timeout)
+        except TimeoutError as exc:
+            raise Unavailable(f"Raft membership change for {raft_address} timed out") from exc
+        if error != FAIL_REASON.SUCCESS:
+            raise Unavailable(f"Raft membership change for {raft_address} failed ({error})")
 
     async def close(self) -> None:
         if self._sync is not None:
@@ -133,6 +184,11 @@ class RaftStore:
     def leader(self) -> str | None:
         leader = self._sync._getLeader() if self._sync else None
         return str(leader) if leader is not None else None
+
+    @property
+    def address(self) -> str:
+        """This member's Raft address."""
+        return self._address
 
     def members(self) -> list[str]:
         return [self._address, *self._partners]

@@ -12,6 +12,8 @@ import cluster
 from cluster.api.context import Context
 from cluster.api.handlers.common import ctx_of
 from cluster.api.response import bad_request, json_body, sync
+from cluster.https import HTTPS, check_https_config, is_trusted, listen_addresses
+from cluster.https import reconcile as https_reconcile
 from cluster.state.commands import command
 
 # Only extensions whose behaviour corral really implements.
@@ -36,11 +38,17 @@ def _os_release() -> dict[str, str]:
     return out
 
 
-def server_info(ctx: Context) -> dict[str, Any]:
+def untrusted_info() -> dict[str, Any]:
+    """What ``GET /1.0`` shows a client that is not trusted (LXD's reduced view)."""
+    return {"api_extensions": API_EXTENSIONS, "api_status": "stable", "api_version": "1.0",
+            "auth": "untrusted", "public": False, "auth_methods": ["tls"]}
+
+
+def server_info(ctx: Context, identity: Any = None, address: str = "") -> dict[str, Any]:
     release = _os_release()
     with ctx.store.read() as state:
         config = dict(state.config)
-    return {
+    info: dict[str, Any] = {
         "api_extensions": API_EXTENSIONS, "api_status": "stable", "api_version": "1.0",
         "auth": "trusted", "public": False, "auth_methods": ["tls"], "config": config,
         "environment": {
@@ -56,10 +64,19 @@ def server_info(ctx: Context) -> dict[str, Any]:
             "storage_supported_drivers": [{"Name": "dir", "Version": "1", "Remote": False}],
         },
     }
+    if identity is not None:
+        info["environment"].update(certificate=identity.cert_pem,
+                                   certificate_fingerprint=identity.fingerprint,
+                                   addresses=listen_addresses(address))
+    return info
 
 
 async def get_server(request: web.Request) -> web.Response:
-    return sync(server_info(ctx_of(request)))
+    if not is_trusted(request):
+        return sync(untrusted_info())
+    listener = request.app.get(HTTPS)
+    identity, address = (listener.identity, listener.address) if listener else (None, "")
+    return sync(server_info(ctx_of(request), identity, address))
 
 
 async def put_server(request: web.Request) -> web.Response:
@@ -71,7 +88,9 @@ async def put_server(request: web.Request) -> web.Response:
             config = {**state.config, **config}
     if not isinstance(config, dict):
         raise bad_request("Server config must be a mapping")
+    check_https_config(config)
     await ctx.store.submit(command("config.set", config=config))
+    await https_reconcile(request)
     return sync({})
 
 

@@ -1,0 +1,197 @@
+"""``corral dev-cluster``: N corral members, each in a namespace host, on one machine.
+
+::
+
+    up(3, DIR)
+      HostNetwork(<prefix>, 10.77.x.0/24)       bridge <prefix>br in the root namespace
+        m1: netns <prefix>-m1  eth0 10.77.x.2   corral daemon, CORRAL_DIR=DIR/m1, c1br0 10.78.1.1/24
+        m2: netns <prefix>-m2  eth0 10.77.x.3   corral daemon, CORRAL_DIR=DIR/m2, c2br0 10.78.2.1/24
+        ...
+      form_cluster(members)                     today: each member is its own one-member cluster
+      DIR/devcluster.json                       what down() removes (written before any daemon)
+
+The same harness (``cluster.netns`` + ``DaemonProcess``) runs the multi-host tests, so what
+a developer pokes at is what the tests exercise (DESIGN §7).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from cluster.harness import DaemonProcess
+from cluster.netns import (
+    HostNetwork,
+    enter_argv,
+    host_routes,
+    kill_pids,
+    netns_path,
+    pick_subnet,
+    teardown_prefix,
+)
+from cluster.teardown import teardown
+
+DEFAULT_DIR = Path("/var/lib/corral-dev")
+STATE_FILE = "devcluster.json"
+MAX_NODES = 32
+
+
+class DevClusterError(RuntimeError):
+    """The dev cluster cannot be brought up or down; the message says what to do."""
+
+
+def dev_prefix(directory: Path) -> str:
+    """Names of a dev cluster's bridge and namespaces derive from its directory, so two
+    dev clusters in different directories never collide and ``down`` works without state."""
+    return "cd" + hashlib.sha1(str(directory.resolve()).encode()).hexdigest()[:6]
+
+
+def member_name(index: int) -> str:
+    return f"m{index}"
+
+
+def container_bridge(index: int) -> str:
+    """The instance bridge inside member ``index``'s namespace (distinct per member)."""
+    return f"c{index}br0"
+
+
+def container_network(index: int) -> str:
+    """The instance bridge's CIDR: distinct per member, so routes between members can
+    come later without renumbering."""
+    if not 1 <= index <= 254:
+        raise DevClusterError(f"member index {index} out of range 1-254")
+    return f"10.78.{index}.1/24"
+
+
+def form_cluster(members: list[DaemonProcess]) -> None:
+    """Initialise the members. TODAY each becomes its own one-member cluster; the lead
+    replaces this with bootstrap-on-the-first + join-the-rest."""
+    for member in members:
+        member.init()
+
+
+def up(nodes: int, directory: Path = DEFAULT_DIR) -> list[DaemonProcess]:
+    """Start ``nodes`` members under ``directory``; on any failure remove what was made.
+
+    Raises DevClusterError if a dev cluster already lives in ``directory``.
+    """
+    if not 1 <= nodes <= MAX_NODES:
+        raise DevClusterError(f"--nodes must be 1-{MAX_NODES}")
+    directory = directory.resolve()
+    if (directory / STATE_FILE).exists():
+        raise DevClusterError(f"a dev cluster already runs in {directory}: "
+                              f"corral dev-cluster down --dir {directory}")
+    directory.mkdir(parents=True, exist_ok=True)
+    directory.chmod(0o711)  # containers' mapped root must traverse to the rootfs
+    net = HostNetwork(dev_prefix(directory), pick_subnet(host_routes()))
+    state: dict[str, Any] = {"prefix": net.prefix, "subnet": net.subnet, "bridge": net.bridge,
+                             "gateway": net.gateway, "members": []}
+    members: list[DaemonProcess] = []
+    try:
+        _write_state(directory, state)
+        net.create()
+        for index in range(1, nodes + 1):
+            host = net.add_host(member_name(index))
+            member = DaemonProcess(root=directory / host.name, bridge=container_bridge(index),
+                                   address=container_network(index), netns=host.netns)
+            state["members"].append({
+                "name": host.name, "netns": host.netns, "veth": host.veth,
+                "address": host.address, "corral_dir": str(member.root),
+                "socket": str(member.socket), "container_bridge": member.bridge,
+                "container_network": member.address, "pid": None})
+            _write_state(directory, state)
+            member.spawn()  # all daemons start at once; wait_ready below
+            assert member.process is not None
+            state["members"][-1]["pid"] = member.process.pid
+            _write_state(directory, state)
+            members.append(member)
+        for member in members:
+            member.wait_ready()
+        form_cluster(members)
+    except BaseException:
+        down(directory)
+        raise
+    print(describe(state))
+    return members
+
+
+def describe(state: dict[str, Any]) -> str:
+    """How to reach each member, for a human."""
+    lines = [f"dev cluster: bridge {state['bridge']} ({state['gateway']}), "
+             f"{len(state['members'])} member(s)"]
+    for m in state["members"]:
+        lines.append(f"  {m['name']}: host address {m['address']} (netns {m['netns']}), "
+                     f"daemon pid {m['pid']}, socket {m['socket']}")
+        lines.append(f"      CORRAL_DIR={m['corral_dir']} corral list")
+    return "\n".join(lines)
+
+
+def down(directory: Path = DEFAULT_DIR) -> list[str]:
+    """Remove every daemon, container, cgroup, namespace, veth and bridge of the dev
+    cluster in ``directory``; idempotent, and works from names alone if the state file
+    is missing (a crash before it was written)."""
+    directory = directory.resolve()
+    state = _read_state(directory)
+    roots = {Path(m["corral_dir"]): m for m in state.get("members", [])}
+    roots.update({p: {} for p in directory.glob("m[0-9]*") if p.is_dir() and p not in roots})
+    removed: list[str] = []
+    for root, member in sorted(roots.items()):
+        _stop_daemon(member.get("pid"), root)
+        _teardown_member(root, member.get("netns"))
+        removed.append(f"member {root}")
+    removed += teardown_prefix(str(state.get("prefix") or dev_prefix(directory)))
+    (directory / STATE_FILE).unlink(missing_ok=True)
+    if directory.is_dir() and not any(directory.iterdir()):
+        directory.rmdir()
+    return removed
+
+
+def _stop_daemon(pid: int | None, root: Path, timeout: float = 20.0) -> None:
+    """SIGTERM the daemon of ``root`` (checked by its environment, so a reused pid is
+    never signalled), SIGKILL after ``timeout``."""
+    if pid is None or not _is_daemon_of(pid, root):
+        return
+    kill_pids([pid], timeout)
+    deadline = time.monotonic() + 5
+    while _is_daemon_of(pid, root) and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def _is_daemon_of(pid: int, root: Path) -> bool:
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return b"daemon" in cmdline and f"CORRAL_DIR={root}".encode() in environ
+
+
+def _teardown_member(root: Path, netns: str | None) -> None:
+    """``cluster.teardown`` of one CORRAL_DIR, from inside its namespace when it exists
+    (lxc-stop talks to the monitor over an abstract socket of that namespace)."""
+    argv = [sys.executable, "-m", "cluster.teardown", str(root)]
+    if netns and Path(netns_path(netns)).exists():
+        subprocess.run(enter_argv(netns, argv), capture_output=True, timeout=300, check=False)
+    teardown(root)
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def _write_state(directory: Path, state: dict[str, Any]) -> None:
+    tmp = directory / f".{STATE_FILE}.tmp"
+    tmp.write_text(json.dumps(state, indent=2) + "\n")
+    tmp.replace(directory / STATE_FILE)
+
+
+def _read_state(directory: Path) -> dict[str, Any]:
+    try:
+        state: dict[str, Any] = json.loads((directory / STATE_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return state
+

@@ -1,0 +1,216 @@
+"""The daemon's HTTPS listener and who is trusted on it.
+
+The same aiohttp application serves the unix socket and, when
+``core.https_address`` is set, a TLS ``TCPSite``. Changing the key (``PUT``/``PATCH
+/1.0``, ``corral init --auto --address``) starts, moves or stops the listener at
+once. A TLS client is trusted when its certificate's fingerprint is in the
+replicated trust store; the root-only unix socket is always trusted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import json
+import logging
+import re
+import ssl
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from aiohttp import web
+
+from cluster import tls
+from cluster.api.context import CTX
+from cluster.api.response import bad_request
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PORT = 8443
+ADDRESS_KEY = "core.https_address"
+EXPIRY_KEY = "core.remote_token_expiry"
+DEFAULT_TOKEN_SECONDS = 3600.0
+_EXPIRY_UNITS = {"S": 1, "M": 60, "H": 3600, "d": 86400, "w": 7 * 86400, "m": 30 * 86400,
+                 "y": 365 * 86400}
+_EXPIRY_PART = re.compile(r"(\d+)\s*([SMHdwmy]?)")
+
+
+@dataclass(frozen=True)
+class Identity:
+    """This server's certificate: what clients pin and what ``GET /1.0`` shows."""
+
+    crt: Path
+    key: Path
+    cert_pem: str
+    fingerprint: str
+
+    @classmethod
+    def load(cls, root: Path) -> Identity:
+        """Load ``$CORRAL_DIR/server.crt``/``server.key``, generating them if missing."""
+        pem = tls.ensure_server_cert(root).decode()
+        return cls(root / "server.crt", root / "server.key", pem,
+                   tls.fingerprint(tls.pem_to_der(pem)))
+
+
+def parse_address(value: str) -> tuple[str | None, int]:
+    """``HOST[:PORT]`` (IPv6 in brackets) to ``(host, port)``; host ``None`` = every address.
+
+    Raises ``ValueError`` with a message fit for the user.
+    """
+    text = value.strip()
+    host, port = text, DEFAULT_PORT
+    if text.startswith("["):
+        host, sep, rest = text[1:].partition("]")
+        if not sep or (rest and not rest.startswith(":")):
+            raise ValueError(f"Invalid address {value!r}")
+        port_text = rest[1:]
+    elif text.count(":") == 1:
+        host, port_text = text.split(":")
+    else:
+        port_text = ""
+    if port_text:
+        if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+            raise ValueError(f"Invalid port in address {value!r}")
+        port = int(port_text)
+    if host in ("", "::"):
+        return None, port
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        if not re.fullmatch(r"[A-Za-z0-9.-]+", host):
+            raise ValueError(f"Invalid address {value!r}") from None
+    return host, port
+
+
+def join_address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def token_lifetime(config: dict[str, str]) -> float:
+    """Seconds a new trust token lives: ``core.remote_token_expiry`` in LXD's units
+    (``30M``, ``2H``, ``1d``; a bare number is seconds), else one hour."""
+    text = config.get(EXPIRY_KEY, "").strip()
+    if not text:
+        return DEFAULT_TOKEN_SECONDS
+    parts = _EXPIRY_PART.findall(text)
+    if not parts or _EXPIRY_PART.sub("", text).strip():
+        raise bad_request(f"Invalid {EXPIRY_KEY} {text!r}")
+    return float(sum(int(n) * _EXPIRY_UNITS[unit or "S"] for n, unit in parts))
+
+
+def check_https_config(config: object) -> None:
+    """Refuse (400) a server config whose HTTPS keys are malformed, before it is committed."""
+    if not isinstance(config, dict):
+        return
+    address = config.get(ADDRESS_KEY)
+    if address:
+        try:
+            parse_address(str(address))
+        except ValueError as exc:
+            raise bad_request(str(exc)) from exc
+    token_lifetime({EXPIRY_KEY: str(config.get(EXPIRY_KEY, ""))})
+
+
+def _host_addresses(ipv4_only: bool) -> list[str]:
+    """Global addresses of this host, for a wildcard listener (as LXD lists them)."""
+    try:
+        out = subprocess.run(["ip", "-j", "addr", "show"], capture_output=True, timeout=5,
+                             check=True).stdout
+        ifaces = json.loads(out)
+    except (OSError, subprocess.SubprocessError, ValueError):
+        return []
+    found = []
+    for iface in ifaces:
+        for info in iface.get("addr_info", []):
+            if info.get("scope") == "global" and not (ipv4_only and info.get("family") != "inet"):
+                found.append(str(info["local"]))
+    return found
+
+
+def listen_addresses(value: str) -> list[str]:
+    """The ``host:port`` strings clients can use for ``core.https_address`` = ``value``."""
+    if not value:
+        return []
+    try:
+        host, port = parse_address(value)
+    except ValueError:
+        return []
+    if host is not None and host != "0.0.0.0":
+        return [join_address(host, port)]
+    return [join_address(a, port) for a in _host_addresses(ipv4_only=host == "0.0.0.0")]
+
+
+class HttpsListener:
+    """Owns the TLS site of the app's runner and keeps it on ``core.https_address``."""
+
+    def __init__(self, identity: Identity) -> None:
+        self.identity = identity
+        self._runner: web.AppRunner | None = None
+        self._site: web.TCPSite | None = None
+        self._address = ""
+        self._lock = asyncio.Lock()
+        self._ssl: ssl.SSLContext | None = None  # made on first use: a failure stays HTTPS's
+
+    def attach(self, runner: web.AppRunner) -> None:
+        self._runner = runner
+
+    @property
+    def address(self) -> str:
+        return self._address
+
+    async def reconcile(self, app: web.Application) -> None:
+        """Listen on the configured address (or stop listening); raises ``ApiError`` (400)
+        when the address is invalid or cannot be bound."""
+        with app[CTX].store.read() as state:
+            wanted = state.config.get(ADDRESS_KEY, "").strip()
+        async with self._lock:
+            if wanted == self._address or self._runner is None:
+                return
+            if self._site is not None:
+                await self._site.stop()
+                self._site, self._address = None, ""
+                log.info("HTTPS listener stopped")
+            if not wanted:
+                return
+            try:
+                host, port = parse_address(wanted)
+                if self._ssl is None:
+                    self._ssl = tls.server_context(self.identity.crt, self.identity.key)
+                site = web.TCPSite(self._runner, host, port, ssl_context=self._ssl,
+                                   reuse_address=True)
+                await site.start()
+            except (ValueError, OSError, RuntimeError) as exc:
+                raise bad_request(f"Cannot listen on https socket {wanted!r}: {exc}") from exc
+            self._site, self._address = site, wanted
+            log.info("HTTPS listener on %s (fingerprint %s)", wanted, self.identity.fingerprint)
+
+    async def close(self) -> None:
+        async with self._lock:
+            if self._site is not None:
+                await self._site.stop()
+                self._site, self._address = None, ""
+
+
+HTTPS: web.AppKey[HttpsListener] = web.AppKey("https", HttpsListener)
+
+
+async def reconcile(request: web.Request) -> None:
+    """After a config change: bring the HTTPS listener in line (no-op without one)."""
+    listener = request.app.get(HTTPS)
+    if listener is not None:
+        await listener.reconcile(request.app)
+
+
+def is_trusted(request: web.Request) -> bool:
+    """The unix socket is root-only, so trusted (as LXD's); a TLS client is trusted when
+    its certificate's fingerprint is in the trust store; anything else is not."""
+    transport = request.transport
+    sockname = transport.get_extra_info("sockname") if transport else None
+    if isinstance(sockname, str) or sockname is None:
+        return True
+    fingerprint = tls.peer_fingerprint(transport)
+    if not fingerprint:
+        return False
+    with request.app[CTX].store.read() as state:
+        return fingerprint in state.certificates

@@ -1,0 +1,119 @@
+"""Apply handlers for cluster membership: join tokens, joining, roles and removal.
+
+Voters are members with the ``database`` role; at most ``cluster.max_voters`` (default 3)
+hold it, as in LXD. A join token is single-use and expires by the time carried in the
+command, never by a clock read inside apply.
+"""
+
+from __future__ import annotations
+
+import hmac
+
+from cluster.state import validate
+from cluster.state.commands import Command, Result, fail, ok
+from cluster.state.model import JoinToken, Member, State
+
+VOTER = "database"
+ROLES = {VOTER, "database-standby"}
+DEFAULT_MAX_VOTERS = 3
+
+
+def max_voters(state: State) -> int:
+    value = state.config.get("cluster.max_voters", "")
+    return int(value) if value.isdigit() and int(value) >= 1 else DEFAULT_MAX_VOTERS
+
+
+def voters(state: State) -> list[Member]:
+    return [m for m in state.members.values() if VOTER in m.roles]
+
+
+def _name_error(name: object) -> str:
+    return validate.instance_name_error(name).replace("Instance", "Member")
+
+
+def join_token_add(state: State, cmd: Command) -> Result:
+    a = cmd.args
+    name = a.get("name")
+    problem = _name_error(name)
+    if problem:
+        return fail(400, problem)
+    if name in state.members:
+        return fail(409, f"The cluster already has a member with name {name!r}")
+    if name in state.join_tokens:
+        return fail(409, f"A join token for {name!r} is already pending")
+    expires_at = float(a.get("expires_at", 0) or 0)
+    if expires_at <= cmd.time:
+        return fail(400, "A join token must expire in the future")
+    state.join_tokens[str(name)] = JoinToken(str(name), str(a.get("secret_hash", "")),
+                                             cmd.time, expires_at)
+    return ok(None)
+
+
+def join_token_delete(state: State, cmd: Command) -> Result:
+    if state.join_tokens.pop(cmd.args.get("name", ""), None) is None:
+        return fail(404, "Join token not found")
+    return ok(None)
+
+
+def member_join(state: State, cmd: Command) -> Result:
+    """Consume the new member's token and add it; a voter while voters are short."""
+    a = cmd.args
+    name = str(a.get("name", ""))
+    token = state.join_tokens.get(name)
+    if token is None or not hmac.compare_digest(token.secret_hash,
+                                                str(a.get("secret_hash", ""))):
+        return fail(403, "Invalid or already used join token")
+    if cmd.time > token.expires_at:
+        return fail(403, "The join token has expired")
+    address, raft = str(a.get("address", "")), str(a.get("raft_address", ""))
+    if not address or not raft:
+        return fail(400, "A joining member needs an address and a Raft address")
+    for member in state.members.values():
+        if address in (member.address, member.raft_address) or raft in (
+                member.address, member.raft_address):
+            return fail(409, f"Address already in use by member {member.name!r}")
+    roles = [VOTER] if len(voters(state)) < max_voters(state) else []
+    state.members[name] = Member(name=name, address=address, raft_address=raft,
+                                 architecture=str(a.get("architecture", "x86_64")),
+                                 roles=roles, heartbeat_at=cmd.time, joined_at=cmd.time)
+    del state.join_tokens[name]
+    return ok({"roles": roles})
+
+
+def member_remove(state: State, cmd: Command) -> Result:
+    name = cmd.args.get("name", "")
+    member = state.members.get(name)
+    if member is None:
+        return fail(404, "Cluster member not found")
+    force = bool(cmd.args.get("force"))
+    if VOTER in member.roles and len(voters(state)) == 1 and not force:
+        return fail(400, "Cannot remove the last voter of the cluster without --force")
+    hosted = [i.name for i in state.instances.values() if i.location == name]
+    if hosted and not force:
+        return fail(400, f"Member {name!r} still hosts instances: {', '.join(sorted(hosted))}")
+    del state.members[name]
+    return ok(None)
+
+
+def member_roles(state: State, cmd: Command) -> Result:
+    member = state.members.get(cmd.args.get("name", ""))
+    if member is None:
+        return fail(404, "Cluster member not found")
+    roles = cmd.args.get("roles")
+    if not isinstance(roles, list) or not set(roles) <= ROLES:
+        return fail(400, f"Roles must be a subset of {sorted(ROLES)}")
+    if VOTER in roles and VOTER not in member.roles and len(voters(state)) >= max_voters(state):
+        return fail(400, "The cluster already has its maximum number of voters")
+    if VOTER in member.roles and VOTER not in roles and len(voters(state)) == 1:
+        return fail(400, "Cannot demote the last voter of the cluster")
+    member.roles = [r for r in roles if r in ROLES]
+    return ok(None)
+
+
+HANDLERS = {
+    "join_token.add": join_token_add,
+    "join_token.delete": join_token_delete,
+    "member.join": member_join,
+    "member.remove": member_remove,
+    "member.roles": member_roles,
+}
