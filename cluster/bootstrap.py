@@ -16,10 +16,14 @@ from typing import Any
 
 from aiohttp import web
 
+from cluster.api.context import Context
+from cluster.api.handlers.cluster_join import join_cluster
 from cluster.api.handlers.common import ctx_of
 from cluster.api.response import ApiError, bad_request, json_body, sync
-from cluster.https import ADDRESS_KEY, check_https_config
+from cluster.https import ADDRESS_KEY, HTTPS, check_https_config, join_address, parse_address
 from cluster.https import reconcile as https_reconcile
+from cluster.membership import raft_address_for, raft_password
+from cluster.state import validate
 from cluster.state.commands import command
 
 DEFAULT_BRIDGE = "corralbr0"
@@ -45,6 +49,15 @@ async def init_handler(request: web.Request) -> web.Response:
     with ctx.store.read() as state:
         if state.members:
             raise ApiError(409, "This member is already initialised")
+    if body.get("join"):
+        await join_cluster(request, body)
+        return sync({})
+    if body.get("member_name"):
+        problem = validate.instance_name_error(body["member_name"]).replace("Instance", "Member")
+        if problem:
+            raise bad_request(problem)
+        ctx.rename_member(str(body["member_name"]))
+        ctx.save_local()
     bridge = str(body.get("bridge_name") or DEFAULT_BRIDGE)
     if not 0 < len(bridge) <= 15 or "/" in bridge or " " in bridge:
         raise bad_request(f"Invalid bridge name {bridge!r}")
@@ -52,10 +65,11 @@ async def init_handler(request: web.Request) -> web.Response:
     pool_config = {"source": str(body["storage_path"])} if body.get("storage_path") else {}
     config = {ADDRESS_KEY: str(body["address"])} if body.get("address") else {}
     check_https_config(config)
+    member_address = await _enable_clustering(ctx, request, str(body.get("address") or ""))
     await ctx.store.submit(command(
         "cluster.bootstrap",
-        member={"name": ctx.member, "address": "", "architecture": platform.machine(),
-                "raft_address": ctx.store.address},
+        member={"name": ctx.member, "address": member_address,
+                "architecture": platform.machine(), "raft_address": ctx.store.address},
         pool={"name": "default", "driver": "dir", "config": pool_config},
         network={"name": bridge, "config": {"ipv4.address": address, "ipv4.nat": "true",
                                             "ipv6.address": "none"}},
@@ -63,6 +77,24 @@ async def init_handler(request: web.Request) -> web.Response:
     await open_local_parts(ctx)
     await https_reconcile(request)
     return sync({})
+
+
+async def _enable_clustering(ctx: Context, request: web.Request, address: str) -> str:
+    """With an address the member becomes the first of a cluster others can join: Raft
+    moves next to the API's port, encrypted with the cluster key. Returns HOST:PORT."""
+    if not address:
+        return ""
+    host, port = parse_address(address)
+    if host is None or host in ("0.0.0.0", "::"):
+        raise bad_request("A cluster member needs a specific address, not a wildcard")
+    member_address = join_address(host, port)
+    raft = raft_address_for(member_address)
+    key = request.app[HTTPS].identity.key.read_bytes()
+    await ctx.store.rebind(raft, [], raft_password(key), fresh=True)
+    assert ctx.local is not None
+    ctx.local.raft_address, ctx.local.partners, ctx.local.clustered = raft, [], True
+    ctx.save_local()
+    return member_address
 
 
 ROUTES = [("POST", "/internal/init", init_handler)]
@@ -85,7 +117,8 @@ async def _post_init(options: dict[str, Any]) -> None:
 def init_auto(args: Any) -> int:
     """CLI entry: returns the exit code."""
     options = {key: getattr(args, key, None)
-               for key in ("network_address", "bridge_name", "storage_path", "address")}
+               for key in ("network_address", "bridge_name", "storage_path", "address",
+                           "join", "member_name")}
     try:
         asyncio.run(_post_init({k: v for k, v in options.items() if v}))
     except (OSError, RuntimeError) as exc:

@@ -20,10 +20,12 @@ from aiohttp import web
 from cluster.api.app import build_app
 from cluster.api.context import Context
 from cluster.api.events import EventHub
+from cluster.api.handlers.cluster_join import track_partners
 from cluster.api.handlers.images import cleanup_uploads
 from cluster.api.operations import Operations
 from cluster.https import HTTPS, HttpsListener, Identity
 from cluster.local_config import load_or_create
+from cluster.membership import raft_password
 from cluster.state.raft import RaftStore
 from node_agent.agent import NodeAgent
 from node_agent.idmap import ensure_root_idmap
@@ -76,7 +78,9 @@ def _host_rebooted(paths: Paths) -> bool:
 async def serve(paths: Paths, ready: asyncio.Event | None = None) -> None:
     paths.ensure()
     local = load_or_create(paths.cluster_file)
-    store = RaftStore(local.raft_address, [], paths.raft_dir)
+    identity = await asyncio.to_thread(Identity.load, paths.root)
+    password = raft_password(identity.key.read_bytes()) if local.clustered else None
+    store = RaftStore(local.raft_address, local.partners, paths.raft_dir, password)
     await store.start()
     idmap = await asyncio.to_thread(ensure_root_idmap)
     node = LocalNode.open(paths, idmap)
@@ -85,11 +89,12 @@ async def serve(paths: Paths, ready: asyncio.Event | None = None) -> None:
     ops = Operations(local.member, lambda op: events.publish("operation", op.to_dict()))
     agent = NodeAgent(local.member, store, node)
     ctx = Context(paths=paths, member=local.member, store=store, node=node, ops=ops,
-                  events=events, agent=agent)
+                  events=events, agent=agent, local=local)
     await open_local_parts(ctx)
     await agent.start(host_rebooted=_host_rebooted(paths))
+    partners_task = asyncio.create_task(track_partners(ctx))
     app = build_app(ctx)
-    https = app[HTTPS] = HttpsListener(await asyncio.to_thread(Identity.load, paths.root))
+    https = app[HTTPS] = HttpsListener(identity)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     https.attach(runner)
@@ -116,6 +121,7 @@ async def serve(paths: Paths, ready: asyncio.Event | None = None) -> None:
         await https.close()
         await runner.cleanup()
         await ops.close()
+        partners_task.cancel()
         await agent.close()
         await store.close()
 

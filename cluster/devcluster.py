@@ -69,11 +69,21 @@ def container_network(index: int) -> str:
     return f"10.78.{index}.1/24"
 
 
-def form_cluster(members: list[DaemonProcess]) -> None:
-    """Initialise the members. TODAY each becomes its own one-member cluster; the lead
-    replaces this with bootstrap-on-the-first + join-the-rest."""
-    for member in members:
-        member.init()
+API_PORT = 8443
+
+
+def form_cluster(members: list[DaemonProcess], addresses: list[str]) -> None:
+    """One cluster: the first member starts it on its host address, every other one
+    joins it with a single-use token from ``corral cluster add`` (as a user would)."""
+    first = members[0]
+    first.corral("init", "--auto", "--bridge-name", first.bridge, "--network-address",
+                 first.address, "--address", f"{addresses[0]}:{API_PORT}",
+                 "--member-name", member_name(1))
+    for index, (member, address) in enumerate(zip(members[1:], addresses[1:],
+                                                  strict=True), start=2):
+        out = first.corral("cluster", "add", member_name(index)).stdout.decode()
+        token = out.strip().splitlines()[-1]
+        member.corral("init", "--join", token, "--address", f"{address}:{API_PORT}")
 
 
 def up(nodes: int, directory: Path = DEFAULT_DIR) -> list[DaemonProcess]:
@@ -113,7 +123,7 @@ def up(nodes: int, directory: Path = DEFAULT_DIR) -> list[DaemonProcess]:
             members.append(member)
         for member in members:
             member.wait_ready()
-        form_cluster(members)
+        form_cluster(members, [m["address"].split("/")[0] for m in state["members"]])
     except BaseException:
         down(directory)
         raise

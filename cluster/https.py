@@ -162,8 +162,12 @@ class HttpsListener:
     async def reconcile(self, app: web.Application) -> None:
         """Listen on the configured address (or stop listening); raises ``ApiError`` (400)
         when the address is invalid or cannot be bound."""
-        with app[CTX].store.read() as state:
+        ctx = app[CTX]
+        with ctx.store.read() as state:
             wanted = state.config.get(ADDRESS_KEY, "").strip()
+            member = state.members.get(ctx.member)
+            if ctx.local is not None and ctx.local.clustered and member is not None:
+                wanted = member.address  # each member listens on its own address
         async with self._lock:
             if wanted == self._address or self._runner is None:
                 return
@@ -184,6 +188,16 @@ class HttpsListener:
                 raise bad_request(f"Cannot listen on https socket {wanted!r}: {exc}") from exc
             self._site, self._address = site, wanted
             log.info("HTTPS listener on %s (fingerprint %s)", wanted, self.identity.fingerprint)
+
+    async def set_identity(self, app: web.Application, identity: Identity) -> None:
+        """Serve a new certificate (a joining member adopts the cluster's)."""
+        async with self._lock:
+            self.identity = identity
+            self._ssl = tls.server_context(identity.crt, identity.key)
+            if self._site is not None:
+                await self._site.stop()
+                self._site, self._address = None, ""
+        await self.reconcile(app)
 
     async def close(self) -> None:
         async with self._lock:
@@ -212,5 +226,8 @@ def is_trusted(request: web.Request) -> bool:
     fingerprint = tls.peer_fingerprint(transport)
     if not fingerprint:
         return False
+    listener = request.app.get(HTTPS)
+    if listener is not None and fingerprint == listener.identity.fingerprint:
+        return True  # another member: members share the cluster certificate
     with request.app[CTX].store.read() as state:
         return fingerprint in state.certificates

@@ -1,10 +1,11 @@
-"""``$CORRAL_DIR/cluster.yaml``: the few facts a member keeps outside the
-replicated state (its own name and its Raft address), written once."""
+"""``$CORRAL_DIR/cluster.yaml``: the few facts a member keeps outside the replicated
+state: its own name, its Raft address, the Raft addresses of the other members (to
+find them again after a restart) and whether Raft traffic is encrypted (clustered)."""
 
 from __future__ import annotations
 
 import socket
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import yaml
@@ -14,6 +15,8 @@ import yaml
 class LocalConfig:
     member: str
     raft_address: str
+    partners: list[str] = field(default_factory=list)
+    clustered: bool = False
 
 
 def _free_loopback_port() -> int:
@@ -23,13 +26,19 @@ def _free_loopback_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def load_or_create(path: Path) -> LocalConfig:
-    if path.exists():
-        data = yaml.safe_load(path.read_text()) or {}
-        return LocalConfig(member=str(data["member"]), raft_address=str(data["raft_address"]))
-    config = LocalConfig(member=socket.gethostname().split(".")[0] or "corral",
-                         raft_address=f"127.0.0.1:{_free_loopback_port()}")
+def save(path: Path, config: LocalConfig) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(yaml.safe_dump(asdict(config)))
     tmp.replace(path)
+
+
+def load_or_create(path: Path) -> LocalConfig:
+    if path.exists():
+        data = yaml.safe_load(path.read_text()) or {}
+        return LocalConfig(member=str(data["member"]), raft_address=str(data["raft_address"]),
+                           partners=[str(p) for p in data.get("partners") or []],
+                           clustered=bool(data.get("clustered", False)))
+    config = LocalConfig(member=socket.gethostname().split(".")[0] or "corral",
+                         raft_address=f"127.0.0.1:{_free_loopback_port()}")
+    save(path, config)
     return config

@@ -14,6 +14,7 @@ import copy
 import logging
 from typing import Any
 
+from cluster.peers import download_image
 from cluster.state.apply_instances import expanded
 from cluster.state.commands import command
 from cluster.state.model import Action, Instance
@@ -179,6 +180,33 @@ class NodeAgent:
         return InstanceSpec(inst.uid, inst.name, inst.image, dict(config),
                             copy.deepcopy(devices))
 
+    async def _ensure_image(self, fingerprint: str) -> None:
+        """Fetch an image this member lacks from a member that has it (over the network)."""
+        if await asyncio.to_thread(self.node.images.has, fingerprint):
+            return
+        with self.store.read() as state:
+            image = state.images.get(fingerprint)
+            holders = [state.members[m].address for m in (image.members if image else [])
+                       if m in state.members and m != self.member and state.members[m].address]
+        errors = []
+        for address in holders:
+            try:
+                path = await download_image(self.node.paths.root, address, fingerprint,
+                                            self.node.paths.images / "tmp")
+                try:
+                    info = await asyncio.to_thread(self.node.images.import_file, path)
+                finally:
+                    path.unlink(missing_ok=True)
+                if info.fingerprint != fingerprint:
+                    raise RuntimeError("the copy's fingerprint does not match")
+                await self.store.submit(command("image.add", fingerprint=fingerprint,
+                                                info=info.to_dict(), member=self.member))
+                return
+            except Exception as exc:  # noqa: BLE001 - try the next member that has it
+                errors.append(f"{address}: {exc}")
+        raise RuntimeError(f"Image {fingerprint[:12]} is not on this member and no member "
+                           f"that has it could send it ({'; '.join(errors) or 'none has it'})")
+
     def _restock(self, spec: InstanceSpec) -> None:
         key = (spec.image, spec.pool, spec.privileged)
         if key in self._restocking:
@@ -200,6 +228,8 @@ class NodeAgent:
     async def _run_action(self, spec: InstanceSpec, act: Action, report: bool = True) -> None:
         error = ""
         try:
+            if act.kind == "create":
+                await self._ensure_image(spec.image)
             await asyncio.to_thread(perform, self.node, spec, act.kind, act.args)
         except Exception as exc:  # noqa: BLE001 - every failure is reported, not raised
             log.warning("%s %s failed: %s", act.kind, spec.name, exc)

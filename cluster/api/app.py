@@ -13,6 +13,7 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from cluster.api.context import CTX, Context
+from cluster.api.forwarding import wrap_routes
 from cluster.api.handlers import (
     aliases,
     certificates,
@@ -27,6 +28,7 @@ from cluster.api.handlers import (
     state,
 )
 from cluster.api.middleware import error_middleware
+from cluster.api.proxy import setup_proxy
 from cluster.api.response import ApiError
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -41,8 +43,8 @@ def _trusted(routes: Sequence[tuple[str, str, Any]]) -> list[tuple[str, str, Any
 
 def route_table() -> list[tuple[str, str, Any, str]]:
     from cluster import bootstrap
+    from cluster.api.handlers import cluster_join, files, logs, members
     from cluster.api.handlers import exec as exec_
-    from cluster.api.handlers import files, logs
 
     table = [
         ("GET", "/", _root, UNTRUSTED),
@@ -76,8 +78,12 @@ def route_table() -> list[tuple[str, str, Any, str]]:
         # Untrusted clients may add their certificate with a trust token's secret.
         *[(m, p, h, UNTRUSTED) for m, p, h in certificates.ROUTES_UNTRUSTED],
         *_trusted(certificates.ROUTES),
+        *_trusted(members.ROUTES),
+        *_trusted(cluster_join.ROUTES_TRUSTED),
+        # A joining member proves itself with its join token's secret.
+        *[(m, p, h, UNTRUSTED) for m, p, h in cluster_join.ROUTES_UNTRUSTED],
     ]
-    return table
+    return wrap_routes(table)  # instance-local and operation routes relay to their member
 
 
 async def _root(request: web.Request) -> web.Response:
@@ -118,4 +124,5 @@ def build_app(ctx: Context) -> web.Application:
         resource = app.router.add_route(method, path, handler).resource
         access[f"{method} {resource.canonical if resource else path}"] = policy
     app[ACCESS_KEY] = access
+    setup_proxy(app)
     return app

@@ -12,6 +12,8 @@ from aiohttp import web
 from cluster.api.events import EventHub
 from cluster.api.operations import Operations
 from cluster.api.response import ApiError
+from cluster.local_config import LocalConfig
+from cluster.local_config import save as save_local_config
 from cluster.state.commands import Command
 from cluster.state.raft import RaftStore
 from cluster.state.store import Change
@@ -29,8 +31,22 @@ class Context:
     ops: Operations
     events: EventHub
     agent: NodeAgent
+    local: LocalConfig | None = None
     started_at: float = field(default_factory=time.time)
     server_config: dict[str, Any] = field(default_factory=dict)
+
+    def rename_member(self, name: str) -> None:
+        """Take the name the cluster knows this member by (when joining)."""
+        self.member = name
+        self.agent.member = name
+        self.ops.location = name
+        self.events.location = name
+        if self.local is not None:
+            self.local.member = name
+
+    def save_local(self) -> None:
+        if self.local is not None:
+            save_local_config(self.paths.cluster_file, self.local)
 
     async def submit_and_wait(self, cmd: Command, timeout: float = 600.0) -> dict[str, Any]:
         """Commit ``cmd`` and wait until the agent has carried out the work it queued."""

@@ -13,7 +13,7 @@ EVENT_TYPES = ("lifecycle", "operation", "logging")
 
 class EventHub:
     def __init__(self, location: str) -> None:
-        self._location = location
+        self.location = location
         self._subscribers: list[tuple[set[str], asyncio.Queue[dict[str, Any]]]] = []
 
     def subscribe(self, types: set[str]) -> asyncio.Queue[dict[str, Any]]:
@@ -28,7 +28,7 @@ class EventHub:
         if not self._subscribers:
             return
         event = {"type": type_, "timestamp": rfc3339(time.time()), "metadata": metadata,
-                 "location": self._location, "project": "default"}
+                 "location": self.location, "project": "default"}
         for types, queue in self._subscribers:
             if type_ in types and not queue.full():
                 queue.put_nowait(event)

@@ -70,13 +70,13 @@ Runner = Callable[[Operation], Awaitable[dict[str, Any] | None]]
 class Operations:
     def __init__(self, location: str, publish: Callable[[Operation], None]) -> None:
         self._ops: dict[str, Operation] = {}
-        self._location = location
+        self.location = location
         self._publish = publish
 
     def start(self, description: str, run: Runner, resources: dict[str, list[str]] | None = None,
               class_: str = "task", cancellable: bool = False,
               prepare: Callable[[Operation], None] | None = None) -> Operation:
-        op = Operation(description, class_, resources or {}, self._location, cancellable)
+        op = Operation(description, class_, resources or {}, self.location, cancellable)
         if prepare is not None:
             prepare(op)
         self._ops[op.id] = op

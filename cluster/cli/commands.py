@@ -73,8 +73,10 @@ def _instances(subs: argparse._SubParsersAction) -> None:
     p.add_argument("name", nargs="?")
     _create_flags(p)
     p.add_argument("--auto", action="store_true", help="initialise this member non-interactively")
-    p.add_argument("--join", metavar="ADDRESS", help="join the cluster a member at ADDRESS runs")
-    p.add_argument("--network-address", help="address the API and raft listen on")
+    p.add_argument("--join", metavar="TOKEN",
+                   help="join a cluster with a token from `corral cluster add`")
+    p.add_argument("--network-address",
+                   help="the container bridge's own address, e.g. 10.190.72.1/24")
     p.add_argument("--network-port", type=int, help="port of the network API")
     p.add_argument("--address", metavar="ADDR[:PORT]",
                    help="serve the API over HTTPS there (core.https_address; port 8443)")
@@ -277,6 +279,19 @@ def _operations_and_server(subs: argparse._SubParsersAction) -> None:
     _leaf(subs, "version", "server:version", "Show client and server versions")
 
 
+def _cluster(subs: argparse._SubParsersAction) -> None:
+    group = _group(subs, "cluster", "Manage the cluster's members")
+    p = _leaf(group, "list", "cluster_cmds:list_", "List the cluster's members", aliases=["ls"])
+    _format(p)
+    p = _leaf(group, "show", "cluster_cmds:show", "Show one member")
+    p.add_argument("name", metavar="MEMBER")
+    p = _leaf(group, "add", "cluster_cmds:add", "Print a join token for a new member NAME")
+    p.add_argument("name", metavar="NAME")
+    p = _leaf(group, "remove", "cluster_cmds:remove", "Remove a member", aliases=["rm"])
+    p.add_argument("name", metavar="MEMBER")
+    p.add_argument("--force", action="store_true", help="even the last voter or a busy member")
+
+
 def _dev_cluster(subs: argparse._SubParsersAction) -> None:
     dev = _group(subs, "dev-cluster", "Run several members on this machine, in namespaces")
     p = _leaf(dev, "up", "devcluster:up", "Start N members, each in a network namespace")
@@ -336,6 +351,7 @@ def build_parser() -> Parser:
     _operations_and_server(subs)
     _remote(subs)
     _dev_cluster(subs)
+    _cluster(subs)
     return parser
 
 

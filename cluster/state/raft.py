@@ -158,7 +158,8 @@ class RaftStore:
     async def close(self) -> None:
         if self._sync is not None:
             sync, self._sync = self._sync, None
-            await asyncio.to_thread(sync.destroy)
+            # Synchronously: a late destroy would detach the consumer from the next SyncObj.
+            await asyncio.to_thread(sync.destroy_synchronous)
 
     def _on_change(self, change: Change) -> None:
         loop = self._loop

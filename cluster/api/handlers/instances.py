@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+import time
 import uuid
 from typing import Any
 
@@ -18,6 +19,7 @@ from cluster.api.handlers.common import (
     probe_instances,
     tracked_operation,
 )
+from cluster.api.handlers.members import member_status, offline_threshold
 from cluster.api.handlers.state import instance_states
 from cluster.api.response import ApiError, bad_request, json_body, not_found, sync
 from cluster.state import validate
@@ -82,6 +84,26 @@ def _resolve_image(state: State, source: Any) -> str:
     return found[0]
 
 
+def _placement(state: State, target: str) -> str:
+    """``?target=MEMBER``, else LXD's default: the online member with fewest instances.
+    (The scheduler issue replaces this with resource-aware placement.)"""
+    if target:
+        if target not in state.members:
+            raise bad_request(f"Cluster member {target!r} not found")
+        return target
+    now = time.time()
+    threshold = offline_threshold(state)
+    online = [m.name for m in state.members.values()
+              if member_status(m, now, threshold) == "ONLINE"]
+    if not online:
+        raise ApiError(503, "No cluster member is online")
+    load = {name: 0 for name in online}
+    for inst in state.instances.values():
+        if inst.location in load:
+            load[inst.location] += 1
+    return min(online, key=lambda name: (load[name], name))
+
+
 def _mac() -> str:
     return "00:16:3e:" + ":".join(f"{b:02x}" for b in secrets.token_bytes(3))
 
@@ -122,8 +144,9 @@ async def create_instance(request: web.Request) -> web.Response:
         for dev_name, dev in all_devices.items():
             if dev.get("type") == "nic" and not dev.get("hwaddr"):
                 config.setdefault(f"volatile.{dev_name}.hwaddr", _mac())
+        location = _placement(state, request.query.get("target", ""))
     cmd = command("instance.create", uid=uuid.uuid4().hex, name=name, type="container",
-                  location=ctx.member, architecture=image.info.get("architecture", "x86_64"),
+                  location=location, architecture=image.info.get("architecture", "x86_64"),
                   image=fingerprint, config=config, devices=devices, profiles=profiles,
                   ephemeral=bool(body.get("ephemeral", False)),
                   description=str(body.get("description", "")), start=bool(body.get("start")))

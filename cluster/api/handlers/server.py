@@ -58,7 +58,8 @@ def server_info(ctx: Context, identity: Any = None, address: str = "") -> dict[s
             "kernel": platform.system(), "kernel_architecture": platform.machine(),
             "kernel_version": platform.release(), "os_name": release.get("NAME", ""),
             "os_version": release.get("VERSION_ID", ""), "project": "default",
-            "server": "corral", "server_clustered": False, "server_event_mode": "full-mesh",
+            "server": "corral", "server_clustered": bool(ctx.local and ctx.local.clustered),
+            "server_event_mode": "full-mesh",
             "server_name": ctx.member, "server_pid": os.getpid(),
             "server_version": cluster.__version__, "storage": "dir", "storage_version": "1",
             "storage_supported_drivers": [{"Name": "dir", "Version": "1", "Remote": False}],
@@ -121,23 +122,8 @@ async def resources(request: web.Request) -> web.Response:
 
 async def get_cluster(request: web.Request) -> web.Response:
     ctx = ctx_of(request)
-    return sync({"server_name": ctx.member, "enabled": False, "member_config": []})
-
-
-async def list_members(request: web.Request) -> web.Response:
-    ctx = ctx_of(request)
-    leader = ctx.store.leader()
-    with ctx.store.read() as state:
-        members = [{
-            "server_name": m.name, "url": f"https://{m.address}" if m.address else "",
-            "roles": m.roles, "architecture": m.architecture, "status": "Online",
-            "message": "Fully operational", "database": True, "failure_domain": "default",
-            "description": m.description, "config": {}, "groups": ["default"],
-        } for m in state.members.values()]
-    if request.query.get("recursion") in (None, "", "0"):
-        return sync([f"/1.0/cluster/members/{m['server_name']}" for m in members])
-    del leader
-    return sync(members)
+    clustered = ctx.local is not None and ctx.local.clustered
+    return sync({"server_name": ctx.member, "enabled": clustered, "member_config": []})
 
 
 ROUTES = [
@@ -146,5 +132,4 @@ ROUTES = [
     ("PATCH", "/1.0", put_server),
     ("GET", "/1.0/resources", resources),
     ("GET", "/1.0/cluster", get_cluster),
-    ("GET", "/1.0/cluster/members", list_members),
 ]

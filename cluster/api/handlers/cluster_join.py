@@ -1,0 +1,204 @@
+"""Joining members to the cluster (see cluster/membership.py for the protocol)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import platform
+import time
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from cluster.api.context import Context
+from cluster.api.handlers.common import ctx_of
+from cluster.api.response import ApiError, bad_request, empty, json_body, sync
+from cluster.https import HTTPS, Identity
+from cluster.membership import (
+    JoinToken,
+    accept_reply,
+    check_accept_body,
+    new_secret,
+    raft_address_for,
+    raft_password,
+    secret_hash,
+    token_expiry,
+)
+from cluster.state.commands import command
+
+log = logging.getLogger(__name__)
+JOIN_TIMEOUT = 60.0
+
+
+def _identity(request: web.Request) -> Identity:
+    listener = request.app.get(HTTPS)
+    if listener is None:
+        raise ApiError(503, "HTTPS is not available")
+    return listener.identity
+
+
+def _require_clustered(ctx: Context) -> None:
+    with ctx.store.read() as state:
+        member = state.members.get(ctx.member)
+        clustered = ctx.local is not None and ctx.local.clustered
+        if member is None or not member.address or not clustered:
+            raise bad_request("This member is not clustered: initialise it with "
+                              "`corral init --auto --address ADDR` first")
+
+
+async def create_join_token(request: web.Request) -> web.Response:
+    """POST /1.0/cluster/members {server_name}: a single-use join token (LXD's shape)."""
+    ctx = ctx_of(request)
+    body = await json_body(request)
+    _require_clustered(ctx)
+    name = str(body.get("server_name", ""))
+    secret = new_secret()
+    with ctx.store.read() as state:
+        expires_at = token_expiry(state.config, time.time())
+        addresses = [m.address for m in state.members.values() if m.address]
+    await ctx.store.submit(command("join_token.add", name=name, secret_hash=secret_hash(secret),
+                                   expires_at=expires_at))
+    token = JoinToken(name, _identity(request).fingerprint, addresses, secret, expires_at)
+    return sync({"server_name": name, "token": token.encode(), "addresses": addresses,
+                 "fingerprint": token.fingerprint, "expires_at": expires_at})
+
+
+async def accept_member(request: web.Request) -> web.Response:
+    """POST /internal/cluster/accept: a joiner presents its token's secret (untrusted)."""
+    ctx = ctx_of(request)
+    _require_clustered(ctx)
+    body = await json_body(request)
+    name, secret, address, architecture = check_accept_body(body)
+    raft = raft_address_for(address)
+    await ctx.store.submit(command("member.join", name=name, secret_hash=secret_hash(secret),
+                                   address=address, raft_address=raft,
+                                   architecture=architecture))
+    # The change may need the new member's vote to commit (two voters), and that
+    # member starts Raft only after this reply: add it in the background.
+    task = asyncio.create_task(_add_voter(ctx, raft))
+    _BACKGROUND.add(task)
+    task.add_done_callback(_BACKGROUND.discard)
+    identity = _identity(request)
+    with ctx.store.read() as state:
+        members = [{"name": m.name, "address": m.address, "raft_address": m.raft_address}
+                   for m in state.members.values()]
+    log.info("member %s joined from %s (raft %s)", name, address, raft)
+    return sync(accept_reply(identity.crt.read_text(), identity.key.read_text(), members))
+
+
+_BACKGROUND: set[asyncio.Task[None]] = set()
+
+
+async def _add_voter(ctx: Context, raft: str) -> None:
+    try:
+        await ctx.store.add_member(raft, timeout=JOIN_TIMEOUT)
+    except Exception as exc:  # noqa: BLE001 - logged; the joiner reports its own failure
+        log.warning("adding %s to Raft failed: %s", raft, exc)
+
+
+async def remove_member(request: web.Request) -> web.Response:
+    ctx = ctx_of(request)
+    name = request.match_info["name"]
+    force = request.query.get("force") in ("1", "true")
+    with ctx.store.read() as state:
+        member = state.members.get(name)
+        raft = member.raft_address if member is not None else ""
+    await ctx.store.submit(command("member.remove", name=name, force=force))
+    if raft and raft != ctx.store.address:
+        try:
+            await ctx.store.remove_member(raft)
+        except Exception as exc:  # noqa: BLE001 - the record is gone; Raft may lag
+            log.warning("removing %s from Raft: %s", raft, exc)
+    return empty()
+
+
+async def join_cluster(request: web.Request, body: dict[str, Any]) -> None:
+    """``corral init --join TOKEN --address ADDR`` on this (uninitialised) member."""
+    from cluster.daemon import open_local_parts
+
+    ctx = ctx_of(request)
+    token = JoinToken.decode(str(body["join"]))
+    address = str(body.get("address") or "")
+    if not address:
+        raise bad_request("Joining needs --address HOST:PORT for this member")
+    if token.expires_at < time.time():
+        raise ApiError(403, "The join token has expired")
+    reply = await _ask_to_join(token, address)
+    identity = await asyncio.to_thread(_adopt_certificate, ctx, reply)
+    raft = raft_address_for(address)
+    partners = [m["raft_address"] for m in reply["members"] if m["name"] != token.server_name]
+    ctx.rename_member(token.server_name)
+    assert ctx.local is not None
+    ctx.local.raft_address, ctx.local.partners, ctx.local.clustered = raft, partners, True
+    ctx.save_local()
+    await ctx.store.rebind(raft, partners, raft_password(identity.key.read_bytes()), fresh=True)
+    await _wait_for_own_record(ctx)
+    await open_local_parts(ctx)
+    await request.app[HTTPS].set_identity(request.app, identity)
+
+
+async def _ask_to_join(token: JoinToken, address: str) -> dict[str, Any]:
+    body = {"server_name": token.server_name, "secret": token.secret, "address": address,
+            "architecture": platform.machine()}
+    pin = aiohttp.Fingerprint(bytes.fromhex(token.fingerprint))
+    errors = []
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=JOIN_TIMEOUT)) as http:
+        for target in token.addresses:
+            try:
+                async with http.post(f"https://{target}/internal/cluster/accept", json=body,
+                                     ssl=pin) as resp:
+                    doc = await resp.json()
+                    if resp.status >= 400:
+                        raise ApiError(resp.status, str(doc.get("error")))
+                    return dict(doc["metadata"])
+            except ApiError:
+                raise
+            except (aiohttp.ClientError, OSError, ValueError) as exc:
+                errors.append(f"{target}: {exc}")
+    raise ApiError(503, "No cluster member could be reached: " + "; ".join(errors))
+
+
+def _adopt_certificate(ctx: Context, reply: dict[str, Any]) -> Identity:
+    """Members share the cluster certificate; replace this member's own with it."""
+    root = ctx.paths.root
+    (root / "server.crt").write_text(reply["cluster_certificate"])
+    key = root / "server.key"
+    key.write_text(reply["cluster_key"])
+    key.chmod(0o600)
+    return Identity.load(root)
+
+
+async def _wait_for_own_record(ctx: Context) -> None:
+    deadline = asyncio.get_running_loop().time() + JOIN_TIMEOUT
+    while asyncio.get_running_loop().time() < deadline:
+        with ctx.store.read() as state:
+            if ctx.member in state.members and state.storage_pools:
+                return
+        await asyncio.sleep(0.05)
+    raise ApiError(504, "Joined, but the cluster's state did not arrive in time")
+
+
+async def track_partners(ctx: Context) -> None:
+    """Keep cluster.yaml's Raft partners in line with the members (for restarts)."""
+    queue = ctx.store.subscribe()
+    try:
+        while True:
+            change = await queue.get()
+            if change.command.type not in ("member.join", "member.remove", "cluster.bootstrap"):
+                continue
+            with ctx.store.read() as state:
+                partners = sorted(m.raft_address for m in state.members.values()
+                                  if m.name != ctx.member and m.raft_address)
+            if ctx.local is not None and partners != sorted(ctx.local.partners):
+                ctx.local.partners = partners
+                ctx.save_local()
+    finally:
+        ctx.store.unsubscribe(queue)
+
+
+ROUTES_TRUSTED = [
+    ("POST", "/1.0/cluster/members", create_join_token),
+    ("DELETE", "/1.0/cluster/members/{name}", remove_member),
+]
+ROUTES_UNTRUSTED = [("POST", "/internal/cluster/accept", accept_member)]

@@ -1,0 +1,93 @@
+"""A 3-member cluster in network namespaces: membership, placement, failover, catch-up."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+
+import pytest
+
+from cluster.harness import DaemonProcess
+from tests.integration.api import Api
+
+pytestmark = pytest.mark.real
+
+
+def _members(daemon: DaemonProcess) -> list[dict]:
+    out = daemon.corral("cluster", "list", "--format", "json").stdout
+    return sorted(json.loads(out), key=lambda m: m["server_name"])
+
+
+def _leader(members: list[DaemonProcess]) -> int:
+    for m in _members(members[0]):
+        if "database-leader" in m["roles"]:
+            return int(m["server_name"][1:]) - 1
+    raise AssertionError("no leader")
+
+
+def _wait(predicate, timeout: float = 30.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.2)
+    raise AssertionError("condition not reached in time")
+
+
+def test_every_member_sees_the_same_three_voters(members: list[DaemonProcess]) -> None:
+    views = [[(m["server_name"], m["status"], tuple(r for r in m["roles"]
+                                                     if r != "database-leader"))
+              for m in _members(d)] for d in members]
+    assert views[0] == views[1] == views[2]
+    assert [name for name, _, _ in views[0]] == ["m1", "m2", "m3"]
+    assert all(status == "Online" and "database" in roles for _, status, roles in views[0])
+    assert sum("database-leader" in m["roles"] for m in _members(members[1])) == 1
+
+
+def test_launch_on_each_member_with_target(members: list[DaemonProcess]) -> None:
+    for index in range(1, len(members) + 1):
+        members[0].corral("launch", "busybox", f"t{index}", "--target", f"m{index}")
+    for index, daemon in enumerate(members, start=1):
+        api = Api(str(daemon.socket))
+        inst = api.get(f"/1.0/instances/t{index}")
+        assert inst["location"] == f"m{index}" and inst["status"] == "Running"
+        state = api.get(f"/1.0/instances/t{index}/state")
+        assert state["pid"] > 0  # the hosting member runs it
+        assert daemon.corral("exec", f"t{index}", "--", "hostname").stdout.decode().strip() \
+            == f"t{index}"
+    placed = Api(str(members[2].socket)).get("/1.0/instances?recursion=1")
+    assert {i["name"]: i["location"] for i in placed if i["name"].startswith("t")} == {
+        "t1": "m1", "t2": "m2", "t3": "m3"}
+
+
+def test_bad_join_tokens_and_names_are_refused(members: list[DaemonProcess]) -> None:
+    first = members[0]
+    taken = first.corral("cluster", "add", "m2", check=False)
+    assert taken.returncode != 0 and b"already has a member" in taken.stderr
+    token = first.corral("cluster", "add", "m9").stdout.decode().strip().splitlines()[-1]
+    reused = members[1].corral("init", "--join", token, "--address", "10.1.1.1:8443",
+                               check=False)
+    assert reused.returncode != 0 and b"already initialised" in reused.stderr
+    forged = first.corral("init", "--join", "bm90IGEgdG9rZW4=", "--address", "10.1.1.1:8443",
+                          check=False)
+    assert forged.returncode != 0
+    assert [m["server_name"] for m in _members(first)] == ["m1", "m2", "m3"]
+
+
+def test_leader_kill9_new_leader_accepts_writes_and_member_catches_up(
+        members: list[DaemonProcess]) -> None:
+    leader = _leader(members)
+    survivors = [d for i, d in enumerate(members) if i != leader]
+    members[leader].stop(signal.SIGKILL)
+    started = time.monotonic()
+    survivors[0].corral("profile", "create", "after-failover")
+    failover = time.monotonic() - started
+    assert failover < 10, failover
+    _wait(lambda: any(m["status"] == "Offline" for m in _members(survivors[1])), 30)
+    members[leader].start()
+    api = Api(str(members[leader].socket))
+    _wait(lambda: "/1.0/profiles/after-failover" in api.get("/1.0/profiles"))
+    _wait(lambda: all(m["status"] == "Online" for m in _members(members[leader])), 30)
+    name = f"t{leader + 1}"
+    assert api.get(f"/1.0/instances/{name}/state")["status"] == "Running"
