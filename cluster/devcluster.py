@@ -7,7 +7,7 @@
         m1: netns <prefix>-m1  eth0 10.77.x.2   corral daemon, CORRAL_DIR=DIR/m1, c1br0 10.78.1.1/24
         m2: netns <prefix>-m2  eth0 10.77.x.3   corral daemon, CORRAL_DIR=DIR/m2, c2br0 10.78.2.1/24
         ...
-      form_cluster(members)                     today: each member is its own one-member cluster
+      form_cluster(members)                     the first bootstraps, the others join with tokens
       DIR/devcluster.json                       what down() removes (written before any daemon)
 
 The same harness (``cluster.netns`` + ``DaemonProcess``) runs the multi-host tests, so what
@@ -72,7 +72,8 @@ def container_network(index: int) -> str:
 API_PORT = 8443
 
 
-def form_cluster(members: list[DaemonProcess], addresses: list[str]) -> None:
+def form_cluster(members: list[DaemonProcess], addresses: list[str],
+                 join_seconds: list[float] | None = None) -> None:
     """One cluster: the first member starts it on its host address, every other one
     joins it with a single-use token from ``corral cluster add`` (as a user would)."""
     first = members[0]
@@ -83,10 +84,14 @@ def form_cluster(members: list[DaemonProcess], addresses: list[str]) -> None:
                                                   strict=True), start=2):
         out = first.corral("cluster", "add", member_name(index)).stdout.decode()
         token = out.strip().splitlines()[-1]
+        started = time.monotonic()
         member.corral("init", "--join", token, "--address", f"{address}:{API_PORT}")
+        if join_seconds is not None:
+            join_seconds.append(time.monotonic() - started)
 
 
-def up(nodes: int, directory: Path = DEFAULT_DIR) -> list[DaemonProcess]:
+def up(nodes: int, directory: Path = DEFAULT_DIR,
+       join_seconds: list[float] | None = None) -> list[DaemonProcess]:
     """Start ``nodes`` members under ``directory``; on any failure remove what was made.
 
     Raises DevClusterError if a dev cluster already lives in ``directory``.
@@ -123,7 +128,8 @@ def up(nodes: int, directory: Path = DEFAULT_DIR) -> list[DaemonProcess]:
             members.append(member)
         for member in members:
             member.wait_ready()
-        form_cluster(members, [m["address"].split("/")[0] for m in state["members"]])
+        form_cluster(members, [m["address"].split("/")[0] for m in state["members"]],
+                     join_seconds)
     except BaseException:
         down(directory)
         raise
