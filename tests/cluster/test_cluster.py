@@ -91,3 +91,39 @@ def test_leader_kill9_new_leader_accepts_writes_and_member_catches_up(
     _wait(lambda: all(m["status"] == "Online" for m in _members(members[leader])), 30)
     name = f"t{leader + 1}"
     assert api.get(f"/1.0/instances/{name}/state")["status"] == "Running"
+
+
+def test_kill9_of_every_member_then_restart_loses_nothing(
+        members: list[DaemonProcess]) -> None:
+    members[0].corral("profile", "create", "before-blackout")
+    before = Api(str(members[0].socket)).get("/1.0/instances?recursion=1")
+    for daemon in members:
+        daemon.stop(signal.SIGKILL)
+    for daemon in members:
+        daemon.spawn()
+    for daemon in members:
+        daemon.wait_ready()
+    for daemon in members:
+        api = Api(str(daemon.socket))
+        _wait(lambda api=api: "/1.0/profiles/before-blackout" in api.get("/1.0/profiles"))
+        after = api.get("/1.0/instances?recursion=1")
+        assert {(i["name"], i["location"]) for i in after} == {
+            (i["name"], i["location"]) for i in before}
+    _wait(lambda: all(m["status"] == "Online" for m in _members(members[1])), 30)
+    # Containers kept running through the blackout and their hosts report them.
+    for index, daemon in enumerate(members, start=1):
+        state = Api(str(daemon.socket)).get(f"/1.0/instances/t{index}/state")
+        assert state["status"] == "Running"
+
+
+def test_remove_member_and_last_voter_rule(members: list[DaemonProcess]) -> None:
+    first = members[0]
+    busy = first.corral("cluster", "remove", "m3", check=False)
+    assert busy.returncode != 0 and b"still hosts instances" in busy.stderr
+    api = Api(str(first.socket))
+    api.settle("PUT", "/1.0/instances/t3/state", {"action": "stop", "force": True})
+    api.ok("DELETE", "/1.0/instances/t3")
+    first.corral("cluster", "remove", "m3")
+    assert [m["server_name"] for m in _members(first)] == ["m1", "m2"]
+    assert [m["server_name"] for m in _members(members[1])] == ["m1", "m2"]
+    first.corral("profile", "create", "two-members-left")  # the remaining pair still commits
