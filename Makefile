@@ -29,6 +29,7 @@ demo: deps
 	@bash scripts/demo.sh
 
 demo-clean: deps
+	@$(VENV)/bin/corral dev-cluster down --dir "$${CORRAL_DEV_DIR:-/var/lib/corral-dev}" || true
 	@$(PY) -m cluster.teardown "$(CORRAL_DIR)"
 
 lint: deps
