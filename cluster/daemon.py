@@ -20,7 +20,7 @@ from aiohttp import web
 from cluster.api.app import build_app
 from cluster.api.context import Context
 from cluster.api.events import EventHub
-from cluster.api.handlers.cluster_join import track_partners
+from cluster.api.handlers.cluster_join import keep_voters, track_partners
 from cluster.api.handlers.images import cleanup_uploads
 from cluster.api.operations import Operations
 from cluster.https import HTTPS, HttpsListener, Identity
@@ -80,7 +80,8 @@ async def serve(paths: Paths, ready: asyncio.Event | None = None) -> None:
     local = load_or_create(paths.cluster_file)
     identity = await asyncio.to_thread(Identity.load, paths.root)
     password = raft_password(identity.key.read_bytes()) if local.clustered else None
-    store = RaftStore(local.raft_address, local.partners, paths.raft_dir, password)
+    store = RaftStore(local.raft_address, local.partners, paths.raft_dir, password,
+                      voter=local.voter)
     await store.start()
     idmap = await asyncio.to_thread(ensure_root_idmap)
     node = LocalNode.open(paths, idmap)
@@ -93,6 +94,7 @@ async def serve(paths: Paths, ready: asyncio.Event | None = None) -> None:
     await open_local_parts(ctx)
     await agent.start(host_rebooted=_host_rebooted(paths))
     partners_task = asyncio.create_task(track_partners(ctx))
+    voters_task = asyncio.create_task(keep_voters(ctx))
     app = build_app(ctx)
     https = app[HTTPS] = HttpsListener(identity)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
@@ -122,6 +124,7 @@ async def serve(paths: Paths, ready: asyncio.Event | None = None) -> None:
         await runner.cleanup()
         await ops.close()
         partners_task.cancel()
+        voters_task.cancel()
         await agent.close()
         await store.close()
 

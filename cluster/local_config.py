@@ -17,6 +17,7 @@ class LocalConfig:
     raft_address: str
     partners: list[str] = field(default_factory=list)
     clustered: bool = False
+    voter: bool = True
 
 
 def _free_loopback_port() -> int:
@@ -37,7 +38,8 @@ def load_or_create(path: Path) -> LocalConfig:
         data = yaml.safe_load(path.read_text()) or {}
         return LocalConfig(member=str(data["member"]), raft_address=str(data["raft_address"]),
                            partners=[str(p) for p in data.get("partners") or []],
-                           clustered=bool(data.get("clustered", False)))
+                           clustered=bool(data.get("clustered", False)),
+                           voter=bool(data.get("voter", True)))
     config = LocalConfig(member=socket.gethostname().split(".")[0] or "corral",
                          raft_address=f"127.0.0.1:{_free_loopback_port()}")
     save(path, config)

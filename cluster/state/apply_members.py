@@ -18,6 +18,37 @@ ROLES = {VOTER, "database-standby"}
 DEFAULT_MAX_VOTERS = 3
 
 
+DEFAULT_OFFLINE_THRESHOLD = 10.0
+MIN_OFFLINE_THRESHOLD = 3.0
+
+
+def offline_threshold(state: State) -> float:
+    """``cluster.offline_threshold`` in seconds (default 10, at least 3)."""
+    value = state.config.get("cluster.offline_threshold", "")
+    try:
+        seconds = float(value) if value else DEFAULT_OFFLINE_THRESHOLD
+    except ValueError:
+        seconds = DEFAULT_OFFLINE_THRESHOLD
+    return max(MIN_OFFLINE_THRESHOLD, seconds)
+
+
+def member_status(member: Member, now: float, threshold: float) -> str:
+    """ONLINE while the member's last heartbeat is younger than the threshold."""
+    if member.state == "EVACUATED":
+        return "EVACUATED"
+    return "ONLINE" if now - member.heartbeat_at <= threshold else "OFFLINE"
+
+
+def plan_promotions(state: State, now: float) -> list[tuple[str, str]]:
+    """``(offline voter, online follower)`` pairs: who should hand over its vote."""
+    threshold = offline_threshold(state)
+    lost = sorted(m.name for m in voters(state)
+                  if member_status(m, now, threshold) == "OFFLINE")
+    ready = sorted(m.name for m in state.members.values()
+                   if VOTER not in m.roles and member_status(m, now, threshold) == "ONLINE")
+    return list(zip(lost, ready, strict=False))
+
+
 def max_voters(state: State) -> int:
     value = state.config.get("cluster.max_voters", "")
     return int(value) if value.isdigit() and int(value) >= 1 else DEFAULT_MAX_VOTERS

@@ -83,8 +83,9 @@ def raft_conf(journal_dir: Path, password: str | None = None) -> SyncObjConf:
 
 class RaftStore:
     def __init__(self, self_address: str, partners: list[str], journal_dir: Path,
-                 password: str | None = None) -> None:
+                 password: str | None = None, voter: bool = True) -> None:
         self._address = self_address
+        self.voter = voter  # a non-voter follows the log (a pysyncobj readonly node)
         self._partners = list(partners)
         self._password = password
         self._journal_dir = journal_dir
@@ -104,7 +105,7 @@ class RaftStore:
         self._loop = asyncio.get_running_loop()
         self._journal_dir.mkdir(parents=True, exist_ok=True)
         sync: SyncObj = await asyncio.to_thread(
-            _PromptSyncObj, self._address, self._partners,
+            _PromptSyncObj, self._address if self.voter else None, self._partners,
             raft_conf(self._journal_dir, self._password), [self._replica])
         self._sync = sync
         deadline = self._loop.time() + ready_timeout
@@ -116,7 +117,7 @@ class RaftStore:
             await asyncio.sleep(0.01)
 
     async def rebind(self, self_address: str, partners: list[str], password: str | None,
-                     fresh: bool) -> None:
+                     fresh: bool, voter: bool = True) -> None:
         """Restart Raft under a new address, partners or password (cluster enable, join).
 
         The replica is rebuilt from the journal (or, with ``fresh``, from the
@@ -129,6 +130,7 @@ class RaftStore:
         with self._replica.lock:
             self._replica.state = State()
         self._address, self._partners, self._password = self_address, list(partners), password
+        self.voter = voter
         await self.start()
 
     async def add_member(self, raft_address: str, timeout: float = 10.0) -> None:

@@ -9,28 +9,10 @@ from aiohttp import web
 
 from cluster.api.handlers.common import ctx_of, int_query
 from cluster.api.response import not_found, sync
+from cluster.state.apply_members import member_status, offline_threshold
 from cluster.state.model import Member, State
 
-DEFAULT_OFFLINE_THRESHOLD = 10.0
-MIN_OFFLINE_THRESHOLD = 3.0
-
-
-def offline_threshold(state: State) -> float:
-    """``cluster.offline_threshold`` in seconds (default 10, at least 3)."""
-    value = state.config.get("cluster.offline_threshold", "")
-    try:
-        seconds = float(value) if value else DEFAULT_OFFLINE_THRESHOLD
-    except ValueError:
-        seconds = DEFAULT_OFFLINE_THRESHOLD
-    return max(MIN_OFFLINE_THRESHOLD, seconds)
-
-
-def member_status(member: Member, now: float, threshold: float) -> str:
-    """ONLINE while the member's last heartbeat is younger than the threshold."""
-    if member.state == "EVACUATED":
-        return "EVACUATED"
-    return "ONLINE" if now - member.heartbeat_at <= threshold else "OFFLINE"
-
+__all__ = ["member_status", "member_view", "offline_threshold", "ROUTES"]
 
 def member_view(state: State, member: Member, leader_raft: str | None,
                 now: float) -> dict[str, Any]:
