@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import random
 import shutil
 import subprocess
 import sys
@@ -104,7 +105,8 @@ def up(nodes: int, directory: Path = DEFAULT_DIR,
                               f"corral dev-cluster down --dir {directory}")
     directory.mkdir(parents=True, exist_ok=True)
     directory.chmod(0o711)  # containers' mapped root must traverse to the rootfs
-    net = HostNetwork(dev_prefix(directory), pick_subnet(host_routes()))
+    # A random free /24, so that two dev clusters started at once do not pick the same one.
+    net = HostNetwork(dev_prefix(directory), pick_subnet(host_routes(), random.Random()))
     state: dict[str, Any] = {"prefix": net.prefix, "subnet": net.subnet, "bridge": net.bridge,
                              "gateway": net.gateway, "members": []}
     members: list[DaemonProcess] = []

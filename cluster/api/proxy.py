@@ -100,6 +100,10 @@ def setup_proxy(app: web.Application) -> None:
     app.cleanup_ctx.append(close_session)
 
 
+CONNECT_ATTEMPTS = 4
+CONNECT_RETRY_SECONDS = 0.5
+
+
 def is_forwarded(request: web.Request) -> bool:
     return request.headers.get(FORWARDED_HEADER) == "1"
 
@@ -148,13 +152,20 @@ async def forward(request: web.Request, address: str, ctx: ProxyContext) -> web.
     """
     proxy = _proxy(request)
     body = request.content.iter_chunked(CHUNK) if request.can_read_body else None
-    try:
-        upstream = await proxy.session().request(
-            request.method, _url(address, request.path_qs), data=body,
-            headers=_request_headers(request), ssl=proxy.ssl_context(ctx.paths.root),
-            allow_redirects=False)
-    except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-        raise unreachable(address, exc) from exc
+    for attempt in range(CONNECT_ATTEMPTS):
+        try:
+            upstream = await proxy.session().request(
+                request.method, _url(address, request.path_qs), data=body,
+                headers=_request_headers(request), ssl=proxy.ssl_context(ctx.paths.root),
+                allow_redirects=False)
+            break
+        except aiohttp.ClientConnectorError as exc:
+            # Nothing was sent yet: a member restarting its listener gets a moment.
+            if attempt + 1 == CONNECT_ATTEMPTS:
+                raise unreachable(address, exc) from exc
+            await asyncio.sleep(CONNECT_RETRY_SECONDS)
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            raise unreachable(address, exc) from exc
     async with upstream:
         response = web.StreamResponse(status=upstream.status, reason=upstream.reason,
                                       headers=_response_headers(upstream.headers))

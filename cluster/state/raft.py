@@ -23,6 +23,7 @@ from cluster.state.model import State
 from cluster.state.store import Change
 
 RETRIES = 5
+BATCH = 500
 
 
 class _Replica(SyncObjConsumer):
@@ -34,12 +35,16 @@ class _Replica(SyncObjConsumer):
         self.state = State()
 
     @replicated
-    def apply_command(self, cmd: Command) -> Result:
+    def apply_command(self, cmds: Command | list[Command]) -> Result | list[Result]:
+        """One command, or a batch of them in order (one log entry for many commands:
+        the only replicated method, so its number never changes)."""
+        batch = cmds if isinstance(cmds, list) else [cmds]
         with self.lock:
-            result = apply(self.state, cmd)
-        for listener in list(self.listeners):
-            listener(Change(cmd, result))
-        return result
+            results = [apply(self.state, cmd) for cmd in batch]
+        for cmd, result in zip(batch, results, strict=True):
+            for listener in list(self.listeners):
+                listener(Change(cmd, result))
+        return results if isinstance(cmds, list) else results[0]
 
 
 class _PromptSyncObj(SyncObj):  # type: ignore[misc]
@@ -92,6 +97,8 @@ class RaftStore:
         self._replica = _Replica()
         self._replica.listeners.append(self._on_change)
         self._queues: list[asyncio.Queue[Change]] = []
+        self._outbox: list[tuple[Command, asyncio.Future[tuple[Any, Any]]]] = []
+        self._flush_scheduled = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._sync: SyncObj | None = None
 
@@ -196,6 +203,20 @@ class RaftStore:
     def members(self) -> list[str]:
         return [self._address, *self._partners]
 
+    def _flush(self) -> None:
+        """Send everything queued since the last flush as batches of at most BATCH."""
+        self._flush_scheduled = False
+        loop = asyncio.get_running_loop()
+        while self._outbox:
+            chunk, self._outbox = self._outbox[:BATCH], self._outbox[BATCH:]
+            futures = [future for _, future in chunk]
+
+            def done(results: Any, error: Any,
+                     futures: list[asyncio.Future[tuple[Any, Any]]] = futures) -> None:
+                loop.call_soon_threadsafe(_resolve_batch, futures, results, error)
+
+            self._replica.apply_command([cmd for cmd, _ in chunk], callback=done)
+
     async def submit(self, cmd: Command, timeout: float = 10.0) -> Any:
         """Commit ``cmd``; retried with the same id when the outcome is unknown."""
         for _ in range(RETRIES):
@@ -208,17 +229,25 @@ class RaftStore:
         raise Unavailable("Could not commit the change: no leader or timed out")
 
     async def _submit_once(self, cmd: Command, timeout: float) -> tuple[Any, Any]:
+        """Queue ``cmd`` for the next batch: commands submitted together (concurrent
+        API calls, agents' reports) share one Raft entry; a lone command goes alone."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[tuple[Any, Any]] = loop.create_future()
-
-        def done(result: Any, error: Any) -> None:
-            loop.call_soon_threadsafe(_resolve, future, (result, error))
-
-        self._replica.apply_command(cmd, callback=done)
+        self._outbox.append((cmd, future))
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            loop.call_soon(self._flush)
         try:
             return await asyncio.wait_for(asyncio.shield(future), timeout)
         except TimeoutError:
             return None, FAIL_REASON.REQUEST_DENIED
+
+
+def _resolve_batch(futures: list[asyncio.Future[tuple[Any, Any]]], results: Any,
+                   error: Any) -> None:
+    for index, future in enumerate(futures):
+        ok = error == FAIL_REASON.SUCCESS and isinstance(results, list)
+        _resolve(future, (results[index] if ok else None, error))
 
 
 def _resolve(future: asyncio.Future[tuple[Any, Any]], value: tuple[Any, Any]) -> None:
