@@ -25,5 +25,11 @@ def members() -> Iterator[list[DaemonProcess]]:
         started[0].corral("image", "build", "busybox", timeout=300)
         yield started
     finally:
+        keep = Path("/tmp/corral-cluster-logs")
+        keep.mkdir(exist_ok=True)
+        for log in directory.glob("m*/*.log"):
+            shutil.copy(log, keep / f"{directory.name}-{log.parent.name}-{log.name}")
+        for log in directory.glob("m*/daemon.stderr"):
+            shutil.copy(log, keep / f"{directory.name}-{log.parent.name}-daemon.stderr")
         devcluster.down(directory)
         shutil.rmtree(directory, ignore_errors=True)
