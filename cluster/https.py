@@ -166,7 +166,9 @@ class HttpsListener:
         with ctx.store.read() as state:
             wanted = state.config.get(ADDRESS_KEY, "").strip()
             member = state.members.get(ctx.member)
-            if ctx.local is not None and ctx.local.clustered and member is not None:
+            if ctx.local is not None and ctx.local.clustered:
+                if member is None:
+                    return  # the replica is being rebuilt (joining): keep what listens
                 wanted = member.address  # each member listens on its own address
         async with self._lock:
             if wanted == self._address or self._runner is None:

@@ -100,7 +100,7 @@ def setup_proxy(app: web.Application) -> None:
     app.cleanup_ctx.append(close_session)
 
 
-CONNECT_ATTEMPTS = 4
+CONNECT_ATTEMPTS = 10
 CONNECT_RETRY_SECONDS = 0.5
 
 

@@ -99,6 +99,7 @@ class RaftStore:
         self._queues: list[asyncio.Queue[Change]] = []
         self._outbox: list[tuple[Command, asyncio.Future[tuple[Any, Any]]]] = []
         self._flush_scheduled = False
+        self._rebind_lock = asyncio.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._sync: SyncObj | None = None
 
@@ -130,6 +131,11 @@ class RaftStore:
         The replica is rebuilt from the journal (or, with ``fresh``, from the
         cluster that this member joins), never applied twice on top of itself.
         """
+        async with self._rebind_lock:
+            await self._rebind(self_address, partners, password, fresh, voter)
+
+    async def _rebind(self, self_address: str, partners: list[str], password: str | None,
+                      fresh: bool, voter: bool) -> None:
         await self.close()
         if fresh:
             for name in ("journal", "journal.meta", "snapshot", "snapshot.tmp"):

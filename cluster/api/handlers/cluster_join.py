@@ -207,8 +207,8 @@ async def track_partners(ctx: Context) -> None:
                                   and VOTER in m.roles)
                 me = state.members.get(ctx.member)
                 wants_vote = me is not None and VOTER in me.roles
-            if ctx.local is None or not ctx.local.clustered:
-                continue
+            if ctx.local is None or not ctx.local.clustered or me is None:
+                continue  # not clustered, or the replica is still arriving (join, rebind)
             if partners != sorted(ctx.local.partners) or wants_vote != ctx.local.voter:
                 ctx.local.partners, ctx.local.voter = partners, wants_vote
                 ctx.save_local()
