@@ -5,6 +5,7 @@ from __future__ import annotations
 import secrets
 import shutil
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -14,22 +15,26 @@ from cluster.harness import DaemonProcess
 from tests.integration.conftest import real_prerequisites
 
 
-@pytest.fixture(scope="module")
-def members() -> Iterator[list[DaemonProcess]]:
+@contextmanager
+def namespace_cluster(nodes: int) -> Iterator[list[DaemonProcess]]:
+    """A formed cluster of ``nodes`` members; their logs are kept in /tmp/corral-cluster-logs."""
     problem = real_prerequisites()
     if problem:
         pytest.skip(problem)
     directory = Path("/tmp") / f"corral-cluster-{secrets.token_hex(3)}"
     try:
-        started = devcluster.up(3, directory)
-        started[0].corral("image", "build", "busybox", timeout=300)
-        yield started
+        yield devcluster.up(nodes, directory)
     finally:
         keep = Path("/tmp/corral-cluster-logs")
         keep.mkdir(exist_ok=True)
-        for log in directory.glob("m*/*.log"):
+        for log in [*directory.glob("m*/*.log"), *directory.glob("m*/daemon.stderr")]:
             shutil.copy(log, keep / f"{directory.name}-{log.parent.name}-{log.name}")
-        for log in directory.glob("m*/daemon.stderr"):
-            shutil.copy(log, keep / f"{directory.name}-{log.parent.name}-daemon.stderr")
         devcluster.down(directory)
         shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def members() -> Iterator[list[DaemonProcess]]:
+    with namespace_cluster(3) as started:
+        started[0].corral("image", "build", "busybox", timeout=300)
+        yield started

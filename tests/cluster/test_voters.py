@@ -3,33 +3,22 @@
 from __future__ import annotations
 
 import json
-import secrets
-import shutil
 import signal
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from cluster import devcluster
 from cluster.harness import DaemonProcess
-from tests.integration.conftest import real_prerequisites
+from tests.cluster.conftest import namespace_cluster
 
 pytestmark = pytest.mark.real
 
 
 @pytest.fixture(scope="module")
 def four() -> Iterator[list[DaemonProcess]]:
-    problem = real_prerequisites()
-    if problem:
-        pytest.skip(problem)
-    directory = Path("/tmp") / f"corral-voters-{secrets.token_hex(3)}"
-    try:
-        yield devcluster.up(4, directory)
-    finally:
-        devcluster.down(directory)
-        shutil.rmtree(directory, ignore_errors=True)
+    with namespace_cluster(4) as started:
+        yield started
 
 
 def _roles(daemon: DaemonProcess) -> dict[str, list[str]]:
