@@ -73,8 +73,8 @@ def probe_of(ctx: Context, inst: Instance) -> Probe:
 async def live_statuses(ctx: Context, instances: list[Instance]) -> dict[str, str]:
     """The real status of each instance (one worker-thread hop for all of them)."""
     found = await probe_instances(ctx, [probe_of(ctx, i) for i in instances], full=False)
-    return {name: ("Stopped" if st["status"] == "Error" else st["status"])
-            if name in found else "Stopped" for name, st in found.items()}
+    return {name: "Stopped" if st["status"] == "Error" else st["status"]
+            for name, st in found.items()}
 
 
 def tracked_operation(ctx: Context, tracker: Tracker, description: str,
