@@ -57,7 +57,7 @@ async def init_handler(request: web.Request) -> web.Response:
         if problem:
             raise bad_request(problem)
         ctx.rename_member(str(body["member_name"]))
-        ctx.save_local()
+        await ctx.save_local()
     bridge = str(body.get("bridge_name") or DEFAULT_BRIDGE)
     if not 0 < len(bridge) <= 15 or "/" in bridge or " " in bridge:
         raise bad_request(f"Invalid bridge name {bridge!r}")
@@ -66,6 +66,9 @@ async def init_handler(request: web.Request) -> web.Response:
     config = {ADDRESS_KEY: str(body["address"])} if body.get("address") else {}
     check_https_config(config)
     member_address = await _enable_clustering(ctx, request, str(body.get("address") or ""))
+    assert ctx.local is not None
+    ctx.local.config.update(config)  # member-local, as in LXD
+    await ctx.save_local()
     await ctx.store.submit(command(
         "cluster.bootstrap",
         member={"name": ctx.member, "address": member_address,
@@ -73,7 +76,7 @@ async def init_handler(request: web.Request) -> web.Response:
         pool={"name": "default", "driver": "dir", "config": pool_config},
         network={"name": bridge, "config": {"ipv4.address": address, "ipv4.nat": "true",
                                             "ipv6.address": "none"}},
-        config=config))
+        config={}))
     await open_local_parts(ctx)
     await https_reconcile(request)
     return sync({})
@@ -93,7 +96,7 @@ async def _enable_clustering(ctx: Context, request: web.Request, address: str) -
     await ctx.store.rebind(raft, [], raft_password(key), fresh=True)
     assert ctx.local is not None
     ctx.local.raft_address, ctx.local.partners, ctx.local.clustered = raft, [], True
-    ctx.save_local()
+    await ctx.save_local()
     return member_address
 
 

@@ -20,13 +20,13 @@ from aiohttp import web
 from cluster.api.app import build_app
 from cluster.api.context import Context
 from cluster.api.events import EventHub
-from cluster.api.handlers.cluster_join import keep_voters, track_partners
 from cluster.api.handlers.images import cleanup_uploads
 from cluster.api.operations import Operations
 from cluster.https import HTTPS, HttpsListener, Identity
 from cluster.local_config import load_or_create
 from cluster.membership import raft_password
 from cluster.state.raft import RaftStore
+from cluster.voters import find_way_back, keep_voters, track_partners
 from node_agent.agent import NodeAgent
 from node_agent.idmap import ensure_root_idmap
 from node_agent.node import LocalNode
@@ -77,7 +77,7 @@ def _host_rebooted(paths: Paths) -> bool:
 
 async def serve(paths: Paths, ready: asyncio.Event | None = None) -> None:
     paths.ensure()
-    local = load_or_create(paths.cluster_file)
+    local = await asyncio.to_thread(load_or_create, paths.cluster_file)
     identity = await asyncio.to_thread(Identity.load, paths.root)
     password = raft_password(identity.key.read_bytes()) if local.clustered else None
     store = RaftStore(local.raft_address, local.partners, paths.raft_dir, password,
@@ -95,6 +95,7 @@ async def serve(paths: Paths, ready: asyncio.Event | None = None) -> None:
     await agent.start(host_rebooted=_host_rebooted(paths))
     partners_task = asyncio.create_task(track_partners(ctx))
     voters_task = asyncio.create_task(keep_voters(ctx))
+    way_back_task = asyncio.create_task(find_way_back(ctx))
     app = build_app(ctx)
     https = app[HTTPS] = HttpsListener(identity)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
@@ -125,6 +126,7 @@ async def serve(paths: Paths, ready: asyncio.Event | None = None) -> None:
         await ops.close()
         partners_task.cancel()
         voters_task.cancel()
+        way_back_task.cancel()
         await agent.close()
         await store.close()
 

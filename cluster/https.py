@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_PORT = 8443
 ADDRESS_KEY = "core.https_address"
+# Server keys each member keeps for itself (in cluster.yaml), as LXD's member-local keys.
+MEMBER_LOCAL_KEYS = frozenset({ADDRESS_KEY})
 EXPIRY_KEY = "core.remote_token_expiry"
 DEFAULT_TOKEN_SECONDS = 3600.0
 _EXPIRY_UNITS = {"S": 1, "M": 60, "H": 3600, "d": 86400, "w": 7 * 86400, "m": 30 * 86400,
@@ -163,10 +165,10 @@ class HttpsListener:
         """Listen on the configured address (or stop listening); raises ``ApiError`` (400)
         when the address is invalid or cannot be bound."""
         ctx = app[CTX]
-        with ctx.store.read() as state:
-            wanted = state.config.get(ADDRESS_KEY, "").strip()
-            member = state.members.get(ctx.member)
-            if ctx.local is not None and ctx.local.clustered:
+        wanted = ctx.local.config.get(ADDRESS_KEY, "").strip() if ctx.local else ""
+        if ctx.local is not None and ctx.local.clustered:
+            with ctx.store.read() as state:
+                member = state.members.get(ctx.member)
                 if member is None:
                     return  # the replica is being rebuilt (joining): keep what listens
                 wanted = member.address  # each member listens on its own address

@@ -13,7 +13,7 @@ from cluster.api.events import EventHub
 from cluster.api.operations import Operations
 from cluster.api.response import ApiError
 from cluster.local_config import LocalConfig
-from cluster.local_config import save as save_local_config
+from cluster.local_config import save_async as save_local_config
 from cluster.state.commands import Command
 from cluster.state.raft import RaftStore
 from cluster.state.store import Change
@@ -44,9 +44,9 @@ class Context:
         if self.local is not None:
             self.local.member = name
 
-    def save_local(self) -> None:
+    async def save_local(self) -> None:
         if self.local is not None:
-            save_local_config(self.paths.cluster_file, self.local)
+            await save_local_config(self.paths.cluster_file, self.local)
 
     async def submit_and_wait(self, cmd: Command, timeout: float = 600.0) -> dict[str, Any]:
         """Commit ``cmd`` and wait until the agent has carried out the work it queued."""

@@ -124,6 +124,14 @@ def _proxy(request: web.Request) -> Proxy:
     return proxy
 
 
+def session_for(request: web.Request) -> aiohttp.ClientSession:
+    return _proxy(request).session()
+
+
+def ssl_context_for(request: web.Request, ctx: ProxyContext) -> ssl.SSLContext:
+    return _proxy(request).ssl_context(ctx.paths.root)
+
+
 def _url(address: str, path_qs: str) -> str:
     return f"https://{address}{path_qs}"
 

@@ -42,3 +42,52 @@ async def remove(client: Client, args: argparse.Namespace) -> int:
     force = "?force=1" if args.force else ""
     await client.request("DELETE", f"/1.0/cluster/members/{quote(args.name, safe='')}{force}")
     return 0
+
+
+def _path(name: str) -> str:
+    return f"/1.0/cluster/members/{quote(name, safe='')}"
+
+
+async def _roles(client: Client, args: argparse.Namespace, adding: bool) -> int:
+    asked = [r.strip() for r in args.roles.split(",") if r.strip()]
+    if not asked:
+        raise UsageError("Name at least one role")
+    member = await client.get(_path(args.name))
+    roles = [r for r in member.get("roles") or [] if r != "database-leader"]
+    if adding:
+        roles += [r for r in asked if r not in roles]
+    else:
+        missing = [r for r in asked if r not in roles]
+        if missing:
+            raise UsageError(f"Member {args.name} does not have role(s) {', '.join(missing)}")
+        roles = [r for r in roles if r not in asked]
+    await client.request("PATCH", _path(args.name), body={"roles": roles})
+    return 0
+
+
+async def role_add(client: Client, args: argparse.Namespace) -> int:
+    return await _roles(client, args, adding=True)
+
+
+async def role_remove(client: Client, args: argparse.Namespace) -> int:
+    return await _roles(client, args, adding=False)
+
+
+async def set_(client: Client, args: argparse.Namespace) -> int:
+    await client.request("PATCH", _path(args.name), body={"config": {args.key: args.value}})
+    return 0
+
+
+async def unset(client: Client, args: argparse.Namespace) -> int:
+    member = await client.get(_path(args.name))
+    config = {k: v for k, v in (member.get("config") or {}).items() if k != args.key}
+    await client.request("PUT", _path(args.name), body={
+        "config": config, "groups": member.get("groups") or [],
+        "description": member.get("description", "")})
+    return 0
+
+
+async def get(client: Client, args: argparse.Namespace) -> int:
+    member = await client.get(_path(args.name))
+    print((member.get("config") or {}).get(args.key, ""))
+    return 0

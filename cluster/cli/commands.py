@@ -290,6 +290,21 @@ def _cluster(subs: argparse._SubParsersAction) -> None:
     p = _leaf(group, "remove", "cluster_cmds:remove", "Remove a member", aliases=["rm"])
     p.add_argument("name", metavar="MEMBER")
     p.add_argument("--force", action="store_true", help="even the last voter or a busy member")
+    roles = _group(group, "role", "Add or remove roles of a member (database = Raft voter)")
+    for verb in ("add", "remove"):
+        p = _leaf(roles, verb, f"cluster_cmds:role_{verb}", f"{verb.capitalize()} roles")
+        p.add_argument("name", metavar="MEMBER")
+        p.add_argument("roles", metavar="ROLES", help="comma-separated, e.g. database")
+    p = _leaf(group, "set", "cluster_cmds:set_", "Set a member's configuration key")
+    p.add_argument("name", metavar="MEMBER")
+    p.add_argument("key", metavar="KEY")
+    p.add_argument("value", metavar="VALUE")
+    p = _leaf(group, "unset", "cluster_cmds:unset", "Unset a member's configuration key")
+    p.add_argument("name", metavar="MEMBER")
+    p.add_argument("key", metavar="KEY")
+    p = _leaf(group, "get", "cluster_cmds:get", "Print a member's configuration key")
+    p.add_argument("name", metavar="MEMBER")
+    p.add_argument("key", metavar="KEY")
 
 
 def _dev_cluster(subs: argparse._SubParsersAction) -> None:

@@ -49,6 +49,14 @@ def plan_promotions(state: State, now: float) -> list[tuple[str, str]]:
     return list(zip(lost, ready, strict=False))
 
 
+def raft_drift(state: State, self_raft: str, counted: set[str]) -> tuple[list[str], list[str]]:
+    """``(to add, to remove)``: how Raft's voter set (``counted``, besides ``self_raft``)
+    differs from the members holding the database role."""
+    wanted = {m.raft_address for m in voters(state)
+              if m.raft_address and m.raft_address != self_raft}
+    return sorted(wanted - counted), sorted(counted - wanted)
+
+
 def max_voters(state: State) -> int:
     value = state.config.get("cluster.max_voters", "")
     return int(value) if value.isdigit() and int(value) >= 1 else DEFAULT_MAX_VOTERS
@@ -126,18 +134,55 @@ def member_remove(state: State, cmd: Command) -> Result:
     return ok(None)
 
 
+def _roles_error(state: State, member: Member, roles: object) -> str:
+    if not isinstance(roles, list) or not set(roles) <= ROLES:
+        return f"Roles must be a subset of {sorted(ROLES)}"
+    if VOTER in roles and VOTER not in member.roles and len(voters(state)) >= max_voters(state):
+        return "The cluster already has its maximum number of voters (cluster.max_voters)"
+    if VOTER in member.roles and VOTER not in roles and len(voters(state)) == 1:
+        return "Cannot demote the last voter of the cluster"
+    return ""
+
+
 def member_roles(state: State, cmd: Command) -> Result:
     member = state.members.get(cmd.args.get("name", ""))
     if member is None:
         return fail(404, "Cluster member not found")
     roles = cmd.args.get("roles")
-    if not isinstance(roles, list) or not set(roles) <= ROLES:
-        return fail(400, f"Roles must be a subset of {sorted(ROLES)}")
-    if VOTER in roles and VOTER not in member.roles and len(voters(state)) >= max_voters(state):
-        return fail(400, "The cluster already has its maximum number of voters")
-    if VOTER in member.roles and VOTER not in roles and len(voters(state)) == 1:
-        return fail(400, "Cannot demote the last voter of the cluster")
+    problem = _roles_error(state, member, roles)
+    if problem or not isinstance(roles, list):
+        return fail(400, problem)
     member.roles = [r for r in roles if r in ROLES]
+    return ok(None)
+
+
+def member_update(state: State, cmd: Command) -> Result:
+    """LXD's ``PUT /1.0/cluster/members/<name>``: roles, description, config, groups.
+    Fields left out of the command keep their value; everything is checked first."""
+    a = cmd.args
+    member = state.members.get(a.get("name", ""))
+    if member is None:
+        return fail(404, "Cluster member not found")
+    roles = a.get("roles", list(member.roles))
+    problem = _roles_error(state, member, roles)
+    config = a.get("config", member.config)
+    problem = problem or validate.member_config_error(config)
+    groups = a.get("groups", member.groups)
+    if not isinstance(groups, list):
+        problem = problem or "Groups must be a list of names"
+    else:
+        problem = problem or next((validate.entity_name_error("Cluster group", g)
+                                   for g in groups
+                                   if validate.entity_name_error("Cluster group", g)), "")
+    description = a.get("description", member.description)
+    if not isinstance(description, str):
+        problem = problem or "Description must be a string"
+    if problem or not isinstance(roles, list):
+        return fail(400, problem)
+    member.roles = [r for r in roles if r in ROLES]
+    member.config = {str(k): str(v) for k, v in config.items() if v != ""}
+    member.groups = sorted(set(groups))
+    member.description = description
     return ok(None)
 
 
@@ -147,4 +192,5 @@ HANDLERS = {
     "member.join": member_join,
     "member.remove": member_remove,
     "member.roles": member_roles,
+    "member.update": member_update,
 }

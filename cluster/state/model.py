@@ -22,6 +22,15 @@ class Member:
     state: str = "ONLINE"
     raft_address: str = ""
     joined_at: float = 0.0
+    # Member-local settings as in LXD (scheduler.instance, scheduler.capacity.cpu/.memory).
+    config: dict[str, str] = field(default_factory=dict)
+    groups: list[str] = field(default_factory=list)  # cluster groups, as in LXD
+    # What the member's agent reports: {"cpu": n, "memory": bytes, "disk": bytes}.
+    capacity: dict[str, float] = field(default_factory=dict)
+    instance_types: list[str] = field(default_factory=lambda: ["container"])
+
+    def __setstate__(self, data: dict[str, Any]) -> None:
+        self.__dict__.update(Member("", "").__dict__ | data)
 
 
 @dataclass

@@ -209,6 +209,18 @@ class RaftStore:
     def members(self) -> list[str]:
         return [self._address, *self._partners]
 
+    def raft_partners(self) -> set[str]:
+        """The voters Raft itself counts besides this one (after membership changes)."""
+        sync = self._sync
+        if sync is None:
+            return set()
+        for _ in range(3):  # the tick thread may change the set while it is copied
+            try:
+                return {str(n.address) for n in list(sync._SyncObj__otherNodes)}  # type: ignore[attr-defined]
+            except RuntimeError:
+                continue
+        return set(self._partners)
+
     def _flush(self) -> None:
         """Send everything queued since the last flush as batches of at most BATCH."""
         self._flush_scheduled = False

@@ -113,6 +113,33 @@ def config_error(config: object) -> str:
     return ""
 
 
+MEMBER_CONFIG_KEYS: dict[str, Callable[[str], str]] = {
+    "scheduler.instance": _choice("all", "manual", "group"),
+    "scheduler.capacity.cpu": _positive,
+    "scheduler.capacity.memory": _memory,
+}
+
+
+def member_config_error(config: object) -> str:
+    """The first problem in a cluster member's config (LXD's member keys), or ``""``."""
+    if not isinstance(config, dict):
+        return "Member config must be a mapping of strings"
+    for key, value in config.items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            return f"Config values must be strings (key {key!r})"
+        if key.startswith("user."):
+            continue
+        check = MEMBER_CONFIG_KEYS.get(key)
+        if check is None:
+            return f"Unknown member configuration key: {key}"
+        problem = check(value) if value else ""
+        if key == "scheduler.capacity.memory" and value.endswith("%"):
+            problem = "must be a size such as 64GiB"
+        if problem:
+            return f"Invalid value for member configuration key {key!r}: {problem}"
+    return ""
+
+
 DEVICE_KEYS: dict[str, set[str]] = {
     "disk": {"path", "pool", "source", "size", "readonly"},
     "nic": {"nictype", "network", "parent", "name", "hwaddr", "mtu", "host_name"},

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import signal
 import time
 
+import aiohttp
 import pytest
 
 from cluster.harness import DaemonProcess
@@ -59,6 +62,33 @@ def test_launch_on_each_member_with_target(members: list[DaemonProcess]) -> None
     placed = Api(str(members[2].socket)).get("/1.0/instances?recursion=1")
     assert {i["name"]: i["location"] for i in placed if i["name"].startswith("t")} == {
         "t1": "m1", "t2": "m2", "t3": "m3"}
+
+
+def test_operations_and_events_of_every_member_show_on_any_member(
+        members: list[DaemonProcess]) -> None:
+    async def watch_m1_while_m3_execs() -> list[dict]:
+        events: list[dict] = []
+        connector = aiohttp.UnixConnector(path=str(members[0].socket))
+        async with aiohttp.ClientSession(connector=connector) as session:
+            async with session.ws_connect("http://corral/1.0/events?type=operation") as ws:
+                await asyncio.sleep(1.5)  # m1 connects to the other members' streams
+                await asyncio.to_thread(members[2].corral, "exec", "t3", "--", "true")
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(10):
+                        async for msg in ws:
+                            events.append(json.loads(msg.data))
+                            if any(e.get("location") == "m3" for e in events):
+                                break
+        return events
+
+    events = asyncio.run(watch_m1_while_m3_execs())
+    assert any(e["location"] == "m3" and e["type"] == "operation" for e in events), events
+    members[1].corral("exec", "t2", "--", "true")
+    listed = Api(str(members[0].socket)).get("/1.0/operations?recursion=1")
+    locations = {op["location"] for ops in listed.values() for op in ops}
+    assert {"m2", "m3"} <= locations
+    ids = Api(str(members[0].socket)).get("/1.0/operations")
+    assert all(isinstance(url, str) for urls in ids.values() for url in urls)
 
 
 def test_bad_join_tokens_and_names_are_refused(members: list[DaemonProcess]) -> None:

@@ -24,6 +24,7 @@ from typing import Any
 
 import pylxd
 import pytest
+import yaml
 
 from cluster import tls
 from cluster.harness import DaemonProcess
@@ -243,3 +244,18 @@ def test_init_auto_address_serves_https_from_the_start(tmp_path: Path) -> None:
     finally:
         proc.destroy()
         shutil.rmtree(base, ignore_errors=True)
+
+
+def test_https_address_is_member_local_and_a_failed_bind_changes_nothing(
+        daemon: DaemonProcess, https_port: int) -> None:
+    api = Api(str(daemon.socket))
+    before = api.ok("GET", "/1.0")["config"]
+    assert before["core.https_address"] == f"127.0.0.1:{https_port}"
+    # The address lives in this member's cluster.yaml, not in the replicated config.
+    local = yaml.safe_load((daemon.root / "cluster.yaml").read_text())
+    assert local["config"]["core.https_address"] == f"127.0.0.1:{https_port}"
+    status, doc = api.call("PATCH", "/1.0", {"config": {
+        "core.https_address": "192.0.2.1:8443", "user.note": "not applied"}})
+    assert status == 400 and "Cannot listen" in doc["error"]
+    assert api.ok("GET", "/1.0")["config"] == before
+    assert tls_call(https_port, "GET", "/1.0")[0] == 200  # still listening where it was

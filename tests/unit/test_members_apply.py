@@ -92,3 +92,66 @@ def test_roles_respect_the_voter_limit() -> None:
     assert apply(state, cmd("member.roles", name="m3", roles=[])).ok
     assert apply(state, cmd("member.roles", name="m4", roles=["database"])).ok
     assert apply(state, cmd("member.roles", name="m4", roles=["bogus"])).code == 400
+
+
+def four_members() -> State:
+    state = cluster_of_one()
+    for name in ("m2", "m3", "m4"):
+        assert join(state, name).ok
+    return state
+
+
+def test_member_update_sets_roles_config_groups_and_description() -> None:
+    state = four_members()
+    assert apply(state, cmd("member.update", name="m1", roles=[])).ok  # demote a voter
+    assert apply(state, cmd("member.update", name="m4", roles=["database"],
+                            config={"scheduler.instance": "manual",
+                                    "scheduler.capacity.memory": "64GiB"},
+                            groups=["gpu", "gpu", "ssd"], description="rack 2")).ok
+    m4 = state.members["m4"]
+    assert m4.roles == ["database"] and m4.groups == ["gpu", "ssd"]
+    assert m4.config == {"scheduler.instance": "manual", "scheduler.capacity.memory": "64GiB"}
+    assert m4.description == "rack 2"
+    assert apply(state, cmd("member.update", name="m4", description="moved")).ok
+    assert state.members["m4"].roles == ["database"]  # fields left out keep their value
+
+
+def test_member_update_refuses_bad_input_and_changes_nothing() -> None:
+    state = four_members()
+    before = pickle.dumps(state.members)
+    bad = [
+        dict(name="m9", roles=[]),  # unknown member
+        dict(name="m4", roles=["database"]),  # a fourth voter past cluster.max_voters
+        dict(name="m4", roles=["admin"]),
+        dict(name="m4", config={"scheduler.instance": "sometimes"}),
+        dict(name="m4", config={"scheduler.capacity.cpu": "-1"}),
+        dict(name="m4", config={"scheduler.capacity.memory": "50%"}),
+        dict(name="m4", config={"no.such.key": "1"}),
+        dict(name="m4", config={"scheduler.instance": 3}),
+        dict(name="m4", groups=["bad/name"]),
+        dict(name="m4", groups="gpu"),
+        dict(name="m4", description=7),
+        dict(name="m4", roles=[], config={"scheduler.instance": "never"}),
+    ]
+    for args in bad:
+        result = apply(state, cmd("member.update", **args))
+        assert not result.ok and result.code in (400, 404), args
+    assert pickle.dumps(state.members) == before
+
+
+def test_the_last_voter_cannot_be_demoted() -> None:
+    state = cluster_of_one()
+    result = apply(state, cmd("member.update", name="m1", roles=[]))
+    assert not result.ok and "last voter" in result.error
+
+
+def test_raft_drift_compares_roles_with_rafts_own_voters() -> None:
+    from cluster.state.apply_members import raft_drift
+
+    state = four_members()  # voters m1, m2, m3 (raft a:1, m2:8444, m3:8444)
+    assert raft_drift(state, "a:1", {"m2:8444", "m3:8444"}) == ([], [])
+    assert raft_drift(state, "a:1", {"m2:8444"}) == (["m3:8444"], [])
+    apply(state, cmd("member.update", name="m3", roles=[]))
+    assert raft_drift(state, "a:1", {"m2:8444", "m3:8444"}) == ([], ["m3:8444"])
+    apply(state, cmd("member.update", name="m4", roles=["database"]))
+    assert raft_drift(state, "a:1", {"m2:8444", "m3:8444"}) == (["m4:8444"], ["m3:8444"])

@@ -25,8 +25,9 @@ from cluster.membership import (
     secret_hash,
     token_expiry,
 )
-from cluster.state.apply_members import VOTER, plan_promotions
+from cluster.state.apply_members import VOTER
 from cluster.state.commands import command
+from cluster.voters import add_voter, background
 
 log = logging.getLogger(__name__)
 JOIN_TIMEOUT = 60.0
@@ -79,7 +80,7 @@ async def accept_member(request: web.Request) -> web.Response:
     if voter:
         # The change may need the new member's vote to commit (two voters), and that
         # member starts Raft only after this reply: add it in the background.
-        _background(_add_voter(ctx, raft))
+        background(add_voter(ctx, raft))
     identity = _identity(request)
     with ctx.store.read() as state:
         members = [{"name": m.name, "address": m.address, "raft_address": m.raft_address,
@@ -87,22 +88,6 @@ async def accept_member(request: web.Request) -> web.Response:
     log.info("member %s joined from %s (raft %s)", name, address, raft)
     reply = accept_reply(identity.crt.read_text(), identity.key.read_text(), members)
     return sync({**reply, "voter": voter})
-
-
-_BACKGROUND: set[asyncio.Task[None]] = set()
-
-
-def _background(coro: Any) -> None:
-    task = asyncio.create_task(coro)
-    _BACKGROUND.add(task)
-    task.add_done_callback(_BACKGROUND.discard)
-
-
-async def _add_voter(ctx: Context, raft: str) -> None:
-    try:
-        await ctx.store.add_member(raft, timeout=JOIN_TIMEOUT)
-    except Exception as exc:  # noqa: BLE001 - logged; the joiner reports its own failure
-        log.warning("adding %s to Raft failed: %s", raft, exc)
 
 
 async def remove_member(request: web.Request) -> web.Response:
@@ -142,7 +127,7 @@ async def join_cluster(request: web.Request, body: dict[str, Any]) -> None:
     assert ctx.local is not None
     ctx.local.raft_address, ctx.local.partners, ctx.local.clustered = raft, partners, True
     ctx.local.voter = voter
-    ctx.save_local()
+    await ctx.save_local()
     await ctx.store.rebind(raft, partners, raft_password(identity.key.read_bytes()), fresh=True,
                            voter=voter)
     await _wait_for_own_record(ctx)
@@ -189,66 +174,6 @@ async def _wait_for_own_record(ctx: Context) -> None:
                 return
         await asyncio.sleep(0.05)
     raise ApiError(504, "Joined, but the cluster's state did not arrive in time")
-
-
-async def track_partners(ctx: Context) -> None:
-    """Keep cluster.yaml's Raft partners (the voters) in line with the members, and
-    switch this member between voter and follower when its roles change."""
-    queue = ctx.store.subscribe()
-    try:
-        while True:
-            change = await queue.get()
-            if change.command.type not in ("member.join", "member.remove", "member.roles",
-                                           "cluster.bootstrap"):
-                continue
-            with ctx.store.read() as state:
-                partners = sorted(m.raft_address for m in state.members.values()
-                                  if m.name != ctx.member and m.raft_address
-                                  and VOTER in m.roles)
-                me = state.members.get(ctx.member)
-                wants_vote = me is not None and VOTER in me.roles
-            if ctx.local is None or not ctx.local.clustered or me is None:
-                continue  # not clustered, or the replica is still arriving (join, rebind)
-            if partners != sorted(ctx.local.partners) or wants_vote != ctx.local.voter:
-                ctx.local.partners, ctx.local.voter = partners, wants_vote
-                ctx.save_local()
-            if wants_vote != ctx.store.voter:
-                log.info("member %s becomes a %s", ctx.member,
-                         "voter" if wants_vote else "follower")
-                key = (ctx.paths.root / "server.key").read_bytes()
-                await ctx.store.rebind(ctx.store.address, partners, raft_password(key),
-                                       fresh=True, voter=wants_vote)
-    finally:
-        ctx.store.unsubscribe(queue)
-
-
-async def keep_voters(ctx: Context, period: float = 2.5) -> None:
-    """On the Raft leader: replace voters offline past the threshold by online followers,
-    so the quorum keeps its configured size. Acts only through commits apply re-checks."""
-    while True:
-        await asyncio.sleep(period)
-        if not ctx.store.voter or ctx.store.leader() != ctx.store.address:
-            continue
-        with ctx.store.read() as state:
-            swaps = plan_promotions(state, time.time())
-            rafts = {m.name: m.raft_address for m in state.members.values()}
-        for lost, follower in swaps:
-            try:
-                await ctx.store.submit(command("member.roles", name=lost, roles=[]))
-                await ctx.store.submit(command("member.roles", name=follower, roles=[VOTER]))
-            except Exception as exc:  # noqa: BLE001 - state changed meanwhile; next round
-                log.info("promotion of %s skipped: %s", follower, exc)
-                continue
-            log.info("voter %s is offline: promoting %s", lost, follower)
-            _background(_add_voter(ctx, rafts[follower]))
-            _background(_remove_voter(ctx, rafts[lost]))
-
-
-async def _remove_voter(ctx: Context, raft: str) -> None:
-    try:
-        await ctx.store.remove_member(raft, timeout=JOIN_TIMEOUT)
-    except Exception as exc:  # noqa: BLE001 - logged
-        log.warning("removing %s from Raft failed: %s", raft, exc)
 
 
 ROUTES_TRUSTED = [

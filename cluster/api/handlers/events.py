@@ -7,6 +7,7 @@ import json
 
 from aiohttp import WSMsgType, web
 
+from cluster.api import fanout
 from cluster.api.events import EVENT_TYPES
 from cluster.api.handlers.common import ctx_of
 from cluster.api.response import bad_request
@@ -22,6 +23,8 @@ async def events(request: web.Request) -> web.StreamResponse:
     await ws.prepare(request)
     queue = ctx.events.subscribe(wanted)
     reader = request.app.loop.create_task(_drain(ws))
+    peers = (request.app.loop.create_task(_relay_peers(request, ws))
+             if fanout.should_fan_out(request) else None)
     try:
         while not ws.closed:
             getter = asyncio.ensure_future(queue.get())
@@ -35,7 +38,21 @@ async def events(request: web.Request) -> web.StreamResponse:
     finally:
         ctx.events.unsubscribe(queue)
         reader.cancel()
+        if peers is not None:
+            peers.cancel()
     return ws
+
+
+async def _relay_peers(request: web.Request, ws: web.WebSocketResponse) -> None:
+    """Every other member's events on the same websocket (LXD's full-mesh event mode)."""
+    frames = fanout.peer_events(request, request.query_string)
+    try:
+        async for frame in frames:
+            await ws.send_str(frame)
+    except ConnectionError:
+        pass
+    finally:
+        await frames.aclose()
 
 
 async def _drain(ws: web.WebSocketResponse) -> None:

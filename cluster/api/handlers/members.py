@@ -8,8 +8,9 @@ from typing import Any
 from aiohttp import web
 
 from cluster.api.handlers.common import ctx_of, int_query
-from cluster.api.response import not_found, sync
+from cluster.api.response import empty, json_body, not_found, sync
 from cluster.state.apply_members import member_status, offline_threshold
+from cluster.state.commands import command
 from cluster.state.model import Member, State
 
 __all__ = ["member_status", "member_view", "offline_threshold", "ROUTES"]
@@ -25,7 +26,8 @@ def member_view(state: State, member: Member, leader_raft: str | None,
         "url": f"https://{member.address}" if member.address else "",
         "database": "database" in member.roles, "roles": roles,
         "architecture": member.architecture, "failure_domain": "default",
-        "description": member.description, "config": {}, "groups": ["default"],
+        "description": member.description, "config": dict(member.config),
+        "groups": list(member.groups) or ["default"],
         "status": status.capitalize() if status != "ONLINE" else "Online",
         "message": "Fully operational" if status == "ONLINE" else
         f"No heartbeat for {now - member.heartbeat_at:.0f}s",
@@ -52,7 +54,38 @@ async def get_member(request: web.Request) -> web.Response:
         return sync(member_view(state, member, leader, time.time()))
 
 
+READ_ONLY_ROLES = {"database-leader"}
+
+
+async def update_member(request: web.Request) -> web.Response:
+    """PUT/PATCH /1.0/cluster/members/<name>: roles, description, config and groups.
+    Role ``database`` makes the member a voter (within ``cluster.max_voters``); the Raft
+    leader then brings Raft's own membership in line (see ``cluster_join.keep_voters``)."""
+    ctx = ctx_of(request)
+    name = request.match_info["name"]
+    body = await json_body(request)
+    args: dict[str, Any] = {"name": name}
+    for key in ("roles", "config", "groups", "description"):
+        if key in body:
+            args[key] = body[key]
+        elif request.method == "PUT" and key != "roles":
+            args[key] = "" if key == "description" else {} if key == "config" else []
+    if isinstance(args.get("roles"), list):
+        args["roles"] = [r for r in args["roles"] if r not in READ_ONLY_ROLES]
+    if isinstance(args.get("groups"), list):
+        args["groups"] = [g for g in args["groups"] if g != "default"]
+    if request.method == "PATCH" and isinstance(body.get("config"), dict):
+        with ctx.store.read() as state:
+            member = state.members.get(name)
+            if member is not None:
+                args["config"] = {**member.config, **body["config"]}
+    await ctx.store.submit(command("member.update", **args))
+    return empty()
+
+
 ROUTES = [
     ("GET", "/1.0/cluster/members", list_members),
     ("GET", "/1.0/cluster/members/{name}", get_member),
+    ("PUT", "/1.0/cluster/members/{name}", update_member),
+    ("PATCH", "/1.0/cluster/members/{name}", update_member),
 ]

@@ -7,6 +7,7 @@ import hmac
 
 from aiohttp import web
 
+from cluster.api import fanout
 from cluster.api.handlers.common import ctx_of, int_query
 from cluster.api.operations import Operation
 from cluster.api.response import ApiError, empty, not_found, sync
@@ -20,6 +21,7 @@ def _op(request: web.Request) -> Operation:
 
 
 async def list_operations(request: web.Request) -> web.Response:
+    """This member's operations and, in a cluster, every other online member's (LXD)."""
     ops = ctx_of(request).ops.all()
     recursion = int_query(request, "recursion")
     grouped: dict[str, list[object]] = {}
@@ -27,6 +29,13 @@ async def list_operations(request: web.Request) -> web.Response:
         key = "running" if op.status in ("Running", "Cancelling") else op.status.lower()
         grouped.setdefault(key, []).append(
             op.to_dict() if recursion else f"/1.0/operations/{op.id}")
+    if fanout.should_fan_out(request):
+        suffix = "?recursion=1" if recursion else ""
+        for theirs in await fanout.gather_json(request, f"/1.0/operations{suffix}"):
+            if isinstance(theirs, dict):
+                for key, listed in theirs.items():
+                    if isinstance(listed, list):
+                        grouped.setdefault(str(key), []).extend(listed)
     return sync(grouped)
 
 

@@ -12,7 +12,14 @@ import cluster
 from cluster.api.context import Context
 from cluster.api.handlers.common import ctx_of
 from cluster.api.response import bad_request, json_body, sync
-from cluster.https import HTTPS, check_https_config, is_trusted, listen_addresses
+from cluster.https import (
+    ADDRESS_KEY,
+    HTTPS,
+    MEMBER_LOCAL_KEYS,
+    check_https_config,
+    is_trusted,
+    listen_addresses,
+)
 from cluster.https import reconcile as https_reconcile
 from cluster.state.commands import command
 
@@ -47,7 +54,10 @@ def untrusted_info() -> dict[str, Any]:
 def server_info(ctx: Context, identity: Any = None, address: str = "") -> dict[str, Any]:
     release = _os_release()
     with ctx.store.read() as state:
-        config = dict(state.config)
+        config = {**state.config, **(ctx.local.config if ctx.local else {})}
+        member = state.members.get(ctx.member)
+        if ctx.local is not None and ctx.local.clustered and member is not None:
+            config[ADDRESS_KEY] = config["cluster.https_address"] = member.address
     info: dict[str, Any] = {
         "api_extensions": API_EXTENSIONS, "api_status": "stable", "api_version": "1.0",
         "auth": "trusted", "public": False, "auth_methods": ["tls"], "config": config,
@@ -81,18 +91,50 @@ async def get_server(request: web.Request) -> web.Response:
 
 
 async def put_server(request: web.Request) -> web.Response:
+    """Member-local keys (``core.https_address``) stay on this member; the rest is the
+    cluster's. A listener that cannot bind leaves both as they were."""
     ctx = ctx_of(request)
     body = await json_body(request)
     config = body.get("config", {})
-    if request.method == "PATCH":
-        with ctx.store.read() as state:
-            config = {**state.config, **config}
     if not isinstance(config, dict):
         raise bad_request("Server config must be a mapping")
+    with ctx.store.read() as state:
+        shared_now = dict(state.config)
+        member = state.members.get(ctx.member)
+    local_now = dict(ctx.local.config) if ctx.local else {}
+    if request.method == "PATCH":
+        config = {**shared_now, **local_now, **config}
+    config.pop("cluster.https_address", None)
     check_https_config(config)
-    await ctx.store.submit(command("config.set", config=config))
-    await https_reconcile(request)
+    local = {k: str(v) for k, v in config.items() if k in MEMBER_LOCAL_KEYS and v != ""}
+    shared = {k: v for k, v in config.items() if k not in MEMBER_LOCAL_KEYS}
+    clustered = ctx.local is not None and ctx.local.clustered
+    if clustered and member is not None:
+        if local.get(ADDRESS_KEY, member.address) != member.address:
+            raise bad_request(f"{ADDRESS_KEY} of a cluster member is its cluster address "
+                              f"({member.address}) and cannot be changed")
+        local.pop(ADDRESS_KEY, None)
+    await _set_local(request, ctx, local)
+    try:
+        await ctx.store.submit(command("config.set", config=shared))
+    except BaseException:
+        await _set_local(request, ctx, local_now)
+        raise
     return sync({})
+
+
+async def _set_local(request: web.Request, ctx: Context, local: dict[str, str]) -> None:
+    if ctx.local is None or local == ctx.local.config:
+        return
+    before = dict(ctx.local.config)
+    ctx.local.config = dict(local)
+    try:
+        await https_reconcile(request)
+    except BaseException:
+        ctx.local.config = before
+        await https_reconcile(request)
+        raise
+    await ctx.save_local()
 
 
 def _meminfo() -> dict[str, int]:

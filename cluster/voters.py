@@ -1,0 +1,188 @@
+"""Keeping Raft's voters in line with the members' ``database`` role.
+
+The replicated state says who should vote (apply enforces ``cluster.max_voters``);
+these loops make Raft match it: each member switches itself between voter and
+follower, the leader adds and removes voters in Raft's own configuration and hands
+an offline voter's vote to an online follower, and a member that finds no leader
+asks the others whether it still votes (it may have been demoted while it was down).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Coroutine
+from typing import Any
+
+import aiohttp
+
+from cluster.api.context import Context
+from cluster.membership import raft_address_for, raft_password
+from cluster.peers import peer_session
+from cluster.state.apply_members import VOTER, plan_promotions, raft_drift
+from cluster.state.commands import command
+
+log = logging.getLogger(__name__)
+CHANGE_TIMEOUT = 60.0
+ROLE_CHANGES = ("member.join", "member.remove", "member.roles", "member.update",
+                "cluster.bootstrap")
+
+_BACKGROUND: set[asyncio.Task[None]] = set()
+
+
+def background(coro: Coroutine[Any, Any, None]) -> None:
+    task = asyncio.create_task(coro)
+    _BACKGROUND.add(task)
+    task.add_done_callback(_BACKGROUND.discard)
+
+
+async def add_voter(ctx: Context, raft: str) -> None:
+    try:
+        await ctx.store.add_member(raft, timeout=CHANGE_TIMEOUT)
+    except Exception as exc:  # noqa: BLE001 - logged; the leader's next round retries
+        log.warning("adding %s to Raft failed: %s", raft, exc)
+
+
+async def remove_voter(ctx: Context, raft: str) -> None:
+    try:
+        await ctx.store.remove_member(raft, timeout=CHANGE_TIMEOUT)
+    except Exception as exc:  # noqa: BLE001 - logged; the leader's next round retries
+        log.warning("removing %s from Raft failed: %s", raft, exc)
+
+
+async def _switch(ctx: Context, partners: list[str], voter: bool) -> None:
+    """Restart Raft on this member as a voter or follower, from the leader's state."""
+    assert ctx.local is not None
+    ctx.local.partners, ctx.local.voter = partners, voter
+    await ctx.save_local()
+    if voter != ctx.store.voter:
+        log.info("member %s becomes a %s", ctx.member, "voter" if voter else "follower")
+        key = await asyncio.to_thread((ctx.paths.root / "server.key").read_bytes)
+        await ctx.store.rebind(ctx.store.address, partners, raft_password(key), fresh=True,
+                               voter=voter)
+
+
+async def _follow_own_roles(ctx: Context) -> None:
+    """Switch when the roles say so. A replica that is still catching up passes through
+    old roles, so the switch happens only when the leader confirms it (or is this member)."""
+    with ctx.store.read() as state:
+        partners = sorted(m.raft_address for m in state.members.values()
+                          if m.name != ctx.member and m.raft_address and VOTER in m.roles)
+        me = state.members.get(ctx.member)
+        wants_vote = me is not None and VOTER in me.roles
+        leader = ctx.store.leader()
+        leader_address = next((m.address for m in state.members.values()
+                               if leader and m.raft_address == leader), "")
+    if ctx.local is None or not ctx.local.clustered or me is None:
+        return  # not clustered, or the replica is still arriving (join, rebind)
+    if wants_vote != ctx.store.voter and leader != ctx.store.address:
+        view = await _ask_the_cluster(ctx, [leader_address] if leader_address else [])
+        if view is None or ctx.member not in view:
+            return  # unconfirmed: the next change or round looks again
+        wants_vote = VOTER in view[ctx.member]["roles"]
+        partners = _voters_of(view, ctx.member)
+    if (partners != sorted(ctx.local.partners) or wants_vote != ctx.local.voter
+            or wants_vote != ctx.store.voter):
+        await _switch(ctx, partners, wants_vote)
+
+
+def _voters_of(view: dict[str, dict[str, Any]], me: str) -> list[str]:
+    return sorted(raft_address_for(m["url"].removeprefix("https://"))
+                  for name, m in view.items() if name != me and VOTER in m["roles"])
+
+
+async def track_partners(ctx: Context, period: float = 5.0) -> None:
+    """Keep cluster.yaml's Raft partners (the voters) in line with the members, and
+    switch this member between voter and follower when its roles change."""
+    queue = ctx.store.subscribe()
+    try:
+        while True:
+            try:
+                change = await asyncio.wait_for(queue.get(), period)
+                if change.command.type not in ROLE_CHANGES:
+                    continue
+            except TimeoutError:
+                pass
+            await _follow_own_roles(ctx)
+    finally:
+        ctx.store.unsubscribe(queue)
+
+
+async def keep_voters(ctx: Context, period: float = 2.5) -> None:
+    """On the Raft leader: replace voters offline past the threshold by online followers
+    (so the quorum keeps its configured size), then bring Raft's configuration in line
+    with the roles."""
+    while True:
+        await asyncio.sleep(period)
+        if not ctx.store.voter or ctx.store.leader() != ctx.store.address:
+            continue
+        with ctx.store.read() as state:
+            swaps = plan_promotions(state, time.time())
+        for lost, follower in swaps:
+            try:
+                await ctx.store.submit(command("member.roles", name=lost, roles=[]))
+                await ctx.store.submit(command("member.roles", name=follower, roles=[VOTER]))
+            except Exception as exc:  # noqa: BLE001 - state changed meanwhile; next round
+                log.info("promotion of %s skipped: %s", follower, exc)
+                continue
+            log.info("voter %s is offline: promoting %s", lost, follower)
+        await _follow_roles_in_raft(ctx)
+
+
+async def _follow_roles_in_raft(ctx: Context) -> None:
+    """Add the missing voters first (the quorum only grows while a vote moves), then
+    remove the extra ones; each change commits before the next starts."""
+    with ctx.store.read() as state:
+        to_add, to_remove = raft_drift(state, ctx.store.address, ctx.store.raft_partners())
+    for raft in to_add:
+        await add_voter(ctx, raft)
+    for raft in to_remove:
+        await remove_voter(ctx, raft)
+
+
+async def find_way_back(ctx: Context, period: float = 3.0) -> None:
+    """A clustered member that sees no leader for two rounds asks the other members how
+    the cluster sees it: demoted or promoted while it was down, it switches itself."""
+    lonely = 0
+    while True:
+        await asyncio.sleep(period)
+        if ctx.local is None or not ctx.local.clustered or ctx.store.leader() is not None:
+            lonely = 0
+            continue
+        lonely += 1
+        if lonely < 2:
+            continue
+        view = await _ask_the_cluster(ctx)
+        if view is None:
+            continue
+        if ctx.member not in view:
+            log.error("member %s is no longer part of the cluster (removed while it was "
+                      "down); remove its state directory to join again", ctx.member)
+            continue
+        wants_vote = VOTER in view[ctx.member]["roles"]
+        if wants_vote != ctx.store.voter:
+            await _switch(ctx, _voters_of(view, ctx.member), wants_vote)
+            lonely = 0
+
+
+async def _ask_the_cluster(ctx: Context, addresses: list[str] | None = None,
+                           ) -> dict[str, dict[str, Any]] | None:
+    """Members by name as a member that knows the leader reports them, or None."""
+    if not addresses:
+        with ctx.store.read() as state:
+            addresses = [m.address for m in state.members.values()
+                         if m.name != ctx.member and m.address]
+    async with peer_session(ctx.paths.root, timeout=5.0) as session:
+        for address in addresses:
+            url = f"https://{address}/1.0/cluster/members?recursion=1"
+            try:
+                async with session.get(url, headers={"X-Corral-Forwarded": "1"}) as resp:
+                    if resp.status != 200:
+                        continue
+                    members = (await resp.json())["metadata"]
+            except (aiohttp.ClientError, OSError, ValueError, KeyError, TimeoutError):
+                continue
+            if any("database-leader" in m.get("roles", []) for m in members):
+                return {m["server_name"]: m for m in members}
+    return None
