@@ -12,6 +12,7 @@ import asyncio
 import ipaddress
 import platform
 import sys
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -25,6 +26,7 @@ from cluster.https import reconcile as https_reconcile
 from cluster.membership import raft_address_for, raft_password
 from cluster.state import validate
 from cluster.state.commands import command
+from node_agent.capacity import host_capacity
 
 DEFAULT_BRIDGE = "corralbr0"
 DEFAULT_ADDRESS = "10.190.72.1/24"
@@ -72,7 +74,9 @@ async def init_handler(request: web.Request) -> web.Response:
     await ctx.store.submit(command(
         "cluster.bootstrap",
         member={"name": ctx.member, "address": member_address,
-                "architecture": platform.machine(), "raft_address": ctx.store.address},
+                "architecture": platform.machine(), "raft_address": ctx.store.address,
+                "capacity": await asyncio.to_thread(
+                    host_capacity, Path(pool_config.get("source") or ctx.paths.storage_pools))},
         pool={"name": "default", "driver": "dir", "config": pool_config},
         network={"name": bridge, "config": {"ipv4.address": address, "ipv4.nat": "true",
                                             "ipv6.address": "none"}},

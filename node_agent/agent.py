@@ -20,6 +20,7 @@ from cluster.state.commands import command
 from cluster.state.model import Action, Instance
 from cluster.state.store import Store
 from node_agent.actions import perform
+from node_agent.capacity import host_capacity
 from node_agent.node import InstanceSpec, LocalNode
 
 log = logging.getLogger(__name__)
@@ -57,14 +58,34 @@ class NodeAgent:
         heartbeats stop for longer than ``cluster.offline_threshold``)."""
         while True:
             with self.store.read() as state:
-                known = self.member in state.members
+                me = state.members.get(self.member)
+                known, listed = me is not None, dict(me.capacity) if me else {}
             if known:
+                capacity = await asyncio.to_thread(self.capacity)
+                extra = {"capacity": capacity} if capacity != listed else {}
                 try:
-                    await self.store.submit(command("member.heartbeat", name=self.member),
-                                            timeout=HEARTBEAT_SECONDS)
+                    await self.store.submit(command("member.heartbeat", name=self.member,
+                                                    **extra), timeout=HEARTBEAT_SECONDS)
                 except Exception as exc:  # noqa: BLE001 - a missed beat is retried
                     log.info("heartbeat not committed: %s", exc)
             await asyncio.sleep(HEARTBEAT_SECONDS)
+
+    async def forget_local_copy(self, name: str, pool: Any) -> None:
+        """Remove the container and volume of an instance that moved to another member."""
+
+        def drop() -> None:
+            if self.node.status(name) in ("Running", "Frozen"):
+                raise RuntimeError(f"{name} is still running here")
+            if (self.node.paths.containers / name).exists():
+                self.node.driver.delete(name)
+            pool.delete(name, missing_ok=True)
+
+        await asyncio.to_thread(drop)
+
+    def capacity(self) -> dict[str, float]:
+        """This host's CPUs, memory and default pool size (blocking: statvfs, /proc)."""
+        pool = self.node.pools.get("default") or next(iter(self.node.pools.values()), None)
+        return host_capacity(pool.path if pool is not None else None)
 
     async def _boot(self, host_rebooted: bool) -> None:
         """Re-attach after a restart. After a host reboot, start again what ran before

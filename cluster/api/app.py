@@ -43,7 +43,7 @@ def _trusted(routes: Sequence[tuple[str, str, Any]]) -> list[tuple[str, str, Any
 
 def route_table() -> list[tuple[str, str, Any, str]]:
     from cluster import bootstrap
-    from cluster.api.handlers import cluster_join, files, logs, members
+    from cluster.api.handlers import cluster_join, evacuation, files, logs, members, volumes
     from cluster.api.handlers import exec as exec_
 
     table = [
@@ -79,7 +79,10 @@ def route_table() -> list[tuple[str, str, Any, str]]:
         *[(m, p, h, UNTRUSTED) for m, p, h in certificates.ROUTES_UNTRUSTED],
         *_trusted(certificates.ROUTES),
         *_trusted(members.ROUTES),
+        *_trusted(evacuation.ROUTES),
         *_trusted(cluster_join.ROUTES_TRUSTED),
+        # Members only: the handlers check the peer's certificate is the cluster's.
+        *[(m, p, h, UNTRUSTED) for m, p, h in volumes.ROUTES],
         # A joining member proves itself with its join token's secret.
         *[(m, p, h, UNTRUSTED) for m, p, h in cluster_join.ROUTES_UNTRUSTED],
     ]

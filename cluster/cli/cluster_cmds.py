@@ -91,3 +91,17 @@ async def get(client: Client, args: argparse.Namespace) -> int:
     member = await client.get(_path(args.name))
     print((member.get("config") or {}).get(args.key, ""))
     return 0
+
+
+async def _member_state(client: Client, args: argparse.Namespace, action: str) -> int:
+    body = {"action": action, "mode": args.action if action == "evacuate" else ""}
+    await client.call("POST", _path(args.name) + "/state", body)
+    return 0
+
+
+async def evacuate(client: Client, args: argparse.Namespace) -> int:
+    return await _member_state(client, args, "evacuate")
+
+
+async def restore(client: Client, args: argparse.Namespace) -> int:
+    return await _member_state(client, args, "restore")

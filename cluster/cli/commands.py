@@ -57,8 +57,10 @@ def _create_flags(p: Parser) -> None:
     p.add_argument("-d", "--device", action="append", default=[], metavar="DEV,KEY=VALUE",
                    help="override a profile device key")
     p.add_argument("-s", "--storage", help="storage pool for the root disk")
-    p.add_argument("--target", help="cluster member to create on")
+    p.add_argument("--target", help="cluster member (or @group) to create on")
     p.add_argument("--description", default="")
+    p.add_argument("--dry-run", action="store_true",
+                   help="show where the scheduler would place it, and why; create nothing")
 
 
 def _instances(subs: argparse._SubParsersAction) -> None:
@@ -100,10 +102,14 @@ def _instances(subs: argparse._SubParsersAction) -> None:
     p.add_argument("names", nargs="+", metavar="NAME[/SNAPSHOT]")
     p.add_argument("-f", "--force", action="store_true", help="stop a running instance first")
 
-    p = _leaf(subs, "rename", "instances:rename", "Rename an instance or snapshot",
+    p = _leaf(subs, "rename", "instances:rename",
+              "Rename an instance or snapshot, or move an instance to another member",
               aliases=["move", "mv"])
     p.add_argument("old")
-    p.add_argument("new")
+    p.add_argument("new", nargs="?", default="")
+    p.add_argument("--target", default="",
+                   help="member (or @group) to move the instance to; '' lets the scheduler pick")
+    p.add_argument("--quiet", action="store_true", help="no progress")
 
     p = _leaf(subs, "snapshot", "instances:snapshot", "Create an instance snapshot")
     p.add_argument("name")
@@ -295,6 +301,13 @@ def _cluster(subs: argparse._SubParsersAction) -> None:
         p = _leaf(roles, verb, f"cluster_cmds:role_{verb}", f"{verb.capitalize()} roles")
         p.add_argument("name", metavar="MEMBER")
         p.add_argument("roles", metavar="ROLES", help="comma-separated, e.g. database")
+    for verb, text in (("evacuate", "Move every instance off a member (cluster.evacuate)"),
+                       ("restore", "Bring an evacuated member's instances back")):
+        p = _leaf(group, verb, f"cluster_cmds:{verb}", text)
+        p.add_argument("name", metavar="MEMBER")
+        p.add_argument("--force", action="store_true", help="do not ask (corral never asks)")
+        p.add_argument("--action", default="", choices=["", "stop", "migrate", "auto"],
+                       help="override every instance's cluster.evacuate")
     p = _leaf(group, "set", "cluster_cmds:set_", "Set a member's configuration key")
     p.add_argument("name", metavar="MEMBER")
     p.add_argument("key", metavar="KEY")

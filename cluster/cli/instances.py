@@ -91,8 +91,13 @@ async def create(client: Client, args: argparse.Namespace) -> str:
         body["name"] = args.name
     if profiles is not None:
         body["profiles"] = profiles
-    print(f"Creating {args.name}" if args.name else "Creating the instance", flush=True)
     path = "/1.0/instances" + (f"?target={quote(args.target)}" if args.target else "")
+    if getattr(args, "dry_run", False):
+        sep = "&" if args.target else "?"
+        plan = await client.request("POST", f"{path}{sep}placement=explain", body=body)
+        print("\n".join((plan.metadata or {}).get("text") or []))
+        raise DryRun()
+    print(f"Creating {args.name}" if args.name else "Creating the instance", flush=True)
     progress = Progress("Retrieving image: {}", quiet=args.quiet)
     try:
         op = await _create(client, path, body, image, progress)
@@ -123,9 +128,16 @@ def _created_name(op: Any) -> str:
     raise CliError("The server did not say which instance it created")
 
 
+class DryRun(Exception):
+    """``--dry-run``: the placement was shown; nothing was created."""
+
+
 async def launch(client: Client, args: argparse.Namespace) -> int:
     """``corral launch IMAGE [NAME]``: create, then start."""
-    name = await create(client, args)
+    try:
+        name = await create(client, args)
+    except DryRun:
+        return 0
     print(f"Starting {name}", flush=True)
     await change_state(client, name, "start")
     return 0
@@ -133,7 +145,10 @@ async def launch(client: Client, args: argparse.Namespace) -> int:
 
 async def init(client: Client, args: argparse.Namespace) -> int:
     """``corral init IMAGE [NAME]``: create without starting."""
-    await create(client, args)
+    try:
+        await create(client, args)
+    except DryRun:
+        pass
     return 0
 
 
@@ -208,7 +223,10 @@ async def delete(client: Client, args: argparse.Namespace) -> int:
 
 
 async def rename(client: Client, args: argparse.Namespace) -> int:
-    """POST {name} on the instance, or on the snapshot when both names are ``NAME/SNAP``."""
+    """POST {name} on the instance, or on the snapshot when both names are ``NAME/SNAP``;
+    with ``--target``, LXD's migration POST: move the instance to another member."""
+    if args.target or not args.new:
+        return await move(client, args)
     old_name, old_snap = split_snapshot(args.old)
     new_name, new_snap = split_snapshot(args.new)
     if old_snap is not None:
@@ -218,6 +236,20 @@ async def rename(client: Client, args: argparse.Namespace) -> int:
                           {"name": new_snap})
         return 0
     await client.call("POST", path_of(old_name), {"name": new_name})
+    return 0
+
+
+async def move(client: Client, args: argparse.Namespace) -> int:
+    if args.new and args.new != args.old:
+        raise UsageError("Rename and move in two steps")
+    name = split_snapshot(args.old)[0]
+    path = path_of(name) + (f"?target={quote(args.target)}" if args.target else "")
+    progress = Progress("Transferring instance: {}", quiet=args.quiet)
+    try:
+        await client.call("POST", path, {"name": name, "migration": True, "live": False},
+                          progress=progress)
+    finally:
+        progress.done()
     return 0
 
 

@@ -11,9 +11,10 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from cluster.state import validate
+from cluster.state import reservations, validate
 from cluster.state.commands import Command, Result, fail, ok
 from cluster.state.model import Action, Instance, Snapshot, State
+from cluster.state.placement import placement_problem, resize_problem
 
 POWER_AFTER = {"start": "Running", "restart": "Running", "stop": "Stopped",
                "freeze": "Frozen", "unfreeze": "Running"}
@@ -27,8 +28,13 @@ def _enqueue(inst: Instance, kind: str, **args: Any) -> int:
 
 
 def _get(state: State, name: object) -> Instance | Result:
+    """The instance to change; refused while a move copies it elsewhere."""
     inst = state.instances.get(name) if isinstance(name, str) else None
-    return inst if inst is not None else fail(404, "Instance not found")
+    if inst is None:
+        return fail(404, "Instance not found")
+    if inst.moving_to:
+        return fail(409, f"Instance is being moved to {inst.moving_to}")
+    return inst
 
 
 def _spec_error(state: State, args: dict[str, Any]) -> str:
@@ -85,11 +91,20 @@ def create(state: State, cmd: Command) -> Result:
         profiles=list(a.get("profiles", [])), ephemeral=bool(a.get("ephemeral", False)),
         description=str(a.get("description", "")),
     )
+    inst.demand = reservations.demand(state, inst)
+    config, _ = expanded(state, inst.config, inst.devices, inst.profiles)
+    problem = placement_problem(
+        state, member=inst.location, now=cmd.time, name=inst.name, type_=inst.type,
+        architecture=inst.architecture, demand=inst.demand, target=str(a.get("target", "")),
+        placement_group=config.get("placement.group", ""))
+    if problem:
+        return fail(409, f"Placement on {inst.location} no longer fits: {problem}")
     _enqueue(inst, "create")
     if a.get("start"):
         _enqueue(inst, "start")
         inst.power = "Running"
     state.instances[inst.name] = inst
+    reservations.add(state, inst)
     state.images[inst.image].last_used_at = cmd.time
     return ok({"uid": inst.uid, "generation": inst.generation})
 
@@ -119,12 +134,20 @@ def update(state: State, cmd: Command) -> Result:
     if problem:
         return fail(400, problem)
     volatile = {k: v for k, v in inst.config.items() if k.startswith("volatile.")}
+    grown = copy.copy(inst)
+    grown.config, grown.devices = {**volatile, **a.get("config", {})}, a.get("devices", {})
+    grown.profiles = list(a.get("profiles", []))
+    problem = resize_problem(state, inst.location, inst.demand,
+                             reservations.demand(state, grown))
+    if problem:
+        return fail(400, problem)
     inst.config = {**volatile, **a.get("config", {})}
     inst.devices = copy.deepcopy(a.get("devices", {}))
     inst.profiles = list(a.get("profiles", []))
     inst.description = str(a.get("description", inst.description))
     if "ephemeral" in a:
         inst.ephemeral = bool(a["ephemeral"])
+    reservations.refresh(state, inst)
     return ok({"generation": _enqueue(inst, "update")})
 
 
@@ -223,6 +246,7 @@ def restore(state: State, cmd: Command) -> Result:
                    **{k: v for k, v in snap.config.items() if not k.startswith("volatile.")}}
     inst.devices = copy.deepcopy(snap.devices)
     inst.profiles = list(snap.profiles)
+    reservations.refresh(state, inst)
     return ok({"generation": _enqueue(inst, "restore", snapshot=snap.name)})
 
 
@@ -257,9 +281,9 @@ def observed(state: State, cmd: Command) -> Result:
 def _settle(state: State, inst: Instance, act: Action, error: str) -> None:
     snap_name = act.args.get("snapshot", "")
     if act.kind == "create" and error:
-        state.instances.pop(inst.name, None)  # nothing half-created stays behind
+        _remove(state, inst)  # nothing half-created stays behind
     elif act.kind == "delete" and not error:
-        state.instances.pop(inst.name, None)
+        _remove(state, inst)
     elif act.kind == "snapshot":
         if error:
             inst.snapshots.pop(snap_name, None)
@@ -288,8 +312,14 @@ def purge(state: State, cmd: Command) -> Result:
     """Drop a record whose creation the API gave up on (never used for live instances)."""
     inst = state.instance_by_uid(cmd.args.get("uid", ""))
     if inst is not None:
-        state.instances.pop(inst.name, None)
+        _remove(state, inst)
     return ok(None)
+
+
+def _remove(state: State, inst: Instance) -> None:
+    if state.instances.get(inst.name) is inst:
+        del state.instances[inst.name]
+        reservations.release(state, inst)
 
 
 HANDLERS = {

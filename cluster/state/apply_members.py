@@ -114,9 +114,18 @@ def member_join(state: State, cmd: Command) -> Result:
     roles = [VOTER] if len(voters(state)) < max_voters(state) else []
     state.members[name] = Member(name=name, address=address, raft_address=raft,
                                  architecture=str(a.get("architecture", "x86_64")),
-                                 roles=roles, heartbeat_at=cmd.time, joined_at=cmd.time)
+                                 roles=roles, heartbeat_at=cmd.time, joined_at=cmd.time,
+                                 capacity=capacity_of(a.get("capacity")))
     del state.join_tokens[name]
     return ok({"roles": roles})
+
+
+def capacity_of(reported: object) -> dict[str, float]:
+    """The well-formed part of a member's reported capacity (cpu, memory, disk)."""
+    if not isinstance(reported, dict):
+        return {}
+    return {k: float(v) for k, v in reported.items()
+            if k in ("cpu", "memory", "disk") and isinstance(v, (int, float)) and v >= 0}
 
 
 def member_remove(state: State, cmd: Command) -> Result:
@@ -186,6 +195,18 @@ def member_update(state: State, cmd: Command) -> Result:
     return ok(None)
 
 
+def member_set_state(state: State, cmd: Command) -> Result:
+    """EVACUATED (no new placements; ``cluster evacuate``) or back to ONLINE (``restore``)."""
+    member = state.members.get(cmd.args.get("name", ""))
+    if member is None:
+        return fail(404, "Cluster member not found")
+    wanted = cmd.args.get("state")
+    if wanted not in ("EVACUATED", "ONLINE"):
+        return fail(400, "A member's state is EVACUATED or ONLINE")
+    member.state = str(wanted)
+    return ok(None)
+
+
 HANDLERS = {
     "join_token.add": join_token_add,
     "join_token.delete": join_token_delete,
@@ -193,4 +214,5 @@ HANDLERS = {
     "member.remove": member_remove,
     "member.roles": member_roles,
     "member.update": member_update,
+    "member.set_state": member_set_state,
 }

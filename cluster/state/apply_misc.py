@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import copy
 
-from cluster.state import validate
+from cluster.state import reservations, validate
+from cluster.state.apply_members import capacity_of
 from cluster.state.commands import Command, Result, fail, ok
 from cluster.state.model import Alias, Image, Member, Network, Profile, State, StoragePool
+from cluster.state.placement import growth_problem
 
 
 def bootstrap(state: State, cmd: Command) -> Result:
@@ -19,7 +21,8 @@ def bootstrap(state: State, cmd: Command) -> Result:
         name=member["name"], address=member.get("address", ""),
         architecture=member.get("architecture", "x86_64"),
         raft_address=member.get("raft_address", ""), roles=["database"],
-        heartbeat_at=cmd.time, joined_at=cmd.time)
+        heartbeat_at=cmd.time, joined_at=cmd.time,
+        capacity=capacity_of(member.get("capacity")))
     pool = a["pool"]
     state.storage_pools[pool["name"]] = StoragePool(pool["name"], pool["driver"],
                                                     dict(pool.get("config", {})))
@@ -147,9 +150,20 @@ def profile_update(state: State, cmd: Command) -> Result:
     problem = _profile_problem(state, a)
     if problem:
         return fail(400, problem)
+    users = [i for i in state.instances.values() if profile.name in i.profiles]
+    before = {i.location: reservations.reserved(state, i.location) for i in users}
+    old = (profile.config, profile.devices, profile.description)
     profile.config = dict(a.get("config", {}))
     profile.devices = copy.deepcopy(a.get("devices", {}))
     profile.description = str(a.get("description", profile.description))
+    for inst in users:
+        reservations.refresh(state, inst)
+    problem = next((p for m in sorted(before) if (p := growth_problem(state, m, before[m]))), "")
+    if problem:  # limits raised past a member's capacity: put everything back
+        profile.config, profile.devices, profile.description = old
+        for inst in users:
+            reservations.refresh(state, inst)
+        return fail(400, f"Profile {profile.name!r} cannot be changed: {problem}")
     return ok(None)
 
 
@@ -193,6 +207,9 @@ def config_set(state: State, cmd: Command) -> Result:
     if not isinstance(values, dict) or not all(
             isinstance(k, str) and isinstance(v, str) for k, v in values.items()):
         return fail(400, "Server config must be a mapping of strings")
+    problem = validate.cluster_config_error(values)
+    if problem:
+        return fail(400, problem)
     state.config = dict(values)
     return ok(None)
 
@@ -202,6 +219,9 @@ def member_heartbeat(state: State, cmd: Command) -> Result:
     if member is None:
         return fail(404, "Cluster member not found")
     member.heartbeat_at = cmd.time
+    capacity = cmd.args.get("capacity")
+    if isinstance(capacity, dict):
+        member.capacity = capacity_of(capacity)
     return ok(None)
 
 

@@ -10,6 +10,8 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
+from scheduler.resources import ZERO, Resources
+
 
 @dataclass
 class Member:
@@ -85,6 +87,8 @@ class Instance:
     observed: Observed = field(default_factory=Observed)
     results: dict[int, str] = field(default_factory=dict)  # generation -> error ("" = ok)
     snapshots: dict[str, Snapshot] = field(default_factory=dict)
+    demand: Resources = ZERO  # what it reserves on its member (cluster/state/reservations.py)
+    moving_to: str = ""  # the member a move is copying it to (apply_moves.py)
 
     @property
     def busy(self) -> bool:
@@ -185,10 +189,12 @@ class State:
     # Results of recently applied command ids: a retried command is applied once.
     recent: OrderedDict[str, Any] = field(default_factory=OrderedDict)
     index: int = 0  # number of commands applied; a cheap change counter
+    # Sum of the demands of the instances on each member (None: to be recomputed).
+    reserved: dict[str, Resources] | None = field(default_factory=dict)
 
     def __setstate__(self, data: dict[str, Any]) -> None:
         # A snapshot pickled before a field existed still loads, with that field empty.
-        self.__dict__.update(State().__dict__ | data)
+        self.__dict__.update(State().__dict__ | {"reserved": None} | data)
 
     def instance_by_uid(self, uid: str) -> Instance | None:
         for inst in self.instances.values():

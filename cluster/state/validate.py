@@ -89,6 +89,7 @@ CONFIG_KEYS: dict[str, Callable[[str], str]] = {
     "boot.autostart.priority": _uint,
     "boot.host_shutdown_timeout": _uint,
     "cluster.evacuate": _choice("auto", "migrate", "live-migrate", "stop"),
+    "placement.group": lambda value: entity_name_error("Placement group", value),
 }
 FREE_PREFIXES = ("user.", "environment.", "image.", "volatile.")
 
@@ -113,15 +114,10 @@ def config_error(config: object) -> str:
     return ""
 
 
-MEMBER_CONFIG_KEYS: dict[str, Callable[[str], str]] = {
-    "scheduler.instance": _choice("all", "manual", "group"),
-    "scheduler.capacity.cpu": _positive,
-    "scheduler.capacity.memory": _memory,
-}
-
-
 def member_config_error(config: object) -> str:
     """The first problem in a cluster member's config (LXD's member keys), or ``""``."""
+    from scheduler import keys
+
     if not isinstance(config, dict):
         return "Member config must be a mapping of strings"
     for key, value in config.items():
@@ -129,14 +125,22 @@ def member_config_error(config: object) -> str:
             return f"Config values must be strings (key {key!r})"
         if key.startswith("user."):
             continue
-        check = MEMBER_CONFIG_KEYS.get(key)
-        if check is None:
+        if key != keys.MODE_KEY and not key.startswith(keys.CAPACITY_PREFIX):
             return f"Unknown member configuration key: {key}"
-        problem = check(value) if value else ""
-        if key == "scheduler.capacity.memory" and value.endswith("%"):
-            problem = "must be a size such as 64GiB"
+        problem = keys.member_config_error(key, value)
         if problem:
             return f"Invalid value for member configuration key {key!r}: {problem}"
+    return ""
+
+
+def cluster_config_error(config: dict[str, str]) -> str:
+    """The first problem with the scheduler's keys in the cluster config, or ``""``."""
+    from scheduler import keys
+
+    for key, value in config.items():
+        problem = keys.cluster_config_error(key, value)
+        if problem:
+            return problem
     return ""
 
 

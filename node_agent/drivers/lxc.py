@@ -20,8 +20,10 @@ import json
 import math
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
+import time
 from dataclasses import asdict, replace
 from functools import cached_property
 from pathlib import Path
@@ -61,6 +63,28 @@ def _item(container: Any, key: str, running: bool = False) -> str:
     except KeyError:
         return ""
     return "" if value is None else value if isinstance(value, str) else " ".join(value)
+
+
+def _signal_number(name: str) -> int:
+    """``SIGPWR``, ``SIGRTMIN+4``, ``30``: liblxc's spellings of a signal."""
+    text = name.strip().upper()
+    if text.isdigit():
+        return int(text)
+    if text.startswith("SIGRTMIN+"):
+        return int(signal.SIGRTMIN) + int(text.removeprefix("SIGRTMIN+"))
+    return int(getattr(signal, text if text.startswith("SIG") else f"SIG{text}"))
+
+
+def _wait_for(container: Any, state: str, seconds: float) -> bool:
+    """Poll until the container is in ``state``; sleeps release the GIL (liblxc's own
+    ``wait()`` keeps it). ``seconds < 0`` waits forever."""
+    deadline = None if seconds < 0 else time.monotonic() + seconds
+    while True:
+        if str(container.state) == state:
+            return True
+        if deadline is not None and time.monotonic() >= deadline:
+            return False
+        time.sleep(0.02)
 
 
 def _init_is_systemd(rootfs: Path) -> bool:
@@ -251,7 +275,7 @@ class LxcDriver:
                 raise DriverError(f"container {name!r}: lxc-start failed: {exc}") from exc
             err.seek(0)  # its first line is the cause; the rest says "run in foreground"
             stderr = err.read().decode(errors="replace").strip().split("\n", 1)[0]
-        if done.returncode != 0 or not container.wait("RUNNING", math.ceil(self.start_timeout)):
+        if done.returncode != 0 or not _wait_for(container, "RUNNING", self.start_timeout):
             raise DriverError(f"container {name!r} failed to start (lxc-start exit "
                               f"{done.returncode}): {stderr}\n--- lxc.log ---\n"
                               f"{_tail(directory / 'lxc.log')}")
@@ -264,13 +288,29 @@ class LxcDriver:
             container.unfreeze()
         if not force and timeout != 0:
             seconds = -1 if timeout < 0 else max(1, math.ceil(timeout))
-            if container.shutdown(seconds):
+            if self._shutdown(container, seconds):
                 return
         container.stop()
-        if not container.wait("STOPPED", 10):
+        if not _wait_for(container, "STOPPED", 10):
             container.unfreeze()  # a frozen cgroup holds the SIGKILL back on some kernels
-            if not container.wait("STOPPED", 10):
+            if not _wait_for(container, "STOPPED", 10):
                 raise DriverError(f"container {name!r} did not stop after SIGKILL")
+
+    @staticmethod
+    def _shutdown(container: Any, seconds: float) -> bool:
+        """Send init its halt signal and wait up to ``seconds`` (< 0: forever) for it to
+        stop. Not liblxc's ``shutdown()``: the binding holds the GIL while it waits, which
+        stalls the whole daemon and serialises concurrent stops."""
+        pid = container.init_pid
+        if pid <= 0:
+            return True
+        try:
+            configured = _item(container, "lxc.signal.halt")  # "0" when unset
+            os.kill(pid, _signal_number(configured if configured not in ("", "0") else
+                                        "SIGPWR"))
+        except ProcessLookupError:
+            return True
+        return _wait_for(container, "STOPPED", seconds)
 
     def freeze(self, name: str) -> None:
         if not self._require(name, ("RUNNING",), "freeze").freeze():

@@ -123,6 +123,40 @@ class DirPool:
                 _rename(dst, src, _RENAME_NOREPLACE, what=f"instance volume {old}")
                 raise
 
+    def incoming_scratch(self) -> Path:
+        """A directory in ``.tmp`` to unpack a volume arriving from another member into
+        (removed by ``discard_scratch``, or by ``ensure`` once this process is gone)."""
+        tmp = self.path / ".tmp"
+        tmp.mkdir(mode=0o700, parents=True, exist_ok=True)
+        scratch = tmp / f"{os.getpid()}-in-{secrets.token_hex(6)}"
+        scratch.mkdir(mode=0o711)
+        return scratch
+
+    def adopt(self, name: str, scratch: Path) -> None:
+        """Move the volume and snapshots of ``name`` unpacked in ``scratch`` (laid out as
+        the pool is) into place; on failure neither is moved."""
+        volume = scratch / self.instance_path(name).relative_to(self.path)
+        snapshots = scratch / self.snapshots_path(name).relative_to(self.path)
+        if not (volume / "rootfs").is_dir():
+            raise StorageError(f"the stream held no volume for {name}")
+        moved = snapshots.exists()
+        if moved:
+            _rename(snapshots, self.snapshots_path(name), _RENAME_NOREPLACE,
+                    what=f"snapshots of {name}")
+        try:
+            _rename(volume, self.instance_path(name), _RENAME_NOREPLACE,
+                    what=f"instance volume {name}")
+        except BaseException:
+            if moved:
+                _rename(self.snapshots_path(name), snapshots, _RENAME_NOREPLACE,
+                        what=f"snapshots of {name}")
+            raise
+
+    @staticmethod
+    def discard_scratch(scratch: Path) -> None:
+        if os.path.lexists(scratch):
+            _remove_tree(scratch)
+
     # snapshots ---------------------------------------------------------------
 
     def snapshot(self, name: str, snap: str) -> Path:

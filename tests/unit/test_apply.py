@@ -13,6 +13,7 @@ from cluster.state.commands import Command
 from cluster.state.model import State
 
 FP = "a" * 64
+BIG = {"cpu": 1024, "memory": 2.0**50, "disk": 2.0**50}  # room for any test
 
 
 def cmd(type_: str, id_: str | None = None, t: float = 1.0, **args: Any) -> Command:
@@ -22,7 +23,7 @@ def cmd(type_: str, id_: str | None = None, t: float = 1.0, **args: Any) -> Comm
 
 def bootstrapped() -> State:
     state = State()
-    assert apply(state, cmd("cluster.bootstrap", member={"name": "m1"},
+    assert apply(state, cmd("cluster.bootstrap", member={"name": "m1", "capacity": BIG},
                             pool={"name": "default", "driver": "dir"},
                             network={"name": "br0"})).ok
     assert apply(state, cmd("image.add", fingerprint=FP, info={"type": "container"},

@@ -365,3 +365,14 @@ def test_stopped_state_matches_lxd() -> None:
     state = stopped_state()
     assert (state["status"], state["status_code"], state["pid"]) == ("Stopped", 102, 0)
     assert state["network"] is None
+
+
+def test_halt_signal_names_as_liblxc_spells_them() -> None:
+    import signal
+
+    from node_agent.drivers.lxc import _signal_number
+
+    assert _signal_number("SIGPWR") == signal.SIGPWR
+    assert _signal_number("pwr") == signal.SIGPWR
+    assert _signal_number("SIGRTMIN+4") == signal.SIGRTMIN + 4
+    assert _signal_number("10") == 10

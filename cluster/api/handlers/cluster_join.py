@@ -28,6 +28,7 @@ from cluster.membership import (
 from cluster.state.apply_members import VOTER
 from cluster.state.commands import command
 from cluster.voters import add_voter, background
+from node_agent.capacity import host_capacity
 
 log = logging.getLogger(__name__)
 JOIN_TIMEOUT = 60.0
@@ -73,9 +74,10 @@ async def accept_member(request: web.Request) -> web.Response:
     body = await json_body(request)
     name, secret, address, architecture = check_accept_body(body)
     raft = raft_address_for(address)
+    capacity = body.get("capacity") if isinstance(body.get("capacity"), dict) else {}
     joined = await ctx.store.submit(command(
         "member.join", name=name, secret_hash=secret_hash(secret), address=address,
-        raft_address=raft, architecture=architecture))
+        raft_address=raft, architecture=architecture, capacity=capacity))
     voter = VOTER in joined["roles"]
     if voter:
         # The change may need the new member's vote to commit (two voters), and that
@@ -117,7 +119,8 @@ async def join_cluster(request: web.Request, body: dict[str, Any]) -> None:
         raise bad_request("Joining needs --address HOST:PORT for this member")
     if token.expires_at < time.time():
         raise ApiError(403, "The join token has expired")
-    reply = await _ask_to_join(token, address)
+    capacity = await asyncio.to_thread(host_capacity, ctx.paths.storage_pools)
+    reply = await _ask_to_join(token, address, capacity)
     identity = await asyncio.to_thread(_adopt_certificate, ctx, reply)
     raft = raft_address_for(address)
     partners = [m["raft_address"] for m in reply["members"]
@@ -135,9 +138,10 @@ async def join_cluster(request: web.Request, body: dict[str, Any]) -> None:
     await request.app[HTTPS].set_identity(request.app, identity)
 
 
-async def _ask_to_join(token: JoinToken, address: str) -> dict[str, Any]:
+async def _ask_to_join(token: JoinToken, address: str,
+                       capacity: dict[str, float]) -> dict[str, Any]:
     body = {"server_name": token.server_name, "secret": token.secret, "address": address,
-            "architecture": platform.machine()}
+            "architecture": platform.machine(), "capacity": capacity}
     pin = aiohttp.Fingerprint(bytes.fromhex(token.fingerprint))
     errors = []
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=JOIN_TIMEOUT)) as http:

@@ -19,12 +19,20 @@ from cluster.api.handlers.common import (
     probe_instances,
     tracked_operation,
 )
-from cluster.api.handlers.members import member_status, offline_threshold
 from cluster.api.handlers.state import instance_states
-from cluster.api.response import ApiError, bad_request, json_body, not_found, sync
+from cluster.api.moves import move_instance
+from cluster.api.placement import (
+    PLAN_ATTEMPTS,
+    chosen_member,
+    explain_response,
+    is_stale_plan,
+    plan_instance,
+)
+from cluster.api.response import ApiError, async_operation, bad_request, json_body, not_found, sync
 from cluster.state import validate
 from cluster.state.apply_instances import expanded
 from cluster.state.commands import command
+from cluster.state.errors import Conflict
 from cluster.state.model import State
 
 ADJECTIVES = ("brave", "calm", "eager", "fancy", "gentle", "happy", "jolly", "keen", "lucky",
@@ -84,26 +92,6 @@ def _resolve_image(state: State, source: Any) -> str:
     return found[0]
 
 
-def _placement(state: State, target: str) -> str:
-    """``?target=MEMBER``, else LXD's default: the online member with fewest instances.
-    (The scheduler issue replaces this with resource-aware placement.)"""
-    if target:
-        if target not in state.members:
-            raise bad_request(f"Cluster member {target!r} not found")
-        return target
-    now = time.time()
-    threshold = offline_threshold(state)
-    online = [m.name for m in state.members.values()
-              if member_status(m, now, threshold) == "ONLINE"]
-    if not online:
-        raise ApiError(503, "No cluster member is online")
-    load = {name: 0 for name in online}
-    for inst in state.instances.values():
-        if inst.location in load:
-            load[inst.location] += 1
-    return min(online, key=lambda name: (load[name], name))
-
-
 def _mac() -> str:
     return "00:16:3e:" + ":".join(f"{b:02x}" for b in secrets.token_bytes(3))
 
@@ -144,13 +132,29 @@ async def create_instance(request: web.Request) -> web.Response:
         for dev_name, dev in all_devices.items():
             if dev.get("type") == "nic" and not dev.get("hwaddr"):
                 config.setdefault(f"volatile.{dev_name}.hwaddr", _mac())
-        location = _placement(state, request.query.get("target", ""))
-    cmd = command("instance.create", uid=uuid.uuid4().hex, name=name, type="container",
-                  location=location, architecture=image.info.get("architecture", "x86_64"),
-                  image=fingerprint, config=config, devices=devices, profiles=profiles,
-                  ephemeral=bool(body.get("ephemeral", False)),
-                  description=str(body.get("description", "")), start=bool(body.get("start")))
-    tracker = await ctx.submit_tracked(cmd)
+    target = request.query.get("target", "")
+    architecture = image.info.get("architecture", "x86_64")
+    uid = uuid.uuid4().hex
+    explain = request.query.get("placement") == "explain"
+    for attempt in range(PLAN_ATTEMPTS):
+        with ctx.store.read() as state:
+            plan = plan_instance(state, request_id=uid, name=name, type_="container",
+                                 architecture=architecture, config=config, devices=devices,
+                                 profiles=profiles, target=target)
+        if explain:  # a dry run: where it would go, and why; nothing is created
+            return sync(explain_response(plan))
+        cmd = command("instance.create", uid=uid, name=name, type="container",
+                      location=chosen_member(plan), target=target, architecture=architecture,
+                      image=fingerprint, config=config, devices=devices, profiles=profiles,
+                      ephemeral=bool(body.get("ephemeral", False)),
+                      description=str(body.get("description", "")),
+                      start=bool(body.get("start")))
+        try:
+            tracker = await ctx.submit_tracked(cmd)
+            break
+        except Conflict as exc:
+            if not is_stale_plan(exc) or attempt + 1 == PLAN_ATTEMPTS:
+                raise
     ctx.events.lifecycle("instance-created", f"/1.0/instances/{name}")
     return tracked_operation(ctx, tracker, "Creating instance",
                              {"instances": [f"/1.0/instances/{name}"]})
@@ -159,6 +163,13 @@ async def create_instance(request: web.Request) -> web.Response:
 async def get_instance(request: web.Request) -> web.Response:
     ctx = ctx_of(request)
     inst = instance_copy(ctx, request.match_info["name"])
+    if request.query.get("placement") == "explain":  # where it would be placed now, and why
+        with ctx.store.read() as state:
+            plan = plan_instance(state, request_id=inst.uid, name=inst.name, type_=inst.type,
+                                 architecture=inst.architecture, config=inst.config,
+                                 devices=inst.devices, profiles=inst.profiles,
+                                 target=request.query.get("target", ""))
+        return sync(explain_response(plan))
     statuses = await live_statuses(ctx, [inst])
     with ctx.store.read() as state:
         obj = views.instance(state, inst, statuses[inst.name])
@@ -257,10 +268,54 @@ async def rename_instance(request: web.Request) -> web.Response:
     name = request.match_info["name"]
     body = await json_body(request)
     if body.get("migration"):
-        raise bad_request("Migration is not supported yet")
+        return await _move(request, name, body)
     new = body.get("name")
     instance_copy(ctx, name)
     tracker = await ctx.submit_tracked(command("instance.rename", name=name, new_name=new))
     return tracked_operation(ctx, tracker, "Renaming instance",
                              {"instances": [f"/1.0/instances/{name}"]},
                              ("instance-renamed", f"/1.0/instances/{new}"))
+
+
+async def _move(request: web.Request, name: str, body: dict[str, Any]) -> web.Response:
+    """LXD's migration shape within a cluster: ``POST ?target=MEMBER`` with
+    ``{"migration": true}`` moves the instance there (cold: stop, copy, start); without a
+    member name (or with ``@group``) the scheduler picks one, never the current one."""
+    ctx = ctx_of(request)
+    if body.get("live"):
+        raise bad_request("Live migration of containers is not supported; move it cold")
+    if body.get("name") not in (None, "", name):
+        raise bad_request("Rename and move in two steps")
+    inst = instance_copy(ctx, name)
+    requested = request.query.get("target", "")
+    if requested and not requested.startswith("@"):
+        with ctx.store.read() as state:
+            if requested not in state.members:
+                raise bad_request(f"Cluster member {requested!r} not found")
+        target = requested
+    else:
+        with ctx.store.read() as state:
+            plan = plan_instance(state, request_id=f"{inst.uid}-move", name=name,
+                                 type_=inst.type, architecture=inst.architecture,
+                                 config=inst.config, devices=inst.devices,
+                                 profiles=inst.profiles, target=requested,
+                                 exclude=[inst.location])
+        target = chosen_member(plan)
+    if target == inst.location:
+        raise bad_request(f"Instance {name} is already on member {target}")
+
+    async def run(op: Any) -> None:
+        started = time.monotonic()
+
+        def progress(done: int) -> None:
+            rate = done / max(time.monotonic() - started, 1e-3)
+            ctx.ops.update(op, fs_progress=f"{done / 1e6:.1f}MB ({rate / 1e6:.1f}MB/s)",
+                           bytes_transferred=done)
+
+        await move_instance(ctx, name, target, requested=requested or target,
+                            progress=progress)
+        ctx.events.lifecycle("instance-migrated", f"/1.0/instances/{name}", target=target)
+
+    op = ctx.ops.start(f"Migrating instance to {target}", run,
+                       {"instances": [f"/1.0/instances/{name}"]})
+    return async_operation(op.to_dict())

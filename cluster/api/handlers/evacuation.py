@@ -1,0 +1,110 @@
+"""``POST /1.0/cluster/members/<name>/state``: evacuate a member and restore it (LXD).
+
+Evacuation marks the member EVACUATED (the scheduler places nothing new there), then
+handles each instance by its ``cluster.evacuate``: ``auto``, ``migrate`` and
+``live-migrate`` move it (cold, for containers) to a member the scheduler picks, recording
+``volatile.evacuate.origin``; ``stop`` stops it there. Restore brings the moved
+instances back and starts the stopped ones. Instances are handled concurrently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from aiohttp import web
+
+from cluster.api.context import Context
+from cluster.api.handlers.common import ctx_of
+from cluster.api.moves import move_instance
+from cluster.api.placement import chosen_member, plan_instance
+from cluster.api.response import ApiError, async_operation, bad_request, json_body
+from cluster.state.commands import command
+
+ORIGIN = "volatile.evacuate.origin"
+STOPPED = "volatile.evacuate.stopped"
+PARALLEL = 8
+
+
+async def member_state(request: web.Request) -> web.Response:
+    ctx = ctx_of(request)
+    name = request.match_info["name"]
+    body = await json_body(request)
+    action = body.get("action")
+    if action not in ("evacuate", "restore"):
+        raise bad_request("Action must be evacuate or restore")
+    with ctx.store.read() as state:
+        if name not in state.members:
+            raise ApiError(404, "Cluster member not found")
+    run = _evacuate if action == "evacuate" else _restore
+
+    async def operation(op: Any) -> None:
+        await run(ctx, name, str(body.get("mode", "")))
+
+    op = ctx.ops.start(f"{action.capitalize()} cluster member", operation,
+                       {"cluster": [f"/1.0/cluster/members/{name}"]})
+    return async_operation(op.to_dict())
+
+
+async def _evacuate(ctx: Context, member: str, mode: str) -> None:
+    await ctx.store.submit(command("member.set_state", name=member, state="EVACUATED"))
+    with ctx.store.read() as state:
+        todo = sorted((i.name, mode or i.config.get("cluster.evacuate", "") or "auto",
+                       i.power) for i in state.instances.values() if i.location == member)
+    await _each(todo, lambda name, how, power: _evacuate_one(ctx, member, name, how, power))
+
+
+async def _evacuate_one(ctx: Context, member: str, name: str, how: str, power: str) -> None:
+    if how == "stop":
+        if power in ("Running", "Frozen"):
+            await _set_volatile(ctx, name, STOPPED, "true")
+            await ctx.submit_and_wait(command("instance.action", name=name, action="stop",
+                                              force=False, timeout=30))
+        return
+    with ctx.store.read() as state:
+        inst = state.instances[name]
+        plan = plan_instance(state, request_id=f"{inst.uid}-evacuate", name=name,
+                             type_=inst.type, architecture=inst.architecture,
+                             config=inst.config, devices=inst.devices, profiles=inst.profiles,
+                             exclude=[member])
+    await move_instance(ctx, name, chosen_member(plan), origin=member)
+
+
+async def _restore(ctx: Context, member: str, mode: str) -> None:
+    await ctx.store.submit(command("member.set_state", name=member, state="ONLINE"))
+    with ctx.store.read() as state:
+        back = sorted(i.name for i in state.instances.values()
+                      if i.config.get(ORIGIN) == member and i.location != member)
+        stopped = sorted(i.name for i in state.instances.values()
+                         if i.location == member and i.config.get(STOPPED) == "true")
+    await _each([(n,) for n in back],
+                lambda name: move_instance(ctx, name, member, requested=member, origin=""))
+    for name in stopped:
+        await _set_volatile(ctx, name, STOPPED, "false")
+        await ctx.submit_and_wait(command("instance.action", name=name, action="start"))
+
+
+async def _set_volatile(ctx: Context, name: str, key: str, value: str) -> None:
+    with ctx.store.read() as state:
+        inst = state.instances[name]
+        config = {**inst.config, key: value}
+        args = {"config": config, "devices": inst.devices, "profiles": inst.profiles}
+    await ctx.store.submit(command("instance.update", name=name, **args))
+
+
+async def _each(items: list[tuple[Any, ...]], work: Any) -> None:
+    """Run ``work(*item)`` for every item, ``PARALLEL`` at a time; raise the first
+    failure after all have finished (one stuck instance does not strand the others)."""
+    gate = asyncio.Semaphore(PARALLEL)
+
+    async def one(item: tuple[Any, ...]) -> None:
+        async with gate:
+            await work(*item)
+
+    results = await asyncio.gather(*(one(i) for i in items), return_exceptions=True)
+    failures = [r for r in results if isinstance(r, BaseException)]
+    if failures:
+        raise ApiError(500, f"{len(failures)} instance(s) could not be handled: {failures[0]}")
+
+
+ROUTES = [("POST", "/1.0/cluster/members/{name}/state", member_state)]

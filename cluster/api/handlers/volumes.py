@@ -1,0 +1,123 @@
+"""``/internal/instances/<name>/volume``: members hand an instance's volume to each other
+during a move, over the cluster's mutual TLS. Only a peer presenting the cluster
+certificate may call these, and each call is checked against the replicated state:
+a volume is sent only while a move of that very instance (by uid) is under way, is
+received only by the move's target, and is deleted only where the instance no longer
+lives."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from cluster import peers, tls
+from cluster.api.context import Context
+from cluster.api.handlers.common import ctx_of
+from cluster.api.response import ApiError, empty
+from cluster.https import HTTPS
+from cluster.state.model import Instance
+from node_agent.agent import NodeAgent
+from node_agent.storage.dir import DirPool
+from node_agent.storage.errors import StorageError
+from node_agent.storage.transfer import receive_volume, send_volume
+
+FORWARDED = {"X-Corral-Forwarded": "1"}
+
+
+def _require_member_peer(request: web.Request) -> None:
+    listener = request.app.get(HTTPS)
+    transport = request.transport
+    fingerprint = tls.peer_fingerprint(transport) if transport is not None else ""
+    if listener is None or not fingerprint or fingerprint != listener.identity.fingerprint:
+        raise ApiError(403, "Only cluster members may move volumes")
+
+
+def _instance(ctx: Context, request: web.Request) -> tuple[Instance, DirPool]:
+    name, uid = request.match_info["name"], request.query.get("uid", "")
+    with ctx.store.read() as state:
+        inst = state.instances.get(name)
+        if inst is None or inst.uid != uid:
+            raise ApiError(404, "Instance not found")
+        spec = NodeAgent._spec_of(state, inst)
+        found = Instance(**{**inst.__dict__})
+    return found, ctx.node.pool(spec.pool)
+
+
+async def send(request: web.Request) -> web.StreamResponse:
+    """GET: the volume as a tar stream, from the member it lives on, during its move."""
+    _require_member_peer(request)
+    ctx = ctx_of(request)
+    inst, pool = _instance(ctx, request)
+    if inst.location != ctx.member or not inst.moving_to:
+        raise ApiError(409, "This instance is not being moved away from this member")
+    response = web.StreamResponse(headers={"Content-Type": "application/x-tar"})
+    await response.prepare(request)
+    try:
+        await send_volume(pool, inst.name, response.write)
+    except (StorageError, OSError):
+        if request.transport is not None:
+            request.transport.abort()  # a short stream: the receiver's tar fails
+        return response
+    await response.write_eof()
+    return response
+
+
+async def receive(request: web.Request) -> web.StreamResponse:
+    """POST ?source=ADDR: pull the volume from the member at ADDR into this member's pool.
+    Answers with progress lines (JSON) and a last line ``{"done": bytes}`` or ``{"error"}``."""
+    _require_member_peer(request)
+    ctx = ctx_of(request)
+    inst, pool = _instance(ctx, request)
+    source = request.query.get("source", "")
+    if inst.moving_to != ctx.member or not source:
+        raise ApiError(409, "This instance is not being moved to this member")
+    response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+    await response.prepare(request)
+    last = [0]
+
+    async def report(done: int) -> None:
+        if done - last[0] >= 4 << 20:
+            last[0] = done
+            await response.write(json.dumps({"bytes": done}).encode() + b"\n")
+
+    try:
+        async with peers.peer_session(ctx.paths.root) as session:
+            url = f"https://{source}/internal/instances/{inst.name}/volume?uid={inst.uid}"
+            async with session.get(url, headers=FORWARDED) as upstream:
+                if upstream.status != 200:
+                    raise StorageError(f"the source member answered {upstream.status}")
+                progress: list[int] = []
+
+                async def chunks() -> AsyncIterator[bytes]:
+                    async for chunk in upstream.content.iter_chunked(peers.CHUNK):
+                        yield chunk
+                        progress.append(len(chunk))
+                        await report(sum(progress))
+
+                received = await receive_volume(pool, inst.name, chunks())
+        await response.write(json.dumps({"done": received}).encode() + b"\n")
+    except Exception as exc:  # noqa: BLE001 - the orchestrator reads the error line
+        await response.write(json.dumps({"error": str(exc) or type(exc).__name__}).encode()
+                             + b"\n")
+    await response.write_eof()
+    return response
+
+
+async def delete(request: web.Request) -> web.Response:
+    """DELETE: drop this member's copy, never that of an instance that lives here."""
+    _require_member_peer(request)
+    ctx = ctx_of(request)
+    inst, pool = _instance(ctx, request)
+    if inst.location == ctx.member:
+        raise ApiError(409, "The instance lives on this member; its volume stays")
+    await ctx.agent.forget_local_copy(inst.name, pool)
+    return empty()
+
+
+ROUTES = [
+    ("GET", "/internal/instances/{name}/volume", send),
+    ("POST", "/internal/instances/{name}/volume", receive),
+    ("DELETE", "/internal/instances/{name}/volume", delete),
+]

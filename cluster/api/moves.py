@@ -1,0 +1,126 @@
+"""Cold move of an instance between members, driven by the member that got the request.
+
+stop (if running) -> ``instance.move_begin`` (apply re-checks the target and reserves
+there) -> the target pulls the volume from the source over mutual TLS -> ``move_end``
+(the instance lives on the target) -> start there (if it ran) -> the source drops its
+copy. A failure before ``move_end`` aborts: the target drops what it received, the
+reservation is freed and the instance runs again on the source, untouched.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any
+
+from cluster import peers
+from cluster.api.context import Context
+from cluster.api.response import ApiError
+from cluster.state.commands import command
+
+log = logging.getLogger(__name__)
+FORWARDED = {"X-Corral-Forwarded": "1"}
+STOP_TIMEOUT = 30
+
+
+def _addresses(ctx: Context, *members: str) -> list[str]:
+    with ctx.store.read() as state:
+        found = []
+        for name in members:
+            member = state.members.get(name)
+            if member is None or not member.address:
+                raise ApiError(503, f"Cluster member {name!r} is not reachable")
+            found.append(member.address)
+    return found
+
+
+async def move_instance(ctx: Context, name: str, target: str, *, requested: str = "",
+                        origin: str | None = None,
+                        progress: Any = None) -> None:
+    """Move ``name`` to ``target``; ``origin`` records (or clears, with ``""``) the member
+    an evacuation took it from. ``progress(bytes)`` is called as the volume streams."""
+    with ctx.store.read() as state:
+        inst = state.instances.get(name)
+        if inst is None:
+            raise ApiError(404, "Instance not found")
+        uid, source, power = inst.uid, inst.location, inst.power
+    if target == source:
+        raise ApiError(400, f"Instance {name} is already on member {target}")
+    was_running = power in ("Running", "Frozen")
+    source_address, target_address = _addresses(ctx, source, target)
+    laps: list[float] = [time.monotonic()]
+    if was_running:
+        await ctx.submit_and_wait(command("instance.action", name=name, action="stop",
+                                          force=False, timeout=STOP_TIMEOUT))
+    laps.append(time.monotonic())
+    try:
+        await ctx.store.submit(command("instance.move_begin", name=name, uid=uid,
+                                       target=target, requested=requested or target))
+    except BaseException:
+        if was_running:
+            await _start(ctx, name)
+        raise
+    try:
+        await _pull(ctx, name, uid, source_address, target_address, progress)
+        await ctx.store.submit(command("instance.move_end", name=name, uid=uid, target=target,
+                                       origin=origin))
+        laps.append(time.monotonic())
+    except BaseException as exc:
+        log.warning("moving %s to %s failed: %s", name, target, exc)
+        await _abort(ctx, name, uid, target_address, was_running)
+        raise
+    await _drop_copy(ctx, name, uid, source_address)
+    laps.append(time.monotonic())
+    if was_running:
+        await _start(ctx, name)
+    laps.append(time.monotonic())
+    log.info("moved %s from %s to %s in %.2f s (stop %.2f, copy %.2f, drop %.2f, start %.2f)",
+             name, source, target, laps[-1] - laps[0],
+             *(b - a for a, b in zip(laps, laps[1:], strict=False)))
+
+
+async def _pull(ctx: Context, name: str, uid: str, source: str, target: str,
+                progress: Any) -> None:
+    url = f"https://{target}/internal/instances/{name}/volume?uid={uid}&source={source}"
+    async with peers.peer_session(ctx.paths.root) as session:
+        async with session.post(url, headers=FORWARDED) as resp:
+            if resp.status != 200:
+                doc = await resp.json(content_type=None)
+                raise ApiError(resp.status, f"the target refused the volume: {doc.get('error')}")
+            async for line in resp.content:
+                report = json.loads(line)
+                if "error" in report:
+                    raise ApiError(500, f"copying the volume of {name} failed: "
+                                        f"{report['error']}")
+                if progress is not None:
+                    progress(int(report.get("bytes", report.get("done", 0))))
+                if "done" in report:
+                    return
+    raise ApiError(500, f"the target stopped answering while copying {name}")
+
+
+async def _abort(ctx: Context, name: str, uid: str, target: str, was_running: bool) -> None:
+    try:
+        await _drop_copy(ctx, name, uid, target)
+        await ctx.store.submit(command("instance.move_abort", name=name, uid=uid))
+        if was_running:
+            await _start(ctx, name)
+    except Exception as exc:  # noqa: BLE001 - the original failure is what the caller sees
+        log.error("cleaning up the failed move of %s: %s", name, exc)
+
+
+async def _drop_copy(ctx: Context, name: str, uid: str, address: str) -> None:
+    url = f"https://{address}/internal/instances/{name}/volume?uid={uid}"
+    try:
+        async with peers.peer_session(ctx.paths.root, timeout=120) as session:
+            async with session.delete(url, headers=FORWARDED) as resp:
+                if resp.status not in (200, 404):
+                    log.warning("member %s kept a copy of %s: %s", address, name,
+                                await resp.text())
+    except Exception as exc:  # noqa: BLE001 - a leftover copy is garbage, not a failure
+        log.warning("member %s kept a copy of %s: %s", address, name, exc)
+
+
+async def _start(ctx: Context, name: str) -> None:
+    await ctx.submit_and_wait(command("instance.action", name=name, action="start"))

@@ -1,0 +1,91 @@
+"""Apply handlers for moving an instance between members (cold move, evacuation).
+
+``begin`` re-validates the target like a placement and reserves the instance's demand
+there while its volume is copied; ``end`` switches the location and frees the source;
+``abort`` frees the target. While a move is under way every other change of the
+instance is refused (see ``apply_instances._get``).
+"""
+
+from __future__ import annotations
+
+from cluster.state import reservations
+from cluster.state.commands import Command, Result, fail, ok
+from cluster.state.model import Instance, State
+from cluster.state.placement import placement_problem
+from scheduler.resources import ZERO
+
+
+def _instance(state: State, cmd: Command) -> Instance | Result:
+    inst = state.instances.get(cmd.args.get("name", ""))
+    if inst is None or inst.uid != cmd.args.get("uid"):
+        return fail(404, "Instance not found")
+    return inst
+
+
+def begin(state: State, cmd: Command) -> Result:
+    inst = _instance(state, cmd)
+    if isinstance(inst, Result):
+        return inst
+    target = str(cmd.args.get("target", ""))
+    if inst.moving_to:
+        return fail(409, f"Instance is already being moved to {inst.moving_to}")
+    if inst.pending:
+        return fail(409, "Instance is busy with another action")
+    if target not in state.members:
+        return fail(400, f"Cluster member {target!r} not found")
+    if target == inst.location:
+        return fail(400, f"Instance is already on member {target}")
+    if inst.power != "Stopped" or inst.observed.status != "Stopped":
+        return fail(400, "Stop the instance before moving it")
+    problem = placement_problem(
+        state, member=target, now=cmd.time, name=inst.name, type_=inst.type,
+        architecture=inst.architecture, demand=inst.demand,
+        target=str(cmd.args.get("requested", target)),
+        placement_group=inst.config.get("placement.group", ""), exclude=[inst.location])
+    if problem:
+        return fail(409, f"Cannot move {inst.name} to {target}: {problem}")
+    inst.moving_to = target
+    sums = reservations.totals(state)
+    sums[target] = sums.get(target, ZERO) + inst.demand
+    return ok(None)
+
+
+def end(state: State, cmd: Command) -> Result:
+    """The volume is on the target: the instance lives there from now on."""
+    inst = _instance(state, cmd)
+    if isinstance(inst, Result):
+        return inst
+    if not inst.moving_to or inst.moving_to != cmd.args.get("target"):
+        return fail(409, "Instance is not being moved there")
+    reservations.release(state, inst)  # from the source; the target holds it since begin
+    inst.location, inst.moving_to = inst.moving_to, ""
+    origin = cmd.args.get("origin")
+    if isinstance(origin, str):
+        if origin:
+            inst.config["volatile.evacuate.origin"] = origin
+        else:
+            inst.config.pop("volatile.evacuate.origin", None)
+    return ok(None)
+
+
+def abort(state: State, cmd: Command) -> Result:
+    inst = _instance(state, cmd)
+    if isinstance(inst, Result):
+        return inst
+    if not inst.moving_to:
+        return ok(None)
+    sums = reservations.totals(state)
+    left = sums.get(inst.moving_to, ZERO) - inst.demand
+    if left == ZERO:
+        sums.pop(inst.moving_to, None)
+    else:
+        sums[inst.moving_to] = left
+    inst.moving_to = ""
+    return ok(None)
+
+
+HANDLERS = {
+    "instance.move_begin": begin,
+    "instance.move_end": end,
+    "instance.move_abort": abort,
+}

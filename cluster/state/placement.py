@@ -1,0 +1,69 @@
+"""Re-validation of a placement inside apply (Nomad's plan-apply check).
+
+The API plans on a snapshot that may be stale by the time its command commits; apply
+checks the chosen member again against the committed state, in O(1) members and
+instances, so two concurrent launches can never overcommit a member.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from cluster.state import reservations
+from cluster.state.model import State
+from scheduler.request import PlacementRequest
+from scheduler.resources import Resources
+
+
+def placement_problem(state: State, *, member: str, now: float, name: str, type_: str,
+                      architecture: str, demand: Resources, target: str = "",
+                      placement_group: str = "", exclude: Iterable[str] = ()) -> str:
+    """``""`` when ``member`` may take the instance now, else why not."""
+    # scheduler.view reads cluster.state; importing it here keeps the import graph acyclic.
+    from scheduler import pipeline
+    from scheduler.view import placement_groups_from_state, view_from_state
+
+    groups = placement_groups_from_state(state) if placement_group else {}
+    view = view_from_state(state, now, reserved=reservations.totals(state), instances={},
+                           members=[member], placement_groups=groups)
+    request = PlacementRequest(id=name, name=name, type=type_, architecture=architecture,
+                               demand=demand, target=target, placement_group=placement_group,
+                               exclude=frozenset(exclude))
+    return pipeline.recheck(view, request, member)
+
+
+def resize_problem(state: State, member: str, old: Resources, new: Resources) -> str:
+    """``""`` when the member can hold an instance grown from ``old`` to ``new``."""
+    from scheduler.resources import format_amount
+    from scheduler.view import capacity_of
+
+    record = state.members.get(member)
+    if record is None:
+        return ""
+    capacity, unknown = capacity_of(record)
+    after = reservations.reserved(state, member) - old + new
+    for dimension in ("cpu", "memory", "disk"):
+        grows = new.get(dimension) > old.get(dimension)
+        if grows and dimension not in unknown and after.get(dimension) > capacity.get(dimension):
+            free = capacity.get(dimension) - (after.get(dimension) - new.get(dimension))
+            return (f"member {member} has only {format_amount(dimension, max(free, 0))} "
+                    f"{dimension} free for {format_amount(dimension, new.get(dimension))}")
+    return ""
+
+
+def growth_problem(state: State, member: str, before: Resources) -> str:
+    """``""`` unless the member's reservations grew past its capacity since ``before``."""
+    from scheduler.resources import format_amount
+    from scheduler.view import capacity_of
+
+    record = state.members.get(member)
+    if record is None:
+        return ""
+    capacity, unknown = capacity_of(record)
+    after = reservations.reserved(state, member)
+    for dimension in ("cpu", "memory", "disk"):
+        if (dimension not in unknown and after.get(dimension) > before.get(dimension)
+                and after.get(dimension) > capacity.get(dimension)):
+            return (f"member {member} would need {format_amount(dimension, after.get(dimension))}"
+                    f" {dimension} of its {format_amount(dimension, capacity.get(dimension))}")
+    return ""

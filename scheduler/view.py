@@ -1,0 +1,198 @@
+"""The scheduler's snapshot of the cluster: what placement needs to know, nothing more.
+
+A :class:`ClusterView` is built from the replicated ``State`` by :func:`view_from_state`
+and is the only input of placement besides the request. It is a private working copy:
+``commit``/``release`` update it as plans are accepted, never the State itself.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from cluster.state.apply_instances import expanded
+from cluster.state.apply_members import member_status, offline_threshold
+from cluster.state.model import Instance, Member, State
+from scheduler import keys
+from scheduler.resources import DEFAULTS, DIMENSIONS, ZERO, Resources, demand_of
+
+
+@dataclass(slots=True)
+class MemberView:
+    """One member as placement sees it.
+
+    ``unknown`` lists the capacity dimensions neither reported by the agent nor set with
+    ``scheduler.capacity.*``: such a member takes no instance until it reports them.
+    """
+
+    name: str
+    status: str = "ONLINE"  # ONLINE | OFFLINE | EVACUATED
+    architecture: str = "x86_64"
+    instance_types: frozenset[str] = frozenset({"container"})
+    mode: str = "all"  # scheduler.instance: all | manual | group
+    groups: frozenset[str] = frozenset()
+    capacity: Resources = ZERO
+    reserved: Resources = ZERO
+    instances: int = 0
+    unknown: tuple[str, ...] = ()
+
+    @property
+    def free(self) -> Resources:
+        return self.capacity - self.reserved
+
+
+@dataclass(slots=True)
+class PlacementGroupView:
+    """A placement group: its rules, and how many of its instances each member holds.
+
+    ``policy == ""`` means the group is used by instances but not defined in the config.
+    """
+
+    name: str
+    policy: str = ""  # spread | compact
+    rigor: str = keys.DEFAULT_GROUP_RIGOR  # strict | permissive
+    members: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class ClusterView:
+    members: dict[str, MemberView] = field(default_factory=dict)
+    policy: str = "spread"  # cluster.scheduler.policy: spread | binpack
+    placement_groups: dict[str, PlacementGroupView] = field(default_factory=dict)
+
+    def commit(self, member: str, demand: Resources, placement_group: str = "") -> None:
+        """Count an accepted placement on ``member`` (mutates this view)."""
+        target = self.members[member]
+        target.reserved = target.reserved + demand
+        target.instances += 1
+        if placement_group:
+            group = self.placement_groups.setdefault(
+                placement_group, PlacementGroupView(placement_group))
+            group.members[member] = group.members.get(member, 0) + 1
+
+    def release(self, member: str, demand: Resources, placement_group: str = "") -> None:
+        """Undo :meth:`commit`: the instance left ``member`` (mutates this view)."""
+        target = self.members[member]
+        target.reserved = target.reserved - demand
+        target.instances = max(0, target.instances - 1)
+        group = self.placement_groups.get(placement_group) if placement_group else None
+        if group is not None and member in group.members:
+            group.members[member] -= 1
+            if group.members[member] <= 0:
+                del group.members[member]
+
+    def copy(self) -> ClusterView:
+        """An independent copy (for a scheduler that must not see another's commits)."""
+        return copy.deepcopy(self)
+
+
+def instance_demand(state: State, inst: Instance) -> Resources:
+    """What ``inst`` reserves, its profiles applied; a value apply let through that the
+    scheduler cannot read counts as the type's default rather than failing the view."""
+    config, devices = expanded(state, inst.config, inst.devices, inst.profiles)
+    try:
+        return demand_of(inst.type, config, devices)
+    except ValueError:
+        return DEFAULTS.get(inst.type, DEFAULTS["container"])
+
+
+def _holders(inst: Instance) -> tuple[str, ...]:
+    """Members an instance occupies: its location and, during a move, its target."""
+    return (inst.location, inst.moving_to) if inst.moving_to else (inst.location,)
+
+
+def reserved_by_member(state: State) -> dict[str, Resources]:
+    """The sum of the demands of the instances on each member (a moving instance counts on
+    both ends, as ``cluster.state.reservations`` does), in O(instances)."""
+    totals: dict[str, Resources] = {}
+    for inst in state.instances.values():
+        demand = instance_demand(state, inst)
+        for member in _holders(inst):
+            totals[member] = totals.get(member, ZERO) + demand
+    return totals
+
+
+def instances_by_member(state: State) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for inst in state.instances.values():
+        for member in _holders(inst):
+            counts[member] = counts.get(member, 0) + 1
+    return counts
+
+
+def placement_groups_from_state(state: State) -> dict[str, PlacementGroupView]:
+    """Placement groups defined in the cluster config or named by an instance (whose
+    profiles may set ``placement.group``), with their per-member instance counts."""
+    groups: dict[str, PlacementGroupView] = {}
+    for key, value in state.config.items():
+        parts = keys.split_group_key(key)
+        if parts is None:
+            continue
+        group = groups.setdefault(parts[0], PlacementGroupView(parts[0]))
+        allowed = keys.GROUP_POLICIES if parts[1] == "policy" else keys.GROUP_RIGORS
+        if value in allowed:
+            setattr(group, parts[1], value)
+    for inst in state.instances.values():
+        config, _ = expanded(state, inst.config, {}, inst.profiles)
+        name = config.get(keys.INSTANCE_GROUP_KEY, "")
+        if name:
+            group = groups.setdefault(name, PlacementGroupView(name))
+            for member in _holders(inst):
+                group.members[member] = group.members.get(member, 0) + 1
+    return groups
+
+
+def capacity_of(member: Member) -> tuple[Resources, tuple[str, ...]]:
+    """Reported capacity with ``scheduler.capacity.*`` on top, and the dimensions unknown."""
+    amounts: dict[str, float] = {}
+    for dimension in DIMENSIONS:
+        reported = float(member.capacity.get(dimension, 0) or 0)
+        override = member.config.get(keys.CAPACITY_PREFIX + dimension, "")
+        if override:
+            value = keys.capacity_override(keys.CAPACITY_PREFIX + dimension, override,
+                                           float(member.capacity.get("memory", 0) or 0))
+            reported = value if value is not None else reported
+        amounts[dimension] = reported if reported > 0 else 0.0
+    unknown = tuple(d for d in DIMENSIONS if amounts[d] <= 0)
+    return Resources(amounts["cpu"], int(amounts["memory"]), int(amounts["disk"])), unknown
+
+
+def member_view(member: Member, status: str, reserved: Resources, instances: int) -> MemberView:
+    mode = member.config.get(keys.MODE_KEY, "all")
+    capacity, unknown = capacity_of(member)
+    return MemberView(
+        name=member.name, status=status, architecture=member.architecture,
+        instance_types=frozenset(member.instance_types),
+        mode=mode if mode in keys.MODES else "all", groups=frozenset(member.groups),
+        capacity=capacity, reserved=reserved, instances=instances, unknown=unknown)
+
+
+def view_from_state(state: State, now: float, *,
+                    reserved: Mapping[str, Resources] | None = None,
+                    instances: Mapping[str, int] | None = None,
+                    members: Iterable[str] | None = None,
+                    placement_groups: Mapping[str, PlacementGroupView] | None = None,
+                    ) -> ClusterView:
+    """The view of ``state`` at time ``now`` (member status depends on heartbeats).
+
+    Anything precomputed may be passed in: ``reserved`` and ``instances`` per member (else
+    summed over all instances), ``placement_groups`` (else computed), and ``members`` to
+    restrict the view to a few members. With all four, building costs O(len(members)),
+    which is what re-validation inside the Raft apply needs. ``placement_groups`` given
+    are used as they are, not copied (``commit`` updates them). Never raises.
+    """
+    threshold = offline_threshold(state)
+    reserved = reserved if reserved is not None else reserved_by_member(state)
+    counts = instances if instances is not None else instances_by_member(state)
+    names = state.members if members is None else [n for n in members if n in state.members]
+    policy = state.config.get(keys.POLICY_KEY, "")
+    return ClusterView(
+        members={name: member_view(state.members[name],
+                                   member_status(state.members[name], now, threshold),
+                                   reserved.get(name, ZERO), counts.get(name, 0))
+                 for name in names},
+        policy=policy if policy in keys.POLICIES else "spread",
+        placement_groups=dict(placement_groups) if placement_groups is not None
+        else placement_groups_from_state(state),
+    )

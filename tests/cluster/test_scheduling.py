@@ -1,0 +1,99 @@
+"""The scheduler on a real 3-member cluster: spread, manual members, cold move, evacuation."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from cluster.harness import DaemonProcess
+from tests.integration.api import Api
+
+pytestmark = pytest.mark.real
+
+
+def _where(daemon: DaemonProcess) -> dict[str, str]:
+    listed = Api(str(daemon.socket)).get("/1.0/instances?recursion=1")
+    return {i["name"]: i["location"] for i in listed}
+
+
+def _status(daemon: DaemonProcess, name: str) -> str:
+    return str(Api(str(daemon.socket)).get(f"/1.0/instances/{name}")["status"])
+
+
+def test_launches_spread_and_manual_members_only_take_targeted(
+        members: list[DaemonProcess]) -> None:
+    m1 = members[0]
+    for name in ("s1", "s2", "s3"):
+        m1.corral("launch", "busybox", name)
+    where = _where(m1)
+    assert sorted(where[n] for n in ("s1", "s2", "s3")) == ["m1", "m2", "m3"]
+    dry = m1.corral("launch", "busybox", "nope", "--dry-run").stdout.decode()
+    assert "placed on m" in dry and "score" in dry
+    assert "nope" not in _where(m1)
+
+    m1.corral("cluster", "set", "m3", "scheduler.instance", "manual")
+    for name in ("s4", "s5", "s6"):
+        m1.corral("launch", "busybox", name)
+    assert all(_where(m1)[n] != "m3" for n in ("s4", "s5", "s6"))
+    m1.corral("launch", "busybox", "s7", "--target", "m3")
+    assert _where(m1)["s7"] == "m3"
+    explain = Api(str(m1.socket)).get("/1.0/instances/s7?placement=explain")
+    dropped = {m: r for s in explain["stages"] for m, r in s["dropped"].items()}
+    assert "scheduler.instance=manual" in dropped["m3"]
+    m1.corral("cluster", "unset", "m3", "scheduler.instance")
+    for name in ("s4", "s5", "s6", "s7"):
+        m1.corral("delete", "--force", name)
+
+
+def test_a_full_cluster_names_the_binding_constraint(members: list[DaemonProcess]) -> None:
+    result = members[1].corral("launch", "busybox", "huge", "-c", "limits.memory=100TiB",
+                               check=False)
+    assert result.returncode == 1
+    assert b"no member has 100 TiB free memory; largest free:" in result.stderr, result.stderr
+    assert "huge" not in _where(members[1])
+
+
+def test_move_a_running_container_keeps_its_files(members: list[DaemonProcess]) -> None:
+    m1 = members[0]
+    m1.corral("launch", "busybox", "mover", "--target", "m1")
+    m1.corral("exec", "mover", "--", "sh", "-c", "echo precious > /root/keep")
+    m1.corral("snapshot", "mover", "before")
+    m1.corral("move", "mover", "--target", "m2")
+    assert _where(m1)["mover"] == "m2" and _status(members[1], "mover") == "Running"
+    out = members[2].corral("exec", "mover", "--", "cat", "/root/keep").stdout
+    assert out.decode().strip() == "precious"
+    assert not (m1.root / "storage-pools" / "default" / "containers" / "mover").exists()
+    assert (members[1].root / "storage-pools" / "default" / "containers-snapshots" /
+            "mover" / "before").is_dir()
+    # Bad moves change nothing.
+    bad = m1.corral("move", "mover", "--target", "m9", check=False)
+    assert bad.returncode == 1 and b"not found" in bad.stderr
+    same = m1.corral("move", "mover", "--target", "m2", check=False)
+    assert same.returncode == 1 and b"already on member m2" in same.stderr
+    assert _where(m1)["mover"] == "m2" and _status(members[1], "mover") == "Running"
+    m1.corral("delete", "--force", "mover")
+
+
+def test_evacuate_and_restore_a_member(members: list[DaemonProcess]) -> None:
+    m1 = members[0]
+    for name in ("e1", "e2", "e3"):
+        m1.corral("launch", "busybox", name, "--target", "m3")
+    m1.corral("exec", "e1", "--", "sh", "-c", "echo here > /root/mark")
+    started = time.monotonic()
+    m1.corral("cluster", "evacuate", "m3", "--force")
+    evacuated_in = time.monotonic() - started
+    where = _where(m1)
+    assert all(where[n] in ("m1", "m2") for n in ("e1", "e2", "e3")), where
+    assert all(_status(m1, n) == "Running" for n in ("e1", "e2", "e3"))
+    listed = json.loads(m1.corral("cluster", "list", "--format", "json").stdout)
+    assert {m["server_name"]: m["status"] for m in listed}["m3"] == "Evacuated"
+    m1.corral("launch", "busybox", "e4")
+    assert _where(m1)["e4"] != "m3"  # nothing new lands on an evacuated member
+    m1.corral("cluster", "restore", "m3", "--force")
+    where = _where(m1)
+    assert all(where[n] == "m3" for n in ("e1", "e2", "e3")), where
+    assert all(_status(m1, n) == "Running" for n in ("e1", "e2", "e3"))
+    assert m1.corral("exec", "e1", "--", "cat", "/root/mark").stdout.decode().strip() == "here"
+    print(f"evacuation of 3 containers: {evacuated_in:.2f} s")

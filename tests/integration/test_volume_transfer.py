@@ -1,0 +1,97 @@
+"""A volume crosses from one pool to another as a tar stream, owners and all."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import stat
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from node_agent.storage.dir import DirPool
+from node_agent.storage.errors import StorageError, VolumeExists
+from node_agent.storage.transfer import receive_volume, send_volume
+
+pytestmark = pytest.mark.real  # root: chown to shifted ids, device nodes
+
+
+def _make_volume(pool: DirPool, name: str) -> None:
+    rootfs = pool.rootfs_path(name)
+    (rootfs / "etc").mkdir(parents=True)
+    (rootfs / "etc" / "hostname").write_text("c1\n")
+    os.chown(rootfs / "etc" / "hostname", 1_000_000, 1_000_005)
+    os.chmod(rootfs / "etc" / "hostname", 0o640)
+    os.symlink("hostname", rootfs / "etc" / "name")
+    os.link(rootfs / "etc" / "hostname", rootfs / "etc" / "hard")
+    os.mknod(rootfs / "null", 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+    os.setxattr(rootfs / "etc" / "hostname", "trusted.corral", b"kept")
+    snap = pool.snapshot_path(name, "snap0") / "rootfs"
+    snap.mkdir(parents=True)
+    (snap / "old").write_text("before\n")
+
+
+def _tree(root: Path) -> dict[str, tuple[int, int, int, str]]:
+    out = {}
+    for path in sorted(root.rglob("*")):
+        st = os.lstat(path)
+        detail = os.readlink(path) if path.is_symlink() else (
+            path.read_text() if stat.S_ISREG(st.st_mode) else "")
+        out[str(path.relative_to(root))] = (st.st_mode, st.st_uid, st.st_gid, detail)
+    return out
+
+
+async def _pipe(pool: DirPool, name: str, cut_after: int | None = None) -> AsyncIterator[bytes]:
+    queue: asyncio.Queue[bytes | None] = asyncio.Queue()
+
+    async def write(chunk: bytes) -> None:
+        await queue.put(chunk)
+
+    async def produce() -> None:
+        await send_volume(pool, name, write)
+        await queue.put(None)
+
+    task = asyncio.create_task(produce())
+    sent = 0
+    while (chunk := await queue.get()) is not None:
+        if cut_after is not None and sent + len(chunk) > cut_after:
+            task.cancel()  # the sender dies mid-stream
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            yield chunk[: cut_after - sent]
+            return
+        sent += len(chunk)
+        yield chunk
+    await task
+
+
+def test_volume_and_snapshots_arrive_identical(tmp_path: Path) -> None:
+    source, target = DirPool("a", tmp_path / "a"), DirPool("b", tmp_path / "b")
+    source.ensure()
+    target.ensure()
+    _make_volume(source, "c1")
+    seen: list[int] = []
+    received = asyncio.run(receive_volume(target, "c1", _pipe(source, "c1"), seen.append))
+    assert received > 0 and seen[-1] == received
+    assert _tree(target.instance_path("c1")) == _tree(source.instance_path("c1"))
+    assert _tree(target.snapshots_path("c1")) == _tree(source.snapshots_path("c1"))
+    hostname = target.rootfs_path("c1") / "etc" / "hostname"
+    assert os.getxattr(hostname, "trusted.corral") == b"kept"
+    assert os.stat(hostname).st_ino == os.stat(hostname.with_name("hard")).st_ino
+    with pytest.raises(VolumeExists):  # never over an existing volume
+        asyncio.run(receive_volume(target, "c1", _pipe(source, "c1")))
+    assert list((tmp_path / "b" / ".tmp").iterdir()) == []
+
+
+def test_a_cut_stream_leaves_nothing_behind(tmp_path: Path) -> None:
+    source, target = DirPool("a", tmp_path / "a"), DirPool("b", tmp_path / "b")
+    source.ensure()
+    target.ensure()
+    _make_volume(source, "c1")
+    (source.rootfs_path("c1") / "big").write_bytes(os.urandom(3 << 20))
+    with pytest.raises(StorageError):
+        asyncio.run(receive_volume(target, "c1", _pipe(source, "c1", cut_after=1 << 20)))
+    assert not target.exists("c1") and not target.snapshots_path("c1").exists()
+    assert list((tmp_path / "b" / ".tmp").iterdir()) == []

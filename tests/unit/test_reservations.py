@@ -1,0 +1,130 @@
+"""The running per-member totals of reserved resources always equal a fresh sum."""
+
+from __future__ import annotations
+
+import itertools
+import pickle
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from cluster.state import reservations
+from cluster.state.apply import apply
+from cluster.state.commands import Command
+from cluster.state.model import State
+from scheduler.resources import GiB, MiB, Resources
+
+FP = "b" * 64
+_ids = itertools.count()
+
+
+def cmd(type_: str, **args: Any) -> Command:
+    return Command(id=f"r{next(_ids)}", type=type_, args=args, time=1.0)
+
+
+def two_members() -> State:
+    state = State()
+    assert apply(state, cmd("cluster.bootstrap", member={"name": "m1", "capacity": {
+        "cpu": 8, "memory": 16 * GiB, "disk": 100 * GiB}},
+        pool={"name": "default", "driver": "dir"}, network={"name": "br0"})).ok
+    apply(state, cmd("join_token.add", name="m2", secret_hash="h", expires_at=10.0))
+    assert apply(state, cmd("member.join", name="m2", secret_hash="h", address="m2:8443",
+                            raft_address="m2:8444",
+                            capacity={"cpu": 4, "memory": 4 * GiB, "disk": 10 * GiB})).ok
+    assert apply(state, cmd("image.add", fingerprint=FP, info={"type": "container"},
+                            member="m1")).ok
+    assert apply(state, cmd("profile.create", name="big",
+                            config={"limits.memory": "2GiB"})).ok
+    return state
+
+
+def fresh_totals(state: State) -> dict[str, Resources]:
+    copy = pickle.loads(pickle.dumps(state))
+    reservations.recompute(copy)
+    assert copy.reserved is not None
+    return copy.reserved
+
+
+def test_create_counts_limits_profiles_and_defaults() -> None:
+    state = two_members()
+    assert apply(state, cmd("instance.create", uid="u1", name="c1", location="m1", image=FP,
+                            profiles=["default"], config={"limits.cpu": "0-3"})).ok
+    assert apply(state, cmd("instance.create", uid="u2", name="c2", location="m1", image=FP,
+                            profiles=["default", "big"])).ok
+    assert reservations.reserved(state, "m1") == Resources(
+        cpu=4 + 0, memory=64 * MiB + 2 * GiB, disk=512 * MiB)
+    assert reservations.reserved(state, "m2") == Resources()
+
+
+def test_capacity_is_taken_from_bootstrap_and_heartbeats() -> None:
+    state = two_members()
+    assert state.members["m1"].capacity == {"cpu": 8.0, "memory": 16.0 * GiB,
+                                            "disk": 100.0 * GiB}
+    apply(state, cmd("member.heartbeat", name="m2",
+                     capacity={"cpu": 2, "memory": -1, "disk": "x"}))
+    assert state.members["m2"].capacity == {"cpu": 2.0}  # malformed parts are dropped
+
+
+def test_apply_refuses_a_create_or_a_growth_that_no_longer_fits() -> None:
+    state = two_members()  # m2: 4 CPUs, 4 GiB
+    ok = apply(state, cmd("instance.create", uid="u1", name="c1", location="m2", image=FP,
+                          profiles=["default"], config={"limits.memory": "3GiB"}))
+    assert ok.ok
+    late = apply(state, cmd("instance.create", uid="u2", name="c2", location="m2", image=FP,
+                            profiles=["default"], config={"limits.memory": "2GiB"}))
+    assert late.code == 409 and "memory" in late.error and "c2" not in state.instances
+    grow = apply(state, cmd("instance.update", name="c1", config={"limits.memory": "5GiB"},
+                            devices={}, profiles=["default"]))
+    assert grow.code == 400 and "only 4 GiB memory free for 5 GiB" in grow.error, grow.error
+    assert state.instances["c1"].config["limits.memory"] == "3GiB"
+
+
+def test_an_old_snapshot_without_totals_gets_them_recomputed() -> None:
+    state = two_members()
+    apply(state, cmd("instance.create", uid="u1", name="c1", location="m2", image=FP,
+                     profiles=["default", "big"]))
+    data = state.__dict__.copy()
+    del data["reserved"]
+    old = State.__new__(State)
+    old.__setstate__(data)
+    assert old.reserved is None
+    assert reservations.reserved(old, "m2").memory == 2 * GiB
+
+
+OPS = st.lists(st.tuples(
+    st.sampled_from(["create", "update", "delete", "deleted", "profile", "create-failed"]),
+    st.integers(0, 5), st.sampled_from(["m1", "m2"]),
+    st.sampled_from(["", "1", "3", "0-1"]), st.sampled_from(["", "256MiB", "3GiB"])),
+    max_size=40)
+
+
+@settings(max_examples=150, deadline=None)
+@given(OPS)
+def test_totals_equal_a_fresh_sum_after_any_commands(ops: list[tuple[Any, ...]]) -> None:
+    state = two_members()
+    for kind, n, member, cpu, memory in ops:
+        name, config = f"c{n}", {k: v for k, v in (("limits.cpu", cpu),
+                                                   ("limits.memory", memory)) if v}
+        inst = state.instances.get(name)
+        if kind == "create":
+            apply(state, cmd("instance.create", uid=f"u{next(_ids)}", name=name,
+                             location=member, image=FP, profiles=["default", "big"][:n % 3],
+                             config=config))
+        elif kind == "update" and inst is not None:
+            apply(state, cmd("instance.update", name=name, config=config,
+                             devices=inst.devices, profiles=inst.profiles))
+        elif kind == "delete" and inst is not None:
+            apply(state, cmd("instance.delete", name=name, force=True))
+        elif kind in ("deleted", "create-failed") and inst is not None and inst.pending:
+            act = inst.pending[-1] if kind == "deleted" else inst.pending[0]
+            apply(state, cmd("instance.observed", uid=inst.uid, generation=act.generation,
+                             status="Stopped",
+                             error="boom" if kind == "create-failed" else ""))
+        elif kind == "profile":
+            apply(state, cmd("profile.update", name="big", config=config, devices={}))
+        assert state.reserved == fresh_totals(state)
+        for member in ("m1", "m2"):  # apply never overcommits a member
+            capacity = state.members[member].capacity
+            held = reservations.reserved(state, member)
+            assert held.cpu <= capacity["cpu"] and held.memory <= capacity["memory"]
