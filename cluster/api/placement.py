@@ -17,7 +17,7 @@ from cluster.state.apply_instances import expanded
 from cluster.state.errors import Conflict
 from cluster.state.model import State
 from scheduler.pipeline import place
-from scheduler.plan import Plan
+from scheduler.plan import Plan, explain_json, explain_text
 from scheduler.request import request_for
 from scheduler.view import view_from_state
 
@@ -55,6 +55,5 @@ def is_stale_plan(exc: BaseException) -> bool:
 
 
 def explain_response(plan: Plan) -> dict[str, Any]:
-    from scheduler.plan import explain_json, explain_text
-
+    """The explanation as JSON, with the terminal rendering under ``text``."""
     return {**explain_json(plan), "text": explain_text(plan)}
