@@ -96,7 +96,7 @@ async def _enable_clustering(ctx: Context, request: web.Request, address: str) -
         raise bad_request("A cluster member needs a specific address, not a wildcard")
     member_address = join_address(host, port)
     raft = raft_address_for(member_address)
-    key = request.app[HTTPS].identity.key.read_bytes()
+    key = await asyncio.to_thread(request.app[HTTPS].identity.key.read_bytes)
     await ctx.store.rebind(raft, [], raft_password(key), fresh=True)
     assert ctx.local is not None
     ctx.local.raft_address, ctx.local.partners, ctx.local.clustered = raft, [], True

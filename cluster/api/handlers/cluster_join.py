@@ -88,7 +88,8 @@ async def accept_member(request: web.Request) -> web.Response:
         members = [{"name": m.name, "address": m.address, "raft_address": m.raft_address,
                     "voter": VOTER in m.roles} for m in state.members.values()]
     log.info("member %s joined from %s (raft %s)", name, address, raft)
-    reply = accept_reply(identity.crt.read_text(), identity.key.read_text(), members)
+    crt, key = await asyncio.to_thread(lambda: (identity.crt.read_text(), identity.key.read_text()))
+    reply = accept_reply(crt, key, members)
     return sync({**reply, "voter": voter})
 
 
@@ -131,7 +132,8 @@ async def join_cluster(request: web.Request, body: dict[str, Any]) -> None:
     ctx.local.raft_address, ctx.local.partners, ctx.local.clustered = raft, partners, True
     ctx.local.voter = voter
     await ctx.save_local()
-    await ctx.store.rebind(raft, partners, raft_password(identity.key.read_bytes()), fresh=True,
+    key_bytes = await asyncio.to_thread(identity.key.read_bytes)
+    await ctx.store.rebind(raft, partners, raft_password(key_bytes), fresh=True,
                            voter=voter)
     await _wait_for_own_record(ctx)
     await open_local_parts(ctx)
