@@ -102,7 +102,7 @@ async def _pull(ctx: Context, name: str, uid: str, source: str, target: str,
 
 async def _abort(ctx: Context, name: str, uid: str, target: str, was_running: bool) -> None:
     try:
-        await _drop_copy(ctx, name, uid, target)
+        await _drop_copy(ctx, name, uid, target, incoming=True)
         await ctx.store.submit(command("instance.move_abort", name=name, uid=uid))
         if was_running:
             await _start(ctx, name)
@@ -110,12 +110,14 @@ async def _abort(ctx: Context, name: str, uid: str, target: str, was_running: bo
         log.error("cleaning up the failed move of %s: %s", name, exc)
 
 
-async def _drop_copy(ctx: Context, name: str, uid: str, address: str) -> None:
+async def _drop_copy(ctx: Context, name: str, uid: str, address: str,
+                     incoming: bool = False) -> None:
     url = f"https://{address}/internal/instances/{name}/volume?uid={uid}"
+    url += "&incoming=1" if incoming else ""
     try:
         async with peers.peer_session(ctx.paths.root, timeout=120) as session:
             async with session.delete(url, headers=FORWARDED) as resp:
-                if resp.status not in (200, 404):
+                if resp.status not in (200, 404, 409):
                     log.warning("member %s kept a copy of %s: %s", address, name,
                                 await resp.text())
     except Exception as exc:  # noqa: BLE001 - a leftover copy is garbage, not a failure

@@ -105,3 +105,10 @@ async def evacuate(client: Client, args: argparse.Namespace) -> int:
 
 async def restore(client: Client, args: argparse.Namespace) -> int:
     return await _member_state(client, args, "restore")
+
+
+async def group_assign(client: Client, args: argparse.Namespace) -> int:
+    """As ``lxc cluster group assign``: the member's groups become exactly GROUPS."""
+    wanted = [g.strip() for g in args.groups.split(",") if g.strip()]
+    await client.request("PATCH", _path(args.name), body={"groups": wanted})
+    return 0

@@ -308,6 +308,11 @@ def _cluster(subs: argparse._SubParsersAction) -> None:
         p.add_argument("--force", action="store_true", help="do not ask (corral never asks)")
         p.add_argument("--action", default="", choices=["", "stop", "migrate", "auto"],
                        help="override every instance's cluster.evacuate")
+    groups = _group(group, "group", "Cluster groups of members (--target @GROUP)")
+    p = _leaf(groups, "assign", "cluster_cmds:group_assign",
+              "Set the cluster groups of a member (comma-separated; '' for none)")
+    p.add_argument("name", metavar="MEMBER")
+    p.add_argument("groups", metavar="GROUPS")
     p = _leaf(group, "set", "cluster_cmds:set_", "Set a member's configuration key")
     p.add_argument("name", metavar="MEMBER")
     p.add_argument("key", metavar="KEY")

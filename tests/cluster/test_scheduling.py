@@ -97,3 +97,35 @@ def test_evacuate_and_restore_a_member(members: list[DaemonProcess]) -> None:
     assert all(_status(m1, n) == "Running" for n in ("e1", "e2", "e3"))
     assert m1.corral("exec", "e1", "--", "cat", "/root/mark").stdout.decode().strip() == "here"
     print(f"evacuation of 3 containers: {evacuated_in:.2f} s")
+
+
+def test_target_a_cluster_group(members: list[DaemonProcess]) -> None:
+    m1 = members[0]
+    m1.corral("cluster", "group", "assign", "m2", "fast")
+    m1.corral("launch", "busybox", "g1", "--target", "@fast")
+    assert _where(m1)["g1"] == "m2"
+    bad = m1.corral("launch", "busybox", "g2", "--target", "@nosuch", check=False)
+    assert bad.returncode == 1 and "g2" not in _where(m1)
+    m1.corral("cluster", "group", "assign", "m2", "")
+    m1.corral("delete", "--force", "g1")
+
+
+def test_a_failed_move_leaves_the_instance_running_where_it_was(
+        members: list[DaemonProcess]) -> None:
+    m1 = members[0]
+    m1.corral("launch", "busybox", "stuck", "--target", "m1")
+    stale = members[1].root / "storage-pools" / "default" / "containers" / "stuck"
+    (stale / "rootfs").mkdir(parents=True)  # the target already holds a volume of that name
+    try:
+        failed = m1.corral("move", "stuck", "--target", "m2", check=False)
+        assert failed.returncode == 1 and b"already exists" in failed.stderr, failed.stderr
+        assert _where(m1)["stuck"] == "m1" and _status(m1, "stuck") == "Running"
+        assert (stale / "rootfs").is_dir()  # not the move's to delete: it was there before
+        assert m1.corral("exec", "stuck", "--", "true").returncode == 0
+    finally:
+        import shutil
+
+        shutil.rmtree(stale, ignore_errors=True)
+    m1.corral("move", "stuck", "--target", "m2")  # and once the way is clear, it moves
+    assert _where(m1)["stuck"] == "m2" and _status(members[1], "stuck") == "Running"
+    m1.corral("delete", "--force", "stuck")

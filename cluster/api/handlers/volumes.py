@@ -7,6 +7,7 @@ lives."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 
@@ -97,6 +98,7 @@ async def receive(request: web.Request) -> web.StreamResponse:
                         await report(sum(progress))
 
                 received = await receive_volume(pool, inst.name, chunks())
+                await asyncio.to_thread(_mark, pool, inst)
         await response.write(json.dumps({"done": received}).encode() + b"\n")
     except Exception as exc:  # noqa: BLE001 - the orchestrator reads the error line
         await response.write(json.dumps({"error": str(exc) or type(exc).__name__}).encode()
@@ -106,14 +108,31 @@ async def receive(request: web.Request) -> web.StreamResponse:
 
 
 async def delete(request: web.Request) -> web.Response:
-    """DELETE: drop this member's copy, never that of an instance that lives here."""
+    """DELETE: drop this member's copy, never that of an instance that lives here; with
+    ``?incoming=1`` (a failed move cleaning up) only a copy this move received."""
     _require_member_peer(request)
     ctx = ctx_of(request)
     inst, pool = _instance(ctx, request)
     if inst.location == ctx.member:
         raise ApiError(409, "The instance lives on this member; its volume stays")
+    if request.query.get("incoming") and not await asyncio.to_thread(_marked, pool, inst):
+        raise ApiError(409, "This member's volume of that name did not come from this move")
     await ctx.agent.forget_local_copy(inst.name, pool)
     return empty()
+
+
+MARKER = ".received-for"  # next to rootfs: which instance uid a received volume belongs to
+
+
+def _mark(pool: DirPool, inst: Instance) -> None:
+    (pool.instance_path(inst.name) / MARKER).write_text(inst.uid)
+
+
+def _marked(pool: DirPool, inst: Instance) -> bool:
+    try:
+        return (pool.instance_path(inst.name) / MARKER).read_text() == inst.uid
+    except OSError:
+        return False
 
 
 ROUTES = [
