@@ -23,7 +23,8 @@ async def _bootstrapped(path: Path, address: str) -> RaftStore:
     with store.read() as state:
         empty = not state.members
     if empty:
-        await store.submit(command("cluster.bootstrap", member={"name": "m1", "capacity": {"cpu": 64, "memory": 2.0**40, "disk": 2.0**40}},
+        capacity = {"cpu": 64, "memory": 2.0**40, "disk": 2.0**40}
+        await store.submit(command("cluster.bootstrap", member={"name": "m1", "capacity": capacity},
                                    pool={"name": "default", "driver": "dir"},
                                    network={"name": "br0"}))
     return store

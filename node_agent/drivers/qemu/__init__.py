@@ -1,0 +1,16 @@
+"""The QEMU driver (virtual machines), split by aspect.
+
+::
+
+    driver.py   QemuDriver: define/start/stop/freeze/state/... (one QEMU per VM)
+    cmdline.py  definition -> VmSpec -> QEMU argv (pure)
+    qmp.py      a small synchronous QMP client (one connection per call)
+    agent.py    host side of the in-guest exec agent (virtio-serial line protocol)
+    vm_exec.py  command-line exec through the agent (what exec_argv returns)
+    host.py     /proc readers for the QEMU process, tap devices
+    accel.py    KVM-or-TCG probe (a boot sector under KVM, in a child, with a timeout)
+"""
+
+from node_agent.drivers.qemu.driver import QemuDriver
+
+__all__ = ["QemuDriver"]

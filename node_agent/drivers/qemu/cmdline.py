@@ -1,0 +1,173 @@
+"""Pure translation: an instance definition -> a :class:`VmSpec` -> QEMU's argv.
+
+Everything a VM needs at start is in its spec (saved as ``<vmpath>/<name>/config.json``),
+so a daemon that restarts, or another driver instance, starts the same VM the same way.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from node_agent.drivers.base import DriverError, InstanceDefinition
+from node_agent.drivers.lxc_config import ConfigError, parse_cpuset
+from node_agent.units import UnitError, parse_memory_limit
+
+DEFAULT_MEMORY = 1 << 30
+DEFAULT_CMDLINE = "console=ttyS0"
+AGENT_PORT = "org.corral.agent"
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]{0,62}$")
+_BRIDGE_RE = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
+_MAC_RE = re.compile(r"^([0-9a-f]{2}:){5}[0-9a-f]{2}$")
+
+# Files of a VM's directory.
+CONFIG = "config.json"
+RUNNING_CONFIG = "running.json"
+DISK = "root.qcow2"
+QMP = "qmp.sock"
+AGENT = "agent.sock"
+CONSOLE = "console.sock"
+CONSOLE_LOG = "console.log"
+PIDFILE = "qemu.pid"
+
+
+class InvalidConfig(DriverError):
+    """The instance's config or devices cannot be expressed as a VM."""
+
+    code = 400
+
+
+@dataclass(frozen=True)
+class Nic:
+    device: str  # the LXD device name, e.g. eth0
+    bridge: str
+    tap: str
+    hwaddr: str
+
+
+@dataclass(frozen=True)
+class VmSpec:
+    name: str
+    directory: str
+    memory: int  # bytes
+    cpus: int
+    kernel: str
+    initrd: str
+    cmdline: str
+    backing: str  # the image's rootfs.img behind root.qcow2
+    nics: tuple[Nic, ...] = ()
+    extra: dict[str, str] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> VmSpec:
+        values = dict(data)
+        values["nics"] = tuple(Nic(**nic) for nic in values.get("nics", ()))
+        return cls(**values)
+
+
+def check_name(name: str) -> str:
+    if not isinstance(name, str) or not _NAME_RE.match(name):
+        raise InvalidConfig(f"invalid instance name {name!r}")
+    return name
+
+
+def tap_name(directory: Path, index: int) -> str:
+    """A host-unique tap name (<= 15 chars) derived from the VM's directory."""
+    digest = hashlib.sha256(str(directory).encode()).hexdigest()
+    return f"vt{digest[:10]}n{index}"
+
+
+def hwaddr(name: str, device: str) -> str:
+    """A stable MAC in LXD's 00:16:3e range, from the instance and device names."""
+    digest = hashlib.sha256(f"{name}/{device}".encode()).digest()
+    return "00:16:3e:" + ":".join(f"{b:02x}" for b in digest[:3])
+
+
+def parse_cpus(value: str) -> int:
+    """``limits.cpu``: a count (``"2"``) or a CPU set (``"0-1,3"``: its size)."""
+    text = value.strip()
+    if not text:
+        return 1
+    try:
+        count = int(text) if text.isdigit() else len(parse_cpuset(text))
+    except ConfigError as exc:
+        raise InvalidConfig(f"limits.cpu: {exc}") from exc
+    if count < 1:
+        raise InvalidConfig(f"limits.cpu must be a positive number of CPUs, got {value!r}")
+    return count
+
+
+def parse_memory(value: str, host_memory: int) -> int:
+    if not value.strip():
+        return DEFAULT_MEMORY
+    try:
+        memory = parse_memory_limit(value, host_memory)
+    except UnitError as exc:
+        raise InvalidConfig(f"limits.memory: {exc}") from exc
+    if memory < 32 << 20:
+        raise InvalidConfig(f"limits.memory {value!r} is below the 32MiB a VM needs")
+    return memory
+
+
+def _nics(definition: InstanceDefinition, directory: Path) -> tuple[Nic, ...]:
+    nics: list[Nic] = []
+    for device, dev in sorted(definition.devices.items()):
+        if dev.get("type") != "nic":
+            continue
+        nictype = dev.get("nictype", "bridged" if dev.get("network") else "")
+        bridge = dev.get("parent") or dev.get("network") or ""
+        if nictype != "bridged" or not _BRIDGE_RE.match(bridge):
+            raise InvalidConfig(f"device {device!r}: a VM NIC needs nictype=bridged with "
+                                f"parent= (or network=) naming a bridge")
+        mac = (dev.get("hwaddr") or definition.config.get(f"volatile.{device}.hwaddr")
+               or hwaddr(definition.name, device)).lower()
+        if not _MAC_RE.match(mac):
+            raise InvalidConfig(f"device {device!r}: invalid hwaddr {mac!r}")
+        nics.append(Nic(device, bridge, tap_name(directory, len(nics)), mac))
+    return tuple(nics)
+
+
+def build_spec(definition: InstanceDefinition, directory: Path, host_memory: int,
+               image: Mapping[str, str]) -> VmSpec:
+    """The VM's spec. ``image`` names its ``kernel``, ``initrd``, ``rootfs`` (rootfs.img)
+    and ``cmdline``. Raises InvalidConfig."""
+    config = definition.config
+    return VmSpec(
+        name=check_name(definition.name), directory=str(directory),
+        memory=parse_memory(config.get("limits.memory", ""), host_memory),
+        cpus=parse_cpus(config.get("limits.cpu", "")),
+        kernel=image["kernel"], initrd=image["initrd"],
+        cmdline=image.get("cmdline") or DEFAULT_CMDLINE, backing=image["rootfs"],
+        nics=_nics(definition, directory))
+
+
+def qemu_argv(qemu: str, spec: VmSpec, accel: str) -> list[str]:
+    """The full command line; QEMU daemonises itself once its devices are set up."""
+    vm = Path(spec.directory)
+    argv = [qemu, "-name", spec.name, "-daemonize", "-pidfile", str(vm / PIDFILE),
+            "-nodefaults", "-no-user-config", "-display", "none",
+            "-machine", "q35", "-accel", accel,
+            "-cpu", "host" if accel == "kvm" else "max",
+            "-m", f"{max(1, spec.memory >> 20)}M", "-smp", str(spec.cpus),
+            "-kernel", spec.kernel, "-initrd", spec.initrd, "-append", spec.cmdline,
+            "-qmp", f"unix:{vm / QMP},server=on,wait=off",
+            "-chardev", f"socket,id=console,path={vm / CONSOLE},server=on,wait=off,"
+                        f"logfile={vm / CONSOLE_LOG},logappend=on",
+            "-serial", "chardev:console",
+            "-drive", f"file={vm / DISK},format=qcow2,if=none,id=root,cache=writeback",
+            "-device", "virtio-blk-pci,drive=root,id=root-disk",
+            "-device", "virtio-serial-pci,id=serial0",
+            "-chardev", f"socket,id=agent,path={vm / AGENT},server=on,wait=off",
+            "-device", f"virtserialport,bus=serial0.0,chardev=agent,name={AGENT_PORT}"]
+    for index, nic in enumerate(spec.nics):
+        argv += ["-netdev", f"tap,id=net{index},ifname={nic.tap},script=no,downscript=no",
+                 "-device", f"virtio-net-pci,netdev=net{index},mac={nic.hwaddr},"
+                            f"id={nic.device}"]
+    return argv

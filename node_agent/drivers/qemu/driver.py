@@ -1,0 +1,417 @@
+"""The QEMU driver: one daemonised QEMU process per VM, driven through QMP.
+
+::
+
+    define --> cmdline.build_spec (pure) --> <vmpath>/<name>/config.json (running.json:
+               the spec the running QEMU was started with, for its stop and state)
+               qemu-img create -b <image>/rootfs.img --> root.qcow2 (once)
+    start ---> ip tuntap (per NIC) + `qemu-system-x86_64 -daemonize -pidfile qemu.pid`
+    stop ----> QMP system_powerdown (ACPI), then QMP quit, then SIGKILL; taps removed
+    freeze/unfreeze ---> QMP stop / cont          status ---> pid file + QMP query-status
+    state ---> /proc/<pid> (RSS, CPU) and the taps' counters (no fork, one QMP call)
+    exec ----> agent.exec_in_vm over agent.sock (virtio-serial), see agent.py
+
+Nothing is kept in memory: a new driver instance (a restarted daemon) finds a running VM
+by its pid file (checked against /proc/<pid>/cmdline) and its QMP socket. Every method
+blocks and is safe to run in worker threads; lifecycle calls on one VM are serialised.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any, ClassVar
+
+import yaml
+
+from node_agent.drivers.base import (
+    DriverError,
+    DriverInfo,
+    InstanceDefinition,
+    InvalidState,
+    NotFound,
+)
+from node_agent.drivers.lxc_state import read_text, stopped_state
+from node_agent.drivers.qemu import accel as accel_probe
+from node_agent.drivers.qemu import cmdline as cl
+from node_agent.drivers.qemu import host, qmp
+from node_agent.drivers.qemu.agent import ExecResult, exec_in_vm
+from node_agent.drivers.qemu.cmdline import InvalidConfig, VmSpec
+
+QEMU = "qemu-system-x86_64"
+# QMP run states -> (LXD status, status code)
+STATUS: dict[str, tuple[str, int]] = {
+    "running": ("Running", 103),
+    "paused": ("Frozen", 110),
+    "suspended": ("Frozen", 110),
+    "prelaunch": ("Starting", 106),
+    "inmigrate": ("Starting", 106),
+    "postmigrate": ("Frozen", 110),
+    "finish-migrate": ("Frozen", 110),
+    "shutdown": ("Stopping", 107),
+}
+STOPPED = ("Stopped", 102)
+ERROR = ("Error", 112)
+
+
+def _wait_gone(pid: int, seconds: float) -> bool:
+    """Poll until ``pid`` is gone (or a zombie); ``seconds < 0`` waits forever."""
+    deadline = None if seconds < 0 else time.monotonic() + seconds
+    while host.is_alive(pid):
+        if deadline is not None and time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+class QemuDriver:
+    """One daemon's VMs, each in ``<vmpath>/<name>/``."""
+
+    name: ClassVar[str] = "qemu"
+    instance_type: ClassVar[str] = "virtual-machine"
+    supports_live_migration: ClassVar[bool] = False  # QMP migrate: not wired yet
+
+    def __init__(self, vmpath: Path, accel: str | None = None, qemu: str = QEMU,
+                 start_timeout: float = 30.0) -> None:
+        self.vmpath = Path(vmpath)
+        self.qemu = qemu
+        self._accel = accel
+        self.start_timeout = start_timeout
+        self._locks: dict[str, threading.Lock] = {}
+        self._locks_guard = threading.Lock()
+
+    # -- host facts ----------------------------------------------------------------------
+
+    def accelerator(self) -> str:
+        """"kvm" if it really runs guests here, else "tcg" (probed once per process)."""
+        return self._accel or accel_probe.accelerator().name
+
+    def probe(self) -> DriverInfo:
+        """Name, QEMU version, and why VMs cannot run here (empty if they can)."""
+        binary = shutil.which(self.qemu)
+        if binary is None:
+            return DriverInfo(self.name, "", f"{self.qemu} not found "
+                                             f"(apt-get install qemu-system-x86)")
+        problems = [] if shutil.which("qemu-img") else ["qemu-img not found (qemu-utils)"]
+        try:
+            out = subprocess.run([binary, "--version"], capture_output=True, text=True,
+                                 timeout=10, check=False).stdout
+            version = out.split("version", 1)[1].split()[0] if "version" in out else ""
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            return DriverInfo(self.name, "", f"{binary} --version failed: {exc}")
+        return DriverInfo(self.name, version, "; ".join(problems))
+
+    # -- paths and locks -----------------------------------------------------------------
+
+    def _dir(self, name: str) -> Path:
+        try:
+            return self.vmpath / cl.check_name(name)
+        except InvalidConfig as exc:
+            raise NotFound(str(exc)) from exc
+
+    def log_path(self, name: str) -> Path:
+        """The serial console's log (kernel and init output)."""
+        return self._dir(name) / cl.CONSOLE_LOG
+
+    def vm_dir(self, name: str) -> Path:
+        return self._dir(name)
+
+    def _lock(self, name: str) -> threading.Lock:
+        with self._locks_guard:
+            return self._locks.setdefault(name, threading.Lock())
+
+    def names(self) -> list[str]:
+        if not self.vmpath.is_dir():
+            return []
+        return sorted(p.name for p in self.vmpath.iterdir() if (p / cl.CONFIG).is_file())
+
+    def _spec(self, name: str, running: bool = False) -> VmSpec:
+        """The saved spec; ``running``: the one the VM was started with (``define`` may
+        have changed config.json since), falling back to config.json."""
+        directory = self._dir(name)
+        path = directory / cl.CONFIG
+        if running and (directory / cl.RUNNING_CONFIG).is_file():
+            path = directory / cl.RUNNING_CONFIG
+        try:
+            return VmSpec.from_json(json.loads(path.read_text()))
+        except FileNotFoundError as exc:
+            raise NotFound(f"VM {name!r} is not defined in {self.vmpath}") from exc
+        except (OSError, ValueError, TypeError) as exc:
+            raise DriverError(f"VM {name!r}: unreadable {cl.CONFIG}: {exc}") from exc
+
+    def _pid(self, name: str) -> int:
+        """The pid of the VM's QEMU, or 0 when it does not run."""
+        directory = self._dir(name)
+        pid = host.read_pid(directory / cl.PIDFILE)
+        return pid if host.owns(pid, str(directory / cl.QMP)) else 0
+
+    def _qmp(self, name: str, command: str, arguments: dict[str, Any] | None = None,
+             timeout: float = qmp.TIMEOUT) -> Any:
+        return qmp.execute(self._dir(name) / cl.QMP, command, arguments, timeout)
+
+    # -- define ----------------------------------------------------------------------------
+
+    def define(self, definition: InstanceDefinition) -> None:
+        """(Re)write the VM's spec (effective at the next start) and create its disk overlay
+        on first definition. ``definition.rootfs`` is an unpacked VM image directory:
+        ``rootfs.img`` (qcow2), ``kernel``, ``initrd`` and optionally ``metadata.yaml``.
+        Raises InvalidConfig, DriverError."""
+        directory = self.vmpath / cl.check_name(definition.name)
+        spec = cl.build_spec(definition, directory, _host_memory(),
+                             _image_files(Path(definition.rootfs)))
+        with self._lock(definition.name):
+            try:
+                directory.mkdir(parents=True, exist_ok=True)
+                directory.chmod(0o700)
+                if not (directory / cl.DISK).exists():
+                    _create_overlay(Path(spec.backing), directory / cl.DISK)
+                fd, tmp = tempfile.mkstemp(prefix=".config.", dir=directory)
+                with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                    json.dump(spec.to_json(), handle, indent=1, sort_keys=True)
+                os.replace(tmp, directory / cl.CONFIG)
+            except OSError as exc:
+                raise DriverError(f"VM {definition.name!r}: cannot write its files: "
+                                  f"{exc}") from exc
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    def start(self, name: str) -> None:
+        """Create the taps and start QEMU daemonised; return once QMP answers. Raises
+        InvalidState if running, DriverError (with QEMU's message) if it fails."""
+        with self._lock(name):
+            spec = self._spec(name)
+            if self._pid(name):
+                raise InvalidState(f"cannot start VM {name!r}: it is running")
+            directory = self._dir(name)
+            self._cleanup(self._spec(name, running=True))
+            log = directory / cl.CONSOLE_LOG  # QEMU appends to it: rotate it past 4 MiB
+            if log.exists() and log.stat().st_size > 4 << 20:
+                os.replace(log, directory / f"{cl.CONSOLE_LOG}.old")
+            try:
+                shutil.copyfile(directory / cl.CONFIG, directory / cl.RUNNING_CONFIG)
+                for nic in spec.nics:
+                    host.create_tap(nic.tap, nic.bridge)
+                self._launch(spec)
+            except BaseException:
+                self._kill(name)
+                self._cleanup(spec)
+                raise
+
+    def _launch(self, spec: VmSpec) -> None:
+        directory = Path(spec.directory)
+        argv = cl.qemu_argv(self.qemu, spec, self.accelerator())
+        with tempfile.TemporaryFile() as err:  # a file: the daemon must not hold our pipe
+            try:
+                done = subprocess.run(argv, stdin=subprocess.DEVNULL,
+                                      stdout=subprocess.DEVNULL, stderr=err, cwd=directory,
+                                      start_new_session=True, timeout=self.start_timeout,
+                                      check=False)
+            except (OSError, subprocess.TimeoutExpired) as exc:
+                raise DriverError(f"VM {spec.name!r}: {self.qemu} failed: {exc}") from exc
+            err.seek(0)
+            message = err.read().decode(errors="replace").strip()
+        if done.returncode != 0:
+            raise DriverError(f"VM {spec.name!r} failed to start (exit {done.returncode}): "
+                              f"{message[-2000:]}")
+        try:
+            self._qmp(spec.name, "query-status")
+        except qmp.QmpUnavailable as exc:
+            raise DriverError(f"VM {spec.name!r} started but QMP does not answer: "
+                              f"{exc}") from exc
+
+    def stop(self, name: str, force: bool, timeout: float) -> None:
+        """Force: ``quit`` now (SIGKILL if QMP does not answer). Else ACPI power button and
+        wait ``timeout`` s (< 0: forever; 0: force) before forcing. Raises InvalidState if
+        not running."""
+        with self._lock(name):
+            spec = self._spec(name, running=True)
+            pid = self._pid(name)
+            if not pid:
+                raise InvalidState(f"cannot stop VM {name!r}: it is stopped")
+            if force or timeout == 0 or not self._powerdown(name, pid, timeout):
+                self._kill(name)
+            self._cleanup(spec)
+
+    def _powerdown(self, name: str, pid: int, timeout: float) -> bool:
+        """ACPI shutdown; True if QEMU exited in time (a paused guest is resumed first)."""
+        try:
+            if self._qmp(name, "query-status").get("status") != "running":
+                self._qmp(name, "cont")
+            self._qmp(name, "system_powerdown")
+        except (qmp.QmpError, qmp.QmpUnavailable):
+            return False
+        return _wait_gone(pid, timeout)
+
+    def _kill(self, name: str) -> None:
+        """QMP quit, then SIGKILL (at once if QMP fails); returns once QEMU is gone."""
+        pid = self._pid(name)
+        if not pid:
+            return
+        try:
+            self._qmp(name, "quit", timeout=3)
+            if _wait_gone(pid, 5):
+                return
+        except (qmp.QmpError, qmp.QmpUnavailable):
+            pass  # deaf or hung: no point in waiting
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            return
+        if not _wait_gone(pid, 10):
+            raise DriverError(f"VM {name!r}: QEMU (pid {pid}) survived SIGKILL")
+
+    def _cleanup(self, spec: VmSpec) -> None:
+        """What a stopped VM must not leave: taps, sockets, the pid file."""
+        for nic in spec.nics:
+            host.remove_tap(nic.tap)
+        directory = Path(spec.directory)
+        for leftover in (cl.PIDFILE, cl.QMP, cl.AGENT, cl.CONSOLE, cl.RUNNING_CONFIG):
+            try:
+                (directory / leftover).unlink()
+            except FileNotFoundError:
+                pass
+
+    def freeze(self, name: str) -> None:
+        """Pause the vCPUs (QMP stop)."""
+        self._require(name, "running", "freeze")
+        self._qmp(name, "stop")
+
+    def unfreeze(self, name: str) -> None:
+        """Resume the vCPUs (QMP cont)."""
+        self._require(name, "paused", "unfreeze")
+        self._qmp(name, "cont")
+
+    def _require(self, name: str, run_state: str, doing: str) -> None:
+        status = self.status(name)
+        if STATUS.get(run_state, ERROR)[0] != status:
+            raise InvalidState(f"cannot {doing} VM {name!r}: it is {status}")
+
+    def delete(self, name: str) -> None:
+        """Remove a stopped VM's directory (spec, disk overlay, logs)."""
+        with self._lock(name):
+            spec = self._spec(name, running=True)
+            if self._pid(name):
+                raise InvalidState(f"cannot delete VM {name!r}: it is running")
+            self._cleanup(spec)
+            try:
+                shutil.rmtree(self._dir(name))
+            except OSError as exc:
+                raise DriverError(f"VM {name!r}: cannot remove its directory: {exc}") from exc
+
+    def rename(self, old: str, new: str) -> None:
+        """Move a stopped VM's directory; its spec follows (new tap names)."""
+        with self._lock(old):
+            spec = self._spec(old)
+            if self._pid(old):
+                raise InvalidState(f"cannot rename VM {old!r}: it is running")
+            target = self.vmpath / cl.check_name(new)
+            if target.exists():
+                raise InvalidState(f"VM {new!r} already exists")
+            self._cleanup(self._spec(old, running=True))  # taps are named after the dir
+            os.rename(self._dir(old), target)
+            nics = tuple(cl.Nic(nic.device, nic.bridge, cl.tap_name(target, index), nic.hwaddr)
+                         for index, nic in enumerate(spec.nics))
+            moved = VmSpec(**{**spec.to_json(), "name": new, "directory": str(target),
+                              "nics": nics})
+            (target / cl.CONFIG).write_text(json.dumps(moved.to_json(), indent=1,
+                                                       sort_keys=True))
+
+    # -- observation ---------------------------------------------------------------------
+
+    def _status(self, name: str) -> tuple[tuple[str, int], int]:
+        pid = self._pid(name)
+        if not pid:
+            return STOPPED, 0
+        try:
+            run_state = str(self._qmp(name, "query-status", timeout=5).get("status"))
+        except (qmp.QmpError, qmp.QmpUnavailable):
+            return (STOPPED, 0) if not host.is_alive(pid) else (ERROR, pid)
+        return STATUS.get(run_state, ERROR), pid
+
+    def status(self, name: str) -> str:
+        """LXD's status string: Running, Stopped, Frozen, ... (Error if QMP fails)."""
+        self._spec(name)
+        return self._status(name)[0][0]
+
+    def state(self, name: str) -> dict[str, Any]:
+        """LXD's InstanceState: memory is QEMU's resident set, CPU its CPU time, network
+        the taps' counters (seen from the guest)."""
+        spec = self._spec(name, running=True)
+        (status, code), pid = self._status(name)
+        if not pid:
+            return stopped_state(status, code)
+        return {"status": status, "status_code": code, "pid": pid, "processes": -1,
+                "cpu": {"usage": host.cpu_ns(pid)}, "memory": host.memory(pid),
+                "network": {nic.device: host.tap_network(nic.device, nic.tap, nic.hwaddr)
+                            for nic in spec.nics},
+                "disk": {}}
+
+    # -- exec and limits -----------------------------------------------------------------
+
+    def exec(self, name: str, command: list[str], timeout: float = 60.0) -> ExecResult:
+        """Run ``command`` in the guest through the agent (see agent.exec_in_vm)."""
+        self._spec(name)
+        return exec_in_vm(self._dir(name), command, timeout)
+
+    def exec_argv(self, name: str, command: list[str], env: dict[str, str], cwd: str,
+                  uid: int, gid: int) -> list[str]:
+        """argv of a host process that runs ``command`` in the guest and passes its output
+        and exit code through. Only root in ``/`` and no pty for now."""
+        self._spec(name)
+        if uid != 0 or gid != 0 or cwd not in ("", "/") or env:
+            raise InvalidConfig(f"VM {name!r}: exec supports only root in / without "
+                                f"extra environment (for now)")
+        return [sys.executable, "-m", "node_agent.drivers.qemu.vm_exec", str(self._dir(name)),
+                "--", *command]
+
+    def apply_limits(self, name: str, config: dict[str, str]) -> None:
+        """Check ``limits.*``; they apply at the next start (define rewrites the spec).
+        No memory or CPU hotplug yet."""
+        cl.parse_memory(config.get("limits.memory", ""), _host_memory())
+        cl.parse_cpus(config.get("limits.cpu", ""))
+
+
+def _host_memory() -> int:
+    for line in read_text("/proc/meminfo").splitlines():
+        if line.startswith("MemTotal:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def _image_files(image: Path) -> dict[str, str]:
+    """Paths of an unpacked VM image and its kernel command line (metadata.yaml)."""
+    files = {"rootfs": image / "rootfs.img", "kernel": image / "kernel",
+             "initrd": image / "initrd"}
+    for key, path in files.items():
+        if not path.is_file():
+            raise InvalidConfig(f"VM image {image} has no {path.name}"
+                                + (" (only direct kernel boot is supported)"
+                                   if key != "rootfs" else ""))
+    result = {key: str(path) for key, path in files.items()}
+    try:
+        meta = yaml.safe_load((image / "metadata.yaml").read_text())
+    except (OSError, yaml.YAMLError):
+        meta = None
+    corral = meta.get("corral") if isinstance(meta, dict) else None
+    if isinstance(corral, dict) and isinstance(corral.get("cmdline"), str):
+        result["cmdline"] = corral["cmdline"]
+    return result
+
+
+def _create_overlay(backing: Path, target: Path) -> None:
+    try:
+        done = subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(backing),
+                               "-F", "qcow2", str(target)], capture_output=True, text=True,
+                              timeout=60, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise DriverError(f"qemu-img create failed: {exc}") from exc
+    if done.returncode != 0:
+        raise DriverError(f"qemu-img create {target} failed: {done.stderr.strip()}")

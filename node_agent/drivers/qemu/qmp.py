@@ -1,0 +1,129 @@
+"""A small synchronous QMP client: one short connection per call.
+
+Why not the ``qemu.qmp`` asyncio client: drivers are blocking and run in worker threads
+(``asyncio.to_thread``), so an asyncio client would need an event loop per thread or a
+loop thread of its own. And a QMP socket serves one client at a time: a connection held
+open by one driver instance would lock out another one re-attaching to the same VM (a
+restarted daemon, a CLI). So each call connects, negotiates capabilities, runs one
+command and closes; that costs ~1 ms on a unix socket.
+
+Errors: :class:`QmpError` (QEMU answered with an error, ``klass`` is its class) and
+:class:`QmpUnavailable` (no QEMU behind the socket, or it stopped answering); both are
+``DriverError`` s.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from node_agent.drivers.base import DriverError
+
+TIMEOUT = 10.0
+_MAX_LINE = 1 << 24
+# QEMU serves one QMP client at a time and its listen backlog is tiny: a connect beyond
+# it fails at once with EAGAIN. Threads of this process take turns per socket; other
+# processes are retried until the timeout.
+_turns: dict[str, threading.Lock] = {}
+_turns_guard = threading.Lock()
+
+
+class QmpUnavailable(DriverError):
+    """Nothing answers on the QMP socket (QEMU not running, or hung)."""
+
+    code = 503
+
+
+class QmpError(DriverError):
+    """QEMU refused a command."""
+
+    def __init__(self, command: str, klass: str, desc: str) -> None:
+        super().__init__(f"QMP {command}: {klass}: {desc}")
+        self.klass = klass
+        self.desc = desc
+
+
+def _read_message(reader: Any, path: Path) -> dict[str, Any]:
+    line = reader.readline(_MAX_LINE)
+    if not line:
+        raise QmpUnavailable(f"QMP socket {path}: connection closed by QEMU")
+    try:
+        message = json.loads(line)
+    except ValueError as exc:
+        raise QmpUnavailable(f"QMP socket {path}: invalid message {line[:200]!r}") from exc
+    if not isinstance(message, dict):
+        raise QmpUnavailable(f"QMP socket {path}: unexpected message {line[:200]!r}")
+    return message
+
+
+def _reply(reader: Any, path: Path, command: str) -> Any:
+    """The answer to the command just sent (events before it are skipped)."""
+    while True:
+        message = _read_message(reader, path)
+        if "return" in message:
+            return message["return"]
+        if "error" in message:
+            error = message["error"] if isinstance(message["error"], dict) else {}
+            raise QmpError(command, str(error.get("class", "GenericError")),
+                           str(error.get("desc", "")))
+
+
+def execute(path: Path, command: str, arguments: dict[str, Any] | None = None,
+            timeout: float = TIMEOUT) -> Any:
+    """Run one QMP command on the socket ``path`` and return its ``return`` value.
+
+    Raises QmpUnavailable if nothing answers within ``timeout`` s, QmpError if QEMU
+    refuses the command."""
+    with _turns_guard:
+        turn = _turns.setdefault(str(path), threading.Lock())
+    if not turn.acquire(timeout=timeout):
+        raise QmpUnavailable(f"QMP socket {path}: busy for {timeout:g} s")
+    try:
+        return _execute(path, command, arguments, timeout)
+    finally:
+        turn.release()
+
+
+def _connect(path: Path, timeout: float) -> socket.socket:
+    deadline = time.monotonic() + timeout
+    while True:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(timeout)
+        try:
+            sock.connect(str(path))
+            return sock
+        except OSError as exc:
+            sock.close()
+            if exc.errno != errno.EAGAIN or time.monotonic() >= deadline:
+                raise
+        time.sleep(0.01)
+
+
+def _execute(path: Path, command: str, arguments: dict[str, Any] | None,
+             timeout: float) -> Any:
+    try:
+        sock = _connect(path, timeout)
+    except OSError as exc:
+        raise QmpUnavailable(f"QMP socket {path}: {exc}") from exc
+    try:
+        with sock.makefile("rwb") as stream:
+            greeting = _read_message(stream, path)
+            if "QMP" not in greeting:
+                raise QmpUnavailable(f"QMP socket {path}: no greeting")
+            for name, args in (("qmp_capabilities", None), (command, arguments)):
+                request: dict[str, Any] = {"execute": name}
+                if args:
+                    request["arguments"] = args
+                stream.write(json.dumps(request).encode() + b"\n")
+                stream.flush()
+                result = _reply(stream, path, name)
+            return result
+    except OSError as exc:  # socket.timeout is an OSError
+        raise QmpUnavailable(f"QMP socket {path}: {exc}") from exc
+    finally:
+        sock.close()

@@ -1,0 +1,112 @@
+"""The QEMU driver's pure parts: definition -> VmSpec -> argv."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from node_agent.drivers.base import InstanceDefinition
+from node_agent.drivers.qemu import cmdline as cl
+
+IMAGE = {"kernel": "/img/kernel", "initrd": "/img/initrd", "rootfs": "/img/rootfs.img",
+         "cmdline": "console=ttyS0 quiet"}
+HOST_MEMORY = 8 << 30
+
+
+def spec(config: dict[str, str] | None = None,
+         devices: dict[str, dict[str, str]] | None = None) -> cl.VmSpec:
+    definition = InstanceDefinition("vm1", Path("/img"), config or {}, devices or {})
+    return cl.build_spec(definition, Path("/var/lib/vms/vm1"), HOST_MEMORY, IMAGE)
+
+
+def test_defaults_are_one_gib_and_one_cpu() -> None:
+    vm = spec()
+    assert (vm.memory, vm.cpus, vm.nics) == (1 << 30, 1, ())
+    assert vm.cmdline == "console=ttyS0 quiet" and vm.backing == "/img/rootfs.img"
+
+
+@pytest.mark.parametrize(("value", "expected"), [("256MiB", 256 << 20), ("1GB", 10**9),
+                                                 ("50%", 4 << 30)])
+def test_limits_memory_accepts_sizes_and_percentages(value: str, expected: int) -> None:
+    assert spec({"limits.memory": value}).memory == expected
+
+
+@pytest.mark.parametrize("value", ["lots", "1MiB", "0"])
+def test_unusable_memory_limits_are_refused(value: str) -> None:
+    with pytest.raises(cl.InvalidConfig, match="limits.memory"):
+        spec({"limits.memory": value})
+
+
+@pytest.mark.parametrize(("value", "expected"), [("2", 2), ("0-2,5", 4), ("", 1)])
+def test_limits_cpu_is_a_count_or_a_cpuset(value: str, expected: int) -> None:
+    assert spec({"limits.cpu": value}).cpus == expected
+
+
+@pytest.mark.parametrize("value", ["0", "two", "3-1"])
+def test_invalid_cpu_limits_are_refused(value: str) -> None:
+    with pytest.raises(cl.InvalidConfig, match="limits.cpu"):
+        spec({"limits.cpu": value})
+
+
+def test_bridged_nics_get_stable_macs_and_short_tap_names() -> None:
+    devices = {"eth1": {"type": "nic", "network": "corralbr0"},
+               "eth0": {"type": "nic", "nictype": "bridged", "parent": "br0",
+                        "hwaddr": "00:16:3E:00:00:01"},
+               "root": {"type": "disk", "path": "/", "pool": "default"}}
+    vm = spec(devices=devices)
+    assert [(n.device, n.bridge, n.hwaddr) for n in vm.nics] == [
+        ("eth0", "br0", "00:16:3e:00:00:01"), ("eth1", "corralbr0", cl.hwaddr("vm1", "eth1"))]
+    assert all(len(n.tap) <= 15 for n in vm.nics)
+    assert len({n.tap for n in vm.nics}) == 2
+    assert cl.hwaddr("vm1", "eth1") == spec(devices=devices).nics[1].hwaddr
+    assert cl.tap_name(Path("/a/vm1"), 0) != cl.tap_name(Path("/b/vm1"), 0)
+
+
+def test_volatile_hwaddr_is_used() -> None:
+    vm = spec({"volatile.eth0.hwaddr": "00:16:3e:aa:bb:cc"},
+              {"eth0": {"type": "nic", "network": "br0"}})
+    assert vm.nics[0].hwaddr == "00:16:3e:aa:bb:cc"
+
+
+@pytest.mark.parametrize("dev", [{"type": "nic", "nictype": "macvlan", "parent": "eth0"},
+                                 {"type": "nic", "nictype": "bridged"},
+                                 {"type": "nic", "parent": "br0"},
+                                 {"type": "nic", "network": "br0", "hwaddr": "nope"}])
+def test_unsupported_nics_are_refused(dev: dict[str, str]) -> None:
+    with pytest.raises(cl.InvalidConfig, match="eth0"):
+        spec(devices={"eth0": dev})
+
+
+def test_invalid_names_are_refused() -> None:
+    with pytest.raises(cl.InvalidConfig):
+        cl.build_spec(InstanceDefinition("../x", Path("/img")), Path("/x"), HOST_MEMORY, IMAGE)
+
+
+def test_spec_survives_json() -> None:
+    vm = spec({"limits.cpu": "2"}, {"eth0": {"type": "nic", "network": "br0"}})
+    assert cl.VmSpec.from_json(vm.to_json()) == vm
+
+
+def test_argv_daemonises_with_qmp_console_agent_and_taps() -> None:
+    vm = spec({"limits.memory": "256MiB", "limits.cpu": "2"},
+              {"eth0": {"type": "nic", "network": "br0"}})
+    argv = cl.qemu_argv("qemu-system-x86_64", vm, "tcg")
+    text = " ".join(argv)
+    assert "-daemonize" in argv and "-pidfile" in argv
+    assert argv[argv.index("-accel") + 1] == "tcg"
+    assert argv[argv.index("-m") + 1] == "256M" and argv[argv.index("-smp") + 1] == "2"
+    assert argv[argv.index("-kernel") + 1] == "/img/kernel"
+    assert argv[argv.index("-append") + 1] == "console=ttyS0 quiet"
+    assert "unix:/var/lib/vms/vm1/qmp.sock,server=on,wait=off" in argv
+    assert "logfile=/var/lib/vms/vm1/console.log" in text
+    assert f"name={cl.AGENT_PORT}" in text
+    assert f"ifname={vm.nics[0].tap},script=no,downscript=no" in text
+    assert f"mac={vm.nics[0].hwaddr}" in text
+    assert "file=/var/lib/vms/vm1/root.qcow2,format=qcow2" in text
+    assert argv[argv.index("-display") + 1] == "none"
+
+
+def test_kvm_uses_the_host_cpu() -> None:
+    argv = cl.qemu_argv("qemu", spec(), "kvm")
+    assert argv[argv.index("-cpu") + 1] == "host"
