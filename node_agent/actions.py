@@ -6,12 +6,13 @@ second time before its report commits, and that must do no harm.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
 from collections.abc import Callable
 from typing import Any
 
-from node_agent.drivers.base import DriverError
+from node_agent.drivers.base import DriverError, NotFound
 from node_agent.node import InstanceSpec, LocalNode
 
 log = logging.getLogger(__name__)
@@ -26,6 +27,13 @@ def perform(node: LocalNode, spec: InstanceSpec, kind: str, args: dict[str, Any]
 
 
 def _create(node: LocalNode, spec: InstanceSpec, args: dict[str, Any]) -> None:
+    if spec.is_vm:  # the disk is a qcow2 overlay the driver makes on the image's disk
+        try:
+            node.define(spec)
+        except Exception:
+            _remove(node, spec)
+            raise
+        return
     pool = node.pool(spec.pool)
     if pool.exists(spec.name):
         node.define(spec)
@@ -43,20 +51,20 @@ def _create(node: LocalNode, spec: InstanceSpec, args: dict[str, Any]) -> None:
 
 
 def _start(node: LocalNode, spec: InstanceSpec, args: dict[str, Any]) -> None:
-    status = node.status(spec.name)
+    status = node.status(spec.name, spec.type)
     if status == "Running":
         return
     if status == "Frozen":
-        node.driver.unfreeze(spec.name)
+        node.driver_for(spec.type).unfreeze(spec.name)
         return
     node.define(spec)
-    node.driver.start(spec.name)
+    node.driver_for(spec.type).start(spec.name)
 
 
 def _stop(node: LocalNode, spec: InstanceSpec, args: dict[str, Any]) -> None:
-    if node.status(spec.name) == "Stopped":
+    if node.status(spec.name, spec.type) == "Stopped":
         return
-    node.driver.stop(spec.name, bool(args.get("force")), _timeout(args))
+    node.driver_for(spec.type).stop(spec.name, bool(args.get("force")), _timeout(args))
 
 
 def _timeout(args: dict[str, Any]) -> float:
@@ -70,28 +78,33 @@ def _restart(node: LocalNode, spec: InstanceSpec, args: dict[str, Any]) -> None:
 
 
 def _freeze(node: LocalNode, spec: InstanceSpec, args: dict[str, Any]) -> None:
-    if node.status(spec.name) == "Running":
-        node.driver.freeze(spec.name)
+    if node.status(spec.name, spec.type) == "Running":
+        node.driver_for(spec.type).freeze(spec.name)
 
 
 def _unfreeze(node: LocalNode, spec: InstanceSpec, args: dict[str, Any]) -> None:
-    if node.status(spec.name) == "Frozen":
-        node.driver.unfreeze(spec.name)
+    if node.status(spec.name, spec.type) == "Frozen":
+        node.driver_for(spec.type).unfreeze(spec.name)
 
 
 def _update(node: LocalNode, spec: InstanceSpec, args: dict[str, Any]) -> None:
     node.define(spec)
-    if node.status(spec.name) in ("Running", "Frozen"):
-        node.driver.apply_limits(spec.name, spec.config)
+    if node.status(spec.name, spec.type) in ("Running", "Frozen"):
+        node.driver_for(spec.type).apply_limits(spec.name, spec.config)
 
 
 def _rename(node: LocalNode, spec: InstanceSpec, args: dict[str, Any]) -> None:
     old, new = args["old"], args["new"]
+    if spec.is_vm:
+        with contextlib.suppress(NotFound):  # a rename retried after it happened
+            node.driver_for(spec.type).rename(old, new)
+        node.define(spec)
+        return
     pool = node.pool(spec.pool)
     if pool.exists(old):
         pool.rename(old, new)
     if (node.paths.containers / old).exists():
-        node.driver.rename(old, new)
+        node.driver_for(spec.type).rename(old, new)
     outputs = node.paths.exec_output / old
     if outputs.exists():
         outputs.rename(node.paths.exec_output / new)
@@ -100,10 +113,14 @@ def _rename(node: LocalNode, spec: InstanceSpec, args: dict[str, Any]) -> None:
 
 def _remove(node: LocalNode, spec: InstanceSpec) -> None:
     shutil.rmtree(node.paths.exec_output / spec.name, ignore_errors=True)
-    if node.status(spec.name) in ("Running", "Frozen"):
-        node.driver.stop(spec.name, True, 10.0)
+    if node.status(spec.name, spec.type) in ("Running", "Frozen"):
+        node.driver_for(spec.type).stop(spec.name, True, 10.0)
+    if spec.is_vm:
+        with contextlib.suppress(NotFound):  # never defined, or already gone
+            node.driver_for(spec.type).delete(spec.name)
+        return
     if (node.paths.containers / spec.name).exists():
-        node.driver.delete(spec.name)
+        node.driver_for(spec.type).delete(spec.name)
     pool = node.pools.get(spec.pool)
     if pool is not None and pool.exists(spec.name):
         pool.delete(spec.name)
@@ -114,31 +131,40 @@ def _delete(node: LocalNode, spec: InstanceSpec, args: dict[str, Any]) -> None:
 
 
 def _snapshot(node: LocalNode, spec: InstanceSpec, args: dict[str, Any]) -> None:
+    _no_vm_snapshots(spec)
     pool = node.pool(spec.pool)
     if args["snapshot"] not in pool.list_snapshots(spec.name):
         pool.snapshot(spec.name, args["snapshot"])
 
 
 def _snapshot_delete(node: LocalNode, spec: InstanceSpec, args: dict[str, Any]) -> None:
+    _no_vm_snapshots(spec)
     pool = node.pool(spec.pool)
     if args["snapshot"] in pool.list_snapshots(spec.name):
         pool.delete_snapshot(spec.name, args["snapshot"])
 
 
 def _snapshot_rename(node: LocalNode, spec: InstanceSpec, args: dict[str, Any]) -> None:
+    _no_vm_snapshots(spec)
     pool = node.pool(spec.pool)
     if args["old"] in pool.list_snapshots(spec.name):
         pool.rename_snapshot(spec.name, args["old"], args["new"])
 
 
 def _restore(node: LocalNode, spec: InstanceSpec, args: dict[str, Any]) -> None:
-    was_running = node.status(spec.name) in ("Running", "Frozen")
+    _no_vm_snapshots(spec)
+    was_running = node.status(spec.name, spec.type) in ("Running", "Frozen")
     if was_running:
-        node.driver.stop(spec.name, True, 10.0)
+        node.driver_for(spec.type).stop(spec.name, True, 10.0)
     node.pool(spec.pool).restore(spec.name, args["snapshot"])
     node.define(spec)
     if was_running:
-        node.driver.start(spec.name)
+        node.driver_for(spec.type).start(spec.name)
+
+
+def _no_vm_snapshots(spec: InstanceSpec) -> None:
+    if spec.is_vm:
+        raise DriverError("Snapshots of virtual machines are not supported yet")
 
 
 _ACTIONS: dict[str, Callable[[LocalNode, InstanceSpec, dict[str, Any]], None]] = {

@@ -60,9 +60,12 @@ class NodeAgent:
             with self.store.read() as state:
                 me = state.members.get(self.member)
                 known, listed = me is not None, dict(me.capacity) if me else {}
+                types = list(me.instance_types) if me else []
             if known:
                 capacity = await asyncio.to_thread(self.capacity)
-                extra = {"capacity": capacity} if capacity != listed else {}
+                extra: dict[str, Any] = {"capacity": capacity} if capacity != listed else {}
+                if types != self.node.instance_types:
+                    extra["instance_types"] = self.node.instance_types
                 try:
                     await self.store.submit(command("member.heartbeat", name=self.member,
                                                     **extra), timeout=HEARTBEAT_SECONDS)
@@ -106,7 +109,8 @@ class NodeAgent:
             specs = [self._spec_of(state, i) for i in state.instances.values()
                      if i.location == self.member and i.power in ("Running", "Frozen")
                      and not i.pending]
-        statuses = await asyncio.to_thread(lambda: [self.node.status(s.name) for s in specs])
+        statuses = await asyncio.to_thread(
+            lambda: [self.node.status(s.name, s.type) for s in specs])
         return [s for s, status in zip(specs, statuses, strict=True) if status == "Stopped"]
 
     async def _report_self_stops(self) -> None:
@@ -199,7 +203,7 @@ class NodeAgent:
     def _spec_of(state: Any, inst: Instance) -> InstanceSpec:
         config, devices = expanded(state, inst.config, inst.devices, inst.profiles)
         return InstanceSpec(inst.uid, inst.name, inst.image, dict(config),
-                            copy.deepcopy(devices))
+                            copy.deepcopy(devices), inst.type)
 
     async def _ensure_image(self, fingerprint: str) -> None:
         """Fetch an image this member lacks from a member that has it (over the network)."""
@@ -255,12 +259,12 @@ class NodeAgent:
         except Exception as exc:  # noqa: BLE001 - every failure is reported, not raised
             log.warning("%s %s failed: %s", act.kind, spec.name, exc)
             error = str(exc) or type(exc).__name__
-        if act.kind == "create" and not error:
+        if act.kind == "create" and not error and not spec.is_vm:
             self._restock(spec)
         if not report:
             return
         status = "Stopped" if act.kind == "delete" else await asyncio.to_thread(
-            self.node.status, spec.name)
+            self.node.status, spec.name, spec.type)
         # If this commit fails the action stays pending; the resync runs it again
         # (actions are idempotent) and reports then.
         await self.store.submit(command("instance.observed", uid=spec.uid,

@@ -6,6 +6,8 @@ Everything here is blocking; callers run it in worker threads.
 from __future__ import annotations
 
 import hashlib
+import secrets
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,8 +15,10 @@ from typing import Any
 from node_agent.drivers.base import DriverError, InstanceDefinition, NotFound
 from node_agent.drivers.lxc import LxcDriver
 from node_agent.drivers.lxc_state import stopped_state
+from node_agent.drivers.qemu import QemuDriver
 from node_agent.idmap import IdMap
 from node_agent.images import ImageStore
+from node_agent.images.vm_unpack import unpack_vm_image
 from node_agent.network.bridge import BridgeNetwork
 from node_agent.paths import Paths
 from node_agent.storage.dir import DirPool
@@ -29,6 +33,11 @@ class InstanceSpec:
     image: str
     config: dict[str, str]
     devices: dict[str, dict[str, str]]
+    type: str = "container"  # or "virtual-machine"
+
+    @property
+    def is_vm(self) -> bool:
+        return self.type == "virtual-machine"
 
     @property
     def privileged(self) -> bool:
@@ -50,12 +59,30 @@ class LocalNode:
     images: ImageStore
     pools: dict[str, DirPool] = field(default_factory=dict)
     networks: dict[str, BridgeNetwork] = field(default_factory=dict)
+    vm_driver: QemuDriver | None = None  # None: QEMU is not installed on this member
+    vm_problem: str = ""
 
     @classmethod
     def open(cls, paths: Paths, idmap: IdMap) -> LocalNode:
         prefix = "corral-" + hashlib.sha256(str(paths.root).encode()).hexdigest()[:8]
-        return cls(paths, idmap, LxcDriver(paths.containers, idmap, prefix),
+        node = cls(paths, idmap, LxcDriver(paths.containers, idmap, prefix),
                    ImageStore(paths.images))
+        qemu = QemuDriver(paths.vms)
+        node.vm_problem = qemu.probe().error
+        node.vm_driver = None if node.vm_problem else qemu
+        return node
+
+    @property
+    def instance_types(self) -> list[str]:
+        return ["container", "virtual-machine"] if self.vm_driver else ["container"]
+
+    def driver_for(self, instance_type: str) -> LxcDriver | QemuDriver:
+        if instance_type != "virtual-machine":
+            return self.driver
+        if self.vm_driver is None:
+            raise DriverError(f"Virtual machines are not available on this member: "
+                              f"{self.vm_problem}")
+        return self.vm_driver
 
     def add_pool(self, name: str, source: str | None = None) -> DirPool:
         pool = DirPool(name, Path(source) if source else self.paths.storage_pools / name)
@@ -82,20 +109,37 @@ class LocalNode:
         if pool.spare_count(template) == 0:
             pool.prepare_spare(template)
 
-    def status(self, name: str) -> str:
-        """The driver's status; an instance whose container is not (or no longer)
+    def status(self, name: str, instance_type: str = "container") -> str:
+        """The driver's status; an instance whose container or VM is not (or no longer)
         defined is simply Stopped."""
         try:
-            return self.driver.status(name)
+            return self.driver_for(instance_type).status(name)
         except NotFound:
             return "Stopped"
 
-    def state(self, name: str) -> dict[str, Any]:
+    def state(self, name: str, instance_type: str = "container") -> dict[str, Any]:
         try:
-            return self.driver.state(name)
+            return self.driver_for(instance_type).state(name)
         except NotFound:
             return stopped_state()
 
     def define(self, spec: InstanceSpec) -> None:
+        if spec.is_vm:
+            self.driver_for(spec.type).define(InstanceDefinition(
+                spec.name, self.vm_image_dir(spec.image), spec.config, spec.devices))
+            return
         self.driver.define(InstanceDefinition(spec.name, self.rootfs(spec), spec.config,
                                               spec.devices))
+
+    def vm_image_dir(self, fingerprint: str) -> Path:
+        """The image unpacked for QEMU (kernel, initrd, rootfs.img), once per image; VMs
+        boot from qcow2 overlays on its rootfs.img."""
+        target = self.paths.images / f"{fingerprint}.vm"
+        if not target.is_dir():
+            scratch = target.with_name(f".{target.name}.{secrets.token_hex(4)}")
+            unpack_vm_image(self.images.export_paths(fingerprint)[0], scratch)
+            try:
+                scratch.rename(target)
+            except OSError:  # unpacked meanwhile by another create of the same image
+                shutil.rmtree(scratch, ignore_errors=True)
+        return target

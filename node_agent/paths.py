@@ -53,6 +53,11 @@ class Paths:
         return self.root / "containers"
 
     @property
+    def vms(self) -> Path:
+        """The QEMU driver's directory: one per VM (config, disk overlay, sockets)."""
+        return self.root / "vms"
+
+    @property
     def storage_pools(self) -> Path:
         return self.root / "storage-pools"
 
@@ -66,7 +71,7 @@ class Paths:
 
     def ensure(self) -> None:
         """Create the tree; directories stay traversable (0711) for unprivileged roots."""
-        for path in (self.root, self.raft_dir, self.images, self.containers,
+        for path in (self.root, self.raft_dir, self.images, self.containers, self.vms,
                      self.storage_pools, self.networks, self.exec_output):
             path.mkdir(parents=True, exist_ok=True)
             path.chmod(0o711)

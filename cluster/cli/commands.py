@@ -202,6 +202,8 @@ def _images(subs: argparse._SubParsersAction) -> None:
     images = _group(subs, "image", "Manage images")
     p = _leaf(images, "build", "images:build", "Build a built-in image and import it")
     p.add_argument("kind", choices=["busybox"])
+    p.add_argument("--vm", action="store_true",
+                   help="a virtual-machine image (Debian cloud kernel + busybox initramfs)")
     p.add_argument("--alias", action="append", default=None)
     p.add_argument("--public", action="store_true")
     p = _leaf(images, "import", "images:import_", "Import an image tarball")

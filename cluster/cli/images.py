@@ -9,6 +9,7 @@ answers with an operation whose metadata holds the ``fingerprint``.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import hashlib
 import importlib
 import os
@@ -152,12 +153,30 @@ def _build_busybox(out: Path) -> None:
           f"{time.monotonic() - started:.1f}s", file=sys.stderr)
 
 
+def _build_busybox_vm(directory: Path) -> Path:
+    images = importlib.import_module("node_agent.images.busybox_vm")
+    errors = importlib.import_module("node_agent.images.errors")
+    started = time.monotonic()
+    try:
+        out: Path = images.build_busybox_vm_image(
+            directory, progress=lambda text: print(f"Building: {text}", file=sys.stderr))
+    except errors.ImageError as exc:
+        raise CliError(str(exc)) from exc
+    print(f"Built {out.name} ({fmt.byte_size_si(out.stat().st_size)}) in "
+          f"{time.monotonic() - started:.1f}s", file=sys.stderr)
+    return out
+
+
 async def build(client: Client, args: argparse.Namespace) -> int:
-    """``corral image build busybox [--alias busybox]``: build locally, upload, alias."""
-    aliases = args.alias or [args.kind]
+    """``corral image build busybox [--vm] [--alias busybox]``: build locally, upload,
+    alias (``busybox-vm`` for the VM image)."""
+    aliases = args.alias or [f"{args.kind}-vm" if args.vm else args.kind]
     with tempfile.TemporaryDirectory(prefix="corral-image-") as tmp:
-        out = Path(tmp) / f"{args.kind}.tar.gz"
-        _build_busybox(out)
+        if args.vm:
+            out = await asyncio.to_thread(_build_busybox_vm, Path(tmp))
+        else:
+            out = Path(tmp) / f"{args.kind}.tar.gz"
+            _build_busybox(out)
         fingerprint = await upload(client, out, None, args.public, args.quiet)
     for alias in aliases:
         await ensure_alias(client, alias, fingerprint)

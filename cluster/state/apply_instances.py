@@ -75,17 +75,21 @@ def create(state: State, cmd: Command) -> Result:
         return fail(400, problem)
     if a["name"] in state.instances:
         return fail(409, "Instance already exists")
-    if a.get("type", "container") != "container":
+    kind = a.get("type", "container")
+    if kind not in ("container", "virtual-machine"):
         return fail(400, f"Instance type {a.get('type')!r} is not supported")
     if a.get("image") not in state.images:
         return fail(404, "Image not found")
+    image_type = state.images[a["image"]].info.get("type", "container")
+    if image_type != kind:
+        return fail(400, f"The image is a {image_type} image; instance type is {kind}")
     if a.get("location") not in state.members:
         return fail(400, f"Cluster member {a.get('location')!r} not found")
     problem = _spec_error(state, a)
     if problem:
         return fail(400, problem)
     inst = Instance(
-        uid=a["uid"], name=a["name"], type="container", location=a["location"],
+        uid=a["uid"], name=a["name"], type=str(kind), location=a["location"],
         architecture=a.get("architecture", "x86_64"), image=a["image"], created_at=cmd.time,
         config=dict(a.get("config", {})), devices=copy.deepcopy(a.get("devices", {})),
         profiles=list(a.get("profiles", [])), ephemeral=bool(a.get("ephemeral", False)),

@@ -222,6 +222,9 @@ def member_heartbeat(state: State, cmd: Command) -> Result:
     capacity = cmd.args.get("capacity")
     if isinstance(capacity, dict):
         member.capacity = capacity_of(capacity)
+    types = cmd.args.get("instance_types")
+    if isinstance(types, list) and set(types) <= {"container", "virtual-machine"}:
+        member.instance_types = sorted(types)
     return ok(None)
 
 

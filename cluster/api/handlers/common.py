@@ -39,6 +39,7 @@ class Probe:
     observed: str
     generation: int
     local: bool
+    type: str = "container"
 
 
 def _map(fn: Callable[[Probe], dict[str, Any]], probes: list[Probe]) -> list[dict[str, Any]]:
@@ -54,8 +55,8 @@ def probe_instances(ctx: Context, probes: list[Probe],
         if not probe.local or probe.generation == 0:
             return {**stopped_state(), "status": probe.observed}
         if full:
-            return ctx.node.state(probe.name)
-        return {"status": ctx.node.status(probe.name)}
+            return ctx.node.state(probe.name, probe.type)
+        return {"status": ctx.node.status(probe.name, probe.type)}
 
     async def collect() -> dict[str, dict[str, Any]]:
         # One hop, serially: spreading the reads over threads measured slower (the GIL).
@@ -67,7 +68,7 @@ def probe_instances(ctx: Context, probes: list[Probe],
 
 def probe_of(ctx: Context, inst: Instance) -> Probe:
     return Probe(inst.name, inst.observed.status, inst.observed.generation,
-                 inst.location == ctx.member)
+                 inst.location == ctx.member, inst.type)
 
 
 async def live_statuses(ctx: Context, instances: list[Instance]) -> dict[str, str]:

@@ -49,7 +49,7 @@ async def list_instances(request: web.Request) -> web.Response:
         if recursion == 0 and clauses is None:
             return sync([f"/1.0/instances/{name}" for name in state.instances])
         probes = [Probe(i.name, i.observed.status, i.observed.generation,
-                        i.location == ctx.member) for i in state.instances.values()]
+                        i.location == ctx.member, i.type) for i in state.instances.values()]
     found = await probe_instances(ctx, probes, full=recursion >= 2)
     objs = []
     with ctx.store.read() as state:
@@ -106,7 +106,8 @@ def _free_name(state: State) -> str:
 async def create_instance(request: web.Request) -> web.Response:
     ctx = ctx_of(request)
     body = await json_body(request)
-    if body.get("type", "container") not in ("container", ""):
+    instance_type = body.get("type") or "container"
+    if instance_type not in ("container", "virtual-machine"):
         raise bad_request(f"Instance type {body['type']!r} is not supported")
     config = body.get("config") or {}
     devices = body.get("devices") or {}
@@ -122,8 +123,10 @@ async def create_instance(request: web.Request) -> web.Response:
             raise ApiError(409, "Instance already exists")
         fingerprint = _resolve_image(state, body.get("source"))
         image = state.images[fingerprint]
-        if image.info.get("type", "container") != "container":
-            raise bad_request("The image is a virtual-machine image; instance type is container")
+        image_type = image.info.get("type", "container")
+        if image_type != instance_type:
+            raise bad_request(f"The image is a {image_type} image; instance type is "
+                              f"{instance_type}")
         _, all_devices = expanded(state, config, devices, [p for p in profiles
                                                          if p in state.profiles])
         config = dict(config)
@@ -138,12 +141,12 @@ async def create_instance(request: web.Request) -> web.Response:
     explain = request.query.get("placement") == "explain"
     for attempt in range(PLAN_ATTEMPTS):
         with ctx.store.read() as state:
-            plan = plan_instance(state, request_id=uid, name=name, type_="container",
+            plan = plan_instance(state, request_id=uid, name=name, type_=instance_type,
                                  architecture=architecture, config=config, devices=devices,
                                  profiles=profiles, target=target)
         if explain:  # a dry run: where it would go, and why; nothing is created
             return sync(explain_response(plan))
-        cmd = command("instance.create", uid=uid, name=name, type="container",
+        cmd = command("instance.create", uid=uid, name=name, type=instance_type,
                       location=chosen_member(plan), target=target, architecture=architecture,
                       image=fingerprint, config=config, devices=devices, profiles=profiles,
                       ephemeral=bool(body.get("ephemeral", False)),

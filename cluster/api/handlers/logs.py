@@ -34,6 +34,8 @@ def _log_files(ctx: Context, name: str) -> dict[str, Path]:
     """Every readable log of the instance by name (blocking: run in a thread)."""
     files = {LXC_LOG: ctx.paths.containers / name / LXC_LOG}
     console = ctx.node.driver.log_path(name)
+    if ctx.node.vm_driver is not None and not console.is_file():
+        console = ctx.node.vm_driver.log_path(name)  # a VM's serial console
     if console.is_file():
         files[CONSOLE_LOG] = console
     files.update(_exec_files(ctx, name))
