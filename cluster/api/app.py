@@ -43,7 +43,15 @@ def _trusted(routes: Sequence[tuple[str, str, Any]]) -> list[tuple[str, str, Any
 
 def route_table() -> list[tuple[str, str, Any, str]]:
     from cluster import bootstrap
-    from cluster.api.handlers import cluster_join, evacuation, files, logs, members, volumes
+    from cluster.api.handlers import (
+        cluster_join,
+        console,
+        evacuation,
+        files,
+        logs,
+        members,
+        volumes,
+    )
     from cluster.api.handlers import exec as exec_
 
     table = [
@@ -63,6 +71,7 @@ def route_table() -> list[tuple[str, str, Any, str]]:
         *_trusted(exec_.ROUTES),
         *_trusted(files.ROUTES),
         *_trusted(logs.ROUTES),
+        *_trusted(console.ROUTES),
         ("GET", "/1.0/operations", operations.list_operations, TRUSTED),
         ("GET", "/1.0/operations/{id}", operations.get_operation, TRUSTED),
         ("DELETE", "/1.0/operations/{id}", operations.delete_operation, TRUSTED),

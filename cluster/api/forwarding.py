@@ -33,6 +33,7 @@ INSTANCE_LOCAL = frozenset({
     ("GET", f"{_INSTANCE}/state"), ("PUT", f"{_INSTANCE}/state"),
     ("POST", f"{_INSTANCE}/exec"),
     ("GET", f"{_INSTANCE}/console"), ("POST", f"{_INSTANCE}/console"),
+    ("DELETE", f"{_INSTANCE}/console"),
     ("GET", f"{_INSTANCE}/files"), ("POST", f"{_INSTANCE}/files"),
     ("DELETE", f"{_INSTANCE}/files"),
     ("GET", f"{_INSTANCE}/logs"), ("GET", f"{_INSTANCE}/logs/{{file}}"),

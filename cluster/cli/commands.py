@@ -146,6 +146,10 @@ def _exec_and_files(subs: argparse._SubParsersAction) -> None:
     p.add_argument("-T", "--force-noninteractive", action="store_true")
     p.add_argument("-n", "--disable-stdin", action="store_true")
 
+    p = _leaf(subs, "console", "console:run", "Attach to a virtual machine's console")
+    p.add_argument("name")
+    p.add_argument("--show-log", action="store_true", help="print the console log and exit")
+
     files = _group(subs, "file", "Manage files in instances")
     p = _leaf(files, "push", "files:push", "Push files into an instance")
     p.add_argument("paths", nargs="+", metavar="SOURCE... INSTANCE/PATH")
