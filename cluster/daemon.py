@@ -92,6 +92,7 @@ async def serve(paths: Paths, ready: asyncio.Event | None = None) -> None:
     ctx = Context(paths=paths, member=local.member, store=store, node=node, ops=ops,
                   events=events, agent=agent, local=local)
     await open_local_parts(ctx)
+    accel_task = asyncio.create_task(asyncio.to_thread(node.probe_accelerator))
     await agent.start(host_rebooted=_host_rebooted(paths))
     partners_task = asyncio.create_task(track_partners(ctx))
     voters_task = asyncio.create_task(keep_voters(ctx))
@@ -127,6 +128,7 @@ async def serve(paths: Paths, ready: asyncio.Event | None = None) -> None:
         partners_task.cancel()
         voters_task.cancel()
         way_back_task.cancel()
+        accel_task.cancel()
         await agent.close()
         await store.close()
 

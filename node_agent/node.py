@@ -61,6 +61,8 @@ class LocalNode:
     networks: dict[str, BridgeNetwork] = field(default_factory=dict)
     vm_driver: QemuDriver | None = None  # None: QEMU is not installed on this member
     vm_problem: str = ""
+    vm_version: str = ""
+    vm_accelerator: str = ""  # "kvm" or "tcg" once probed ("" until then)
 
     @classmethod
     def open(cls, paths: Paths, idmap: IdMap) -> LocalNode:
@@ -68,9 +70,16 @@ class LocalNode:
         node = cls(paths, idmap, LxcDriver(paths.containers, idmap, prefix),
                    ImageStore(paths.images))
         qemu = QemuDriver(paths.vms)
-        node.vm_problem = qemu.probe().error
+        info = qemu.probe()
+        node.vm_problem, node.vm_version = info.error, info.version
         node.vm_driver = None if node.vm_problem else qemu
         return node
+
+    def probe_accelerator(self) -> str:
+        """KVM if it really runs guests here, else TCG (a probe of ~3 s in a child; blocking)."""
+        if self.vm_driver is not None and not self.vm_accelerator:
+            self.vm_accelerator = self.vm_driver.accelerator()
+        return self.vm_accelerator
 
     @property
     def instance_types(self) -> list[str]:

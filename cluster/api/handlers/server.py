@@ -45,6 +45,17 @@ def _os_release() -> dict[str, str]:
     return out
 
 
+def _drivers(ctx: Context) -> dict[str, str]:
+    """LXD's ``driver``/``driver_version`` ("lxc | qemu"), and how VMs are accelerated."""
+    names, versions = ["lxc"], [ctx.node.driver.probe().version]
+    if ctx.node.vm_driver is not None:
+        names.append("qemu")
+        versions.append(ctx.node.vm_version)
+    return {"driver": " | ".join(names), "driver_version": " | ".join(versions),
+            "vm_accelerator": ctx.node.vm_accelerator or
+            ("probing" if ctx.node.vm_driver is not None else "none")}
+
+
 def untrusted_info() -> dict[str, Any]:
     """What ``GET /1.0`` shows a client that is not trusted (LXD's reduced view)."""
     return {"api_extensions": API_EXTENSIONS, "api_status": "stable", "api_version": "1.0",
@@ -63,8 +74,7 @@ def server_info(ctx: Context, identity: Any = None, address: str = "") -> dict[s
         "auth": "trusted", "public": False, "auth_methods": ["tls"], "config": config,
         "environment": {
             "addresses": [], "architectures": [platform.machine()], "certificate": "",
-            "certificate_fingerprint": "", "driver": "lxc",
-            "driver_version": ctx.node.driver.probe().version, "firewall": "xtables",
+            "certificate_fingerprint": "", **_drivers(ctx), "firewall": "xtables",
             "kernel": platform.system(), "kernel_architecture": platform.machine(),
             "kernel_version": platform.release(), "os_name": release.get("NAME", ""),
             "os_version": release.get("VERSION_ID", ""), "project": "default",
