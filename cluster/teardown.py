@@ -1,4 +1,4 @@
-"""Remove everything one corral daemon made: its process, containers, bridges,
+"""Remove everything one corral daemon made: its process, containers, VMs, bridges,
 dnsmasq, firewall rules and state. Used by ``make demo-clean`` and by tests.
 
 ``python -m cluster.teardown DIR`` -- only processes whose pid files live in
@@ -7,6 +7,7 @@ DIR are signalled, and only after their command line is checked.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -52,6 +53,20 @@ def stop_containers(paths: Paths) -> None:
                            capture_output=True, timeout=60, check=False)
 
 
+def stop_vms(paths: Paths) -> None:
+    """Kill this daemon's QEMU processes (found by pid file and checked command line by
+    the driver) and remove their taps."""
+    from node_agent.drivers.qemu import QemuDriver
+
+    if not paths.vms.is_dir():
+        return
+    driver = QemuDriver(paths.vms, accel="tcg")
+    for entry in sorted(paths.vms.iterdir()):
+        if entry.is_dir():
+            with contextlib.suppress(Exception):  # stopped already, or never defined
+                driver.stop(entry.name, True, 0)
+
+
 def remove_cgroups(paths: Paths) -> None:
     """Drop this daemon's cgroup prefix once its containers have stopped."""
     from node_agent.idmap import IdMap
@@ -81,6 +96,7 @@ def teardown(root: Path) -> None:
         return
     stop_daemon(paths)
     stop_containers(paths)
+    stop_vms(paths)
     remove_cgroups(paths)
     remove_networks(paths)
     shutil.rmtree(root, ignore_errors=True)
