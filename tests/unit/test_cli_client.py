@@ -99,6 +99,7 @@ def build_app(fake: FakeLXD) -> web.Application:
 
     async def wait(request: web.Request) -> web.Response:
         op = fake.ops.get(request.match_info["id"])
+        fake.exec_events.append("operation waited")
         return sync(op) if op else error("not found", 404)
 
     async def exec_post(request: web.Request) -> web.Response:
@@ -228,7 +229,8 @@ def test_exec_streams_and_returns_the_command_status(
     assert body["wait-for-websocket"] is True and body["interactive"] is False
     # the control socket may only close after the operation was waited for
     waited = fake.methods("/1.0/operations/op0/wait")
-    assert waited and fake.exec_events[-1] == "control closed"
+    events = fake.exec_events
+    assert waited and events.index("operation waited") < events.index("control closed")
 
 
 def test_file_push_sends_lxd_headers(fake: FakeLXD, tmp_path: Path) -> None:
