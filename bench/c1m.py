@@ -1,7 +1,7 @@
 """Scheduler scale figures: pure placement at 10,000 members, and C1M through Raft.
 
     python bench/c1m.py [--instances 1000000] [--pure-instances 200000] [--gc default]
-                        [--no-snapshot] [--seed 0]
+                        [--what-if SETTING=VALUE ...] [--no-snapshot] [--seed 0]
 
 1. Pure placement: 10,000 simulated members, ``--pure-instances`` instances placed by the
    ``IndexedScheduler`` in one process (goal: >= 10,000 decisions/s).
@@ -23,7 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from scheduler.sim_raft import GC_MODES, RaftOptions, run_raft  # noqa: E402
-from scheduler.simulate import print_report, run_pure  # noqa: E402
+from scheduler.simulate import parse_setting, print_report, run_pure  # noqa: E402
 
 PURE_MEMBERS = 10_000
 C1M_MEMBERS = 5_000
@@ -37,6 +37,9 @@ def main() -> int:
                         help="instances of the C1M run (scale it down for a quick look)")
     parser.add_argument("--pure-instances", type=int, default=200_000)
     parser.add_argument("--gc", choices=GC_MODES, default="default")
+    parser.add_argument("--what-if", action="append", default=[], metavar="SETTING=VALUE",
+                        help="override a pysyncobj setting in the simulator's voters only "
+                             "(see python -m scheduler.simulate --help)")
     parser.add_argument("--no-snapshot", action="store_true")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
@@ -44,7 +47,8 @@ def main() -> int:
     pure = run_pure(PURE_MEMBERS, args.pure_instances, args.seed)
     print_report(pure)
     print()
-    c1m = run_raft(C1M_MEMBERS, args.instances, args.seed, RaftOptions(gc_mode=args.gc),
+    options = RaftOptions(gc_mode=args.gc, what_if=dict(parse_setting(t) for t in args.what_if))
+    c1m = run_raft(C1M_MEMBERS, args.instances, args.seed, options,
                    snapshot=not args.no_snapshot)
     print_report(c1m)
     print()

@@ -6,24 +6,28 @@
     -----------------                       -------------------------------------------
     free loopback ports, temp journal dirs
     "leader"   to each                 -->  does this voter lead?
-    "run"      to the leader           -->  setup commands, then the planner: plans with the
+    "run"      to the planner's voter  -->  setup commands, then the planner: plans with the
                                             IndexedScheduler, submits instance.create with
                                             many commands in flight (RaftStore batches them)
-    "settle"   to each                 -->  wait until the leader's last command is applied;
-                                            state digest, RSS, whether the log was compacted
-    "snapshot" to a follower           -->  pickle / unpickle the State; gzip full dump
+    "settle"   to each                 -->  wait until the last command is applied; state
+                                            digest, RSS, CPU time, log compacted or not
+    "snapshot" to the most up to date  -->  pickle / unpickle the State; gzip full dump
     "stop"     to each                 -->  RaftStore.close(), exit
-    removes the temp dir, ends any voter process still running
+    removes the temp dir, kills any voter process still running
 
-One process per voter because three replicas applying every command in one process share
-one interpreter lock: on two cores the separate processes are faster (see
-``scheduler/README.md``). The planner runs in the leader's process, as the API does on the
-member that receives a launch. A voter process whose parent disappears exits.
+One process per voter: three replicas applying every command in one process would share one
+interpreter lock, so at most one of the two cores. The planner runs in a follower's process
+by default (as the API does on a member that is not the leader: pysyncobj forwards its
+commands); with the planner in the leader's process the rate was the same within noise and
+the leader's Raft thread competes with planning. A voter process exits, removing the
+journals, when the parent process dies (even by SIGKILL). ``RaftOptions.what_if`` overrides
+pysyncobj settings in these processes only, to measure a change before making it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import gc
 import gzip
 import logging
@@ -31,6 +35,7 @@ import multiprocessing
 import os
 import pickle
 import shutil
+import signal
 import socket
 import sys
 import tempfile
@@ -66,10 +71,12 @@ DEFAULT_WINDOW = 8 * BATCH  # instance.create commands in flight
 SETUP_CHUNK = 4000  # setup commands in flight
 START_TIMEOUT = 60.0
 SETTLE_TIMEOUT = 300.0
+STOP_TIMEOUT = 30.0
+PR_SET_PDEATHSIG = 1  # prctl(2)
 PROGRESS_SECONDS = 10.0
 FREEZE_PERIOD = 1.0  # seconds between gc.freeze() calls with --gc freeze
 GC_MODES = ("default", "freeze")
-PLANNER_ON = "follower"  # measured faster than "leader" on two cores (scheduler/README.md)
+PLANNER_ON = "follower"  # see the module docstring
 
 
 # -- the voter process -------------------------------------------------------------------
@@ -92,11 +99,30 @@ WARNINGS = _Warnings()
 def voter_main(conn: Connection, index: int, addresses: list[str], root: str,
                gc_mode: str = "default", what_if: dict[str, Any] | None = None) -> None:
     """Entry point of a voter process: serve the parent's requests until "stop"."""
+    _die_with_parent(root)
     logging.basicConfig(format=f"voter{index} %(name)s %(levelname)s: %(message)s")
     logging.getLogger().addHandler(WARNINGS)
     if what_if:
         _override_raft_conf(what_if)
     asyncio.run(_serve(conn, index, addresses, Path(root), gc_mode))
+
+
+def _die_with_parent(root: str) -> None:
+    """Exit, removing the run's journals, when the simulator process dies, even by
+    SIGKILL (Linux ``PR_SET_PDEATHSIG``); also what ``terminate()`` does."""
+
+    def on_term(signum: int, frame: object) -> None:
+        shutil.rmtree(root, ignore_errors=True)
+        os._exit(1)
+
+    signal.signal(signal.SIGTERM, on_term)
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass  # not Linux: a voter outlives a killed parent until its next request
+    parent = multiprocessing.parent_process()
+    if parent is not None and parent.pid != os.getppid():
+        on_term(signal.SIGTERM, None)  # the parent died before prctl took effect
 
 
 def _override_raft_conf(settings: dict[str, Any]) -> None:
@@ -156,7 +182,8 @@ async def _is_leader(store: RaftStore, journal: Path, arg: Any) -> bool:
 
 
 async def _run(store: RaftStore, journal: Path, params: dict[str, Any]) -> dict[str, Any]:
-    """Build the cluster, then place every instance through Raft (leader-side)."""
+    """Build the cluster, then place every instance through Raft (in the voter process
+    the planner runs in)."""
     driver = FakeDriver(params["seed"])
     started = time.perf_counter()
     for phase in setup_phases(driver.members(params["members"]), time.time()):
@@ -194,7 +221,9 @@ class _Pipeline:
         self.placers = placers
         self.tally = tally
         self.window = asyncio.Semaphore(window)
-        self.unknown: dict[str, str] = {}  # outcome unknown (Unavailable): checked at the end
+        # Outcome unknown (Unavailable after RaftStore's retries): looked up at the end in
+        # this replica, once every command in flight has returned.
+        self.unknown: dict[str, str] = {}
         self.leader = store.leader()
         self.leader_changes = 0
         self.shown = (time.monotonic(), 0)  # when progress was last shown, placed then
@@ -438,8 +467,10 @@ def run_raft(members: int, instances: int, seed: int = 0,
         report.total_seconds = time.perf_counter() - begun
         return report
     finally:
-        _shutdown(voters)
-        shutil.rmtree(root, ignore_errors=True)
+        try:
+            _shutdown(voters)
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
 
 
 def _settle_all(report: Report, voters: list[_Voter], leader: _Voter, planner: _Voter,
@@ -501,19 +532,21 @@ def _tally(data: dict[str, Any]) -> Tally:
 
 
 def _shutdown(voters: list[_Voter]) -> None:
-    """Ask every voter to stop; end the processes that do not exit in time."""
-    for voter in voters:
-        try:
-            voter.conn.send(("stop", None))
-        except OSError:
-            pass
-    for voter in voters:
-        voter.process.join(30)
-        if voter.process.is_alive():
-            voter.process.terminate()
-            voter.process.join(5)
-        if voter.process.is_alive():
-            voter.process.kill()
-            voter.process.join(5)
-        voter.conn.close()
+    """Ask every voter to stop; kill the processes that do not exit in time (or at once
+    if this is interrupted, e.g. by a second Ctrl-C)."""
+    try:
+        for voter in voters:
+            try:
+                voter.conn.send(("stop", None))
+            except OSError:
+                pass
+        deadline = time.monotonic() + STOP_TIMEOUT
+        for voter in voters:
+            voter.process.join(max(0.0, deadline - time.monotonic()))
+    finally:
+        for voter in voters:
+            if voter.process.is_alive():
+                voter.process.kill()
+                voter.process.join(5)
+            voter.conn.close()
 

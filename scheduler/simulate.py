@@ -83,7 +83,7 @@ def print_report(report: Report, out: TextIO | None = None) -> None:
           f"seed {report.seed}; {mode}")
     write(f"{'setup':34s} {report.setup_seconds:10.2f} s")
     write(f"{'placements done':34s} {tally.placed:10d}")
-    write(f"{'refused (no member fits)':34s} {len(tally.refused):10d}")
+    write(f"{'refused (with the reason)':34s} {len(tally.refused):10d}")
     for reason, count in tally.reasons().most_common(3):
         write(f"  {count:8d} x {reason}")
     write(f"{'re-planned (refused by apply)':34s} {tally.replanned:10d}")
@@ -110,7 +110,7 @@ def print_report(report: Report, out: TextIO | None = None) -> None:
     write(f"placements/s: {report.placements_per_second:.0f}")
 
 
-def _setting(text: str) -> tuple[str, Any]:
+def parse_setting(text: str) -> tuple[str, Any]:
     """``"logCompactionMinTime=3600"`` -> ``("logCompactionMinTime", 3600)``."""
     key, sep, value = text.partition("=")
     if not sep:
@@ -152,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
 
         options = RaftOptions(planners=args.planners, window=args.window or DEFAULT_WINDOW,
                               planner_on=args.planner_on or PLANNER_ON, gc_mode=args.gc,
-                              what_if=dict(_setting(text) for text in args.what_if))
+                              what_if=dict(parse_setting(text) for text in args.what_if))
         report = run_raft(args.members, args.instances, args.seed, options,
                           snapshot=args.snapshot)
     print_report(report)
