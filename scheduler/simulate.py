@@ -1,7 +1,8 @@
 """A scale simulator of the scheduler: N simulated members, M instances.
 
     python -m scheduler.simulate --members N --instances M [--raft 3] [--seed S]
-                                 [--planners K] [--window W] [--snapshot]
+                                 [--planners K] [--window W] [--planner-on leader|follower]
+                                 [--gc default|freeze] [--what-if SETTING=VALUE] [--snapshot]
 
 Members and instances come from the :class:`~scheduler.fake_driver.FakeDriver` (simulated
 hosts of varied capacity, containers of varied limits; nothing runs). The cluster is built
@@ -15,7 +16,8 @@ with the real commands (``cluster.bootstrap``, ``image.add``, ``join_token.add``
   ``instance.create`` with ``location`` set, so apply re-validates every placement; a plan
   apply refuses is planned again.
 
-The last line printed is ``placements/s: X``.
+With ``--raft`` a progress line goes to stderr every 10 s. The last line printed is
+``placements/s: X``.
 """
 
 from __future__ import annotations
