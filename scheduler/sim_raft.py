@@ -130,8 +130,9 @@ def _override_raft_conf(settings: dict[str, Any]) -> None:
     (RaftStore.start reads the module's ``raft_conf``). Simulator processes only."""
     original = raft.raft_conf
 
-    def conf(journal_dir: Path, password: str | None = None) -> SyncObjConf:
-        found = original(journal_dir, password)
+    def conf(journal_dir: Path, password: str | None = None,
+             dump: Any = None) -> SyncObjConf:
+        found = original(journal_dir, password, dump)
         for key, value in settings.items():
             setattr(found, key, value)
         return found

@@ -8,6 +8,7 @@ under a lock; readers on the event loop take the same lock briefly.
 from __future__ import annotations
 
 import asyncio
+import gc
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -15,15 +16,21 @@ from pathlib import Path
 from typing import Any
 
 from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, SyncObjConsumer, replicated
+from pysyncobj.monotonic import monotonic as monotonic_time
 
 from cluster.state.apply import apply
 from cluster.state.commands import Command, Result
+from cluster.state.dumps import ForkingDump
 from cluster.state.errors import Unavailable, error_for
 from cluster.state.model import State
 from cluster.state.store import Change
 
 RETRIES = 5
 BATCH = 500
+# Move every object alive into the collector's permanent generation after this many
+# applied commands: a full collection over millions of replicated records takes
+# seconds, all of it with the GIL held and Raft's heartbeats unsent.
+FREEZE_EVERY = 100_000
 
 
 class _Replica(SyncObjConsumer):
@@ -40,7 +47,10 @@ class _Replica(SyncObjConsumer):
         the only replicated method, so its number never changes)."""
         batch = cmds if isinstance(cmds, list) else [cmds]
         with self.lock:
+            before = self.state.index
             results = [apply(self.state, cmd) for cmd in batch]
+            if before // FREEZE_EVERY != self.state.index // FREEZE_EVERY:
+                gc.freeze()
         for cmd, result in zip(batch, results, strict=True):
             for listener in list(self.listeners):
                 listener(Change(cmd, result))
@@ -57,32 +67,60 @@ class _PromptSyncObj(SyncObj):  # type: ignore[misc]
         return (self._SyncObj__raftCommitIndex, self._SyncObj__raftLastApplied,
                 self._SyncObj__getCurrentLogIndex())
 
+    _tick_started = 0.0
+
     def _onTick(self, timeToWait: float = 0.0) -> None:  # noqa: N802, N803 - pysyncobj's names
-        super()._onTick(timeToWait)
+        self._tick(timeToWait)
         for _ in range(4):
             before = self._progress()
-            super()._onTick(0.0)
+            self._tick(0.0)
             if self._progress() == before:
                 return
 
+    def _tick(self, wait: float) -> None:
+        self._forgive_own_stall()
+        super()._onTick(wait)
 
-def raft_conf(journal_dir: Path, password: str | None = None) -> SyncObjConf:
-    """Settings for throughput and quick failover (see RECIPES: pysyncobj). With a
-    ``password`` all Raft traffic is encrypted and peers without it are refused."""
+    def _forgive_own_stall(self) -> None:
+        """After this process stalled (a large batch applied, a dump installed, a full
+        collection, the GIL held elsewhere), the leader's heartbeats sit unread in the
+        sockets, and pysyncobj checks the election deadline before reading them: the
+        member would depose a healthy leader. Restart the countdown instead; a dead
+        leader is then noticed one timeout later."""
+        now = monotonic_time()
+        previous, self._tick_started = self._tick_started, now
+        minimum = self._getConf().raftMinTimeout
+        if previous and now - previous > minimum / 2:
+            deadline: float = getattr(self, "_SyncObj__raftElectionDeadline")  # noqa: B009
+            self._SyncObj__raftElectionDeadline = max(deadline, now + minimum)
+
+
+def raft_conf(journal_dir: Path, password: str | None = None,
+              dump: ForkingDump | None = None) -> SyncObjConf:
+    """Settings for throughput and steady leadership under load (see RECIPES: pysyncobj).
+    With a ``password`` all Raft traffic is encrypted and peers without it are refused;
+    ``dump`` writes log-compaction dumps in a forked child (cluster/state/dumps.py)."""
+    hooks = {} if dump is None else {
+        "serializer": dump.serialize, "deserializer": dump.deserialize,
+        "serializeChecker": dump.check}
     return SyncObjConf(
         password=password,
         appendEntriesUseBatch=False,  # the batching default commits ~10 sync writes/s
         autoTickPeriod=0.05,
-        raftMinTimeout=0.4,
-        raftMaxTimeout=0.7,
+        # Elections after 1-2 s of silence, as etcd's default 1 s: 0.4-0.7 s deposed
+        # healthy leaders whenever a large apply or a collection held the GIL.
+        raftMinTimeout=1.0,
+        raftMaxTimeout=2.0,
         appendEntriesPeriod=0.05,
         connectionRetryTime=1.0,
         journalFile=str(journal_dir / "journal"),
         fullDumpFile=str(journal_dir / "snapshot"),
         dynamicMembershipChange=True,
-        useFork=False,  # never fork the daemon (threads, sockets, containers' fds)
+        useFork=False,  # pysyncobj's own fork would keep every fd; ForkingDump closes them
         logCompactionMinEntries=20000,
+        logCompactionBatchSize=2**20,  # a dump sent to a lagging follower, 1 MiB a message
         commandsQueueSize=200000,
+        **hooks,
     )
 
 
@@ -102,6 +140,14 @@ class RaftStore:
         self._rebind_lock = asyncio.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._sync: SyncObj | None = None
+        self._dump: ForkingDump | None = None
+
+    def _live_state(self) -> State:
+        return self._replica.state
+
+    def _install_state(self, state: State) -> None:
+        with self._replica.lock:
+            self._replica.state = state
 
     async def start(self, ready_timeout: float = 30.0) -> None:
         """Open the journal, replay it and wait until a leader is known.
@@ -112,9 +158,11 @@ class RaftStore:
         """
         self._loop = asyncio.get_running_loop()
         self._journal_dir.mkdir(parents=True, exist_ok=True)
+        self._dump = ForkingDump(self._journal_dir / "snapshot", self._live_state,
+                                 self._install_state)
         sync: SyncObj = await asyncio.to_thread(
             _PromptSyncObj, self._address if self.voter else None, self._partners,
-            raft_conf(self._journal_dir, self._password), [self._replica])
+            raft_conf(self._journal_dir, self._password, self._dump), [self._replica])
         self._sync = sync
         deadline = self._loop.time() + ready_timeout
         while not (sync.isReady() and sync._getLeader() is not None):
@@ -138,7 +186,8 @@ class RaftStore:
                       fresh: bool, voter: bool) -> None:
         await self.close()
         if fresh:
-            for name in ("journal", "journal.meta", "snapshot", "snapshot.tmp"):
+            for name in ("journal", "journal.meta", "snapshot", "snapshot.tmp", "snapshot.part",
+                         "snapshot.1.tmp"):
                 (self._journal_dir / name).unlink(missing_ok=True)
         with self._replica.lock:
             self._replica.state = State()
@@ -175,6 +224,8 @@ class RaftStore:
             sync, self._sync = self._sync, None
             # Synchronously: a late destroy would detach the consumer from the next SyncObj.
             await asyncio.to_thread(sync.destroy_synchronous)
+        if self._dump is not None:
+            await asyncio.to_thread(self._dump.wait)
 
     def _on_change(self, change: Change) -> None:
         loop = self._loop
