@@ -11,11 +11,12 @@ import copy
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+from cluster.state import reservations
 from cluster.state.apply_instances import expanded
 from cluster.state.apply_members import member_status, offline_threshold
 from cluster.state.model import Instance, Member, State
 from scheduler import keys
-from scheduler.resources import DEFAULTS, DIMENSIONS, ZERO, Resources, demand_of
+from scheduler.resources import DIMENSIONS, ZERO, Resources
 
 
 @dataclass(slots=True)
@@ -87,30 +88,9 @@ class ClusterView:
         return copy.deepcopy(self)
 
 
-def instance_demand(state: State, inst: Instance) -> Resources:
-    """What ``inst`` reserves, its profiles applied; a value apply let through that the
-    scheduler cannot read counts as the type's default rather than failing the view."""
-    config, devices = expanded(state, inst.config, inst.devices, inst.profiles)
-    try:
-        return demand_of(inst.type, config, devices)
-    except ValueError:
-        return DEFAULTS.get(inst.type, DEFAULTS["container"])
-
-
 def _holders(inst: Instance) -> tuple[str, ...]:
     """Members an instance occupies: its location and, during a move, its target."""
     return (inst.location, inst.moving_to) if inst.moving_to else (inst.location,)
-
-
-def reserved_by_member(state: State) -> dict[str, Resources]:
-    """The sum of the demands of the instances on each member (a moving instance counts on
-    both ends, as ``cluster.state.reservations`` does), in O(instances)."""
-    totals: dict[str, Resources] = {}
-    for inst in state.instances.values():
-        demand = instance_demand(state, inst)
-        for member in _holders(inst):
-            totals[member] = totals.get(member, ZERO) + demand
-    return totals
 
 
 def instances_by_member(state: State) -> dict[str, int]:
@@ -176,14 +156,15 @@ def view_from_state(state: State, now: float, *,
                     ) -> ClusterView:
     """The view of ``state`` at time ``now`` (member status depends on heartbeats).
 
-    Anything precomputed may be passed in: ``reserved`` and ``instances`` per member (else
-    summed over all instances), ``placement_groups`` (else computed), and ``members`` to
-    restrict the view to a few members. With all four, building costs O(len(members)),
-    which is what re-validation inside the Raft apply needs. ``placement_groups`` given
-    are used as they are, not copied (``commit`` updates them). Never raises.
+    Anything precomputed may be passed in: ``reserved`` per member (else the state's
+    running totals), ``instances`` per member (else counted), ``placement_groups`` (else
+    computed), and ``members`` to restrict the view to a few members. With ``instances``,
+    ``placement_groups`` and ``members``, building costs O(len(members)). Placement
+    groups given are used as they are, not copied (``commit`` updates them). Never
+    raises.
     """
     threshold = offline_threshold(state)
-    reserved = reserved if reserved is not None else reserved_by_member(state)
+    reserved = reserved if reserved is not None else reservations.totals(state)
     counts = instances if instances is not None else instances_by_member(state)
     names = state.members if members is None else [n for n in members if n in state.members]
     policy = state.config.get(keys.POLICY_KEY, "")

@@ -37,7 +37,12 @@ def _get(state: State, name: object) -> Instance | Result:
     return inst
 
 
-def _spec_error(state: State, args: dict[str, Any]) -> str:
+Expanded = tuple[dict[str, str], dict[str, dict[str, str]]]
+
+
+def _spec_error(state: State, args: dict[str, Any]) -> str | Expanded:
+    """Why the requested config, devices and profiles are refused, or else the config
+    and devices they expand to."""
     profiles = args.get("profiles", [])
     if not isinstance(profiles, list) or not all(isinstance(p, str) for p in profiles):
         return "Profiles must be a list of names"
@@ -57,7 +62,12 @@ def _spec_error(state: State, args: dict[str, Any]) -> str:
         net = dev.get("network") or dev.get("parent")
         if dev.get("type") == "nic" and dev.get("network") and net not in state.networks:
             return f"Network {net!r} not found"
-    return ""
+    return config, devices
+
+
+def _devices_copy(devices: dict[str, dict[str, str]]) -> dict[str, dict[str, str]]:
+    """Validated devices are a dict of string dicts: one level of copying is all."""
+    return {name: dict(device) for name, device in devices.items()}
 
 
 def expanded(state: State, config: dict[str, str], devices: dict[str, dict[str, str]],
@@ -85,18 +95,18 @@ def create(state: State, cmd: Command) -> Result:
         return fail(400, f"The image is a {image_type} image; instance type is {kind}")
     if a.get("location") not in state.members:
         return fail(400, f"Cluster member {a.get('location')!r} not found")
-    problem = _spec_error(state, a)
-    if problem:
-        return fail(400, problem)
+    spec = _spec_error(state, a)
+    if isinstance(spec, str):
+        return fail(400, spec)
+    config, devices = spec
     inst = Instance(
         uid=a["uid"], name=a["name"], type=str(kind), location=a["location"],
         architecture=a.get("architecture", "x86_64"), image=a["image"], created_at=cmd.time,
-        config=dict(a.get("config", {})), devices=copy.deepcopy(a.get("devices", {})),
+        config=dict(a.get("config", {})), devices=_devices_copy(a.get("devices", {})),
         profiles=list(a.get("profiles", [])), ephemeral=bool(a.get("ephemeral", False)),
         description=str(a.get("description", "")),
     )
-    inst.demand = reservations.demand(state, inst)
-    config, _ = expanded(state, inst.config, inst.devices, inst.profiles)
+    inst.demand = reservations.expanded_demand(inst.type, config, devices)
     problem = placement_problem(
         state, member=inst.location, now=cmd.time, name=inst.name, type_=inst.type,
         architecture=inst.architecture, demand=inst.demand, target=str(a.get("target", "")),
@@ -108,7 +118,7 @@ def create(state: State, cmd: Command) -> Result:
         _enqueue(inst, "start")
         inst.power = "Running"
     state.instances[inst.name] = inst
-    reservations.add(state, inst)
+    reservations.add(state, inst, inst.demand)
     state.images[inst.image].last_used_at = cmd.time
     return ok({"uid": inst.uid, "generation": inst.generation})
 
@@ -134,9 +144,9 @@ def update(state: State, cmd: Command) -> Result:
     if isinstance(inst, Result):
         return inst
     a = cmd.args
-    problem = _spec_error(state, a)
-    if problem:
-        return fail(400, problem)
+    spec = _spec_error(state, a)
+    if isinstance(spec, str):
+        return fail(400, spec)
     volatile = {k: v for k, v in inst.config.items() if k.startswith("volatile.")}
     grown = copy.copy(inst)
     grown.config, grown.devices = {**volatile, **a.get("config", {})}, a.get("devices", {})
@@ -146,7 +156,7 @@ def update(state: State, cmd: Command) -> Result:
     if problem:
         return fail(400, problem)
     inst.config = {**volatile, **a.get("config", {})}
-    inst.devices = copy.deepcopy(a.get("devices", {}))
+    inst.devices = _devices_copy(a.get("devices", {}))
     inst.profiles = list(a.get("profiles", []))
     inst.description = str(a.get("description", inst.description))
     if "ephemeral" in a:

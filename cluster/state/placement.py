@@ -24,8 +24,8 @@ def placement_problem(state: State, *, member: str, now: float, name: str, type_
     from scheduler.view import placement_groups_from_state, view_from_state
 
     groups = placement_groups_from_state(state) if placement_group else {}
-    view = view_from_state(state, now, reserved=reservations.totals(state), instances={},
-                           members=[member], placement_groups=groups)
+    view = view_from_state(state, now, instances={}, members=[member],
+                           placement_groups=groups)
     request = PlacementRequest(id=name, name=name, type=type_, architecture=architecture,
                                demand=demand, target=target, placement_group=placement_group,
                                exclude=frozenset(exclude))

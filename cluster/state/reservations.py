@@ -15,15 +15,22 @@ from scheduler.resources import DEFAULTS, ZERO, Resources, demand_of
 
 
 def demand(state: State, inst: Instance) -> Resources:
-    """The instance's demand; a value apply let through but the scheduler cannot read
-    (none should exist) counts as the type's default rather than stopping the log."""
+    """The instance's demand, its profiles applied."""
     profiles = [{"config": state.profiles[p].config, "devices": state.profiles[p].devices}
                 for p in inst.profiles if p in state.profiles]
     config, devices = validate.expand(profiles, inst.config, inst.devices)
+    return expanded_demand(inst.type, config, devices)
+
+
+def expanded_demand(kind: str, config: dict[str, str],
+                    devices: dict[str, dict[str, str]]) -> Resources:
+    """The demand of an instance of type ``kind`` whose expanded config and devices are
+    given; a value apply let through but the scheduler cannot read (none should exist)
+    counts as the type's default rather than stopping the log."""
     try:
-        return demand_of(inst.type, config, devices)
+        return demand_of(kind, config, devices)
     except ValueError:
-        return DEFAULTS.get(inst.type, ZERO)
+        return DEFAULTS.get(kind, ZERO)
 
 
 def totals(state: State) -> dict[str, Resources]:
@@ -38,10 +45,11 @@ def reserved(state: State, member: str) -> Resources:
     return totals(state).get(member, ZERO)
 
 
-def add(state: State, inst: Instance) -> None:
-    """Count ``inst`` (placed at ``inst.location``) with its current demand."""
+def add(state: State, inst: Instance, known: Resources | None = None) -> None:
+    """Count ``inst`` (placed at ``inst.location``) with its current demand (``known``
+    when the caller has just computed it)."""
     sums = totals(state)
-    inst.demand = demand(state, inst)
+    inst.demand = demand(state, inst) if known is None else known
     sums[inst.location] = sums.get(inst.location, ZERO) + inst.demand
 
 

@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import pytest
 
+from cluster.state import reservations
 from cluster.state.model import Instance, Member, Profile, State
 from scheduler import keys
 from scheduler.resources import DEFAULTS, GiB, MiB, Resources
-from scheduler.view import (
-    PlacementGroupView,
-    reserved_by_member,
-    view_from_state,
-)
+from scheduler.view import PlacementGroupView, view_from_state
 
 NOW = 1000.0
 CAPACITY = {"cpu": 16, "memory": 64 * GiB, "disk": 1000 * GiB}
@@ -19,7 +16,9 @@ ROOT = {"root": {"type": "disk", "path": "/", "pool": "default"}}
 
 
 def state_with(*members: Member) -> State:
-    state = State()
+    """A state whose instances the tests insert directly: its reservation totals are
+    left to be recomputed from them when first read."""
+    state = State(reserved=None)
     for m in members:
         state.members[m.name] = m
     return state
@@ -93,7 +92,7 @@ def test_reservations_sum_the_demands_of_the_instances_on_each_member() -> None:
     state.instances["b"] = instance("b", "m1", profiles=["big"])
     state.instances["c"] = instance("c", "m2", config={"limits.cpu": "0-3"},
                                     type="virtual-machine")
-    reserved = reserved_by_member(state)
+    reserved = reservations.totals(state)
     assert reserved["m1"] == Resources(0 + 2, 64 * MiB + 4 * GiB, 2 * 256 * MiB)
     assert reserved["m2"] == Resources(4, 1 * GiB, 10 * GiB)
     view = view_from_state(state, NOW)
@@ -106,7 +105,7 @@ def test_a_moving_instance_counts_on_both_ends() -> None:
     state.config["placement.group.web.policy"] = "spread"
     state.instances["a"] = instance("a", "m1", config={"placement.group": "web"})
     state.instances["a"].moving_to = "m2"
-    reserved = reserved_by_member(state)
+    reserved = reservations.totals(state)
     assert reserved["m1"] == reserved["m2"] == DEFAULTS["container"]
     view = view_from_state(state, NOW)
     assert view.members["m2"].instances == 1
@@ -116,7 +115,7 @@ def test_a_moving_instance_counts_on_both_ends() -> None:
 def test_an_unreadable_limit_in_the_state_counts_as_the_default() -> None:
     state = state_with(online("m1"))
     state.instances["a"] = instance("a", "m1", config={"limits.cpu": "garbage"})
-    assert reserved_by_member(state)["m1"] == DEFAULTS["container"]
+    assert reservations.totals(state)["m1"] == DEFAULTS["container"]
 
 
 def test_precomputed_reservations_and_a_member_subset() -> None:
