@@ -10,9 +10,10 @@ import contextlib
 import logging
 import shutil
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from node_agent.drivers.base import DriverError, NotFound
+from node_agent.drivers.qemu import QemuDriver
 from node_agent.node import InstanceSpec, LocalNode
 
 log = logging.getLogger(__name__)
@@ -130,29 +131,55 @@ def _delete(node: LocalNode, spec: InstanceSpec, args: dict[str, Any]) -> None:
     _remove(node, spec)
 
 
+class _Snapshots(Protocol):
+    """What holds an instance's snapshots: its storage pool, or the VM driver (qcow2
+    internal snapshots of the VM's disk)."""
+
+    def list_snapshots(self, name: str) -> list[str]: ...
+
+    def snapshot(self, name: str, snap: str) -> object: ...
+
+    def delete_snapshot(self, name: str, snap: str) -> None: ...
+
+    def rename_snapshot(self, name: str, old: str, new: str) -> None: ...
+
+
+def _snapshots_of(node: LocalNode, spec: InstanceSpec) -> _Snapshots:
+    return _vm_driver(node, spec) if spec.is_vm else node.pool(spec.pool)
+
+
+def _vm_driver(node: LocalNode, spec: InstanceSpec) -> QemuDriver:
+    driver = node.driver_for(spec.type)
+    if not isinstance(driver, QemuDriver):
+        raise DriverError(f"instance {spec.name!r} is not a virtual machine")
+    return driver
+
+
 def _snapshot(node: LocalNode, spec: InstanceSpec, args: dict[str, Any]) -> None:
-    _no_vm_snapshots(spec)
-    pool = node.pool(spec.pool)
-    if args["snapshot"] not in pool.list_snapshots(spec.name):
-        pool.snapshot(spec.name, args["snapshot"])
+    store = _snapshots_of(node, spec)
+    if args["snapshot"] not in store.list_snapshots(spec.name):
+        store.snapshot(spec.name, args["snapshot"])
 
 
 def _snapshot_delete(node: LocalNode, spec: InstanceSpec, args: dict[str, Any]) -> None:
-    _no_vm_snapshots(spec)
-    pool = node.pool(spec.pool)
-    if args["snapshot"] in pool.list_snapshots(spec.name):
-        pool.delete_snapshot(spec.name, args["snapshot"])
+    store = _snapshots_of(node, spec)
+    if args["snapshot"] in store.list_snapshots(spec.name):
+        store.delete_snapshot(spec.name, args["snapshot"])
 
 
 def _snapshot_rename(node: LocalNode, spec: InstanceSpec, args: dict[str, Any]) -> None:
-    _no_vm_snapshots(spec)
-    pool = node.pool(spec.pool)
-    if args["old"] in pool.list_snapshots(spec.name):
-        pool.rename_snapshot(spec.name, args["old"], args["new"])
+    store = _snapshots_of(node, spec)
+    if args["old"] in store.list_snapshots(spec.name):
+        store.rename_snapshot(spec.name, args["old"], args["new"])
 
 
 def _restore(node: LocalNode, spec: InstanceSpec, args: dict[str, Any]) -> None:
-    _no_vm_snapshots(spec)
+    if args["snapshot"] not in _snapshots_of(node, spec).list_snapshots(spec.name):
+        raise NotFound(f"Snapshot {args['snapshot']!r} of {spec.name!r} not found")
+    if spec.is_vm:  # the driver stops, reverts and restarts a running VM itself
+        node.define(spec)  # the snapshot's config, effective at the (re)start
+        _vm_driver(node, spec).restore_snapshot(spec.name, args["snapshot"])
+        return
     was_running = node.status(spec.name, spec.type) in ("Running", "Frozen")
     if was_running:
         node.driver_for(spec.type).stop(spec.name, True, 10.0)
@@ -160,11 +187,6 @@ def _restore(node: LocalNode, spec: InstanceSpec, args: dict[str, Any]) -> None:
     node.define(spec)
     if was_running:
         node.driver_for(spec.type).start(spec.name)
-
-
-def _no_vm_snapshots(spec: InstanceSpec) -> None:
-    if spec.is_vm:
-        raise DriverError("Snapshots of virtual machines are not supported yet")
 
 
 _ACTIONS: dict[str, Callable[[LocalNode, InstanceSpec, dict[str, Any]], None]] = {

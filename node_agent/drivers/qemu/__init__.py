@@ -5,6 +5,7 @@
     driver.py   QemuDriver: define/start/stop/freeze/state/... (one QEMU per VM)
     cmdline.py  definition -> VmSpec -> QEMU argv (pure)
     qmp.py      a small synchronous QMP client (one connection per call)
+    snapshots.py qcow2 internal snapshots of the disk, LXD names in snapshots.json
     agent.py    host side of the in-guest exec agent (virtio-serial line protocol)
     vm_exec.py  command-line exec through the agent (what exec_argv returns)
     host.py     /proc readers for the QEMU process, tap devices

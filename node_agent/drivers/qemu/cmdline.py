@@ -33,6 +33,8 @@ AGENT = "agent.sock"
 CONSOLE = "console.sock"
 CONSOLE_LOG = "console.log"
 PIDFILE = "qemu.pid"
+# A VM started to receive a live migration: paused, listening only once told where.
+INCOMING_ARGS = ("-S", "-incoming", "defer")
 
 
 class InvalidConfig(DriverError):
@@ -148,8 +150,10 @@ def build_spec(definition: InstanceDefinition, directory: Path, host_memory: int
         nics=_nics(definition, directory))
 
 
-def qemu_argv(qemu: str, spec: VmSpec, accel: str) -> list[str]:
-    """The full command line; QEMU daemonises itself once its devices are set up."""
+def qemu_argv(qemu: str, spec: VmSpec, accel: str, incoming: bool = False) -> list[str]:
+    """The full command line; QEMU daemonises itself once its devices are set up.
+    ``incoming``: paused, waiting for a live migration (``migrate-incoming``, see
+    migration.py)."""
     vm = Path(spec.directory)
     argv = [qemu, "-name", spec.name, "-daemonize", "-pidfile", str(vm / PIDFILE),
             "-nodefaults", "-no-user-config", "-display", "none",
@@ -170,4 +174,6 @@ def qemu_argv(qemu: str, spec: VmSpec, accel: str) -> list[str]:
         argv += ["-netdev", f"tap,id=net{index},ifname={nic.tap},script=no,downscript=no",
                  "-device", f"virtio-net-pci,netdev=net{index},mac={nic.hwaddr},"
                             f"id={nic.device}"]
+    if incoming:
+        argv += INCOMING_ARGS
     return argv

@@ -10,6 +10,7 @@
     freeze/unfreeze ---> QMP stop / cont          status ---> pid file + QMP query-status
     state ---> /proc/<pid> (RSS, CPU) and the taps' counters (no fork, one QMP call)
     exec ----> agent.exec_in_vm over agent.sock (virtio-serial), see agent.py
+    snapshot/restore/... ---> qcow2 internal snapshots of root.qcow2, see snapshots.py
 
 Nothing is kept in memory: a new driver instance (a restarted daemon) finds a running VM
 by its pid file (checked against /proc/<pid>/cmdline) and its QMP socket. Every method
@@ -43,6 +44,7 @@ from node_agent.drivers.lxc_state import read_text, stopped_state
 from node_agent.drivers.qemu import accel as accel_probe
 from node_agent.drivers.qemu import cmdline as cl
 from node_agent.drivers.qemu import host, qmp
+from node_agent.drivers.qemu import snapshots as snaps
 from node_agent.drivers.qemu.agent import ExecResult, exec_in_vm
 from node_agent.drivers.qemu.cmdline import InvalidConfig, VmSpec
 
@@ -187,27 +189,32 @@ class QemuDriver:
         """Create the taps and start QEMU daemonised; return once QMP answers. Raises
         InvalidState if running, DriverError (with QEMU's message) if it fails."""
         with self._lock(name):
-            spec = self._spec(name)
-            if self._pid(name):
-                raise InvalidState(f"cannot start VM {name!r}: it is running")
-            directory = self._dir(name)
-            self._cleanup(self._spec(name, running=True))
-            log = directory / cl.CONSOLE_LOG  # QEMU appends to it: rotate it past 4 MiB
-            if log.exists() and log.stat().st_size > 4 << 20:
-                os.replace(log, directory / f"{cl.CONSOLE_LOG}.old")
-            try:
-                shutil.copyfile(directory / cl.CONFIG, directory / cl.RUNNING_CONFIG)
-                for nic in spec.nics:
-                    host.create_tap(nic.tap, nic.bridge)
-                self._launch(spec)
-            except BaseException:
-                self._kill(name)
-                self._cleanup(spec)
-                raise
+            self._start(name)
 
-    def _launch(self, spec: VmSpec) -> None:
+    def _start(self, name: str, incoming: bool = False) -> None:
+        """start() with the VM's lock held; ``incoming``: paused, to receive a live
+        migration (see migration.py)."""
+        spec = self._spec(name)
+        if self._pid(name):
+            raise InvalidState(f"cannot start VM {name!r}: it is running")
+        directory = self._dir(name)
+        self._cleanup(self._spec(name, running=True))
+        log = directory / cl.CONSOLE_LOG  # QEMU appends to it: rotate it past 4 MiB
+        if log.exists() and log.stat().st_size > 4 << 20:
+            os.replace(log, directory / f"{cl.CONSOLE_LOG}.old")
+        try:
+            shutil.copyfile(directory / cl.CONFIG, directory / cl.RUNNING_CONFIG)
+            for nic in spec.nics:
+                host.create_tap(nic.tap, nic.bridge)
+            self._launch(spec, incoming)
+        except BaseException:
+            self._kill(name)
+            self._cleanup(spec)
+            raise
+
+    def _launch(self, spec: VmSpec, incoming: bool = False) -> None:
         directory = Path(spec.directory)
-        argv = cl.qemu_argv(self.qemu, spec, self.accelerator())
+        argv = cl.qemu_argv(self.qemu, spec, self.accelerator(), incoming)
         with tempfile.TemporaryFile() as err:  # a file: the daemon must not hold our pipe
             try:
                 done = subprocess.run(argv, stdin=subprocess.DEVNULL,
@@ -323,6 +330,56 @@ class QemuDriver:
                               "nics": nics})
             (target / cl.CONFIG).write_text(json.dumps(moved.to_json(), indent=1,
                                                        sort_keys=True))
+
+    # -- snapshots (qcow2 internal snapshots of the overlay, see snapshots.py) --------------
+
+    def _live(self, name: str) -> snaps.Qmp | None:
+        """QMP of the VM if it runs (or is frozen), None if it is stopped."""
+        if not self._pid(name):
+            return None
+        return lambda command, arguments: self._qmp(name, command, arguments)
+
+    def list_snapshots(self, name: str) -> list[str]:
+        """The VM's snapshot names, sorted."""
+        self._spec(name)
+        return sorted(snaps.read_names(self._dir(name)))
+
+    def snapshot(self, name: str, snap: str) -> None:
+        """Snapshot the disk, stopped or running (then crash-consistent at worst, see
+        snapshots.create). Raises NotFound, SnapshotExists, SnapshotError."""
+        with self._lock(name):
+            self._spec(name)
+            snaps.create(self._dir(name), snap, self._live(name))
+
+    def delete_snapshot(self, name: str, snap: str) -> None:
+        """Raises NotFound (also for an unknown snapshot: nothing changes), SnapshotError."""
+        with self._lock(name):
+            self._spec(name)
+            snaps.delete(self._dir(name), snap, self._live(name))
+
+    def rename_snapshot(self, name: str, old: str, new: str) -> None:
+        """Rename a snapshot (its name only). Raises NotFound, SnapshotExists."""
+        with self._lock(name):
+            self._spec(name)
+            snaps.rename(self._dir(name), old, new)
+
+    def restore_snapshot(self, name: str, snap: str) -> None:
+        """Revert the disk to ``snap``. A running (or frozen) VM is stopped by force first
+        and started again afterwards, also when the revert fails. Raises NotFound (an
+        unknown snapshot: the VM is left alone), SnapshotError, DriverError."""
+        with self._lock(name):
+            spec = self._spec(name, running=True)
+            directory = self._dir(name)
+            snaps.tag_of(directory, snap)
+            running = bool(self._pid(name))
+            if running:
+                self._kill(name)
+                self._cleanup(spec)
+            try:
+                snaps.apply(directory, snap)
+            finally:
+                if running:
+                    self._start(name)
 
     # -- observation ---------------------------------------------------------------------
 
