@@ -205,7 +205,7 @@ class NodeAgent:
         return InstanceSpec(inst.uid, inst.name, inst.image, dict(config),
                             copy.deepcopy(devices), inst.type)
 
-    async def _ensure_image(self, fingerprint: str) -> None:
+    async def ensure_image(self, fingerprint: str) -> None:
         """Fetch an image this member lacks from a member that has it (over the network)."""
         if await asyncio.to_thread(self.node.images.has, fingerprint):
             return
@@ -254,7 +254,7 @@ class NodeAgent:
         error = ""
         try:
             if act.kind == "create":
-                await self._ensure_image(spec.image)
+                await self.ensure_image(spec.image)
             await asyncio.to_thread(perform, self.node, spec, act.kind, act.args)
         except Exception as exc:  # noqa: BLE001 - every failure is reported, not raised
             log.warning("%s %s failed: %s", act.kind, spec.name, exc)

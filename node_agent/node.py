@@ -93,6 +93,12 @@ class LocalNode:
                               f"{self.vm_problem}")
         return self.vm_driver
 
+    def qemu(self) -> QemuDriver:
+        """The VM driver, or DriverError saying why this member has none."""
+        driver = self.driver_for("virtual-machine")
+        assert isinstance(driver, QemuDriver)
+        return driver
+
     def add_pool(self, name: str, source: str | None = None) -> DirPool:
         pool = DirPool(name, Path(source) if source else self.paths.storage_pools / name)
         pool.ensure()
@@ -134,11 +140,15 @@ class LocalNode:
 
     def define(self, spec: InstanceSpec) -> None:
         if spec.is_vm:
-            self.driver_for(spec.type).define(InstanceDefinition(
-                spec.name, self.vm_image_dir(spec.image), spec.config, spec.devices))
+            self.qemu().define(self.vm_definition(spec))
             return
         self.driver.define(InstanceDefinition(spec.name, self.rootfs(spec), spec.config,
                                               spec.devices))
+
+    def vm_definition(self, spec: InstanceSpec) -> InstanceDefinition:
+        """What QEMU runs for ``spec`` (blocking: unpacks the image on first use)."""
+        return InstanceDefinition(spec.name, self.vm_image_dir(spec.image), spec.config,
+                                  spec.devices)
 
     def vm_image_dir(self, fingerprint: str) -> Path:
         """The image unpacked for QEMU (kernel, initrd, rootfs.img), once per image; VMs

@@ -50,6 +50,7 @@ def route_table() -> list[tuple[str, str, Any, str]]:
         files,
         logs,
         members,
+        migration,
         volumes,
     )
     from cluster.api.handlers import exec as exec_
@@ -92,6 +93,7 @@ def route_table() -> list[tuple[str, str, Any, str]]:
         *_trusted(cluster_join.ROUTES_TRUSTED),
         # Members only: the handlers check the peer's certificate is the cluster's.
         *[(m, p, h, UNTRUSTED) for m, p, h in volumes.ROUTES],
+        *[(m, p, h, UNTRUSTED) for m, p, h in migration.ROUTES],
         # A joining member proves itself with its join token's secret.
         *[(m, p, h, UNTRUSTED) for m, p, h in cluster_join.ROUTES_UNTRUSTED],
     ]

@@ -1,4 +1,6 @@
-"""Cold move of an instance between members, driven by the member that got the request.
+"""Cold move of an instance between members, driven by the member that got the request
+(a running VM migrates live instead: ``live_moves``; a stopped VM moves cold as a
+container does, its directory being its volume: ``storage/vm_volumes.py``).
 
 stop (if running) -> ``instance.move_begin`` (apply re-checks the target and reserves
 there) -> the target pulls the volume from the source over mutual TLS -> ``move_end``
@@ -16,6 +18,7 @@ from typing import Any
 
 from cluster import peers
 from cluster.api.context import Context
+from cluster.api.live_moves import live_migrate
 from cluster.api.response import ApiError
 from cluster.state.commands import command
 
@@ -36,19 +39,26 @@ def _addresses(ctx: Context, *members: str) -> list[str]:
 
 
 async def move_instance(ctx: Context, name: str, target: str, *, requested: str = "",
-                        origin: str | None = None,
-                        progress: Any = None) -> None:
+                        origin: str | None = None, progress: Any = None,
+                        live: bool = True) -> None:
     """Move ``name`` to ``target``; ``origin`` records (or clears, with ``""``) the member
-    an evacuation took it from. ``progress(bytes)`` is called as the volume streams."""
+    an evacuation took it from. ``progress(bytes)`` is called as the data streams. A
+    running VM migrates live (``live_moves``) unless ``live`` is false."""
     with ctx.store.read() as state:
         inst = state.instances.get(name)
         if inst is None:
             raise ApiError(404, "Instance not found")
-        uid, source, power = inst.uid, inst.location, inst.power
+        uid, source, power, kind = inst.uid, inst.location, inst.power, inst.type
     if target == source:
         raise ApiError(400, f"Instance {name} is already on member {target}")
     was_running = power in ("Running", "Frozen")
     source_address, target_address = _addresses(ctx, source, target)
+    if kind == "virtual-machine" and power == "Frozen":
+        raise ApiError(400, "Resume the virtual machine before moving it")
+    if kind == "virtual-machine" and power == "Running" and live:
+        await live_migrate(ctx, name, target, source_address, target_address,
+                           requested=requested, origin=origin, progress=progress)
+        return
     laps: list[float] = [time.monotonic()]
     if was_running:
         await ctx.submit_and_wait(command("instance.action", name=name, action="stop",

@@ -1,4 +1,5 @@
-"""Apply handlers for moving an instance between members (cold move, evacuation).
+"""Apply handlers for moving an instance between members (cold move, live migration of
+a running VM with ``live``, evacuation).
 
 ``begin`` re-validates the target like a placement and reserves the instance's demand
 there while its volume is copied; ``end`` switches the location and frees the source;
@@ -35,7 +36,12 @@ def begin(state: State, cmd: Command) -> Result:
         return fail(400, f"Cluster member {target!r} not found")
     if target == inst.location:
         return fail(400, f"Instance is already on member {target}")
-    if inst.power != "Stopped" or inst.observed.status != "Stopped":
+    if cmd.args.get("live"):
+        if inst.type != "virtual-machine":
+            return fail(400, "Only virtual machines migrate live; containers move stopped")
+        if inst.power != "Running" or inst.observed.status != "Running":
+            return fail(400, "Only a running virtual machine migrates live")
+    elif inst.power != "Stopped" or inst.observed.status != "Stopped":
         return fail(400, "Stop the instance before moving it")
     problem = placement_problem(
         state, member=target, now=cmd.time, name=inst.name, type_=inst.type,

@@ -89,6 +89,7 @@ CONFIG_KEYS: dict[str, Callable[[str], str]] = {
     "boot.autostart.priority": _uint,
     "boot.host_shutdown_timeout": _uint,
     "cluster.evacuate": _choice("auto", "migrate", "live-migrate", "stop"),
+    "migration.downtime": _positive,  # ms a live migration may stop the guest (VMs)
     "placement.group": lambda value: entity_name_error("Placement group", value),
 }
 FREE_PREFIXES = ("user.", "environment.", "image.", "volatile.")

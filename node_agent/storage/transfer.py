@@ -12,15 +12,33 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Protocol
 
-from node_agent.storage.dir import DirPool
 from node_agent.storage.errors import StorageError, VolumeExists, VolumeNotFound
 
 CHUNK = 1 << 20
 TAR_FLAGS = ["--numeric-owner", "--xattrs", "--xattrs-include=*", "--acls"]
 
 
-def volume_members(pool: DirPool, name: str) -> list[str]:
+class VolumeHolder(Protocol):
+    """What holds volumes: a DirPool, or the VM directories (``vm_volumes.VmVolumes``)."""
+
+    path: Path
+
+    def exists(self, name: str) -> bool: ...
+
+    def instance_path(self, name: str) -> Path: ...
+
+    def snapshots_path(self, name: str) -> Path: ...
+
+    def incoming_scratch(self) -> Path: ...
+
+    def adopt(self, name: str, scratch: Path) -> None: ...
+
+    def discard_scratch(self, scratch: Path) -> None: ...
+
+
+def volume_members(pool: VolumeHolder, name: str) -> list[str]:
     """The pool-relative paths that make up ``name``'s volume (blocking: stats)."""
     if not pool.exists(name):
         raise VolumeNotFound(f"instance volume {name} not found")
@@ -31,7 +49,7 @@ def volume_members(pool: DirPool, name: str) -> list[str]:
     return found
 
 
-async def send_volume(pool: DirPool, name: str,
+async def send_volume(pool: VolumeHolder, name: str,
                       write: Callable[[bytes], Awaitable[None]]) -> int:
     """Write ``name``'s volume as a tar stream through ``write``; returns the bytes sent.
     Raises StorageError if tar fails (the caller must then cut the stream short)."""
@@ -55,7 +73,7 @@ async def send_volume(pool: DirPool, name: str,
     return sent
 
 
-async def receive_volume(pool: DirPool, name: str, chunks: AsyncIterator[bytes],
+async def receive_volume(pool: VolumeHolder, name: str, chunks: AsyncIterator[bytes],
                          progress: Callable[[int], None] = lambda _: None) -> int:
     """Unpack a stream from ``send_volume`` as ``name``'s volume; returns the bytes read.
     Raises VolumeExists if this pool already has the volume, StorageError on a bad or

@@ -67,7 +67,8 @@ async def _evacuate_one(ctx: Context, member: str, name: str, how: str, power: s
                              type_=inst.type, architecture=inst.architecture,
                              config=inst.config, devices=inst.devices, profiles=inst.profiles,
                              exclude=[member])
-    await move_instance(ctx, name, chosen_member(plan), origin=member)
+    # A running VM migrates live for auto and live-migrate; "migrate" means a cold move.
+    await move_instance(ctx, name, chosen_member(plan), origin=member, live=how != "migrate")
 
 
 async def _restore(ctx: Context, member: str, mode: str) -> None:

@@ -282,14 +282,15 @@ async def rename_instance(request: web.Request) -> web.Response:
 
 async def _move(request: web.Request, name: str, body: dict[str, Any]) -> web.Response:
     """LXD's migration shape within a cluster: ``POST ?target=MEMBER`` with
-    ``{"migration": true}`` moves the instance there (cold: stop, copy, start); without a
-    member name (or with ``@group``) the scheduler picks one, never the current one."""
+    ``{"migration": true}`` moves the instance there (a container cold: stop, copy, start;
+    a running VM live); without a member name (or with ``@group``) the scheduler picks
+    one, never the current one."""
     ctx = ctx_of(request)
-    if body.get("live"):
-        raise bad_request("Live migration of containers is not supported; move it cold")
     if body.get("name") not in (None, "", name):
         raise bad_request("Rename and move in two steps")
     inst = instance_copy(ctx, name)
+    if body.get("live") and inst.type != "virtual-machine":
+        raise bad_request("Live migration of containers is not supported; move it cold")
     requested = request.query.get("target", "")
     if requested and not requested.startswith("@"):
         with ctx.store.read() as state:

@@ -20,9 +20,10 @@ from cluster.api.response import ApiError, empty
 from cluster.https import HTTPS
 from cluster.state.model import Instance
 from node_agent.agent import NodeAgent
-from node_agent.storage.dir import DirPool
+from node_agent.drivers.base import NotFound
 from node_agent.storage.errors import StorageError
-from node_agent.storage.transfer import receive_volume, send_volume
+from node_agent.storage.transfer import VolumeHolder, receive_volume, send_volume
+from node_agent.storage.vm_volumes import VmVolumes
 
 FORWARDED = {"X-Corral-Forwarded": "1"}
 
@@ -35,7 +36,9 @@ def _require_member_peer(request: web.Request) -> None:
         raise ApiError(403, "Only cluster members may move volumes")
 
 
-def _instance(ctx: Context, request: web.Request) -> tuple[Instance, DirPool]:
+def _instance(ctx: Context, request: web.Request) -> tuple[Instance, VolumeHolder]:
+    """The instance (a copy) and what holds its volume here: its storage pool, or for a
+    VM the VM directories."""
     name, uid = request.match_info["name"], request.query.get("uid", "")
     with ctx.store.read() as state:
         inst = state.instances.get(name)
@@ -43,6 +46,8 @@ def _instance(ctx: Context, request: web.Request) -> tuple[Instance, DirPool]:
             raise ApiError(404, "Instance not found")
         spec = NodeAgent._spec_of(state, inst)
         found = Instance(**{**inst.__dict__})
+    if spec.is_vm:
+        return found, VmVolumes(ctx.node.qemu().vmpath)
     return found, ctx.node.pool(spec.pool)
 
 
@@ -97,6 +102,8 @@ async def receive(request: web.Request) -> web.StreamResponse:
                         progress.append(len(chunk))
                         await report(sum(progress))
 
+                if inst.type == "virtual-machine":  # its disk is an overlay on the image
+                    await ctx.agent.ensure_image(inst.image)
                 received = await receive_volume(pool, inst.name, chunks())
                 await asyncio.to_thread(_mark, pool, inst)
         await response.write(json.dumps({"done": received}).encode() + b"\n")
@@ -117,18 +124,28 @@ async def delete(request: web.Request) -> web.Response:
         raise ApiError(409, "The instance lives on this member; its volume stays")
     if request.query.get("incoming") and not await asyncio.to_thread(_marked, pool, inst):
         raise ApiError(409, "This member's volume of that name did not come from this move")
-    await ctx.agent.forget_local_copy(inst.name, pool)
+    if isinstance(pool, VmVolumes):
+        await asyncio.to_thread(_delete_vm, ctx, inst.name)
+    else:
+        await ctx.agent.forget_local_copy(inst.name, pool)
     return empty()
+
+
+def _delete_vm(ctx: Context, name: str) -> None:
+    try:
+        ctx.node.qemu().delete(name)
+    except NotFound:
+        pass
 
 
 MARKER = ".received-for"  # next to rootfs: which instance uid a received volume belongs to
 
 
-def _mark(pool: DirPool, inst: Instance) -> None:
+def _mark(pool: VolumeHolder, inst: Instance) -> None:
     (pool.instance_path(inst.name) / MARKER).write_text(inst.uid)
 
 
-def _marked(pool: DirPool, inst: Instance) -> bool:
+def _marked(pool: VolumeHolder, inst: Instance) -> bool:
     try:
         return (pool.instance_path(inst.name) / MARKER).read_text() == inst.uid
     except OSError:

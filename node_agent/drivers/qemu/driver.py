@@ -43,7 +43,7 @@ from node_agent.drivers.base import (
 from node_agent.drivers.lxc_state import read_text, stopped_state
 from node_agent.drivers.qemu import accel as accel_probe
 from node_agent.drivers.qemu import cmdline as cl
-from node_agent.drivers.qemu import host, qmp
+from node_agent.drivers.qemu import host, qcow2, qmp
 from node_agent.drivers.qemu import snapshots as snaps
 from node_agent.drivers.qemu.agent import ExecResult, exec_in_vm
 from node_agent.drivers.qemu.cmdline import InvalidConfig, VmSpec
@@ -79,7 +79,7 @@ class QemuDriver:
 
     name: ClassVar[str] = "qemu"
     instance_type: ClassVar[str] = "virtual-machine"
-    supports_live_migration: ClassVar[bool] = False  # QMP migrate: not wired yet
+    supports_live_migration: ClassVar[bool] = True  # migration.py, cluster/api/live_moves.py
 
     def __init__(self, vmpath: Path, accel: str | None = None, qemu: str = QEMU,
                  start_timeout: float = 30.0) -> None:
@@ -175,6 +175,8 @@ class QemuDriver:
                 directory.chmod(0o700)
                 if not (directory / cl.DISK).exists():
                     _create_overlay(Path(spec.backing), directory / cl.DISK)
+                else:  # moved here from another member: its image copy is ours now
+                    qcow2.repoint(directory / cl.DISK, Path(spec.backing))
                 fd, tmp = tempfile.mkstemp(prefix=".config.", dir=directory)
                 with os.fdopen(fd, "w", encoding="utf-8") as handle:
                     json.dump(spec.to_json(), handle, indent=1, sort_keys=True)

@@ -1,0 +1,182 @@
+"""``/internal/instances/<name>/migration/...``: the two members' halves of a VM's live
+migration, over the cluster's mutual TLS (``cluster/api/live_moves.py`` drives them).
+
+As with volumes, every call is checked against the replicated state: the target half
+runs only on the target of a live move of that very instance (by uid), the source half
+only where the instance lives while it moves, and the source's copy is dropped only once
+the instance lives elsewhere. QEMU's own streams (RAM, and the disk over NBD) go
+directly between the two members' addresses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+from aiohttp import web
+
+from cluster.api.context import Context
+from cluster.api.handlers.common import ctx_of
+from cluster.api.handlers.volumes import _require_member_peer
+from cluster.api.response import ApiError, empty, json_body, sync
+from cluster.state.model import Instance
+from node_agent.agent import NodeAgent
+from node_agent.drivers.qemu import migration
+from node_agent.node import InstanceSpec
+
+PROGRESS_EVERY = 0.5  # seconds between progress lines to the orchestrator
+
+
+def _moving(ctx: Context, request: web.Request) -> tuple[Instance, InstanceSpec, str]:
+    """The instance (a copy), its spec, and this member's address host."""
+    name, uid = request.match_info["name"], request.query.get("uid", "")
+    with ctx.store.read() as state:
+        inst = state.instances.get(name)
+        if inst is None or inst.uid != uid:
+            raise ApiError(404, "Instance not found")
+        if inst.type != "virtual-machine":
+            raise ApiError(400, "Only virtual machines migrate live")
+        me = state.members.get(ctx.member)
+        address = me.address if me is not None else ""
+        return Instance(**inst.__dict__), NodeAgent._spec_of(state, inst), _host(address)
+
+
+def _host(address: str) -> str:
+    host = address.rsplit(":", 1)[0] if address.count(":") == 1 or "]" in address \
+        else address
+    return host.strip("[]") or "127.0.0.1"
+
+
+async def prepare(request: web.Request) -> web.Response:
+    """POST .../incoming (target): a paused QEMU waiting for the migration, its disk
+    exported over NBD; answers where the source is to send."""
+    _require_member_peer(request)
+    ctx = ctx_of(request)
+    inst, spec, host = _moving(ctx, request)
+    if inst.moving_to != ctx.member:
+        raise ApiError(409, "This instance is not being moved to this member")
+    await ctx.agent.ensure_image(spec.image)
+
+    def run() -> migration.Incoming:
+        return migration.prepare_incoming(ctx.node.qemu(), ctx.node.vm_definition(spec), host)
+
+    incoming = await asyncio.to_thread(run)
+    return sync({"incoming": incoming.to_json()})
+
+
+async def finish_incoming(request: web.Request) -> web.Response:
+    """POST .../incoming/finish (target, after the move is committed): run the guest."""
+    _require_member_peer(request)
+    ctx = ctx_of(request)
+    inst, _, _ = _moving(ctx, request)
+    if inst.location != ctx.member:
+        raise ApiError(409, "The instance does not live on this member")
+    await asyncio.to_thread(migration.finish_incoming, ctx.node.qemu(), inst.name)
+    return empty()
+
+
+async def abort_incoming(request: web.Request) -> web.Response:
+    """DELETE .../incoming (target, a failed migration): drop the waiting QEMU."""
+    _require_member_peer(request)
+    ctx = ctx_of(request)
+    inst, _, _ = _moving(ctx, request)
+    if inst.location == ctx.member:
+        raise ApiError(409, "The instance lives on this member; it stays")
+    await asyncio.to_thread(migration.abort_incoming, ctx.node.qemu(), inst.name)
+    return empty()
+
+
+async def send(request: web.Request) -> web.StreamResponse:
+    """POST .../outgoing (source) with ``{"incoming": ..., "downtime_ms": n}``: mirror the
+    disk and migrate RAM to the prepared target. Answers progress lines (JSON), then
+    ``{"done": stats}`` or ``{"error": ...}``; on an error the VM runs here again."""
+    _require_member_peer(request)
+    ctx = ctx_of(request)
+    inst, _, _ = _moving(ctx, request)
+    if inst.location != ctx.member or not inst.moving_to:
+        raise ApiError(409, "This instance is not being moved away from this member")
+    body = await json_body(request)
+    try:
+        incoming = migration.Incoming.from_json(body.get("incoming") or {})
+        downtime = int(body.get("downtime_ms", migration_downtime(inst.config)))
+    except (migration.MigrationError, TypeError, ValueError) as exc:
+        raise ApiError(400, str(exc)) from exc
+    response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+    await response.prepare(request)
+    loop = asyncio.get_running_loop()
+    reports: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    last = [0.0]
+
+    def progress(report: dict[str, Any]) -> None:  # in the worker thread
+        now = time.monotonic()
+        if now - last[0] >= PROGRESS_EVERY:
+            last[0] = now
+            loop.call_soon_threadsafe(reports.put_nowait, dict(report))
+
+    driver = ctx.node.qemu()
+    work = asyncio.ensure_future(asyncio.to_thread(
+        migration.migrate_out, driver, inst.name, incoming, downtime, progress))
+    while not work.done():
+        waiter = asyncio.ensure_future(reports.get())
+        await asyncio.wait({work, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        if waiter.done():
+            await response.write(json.dumps({"progress": waiter.result()}).encode() + b"\n")
+        else:
+            waiter.cancel()
+    try:
+        stats = work.result()
+        line: dict[str, Any] = {"done": stats.__dict__}
+    except Exception as exc:  # noqa: BLE001 - the orchestrator reads the error line
+        line = {"error": str(exc) or type(exc).__name__}  # migrate_out resumed the VM
+    await response.write(json.dumps(line).encode() + b"\n")
+    await response.write_eof()
+    return response
+
+
+async def resume(request: web.Request) -> web.Response:
+    """POST .../outgoing/resume (source): the move was not committed; run the guest here
+    again (it paused when its RAM had gone)."""
+    _require_member_peer(request)
+    ctx = ctx_of(request)
+    inst, _, _ = _moving(ctx, request)
+    if inst.location != ctx.member:
+        raise ApiError(409, "The instance does not live on this member")
+    await asyncio.to_thread(migration.resume_source, ctx.node.qemu(), inst.name)
+    return empty()
+
+
+async def drop_source(request: web.Request) -> web.Response:
+    """DELETE .../outgoing (source, once the instance lives on the target): quit the
+    paused QEMU and delete the VM's files here."""
+    _require_member_peer(request)
+    ctx = ctx_of(request)
+    inst, _, _ = _moving(ctx, request)
+    if inst.location == ctx.member:
+        raise ApiError(409, "The instance lives on this member; it stays")
+
+    def drop() -> None:
+        driver = ctx.node.qemu()
+        migration.finish_source(driver, inst.name)
+        driver.delete(inst.name)
+
+    await asyncio.to_thread(drop)
+    return empty()
+
+
+def migration_downtime(config: dict[str, str]) -> int:
+    """``migration.downtime`` in milliseconds (QEMU's default 300 ms when unset)."""
+    return int(config.get("migration.downtime", "") or DEFAULT_DOWNTIME_MS)
+
+
+DEFAULT_DOWNTIME_MS = 300
+
+ROUTES = [
+    ("POST", "/internal/instances/{name}/migration/incoming", prepare),
+    ("POST", "/internal/instances/{name}/migration/incoming/finish", finish_incoming),
+    ("DELETE", "/internal/instances/{name}/migration/incoming", abort_incoming),
+    ("POST", "/internal/instances/{name}/migration/outgoing", send),
+    ("POST", "/internal/instances/{name}/migration/outgoing/resume", resume),
+    ("DELETE", "/internal/instances/{name}/migration/outgoing", drop_source),
+]

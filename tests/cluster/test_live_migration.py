@@ -1,0 +1,145 @@
+"""VMs moving between two namespace members: a running VM migrates live and never
+reboots (a counter in its RAM goes on, its boot id stays, its disk comes along); a
+migration that cannot reach the target leaves it running where it was; a stopped VM
+moves cold with its snapshots."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from cluster.harness import DaemonProcess
+from cluster.netns import enter_argv
+from tests.cluster.conftest import namespace_cluster
+from tests.integration.api import Api
+
+pytestmark = pytest.mark.real
+
+COUNTER = ("i=0; while true; do i=$((i+1)); echo $i > /tmp/counter; sleep 0.1; done "
+           "</dev/null >/dev/null 2>&1 &")
+
+
+@pytest.fixture(scope="module")
+def pair() -> Iterator[list[DaemonProcess]]:
+    with namespace_cluster(2) as started:
+        started[0].corral("image", "build", "busybox", "--vm", timeout=300)
+        yield started
+
+
+def _sh(daemon: DaemonProcess, name: str, script: str) -> str:
+    out = daemon.corral("exec", name, "--", "sh", "-c", script, timeout=60).stdout
+    return out.decode().strip()
+
+
+def _wait_for_agent(daemon: DaemonProcess, name: str, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while daemon.corral("exec", name, "--", "true", check=False).returncode != 0:
+        assert time.monotonic() < deadline, f"the agent in {name} never answered"
+        time.sleep(1.0)
+
+
+def _instance(daemon: DaemonProcess, name: str) -> dict[str, object]:
+    found: dict[str, object] = Api(str(daemon.socket)).get(f"/1.0/instances/{name}")
+    return found
+
+
+def _qemu_running(daemon: DaemonProcess, name: str) -> bool:
+    return (daemon.root / "vms" / name / "qemu.pid").exists()
+
+
+def test_a_running_vm_migrates_live_and_keeps_running(pair: list[DaemonProcess]) -> None:
+    m1, m2 = pair
+    m1.corral("launch", "busybox-vm", "lv1", "--vm", "--target", "m1",
+              "-c", "limits.memory=256MiB", "-c", "migration.downtime=100", timeout=300)
+    try:
+        _wait_for_agent(m1, "lv1")
+        _sh(m1, "lv1", "echo precious > /mnt/root/keep && sync")
+        _sh(m1, "lv1", COUNTER)
+        boot_id = _sh(m1, "lv1", "cat /proc/sys/kernel/random/boot_id")
+        time.sleep(0.5)
+        before = int(_sh(m1, "lv1", "cat /tmp/counter"))
+
+        m1.corral("move", "lv1", "--target", "m2", timeout=600)
+
+        inst = _instance(m1, "lv1")
+        assert (inst["location"], inst["status"]) == ("m2", "Running")
+        after = int(_sh(m1, "lv1", "cat /tmp/counter"))  # relayed to m2
+        assert after > before
+        time.sleep(0.5)
+        assert int(_sh(m2, "lv1", "cat /tmp/counter")) > after  # the loop still runs
+        assert _sh(m2, "lv1", "cat /proc/sys/kernel/random/boot_id") == boot_id
+        assert _sh(m2, "lv1", "cat /mnt/root/keep") == "precious"
+        assert _qemu_running(m2, "lv1")
+        assert not (m1.root / "vms" / "lv1").exists()  # the source's QEMU and files are gone
+
+        # Bad moves change nothing.
+        frozen = m1.corral("move", "lv1", "--target", "m2", check=False)
+        assert frozen.returncode == 1 and b"already on member m2" in frozen.stderr
+        m1.corral("pause", "lv1")
+        paused = m1.corral("move", "lv1", "--target", "m1", check=False)
+        assert paused.returncode == 1 and b"Resume the virtual machine" in paused.stderr
+        m1.corral("start", "lv1")
+        assert _instance(m1, "lv1")["location"] == "m2"
+    finally:
+        m1.corral("delete", "--force", "lv1", check=False)
+
+
+def test_a_migration_that_cannot_reach_the_target_leaves_the_vm_running(
+        pair: list[DaemonProcess]) -> None:
+    """The target refuses QEMU's connections (NBD and migration ports; Raft and HTTPS
+    still pass): the move fails and the guest runs on at the source, untouched."""
+    m1, m2 = pair
+    m1.corral("launch", "busybox-vm", "lv2", "--vm", "--target", "m1",
+              "-c", "limits.memory=256MiB", timeout=300)
+    assert m2.netns is not None
+    block = ["iptables", "-I", "INPUT", "-p", "tcp", "--dport", "20000:65535", "-m",
+             "conntrack", "--ctstate", "NEW", "-j", "REJECT"]
+    try:
+        _wait_for_agent(m1, "lv2")
+        _sh(m1, "lv2", COUNTER)
+        boot_id = _sh(m1, "lv2", "cat /proc/sys/kernel/random/boot_id")
+        subprocess.run(enter_argv(m2.netns, block), check=True)
+        try:
+            failed = m1.corral("move", "lv2", "--target", "m2", check=False, timeout=600)
+        finally:
+            unblock = ["-D" if part == "-I" else part for part in block]
+            subprocess.run(enter_argv(m2.netns, unblock), check=True)
+        assert failed.returncode == 1, failed.stdout
+        inst = _instance(m1, "lv2")
+        assert (inst["location"], inst["status"]) == ("m1", "Running")
+        before = int(_sh(m1, "lv2", "cat /tmp/counter"))
+        time.sleep(0.5)
+        assert int(_sh(m1, "lv2", "cat /tmp/counter")) > before
+        assert _sh(m1, "lv2", "cat /proc/sys/kernel/random/boot_id") == boot_id
+        assert not (m2.root / "vms" / "lv2").exists()
+    finally:
+        m1.corral("delete", "--force", "lv2", check=False)
+
+
+def test_a_stopped_vm_moves_cold_with_its_snapshots(pair: list[DaemonProcess]) -> None:
+    """The VM's directory (overlay with its internal snapshots) goes over; on the target
+    the overlay is repointed at that member's copy of the image."""
+    m1, m2 = pair
+    m1.corral("launch", "busybox-vm", "lv3", "--vm", "--target", "m1",
+              "-c", "limits.memory=256MiB", timeout=300)
+    try:
+        _wait_for_agent(m1, "lv3")
+        _sh(m1, "lv3", "echo kept > /mnt/root/keep && sync")
+        m1.corral("stop", "lv3", timeout=120)
+        m1.corral("snapshot", "lv3", "s1")
+        m1.corral("move", "lv3", "--target", "m2", timeout=300)
+        inst = _instance(m1, "lv3")
+        assert (inst["location"], inst["status"]) == ("m2", "Stopped")
+        assert not (m1.root / "vms" / "lv3").exists()
+        m1.corral("start", "lv3", timeout=120)
+        _wait_for_agent(m1, "lv3")
+        assert _sh(m1, "lv3", "cat /mnt/root/keep") == "kept"
+        snapshots = Api(str(m2.socket)).get("/1.0/instances/lv3/snapshots")
+        assert [s.rsplit("/", 1)[-1] for s in snapshots] == ["s1"]
+        m1.corral("stop", "lv3", "--force", timeout=120)
+        m1.corral("restore", "lv3", "s1", timeout=120)  # the snapshot came along
+    finally:
+        m1.corral("delete", "--force", "lv3", check=False)
