@@ -20,12 +20,18 @@ def placement_problem(state: State, *, member: str, now: float, name: str, type_
                       placement_group: str = "", exclude: Iterable[str] = ()) -> str:
     """``""`` when ``member`` may take the instance now, else why not."""
     # scheduler.view reads cluster.state; importing it here keeps the import graph acyclic.
+    from cluster.state.apply_members import member_status, offline_threshold
     from scheduler import pipeline
-    from scheduler.view import placement_groups_from_state, view_from_state
+    from scheduler.view import ClusterView, member_view, placement_groups_from_state
 
-    groups = placement_groups_from_state(state) if placement_group else {}
-    view = view_from_state(state, now, instances={}, members=[member],
-                           placement_groups=groups)
+    record = state.members.get(member)
+    if record is None:
+        return f"cluster member {member!r} not found"
+    status = member_status(record, now, offline_threshold(state))
+    # Only what the filters read: this one member (the instance count is for scoring).
+    view = ClusterView(
+        members={member: member_view(record, status, reservations.reserved(state, member), 0)},
+        placement_groups=placement_groups_from_state(state) if placement_group else {})
     request = PlacementRequest(id=name, name=name, type=type_, architecture=architecture,
                                demand=demand, target=target, placement_group=placement_group,
                                exclude=frozenset(exclude))
