@@ -6,7 +6,8 @@
     -----------------                       -------------------------------------------
     free loopback ports, temp journal dirs
     "leader"   to each                 -->  does this voter lead?
-    "run"      to the planner's voter  -->  setup commands, then the planner: plans with the
+    "setup"    to the (first) planner  -->  the commands that build the simulated cluster
+    "run"      to each planner voter   -->  the planner: plans its share with the
                                             IndexedScheduler, submits instance.create with
                                             many commands in flight (RaftStore batches them)
     "settle"   to each                 -->  wait until the last command is applied; state
@@ -19,7 +20,9 @@ One process per voter: three replicas applying every command in one process woul
 interpreter lock, so at most one of the two cores. The planner runs in a follower's process
 by default (as the API does on a member that is not the leader: pysyncobj forwards its
 commands); with the planner in the leader's process the rate was the same within noise and
-the leader's Raft thread competes with planning. A voter process exits, removing the
+the leader's Raft thread competes with planning. With ``followers`` each follower's process
+plans half the instances with its own view, as two members taking API requests would; their
+conflicting plans are refused by apply and planned again. A voter process exits, removing the
 journals, when the parent process dies (even by SIGKILL). ``RaftOptions.what_if`` overrides
 pysyncobj settings in these processes only, to measure a change before making it.
 """
@@ -157,8 +160,8 @@ async def _serve(conn: Connection, index: int, addresses: list[str], root: Path,
     await store.start()
     freezer = asyncio.create_task(_freeze_often()) if gc_mode == "freeze" else None
     ops: dict[str, Callable[[RaftStore, Path, Any], Awaitable[Any]]] = {
-        "leader": _is_leader, "run": _run, "settle": _settle, "state": _state,
-        "snapshot": _snapshot}
+        "leader": _is_leader, "setup": _setup, "run": _run, "settle": _settle,
+        "state": _state, "snapshot": _snapshot}
     try:
         conn.send(("ready", address))
         while True:
@@ -182,16 +185,25 @@ async def _is_leader(store: RaftStore, journal: Path, arg: Any) -> bool:
     return store.leader() == store.address
 
 
-async def _run(store: RaftStore, journal: Path, params: dict[str, Any]) -> dict[str, Any]:
-    """Build the cluster, then place every instance through Raft (in the voter process
-    the planner runs in)."""
+async def _setup(store: RaftStore, journal: Path, params: dict[str, Any]) -> dict[str, Any]:
+    """Build the simulated cluster (members, image) through Raft."""
     driver = FakeDriver(params["seed"])
     started = time.perf_counter()
     for phase in setup_phases(driver.members(params["members"]), time.time()):
         for first in range(0, len(phase), SETUP_CHUNK):
             await asyncio.gather(*(store.submit(cmd)
                                    for cmd in phase[first:first + SETUP_CHUNK]))
-    setup = time.perf_counter() - started
+    with store.read() as state:
+        return {"setup": time.perf_counter() - started, "index": state.index}
+
+
+async def _run(store: RaftStore, journal: Path, params: dict[str, Any]) -> dict[str, Any]:
+    """Place this planner's share of the instances through Raft (in the voter process it
+    runs in): those whose index is ``share[0]`` modulo ``share[1]``, once this replica
+    holds the cluster that ``setup`` built."""
+    await _settle(store, journal, params["after"])
+    driver = FakeDriver(params["seed"])
+    mine, planners = params["share"]
     with store.read() as state:
         profile = Placer.default_profile(state)
         placers = [Placer(view_from_state(state, time.time()), profile)
@@ -199,12 +211,13 @@ async def _run(store: RaftStore, journal: Path, params: dict[str, Any]) -> dict[
     tally = Tally(where={} if params["record"] else None)
     pipeline = _Pipeline(store, placers, tally, params["window"])
     started = time.perf_counter()
-    await pipeline.place_all(driver.instances(params["instances"]))
+    await pipeline.place_all(spec for spec in driver.instances(params["instances"])
+                             if spec.index % planners == mine)
     seconds = time.perf_counter() - started
     with store.read() as state:
         pipeline.reconcile(state.instances)
         index = state.index
-    return {"tally": tally.as_dict(), "setup": setup, "seconds": seconds, "index": index,
+    return {"tally": tally.as_dict(), "seconds": seconds, "index": index,
             "leader_changes": pipeline.leader_changes}
 
 
@@ -422,7 +435,9 @@ class RaftOptions:
 
     planners: int = 1  # planners with their own views (their conflicts exercise re-planning)
     window: int = DEFAULT_WINDOW  # instance.create commands in flight
-    planner_on: str = PLANNER_ON  # "follower" | "leader": the voter process it runs in
+    # The voter process(es) planning: "follower", "leader", or "followers" (both, each
+    # planning half the instances, as API requests arriving at two members would).
+    planner_on: str = PLANNER_ON
     gc_mode: str = "default"  # one of GC_MODES
     what_if: dict[str, Any] = field(default_factory=dict)
 
@@ -444,17 +459,24 @@ def run_raft(members: int, instances: int, seed: int = 0,
     try:
         voters = _start_voters(root, options)
         leader = _leader(voters)
-        planner = leader if options.planner_on == "leader" else \
-            next(v for v in voters if v is not leader)
+        followers = [v for v in voters if v is not leader]
+        planning = {"leader": [leader], "follower": followers[:1],
+                    "followers": followers}[options.planner_on]
+        planner = planning[0]
         params = {"members": members, "instances": instances, "seed": seed,
                   "planners": max(1, options.planners), "window": options.window,
                   "record": record}
-        run = planner.call("run", params)
+        setup = planner.call("setup", params)
+        for number, voter in enumerate(planning):  # each process plans its share at once
+            voter.conn.send(("run", {**params, "after": setup["index"],
+                                     "share": [number, len(planning)]}))
+        runs = [voter.expect("run", None) for voter in planning]
+        run = _merged(runs)
         report = Report("raft", members, instances, seed, _tally(run["tally"]),
-                        seconds=run["seconds"], setup_seconds=run["setup"])
+                        seconds=run["seconds"], setup_seconds=setup["setup"])
         report.notes.append(
-            f"planner in the process of the {options.planner_on}; leader changes seen by "
-            f"the planner during the run: {run['leader_changes']}; garbage collector: "
+            f"planners in the process of the {options.planner_on}; leader changes seen by "
+            f"the planners during the run: {run['leader_changes']}; garbage collector: "
             f"{options.gc_mode}")
         if options.what_if:
             report.notes.append(f"WHAT-IF Raft settings, not the daemon's: {options.what_if}")
@@ -525,6 +547,19 @@ def _leader(voters: list[_Voter], timeout: float = START_TIMEOUT) -> _Voter:
                 return voter
         time.sleep(0.1)
     raise TimeoutError("no voter became leader")
+
+
+def _merged(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The runs of several planner processes as one: the slowest one's time."""
+    tallies = [run["tally"] for run in runs]
+    where = None if tallies[0]["where"] is None else \
+        {k: v for tally in tallies for k, v in tally["where"].items()}
+    return {"tally": {"placed": sum(t["placed"] for t in tallies),
+                      "refused": {k: v for t in tallies for k, v in t["refused"].items()},
+                      "replanned": sum(t["replanned"] for t in tallies), "where": where},
+            "seconds": max(run["seconds"] for run in runs),
+            "index": max(run["index"] for run in runs),
+            "leader_changes": sum(run["leader_changes"] for run in runs)}
 
 
 def _tally(data: dict[str, Any]) -> Tally:

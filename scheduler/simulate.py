@@ -136,8 +136,10 @@ def main(argv: list[str] | None = None) -> int:
                              "conflicting plans are refused by apply and re-planned)")
     parser.add_argument("--window", type=int, default=0,
                         help="Raft: instance.create commands in flight (default: automatic)")
-    parser.add_argument("--planner-on", choices=("leader", "follower"), default=None,
-                        help="Raft: the voter process the planner runs in")
+    parser.add_argument("--planner-on", choices=("leader", "follower", "followers"),
+                        default=None,
+                        help="Raft: the voter process the planner runs in (followers: "
+                             "one planner in each follower, each placing half)")
     parser.add_argument("--gc", choices=("default", "freeze"), default="default",
                         help="Raft: the voters' garbage collector: Python's default, or "
                              "gc.freeze() every second (see scheduler/README.md)")

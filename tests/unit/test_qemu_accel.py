@@ -57,3 +57,17 @@ def test_a_hanging_kvm_is_killed_with_its_children(tmp_path: Path) -> None:
     while host.is_alive(child) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not host.is_alive(child)  # gone, or a zombie waiting for its reaper
+
+
+@needs_kvm_node
+def test_the_probe_works_in_the_daemons_directory_and_clears_a_killed_ones(
+        tmp_path: Path) -> None:
+    workdir = tmp_path / "vms"
+    stale = workdir / "corral-kvm-probe-left-by-a-killed-daemon"
+    stale.mkdir(parents=True)
+    (stale / "boot.img").write_bytes(b"\0" * 512)
+    seen = tmp_path / "seen"
+    qemu = fake_qemu(tmp_path, f'echo "$@" > {seen}; exit 133')
+    assert accel.probe_kvm(qemu=qemu, workdir=workdir).name == "kvm"
+    assert f"file={workdir}/corral-kvm-probe-" in seen.read_text()
+    assert list(workdir.iterdir()) == []

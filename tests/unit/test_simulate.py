@@ -90,8 +90,10 @@ def test_a_full_cluster_refuses_the_rest_with_a_reason() -> None:
     assert not _overcommitted(where, demands, _capacities(1, 2))
 
 
-def _check_raft_run(members: int, instances: int, seed: int, planners: int) -> None:
-    report = run_raft(members, instances, seed, RaftOptions(planners=planners), record=True,
+def _check_raft_run(members: int, instances: int, seed: int, planners: int,
+                    planner_on: str = "follower") -> None:
+    report = run_raft(members, instances, seed,
+                      RaftOptions(planners=planners, planner_on=planner_on), record=True,
                       keep_states=True)
     assert report.states is not None and len(report.states) == 3
     first: State = report.states[0]
@@ -111,6 +113,13 @@ def _check_raft_run(members: int, instances: int, seed: int, planners: int) -> N
 @pytest.mark.timeout(60)
 def test_raft_run_commits_through_three_replicas_that_agree() -> None:
     _check_raft_run(10, 300, seed=2, planners=1)
+
+
+@pytest.mark.timeout(60)
+def test_raft_run_with_a_planner_in_each_follower_places_everything_once() -> None:
+    """Two processes plan half each with their own views (as two members taking API
+    requests): every instance is placed or refused exactly once, none overcommits."""
+    _check_raft_run(4, 600, seed=5, planners=1, planner_on="followers")
 
 
 @pytest.mark.timeout(60)

@@ -37,6 +37,9 @@ _lock = threading.Lock()
 _cached: Accel | None = None
 
 
+_SCRATCH_PREFIX = "corral-kvm-probe-"
+
+
 def boot_sector() -> bytes:
     """A bootable 512-byte sector that exits QEMU through isa-debug-exit."""
     return _SECTOR_CODE + b"\0" * (510 - len(_SECTOR_CODE)) + b"\x55\xaa"
@@ -48,14 +51,21 @@ def probe_argv(qemu: str, disk: Path) -> list[str]:
             "-drive", f"file={disk},format=raw,if=ide,snapshot=on"]
 
 
-def probe_kvm(timeout: float = PROBE_TIMEOUT, qemu: str = QEMU) -> Accel:
-    """Run the boot-sector probe now (uncached); never raises, never leaves a process."""
+def probe_kvm(timeout: float = PROBE_TIMEOUT, qemu: str = QEMU,
+              workdir: Path | None = None) -> Accel:
+    """Run the boot-sector probe now (uncached); never raises, never leaves a process.
+    Its scratch files go under ``workdir`` (the daemon's own directory), where those of
+    a probe killed with its daemon are removed by the next one."""
     binary = shutil.which(qemu)
     if binary is None:
         return Accel("tcg", f"{qemu} not found")
     if not os.access("/dev/kvm", os.R_OK | os.W_OK):
         return Accel("tcg", "/dev/kvm is missing or not accessible")
-    with tempfile.TemporaryDirectory(prefix="corral-kvm-probe-") as tmp:
+    if workdir is not None:
+        workdir.mkdir(parents=True, exist_ok=True)
+        for stale in workdir.glob(f"{_SCRATCH_PREFIX}*"):
+            shutil.rmtree(stale, ignore_errors=True)
+    with tempfile.TemporaryDirectory(prefix=_SCRATCH_PREFIX, dir=workdir) as tmp:
         disk = Path(tmp) / "boot.img"
         disk.write_bytes(boot_sector())
         return _run_probe(probe_argv(binary, disk), timeout)
@@ -89,10 +99,10 @@ def _kill_group(child: subprocess.Popen[bytes]) -> None:
     child.communicate()
 
 
-def accelerator() -> Accel:
+def accelerator(workdir: Path | None = None) -> Accel:
     """The cached probe result (the first caller runs the probe; others wait for it)."""
     global _cached
     with _lock:
         if _cached is None:
-            _cached = probe_kvm()
+            _cached = probe_kvm(workdir=workdir)
         return _cached

@@ -94,7 +94,7 @@ class QemuDriver:
 
     def accelerator(self) -> str:
         """"kvm" if it really runs guests here, else "tcg" (probed once per process)."""
-        return self._accel or accel_probe.accelerator().name
+        return self._accel or accel_probe.accelerator(self.vmpath).name
 
     def probe(self) -> DriverInfo:
         """Name, QEMU version, and why VMs cannot run here (empty if they can)."""
