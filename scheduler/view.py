@@ -12,7 +12,6 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from cluster.state import reservations
-from cluster.state.apply_instances import expanded
 from cluster.state.apply_members import member_status, offline_threshold
 from cluster.state.model import Instance, Member, State
 from scheduler import keys
@@ -101,25 +100,25 @@ def instances_by_member(state: State) -> dict[str, int]:
     return counts
 
 
-def placement_groups_from_state(state: State) -> dict[str, PlacementGroupView]:
+def placement_groups_from_state(state: State, only: str = "") -> dict[str, PlacementGroupView]:
     """Placement groups defined in the cluster config or named by an instance (whose
-    profiles may set ``placement.group``), with their per-member instance counts."""
+    profiles may set ``placement.group``), with their per-member instance counts (from
+    the state's running totals: O(groups), or O(1) with ``only`` one group)."""
     groups: dict[str, PlacementGroupView] = {}
     for key, value in state.config.items():
         parts = keys.split_group_key(key)
-        if parts is None:
+        if parts is None or (only and parts[0] != only):
             continue
         group = groups.setdefault(parts[0], PlacementGroupView(parts[0]))
         allowed = keys.GROUP_POLICIES if parts[1] == "policy" else keys.GROUP_RIGORS
         if value in allowed:
             setattr(group, parts[1], value)
-    for inst in state.instances.values():
-        config, _ = expanded(state, inst.config, {}, inst.profiles)
-        name = config.get(keys.INSTANCE_GROUP_KEY, "")
-        if name:
-            group = groups.setdefault(name, PlacementGroupView(name))
-            for member in _holders(inst):
-                group.members[member] = group.members.get(member, 0) + 1
+    reservations.totals(state)
+    assert state.grouped is not None
+    for name in [only] if only else list(state.grouped):
+        counts = state.grouped.get(name)
+        if counts:
+            groups.setdefault(name, PlacementGroupView(name)).members.update(counts)
     return groups
 
 

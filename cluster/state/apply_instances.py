@@ -118,7 +118,7 @@ def create(state: State, cmd: Command) -> Result:
         _enqueue(inst, "start")
         inst.power = "Running"
     state.instances[inst.name] = inst
-    reservations.add(state, inst, inst.demand)
+    reservations.add(state, inst, (inst.demand, config.get("placement.group", "")))
     state.images[inst.image].last_used_at = cmd.time
     return ok({"uid": inst.uid, "generation": inst.generation})
 

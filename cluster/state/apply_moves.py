@@ -13,7 +13,6 @@ from cluster.state import reservations
 from cluster.state.commands import Command, Result, fail, ok
 from cluster.state.model import Instance, State
 from cluster.state.placement import placement_problem
-from scheduler.resources import ZERO
 
 
 def _instance(state: State, cmd: Command) -> Instance | Result:
@@ -43,16 +42,16 @@ def begin(state: State, cmd: Command) -> Result:
             return fail(400, "Only a running virtual machine migrates live")
     elif inst.power != "Stopped" or inst.observed.status != "Stopped":
         return fail(400, "Stop the instance before moving it")
+    reservations.totals(state)  # an older snapshot's totals (and inst.group) first
     problem = placement_problem(
         state, member=target, now=cmd.time, name=inst.name, type_=inst.type,
         architecture=inst.architecture, demand=inst.demand,
         target=str(cmd.args.get("requested", target)),
-        placement_group=inst.config.get("placement.group", ""), exclude=[inst.location])
+        placement_group=inst.group, exclude=[inst.location])
     if problem:
         return fail(409, f"Cannot move {inst.name} to {target}: {problem}")
     inst.moving_to = target
-    sums = reservations.totals(state)
-    sums[target] = sums.get(target, ZERO) + inst.demand
+    reservations.hold(state, inst, target, (inst.demand, inst.group))
     return ok(None)
 
 
@@ -80,12 +79,7 @@ def abort(state: State, cmd: Command) -> Result:
         return inst
     if not inst.moving_to:
         return ok(None)
-    sums = reservations.totals(state)
-    left = sums.get(inst.moving_to, ZERO) - inst.demand
-    if left == ZERO:
-        sums.pop(inst.moving_to, None)
-    else:
-        sums[inst.moving_to] = left
+    reservations.release(state, inst, inst.moving_to)
     inst.moving_to = ""
     return ok(None)
 

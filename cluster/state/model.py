@@ -88,6 +88,7 @@ class Instance:
     results: dict[int, str] = field(default_factory=dict)  # generation -> error ("" = ok)
     snapshots: dict[str, Snapshot] = field(default_factory=dict)
     demand: Resources = ZERO  # what it reserves on its member (cluster/state/reservations.py)
+    group: str = ""  # the placement group it is counted in (reservations.py)
     moving_to: str = ""  # the member a move is copying it to (apply_moves.py)
 
     @property
@@ -191,10 +192,14 @@ class State:
     index: int = 0  # number of commands applied; a cheap change counter
     # Sum of the demands of the instances on each member (None: to be recomputed).
     reserved: dict[str, Resources] | None = field(default_factory=dict)
+    # Instances of each placement group on each member (None: to be recomputed).
+    grouped: dict[str, dict[str, int]] | None = field(default_factory=dict)
 
     def __setstate__(self, data: dict[str, Any]) -> None:
-        # A snapshot pickled before a field existed still loads, with that field empty.
-        self.__dict__.update(State().__dict__ | {"reserved": None} | data)
+        # A snapshot pickled before a field existed still loads, with that field empty;
+        # the running totals are then recomputed from the instances.
+        stale = {key: None for key in ("reserved", "grouped") if key not in data}
+        self.__dict__.update(State().__dict__ | stale | data)
 
     def instance_by_uid(self, uid: str) -> Instance | None:
         for inst in self.instances.values():

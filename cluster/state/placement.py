@@ -31,7 +31,8 @@ def placement_problem(state: State, *, member: str, now: float, name: str, type_
     # Only what the filters read: this one member (the instance count is for scoring).
     view = ClusterView(
         members={member: member_view(record, status, reservations.reserved(state, member), 0)},
-        placement_groups=placement_groups_from_state(state) if placement_group else {})
+        placement_groups=placement_groups_from_state(state, placement_group)
+        if placement_group else {})
     request = PlacementRequest(id=name, name=name, type=type_, architecture=architecture,
                                demand=demand, target=target, placement_group=placement_group,
                                exclude=frozenset(exclude))

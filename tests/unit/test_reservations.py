@@ -36,14 +36,20 @@ def two_members() -> State:
                             member="m1")).ok
     assert apply(state, cmd("profile.create", name="big",
                             config={"limits.memory": "2GiB"})).ok
+    groups = {"placement.group.web.policy": "spread", "placement.group.web.rigor": "permissive",
+              "placement.group.db.policy": "compact", "placement.group.db.rigor": "permissive"}
+    assert apply(state, cmd("config.set", config={**state.config, **groups})).ok
     return state
 
 
 def fresh_totals(state: State) -> dict[str, Resources]:
-    copy = pickle.loads(pickle.dumps(state))
+    return fresh(state).reserved or {}
+
+
+def fresh(state: State) -> State:
+    copy: State = pickle.loads(pickle.dumps(state))
     reservations.recompute(copy)
-    assert copy.reserved is not None
-    return copy.reserved
+    return copy
 
 
 def test_create_counts_limits_profiles_and_defaults() -> None:
@@ -84,18 +90,22 @@ def test_an_old_snapshot_without_totals_gets_them_recomputed() -> None:
     state = two_members()
     apply(state, cmd("instance.create", uid="u1", name="c1", location="m2", image=FP,
                      profiles=["default", "big"]))
+    assert apply(state, cmd("instance.create", uid="u2", name="c2", location="m1", image=FP,
+                            profiles=["default"], config={"placement.group": "web"})).ok
     data = state.__dict__.copy()
-    del data["reserved"]
+    del data["reserved"], data["grouped"]
     old = State.__new__(State)
     old.__setstate__(data)
-    assert old.reserved is None
+    assert old.reserved is None and old.grouped is None
     assert reservations.reserved(old, "m2").memory == 2 * GiB
+    assert reservations.group_members(old, "web") == {"m1": 1}
 
 
 OPS = st.lists(st.tuples(
     st.sampled_from(["create", "update", "delete", "deleted", "profile", "create-failed"]),
     st.integers(0, 5), st.sampled_from(["m1", "m2"]),
-    st.sampled_from(["", "1", "3", "0-1"]), st.sampled_from(["", "256MiB", "3GiB"])),
+    st.sampled_from(["", "1", "3", "0-1"]), st.sampled_from(["", "256MiB", "3GiB"]),
+    st.sampled_from(["", "web", "db"])),
     max_size=40)
 
 
@@ -103,9 +113,10 @@ OPS = st.lists(st.tuples(
 @given(OPS)
 def test_totals_equal_a_fresh_sum_after_any_commands(ops: list[tuple[Any, ...]]) -> None:
     state = two_members()
-    for kind, n, member, cpu, memory in ops:
+    for kind, n, member, cpu, memory, group in ops:
         name, config = f"c{n}", {k: v for k, v in (("limits.cpu", cpu),
-                                                   ("limits.memory", memory)) if v}
+                                                   ("limits.memory", memory),
+                                                   ("placement.group", group)) if v}
         inst = state.instances.get(name)
         if kind == "create":
             apply(state, cmd("instance.create", uid=f"u{next(_ids)}", name=name,
@@ -123,7 +134,8 @@ def test_totals_equal_a_fresh_sum_after_any_commands(ops: list[tuple[Any, ...]])
                              error="boom" if kind == "create-failed" else ""))
         elif kind == "profile":
             apply(state, cmd("profile.update", name="big", config=config, devices={}))
-        assert state.reserved == fresh_totals(state)
+        again = fresh(state)
+        assert (state.reserved, state.grouped) == (again.reserved, again.grouped)
         for member in ("m1", "m2"):  # apply never overcommits a member
             capacity = state.members[member].capacity
             held = reservations.reserved(state, member)
