@@ -13,6 +13,8 @@ from cluster.state import apply_instances, apply_members, apply_misc, apply_move
 from cluster.state.commands import COMMAND_VERSION, Command, Result, fail
 from cluster.state.model import RECENT_COMMANDS, State
 
+RETRY_HORIZON = 120.0  # seconds: RaftStore.submit's RETRIES x its default timeout, doubled
+
 Handler = Callable[[State, Command], Result]
 
 HANDLERS: dict[str, Handler] = {**apply_instances.HANDLERS, **apply_misc.HANDLERS,
@@ -21,15 +23,31 @@ HANDLERS: dict[str, Handler] = {**apply_instances.HANDLERS, **apply_misc.HANDLER
 
 
 def apply(state: State, cmd: Command) -> Result:
-    """Apply ``cmd`` once; a repeated command id returns the first result."""
+    """Apply ``cmd`` once; a repeated command id returns the first result.
+
+    Results are kept for the last ``RECENT_COMMANDS`` commands, and never for less than
+    ``RETRY_HORIZON`` seconds (of the commands' own times): a submitter retries a
+    command whose outcome it does not know for up to a minute, and at thousands of
+    commands per second a count alone forgot it first (the retry then applied twice).
+    """
     if cmd.id in state.recent:
-        return state.recent[cmd.id]  # type: ignore[no-any-return]
+        return _result(state.recent[cmd.id])
     result = _dispatch(state, cmd)
-    state.recent[cmd.id] = result
+    state.recent[cmd.id] = (cmd.time, result)
     while len(state.recent) > RECENT_COMMANDS:
+        oldest = next(iter(state.recent.values()))
+        if isinstance(oldest, tuple) and oldest[0] > cmd.time - RETRY_HORIZON:
+            break
         state.recent.popitem(last=False)
     state.index += 1
     return result
+
+
+def _result(kept: object) -> Result:
+    """A kept result: ``(time, Result)``, or a bare Result in older snapshots."""
+    found = kept[1] if isinstance(kept, tuple) else kept
+    assert isinstance(found, Result)
+    return found
 
 
 def _dispatch(state: State, cmd: Command) -> Result:

@@ -1,7 +1,8 @@
 """VMs moving between two namespace members: a running VM migrates live and never
 reboots (a counter in its RAM goes on, its boot id stays, its disk comes along); a
 migration that cannot reach the target leaves it running where it was; a stopped VM
-moves cold with its snapshots."""
+moves cold with its snapshots; evacuation migrates a running VM live and restore brings
+it back."""
 
 from __future__ import annotations
 
@@ -143,3 +144,23 @@ def test_a_stopped_vm_moves_cold_with_its_snapshots(pair: list[DaemonProcess]) -
         m1.corral("restore", "lv3", "s1", timeout=120)  # the snapshot came along
     finally:
         m1.corral("delete", "--force", "lv3", check=False)
+
+
+def test_evacuation_migrates_a_running_vm_live_and_restore_brings_it_back(
+        pair: list[DaemonProcess]) -> None:
+    m1, _ = pair
+    m1.corral("launch", "busybox-vm", "lv4", "--vm", "--target", "m1",
+              "-c", "limits.memory=256MiB", timeout=300)
+    try:
+        _wait_for_agent(m1, "lv4")
+        boot_id = _sh(m1, "lv4", "cat /proc/sys/kernel/random/boot_id")
+        m1.corral("cluster", "evacuate", "m1", "--force", timeout=600)
+        inst = _instance(m1, "lv4")
+        assert (inst["location"], inst["status"]) == ("m2", "Running")
+        m1.corral("cluster", "restore", "m1", "--force", timeout=600)
+        inst = _instance(m1, "lv4")
+        assert (inst["location"], inst["status"]) == ("m1", "Running")
+        assert _sh(m1, "lv4", "cat /proc/sys/kernel/random/boot_id") == boot_id  # no reboot
+    finally:
+        m1.corral("cluster", "restore", "m1", "--force", check=False, timeout=600)
+        m1.corral("delete", "--force", "lv4", check=False)

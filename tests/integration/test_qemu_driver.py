@@ -187,6 +187,7 @@ def test_a_vm_boots_runs_commands_and_reports_state(driver: QemuDriver, vm: str,
     assert Path(f"/sys/class/net/{nic['host_name']}/master").resolve().name == bridge
     assert nic["hwaddr"] in driver.exec(vm, ["cat", "/sys/class/net/eth0/address"]).stdout.decode()
     assert nic["counters"]["packets_sent"] > 0  # the guest's DHCP discovers
+    assert state["disk"]["root"]["usage"] > 0  # the overlay's blocks on the host
     with pytest.raises(InvalidState):
         driver.start(vm)
 

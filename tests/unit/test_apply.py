@@ -5,9 +5,11 @@ from __future__ import annotations
 import pickle
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from cluster.state import apply as apply_module
 from cluster.state.apply import apply
 from cluster.state.commands import Command
 from cluster.state.model import State
@@ -199,3 +201,21 @@ def test_replicas_agree_and_refusals_change_nothing(ops: list[tuple[str, dict[st
             assert pickle.dumps(a.instances) == before
         assert result.code != 500, result
     assert pickle.dumps(a.instances) == pickle.dumps(b.instances)
+
+
+def test_a_retry_within_the_horizon_is_answered_even_past_the_count(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """At thousands of commands per second a retry may come more than RECENT_COMMANDS
+    later: within RETRY_HORIZON seconds it still gets the first result, not a second
+    apply; results older than that are forgotten once over the count."""
+    monkeypatch.setattr(apply_module, "RECENT_COMMANDS", 3)
+    state = bootstrapped()
+    first = apply(state, cmd("profile.create", id_="p0", t=1.0, name="p0"))
+    for i in range(1, 10):
+        assert apply(state, cmd("profile.create", id_=f"p{i}", t=2.0, name=f"p{i}")).ok
+    again = apply(state, cmd("profile.create", id_="p0", t=3.0, name="p0"))
+    assert first.ok and again == first  # not "already exists"
+    late = 1.0 + apply_module.RETRY_HORIZON + 1
+    assert apply(state, cmd("profile.create", id_="q", t=late, name="q")).ok
+    assert len(state.recent) == 3  # the old results went
+    assert not apply(state, cmd("profile.create", id_="p0", t=late, name="p0")).ok

@@ -411,7 +411,15 @@ class QemuDriver:
                 "cpu": {"usage": host.cpu_ns(pid)}, "memory": host.memory(pid),
                 "network": {nic.device: host.tap_network(nic.device, nic.tap, nic.hwaddr)
                             for nic in spec.nics},
-                "disk": {}}
+                "disk": {"root": {"usage": self._disk_usage(name)}}}
+
+    def _disk_usage(self, name: str) -> int:
+        """Bytes the VM's overlay takes on the host (what it wrote, its snapshots), as
+        LXD reports a VM's root disk usage."""
+        try:
+            return (self._dir(name) / cl.DISK).stat().st_blocks * 512
+        except OSError:
+            return 0
 
     # -- exec and limits -----------------------------------------------------------------
 
