@@ -40,10 +40,11 @@ def _addresses(ctx: Context, *members: str) -> list[str]:
 
 async def move_instance(ctx: Context, name: str, target: str, *, requested: str = "",
                         origin: str | None = None, progress: Any = None,
-                        live: bool = True) -> None:
+                        live: bool = True) -> dict[str, Any] | None:
     """Move ``name`` to ``target``; ``origin`` records (or clears, with ``""``) the member
     an evacuation took it from. ``progress(bytes)`` is called as the data streams. A
-    running VM migrates live (``live_moves``) unless ``live`` is false."""
+    running VM migrates live (``live_moves``) unless ``live`` is false; QEMU's figures of
+    that migration are returned (None for a cold move)."""
     with ctx.store.read() as state:
         inst = state.instances.get(name)
         if inst is None:
@@ -56,9 +57,8 @@ async def move_instance(ctx: Context, name: str, target: str, *, requested: str 
     if kind == "virtual-machine" and power == "Frozen":
         raise ApiError(400, "Resume the virtual machine before moving it")
     if kind == "virtual-machine" and power == "Running" and live:
-        await live_migrate(ctx, name, target, source_address, target_address,
-                           requested=requested, origin=origin, progress=progress)
-        return
+        return await live_migrate(ctx, name, target, source_address, target_address,
+                                  requested=requested, origin=origin, progress=progress)
     laps: list[float] = [time.monotonic()]
     if was_running:
         await ctx.submit_and_wait(command("instance.action", name=name, action="stop",
@@ -88,6 +88,7 @@ async def move_instance(ctx: Context, name: str, target: str, *, requested: str 
     log.info("moved %s from %s to %s in %.2f s (stop %.2f, copy %.2f, drop %.2f, start %.2f)",
              name, source, target, laps[-1] - laps[0],
              *(b - a for a, b in zip(laps, laps[1:], strict=False)))
+    return None
 
 
 async def _pull(ctx: Context, name: str, uid: str, source: str, target: str,

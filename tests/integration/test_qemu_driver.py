@@ -197,6 +197,10 @@ def test_exec_argv_and_the_serial_console_reach_the_guest(driver: QemuDriver,
     argv = driver.exec_argv(vm, ["sh", "-c", "cat /etc/hostname; exit 7"], {}, "/", 0, 0)
     done = subprocess.run(argv, capture_output=True, timeout=60, check=False)
     assert (done.returncode, done.stdout) == (7, b"busybox-vm\n")
+    argv = driver.exec_argv(vm, ["sh", "-c", 'echo "$GREETING from $(pwd)"'],
+                            {"GREETING": "hello there"}, "/mnt/root", 0, 0)
+    done = subprocess.run(argv, capture_output=True, timeout=60, check=False)
+    assert (done.returncode, done.stdout) == (0, b"hello there from /mnt/root\n")
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as console:
         console.settimeout(30)
         console.connect(str(driver.vm_dir(vm) / "console.sock"))

@@ -68,6 +68,15 @@ def test_vm_lifecycle_exec_limits_and_bad_input(fresh_daemon: DaemonProcess) -> 
                         if line.startswith("MemTotal:")))
     assert 180_000 < total_kb <= 262_144  # 256 MiB less what the kernel keeps
     assert _exec(daemon, "v1", "nproc").strip() == "2"
+    # The guest's DHCP client gets an address from the member's dnsmasq, on the bridge's
+    # subnet, and the host answers it there.
+    subnet = daemon.address.rsplit(".", 1)[0] + "."
+    deadline = time.monotonic() + 60
+    while subnet not in (inet := _exec(daemon, "v1", "ip", "-4", "-o", "addr", "show", "eth0")):
+        assert time.monotonic() < deadline, inet
+        time.sleep(1)
+    gateway = daemon.address.split("/")[0]
+    assert "0% packet loss" in _exec(daemon, "v1", "ping", "-c", "1", "-W", "5", gateway)
     state = api.get("/1.0/instances/v1/state")
     assert state["status"] == "Running" and state["pid"] > 0
     assert len(_qemu_processes(daemon)) == 1

@@ -8,6 +8,8 @@ import pytest
 
 from node_agent.drivers.base import InstanceDefinition
 from node_agent.drivers.qemu import cmdline as cl
+from node_agent.drivers.qemu.cmdline import InvalidConfig
+from node_agent.drivers.qemu.driver import guest_command
 
 IMAGE = {"kernel": "/img/kernel", "initrd": "/img/initrd", "rootfs": "/img/rootfs.img",
          "cmdline": "console=ttyS0 quiet"}
@@ -110,3 +112,13 @@ def test_argv_daemonises_with_qmp_console_agent_and_taps() -> None:
 def test_kvm_uses_the_host_cpu() -> None:
     argv = cl.qemu_argv("qemu", spec(), "kvm")
     assert argv[argv.index("-cpu") + 1] == "host"
+
+
+def test_exec_env_and_cwd_are_applied_in_the_guest() -> None:
+    assert guest_command(["ls"], {}, "/") == ["ls"]
+    assert guest_command(["ls", "-l"], {"B": "2", "A": "x y"}, "") == \
+        ["env", "A=x y", "B=2", "ls", "-l"]
+    assert guest_command(["pwd"], {}, "/mnt/root") == \
+        ["sh", "-c", 'cd "$1" || exit 1; shift; exec "$@"', "sh", "/mnt/root", "pwd"]
+    with pytest.raises(InvalidConfig):
+        guest_command(["ls"], {"A=B": "x"}, "/")

@@ -316,8 +316,10 @@ async def _move(request: web.Request, name: str, body: dict[str, Any]) -> web.Re
             ctx.ops.update(op, fs_progress=f"{done / 1e6:.1f}MB ({rate / 1e6:.1f}MB/s)",
                            bytes_transferred=done)
 
-        await move_instance(ctx, name, target, requested=requested or target,
-                            progress=progress)
+        figures = await move_instance(ctx, name, target, requested=requested or target,
+                                      progress=progress)
+        if figures is not None:  # a live migration: QEMU's total, downtime, bytes
+            ctx.ops.update(op, live_migration=figures)
         ctx.events.lifecycle("instance-migrated", f"/1.0/instances/{name}", target=target)
 
     op = ctx.ops.start(f"Migrating instance to {target}", run,

@@ -431,19 +431,30 @@ class QemuDriver:
     def exec_argv(self, name: str, command: list[str], env: dict[str, str], cwd: str,
                   uid: int, gid: int) -> list[str]:
         """argv of a host process that runs ``command`` in the guest and passes its output
-        and exit code through. Only root in ``/`` and no pty for now."""
+        and exit code through. As root, without a pty; ``env`` and ``cwd`` are applied
+        in the guest by ``env`` and a ``cd`` before the command."""
         self._spec(name)
-        if uid != 0 or gid != 0 or cwd not in ("", "/") or env:
-            raise InvalidConfig(f"VM {name!r}: exec supports only root in / without "
-                                f"extra environment (for now)")
+        if uid != 0 or gid != 0:
+            raise InvalidConfig(f"VM {name!r}: exec runs commands as root only (for now)")
         return [sys.executable, "-m", "node_agent.drivers.qemu.vm_exec", str(self._dir(name)),
-                "--", *command]
+                "--", *guest_command(command, env, cwd)]
 
     def apply_limits(self, name: str, config: dict[str, str]) -> None:
         """Check ``limits.*``; they apply at the next start (define rewrites the spec).
         No memory or CPU hotplug yet."""
         cl.parse_memory(config.get("limits.memory", ""), _host_memory())
         cl.parse_cpus(config.get("limits.cpu", ""))
+
+
+def guest_command(command: list[str], env: dict[str, str], cwd: str) -> list[str]:
+    """``command`` wrapped so that the guest runs it with ``env`` in ``cwd``."""
+    if any("=" in key or not key for key in env):
+        raise InvalidConfig(f"invalid environment variable name in {sorted(env)!r}")
+    wrapped = ["env", *(f"{k}={v}" for k, v in sorted(env.items())), *command] if env \
+        else list(command)
+    if cwd in ("", "/"):
+        return wrapped
+    return ["sh", "-c", 'cd "$1" || exit 1; shift; exec "$@"', "sh", cwd, *wrapped]
 
 
 def _host_memory() -> int:
