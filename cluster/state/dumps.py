@@ -3,9 +3,9 @@
 pysyncobj compacts its log by pickling the whole state in its tick thread; at 500k
 instances that took minutes, far past every election timeout, so leaders fell and
 replicas lagged (issue 4). A forked child sees the state as it was at the fork and
-writes it while Raft goes on (copy-on-write, as Redis does). The child first closes
-every inherited descriptor, so it holds no socket, pipe or container fd of the
-daemon, and it never logs or takes a lock.
+writes it while Raft goes on (copy-on-write, as Redis does), at the lowest CPU
+priority. The child first closes every inherited descriptor, so it holds no socket,
+pipe or container fd of the daemon, and it never logs or takes a lock.
 
 A dump ends with the SHA-256 of everything before it. pysyncobj installs a leader's
 dump on a lagging follower in chunks with no checksum; a chunk lost to a dropped
@@ -65,6 +65,7 @@ class ForkingDump:
             status = 1
             try:
                 os.closerange(3, os.sysconf("SC_OPEN_MAX"))
+                os.nice(19)  # the live replicas come first; a dump may take its time
                 gc.disable()
                 write_dump(self._path, self._read_state(), meta)
                 status = 0
