@@ -340,7 +340,11 @@ def _follow_migration(driver: QemuDriver, name: str, deadline: float,
         info = _call(driver, name, "query-migrate", "query-migrate")
         status = info.get("status")
         if status == "completed":
-            return info, disk_bytes
+            # QEMU sets the state a moment before its figures (total-time, downtime).
+            if info.get("total-time") or time.monotonic() >= deadline:
+                return info, disk_bytes
+            time.sleep(POLL)
+            continue
         if status not in ACTIVE:
             raise MigrationError(f"VM {name!r}: migration {status}: "
                                  f"{info.get('error-desc', 'no reason given')}")
