@@ -20,6 +20,7 @@ import tarfile
 import tempfile
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -38,23 +39,31 @@ MiB = 1024**2
 BOOT_TIMEOUT = 60.0
 
 
-@pytest.fixture(scope="module")
-def base() -> Iterator[Path]:
+@contextmanager
+def qemu_scratch(prefix: str, configs: str) -> Iterator[Path]:
+    """A scratch directory for VMs; afterwards their QEMUs are killed and the taps named
+    in their specs (``configs``: a glob under it) removed."""
     if os.geteuid() != 0:
         pytest.skip("needs root")
     for tool in ("qemu-system-x86_64", "qemu-img", "ip", "mke2fs"):
         if shutil.which(tool) is None:
             pytest.skip(f"needs {tool} (apt-get install qemu-system-x86 qemu-utils)")
-    path = Path(tempfile.mkdtemp(prefix="corral-qemu-"))
+    path = Path(tempfile.mkdtemp(prefix=prefix))
     try:
         yield path
     finally:
         for pid in qemu_pids(path):
             os.kill(pid, signal.SIGKILL)
-        for vm in (path / "vms").glob("*/config.json"):
-            for tap in re.findall(r'"tap": "([^"]+)"', vm.read_text()):
+        for config in path.glob(configs):
+            for tap in re.findall(r'"tap": "([^"]+)"', config.read_text()):
                 host.remove_tap(tap)
         shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def base() -> Iterator[Path]:
+    with qemu_scratch("corral-qemu-", "vms/*/config.json") as path:
+        yield path
 
 
 def qemu_pids(under: Path) -> list[int]:

@@ -11,12 +11,9 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import secrets
-import shutil
 import signal
 import subprocess
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,7 +26,7 @@ from node_agent.drivers.qemu import QemuDriver, host
 from node_agent.drivers.qemu import migration as mig
 from node_agent.images.busybox_vm import build_busybox_vm_image
 from node_agent.images.vm_unpack import unpack_vm_image
-from tests.integration.test_qemu_driver import boot, qemu_pids
+from tests.integration.test_qemu_driver import boot, qemu_pids, qemu_scratch
 
 pytestmark = pytest.mark.real
 COUNTER = ("i=0; while true; do i=$((i+1)); echo $i > /tmp/counter; sleep 0.1; done "
@@ -38,21 +35,8 @@ COUNTER = ("i=0; while true; do i=$((i+1)); echo $i > /tmp/counter; sleep 0.1; d
 
 @pytest.fixture(scope="module")
 def base() -> Iterator[Path]:
-    if os.geteuid() != 0:
-        pytest.skip("needs root")
-    for tool in ("qemu-system-x86_64", "qemu-img", "ip", "mke2fs"):
-        if shutil.which(tool) is None:
-            pytest.skip(f"needs {tool} (apt-get install qemu-system-x86 qemu-utils)")
-    path = Path(tempfile.mkdtemp(prefix="corral-qemu-mig-"))
-    try:
+    with qemu_scratch("corral-qemu-mig-", "*/*/config.json") as path:
         yield path
-    finally:
-        for pid in qemu_pids(path):
-            os.kill(pid, signal.SIGKILL)
-        for config in path.glob("*/*/config.json"):
-            for tap in re.findall(r'"tap": "([^"]+)"', config.read_text()):
-                host.remove_tap(tap)
-        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

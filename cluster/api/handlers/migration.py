@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
@@ -23,7 +24,7 @@ from cluster.api.handlers.volumes import _require_member_peer
 from cluster.api.response import ApiError, empty, json_body, sync
 from cluster.state.model import Instance
 from node_agent.agent import NodeAgent
-from node_agent.drivers.qemu import migration
+from node_agent.drivers.qemu import QemuDriver, migration
 from node_agent.node import InstanceSpec
 
 PROGRESS_EVERY = 0.5  # seconds between progress lines to the orchestrator
@@ -66,26 +67,29 @@ async def prepare(request: web.Request) -> web.Response:
     return sync({"incoming": incoming.to_json()})
 
 
-async def finish_incoming(request: web.Request) -> web.Response:
-    """POST .../incoming/finish (target, after the move is committed): run the guest."""
+async def _on_vm(request: web.Request, lives_here: bool,
+                 work: Callable[[QemuDriver, str], None]) -> web.Response:
+    """Run ``work(driver, name)`` in a thread, only where the instance lives
+    (``lives_here``) or only where it does not."""
     _require_member_peer(request)
     ctx = ctx_of(request)
     inst, _, _ = _moving(ctx, request)
-    if inst.location != ctx.member:
+    if lives_here and inst.location != ctx.member:
         raise ApiError(409, "The instance does not live on this member")
-    await asyncio.to_thread(migration.finish_incoming, ctx.node.qemu(), inst.name)
+    if not lives_here and inst.location == ctx.member:
+        raise ApiError(409, "The instance lives on this member; it stays")
+    await asyncio.to_thread(work, ctx.node.qemu(), inst.name)
     return empty()
+
+
+async def finish_incoming(request: web.Request) -> web.Response:
+    """POST .../incoming/finish (target, after the move is committed): run the guest."""
+    return await _on_vm(request, True, migration.finish_incoming)
 
 
 async def abort_incoming(request: web.Request) -> web.Response:
     """DELETE .../incoming (target, a failed migration): drop the waiting QEMU."""
-    _require_member_peer(request)
-    ctx = ctx_of(request)
-    inst, _, _ = _moving(ctx, request)
-    if inst.location == ctx.member:
-        raise ApiError(409, "The instance lives on this member; it stays")
-    await asyncio.to_thread(migration.abort_incoming, ctx.node.qemu(), inst.name)
-    return empty()
+    return await _on_vm(request, False, migration.abort_incoming)
 
 
 async def send(request: web.Request) -> web.StreamResponse:
@@ -138,31 +142,18 @@ async def send(request: web.Request) -> web.StreamResponse:
 async def resume(request: web.Request) -> web.Response:
     """POST .../outgoing/resume (source): the move was not committed; run the guest here
     again (it paused when its RAM had gone)."""
-    _require_member_peer(request)
-    ctx = ctx_of(request)
-    inst, _, _ = _moving(ctx, request)
-    if inst.location != ctx.member:
-        raise ApiError(409, "The instance does not live on this member")
-    await asyncio.to_thread(migration.resume_source, ctx.node.qemu(), inst.name)
-    return empty()
+    return await _on_vm(request, True, migration.resume_source)
 
 
 async def drop_source(request: web.Request) -> web.Response:
     """DELETE .../outgoing (source, once the instance lives on the target): quit the
     paused QEMU and delete the VM's files here."""
-    _require_member_peer(request)
-    ctx = ctx_of(request)
-    inst, _, _ = _moving(ctx, request)
-    if inst.location == ctx.member:
-        raise ApiError(409, "The instance lives on this member; it stays")
+    return await _on_vm(request, False, _quit_and_delete)
 
-    def drop() -> None:
-        driver = ctx.node.qemu()
-        migration.finish_source(driver, inst.name)
-        driver.delete(inst.name)
 
-    await asyncio.to_thread(drop)
-    return empty()
+def _quit_and_delete(driver: QemuDriver, name: str) -> None:
+    migration.finish_source(driver, name)
+    driver.delete(name)
 
 
 def migration_downtime(config: dict[str, str]) -> int:
