@@ -95,8 +95,13 @@ def _init_is_systemd(rootfs: Path) -> bool:
         return False
 
 
-def _tail(path: Path, lines: int = 15) -> str:
-    return "\n".join(st.read_text(path).splitlines()[-lines:])
+def _log_excerpt(path: Path, errors: int = 12, tail: int = 4) -> str:
+    """The log's ERROR lines (where the cause is) and its last lines, in order: a plain
+    tail can be all teardown warnings that bury the first error."""
+    lines = st.read_text(path).splitlines()
+    wanted = [i for i, line in enumerate(lines) if " ERROR " in line][:errors]
+    wanted += range(max(0, len(lines) - tail), len(lines))
+    return "\n".join(lines[i] for i in sorted(set(wanted)))
 
 
 class LxcDriver:
@@ -278,7 +283,7 @@ class LxcDriver:
         if done.returncode != 0 or not _wait_for(container, "RUNNING", self.start_timeout):
             raise DriverError(f"container {name!r} failed to start (lxc-start exit "
                               f"{done.returncode}): {stderr}\n--- lxc.log ---\n"
-                              f"{_tail(directory / 'lxc.log')}")
+                              f"{_log_excerpt(directory / 'lxc.log')}")
 
     def stop(self, name: str, force: bool, timeout: float) -> None:
         """Force: kill now. Else send the halt signal (SIGPWR: busybox and systemd halt on
