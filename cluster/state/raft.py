@@ -30,7 +30,7 @@ BATCH = 500
 # Move every object alive into the collector's permanent generation after this many
 # applied commands: a full collection over millions of replicated records takes
 # seconds, all of it with the GIL held and Raft's heartbeats unsent.
-FREEZE_EVERY = 100_000
+FREEZE_EVERY = 10_000
 
 
 class _Replica(SyncObjConsumer):
