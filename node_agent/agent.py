@@ -140,8 +140,7 @@ class NodeAgent:
                 await self._resync_now()
             if change is None or not change.result.ok:
                 continue
-            uid = self._uid_of(change.command)
-            if uid:
+            for uid in self._uids_of(change.command):
                 self.kick(uid)
 
     async def _resync_now(self) -> None:
@@ -151,15 +150,18 @@ class NodeAgent:
         except Exception as exc:  # noqa: BLE001 - the next resync tries again
             log.info("could not report self-stopped instances: %s", exc)
 
-    def _uid_of(self, cmd: Any) -> str:
+    def _uids_of(self, cmd: Any) -> list[str]:
         if cmd.type == "instance.create":
-            return str(cmd.args.get("uid", ""))
+            return [str(cmd.args["uid"])] if cmd.args.get("uid") else []
+        if cmd.type == "instance.create_many":  # a plan: only this member's part is ours
+            return [str(item.get("uid", "")) for item in cmd.args.get("items", [])
+                    if item.get("location") == self.member and item.get("uid")]
         if cmd.type.startswith("instance.") and cmd.type not in (
                 "instance.observed", "instance.observe_status", "instance.purge"):
             with self.store.read() as state:
                 inst = state.instances.get(cmd.args.get("new_name") or cmd.args.get("name", ""))
-                return inst.uid if inst is not None else ""
-        return ""
+                return [inst.uid] if inst is not None else []
+        return []
 
     def _resync(self) -> None:
         with self.store.read() as state:

@@ -64,13 +64,15 @@ from scheduler.sim_workload import (
     Report,
     Tally,
     create_command,
+    create_many_command,
     setup_phases,
     state_digest,
 )
 from scheduler.view import view_from_state
 
 VOTERS = 3
-DEFAULT_WINDOW = 8 * BATCH  # instance.create commands in flight
+DEFAULT_WINDOW = 8 * BATCH  # placements in flight
+DEFAULT_PLAN_SIZE = 256  # placements per instance.create_many command
 SETUP_CHUNK = 4000  # setup commands in flight
 START_TIMEOUT = 60.0
 SETTLE_TIMEOUT = 300.0
@@ -211,7 +213,7 @@ async def _run(store: RaftStore, journal: Path, params: dict[str, Any]) -> dict[
         placers = [Placer(view_from_state(state, time.time()), profile)
                    for _ in range(params["planners"])]
     tally = Tally(where={} if params["record"] else None)
-    pipeline = _Pipeline(store, placers, tally, params["window"])
+    pipeline = _Pipeline(store, placers, tally, params["window"], params["plan_size"])
     started = time.perf_counter()
     await pipeline.place_all(spec for spec in driver.instances(params["instances"])
                              if spec.index % planners == mine)
@@ -223,20 +225,32 @@ async def _run(store: RaftStore, journal: Path, params: dict[str, Any]) -> dict[
             "leader_changes": pipeline.leader_changes}
 
 
+@dataclass(frozen=True)
+class _Planned:
+    """A placement planned and counted in its planner's view, not committed yet."""
+
+    placer: Placer
+    spec: SimInstance
+    request: PlacementRequest
+    member: str
+
+
 class _Pipeline:
-    """Plans in order and keeps up to ``window`` ``instance.create`` commands in flight.
+    """Plans in order and keeps up to ``window`` placements in flight, ``plan_size`` to a
+    command: one ``instance.create_many`` per plan (``instance.create`` when 1).
 
     Each plan is counted in its planner's view before its command commits (so the next
-    plans see it); a plan apply refuses is released, the member refreshed from the
-    committed state, and the instance planned again.
+    plans see it); a placement apply refuses is released, the member refreshed from the
+    committed state, and the instance planned again (then alone, in ``instance.create``).
     """
 
     def __init__(self, store: RaftStore, placers: list[Placer], tally: Tally,
-                 window: int) -> None:
+                 window: int, plan_size: int = 1) -> None:
         self.store = store
         self.placers = placers
         self.tally = tally
-        self.window = asyncio.Semaphore(window)
+        self.plan_size = max(1, plan_size)
+        self.window = asyncio.Semaphore(max(1, window // self.plan_size))
         # Outcome unknown (Unavailable after RaftStore's retries): looked up at the end in
         # this replica, once every command in flight has returned.
         self.unknown: dict[str, str] = {}
@@ -252,36 +266,87 @@ class _Pipeline:
         now = time.monotonic()
         if now - self.shown[0] >= PROGRESS_SECONDS:
             rate = (self.tally.placed - self.shown[1]) / (now - self.shown[0])
-            print(f"[simulate] planned {planned}, committed {self.tally.placed}, in flight "
-                  f"{in_flight}, refused {len(self.tally.refused)}, re-planned "
+            print(f"[simulate] planned {planned}, committed {self.tally.placed}, commands in "
+                  f"flight {in_flight}, refused {len(self.tally.refused)}, re-planned "
                   f"{self.tally.replanned}, {rate:.0f}/s; leader {leader} "
                   f"({self.leader_changes} changes)", file=sys.stderr, flush=True)
             self.shown = (now, self.tally.placed)
 
     async def place_all(self, specs: Iterable[SimInstance]) -> None:
         tasks: set[asyncio.Task[None]] = set()
+        plan: list[_Planned] = []
         for spec in specs:
             placer = self.placers[spec.index % len(self.placers)]
             request = placer.request(spec)
-            plan = placer.place(request)
-            if plan.member is None:
-                self.tally.refuse(spec.name, plan.error)
+            found = placer.place(request)
+            if found.member is None:
+                self.tally.refuse(spec.name, found.error)
                 continue
-            placer.commit(plan.member, request)
-            await self.window.acquire()
-            task = asyncio.create_task(self._commit(placer, spec, request, plan.member))
-            tasks.add(task)
-            task.add_done_callback(tasks.discard)
+            placer.commit(found.member, request)
+            plan.append(_Planned(placer, spec, request, found.member))
+            if len(plan) >= self.plan_size:
+                await self._send(plan, tasks)
+                plan = []
             if spec.index % 256 == 255:
                 self._watch(spec.index + 1, len(tasks))
                 await asyncio.sleep(0)  # let the commands go out while planning continues
+        if plan:
+            await self._send(plan, tasks)
         if tasks:
             await asyncio.gather(*tasks)
 
-    async def _commit(self, placer: Placer, spec: SimInstance, request: PlacementRequest,
-                      member: str) -> None:
+    async def _send(self, plan: list[_Planned], tasks: set[asyncio.Task[None]]) -> None:
+        await self.window.acquire()
+        one = plan[0]
+        task = asyncio.create_task(self._commit_plan(plan) if len(plan) > 1 else
+                                   self._commit(one.placer, one.spec, one.request, one.member))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    async def _commit_plan(self, plan: list[_Planned]) -> None:
+        """Commit a plan in one command; each refused placement goes on alone."""
         try:
-            for attempt in range(REPLAN_ATTEMPTS):
+            results = await self.store.submit(
+                create_many_command([(p.spec, p.member) for p in plan]))
+        except Unavailable as exc:
+            for planned in plan:
+                self.unknown[planned.spec.name] = f"outcome unknown: {exc}"
+            self.window.release()
+            return
+        except StateError as exc:
+            for planned in plan:
+                planned.placer.release(planned.member, planned.request)
+                self.tally.refuse(planned.spec.name, str(exc))
+            self.window.release()
+            return
+        self.window.release()
+        retries = []
+        for planned, result in zip(plan, results, strict=True):
+            if result.ok:
+                self.tally.place(planned.spec.name, planned.member)
+                continue
+            planned.placer.release(planned.member, planned.request)
+            if "no longer fits" not in result.error:
+                self.tally.refuse(planned.spec.name, result.error)
+                continue
+            self.tally.replanned += 1
+            member = self._replan(planned.placer, planned.request, planned.member)
+            if member is not None:
+                retries.append(self._retry(planned.placer, planned.spec, planned.request,
+                                           member))
+        await asyncio.gather(*retries)
+
+    async def _retry(self, placer: Placer, spec: SimInstance, request: PlacementRequest,
+                     member: str) -> None:
+        await self.window.acquire()
+        await self._commit(placer, spec, request, member, first_attempt=1)
+
+    async def _commit(self, placer: Placer, spec: SimInstance, request: PlacementRequest,
+                      member: str, first_attempt: int = 0) -> None:
+        """Commit one placement, planning it again while apply refuses it (at most
+        ``REPLAN_ATTEMPTS`` plans in all); releases a window slot at the end."""
+        try:
+            for attempt in range(first_attempt, REPLAN_ATTEMPTS):
                 try:
                     await self.store.submit(create_command(spec, member, attempt))
                 except Conflict as exc:
@@ -443,7 +508,8 @@ class RaftOptions:
     settings change before making it, never the daemon's configuration."""
 
     planners: int = 1  # planners with their own views (their conflicts exercise re-planning)
-    window: int = DEFAULT_WINDOW  # instance.create commands in flight
+    window: int = DEFAULT_WINDOW  # placements in flight
+    plan_size: int = DEFAULT_PLAN_SIZE  # placements per command (instance.create_many)
     # The voter process(es) planning: "follower", "leader", or "followers" (both, each
     # planning half the instances, as API requests arriving at two members would).
     planner_on: str = PLANNER_ON
@@ -474,6 +540,7 @@ def run_raft(members: int, instances: int, seed: int = 0,
         planner = planning[0]
         params = {"members": members, "instances": instances, "seed": seed,
                   "planners": max(1, options.planners), "window": options.window,
+                  "plan_size": options.plan_size,
                   "record": record}
         setup = planner.call("setup", params)
         for number, voter in enumerate(planning):  # each process plans its share at once

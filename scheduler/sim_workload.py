@@ -77,10 +77,21 @@ def create_command(spec: SimInstance, member: str, attempt: int = 0) -> Command:
     ids are made from the instance's uid rather than ``uuid4`` (cheaper, as unique).
     """
     return Command(id=f"sim-{spec.uid}-{attempt}", type="instance.create", time=time.time(),
-                   args={"name": spec.name, "uid": spec.uid, "type": "container",
-                         "architecture": "x86_64", "image": IMAGE, "location": member,
-                         "profiles": ["default"], "config": spec.config,
-                         "devices": spec.devices})
+                   args=create_args(spec, member))
+
+
+def create_many_command(plan: list[tuple[SimInstance, str]]) -> Command:
+    """``instance.create_many`` of a plan of first attempts, (instance, member) pairs; its
+    id is made from the first instance's uid, which is in no other plan."""
+    return Command(id=f"sim-plan-{plan[0][0].uid}", type="instance.create_many",
+                   time=time.time(), args={"items": [create_args(spec, member)
+                                                     for spec, member in plan]})
+
+
+def create_args(spec: SimInstance, member: str) -> dict[str, Any]:
+    return {"name": spec.name, "uid": spec.uid, "type": "container",
+            "architecture": "x86_64", "image": IMAGE, "location": member,
+            "profiles": ["default"], "config": spec.config, "devices": spec.devices}
 
 
 @dataclass

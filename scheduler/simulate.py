@@ -1,8 +1,9 @@
 """A scale simulator of the scheduler: N simulated members, M instances.
 
     python -m scheduler.simulate --members N --instances M [--raft 3] [--seed S]
-                                 [--planners K] [--window W] [--planner-on leader|follower]
-                                 [--gc default|freeze] [--what-if SETTING=VALUE] [--snapshot]
+                                 [--planners K] [--window W] [--plan-size P]
+                                 [--planner-on leader|follower|followers] [--gc default|freeze]
+                                 [--what-if SETTING=VALUE] [--snapshot]
 
 Members and instances come from the :class:`~scheduler.fake_driver.FakeDriver` (simulated
 hosts of varied capacity, containers of varied limits; nothing runs). The cluster is built
@@ -12,9 +13,10 @@ with the real commands (``cluster.bootstrap``, ``image.add``, ``join_token.add``
 * without ``--raft`` (pure): planning only. Each plan is committed into the planner's
   ``ClusterView``; the figure is placement decisions per second in one process.
 * with ``--raft 3``: each plan is committed through a real 3-voter pysyncobj cluster on
-  loopback (``RaftStore``, one voter per process; see ``scheduler.sim_raft``) as an
-  ``instance.create`` with ``location`` set, so apply re-validates every placement; a plan
-  apply refuses is planned again.
+  loopback (``RaftStore``, one voter per process; see ``scheduler.sim_raft``), each plan
+  of ``--plan-size`` placements as one ``instance.create_many`` (a plan of many
+  allocations, as Nomad commits them) with ``location`` set, so apply re-validates every
+  placement; a placement apply refuses is planned again.
 
 With ``--raft`` a progress line goes to stderr every 10 s. The last line printed is
 ``placements/s: X``.
@@ -135,7 +137,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="Raft: concurrent planners, each with its own view (their "
                              "conflicting plans are refused by apply and re-planned)")
     parser.add_argument("--window", type=int, default=0,
-                        help="Raft: instance.create commands in flight (default: automatic)")
+                        help="Raft: placements in flight (default: automatic)")
+    parser.add_argument("--plan-size", type=int, default=0,
+                        help="Raft: placements per instance.create_many command (1: one "
+                             "instance.create per placement; default: automatic)")
     parser.add_argument("--planner-on", choices=("leader", "follower", "followers"),
                         default=None,
                         help="Raft: the voter process the planner runs in (followers: "
@@ -152,9 +157,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.raft is None:
         report = run_pure(args.members, args.instances, args.seed)
     else:
-        from scheduler.sim_raft import DEFAULT_WINDOW, PLANNER_ON, RaftOptions, run_raft
+        from scheduler.sim_raft import (
+            DEFAULT_PLAN_SIZE,
+            DEFAULT_WINDOW,
+            PLANNER_ON,
+            RaftOptions,
+            run_raft,
+        )
 
         options = RaftOptions(planners=args.planners, window=args.window or DEFAULT_WINDOW,
+                              plan_size=args.plan_size or DEFAULT_PLAN_SIZE,
                               planner_on=args.planner_on or PLANNER_ON, gc_mode=args.gc,
                               what_if=dict(parse_setting(text) for text in args.what_if))
         report = run_raft(args.members, args.instances, args.seed, options,

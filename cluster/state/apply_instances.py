@@ -19,6 +19,7 @@ from cluster.state.placement import placement_problem, resize_problem
 POWER_AFTER = {"start": "Running", "restart": "Running", "stop": "Stopped",
                "freeze": "Frozen", "unfreeze": "Running"}
 KEEP_RESULTS = 32
+MAX_CREATE_MANY = 4096
 
 
 def _enqueue(inst: Instance, kind: str, **args: Any) -> int:
@@ -79,7 +80,25 @@ def expanded(state: State, config: dict[str, str], devices: dict[str, dict[str, 
 
 
 def create(state: State, cmd: Command) -> Result:
-    a = cmd.args
+    return _create(state, cmd.args, cmd.time)
+
+
+def create_many(state: State, cmd: Command) -> Result:
+    """A plan of many placements in one command (Nomad commits a plan of many
+    allocations as one Raft entry): each item is an ``instance.create`` applied on its
+    own, in order, and the result lists each item's Result. Items refused (a placement
+    that no longer fits) change nothing; the others are created, as Nomad's plan applier
+    commits the part of a plan that still fits."""
+    items = cmd.args.get("items")
+    if not isinstance(items, list) or not items:
+        return fail(400, "items must be a non-empty list of instance.create arguments")
+    if len(items) > MAX_CREATE_MANY:
+        return fail(400, f"At most {MAX_CREATE_MANY} instances per instance.create_many")
+    return ok([_create(state, item, cmd.time) if isinstance(item, dict)
+               else fail(400, "Each item must be a mapping") for item in items])
+
+
+def _create(state: State, a: dict[str, Any], now: float) -> Result:
     problem = validate.instance_name_error(a.get("name"))
     if problem:
         return fail(400, problem)
@@ -101,14 +120,14 @@ def create(state: State, cmd: Command) -> Result:
     config, devices = spec
     inst = Instance(
         uid=a["uid"], name=a["name"], type=str(kind), location=a["location"],
-        architecture=a.get("architecture", "x86_64"), image=a["image"], created_at=cmd.time,
+        architecture=a.get("architecture", "x86_64"), image=a["image"], created_at=now,
         config=dict(a.get("config", {})), devices=_devices_copy(a.get("devices", {})),
         profiles=list(a.get("profiles", [])), ephemeral=bool(a.get("ephemeral", False)),
         description=str(a.get("description", "")),
     )
     inst.demand = reservations.expanded_demand(inst.type, config, devices)
     problem = placement_problem(
-        state, member=inst.location, now=cmd.time, name=inst.name, type_=inst.type,
+        state, member=inst.location, now=now, name=inst.name, type_=inst.type,
         architecture=inst.architecture, demand=inst.demand, target=str(a.get("target", "")),
         placement_group=config.get("placement.group", ""))
     if problem:
@@ -119,7 +138,7 @@ def create(state: State, cmd: Command) -> Result:
         inst.power = "Running"
     state.instances[inst.name] = inst
     reservations.add(state, inst, (inst.demand, config.get("placement.group", "")))
-    state.images[inst.image].last_used_at = cmd.time
+    state.images[inst.image].last_used_at = now
     return ok({"uid": inst.uid, "generation": inst.generation})
 
 
@@ -338,6 +357,7 @@ def _remove(state: State, inst: Instance) -> None:
 
 HANDLERS = {
     "instance.create": create,
+    "instance.create_many": create_many,
     "instance.action": action,
     "instance.update": update,
     "instance.rename": rename,

@@ -123,10 +123,13 @@ def test_raft_run_with_a_planner_in_each_follower_places_everything_once() -> No
 
 
 @pytest.mark.timeout(60)
-def test_raft_run_replans_what_apply_refuses() -> None:
+@pytest.mark.parametrize("plan_size", [1, 64])
+def test_raft_run_replans_what_apply_refuses(plan_size: int) -> None:
     # Three planners that do not see each other's plans on a cluster too small for all:
-    # apply refuses the plans that no longer fit, and they are planned again.
-    report = run_raft(3, 1200, seed=9, options=RaftOptions(planners=3), record=True)
+    # apply refuses the placements that no longer fit (one instance.create each, or items
+    # of an instance.create_many), and they are planned again.
+    report = run_raft(3, 1200, seed=9, options=RaftOptions(planners=3, plan_size=plan_size),
+                      record=True)
     assert report.tally.replanned > 0
     assert report.tally.refused  # and what fits nowhere is refused with a reason
     where = report.tally.where
