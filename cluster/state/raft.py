@@ -26,7 +26,9 @@ from cluster.state.model import State
 from cluster.state.store import Change
 
 RETRIES = 5
-BATCH = 500
+BATCH = 500  # commands in one log entry
+BATCH_ITEMS = 4096  # placements in one log entry (a plan of many counts each)
+MESSAGE_BYTES = 2**25  # pysyncobj's largest append_entries message (see raft_conf)
 # Move every object alive into the collector's permanent generation after this many
 # applied commands: a full collection over millions of replicated records takes
 # seconds, all of it with the GIL held and Raft's heartbeats unsent.
@@ -121,6 +123,11 @@ def raft_conf(journal_dir: Path, password: str | None = None,
         raftMinTimeout=0.6,
         raftMaxTimeout=1.0,
         appendEntriesPeriod=0.05,
+        # pysyncobj 0.3.17 splits an entry larger than this into chunks and marks the
+        # last chunk by the entry's data length, not the pickled entry's: for sizes just
+        # under a chunk boundary the follower unpickles a truncated entry and is stuck
+        # for good. Entries stay far below this (RaftStore batches at most BATCH_ITEMS).
+        appendEntriesBatchSizeBytes=MESSAGE_BYTES,
         connectionRetryTime=1.0,
         journalFile=str(journal_dir / "journal"),
         fullDumpFile=str(journal_dir / "snapshot"),
@@ -282,13 +289,15 @@ class RaftStore:
         return set(self._partners)
 
     def _flush(self) -> None:
-        """Send everything queued since the last flush as batches of at most BATCH, with
+        """Send everything queued since the last flush in entries of at most BATCH
+        commands (and BATCH_ITEMS placements), with
         one timer per batch and timeout (a timer per command cost a tenth of the leader's
         time at thousands of commands per second)."""
         self._flush_scheduled = False
         loop = asyncio.get_running_loop()
         while self._outbox:
-            chunk, self._outbox = self._outbox[:BATCH], self._outbox[BATCH:]
+            taken = _batch_length(self._outbox)
+            chunk, self._outbox = self._outbox[:taken], self._outbox[taken:]
             futures = [future for _, future, _ in chunk]
             timers = [loop.call_later(timeout, _expire, [f for _, f, t in chunk if t == timeout])
                       for timeout in {timeout for _, _, timeout in chunk}]
@@ -321,6 +330,18 @@ class RaftStore:
             self._flush_scheduled = True
             loop.call_soon(self._flush)
         return await future
+
+
+def _batch_length(outbox: list[tuple[Command, Any, float]]) -> int:
+    """How many queued commands go in the next entry: at most BATCH commands and
+    BATCH_ITEMS items (an ``instance.create_many`` counts its items), at least one."""
+    items = 0
+    for taken, (cmd, _, _) in enumerate(outbox[:BATCH]):
+        many = cmd.args.get("items")
+        items += len(many) if isinstance(many, list) else 1
+        if items > BATCH_ITEMS and taken > 0:
+            return taken
+    return min(len(outbox), BATCH)
 
 
 def _resolve_batch(futures: list[asyncio.Future[tuple[Any, Any]]], results: Any,

@@ -112,3 +112,25 @@ def test_a_follower_behind_a_compacted_log_catches_up_from_the_dump(tmp_path: Pa
                     assert state.index == states[0].index
 
     asyncio.run(scenario())
+
+
+def test_entries_of_every_size_around_a_message_boundary_replicate(tmp_path: Path) -> None:
+    """pysyncobj 0.3.17 sends an entry larger than ``appendEntriesBatchSizeBytes`` in
+    chunks and marks the last one by the entry's data length instead of the pickled
+    entry's: for sizes a few bytes under a chunk boundary the follower unpickles a
+    truncated entry, and that follower is stuck for good. A plan of placements is such an
+    entry; raft_conf raises the message size above any entry we write."""
+
+    async def scenario() -> None:
+        async with _cluster(tmp_path) as (addresses, stores):
+            await _until(lambda: len({s.leader() for s in stores}) == 1)
+            leader = _leader_index(stores)
+            names = []
+            for pad in range(2**17 - 600, 2**17):  # one entry each, across 128 KiB
+                names.append(f"p{pad}")
+                await stores[leader].submit(command("profile.create", name=names[-1],
+                                                    description="x" * pad))
+            for store in stores:
+                await _until(lambda store=store: set(names) <= _profiles(store), 20.0)
+
+    asyncio.run(scenario())

@@ -6,7 +6,7 @@ import asyncio
 import socket
 from pathlib import Path
 
-from cluster.state.commands import command
+from cluster.state.commands import Command, command
 from cluster.state.errors import BadRequest, Conflict
 from cluster.state.raft import RaftStore
 
@@ -70,3 +70,18 @@ def test_state_survives_a_restart_from_the_journal(tmp_path: Path) -> None:
 
     asyncio.run(first())
     assert {f"q{i}" for i in range(50)} <= asyncio.run(second())
+
+
+def test_log_entries_are_cut_by_commands_and_by_plan_items() -> None:
+    from cluster.state.raft import BATCH, BATCH_ITEMS, _batch_length
+
+    def queued(*sizes: int) -> list[tuple[Command, None, float]]:
+        return [(Command(id=str(n), type="instance.create_many" if size else "profile.create",
+                         args={"items": [{}] * size} if size else {}), None, 1.0)
+                for n, size in enumerate(sizes)]
+
+    assert _batch_length(queued(*[0] * (BATCH + 7))) == BATCH
+    assert _batch_length(queued(0, 0, 0)) == 3
+    assert _batch_length(queued(*[256] * 40)) == BATCH_ITEMS // 256
+    assert _batch_length(queued(BATCH_ITEMS + 1, 1)) == 1  # never less than one command
+    assert _batch_length(queued(1, BATCH_ITEMS)) == 1
