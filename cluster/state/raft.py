@@ -27,11 +27,12 @@ from cluster.state.store import Change
 
 RETRIES = 5
 BATCH = 500  # commands in one log entry
-BATCH_ITEMS = 4096  # placements in one log entry (a plan of many counts each)
+BATCH_ITEMS = 1024  # placements in one log entry (a plan of many counts each)
 MESSAGE_BYTES = 2**25  # pysyncobj's largest append_entries message (see raft_conf)
 # Move every object alive into the collector's permanent generation after this many
-# applied commands: a full collection over millions of replicated records takes
-# seconds, all of it with the GIL held and Raft's heartbeats unsent.
+# applied commands (a plan of many placements counts each): a full collection over
+# millions of replicated records takes seconds, all of it with the GIL held and Raft's
+# heartbeats unsent.
 FREEZE_EVERY = 10_000
 
 
@@ -40,6 +41,7 @@ class _Replica(SyncObjConsumer):
         # Set before SyncObjConsumer.__init__ so pysyncobj does not pickle them.
         self.lock = threading.Lock()
         self.listeners: list[Any] = []
+        self.unfrozen = 0  # items applied since the last gc.freeze()
         super().__init__()
         self.state = State()
 
@@ -49,10 +51,11 @@ class _Replica(SyncObjConsumer):
         the only replicated method, so its number never changes)."""
         batch = cmds if isinstance(cmds, list) else [cmds]
         with self.lock:
-            before = self.state.index
             results = [apply(self.state, cmd) for cmd in batch]
-            if before // FREEZE_EVERY != self.state.index // FREEZE_EVERY:
+            self.unfrozen += sum(command_items(cmd) for cmd in batch)
+            if self.unfrozen >= FREEZE_EVERY:
                 gc.freeze()
+                self.unfrozen = 0
         for cmd, result in zip(batch, results, strict=True):
             for listener in list(self.listeners):
                 listener(Change(cmd, result))
@@ -332,13 +335,18 @@ class RaftStore:
         return await future
 
 
+def command_items(cmd: Command) -> int:
+    """What a command weighs in a log entry: an ``instance.create_many`` its items."""
+    many = cmd.args.get("items") if cmd.type == "instance.create_many" else None
+    return len(many) if isinstance(many, list) else 1
+
+
 def _batch_length(outbox: list[tuple[Command, Any, float]]) -> int:
     """How many queued commands go in the next entry: at most BATCH commands and
     BATCH_ITEMS items (an ``instance.create_many`` counts its items), at least one."""
     items = 0
     for taken, (cmd, _, _) in enumerate(outbox[:BATCH]):
-        many = cmd.args.get("items")
-        items += len(many) if isinstance(many, list) else 1
+        items += command_items(cmd)
         if items > BATCH_ITEMS and taken > 0:
             return taken
     return min(len(outbox), BATCH)
