@@ -8,8 +8,9 @@
     "leader"   to each                 -->  does this voter lead?
     "setup"    to the (first) planner  -->  the commands that build the simulated cluster
     "run"      to each planner voter   -->  the planner: plans its share with the
-                                            IndexedScheduler, submits instance.create with
-                                            many commands in flight (RaftStore batches them)
+                                            IndexedScheduler, submits plans of placements
+                                            (instance.create_many) with many in flight
+    "reach"    to each, until equal    -->  wait until this index is applied; the index
     "settle"   to each                 -->  wait until the last command is applied; state
                                             digest, RSS, CPU time, log compacted or not
     "snapshot" to the most up to date  -->  pickle / unpickle the State; gzip full dump
