@@ -109,3 +109,15 @@ def test_an_aborted_live_migration_frees_the_target() -> None:
     inst = state.instances["v1"]
     assert (inst.location, inst.moving_to, inst.power) == ("m1", "", "Running")
     assert reservations.reserved(state, "m2") == ZERO
+
+
+@pytest.mark.parametrize(("running", "live"), [(False, False), (True, True)])
+def test_a_vm_never_moves_to_a_member_without_qemu(running: bool, live: bool) -> None:
+    state = two_members()
+    state.members["m2"].instance_types = ["container"]  # m2 reported no working QEMU
+    launched(state, "v1", "virtual-machine", running)
+    result = begin(state, "v1", live=live)
+    assert not result.ok and "does not run virtual-machine instances" in result.error
+    inst = state.instances["v1"]
+    assert (inst.location, inst.moving_to) == ("m1", "")
+    assert reservations.reserved(state, "m2") == ZERO
