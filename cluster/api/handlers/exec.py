@@ -124,14 +124,10 @@ async def post_exec(request: web.Request) -> web.Response:
     if status != "Running":
         raise bad_request("Instance is not running")
     env = exec_environment(req, spec.config)
-    if inst.type == "virtual-machine":  # through the in-guest agent: root, in /, no pty
-        if req.interactive:
-            raise bad_request("Interactive exec in virtual machines is not supported yet")
-        argv = await asyncio.to_thread(ctx.node.driver_for(inst.type).exec_argv, name,
-                                       req.command, {}, "/", req.user, req.group)
-    else:
-        argv = await asyncio.to_thread(ctx.node.driver.exec_argv, name, req.command, env,
-                                       exec_cwd(req, env), req.user, req.group)
+    if inst.type == "virtual-machine" and req.interactive:  # the agent has no pty yet
+        raise bad_request("Interactive exec in virtual machines is not supported yet")
+    argv = await asyncio.to_thread(ctx.node.driver_for(inst.type).exec_argv, name,
+                                   req.command, env, exec_cwd(req, env), req.user, req.group)
     url = f"/1.0/instances/{name}"
     resources = {"instances": [url], "containers": [url]}
     if not req.wait_for_websocket:
