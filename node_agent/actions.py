@@ -15,6 +15,7 @@ from typing import Any, Protocol
 from node_agent.drivers.base import DriverError, NotFound
 from node_agent.drivers.qemu import QemuDriver
 from node_agent.node import InstanceSpec, LocalNode
+from node_agent.storage.vm_volumes import VmVolumes
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +120,8 @@ def _remove(node: LocalNode, spec: InstanceSpec) -> None:
     if spec.is_vm:
         with contextlib.suppress(NotFound):  # never defined, or already gone
             node.driver_for(spec.type).delete(spec.name)
+        if spec.pool in node.pools:  # a volume whose VM was never defined here
+            VmVolumes(node.pools[spec.pool]).delete(spec.name, missing_ok=True)
         return
     if (node.paths.containers / spec.name).exists():
         node.driver_for(spec.type).delete(spec.name)

@@ -146,9 +146,11 @@ class LocalNode:
                                               spec.devices))
 
     def vm_definition(self, spec: InstanceSpec) -> InstanceDefinition:
-        """What QEMU runs for ``spec`` (blocking: unpacks the image on first use)."""
+        """What QEMU runs for ``spec``, its disk on the pool of its root disk (blocking:
+        unpacks the image on first use)."""
+        volume = self.pool(spec.pool).vm_volume_path(spec.name)
         return InstanceDefinition(spec.name, self.vm_image_dir(spec.image), spec.config,
-                                  spec.devices)
+                                  spec.devices, volume)
 
     def vm_image_dir(self, fingerprint: str) -> Path:
         """The image unpacked for QEMU (kernel, initrd, rootfs.img), once per image; VMs

@@ -54,7 +54,8 @@ class Paths:
 
     @property
     def vms(self) -> Path:
-        """The QEMU driver's directory: one per VM (config, disk overlay, sockets)."""
+        """The QEMU driver's directory: one per VM (specs, sockets, logs; its disk is on
+        the storage pool)."""
         return self.root / "vms"
 
     @property

@@ -1,6 +1,6 @@
 """Cold move of an instance between members, driven by the member that got the request
 (a running VM migrates live instead: ``live_moves``; a stopped VM moves cold as a
-container does, its directory being its volume: ``storage/vm_volumes.py``).
+container does, its volume being its disk on the pool: ``storage/vm_volumes.py``).
 
 stop (if running) -> ``instance.move_begin`` (apply re-checks the target and reserves
 there) -> the target pulls the volume from the source over mutual TLS -> ``move_end``

@@ -47,6 +47,7 @@ class InstanceDefinition:
     rootfs: Path
     config: dict[str, str] = field(default_factory=dict)
     devices: dict[str, dict[str, str]] = field(default_factory=dict)
+    volume: Path | None = None  # where a VM's disk lives: its directory on the storage pool
 
 
 class InstanceDriver(Protocol):

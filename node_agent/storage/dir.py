@@ -4,6 +4,8 @@
 
     <pool>/containers/<instance>/rootfs/              the instance volume
     <pool>/containers-snapshots/<instance>/<snap>/    a full copy of it
+    <pool>/virtual-machines/<instance>/               a VM's volume: its qcow2 overlay
+                                                      and snapshot names (drivers/qemu)
     <pool>/.tmp/<pid>-<token>/                        copies in flight, trees being deleted
     <pool>/.spares/<template key>/<token>/rootfs/     ready-made copies of a template
 
@@ -60,10 +62,14 @@ class DirPool:
     def snapshot_path(self, name: str, snap: str) -> Path:
         return self.snapshots_path(name) / _check_name(snap)
 
+    def vm_volume_path(self, name: str) -> Path:
+        """Where the QEMU driver keeps a VM's disk (its snapshots are inside it)."""
+        return self.path / "virtual-machines" / _check_name(name)
+
     def ensure(self) -> None:
         """Create the layout (0711: an unprivileged container's root must traverse it)
         and remove what crashed copies and deletes left in ``.tmp``."""
-        for sub in ("", "containers", "containers-snapshots"):
+        for sub in ("", "containers", "containers-snapshots", "virtual-machines"):
             (self.path / sub).mkdir(parents=True, exist_ok=True)
             (self.path / sub).chmod(0o711)
         for private in (self.path / ".tmp", self.path / ".spares"):

@@ -1,65 +1,63 @@
-"""The directories of stopped VMs, seen as a pool by the volume transfer of a cold move.
+"""The volumes of stopped VMs on a storage pool, seen as a pool by the volume transfer of a
+cold move.
 
-A VM's volume is its directory under ``<CORRAL_DIR>/vms``: spec, qcow2 overlay (its
-internal snapshots included) and snapshot names. ``send_volume``/``receive_volume`` move
-it as they move a container's (``storage/transfer.py``): unpacked into a scratch
-directory, renamed into place only once whole. The overlay's backing file names the
-source's image path; the target's ``define`` points it at its own copy of the image.
+A VM's volume is ``<pool>/virtual-machines/<name>/`` (``DirPool.vm_volume_path``): its
+qcow2 overlay (internal snapshots included) and its snapshot names. Its spec and runtime
+files stay in the VM's runtime directory under ``<CORRAL_DIR>/vms`` and do not move.
+``send_volume``/``receive_volume`` move the volume as they move a container's
+(``storage/transfer.py``): unpacked into a scratch directory of the pool, renamed into
+place only once whole. The overlay's backing file names the source's image path; the
+target's ``define`` writes the VM's spec there and points it at its own copy of the image.
 """
 
 from __future__ import annotations
 
 import os
-import secrets
 from pathlib import Path
 
-from node_agent.storage.dir import _RENAME_NOREPLACE, _remove_tree, _rename
+from node_agent.storage.dir import _RENAME_NOREPLACE, DirPool, _remove_tree, _rename
 from node_agent.storage.errors import StorageError, VolumeNotFound
 
 DISK = "root.qcow2"  # as node_agent.drivers.qemu.cmdline.DISK
-SPEC = "config.json"
 
 
 class VmVolumes:
-    """Pool-like access to the VM directories under ``path`` (all methods block)."""
+    """Pool-like access to the VM volumes of ``pool`` (all methods block). Paths in a
+    transfer are relative to the pool: ``virtual-machines/<name>``."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = Path(path)
+    def __init__(self, pool: DirPool) -> None:
+        self.pool = pool
+        self.path = pool.path
 
     def instance_path(self, name: str) -> Path:
-        if not name or "/" in name or name in (".", ".."):
-            raise StorageError(f"invalid instance name {name!r}")
-        return self.path / name
+        return self.pool.vm_volume_path(name)
 
     def snapshots_path(self, name: str) -> Path:
         """VM snapshots live inside the overlay: no separate tree (never exists)."""
         return self.path / ".no-separate-snapshots" / name
 
     def exists(self, name: str) -> bool:
-        return (self.instance_path(name) / SPEC).is_file()
+        return (self.instance_path(name) / DISK).is_file()
 
     def incoming_scratch(self) -> Path:
-        tmp = self.path / ".tmp"
-        tmp.mkdir(mode=0o700, parents=True, exist_ok=True)
-        scratch = tmp / f"{os.getpid()}-in-{secrets.token_hex(6)}"
-        scratch.mkdir(mode=0o700)
-        return scratch
+        return self.pool.incoming_scratch()
 
     def adopt(self, name: str, scratch: Path) -> None:
-        """Rename the VM directory unpacked in ``scratch`` into place."""
-        unpacked = scratch / name
+        """Rename the VM volume unpacked in ``scratch`` (laid out as the pool is) into
+        place."""
+        unpacked = scratch / self.instance_path(name).relative_to(self.path)
         if not (unpacked / DISK).is_file():
             raise StorageError(f"the stream held no disk for VM {name}")
         _rename(unpacked, self.instance_path(name), _RENAME_NOREPLACE, what=f"VM {name}")
 
-    @staticmethod
-    def discard_scratch(scratch: Path) -> None:
-        if os.path.lexists(scratch):
-            _remove_tree(scratch)
+    def discard_scratch(self, scratch: Path) -> None:
+        self.pool.discard_scratch(scratch)
 
     def delete(self, name: str, missing_ok: bool = False) -> None:
+        """Remove the volume of a VM this member never defined (a VM's own delete
+        removes it with the VM)."""
         directory = self.instance_path(name)
-        if not directory.exists():
+        if not os.path.lexists(directory):
             if missing_ok:
                 return
             raise VolumeNotFound(f"VM {name} not found")

@@ -1,14 +1,16 @@
 """VMs moving between two namespace members: a running VM migrates live and never
 reboots (a counter in its RAM goes on, its boot id stays, its disk comes along); a
 migration that cannot reach the target leaves it running where it was; a stopped VM
-moves cold with its snapshots; evacuation migrates a running VM live and restore brings
-it back."""
+moves cold with its snapshots; either way its disk ends up on the target's storage pool.
+Evacuation migrates a running VM live and restore brings it back."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -51,6 +53,22 @@ def _qemu_running(daemon: DaemonProcess, name: str) -> bool:
     return (daemon.root / "vms" / name / "qemu.pid").exists()
 
 
+def _volume(daemon: DaemonProcess, name: str) -> Path:
+    """The VM's disk directory on the member's default pool."""
+    return daemon.root / "storage-pools" / "default" / "virtual-machines" / name
+
+
+def _disk_only_on(here: DaemonProcess, gone: DaemonProcess, name: str) -> None:
+    """The VM's disk is on ``here``'s pool, and nothing of it is left on ``gone``."""
+    disk = _volume(here, name) / "root.qcow2"
+    assert disk.is_file() and not (here.root / "vms" / name / "root.qcow2").exists()
+    backing = json.loads(subprocess.run(["qemu-img", "info", "-U", "--output=json",
+                                         str(disk)], capture_output=True, text=True,
+                                        check=True).stdout)["backing-filename"]
+    assert backing.startswith(str(here.root))  # this member's copy of the image
+    assert not (gone.root / "vms" / name).exists() and not _volume(gone, name).exists()
+
+
 def test_a_running_vm_migrates_live_and_keeps_running(pair: list[DaemonProcess]) -> None:
     m1, m2 = pair
     m1.corral("launch", "busybox-vm", "lv1", "--vm", "--target", "m1",
@@ -74,7 +92,7 @@ def test_a_running_vm_migrates_live_and_keeps_running(pair: list[DaemonProcess])
         assert _sh(m2, "lv1", "cat /proc/sys/kernel/random/boot_id") == boot_id
         assert _sh(m2, "lv1", "cat /mnt/root/keep") == "precious"
         assert _qemu_running(m2, "lv1")
-        assert not (m1.root / "vms" / "lv1").exists()  # the source's QEMU and files are gone
+        _disk_only_on(m2, m1, "lv1")  # the source's QEMU and files are gone
 
         # Bad moves change nothing.
         frozen = m1.corral("move", "lv1", "--target", "m2", check=False)
@@ -115,14 +133,15 @@ def test_a_migration_that_cannot_reach_the_target_leaves_the_vm_running(
         time.sleep(0.5)
         assert int(_sh(m1, "lv2", "cat /tmp/counter")) > before
         assert _sh(m1, "lv2", "cat /proc/sys/kernel/random/boot_id") == boot_id
-        assert not (m2.root / "vms" / "lv2").exists()
+        assert not (m2.root / "vms" / "lv2").exists() and not _volume(m2, "lv2").exists()
     finally:
         m1.corral("delete", "--force", "lv2", check=False)
 
 
 def test_a_stopped_vm_moves_cold_with_its_snapshots(pair: list[DaemonProcess]) -> None:
-    """The VM's directory (overlay with its internal snapshots) goes over; on the target
-    the overlay is repointed at that member's copy of the image."""
+    """The VM's volume (overlay with its internal snapshots, snapshot names) goes over to
+    the target's pool; there the overlay is repointed at that member's copy of the
+    image."""
     m1, m2 = pair
     m1.corral("launch", "busybox-vm", "lv3", "--vm", "--target", "m1",
               "-c", "limits.memory=256MiB", timeout=300)
@@ -134,7 +153,9 @@ def test_a_stopped_vm_moves_cold_with_its_snapshots(pair: list[DaemonProcess]) -
         m1.corral("move", "lv3", "--target", "m2", timeout=300)
         inst = _instance(m1, "lv3")
         assert (inst["location"], inst["status"]) == ("m2", "Stopped")
-        assert not (m1.root / "vms" / "lv3").exists()
+        _disk_only_on(m2, m1, "lv3")
+        assert (m2.root / "vms" / "lv3" / "config.json").is_file()  # defined on arrival
+        assert (_volume(m2, "lv3") / "snapshots.json").is_file()
         m1.corral("start", "lv3", timeout=120)
         _wait_for_agent(m1, "lv3")
         assert _sh(m1, "lv3", "cat /mnt/root/keep") == "kept"
@@ -144,6 +165,7 @@ def test_a_stopped_vm_moves_cold_with_its_snapshots(pair: list[DaemonProcess]) -
         m1.corral("restore", "lv3", "s1", timeout=120)  # the snapshot came along
     finally:
         m1.corral("delete", "--force", "lv3", check=False)
+    assert not (m2.root / "vms" / "lv3").exists() and not _volume(m2, "lv3").exists()
 
 
 def test_evacuation_migrates_a_running_vm_live_and_restore_brings_it_back(

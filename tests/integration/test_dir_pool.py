@@ -81,7 +81,7 @@ def pool(tmp_path: Path) -> DirPool:
 
 
 def test_ensure_makes_an_lxd_layout_traversable_by_mapped_roots(pool: DirPool) -> None:
-    for sub in ("", "containers", "containers-snapshots"):
+    for sub in ("", "containers", "containers-snapshots", "virtual-machines"):
         assert stat.S_IMODE((pool.path / sub).stat().st_mode) == 0o711
 
 

@@ -109,12 +109,18 @@ def driver(base: Path) -> QemuDriver:
     return QemuDriver(base / "vms", accel=accel.accelerator().name)
 
 
+def volume(driver: QemuDriver, name: str) -> Path:
+    """Where these tests keep a VM's disk: a stand-in storage pool next to the VMs."""
+    return driver.vmpath.parent / "pool" / "virtual-machines" / name
+
+
 def define(driver: QemuDriver, image: Path, bridge: str, name: str | None = None) -> str:
     name = name or f"vm-{secrets.token_hex(3)}"
     driver.define(InstanceDefinition(
         name, image, {"limits.memory": "256MiB", "limits.cpu": "1"},
         {"eth0": {"type": "nic", "nictype": "bridged", "parent": bridge},
-         "root": {"type": "disk", "path": "/", "pool": "default"}}))
+         "root": {"type": "disk", "path": "/", "pool": "default"}},
+        volume(driver, name)))
     return name
 
 
@@ -144,7 +150,7 @@ def vm(driver: QemuDriver, image: Path, bridge: str) -> Iterator[str]:
 
 
 def nothing_left(driver: QemuDriver, name: str, taps: list[str]) -> None:
-    assert not driver.vm_dir(name).exists()
+    assert not driver.vm_dir(name).exists() and not volume(driver, name).exists()
     assert not any(Path("/sys/class/net", tap).exists() for tap in taps)
     assert not qemu_pids(driver.vmpath / name)
 
@@ -197,6 +203,8 @@ def test_a_vm_boots_runs_commands_and_reports_state(driver: QemuDriver, vm: str,
     assert nic["hwaddr"] in driver.exec(vm, ["cat", "/sys/class/net/eth0/address"]).stdout.decode()
     assert nic["counters"]["packets_sent"] > 0  # the guest's DHCP discovers
     assert state["disk"]["root"]["usage"] > 0  # the overlay's blocks on the host
+    assert sorted(p.name for p in volume(driver, vm).iterdir()) == ["root.qcow2"]
+    assert not (driver.vm_dir(vm) / "root.qcow2").exists()  # sockets and logs only
     with pytest.raises(InvalidState):
         driver.start(vm)
 

@@ -9,6 +9,7 @@ test fails. Timings are printed (``-s`` shows them).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import secrets
@@ -75,6 +76,16 @@ def definition(image: Path, bridge: str) -> InstanceDefinition:
          "root": {"type": "disk", "path": "/", "pool": "default"}})
 
 
+def volume(driver: QemuDriver, name: str) -> Path:
+    """The VM's disk directory on ``driver``'s host: each host has its own pool."""
+    return driver.vmpath.with_name(f"{driver.vmpath.name}-pool") / "virtual-machines" / name
+
+
+def on(driver: QemuDriver, vm: InstanceDefinition) -> InstanceDefinition:
+    """``vm`` as ``driver``'s host defines it: its disk on that host's pool."""
+    return dataclasses.replace(vm, volume=volume(driver, vm.name))
+
+
 def sh(driver: QemuDriver, name: str, script: str) -> str:
     result = driver.exec(name, ["sh", "-c", script], timeout=30)
     assert result.exit_code == 0, result
@@ -91,7 +102,7 @@ def test_a_running_vm_moves_with_its_ram_and_disk_and_never_reboots(
     source, target = hosts
     vm = definition(image, bridge)
     name = vm.name
-    source.define(vm)
+    source.define(on(source, vm))
     print(f"\nboot: {boot(source, name):.1f} s")
     sh(source, name, COUNTER)
     payload = secrets.token_hex(16)
@@ -100,7 +111,7 @@ def test_a_running_vm_moves_with_its_ram_and_disk_and_never_reboots(
     before = int(sh(source, name, "cat /tmp/counter"))
     source_pid, source_taps = source.state(name)["pid"], taps(source, name)
 
-    incoming = mig.prepare_incoming(target, vm, "127.0.0.1")
+    incoming = mig.prepare_incoming(target, on(target, vm), "127.0.0.1")
     incoming = mig.Incoming.from_json(json.loads(json.dumps(incoming.to_json())))
     assert target.status(name) == "Starting"  # inmigrate: paused, waiting
     reports: list[dict[str, Any]] = []
@@ -131,7 +142,9 @@ def test_a_running_vm_moves_with_its_ram_and_disk_and_never_reboots(
     assert not host.is_alive(source_pid) and source.status(name) == "Stopped"
     assert not any(host.link_exists(tap) for tap in source_taps)
     source.delete(name)
-    assert not qemu_pids(source.vmpath)
+    assert not qemu_pids(source.vmpath) and not volume(source, name).exists()
+    assert (volume(target, name) / "root.qcow2").is_file()  # the disk is on the target's pool
+    assert not (target.vm_dir(name) / "root.qcow2").exists()
 
     target.stop(name, force=True, timeout=0)  # an ordinary VM of the target now
     target.delete(name)
@@ -142,9 +155,10 @@ def test_a_failed_migration_leaves_the_vm_running_on_the_source_and_nothing_on_t
     source, target = hosts
     vm = definition(image, bridge)
     name = vm.name
-    source.define(vm)
+    source.define(on(source, vm))
     boot(source, name)
     sh(source, name, COUNTER)
+    vm = on(target, vm)
 
     incoming = mig.prepare_incoming(target, vm, "127.0.0.1")
     with pytest.raises(InvalidState):
@@ -153,7 +167,12 @@ def test_a_failed_migration_leaves_the_vm_running_on_the_source_and_nothing_on_t
     assert all(host.link_exists(tap) for tap in target_taps)
     mig.abort_incoming(target, name)  # e.g. the target member gave up
     assert not target.vmpath.joinpath(name).exists() and not qemu_pids(target.vmpath)
+    assert not volume(target, name).exists()
     assert not any(host.link_exists(tap) for tap in target_taps)
+    volume(target, name).mkdir(parents=True)  # a disk of that name on the target's pool
+    with pytest.raises(InvalidState):
+        mig.prepare_incoming(target, vm, "127.0.0.1")
+    volume(target, name).rmdir()
 
     started = time.monotonic()
     with pytest.raises(mig.MigrationError, match="target's disk") as failure:
@@ -184,5 +203,6 @@ def test_a_failed_migration_leaves_the_vm_running_on_the_source_and_nothing_on_t
     with pytest.raises(InvalidState):
         mig.finish_source(source, name)  # it never moved: refuse to drop it
     assert not target.vmpath.joinpath(name).exists() and not qemu_pids(target.vmpath)
+    assert not volume(target, name).exists()
     source.stop(name, force=True, timeout=0)
     source.delete(name)

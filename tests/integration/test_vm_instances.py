@@ -61,6 +61,12 @@ def test_vm_lifecycle_exec_limits_and_bad_input(fresh_daemon: DaemonProcess) -> 
                   "-c", "limits.cpu=2")
     inst = api.get("/1.0/instances/v1")
     assert inst["type"] == "virtual-machine" and inst["status"] == "Running"
+    # The disk is a copy-on-write overlay on the image's, on the default pool, as in LXD;
+    # the VM's runtime directory keeps its sockets, specs and log only.
+    volume = daemon.root / "storage-pools" / "default" / "virtual-machines" / "v1"
+    assert (volume / "root.qcow2").is_file()
+    assert not (daemon.root / "vms" / "v1" / "root.qcow2").exists()
+    assert (daemon.root / "vms" / "v1" / "qmp.sock").exists()
     assert api.get("/1.0")["environment"]["vm_accelerator"] == "tcg"  # KVM hangs here
     assert _exec(daemon, "v1", "uname", "-r").strip().endswith("cloud-amd64")
     meminfo = _exec(daemon, "v1", "cat", "/proc/meminfo")
@@ -105,4 +111,4 @@ def test_vm_lifecycle_exec_limits_and_bad_input(fresh_daemon: DaemonProcess) -> 
     assert _exec(daemon, "v1", "echo", "again").strip() == "again"
     daemon.corral("delete", "--force", "v1")
     assert _qemu_processes(daemon) == []
-    assert not (daemon.root / "vms" / "v1").exists()
+    assert not (daemon.root / "vms" / "v1").exists() and not volume.exists()

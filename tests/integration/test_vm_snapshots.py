@@ -45,7 +45,8 @@ def _error(api: Api, method: str, path: str, body: object = None) -> tuple[int, 
 @pytest.mark.timeout(400)
 def test_vm_snapshots_running_and_stopped(fresh_daemon: DaemonProcess) -> None:
     daemon, api = fresh_daemon, Api(str(fresh_daemon.socket))
-    vm_dir = daemon.root / "vms" / "v1"
+    vm_dir = daemon.root / "vms" / "v1"  # its sockets: the agent's for the sync
+    volume = daemon.root / "storage-pools" / "default" / "virtual-machines" / "v1"
     snaps = "/1.0/instances/v1/snapshots"
     daemon.corral("image", "build", "busybox", "--vm", timeout=300)
     daemon.corral("launch", "busybox-vm", "v1", "--vm", "-c", "limits.memory=256MiB")
@@ -75,15 +76,16 @@ def test_vm_snapshots_running_and_stopped(fresh_daemon: DaemonProcess) -> None:
     api.ok("PUT", "/1.0/instances/v1/state", {"action": "stop", "force": True})
     assert api.get("/1.0/instances/v1")["status"] == "Stopped"
     api.ok("POST", snaps, {"name": "s2"})
-    assert len(_internal_tags(vm_dir / "root.qcow2")) == 2
+    assert len(_internal_tags(volume / "root.qcow2")) == 2
     api.ok("POST", f"{snaps}/s2", {"name": "s3"})
     api.ok("DELETE", f"{snaps}/s1")
     assert api.get(snaps) == [f"{snaps}/s3"]
-    names = json.loads((vm_dir / "snapshots.json").read_text())["snapshots"]
-    assert list(names) == ["s3"] and _internal_tags(vm_dir / "root.qcow2") == [names["s3"]]
+    names = json.loads((volume / "snapshots.json").read_text())["snapshots"]
+    assert list(names) == ["s3"] and _internal_tags(volume / "root.qcow2") == [names["s3"]]
     api.ok("PUT", "/1.0/instances/v1", {"restore": "s3"})  # stopped: stays stopped
     assert api.get("/1.0/instances/v1")["status"] == "Stopped"
 
     daemon.corral("delete", "--force", "v1")
-    assert not vm_dir.exists()
+    assert not vm_dir.exists() and not volume.exists()
     assert not list((daemon.root / "vms").iterdir())
+    assert not list(volume.parent.iterdir())

@@ -14,6 +14,7 @@ import pytest
 from node_agent.storage.dir import DirPool
 from node_agent.storage.errors import StorageError, VolumeExists
 from node_agent.storage.transfer import receive_volume, send_volume
+from node_agent.storage.vm_volumes import VmVolumes
 
 pytestmark = pytest.mark.real  # root: chown to shifted ids, device nodes
 
@@ -43,7 +44,8 @@ def _tree(root: Path) -> dict[str, tuple[int, int, int, str]]:
     return out
 
 
-async def _pipe(pool: DirPool, name: str, cut_after: int | None = None) -> AsyncIterator[bytes]:
+async def _pipe(pool: DirPool | VmVolumes, name: str, cut_after: int | None = None,
+                ) -> AsyncIterator[bytes]:
     queue: asyncio.Queue[bytes | None] = asyncio.Queue()
 
     async def write(chunk: bytes) -> None:
@@ -94,4 +96,42 @@ def test_a_cut_stream_leaves_nothing_behind(tmp_path: Path) -> None:
     with pytest.raises(StorageError):
         asyncio.run(receive_volume(target, "c1", _pipe(source, "c1", cut_after=1 << 20)))
     assert not target.exists("c1") and not target.snapshots_path("c1").exists()
+    assert list((tmp_path / "b" / ".tmp").iterdir()) == []
+
+
+def _make_vm_volume(pool: DirPool, name: str) -> VmVolumes:
+    volume = pool.vm_volume_path(name)
+    volume.mkdir()
+    (volume / "root.qcow2").write_text("disk" * (1 << 20))  # the transfer reads no header
+    (volume / "snapshots.json").write_text('{"version": 1, "snapshots": {}}\n')
+    return VmVolumes(pool)
+
+
+def test_a_vm_volume_arrives_in_the_target_pool_alone(tmp_path: Path) -> None:
+    source, target = DirPool("a", tmp_path / "a"), DirPool("b", tmp_path / "b")
+    source.ensure()
+    target.ensure()
+    sent = _make_vm_volume(source, "v1")
+    (tmp_path / "a" / "vms-runtime-stand-in").mkdir()  # nothing outside the volume goes
+    received = VmVolumes(target)
+    asyncio.run(receive_volume(received, "v1", _pipe(sent, "v1")))
+    assert received.exists("v1")
+    assert _tree(target.vm_volume_path("v1")) == _tree(source.vm_volume_path("v1"))
+    assert sorted(p.name for p in target.path.iterdir()) == [
+        ".spares", ".tmp", "containers", "containers-snapshots", "virtual-machines"]
+    with pytest.raises(VolumeExists):
+        asyncio.run(receive_volume(received, "v1", _pipe(sent, "v1")))
+    assert list((tmp_path / "b" / ".tmp").iterdir()) == []
+    received.delete("v1")
+    assert not target.vm_volume_path("v1").exists()
+
+
+def test_a_cut_vm_volume_stream_leaves_nothing_behind(tmp_path: Path) -> None:
+    source, target = DirPool("a", tmp_path / "a"), DirPool("b", tmp_path / "b")
+    source.ensure()
+    target.ensure()
+    sent, received = _make_vm_volume(source, "v1"), VmVolumes(target)
+    with pytest.raises(StorageError):
+        asyncio.run(receive_volume(received, "v1", _pipe(sent, "v1", cut_after=1 << 20)))
+    assert not received.exists("v1") and not target.vm_volume_path("v1").exists()
     assert list((tmp_path / "b" / ".tmp").iterdir()) == []

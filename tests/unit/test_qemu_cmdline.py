@@ -122,3 +122,21 @@ def test_exec_env_and_cwd_are_applied_in_the_guest() -> None:
         ["sh", "-c", 'cd "$1" || exit 1; shift; exec "$@"', "sh", "/mnt/root", "pwd"]
     with pytest.raises(InvalidConfig):
         guest_command(["ls"], {"A=B": "x"}, "/")
+
+
+def test_the_disk_is_in_the_volume_the_definition_names_and_the_sockets_stay_apart() -> None:
+    volume = Path("/pools/a,b/virtual-machines/vm1")  # a pool's path is the user's choice
+    definition = InstanceDefinition("vm1", Path("/img"), volume=volume)
+    vm = cl.build_spec(definition, Path("/var/lib/vms/vm1"), HOST_MEMORY, IMAGE)
+    text = " ".join(cl.qemu_argv("qemu", vm, "tcg"))
+    assert vm.volume == str(volume) and vm.directory == "/var/lib/vms/vm1"
+    assert "file=/pools/a,,b/virtual-machines/vm1/root.qcow2,format=qcow2" in text
+    assert "unix:/var/lib/vms/vm1/qmp.sock,server=on" in text
+
+
+def test_a_spec_saved_before_disks_lived_on_pools_still_loads() -> None:
+    saved = spec().to_json()
+    del saved["volume"]  # a config.json written by an older daemon
+    loaded = cl.VmSpec.from_json(saved)
+    assert loaded.volume == loaded.directory == "/var/lib/vms/vm1"
+    assert "file=/var/lib/vms/vm1/root.qcow2," in " ".join(cl.qemu_argv("qemu", loaded, "tcg"))

@@ -4,6 +4,7 @@ the VM's socket and a stand-in process (a sleeping Python) named in the pid file
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from node_agent.drivers.base import DriverError, InstanceDefinition, InvalidState, NotFound
-from node_agent.drivers.qemu import QemuDriver
+from node_agent.drivers.qemu import QemuDriver, qcow2
 from node_agent.drivers.qemu import cmdline as cl
 from tests.unit.test_qemu_qmp import FakeQmp
 
@@ -192,3 +193,132 @@ def test_a_start_that_fails_leaves_nothing_behind(driver: QemuDriver, vm: FakeVm
     with pytest.raises(DriverError, match="bridge 'nobr0x' does not exist"):
         driver.start("vm1")
     assert sorted(p.name for p in vm.directory.iterdir()) == [cl.CONFIG]
+
+
+def test_a_vm_defined_by_an_older_daemon_is_found_running_with_its_disk_in_its_directory(
+        driver: QemuDriver, vm: FakeVm) -> None:
+    saved = json.loads((vm.directory / cl.CONFIG).read_text())
+    del saved["volume"]  # config.json as an older daemon wrote it
+    (vm.directory / cl.CONFIG).write_text(json.dumps(saved))
+    (vm.directory / cl.DISK).write_bytes(b"\0" * 4096)
+    vm.start()
+    assert driver.status("vm1") == "Running"
+    assert driver.volume_dir("vm1") == vm.directory
+    assert driver.state("vm1")["disk"]["root"]["usage"] > 0
+
+
+# -- a VM whose disk lives on a storage pool ---------------------------------------------------
+
+
+@pytest.fixture
+def pooled(driver: QemuDriver, tmp_path: Path) -> Path:
+    """A stopped VM "vm1" with its volume (a stand-in disk, snapshot names) on a pool;
+    returns the volume directory."""
+    directory, volume = driver.vmpath / "vm1", tmp_path / "pool" / "virtual-machines" / "vm1"
+    for path in (directory, volume):
+        path.mkdir(parents=True)
+    definition = InstanceDefinition("vm1", Path("/img"), volume=volume)
+    spec = cl.build_spec(definition, directory, 1 << 33, IMAGE)
+    (directory / cl.CONFIG).write_text(json.dumps(spec.to_json()))
+    (volume / cl.DISK).write_bytes(b"disk")
+    (volume / "snapshots.json").write_text('{"version": 1, "snapshots": {"s1": "corral-1"}}')
+    return volume
+
+
+def test_snapshots_are_read_from_the_volume(driver: QemuDriver, pooled: Path) -> None:
+    assert driver.volume_dir("vm1") == pooled
+    assert driver.list_snapshots("vm1") == ["s1"]
+
+
+def test_delete_removes_the_volume_and_the_directory(driver: QemuDriver, pooled: Path) -> None:
+    driver.delete("vm1")
+    assert not pooled.exists() and not (driver.vmpath / "vm1").exists()
+    assert driver.names() == []
+
+
+def test_rename_renames_the_volume_where_it_is(driver: QemuDriver, pooled: Path) -> None:
+    driver.rename("vm1", "vm2")
+    moved = pooled.with_name("vm2")
+    assert (moved / cl.DISK).read_bytes() == b"disk" and not pooled.exists()
+    assert driver.volume_dir("vm2") == moved and driver.list_snapshots("vm2") == ["s1"]
+    assert json.loads((driver.vmpath / "vm2" / cl.CONFIG).read_text())["directory"] == \
+        str(driver.vmpath / "vm2")
+
+
+@pytest.mark.parametrize("taken", ["directory", "volume"])
+def test_rename_onto_a_name_taken_in_either_place_changes_nothing(
+        driver: QemuDriver, pooled: Path, taken: str) -> None:
+    (driver.vmpath / "vm2" if taken == "directory" else pooled.with_name("vm2")).mkdir()
+    with pytest.raises(InvalidState, match="already exists"):
+        driver.rename("vm1", "vm2")
+    assert driver.volume_dir("vm1") == pooled and (pooled / cl.DISK).is_file()
+
+
+# -- define (real qemu-img) ----------------------------------------------------------------------
+
+needs_qemu_img = pytest.mark.skipif(shutil.which("qemu-img") is None,
+                                    reason="needs qemu-img (qemu-utils)")
+
+
+@pytest.fixture
+def image(tmp_path: Path) -> Path:
+    """An unpacked VM image: a small qcow2 rootfs.img, stand-in kernel and initrd."""
+    image = tmp_path / "image"
+    image.mkdir()
+    if shutil.which("qemu-img"):
+        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(image / "rootfs.img"),
+                        "16M"], check=True)
+    (image / "kernel").write_bytes(b"k")
+    (image / "initrd").write_bytes(b"i")
+    return image
+
+
+@needs_qemu_img
+def test_define_makes_the_overlay_in_the_volume_and_keeps_runtime_files_apart(
+        driver: QemuDriver, image: Path, tmp_path: Path) -> None:
+    volume = tmp_path / "pool" / "virtual-machines" / "vm1"
+    driver.define(InstanceDefinition("vm1", image, volume=volume))
+    assert sorted(p.name for p in volume.iterdir()) == [cl.DISK]
+    assert qcow2.backing_file(volume / cl.DISK) == str(image / "rootfs.img")
+    assert sorted(p.name for p in (driver.vmpath / "vm1").iterdir()) == [cl.CONFIG]
+    assert driver.volume_dir("vm1") == volume
+
+
+@needs_qemu_img
+def test_a_disk_in_the_vm_directory_moves_to_the_volume_at_the_next_define(
+        driver: QemuDriver, image: Path, tmp_path: Path) -> None:
+    directory, volume = driver.vmpath / "vm1", tmp_path / "pool" / "virtual-machines" / "vm1"
+    driver.define(InstanceDefinition("vm1", image))  # as an older daemon laid it out
+    (directory / "snapshots.json").write_text('{"version": 1, "snapshots": {}}')
+    written = (directory / cl.DISK).read_bytes()
+    driver.define(InstanceDefinition("vm1", image, volume=volume))
+    assert (volume / cl.DISK).read_bytes() == written and (volume / "snapshots.json").exists()
+    assert sorted(p.name for p in directory.iterdir()) == [cl.CONFIG]
+    assert driver.volume_dir("vm1") == volume
+
+
+@needs_qemu_img
+def test_a_first_define_that_fails_leaves_no_directories(
+        driver: QemuDriver, image: Path, tmp_path: Path) -> None:
+    (image / "rootfs.img").write_bytes(b"not a qcow2")
+    volume = tmp_path / "pool" / "virtual-machines" / "vm1"
+    with pytest.raises(DriverError, match="qemu-img create"):
+        driver.define(InstanceDefinition("vm1", image, volume=volume))
+    assert not volume.exists() and not (driver.vmpath / "vm1").exists()
+
+
+@needs_qemu_img
+def test_the_disk_of_a_running_vm_stays_put_until_it_is_stopped(
+        driver: QemuDriver, image: Path, tmp_path: Path) -> None:
+    directory, volume = driver.vmpath / "vm1", tmp_path / "pool" / "virtual-machines" / "vm1"
+    driver.define(InstanceDefinition("vm1", image))  # as an older daemon laid it out
+    fake = FakeVm(directory)
+    try:
+        fake.start()
+        driver.define(InstanceDefinition("vm1", image, volume=volume))  # QEMU has it open
+        assert (directory / cl.DISK).is_file() and driver.volume_dir("vm1") == directory
+        driver.stop("vm1", force=True, timeout=0)
+    finally:
+        fake.close()
+    driver.define(InstanceDefinition("vm1", image, volume=volume))
+    assert (volume / cl.DISK).is_file() and not (directory / cl.DISK).exists()

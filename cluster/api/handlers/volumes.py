@@ -21,6 +21,7 @@ from cluster.https import HTTPS
 from cluster.state.model import Instance
 from node_agent.agent import NodeAgent
 from node_agent.drivers.base import NotFound
+from node_agent.node import InstanceSpec
 from node_agent.storage.errors import StorageError
 from node_agent.storage.transfer import VolumeHolder, receive_volume, send_volume
 from node_agent.storage.vm_volumes import VmVolumes
@@ -36,9 +37,10 @@ def _require_member_peer(request: web.Request) -> None:
         raise ApiError(403, "Only cluster members may move volumes")
 
 
-def _instance(ctx: Context, request: web.Request) -> tuple[Instance, VolumeHolder]:
-    """The instance (a copy) and what holds its volume here: its storage pool, or for a
-    VM the VM directories."""
+def _instance(ctx: Context, request: web.Request,
+              ) -> tuple[Instance, InstanceSpec, VolumeHolder]:
+    """The instance (a copy), its spec and what holds its volume here: its storage pool,
+    or for a VM the VM volumes of that pool."""
     name, uid = request.match_info["name"], request.query.get("uid", "")
     with ctx.store.read() as state:
         inst = state.instances.get(name)
@@ -46,16 +48,15 @@ def _instance(ctx: Context, request: web.Request) -> tuple[Instance, VolumeHolde
             raise ApiError(404, "Instance not found")
         spec = NodeAgent._spec_of(state, inst)
         found = Instance(**{**inst.__dict__})
-    if spec.is_vm:
-        return found, VmVolumes(ctx.node.qemu().vmpath)
-    return found, ctx.node.pool(spec.pool)
+    pool = ctx.node.pool(spec.pool)
+    return found, spec, VmVolumes(pool) if spec.is_vm else pool
 
 
 async def send(request: web.Request) -> web.StreamResponse:
     """GET: the volume as a tar stream, from the member it lives on, during its move."""
     _require_member_peer(request)
     ctx = ctx_of(request)
-    inst, pool = _instance(ctx, request)
+    inst, _, pool = _instance(ctx, request)
     if inst.location != ctx.member or not inst.moving_to:
         raise ApiError(409, "This instance is not being moved away from this member")
     response = web.StreamResponse(headers={"Content-Type": "application/x-tar"})
@@ -75,7 +76,7 @@ async def receive(request: web.Request) -> web.StreamResponse:
     Answers with progress lines (JSON) and a last line ``{"done": bytes}`` or ``{"error"}``."""
     _require_member_peer(request)
     ctx = ctx_of(request)
-    inst, pool = _instance(ctx, request)
+    inst, spec, pool = _instance(ctx, request)
     source = request.query.get("source", "")
     if inst.moving_to != ctx.member or not source:
         raise ApiError(409, "This instance is not being moved to this member")
@@ -106,6 +107,8 @@ async def receive(request: web.Request) -> web.StreamResponse:
                     await ctx.agent.ensure_image(inst.image)
                 received = await receive_volume(pool, inst.name, chunks())
                 await asyncio.to_thread(_mark, pool, inst)
+                if spec.is_vm:  # its spec here, its disk repointed at this member's image
+                    await asyncio.to_thread(ctx.node.define, spec)
         await response.write(json.dumps({"done": received}).encode() + b"\n")
     except Exception as exc:  # noqa: BLE001 - the orchestrator reads the error line
         await response.write(json.dumps({"error": str(exc) or type(exc).__name__}).encode()
@@ -119,23 +122,25 @@ async def delete(request: web.Request) -> web.Response:
     ``?incoming=1`` (a failed move cleaning up) only a copy this move received."""
     _require_member_peer(request)
     ctx = ctx_of(request)
-    inst, pool = _instance(ctx, request)
+    inst, _, pool = _instance(ctx, request)
     if inst.location == ctx.member:
         raise ApiError(409, "The instance lives on this member; its volume stays")
     if request.query.get("incoming") and not await asyncio.to_thread(_marked, pool, inst):
         raise ApiError(409, "This member's volume of that name did not come from this move")
     if isinstance(pool, VmVolumes):
-        await asyncio.to_thread(_delete_vm, ctx, inst.name)
+        await asyncio.to_thread(_delete_vm, ctx, pool, inst.name)
     else:
         await ctx.agent.forget_local_copy(inst.name, pool)
     return empty()
 
 
-def _delete_vm(ctx: Context, name: str) -> None:
+def _delete_vm(ctx: Context, volumes: VmVolumes, name: str) -> None:
+    """Delete the VM here (its directory and volume), or only its volume if it was
+    received but never defined."""
     try:
         ctx.node.qemu().delete(name)
     except NotFound:
-        pass
+        volumes.delete(name, missing_ok=True)
 
 
 MARKER = ".received-for"  # next to rootfs: which instance uid a received volume belongs to

@@ -2,6 +2,9 @@
 
 Everything a VM needs at start is in its spec (saved as ``<vmpath>/<name>/config.json``),
 so a daemon that restarts, or another driver instance, starts the same VM the same way.
+The spec names the VM's two directories: ``directory``, the short runtime directory
+(sockets, pid file, console log, specs), and ``volume``, where its disk lives (on the
+storage pool; the runtime directory itself when the definition names none).
 """
 
 from __future__ import annotations
@@ -24,15 +27,16 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]{0,62}$")
 _BRIDGE_RE = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
 _MAC_RE = re.compile(r"^([0-9a-f]{2}:){5}[0-9a-f]{2}$")
 
-# Files of a VM's directory.
+# Files of a VM's runtime directory (unix socket paths must stay under 108 bytes) ...
 CONFIG = "config.json"
 RUNNING_CONFIG = "running.json"
-DISK = "root.qcow2"
 QMP = "qmp.sock"
 AGENT = "agent.sock"
 CONSOLE = "console.sock"
 CONSOLE_LOG = "console.log"
 PIDFILE = "qemu.pid"
+# ... and of its volume directory (with snapshots.NAMES).
+DISK = "root.qcow2"
 # A VM started to receive a live migration: paused, listening only once told where.
 INCOMING_ARGS = ("-S", "-incoming", "defer")
 
@@ -61,6 +65,7 @@ class VmSpec:
     initrd: str
     cmdline: str
     backing: str  # the image's rootfs.img behind root.qcow2
+    volume: str  # the directory of root.qcow2 and snapshots.json
     nics: tuple[Nic, ...] = ()
     extra: dict[str, str] = field(default_factory=dict)
 
@@ -69,7 +74,10 @@ class VmSpec:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> VmSpec:
+        """The saved spec; one saved before disks lived on storage pools has its disk in
+        the VM's directory."""
         values = dict(data)
+        values.setdefault("volume", values.get("directory"))
         values["nics"] = tuple(Nic(**nic) for nic in values.get("nics", ()))
         return cls(**values)
 
@@ -138,8 +146,9 @@ def _nics(definition: InstanceDefinition, directory: Path) -> tuple[Nic, ...]:
 
 def build_spec(definition: InstanceDefinition, directory: Path, host_memory: int,
                image: Mapping[str, str]) -> VmSpec:
-    """The VM's spec. ``image`` names its ``kernel``, ``initrd``, ``rootfs`` (rootfs.img)
-    and ``cmdline``. Raises InvalidConfig."""
+    """The VM's spec, run from ``directory``, its disk in ``definition.volume`` (else in
+    ``directory`` too). ``image`` names its ``kernel``, ``initrd``, ``rootfs``
+    (rootfs.img) and ``cmdline``. Raises InvalidConfig."""
     config = definition.config
     return VmSpec(
         name=check_name(definition.name), directory=str(directory),
@@ -147,7 +156,7 @@ def build_spec(definition: InstanceDefinition, directory: Path, host_memory: int
         cpus=parse_cpus(config.get("limits.cpu", "")),
         kernel=image["kernel"], initrd=image["initrd"],
         cmdline=image.get("cmdline") or DEFAULT_CMDLINE, backing=image["rootfs"],
-        nics=_nics(definition, directory))
+        volume=str(definition.volume or directory), nics=_nics(definition, directory))
 
 
 def qemu_argv(qemu: str, spec: VmSpec, accel: str, incoming: bool = False) -> list[str]:
@@ -155,6 +164,7 @@ def qemu_argv(qemu: str, spec: VmSpec, accel: str, incoming: bool = False) -> li
     ``incoming``: paused, waiting for a live migration (``migrate-incoming``, see
     migration.py)."""
     vm = Path(spec.directory)
+    disk = str(Path(spec.volume) / DISK).replace(",", ",,")  # the pool's path is the user's
     argv = [qemu, "-name", spec.name, "-daemonize", "-pidfile", str(vm / PIDFILE),
             "-nodefaults", "-no-user-config", "-display", "none",
             "-machine", "q35", "-accel", accel,
@@ -165,7 +175,7 @@ def qemu_argv(qemu: str, spec: VmSpec, accel: str, incoming: bool = False) -> li
             "-chardev", f"socket,id=console,path={vm / CONSOLE},server=on,wait=off,"
                         f"logfile={vm / CONSOLE_LOG},logappend=on",
             "-serial", "chardev:console",
-            "-drive", f"file={vm / DISK},format=qcow2,if=none,id=root,cache=writeback",
+            "-drive", f"file={disk},format=qcow2,if=none,id=root,cache=writeback",
             "-device", "virtio-blk-pci,drive=root,id=root-disk",
             "-device", "virtio-serial-pci,id=serial0",
             "-chardev", f"socket,id=agent,path={vm / AGENT},server=on,wait=off",

@@ -4,13 +4,23 @@
 
     define --> cmdline.build_spec (pure) --> <vmpath>/<name>/config.json (running.json:
                the spec the running QEMU was started with, for its stop and state)
-               qemu-img create -b <image>/rootfs.img --> root.qcow2 (once)
+               qemu-img create -b <image>/rootfs.img --> <volume>/root.qcow2 (once)
     start ---> ip tuntap (per NIC) + `qemu-system-x86_64 -daemonize -pidfile qemu.pid`
     stop ----> QMP system_powerdown (ACPI), then QMP quit, then SIGKILL; taps removed
     freeze/unfreeze ---> QMP stop / cont          status ---> pid file + QMP query-status
     state ---> /proc/<pid> (RSS, CPU) and the taps' counters (no fork, one QMP call)
     exec ----> agent.exec_in_vm over agent.sock (virtio-serial), see agent.py
     snapshot/restore/... ---> qcow2 internal snapshots of root.qcow2, see snapshots.py
+
+A VM has two directories, as in LXD. Its runtime directory ``<vmpath>/<name>/``
+(``$CORRAL_DIR/vms``) holds its specs, the QMP, agent and console sockets (kept short: a
+unix socket's path must stay under 108 bytes), the pid file and the console log. Its
+volume, on the storage pool of its root disk (``<pool>/virtual-machines/<name>/``, from
+``InstanceDefinition.volume``), holds the disk ``root.qcow2`` (a copy-on-write overlay on
+the image's disk, internal snapshots included) and ``snapshots.json``: what a cold move
+streams. Without a volume in the definition the disk stays in the runtime directory; a VM
+defined so (before disks lived on pools) has its disk moved to its volume by the first
+``define`` that names one while it is stopped.
 
 Nothing is kept in memory: a new driver instance (a restarted daemon) finds a running VM
 by its pid file (checked against /proc/<pid>/cmdline) and its QMP socket. Every method
@@ -19,6 +29,7 @@ blocks and is safe to run in worker threads; lifecycle calls on one VM are seria
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -75,7 +86,7 @@ def _wait_gone(pid: int, seconds: float) -> bool:
 
 
 class QemuDriver:
-    """One daemon's VMs, each in ``<vmpath>/<name>/``."""
+    """One daemon's VMs, each run from ``<vmpath>/<name>/``, its disk in its volume."""
 
     name: ClassVar[str] = "qemu"
     instance_type: ClassVar[str] = "virtual-machine"
@@ -124,7 +135,12 @@ class QemuDriver:
         return self._dir(name) / cl.CONSOLE_LOG
 
     def vm_dir(self, name: str) -> Path:
+        """The VM's runtime directory (sockets, pid file, console log, specs)."""
         return self._dir(name)
+
+    def volume_dir(self, name: str) -> Path:
+        """The directory of the VM's disk and snapshot names (its volume)."""
+        return Path(self._spec(name).volume)
 
     def _lock(self, name: str) -> threading.Lock:
         with self._locks_guard:
@@ -163,27 +179,61 @@ class QemuDriver:
 
     def define(self, definition: InstanceDefinition) -> None:
         """(Re)write the VM's spec (effective at the next start) and create its disk overlay
-        on first definition. ``definition.rootfs`` is an unpacked VM image directory:
-        ``rootfs.img`` (qcow2), ``kernel``, ``initrd`` and optionally ``metadata.yaml``.
+        in its volume on first definition; a disk already there (moved from another
+        member) is repointed at this member's image. ``definition.rootfs`` is an unpacked
+        VM image directory: ``rootfs.img`` (qcow2), ``kernel``, ``initrd`` and optionally
+        ``metadata.yaml``. A first definition that fails removes the directories it made.
         Raises InvalidConfig, DriverError."""
         directory = self.vmpath / cl.check_name(definition.name)
         spec = cl.build_spec(definition, directory, _host_memory(),
                              _image_files(Path(definition.rootfs)))
         with self._lock(definition.name):
+            made = [] if (directory / cl.CONFIG).exists() else [
+                path for path in (directory, Path(spec.volume)) if not path.exists()]
             try:
-                directory.mkdir(parents=True, exist_ok=True)
-                directory.chmod(0o700)
-                if not (directory / cl.DISK).exists():
-                    _create_overlay(Path(spec.backing), directory / cl.DISK)
-                else:  # moved here from another member: its image copy is ours now
-                    qcow2.repoint(directory / cl.DISK, Path(spec.backing))
-                fd, tmp = tempfile.mkstemp(prefix=".config.", dir=directory)
-                with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                    json.dump(spec.to_json(), handle, indent=1, sort_keys=True)
-                os.replace(tmp, directory / cl.CONFIG)
-            except OSError as exc:
-                raise DriverError(f"VM {definition.name!r}: cannot write its files: "
-                                  f"{exc}") from exc
+                self._define(spec)
+            except BaseException:
+                for path in made:
+                    shutil.rmtree(path, ignore_errors=True)
+                raise
+
+    def _define(self, spec: VmSpec) -> None:
+        directory = Path(spec.directory)
+        try:
+            for path in (directory, Path(spec.volume)):
+                path.mkdir(parents=True, exist_ok=True)
+                path.chmod(0o700)
+            spec = self._settle_disk(spec)
+            disk = Path(spec.volume) / cl.DISK
+            if not disk.exists():
+                _create_overlay(Path(spec.backing), disk)
+            else:  # moved here from another member: its image copy is ours now
+                qcow2.repoint(disk, Path(spec.backing))
+            fd, tmp = tempfile.mkstemp(prefix=".config.", dir=directory)
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                json.dump(spec.to_json(), handle, indent=1, sort_keys=True)
+            os.replace(tmp, directory / cl.CONFIG)
+        except OSError as exc:
+            raise DriverError(f"VM {spec.name!r}: cannot write its files: {exc}") from exc
+
+    def _settle_disk(self, spec: VmSpec) -> VmSpec:
+        """``spec`` once its volume holds the disk: a disk still where the saved spec keeps
+        it (the VM's directory, before disks lived on storage pools) is moved there, unless
+        the VM runs: then it stays, and so does the saved spec's volume."""
+        try:
+            old = Path(self._spec(spec.name).volume)
+        except DriverError:  # a first definition (or an unreadable spec, replaced now)
+            return spec
+        new = Path(spec.volume)
+        if old == new or (new / cl.DISK).exists() or not (old / cl.DISK).exists():
+            return spec
+        if self._pid(spec.name):
+            return dataclasses.replace(spec, volume=str(old))
+        for file in (snaps.NAMES, cl.DISK):  # the names first: a crash between loses none
+            if (old / file).exists():  # (a copy if the pool is another filesystem)
+                shutil.move(old / file, new / f".{file}.moving")
+                os.replace(new / f".{file}.moving", new / file)
+        return spec
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -304,32 +354,50 @@ class QemuDriver:
             raise InvalidState(f"cannot {doing} VM {name!r}: it is {status}")
 
     def delete(self, name: str) -> None:
-        """Remove a stopped VM's directory (spec, disk overlay, logs)."""
+        """Remove a stopped VM: its volume (disk, snapshots), then its directory (spec,
+        logs), so that a delete that fails half-way can be retried."""
         with self._lock(name):
             spec = self._spec(name, running=True)
             if self._pid(name):
                 raise InvalidState(f"cannot delete VM {name!r}: it is running")
+            volume = self.volume_dir(name)
             self._cleanup(spec)
-            try:
-                shutil.rmtree(self._dir(name))
-            except OSError as exc:
-                raise DriverError(f"VM {name!r}: cannot remove its directory: {exc}") from exc
+            for path in (volume, self._dir(name)):
+                try:
+                    shutil.rmtree(path)
+                except FileNotFoundError:
+                    pass
+                except OSError as exc:
+                    raise DriverError(f"VM {name!r}: cannot remove {path}: {exc}") from exc
 
     def rename(self, old: str, new: str) -> None:
-        """Move a stopped VM's directory; its spec follows (new tap names)."""
+        """Move a stopped VM's directory and its volume (named after the VM, renamed where
+        it is); its spec follows (new tap names). Raises InvalidState if the VM runs or
+        ``new`` exists in either place, DriverError (then nothing moved)."""
         with self._lock(old):
             spec = self._spec(old)
             if self._pid(old):
                 raise InvalidState(f"cannot rename VM {old!r}: it is running")
+            directory, volume = self._dir(old), Path(spec.volume)
             target = self.vmpath / cl.check_name(new)
-            if target.exists():
+            moved_volume = target if volume == directory else volume.with_name(new)
+            if target.exists() or moved_volume.exists():
                 raise InvalidState(f"VM {new!r} already exists")
             self._cleanup(self._spec(old, running=True))  # taps are named after the dir
-            os.rename(self._dir(old), target)
+            try:
+                os.rename(directory, target)
+                if moved_volume != target:
+                    try:
+                        os.rename(volume, moved_volume)
+                    except OSError:
+                        os.rename(target, directory)
+                        raise
+            except OSError as exc:
+                raise DriverError(f"cannot rename VM {old!r} to {new!r}: {exc}") from exc
             nics = tuple(cl.Nic(nic.device, nic.bridge, cl.tap_name(target, index), nic.hwaddr)
                          for index, nic in enumerate(spec.nics))
-            moved = VmSpec(**{**spec.to_json(), "name": new, "directory": str(target),
-                              "nics": nics})
+            moved = dataclasses.replace(spec, name=new, directory=str(target),
+                                        volume=str(moved_volume), nics=nics)
             (target / cl.CONFIG).write_text(json.dumps(moved.to_json(), indent=1,
                                                        sort_keys=True))
 
@@ -343,27 +411,23 @@ class QemuDriver:
 
     def list_snapshots(self, name: str) -> list[str]:
         """The VM's snapshot names, sorted."""
-        self._spec(name)
-        return sorted(snaps.read_names(self._dir(name)))
+        return sorted(snaps.read_names(self.volume_dir(name)))
 
     def snapshot(self, name: str, snap: str) -> None:
         """Snapshot the disk, stopped or running (then crash-consistent at worst, see
         snapshots.create). Raises NotFound, SnapshotExists, SnapshotError."""
         with self._lock(name):
-            self._spec(name)
-            snaps.create(self._dir(name), snap, self._live(name))
+            snaps.create(self.volume_dir(name), snap, self._live(name), self._dir(name))
 
     def delete_snapshot(self, name: str, snap: str) -> None:
         """Raises NotFound (also for an unknown snapshot: nothing changes), SnapshotError."""
         with self._lock(name):
-            self._spec(name)
-            snaps.delete(self._dir(name), snap, self._live(name))
+            snaps.delete(self.volume_dir(name), snap, self._live(name))
 
     def rename_snapshot(self, name: str, old: str, new: str) -> None:
         """Rename a snapshot (its name only). Raises NotFound, SnapshotExists."""
         with self._lock(name):
-            self._spec(name)
-            snaps.rename(self._dir(name), old, new)
+            snaps.rename(self.volume_dir(name), old, new)
 
     def restore_snapshot(self, name: str, snap: str) -> None:
         """Revert the disk to ``snap``. A running (or frozen) VM is stopped by force first
@@ -371,14 +435,14 @@ class QemuDriver:
         unknown snapshot: the VM is left alone), SnapshotError, DriverError."""
         with self._lock(name):
             spec = self._spec(name, running=True)
-            directory = self._dir(name)
-            snaps.tag_of(directory, snap)
+            volume = self.volume_dir(name)
+            snaps.tag_of(volume, snap)
             running = bool(self._pid(name))
             if running:
                 self._kill(name)
                 self._cleanup(spec)
             try:
-                snaps.apply(directory, snap)
+                snaps.apply(volume, snap)
             finally:
                 if running:
                     self._start(name)
@@ -411,15 +475,7 @@ class QemuDriver:
                 "cpu": {"usage": host.cpu_ns(pid)}, "memory": host.memory(pid),
                 "network": {nic.device: host.tap_network(nic.device, nic.tap, nic.hwaddr)
                             for nic in spec.nics},
-                "disk": {"root": {"usage": self._disk_usage(name)}}}
-
-    def _disk_usage(self, name: str) -> int:
-        """Bytes the VM's overlay takes on the host (what it wrote, its snapshots), as
-        LXD reports a VM's root disk usage."""
-        try:
-            return (self._dir(name) / cl.DISK).stat().st_blocks * 512
-        except OSError:
-            return 0
+                "disk": {"root": {"usage": _disk_usage(Path(spec.volume))}}}
 
     # -- exec and limits -----------------------------------------------------------------
 
@@ -455,6 +511,15 @@ def guest_command(command: list[str], env: dict[str, str], cwd: str) -> list[str
     if cwd in ("", "/"):
         return wrapped
     return ["sh", "-c", 'cd "$1" || exit 1; shift; exec "$@"', "sh", cwd, *wrapped]
+
+
+def _disk_usage(volume: Path) -> int:
+    """Bytes the VM's overlay takes on the host (what it wrote, its snapshots), as LXD
+    reports a VM's root disk usage."""
+    try:
+        return (volume / cl.DISK).stat().st_blocks * 512
+    except OSError:
+        return 0
 
 
 def _host_memory() -> int:

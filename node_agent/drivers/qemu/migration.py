@@ -5,7 +5,8 @@ VM's overlay ``root.qcow2`` moves, next to its RAM and device state::
 
     TARGET                                     SOURCE (the VM runs)
     prepare_incoming
-      define (new overlay, same backing)
+      define (new overlay, same backing,
+        in the target's volume directory)
       taps, QEMU -S -incoming defer
       nbd-server-start, block-export-add
         (the disk, writable)
@@ -22,7 +23,7 @@ VM's overlay ``root.qcow2`` moves, next to its RAM and device state::
                                                     migrate-continue, poll until completed
                                                   (source paused: postmigrate)
     finish_incoming: nbd-server-stop, cont        finish_source: quit, taps removed
-    abort_incoming: kill, taps, directory         resume_source: cancel all, cont
+    abort_incoming: kill, taps, directories       resume_source: cancel all, cont
 
 Why ``pause-before-switchover``: once the RAM is sent QEMU inactivates the source's disks
 and hands over; the mirror, still copying the guest's last writes in the background,
@@ -47,9 +48,10 @@ import socket
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
-from node_agent.drivers.base import DriverError, InstanceDefinition, InvalidState, NotFound
+from node_agent.drivers.base import DriverError, InstanceDefinition, InvalidState
 from node_agent.drivers.qemu import cmdline as cl
 from node_agent.drivers.qemu import qmp
 from node_agent.drivers.qemu.driver import QemuDriver
@@ -180,9 +182,11 @@ def prepare_incoming(driver: QemuDriver, definition: InstanceDefinition,
     """Define the VM here (as ``define``: a new overlay on the same image), create its taps
     and start its QEMU paused, waiting for the migration on ``listen_host``; export its disk
     there over NBD (writable) for the source's mirror. On failure nothing is left behind.
-    Raises InvalidState if the VM exists here, InvalidConfig, MigrationError."""
+    Raises InvalidState if the VM (its directory or its volume) exists here,
+    InvalidConfig, MigrationError."""
     name = cl.check_name(definition.name)
-    if (driver.vmpath / name).exists():
+    volume = Path(definition.volume or driver.vmpath / name)
+    if (driver.vmpath / name).exists() or volume.exists():
         raise InvalidState(f"cannot receive VM {name!r}: it already exists on this host")
     try:
         driver.define(definition)
@@ -195,7 +199,7 @@ def prepare_incoming(driver: QemuDriver, definition: InstanceDefinition,
               {"uri": incoming.migration_uri})
     except BaseException:
         try:
-            abort_incoming(driver, name)
+            abort_incoming(driver, name, volume)
         except DriverError:
             pass  # the first failure is the one to report
         raise
@@ -244,26 +248,27 @@ def finish_incoming(driver: QemuDriver, name: str, timeout: float = STEP_TIMEOUT
           .get("status") == "running")
 
 
-def abort_incoming(driver: QemuDriver, name: str) -> None:
-    """Undo ``prepare_incoming``: kill its QEMU, remove its taps and directory (also a
-    half-made one). Never raises NotFound."""
+def abort_incoming(driver: QemuDriver, name: str, volume: Path | None = None) -> None:
+    """Undo ``prepare_incoming``: kill its QEMU, remove its taps, its volume (the one its
+    spec names, else ``volume``) and its directory (also half-made ones). Never raises
+    NotFound."""
     directory = driver.vmpath / cl.check_name(name)
     with driver._lock(name):
         try:
             spec = driver._spec(name, running=True)
-        except NotFound:
+        except DriverError:  # not defined, or an unreadable config: remove what is there
             spec = None
-        except DriverError:
-            spec = None  # an unreadable config: at least remove the directory
         if spec is not None:
             driver._kill(name)
             driver._cleanup(spec)
-        try:
-            shutil.rmtree(directory)
-        except FileNotFoundError:
-            pass
-        except OSError as exc:
-            raise MigrationError(f"VM {name!r}: cannot remove {directory}: {exc}") from exc
+            volume = Path(spec.volume)
+        for path in (volume or directory, directory):
+            try:
+                shutil.rmtree(path)
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                raise MigrationError(f"VM {name!r}: cannot remove {path}: {exc}") from exc
 
 
 # -- source ---------------------------------------------------------------------------------

@@ -1,9 +1,10 @@
 """Disk snapshots of a VM: qcow2 *internal* snapshots of its overlay ``root.qcow2``.
 
-::
+Both files are in the VM's volume directory (``<pool>/virtual-machines/<name>/``, see
+driver.py), so the snapshots travel with the disk when it moves::
 
-    <vm dir>/snapshots.json   {"version": 1, "snapshots": {LXD name: internal tag}}
-    <vm dir>/root.qcow2       the overlay; its internal snapshots are named by tag
+    <volume>/snapshots.json   {"version": 1, "snapshots": {LXD name: internal tag}}
+    <volume>/root.qcow2       the overlay; its internal snapshots are named by tag
 
               stopped VM                      running VM (QMP on the drive "root")
     create    qemu-img snapshot -c TAG        agent `sync`, blockdev-snapshot-internal-sync
@@ -19,7 +20,8 @@ already gone only edits the file.
 
 Errors (all ``DriverError``): :class:`SnapshotNotFound` (404), :class:`SnapshotExists`
 (409), :class:`SnapshotError` (500, qemu-img or QMP failed; the message says which).
-Everything blocks; the driver holds the VM's lock around each call.
+Everything blocks; the driver holds the VM's lock around each call. The functions below
+take that volume directory (named after the VM, so it names the VM in messages).
 """
 
 from __future__ import annotations
@@ -173,11 +175,13 @@ def live_tags(run: Qmp) -> list[str]:
 
 # -- operations ------------------------------------------------------------------------------
 
-def create(directory: Path, snap: str, live: Qmp | None) -> None:
+def create(directory: Path, snap: str, live: Qmp | None, runtime: Path | None = None,
+           ) -> None:
     """Snapshot the VM's disk as ``snap``. ``live``: QMP of the running VM, or None when it
     is stopped. A running VM's snapshot is taken without pausing it, after the guest agent
-    ran ``sync`` if it answered in time; otherwise (no agent, busy, slow) the snapshot is
-    only crash-consistent: what a power cut would leave. Raises SnapshotExists,
+    (its socket in ``runtime``, the VM's runtime directory; else in ``directory``) ran
+    ``sync`` if it answered in time; otherwise (no agent, busy, slow) the snapshot is only
+    crash-consistent: what a power cut would leave. Raises SnapshotExists,
     SnapshotError."""
     directory = Path(directory)
     names = read_names(directory)
@@ -188,7 +192,7 @@ def create(directory: Path, snap: str, live: Qmp | None) -> None:
     if live is None:
         _run(qemu_img_argv("create", directory / cl.DISK, tag), doing)
     else:
-        guest_sync(directory)
+        guest_sync(runtime or directory)
         _qmp(live, doing, "blockdev-snapshot-internal-sync", {"device": DRIVE, "name": tag})
     write_names(directory, {**names, snap: tag})
 
