@@ -1,13 +1,16 @@
 """Scheduler scale figures: pure placement at 10,000 members, and C1M through Raft.
 
     python bench/c1m.py [--instances 1000000] [--pure-instances 200000] [--gc default]
-                        [--what-if SETTING=VALUE ...] [--no-snapshot] [--seed 0]
+                        [--planner-on followers] [--what-if SETTING=VALUE ...]
+                        [--no-snapshot] [--seed 0]
 
 1. Pure placement: 10,000 simulated members, ``--pure-instances`` instances placed by the
    ``IndexedScheduler`` in one process (goal: >= 10,000 decisions/s).
 2. C1M (Nomad's "1 million containers on 5,000 hosts in under 5 minutes"): 5,000 members,
    ``--instances`` (1,000,000 by default) committed through a 3-voter pysyncobj cluster on
-   loopback with the real ``instance.create`` apply; then the RSS of each replica and,
+   loopback as plans of placements (``instance.create_many``, each placement re-validated
+   by apply), planned in both followers' processes by default (as two members taking API
+   requests; ``--planner-on follower`` plans in one); then the RSS of each replica and,
    unless ``--no-snapshot``, the time to pickle and unpickle the final State.
 
 Both runs are ``scheduler.simulate``'s (its FakeDriver, its output). Takes about as long as
@@ -40,6 +43,8 @@ def main() -> int:
     parser.add_argument("--what-if", action="append", default=[], metavar="SETTING=VALUE",
                         help="override a pysyncobj setting in the simulator's voters only "
                              "(see python -m scheduler.simulate --help)")
+    parser.add_argument("--planner-on", choices=("leader", "follower", "followers"),
+                        default="followers")
     parser.add_argument("--no-snapshot", action="store_true")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
@@ -47,7 +52,8 @@ def main() -> int:
     pure = run_pure(PURE_MEMBERS, args.pure_instances, args.seed)
     print_report(pure)
     print()
-    options = RaftOptions(gc_mode=args.gc, what_if=dict(parse_setting(t) for t in args.what_if))
+    options = RaftOptions(gc_mode=args.gc, planner_on=args.planner_on,
+                          what_if=dict(parse_setting(t) for t in args.what_if))
     c1m = run_raft(C1M_MEMBERS, args.instances, args.seed, options,
                    snapshot=not args.no_snapshot)
     print_report(c1m)
