@@ -28,6 +28,14 @@ RESYNC_SECONDS = 10.0
 HEARTBEAT_SECONDS = 2.5
 
 
+def created_uids(cmd: Any, member: str) -> list[str]:
+    """The uids an ``instance.create`` or a plan (``instance.create_many``) places on
+    ``member``: the instances whose worker should look at them now."""
+    items = [cmd.args] if cmd.type == "instance.create" else cmd.args.get("items", [])
+    return [str(item["uid"]) for item in items if isinstance(item, dict) and item.get("uid")
+            and (cmd.type == "instance.create" or item.get("location") == member)]
+
+
 class NodeAgent:
     def __init__(self, member: str, store: Store, node: LocalNode) -> None:
         self.member = member
@@ -151,11 +159,8 @@ class NodeAgent:
             log.info("could not report self-stopped instances: %s", exc)
 
     def _uids_of(self, cmd: Any) -> list[str]:
-        if cmd.type == "instance.create":
-            return [str(cmd.args["uid"])] if cmd.args.get("uid") else []
-        if cmd.type == "instance.create_many":  # a plan: only this member's part is ours
-            return [str(item.get("uid", "")) for item in cmd.args.get("items", [])
-                    if item.get("location") == self.member and item.get("uid")]
+        if cmd.type in ("instance.create", "instance.create_many"):
+            return created_uids(cmd, self.member)
         if cmd.type.startswith("instance.") and cmd.type not in (
                 "instance.observed", "instance.observe_status", "instance.purge"):
             with self.store.read() as state:
