@@ -11,7 +11,8 @@ paths on this machine. Prints medians of ``--reps``:
   size (``limits.memory``; an idle busybox guest running a counter loop, its disk overlay
   mirrored over NBD): total ms of ``migrate_out`` (disk mirror + RAM), QEMU's downtime, the
   bytes of RAM and disk sent, and the target's prepare and resume (``finish_incoming``).
-  Each repetition moves the same guest on (A -> B -> A -> ...).
+  Each repetition moves the same guest on (A -> B -> A -> ...). Both streams are TLS, as
+  between members: each side a fresh leaf of one generated CA (``cluster.tls.issue``).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from cluster import tls  # noqa: E402
 from node_agent.drivers.base import InstanceDefinition  # noqa: E402
 from node_agent.drivers.qemu import QemuDriver, host  # noqa: E402
 from node_agent.drivers.qemu import migration as mig  # noqa: E402
@@ -73,8 +75,15 @@ def bench_boot(driver: QemuDriver, image: Path, reps: int) -> list[float]:
     return seconds
 
 
+def credentials(ca: tuple[bytes, bytes]) -> mig.Credentials:
+    """A side's TLS identity, as a member makes it from the cluster certificate."""
+    cert, key = tls.issue(*ca, "corral migration", [mig.TLS_HOSTNAME])
+    return mig.Credentials(ca[0], cert, key)
+
+
 def bench_migration(a: QemuDriver, b: QemuDriver, image: Path, memory: str,
                     reps: int) -> dict[str, list[float]]:
+    ca = tls.generate("corral", ["localhost"])
     vm = definition(image, memory)
     a.define(vm)
     boot(a, vm.name)
@@ -83,9 +92,9 @@ def bench_migration(a: QemuDriver, b: QemuDriver, image: Path, memory: str,
     source, target = a, b
     for _ in range(reps):
         started = time.perf_counter()
-        incoming = mig.prepare_incoming(target, vm, "127.0.0.1")
+        incoming = mig.prepare_incoming(target, vm, "127.0.0.1", credentials(ca))
         prepared = time.perf_counter()
-        stats = mig.migrate_out(source, vm.name, incoming, downtime_ms=300)
+        stats = mig.migrate_out(source, vm.name, incoming, credentials(ca), downtime_ms=300)
         moved = time.perf_counter()
         mig.finish_incoming(target, vm.name)
         resumed = time.perf_counter()

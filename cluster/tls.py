@@ -30,7 +30,7 @@ from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 VALID_DAYS = 3650
@@ -100,6 +100,47 @@ def generate(common_name: str, hosts: list[str]) -> tuple[bytes, bytes]:
     if sans:
         builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
     cert = builder.sign(key, hashes.SHA384())
+    key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption())
+    return cert.public_bytes(serialization.Encoding.PEM), key_pem
+
+
+def issue(ca_cert_pem: bytes, ca_key_pem: bytes, common_name: str, hosts: list[str],
+          valid: datetime.timedelta = datetime.timedelta(days=1)) -> tuple[bytes, bytes]:
+    """A new EC P-256 key and a leaf certificate (CA:FALSE) for it, signed by the CA pair:
+    ``(cert_pem, key_pem)``, valid from an hour ago (members' clocks differ) for ``valid``.
+
+    For peers that refuse to present a CA certificate as their own, as GnuTLS in QEMU does
+    ("basic constraints show a CA"): they trust ``ca_cert_pem`` and present a leaf of it.
+    Raises ``CertificateError`` if the pair cannot be read or does not match.
+    """
+    try:
+        ca = x509.load_pem_x509_certificate(ca_cert_pem)
+        ca_key = serialization.load_pem_private_key(ca_key_pem, password=None)
+    except (ValueError, TypeError) as exc:
+        raise CertificateError(f"Invalid CA pair: {exc}") from exc
+    spki = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    if not isinstance(ca_key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey) \
+            or ca_key.public_key().public_bytes(*spki) != ca.public_key().public_bytes(*spki):
+        raise CertificateError("The CA key does not match the CA certificate")
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.UTC)
+    name = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "corral"),
+                      x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    builder = (x509.CertificateBuilder().subject_name(name).issuer_name(ca.subject)
+               .public_key(key.public_key()).serial_number(x509.random_serial_number())
+               .not_valid_before(now - datetime.timedelta(hours=1))
+               .not_valid_after(now + valid)
+               .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+               .add_extension(x509.KeyUsage(True, False, True, False, False, False, False,
+                                            False, False), critical=True)
+               .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH,
+                                                     ExtendedKeyUsageOID.CLIENT_AUTH]),
+                              critical=False))
+    sans = [_san(h) for h in dict.fromkeys(hosts) if h]
+    if sans:
+        builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+    cert = builder.sign(ca_key, hashes.SHA384())
     key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                 serialization.NoEncryption())
     return cert.public_bytes(serialization.Encoding.PEM), key_pem

@@ -2,7 +2,8 @@
 reboots (a counter in its RAM goes on, its boot id stays, its disk comes along); a
 migration that cannot reach the target leaves it running where it was; a stopped VM
 moves cold with its snapshots; either way its disk ends up on the target's storage pool.
-Evacuation migrates a running VM live and restore brings it back."""
+Evacuation migrates a running VM live and restore brings it back. QEMU's streams are TLS
+(the operation's figures say so)."""
 
 from __future__ import annotations
 
@@ -102,6 +103,16 @@ def test_a_running_vm_migrates_live_and_keeps_running(pair: list[DaemonProcess])
         assert paused.returncode == 1 and b"Resume the virtual machine" in paused.stderr
         m1.corral("start", "lv1")
         assert _instance(m1, "lv1")["location"] == "m2"
+
+        # Back through the API (LXD's migration POST), from the QEMU that received it: its
+        # credentials were dropped and load again; QEMU's parameters named them (TLS).
+        api = Api(str(m1.socket))
+        _, doc = api.call("POST", "/1.0/instances/lv1?target=m1", {"migration": True})
+        op = api.wait(doc["operation"], timeout=600)
+        assert op["status"] == "Success", op
+        assert op["metadata"]["live_migration"]["tls"] is True
+        assert _instance(m1, "lv1")["location"] == "m1"
+        assert _sh(m1, "lv1", "cat /proc/sys/kernel/random/boot_id") == boot_id
     finally:
         m1.corral("delete", "--force", "lv1", check=False)
 

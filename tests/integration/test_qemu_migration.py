@@ -1,6 +1,7 @@
 """Live migration of a running VM between two QemuDrivers (two "hosts": separate VM paths on
 this machine, loopback for NBD and the migration stream), real QEMU under TCG, the busybox
-VM image.
+VM image. Both streams are TLS: the two hosts hold leaves of one generated CA pair (as
+members hold leaves of the cluster certificate); leaves of another pair are refused.
 
 Everything lives under one ``mkdtemp`` directory and one bridge made here; the teardown
 kills any QEMU left under that directory and removes taps, bridge and files, even when a
@@ -14,6 +15,8 @@ import json
 import os
 import secrets
 import signal
+import socket
+import struct
 import subprocess
 import time
 from collections.abc import Iterator
@@ -22,6 +25,7 @@ from typing import Any
 
 import pytest
 
+from cluster import tls
 from node_agent.drivers.base import InstanceDefinition, InvalidState
 from node_agent.drivers.qemu import QemuDriver, host
 from node_agent.drivers.qemu import migration as mig
@@ -32,6 +36,31 @@ from tests.integration.test_qemu_driver import boot, qemu_pids, qemu_scratch
 pytestmark = pytest.mark.real
 COUNTER = ("i=0; while true; do i=$((i+1)); echo $i > /tmp/counter; sleep 0.1; done "
            "</dev/null >/dev/null 2>&1 &")
+
+
+@pytest.fixture(scope="module")
+def cluster_ca() -> tuple[bytes, bytes]:
+    return tls.generate("corral", ["localhost", "127.0.0.1"])
+
+
+@pytest.fixture(scope="module")
+def foreign_ca() -> tuple[bytes, bytes]:
+    """Another cluster's. Its own name: GnuTLS picks an issuer by name among several."""
+    return tls.generate("other", ["localhost", "127.0.0.1"])
+
+
+def leaf(ca: tuple[bytes, bytes], also_trusts: bytes = b"",
+         hosts: tuple[str, ...] = (mig.TLS_HOSTNAME,)) -> mig.Credentials:
+    """A leaf of ``ca`` that trusts ``ca`` (QEMU checks its own leaf against it) and
+    ``also_trusts``."""
+    cert, key = tls.issue(*ca, "corral migration", list(hosts))
+    return mig.Credentials(ca[0] + also_trusts, cert, key)
+
+
+def no_credentials_left(driver: QemuDriver, name: str) -> bool:
+    objects = driver._qmp(name, "qom-list", {"path": "/objects"})
+    return (mig.TLS_CREDS not in {o["name"] for o in objects}
+            and not (driver.vm_dir(name) / mig.TLS_DIR).exists())
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +127,8 @@ def taps(driver: QemuDriver, name: str) -> list[str]:
 
 
 def test_a_running_vm_moves_with_its_ram_and_disk_and_never_reboots(
-        hosts: tuple[QemuDriver, QemuDriver], image: Path, bridge: str) -> None:
+        hosts: tuple[QemuDriver, QemuDriver], image: Path, bridge: str,
+        cluster_ca: tuple[bytes, bytes]) -> None:
     source, target = hosts
     vm = definition(image, bridge)
     name = vm.name
@@ -111,12 +141,16 @@ def test_a_running_vm_moves_with_its_ram_and_disk_and_never_reboots(
     before = int(sh(source, name, "cat /tmp/counter"))
     source_pid, source_taps = source.state(name)["pid"], taps(source, name)
 
-    incoming = mig.prepare_incoming(target, on(target, vm), "127.0.0.1")
+    incoming = mig.prepare_incoming(target, on(target, vm), "127.0.0.1", leaf(cluster_ca))
     incoming = mig.Incoming.from_json(json.loads(json.dumps(incoming.to_json())))
     assert target.status(name) == "Starting"  # inmigrate: paused, waiting
+    assert not (target.vm_dir(name) / mig.TLS_DIR).exists()  # QEMU has read the key
+    assert plain_nbd_is_refused(incoming)
     reports: list[dict[str, Any]] = []
-    stats = mig.migrate_out(source, name, incoming, downtime_ms=300, progress=reports.append)
+    stats = mig.migrate_out(source, name, incoming, leaf(cluster_ca), downtime_ms=300,
+                            progress=reports.append)
     print(f"migration: {stats}")
+    assert stats.tls
     assert source.status(name) == "Frozen" and target.status(name) == "Frozen"
     assert {r["phase"] for r in reports} == {"disk", "memory"}
     assert stats.ram_bytes > 0 and stats.disk_bytes > 0 and 0 < stats.downtime_ms < 5000
@@ -124,6 +158,7 @@ def test_a_running_vm_moves_with_its_ram_and_disk_and_never_reboots(
 
     mig.finish_incoming(target, name)
     assert target.status(name) == "Running"
+    assert no_credentials_left(target, name)  # it may move on with new ones
     after = int(sh(target, name, "cat /tmp/counter"))
     assert after > before
     time.sleep(1)
@@ -150,8 +185,23 @@ def test_a_running_vm_moves_with_its_ram_and_disk_and_never_reboots(
     target.delete(name)
 
 
+def plain_nbd_is_refused(incoming: mig.Incoming) -> bool:
+    """A client without TLS asking for the export (NBD fixed newstyle, NBD_OPT_GO) gets
+    NBD_REP_ERR_TLS_REQD, not the disk."""
+    with socket.create_connection((incoming.host, incoming.nbd_port), timeout=10) as sock:
+        reader = sock.makefile("rb")
+        assert reader.read(18)[:16] == b"NBDMAGICIHAVEOPT"  # then the handshake flags
+        sock.sendall(struct.pack(">I", 1))  # NBD_FLAG_C_FIXED_NEWSTYLE
+        name = incoming.export.encode()
+        data = struct.pack(">I", len(name)) + name + struct.pack(">H", 0)
+        sock.sendall(b"IHAVEOPT" + struct.pack(">II", 7, len(data)) + data)  # NBD_OPT_GO
+        magic, option, reply = struct.unpack(">QII", reader.read(16))
+        return bool(option == 7 and reply == (1 << 31) + 5)  # NBD_REP_ERR_TLS_REQD
+
+
 def test_a_failed_migration_leaves_the_vm_running_on_the_source_and_nothing_on_the_target(
-        hosts: tuple[QemuDriver, QemuDriver], image: Path, bridge: str) -> None:
+        hosts: tuple[QemuDriver, QemuDriver], image: Path, bridge: str,
+        cluster_ca: tuple[bytes, bytes]) -> None:
     source, target = hosts
     vm = definition(image, bridge)
     name = vm.name
@@ -160,9 +210,9 @@ def test_a_failed_migration_leaves_the_vm_running_on_the_source_and_nothing_on_t
     sh(source, name, COUNTER)
     vm = on(target, vm)
 
-    incoming = mig.prepare_incoming(target, vm, "127.0.0.1")
+    incoming = mig.prepare_incoming(target, vm, "127.0.0.1", leaf(cluster_ca))
     with pytest.raises(InvalidState):
-        mig.prepare_incoming(target, vm, "127.0.0.1")  # never over an existing VM
+        mig.prepare_incoming(target, vm, "127.0.0.1", leaf(cluster_ca))  # never over a VM
     target_taps = taps(target, name)
     assert all(host.link_exists(tap) for tap in target_taps)
     mig.abort_incoming(target, name)  # e.g. the target member gave up
@@ -171,12 +221,12 @@ def test_a_failed_migration_leaves_the_vm_running_on_the_source_and_nothing_on_t
     assert not any(host.link_exists(tap) for tap in target_taps)
     volume(target, name).mkdir(parents=True)  # a disk of that name on the target's pool
     with pytest.raises(InvalidState):
-        mig.prepare_incoming(target, vm, "127.0.0.1")
+        mig.prepare_incoming(target, vm, "127.0.0.1", leaf(cluster_ca))
     volume(target, name).rmdir()
 
     started = time.monotonic()
     with pytest.raises(mig.MigrationError, match="target's disk") as failure:
-        mig.migrate_out(source, name, incoming, timeout=60)
+        mig.migrate_out(source, name, incoming, leaf(cluster_ca), timeout=60)
     print(f"\nfailure: {failure.value} ({time.monotonic() - started:.2f} s)")
     assert source.status(name) == "Running"
     before = int(sh(source, name, "cat /tmp/counter"))
@@ -186,7 +236,7 @@ def test_a_failed_migration_leaves_the_vm_running_on_the_source_and_nothing_on_t
     # A target that vanishes in the middle of the disk mirror or of the RAM transfer: the
     # mirror or the migration fails, and migrate_out itself resumes the source.
     for phase in ("disk", "memory"):
-        incoming = mig.prepare_incoming(target, vm, "127.0.0.1")
+        incoming = mig.prepare_incoming(target, vm, "127.0.0.1", leaf(cluster_ca))
         pid = target.state(name)["pid"]
 
         def kill_target(report: dict[str, Any], phase: str = phase, pid: int = pid) -> None:
@@ -194,7 +244,8 @@ def test_a_failed_migration_leaves_the_vm_running_on_the_source_and_nothing_on_t
                 os.kill(pid, signal.SIGKILL)
 
         with pytest.raises(mig.MigrationError) as failure:
-            mig.migrate_out(source, name, incoming, progress=kill_target, timeout=60)
+            mig.migrate_out(source, name, incoming, leaf(cluster_ca), progress=kill_target,
+                            timeout=60)
         print(f"target killed during {phase}: {failure.value}")
         mig.abort_incoming(target, name)
         assert source.status(name) == "Running"
@@ -206,3 +257,46 @@ def test_a_failed_migration_leaves_the_vm_running_on_the_source_and_nothing_on_t
     assert not volume(target, name).exists()
     source.stop(name, force=True, timeout=0)
     source.delete(name)
+
+
+def test_a_peer_with_the_wrong_certificate_gets_nothing_and_the_vm_runs_on(
+        hosts: tuple[QemuDriver, QemuDriver], image: Path, bridge: str,
+        cluster_ca: tuple[bytes, bytes], foreign_ca: tuple[bytes, bytes]) -> None:
+    """Mutual authentication: a target outside the cluster, a source outside it (that
+    trusts the cluster: only the target's check stops it), and a target of the cluster
+    whose certificate does not name TLS_HOSTNAME are each refused at the first connection
+    (the mirror's); the source runs on, the target is dropped."""
+    source, target = hosts
+    vm = definition(image, bridge)
+    name = vm.name
+    source.define(on(source, vm))
+    boot(source, name)
+    sh(source, name, COUNTER)
+    vm = on(target, vm)
+    cases = {"a foreign target": (leaf(foreign_ca), leaf(cluster_ca)),
+             "a foreign source": (leaf(cluster_ca), leaf(foreign_ca, cluster_ca[0])),
+             "a misnamed target": (leaf(cluster_ca, hosts=("127.0.0.1",)),
+                                   leaf(cluster_ca))}
+    for case, (target_tls, source_tls) in cases.items():
+        incoming = mig.prepare_incoming(target, vm, "127.0.0.1", target_tls)
+        started = time.monotonic()
+        with pytest.raises(mig.MigrationError, match="target's disk") as failure:
+            mig.migrate_out(source, name, incoming, source_tls, timeout=60)
+        print(f"\n{case}: {failure.value} ({time.monotonic() - started:.2f} s)")
+        assert target.status(name) == "Starting"  # still waiting: nothing arrived
+        mig.abort_incoming(target, name)
+        assert source.status(name) == "Running" and no_credentials_left(source, name)
+        before = int(sh(source, name, "cat /tmp/counter"))
+        time.sleep(0.3)
+        assert int(sh(source, name, "cat /tmp/counter")) > before
+    assert not target.vmpath.joinpath(name).exists() and not qemu_pids(target.vmpath)
+
+    # The same QEMU still migrates once given the right credentials.
+    incoming = mig.prepare_incoming(target, vm, "127.0.0.1", leaf(cluster_ca))
+    assert mig.migrate_out(source, name, incoming, leaf(cluster_ca), timeout=120).tls
+    mig.finish_incoming(target, name)
+    mig.finish_source(source, name)
+    source.delete(name)
+    assert int(sh(target, name, "cat /tmp/counter")) > 0
+    target.stop(name, force=True, timeout=0)
+    target.delete(name)

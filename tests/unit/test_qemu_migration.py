@@ -3,13 +3,17 @@ the source's QMP sequence against a scripted fake QEMU (a fake QMP server on the
 
 from __future__ import annotations
 
+import datetime
 import json
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography import x509
 
+from cluster import tls
 from node_agent.drivers.base import InstanceDefinition, InvalidState
 from node_agent.drivers.qemu import QemuDriver
 from node_agent.drivers.qemu import cmdline as cl
@@ -27,6 +31,7 @@ COMPLETED = json.loads("""
   "normal": 23622}}
 """)
 INCOMING = mig.Incoming("127.0.0.1", 40001, 40002, "root")
+CREDENTIALS = mig.Credentials(b"CA", b"CERT", b"KEY")
 
 
 def test_the_target_address_survives_json() -> None:
@@ -75,12 +80,20 @@ class SourceVm(FakeVm):
         self.fail = fail  # a command to refuse
         self.job: dict[str, Any] | None = None
         self.migration = "none"
+        self.parameters: dict[str, Any] = {}
+        self.loaded: dict[str, bytes] = {}  # the TLS files as object-add found them
 
     def handle(self, request: dict[str, Any]) -> list[dict[str, Any]]:
         command, args = request["execute"], request.get("arguments", {})
         if command == self.fail:
             return [{"error": {"class": "GenericError", "desc": f"{command} broke"}}]
-        if command == "blockdev-mirror":
+        if command == "object-add":
+            self.loaded = {f.name: f.read_bytes() for f in Path(args["dir"]).iterdir()}
+        elif command == "migrate-set-parameters":
+            self.parameters.update(args)
+        elif command == "query-migrate-parameters":
+            return [{"return": self.parameters}]
+        elif command == "blockdev-mirror":
             self.job = {"id": args["job-id"], "type": "mirror", "status": "running",
                         "current-progress": 0, "total-progress": 4096}
         elif command == "query-jobs":
@@ -135,18 +148,27 @@ def test_the_mirror_completes_while_the_guest_is_stopped_before_the_switch_over(
     driver, vm = source
     vm.start()
     reports: list[dict[str, Any]] = []
-    stats = mig.migrate_out(driver, "vm1", INCOMING, downtime_ms=250, progress=reports.append)
-    assert stats.downtime_ms == 87 and stats.disk_bytes == 4096
+    stats = mig.migrate_out(driver, "vm1", INCOMING, CREDENTIALS, downtime_ms=250,
+                            progress=reports.append)
+    assert stats.downtime_ms == 87 and stats.disk_bytes == 4096 and stats.tls
     assert [c for c in vm.commands() if c not in ("query-jobs", "query-migrate")] == [
-        "blockdev-add", "blockdev-mirror", "migrate-set-capabilities",
-        "migrate-set-parameters", "migrate", "block-job-cancel", "job-dismiss",
-        "blockdev-del", "migrate-continue"]
-    sent = {r["execute"]: r.get("arguments") for r in vm.qmp.seen}  # type: ignore[union-attr]
+        "object-del", "object-add", "blockdev-add", "blockdev-mirror",
+        "migrate-set-capabilities", "migrate-set-parameters", "query-migrate-parameters",
+        "migrate", "block-job-cancel", "job-dismiss", "blockdev-del", "migrate-continue"]
+    sent: dict[Any, Any] = {r["execute"]: r.get("arguments")
+                            for r in vm.qmp.seen}  # type: ignore[union-attr]
     assert sent["blockdev-mirror"]["sync"] == "top"
     assert sent["migrate-set-parameters"]["downtime-limit"] == 250
+    assert sent["migrate-set-parameters"]["tls-creds"] == mig.TLS_CREDS
+    assert sent["migrate-set-parameters"]["tls-hostname"] == mig.TLS_HOSTNAME
     assert sent["migrate"] == {"uri": "tcp:127.0.0.1:40001"}
     assert sent["blockdev-add"]["server"] == {"type": "inet", "host": "127.0.0.1",
                                               "port": "40002"}
+    assert sent["blockdev-add"]["tls-creds"] == mig.TLS_CREDS
+    assert sent["object-add"] == mig.tls_object(driver.vm_dir("vm1") / mig.TLS_DIR, "client")
+    assert vm.loaded == {"ca-cert.pem": b"CA", "client-cert.pem": b"CERT",
+                         "client-key.pem": b"KEY"}  # read by QEMU, then removed:
+    assert not (driver.vm_dir("vm1") / mig.TLS_DIR).exists()
     assert {r["phase"] for r in reports} == {"disk", "memory"}
     assert driver.status("vm1") == "Frozen"  # postmigrate: the caller decides
 
@@ -158,9 +180,12 @@ def test_a_failed_step_resumes_the_source_and_says_what_failed(
     vm.fail = fail
     vm.start()
     with pytest.raises(mig.MigrationError, match=f"{fail} broke"):
-        mig.migrate_out(driver, "vm1", INCOMING)
+        mig.migrate_out(driver, "vm1", INCOMING, CREDENTIALS)
     assert "blockdev-del" in vm.commands()  # the NBD connection is dropped
     assert vm.job is None and driver.status("vm1") == "Running"
+    after = vm.commands()[vm.commands().index("blockdev-del"):]
+    assert after[:3] == ["blockdev-del", "migrate-set-parameters", "object-del"]
+    assert vm.parameters["tls-creds"] == ""
 
 
 def test_only_a_running_vm_migrates_and_only_a_migrated_source_is_dropped(
@@ -169,7 +194,55 @@ def test_only_a_running_vm_migrates_and_only_a_migrated_source_is_dropped(
     vm.start()
     vm.run_state = "paused"
     with pytest.raises(InvalidState, match="Frozen"):
-        mig.migrate_out(driver, "vm1", INCOMING)
+        mig.migrate_out(driver, "vm1", INCOMING, CREDENTIALS)
     with pytest.raises(InvalidState, match="not started"):
         mig.finish_source(driver, "vm1")
     assert vm.process is not None and vm.process.poll() is None
+
+
+def test_the_credentials_directory_holds_what_tls_creds_x509_reads(tmp_path: Path) -> None:
+    for endpoint in ("server", "client"):
+        directory = mig.write_credentials(tmp_path, endpoint, CREDENTIALS)
+        assert directory == tmp_path / mig.TLS_DIR
+        assert stat.S_IMODE(directory.stat().st_mode) == 0o700
+        files = {f.name: f for f in directory.iterdir()}
+        dh = {"dh-params.pem": mig.FFDHE2048_PEM} if endpoint == "server" else {}
+        assert {n: f.read_bytes() for n, f in files.items()} == {
+            "ca-cert.pem": b"CA", f"{endpoint}-cert.pem": b"CERT",
+            f"{endpoint}-key.pem": b"KEY", **dh}  # a stale directory is replaced
+        assert {stat.S_IMODE(f.stat().st_mode) for f in files.values()} == {0o600}
+        assert mig.tls_object(directory, endpoint) == {
+            "qom-type": "tls-creds-x509", "id": mig.TLS_CREDS, "dir": str(directory),
+            "endpoint": endpoint, "verify-peer": True}
+    with pytest.raises(mig.MigrationError):
+        mig.write_credentials(tmp_path, "both", CREDENTIALS)
+    assert "KEY" not in repr(CREDENTIALS)
+
+
+def test_both_nbd_ends_require_tls_and_the_source_checks_the_fixed_name() -> None:
+    assert mig.nbd_server_args("10.0.0.2", 10809) == {
+        "addr": {"type": "inet", "data": {"host": "10.0.0.2", "port": "10809"}},
+        "tls-creds": mig.TLS_CREDS}
+    assert mig.nbd_client_args(INCOMING) == {
+        "driver": "nbd", "node-name": mig.NBD_NODE, "export": "root",
+        "server": {"type": "inet", "host": "127.0.0.1", "port": "40002"},
+        "tls-creds": mig.TLS_CREDS, "tls-hostname": mig.TLS_HOSTNAME}
+
+
+def test_a_leaf_of_the_cluster_certificate_is_signed_by_it_and_is_no_ca() -> None:
+    ca_pem, ca_key = tls.generate("corral", ["localhost"])
+    cert_pem, key_pem = tls.issue(ca_pem, ca_key, "corral migration", [mig.TLS_HOSTNAME])
+    ca, cert = x509.load_pem_x509_certificate(ca_pem), x509.load_pem_x509_certificate(cert_pem)
+    cert.verify_directly_issued_by(ca)
+    assert not cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert sans.get_values_for_type(x509.DNSName) == [mig.TLS_HOSTNAME]
+    now = datetime.datetime.now(datetime.UTC)
+    assert cert.not_valid_before_utc < now < cert.not_valid_after_utc
+    assert cert.not_valid_after_utc - now <= datetime.timedelta(days=1)
+    assert b"PRIVATE KEY" in key_pem
+    other_pem, other_key = tls.generate("corral", [])
+    with pytest.raises(tls.CertificateError, match="does not match"):
+        tls.issue(ca_pem, other_key, "x", [])
+    with pytest.raises(tls.CertificateError):
+        tls.issue(b"junk", ca_key, "x", [])

@@ -5,7 +5,9 @@ As with volumes, every call is checked against the replicated state: the target 
 runs only on the target of a live move of that very instance (by uid), the source half
 only where the instance lives while it moves, and the source's copy is dropped only once
 the instance lives elsewhere. QEMU's own streams (RAM, and the disk over NBD) go
-directly between the two members' addresses.
+directly between the two members' addresses, over TLS with mutual authentication: each
+side presents a fresh leaf of the cluster certificate and accepts only a peer's leaf of
+it (``_credentials``), so nothing but the cluster key opens them, as for this API.
 """
 
 from __future__ import annotations
@@ -14,10 +16,12 @@ import asyncio
 import json
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
+from cluster import tls
 from cluster.api.context import Context
 from cluster.api.handlers.common import ctx_of
 from cluster.api.handlers.volumes import _require_member_peer
@@ -50,6 +54,18 @@ def _host(address: str) -> str:
     return host.strip("[]") or "127.0.0.1"
 
 
+def _credentials(root: Path) -> migration.Credentials:
+    """This member's TLS identity for QEMU's migration streams, from what it holds locally:
+    members share the cluster certificate (``membership``), so the peer's certificate is
+    this one and nothing needs to travel. QEMU refuses to present a CA certificate (the
+    cluster's is one), so it gets a one-day leaf the cluster key signs, naming
+    ``TLS_HOSTNAME``; it trusts the cluster certificate, i.e. only a member's leaf."""
+    ca_pem, ca_key = (root / "server.crt").read_bytes(), (root / "server.key").read_bytes()
+    cert_pem, key_pem = tls.issue(ca_pem, ca_key, "corral migration",
+                                  [migration.TLS_HOSTNAME])
+    return migration.Credentials(ca_pem, cert_pem, key_pem)
+
+
 async def prepare(request: web.Request) -> web.Response:
     """POST .../incoming (target): a paused QEMU waiting for the migration, its disk
     exported over NBD; answers where the source is to send."""
@@ -61,7 +77,8 @@ async def prepare(request: web.Request) -> web.Response:
     await ctx.agent.ensure_image(spec.image)
 
     def run() -> migration.Incoming:
-        return migration.prepare_incoming(ctx.node.qemu(), ctx.node.vm_definition(spec), host)
+        return migration.prepare_incoming(ctx.node.qemu(), ctx.node.vm_definition(spec), host,
+                                          _credentials(ctx.paths.root))
 
     incoming = await asyncio.to_thread(run)
     return sync({"incoming": incoming.to_json()})
@@ -119,9 +136,10 @@ async def send(request: web.Request) -> web.StreamResponse:
             last[0] = now
             loop.call_soon_threadsafe(reports.put_nowait, dict(report))
 
-    driver = ctx.node.qemu()
+    driver, root = ctx.node.qemu(), ctx.paths.root
     work = asyncio.ensure_future(asyncio.to_thread(
-        migration.migrate_out, driver, inst.name, incoming, downtime, progress))
+        lambda: migration.migrate_out(driver, inst.name, incoming, _credentials(root),
+                                      downtime, progress)))
     while not work.done():
         waiter = asyncio.ensure_future(reports.get())
         await asyncio.wait({work, waiter}, return_when=asyncio.FIRST_COMPLETED)

@@ -8,14 +8,19 @@ VM's overlay ``root.qcow2`` moves, next to its RAM and device state::
       define (new overlay, same backing,
         in the target's volume directory)
       taps, QEMU -S -incoming defer
-      nbd-server-start, block-export-add
-        (the disk, writable)
+      object-add tls-creds-x509 (server),
+        migrate-set-parameters tls-creds
+      nbd-server-start (tls-creds),
+        block-export-add (the disk, writable)
       migrate-incoming tcp:HOST:PORT
                         --- Incoming (JSON) --->  migrate_out
+                                                    object-add tls-creds-x509 (client)
                                                     blockdev-add an nbd node -> the export
+                                                      (tls-creds, tls-hostname)
                                                     blockdev-mirror sync=top (overlay only),
                                                       wait for the job to be ready
-                                                    migrate (pause-before-switchover)
+                                                    migrate (pause-before-switchover,
+                                                      tls-creds, tls-hostname)
                                                       poll until pre-switchover: the guest
                                                       is stopped, RAM nearly all sent
                                                     block-job-cancel of the ready mirror:
@@ -24,6 +29,16 @@ VM's overlay ``root.qcow2`` moves, next to its RAM and device state::
                                                   (source paused: postmigrate)
     finish_incoming: nbd-server-stop, cont        finish_source: quit, taps removed
     abort_incoming: kill, taps, directories       resume_source: cancel all, cont
+
+Both streams (NBD and RAM) are TLS with mutual authentication (GnuTLS in QEMU): each side
+gets :class:`Credentials`, a certificate and key of its own and the CA certificate the
+peer's must chain to, and refuses a peer whose certificate it did not sign (the source also
+checks that the target's names ``TLS_HOSTNAME``). The files live in the VM's directory
+(``migration-tls/``, 0700, files 0600) only while ``object-add`` reads them; the object is
+deleted when the migration ends or is undone (``finish_incoming``, ``resume_source``;
+``abort_incoming`` and ``finish_source`` kill the QEMU). A peer with the wrong certificate
+fails the handshake: the mirror's ``blockdev-add`` (the first connection) fails and the
+source runs on.
 
 Why ``pause-before-switchover``: once the RAM is sent QEMU inactivates the source's disks
 and hands over; the mirror, still copying the guest's last writes in the background,
@@ -43,11 +58,12 @@ and ``InvalidState``.
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +77,21 @@ EXPORT = "root"  # the NBD export's name on the target
 EXPORT_ID = "corral-migration"
 MIRROR_JOB = "corral-migration"
 NBD_NODE = "corral-migration-nbd"
+TLS_CREDS = "corral-migration-tls"  # the tls-creds-x509 object, on both sides
+TLS_DIR = "migration-tls"  # in the VM's directory, only while QEMU loads it
+TLS_HOSTNAME = "corral-migration"  # a DNS SAN the target's certificate must carry
+# RFC 7919's ffdhe2048 group (PKCS#3). Without a dh-params.pem a server tls-creds-x509
+# generates DH parameters at object-add: 50-350 ms here, in the prepare, for a group TLS
+# 1.3 (ECDHE) does not even use.
+FFDHE2048_PEM = b"""-----BEGIN DH PARAMETERS-----
+MIIBCAKCAQEA//////////+t+FRYortKmq/cViAnPTzx2LnFg84tNpWp4TZBFGQz
++8yTnc4kmz75fS/jY2MMddj2gbICrsRhetPfHtXV/WVhJDP1H18GbtCFY2VVPe0a
+87VXE15/V8k1mE8McODmi3fipona8+/och3xWKE2rec1MKzKT0g6eXq8CrGCsyT7
+YdEIqUuyyOP7uWrat2DX9GgdT0Kj3jlN9K5W7edjcrsZCwenyO4KbXCeAvzhzffi
+7MA0BM0oNC9hkXL+nOmFg/+OTxIy7vKBg8P+OxtMb61zO7X8vC7CIAXFjvGDfRaD
+ssbzSibBsu/6iGtCOGEoXJf//////////wIBAg==
+-----END DH PARAMETERS-----
+"""
 MAX_BANDWIDTH = 1 << 40  # bytes/s: unlimited in practice (QEMU 7.2 defaults to 32 MiB/s)
 POLL = 0.02  # s between query-* polls (the guest is stopped while we poll pre-switchover)
 STEP_TIMEOUT = 60.0  # s for one step that only waits on QEMU (a cancel, a mirror drain)
@@ -74,6 +105,61 @@ Progress = Callable[[dict[str, Any]], None]
 
 class MigrationError(DriverError):
     """A live migration step failed (QEMU's message included)."""
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """One side's TLS identity for the migration's streams: its certificate and key, and
+    ``ca_pem``, what the peer's certificate must chain to (the peer is refused otherwise).
+    The target's certificate must name ``TLS_HOSTNAME``: the source checks that name, not
+    the address, so the same certificate serves on any address. QEMU refuses a CA
+    certificate as its own, so these are leaves."""
+
+    ca_pem: bytes
+    cert_pem: bytes
+    key_pem: bytes = field(repr=False)
+
+
+def write_credentials(vm_dir: Path, endpoint: str, credentials: Credentials) -> Path:
+    """The directory ``tls-creds-x509`` reads for ``endpoint`` ("server" on the target,
+    "client" on the source), made afresh in ``vm_dir``: 0700, its files 0600; a server's
+    gets fixed DH parameters (QEMU would spend up to a third of a second making some)."""
+    if endpoint not in ("server", "client"):
+        raise MigrationError(f"invalid TLS endpoint {endpoint!r}")
+    directory = vm_dir / TLS_DIR
+    shutil.rmtree(directory, ignore_errors=True)  # a crashed migration's
+    directory.mkdir(mode=0o700)
+    directory.chmod(0o700)  # whatever the umask
+    files = {"ca-cert.pem": credentials.ca_pem, f"{endpoint}-cert.pem": credentials.cert_pem,
+             f"{endpoint}-key.pem": credentials.key_pem}
+    if endpoint == "server":
+        files["dh-params.pem"] = FFDHE2048_PEM
+    for file, data in files.items():
+        fd = os.open(directory / file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+    return directory
+
+
+def tls_object(directory: Path, endpoint: str) -> dict[str, Any]:
+    """``object-add`` arguments of the credentials: the peer must present a certificate
+    that ``ca-cert.pem`` signed (``verify-peer``), the server as well as the client."""
+    return {"qom-type": "tls-creds-x509", "id": TLS_CREDS, "dir": str(directory),
+            "endpoint": endpoint, "verify-peer": True}
+
+
+def nbd_server_args(host: str, port: int) -> dict[str, Any]:
+    """``nbd-server-start`` on the target: TLS only (QEMU then refuses plain clients)."""
+    return {"addr": {"type": "inet", "data": {"host": host, "port": str(port)}},
+            "tls-creds": TLS_CREDS}
+
+
+def nbd_client_args(incoming: Incoming) -> dict[str, Any]:
+    """``blockdev-add`` on the source of the node writing into the target's export."""
+    return {"driver": "nbd", "node-name": NBD_NODE, "export": incoming.export,
+            "server": {"type": "inet", "host": incoming.host,
+                       "port": str(incoming.nbd_port)},
+            "tls-creds": TLS_CREDS, "tls-hostname": TLS_HOSTNAME}
 
 
 @dataclass(frozen=True)
@@ -121,15 +207,17 @@ class MigrationStats:
     ram_bytes: int
     ram_total: int
     disk_bytes: int
+    tls: bool = False  # QEMU's migration parameters named our TLS credentials
 
 
-def parse_stats(reply: Mapping[str, Any], total_ms: int, disk_bytes: int) -> MigrationStats:
+def parse_stats(reply: Mapping[str, Any], total_ms: int, disk_bytes: int,
+                tls: bool = False) -> MigrationStats:
     """Stats from a completed ``query-migrate`` reply."""
     ram = reply.get("ram") or {}
     return MigrationStats(total_ms=total_ms, migration_ms=int(reply.get("total-time", 0)),
                           downtime_ms=int(reply.get("downtime", 0)),
                           ram_bytes=int(ram.get("transferred", 0)),
-                          ram_total=int(ram.get("total", 0)), disk_bytes=disk_bytes)
+                          ram_total=int(ram.get("total", 0)), disk_bytes=disk_bytes, tls=tls)
 
 
 def _bracketed(host: str) -> str:
@@ -174,16 +262,41 @@ def _wait(what: str, deadline: float, poll: Callable[[], Any]) -> Any:
         time.sleep(POLL)
 
 
+def _load_credentials(driver: QemuDriver, name: str, endpoint: str,
+                      credentials: Credentials) -> None:
+    """Create the ``tls-creds-x509`` object. QEMU reads the files once, here, so they
+    leave the disk at once: the key is never left behind, even if we crash later."""
+    _quietly(driver, name, "object-del", {"id": TLS_CREDS})  # a failed migration's
+    try:
+        directory = write_credentials(driver.vm_dir(name), endpoint, credentials)
+    except OSError as exc:
+        raise MigrationError(f"VM {name!r}: writing the migration's TLS credentials: "
+                             f"{exc}") from exc
+    try:
+        _call(driver, name, "loading the migration's TLS credentials", "object-add",
+              tls_object(directory, endpoint))
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def _drop_credentials(driver: QemuDriver, name: str) -> None:
+    """Forget the migration's TLS credentials (they may be loaded again for the next)."""
+    _quietly(driver, name, "migrate-set-parameters", {"tls-creds": "", "tls-hostname": ""})
+    _quietly(driver, name, "object-del", {"id": TLS_CREDS})
+    shutil.rmtree(driver.vm_dir(name) / TLS_DIR, ignore_errors=True)
+
+
 # -- target ---------------------------------------------------------------------------------
 
 
 def prepare_incoming(driver: QemuDriver, definition: InstanceDefinition,
-                     listen_host: str) -> Incoming:
+                     listen_host: str, credentials: Credentials) -> Incoming:
     """Define the VM here (as ``define``: a new overlay on the same image), create its taps
     and start its QEMU paused, waiting for the migration on ``listen_host``; export its disk
-    there over NBD (writable) for the source's mirror. On failure nothing is left behind.
-    Raises InvalidState if the VM (its directory or its volume) exists here,
-    InvalidConfig, MigrationError."""
+    there over NBD (writable) for the source's mirror. Both listen for TLS only, with
+    ``credentials``: a source whose certificate ``credentials.ca_pem`` did not sign is
+    refused. On failure nothing is left behind. Raises InvalidState if the VM (its
+    directory or its volume) exists here, InvalidConfig, MigrationError."""
     name = cl.check_name(definition.name)
     volume = Path(definition.volume or driver.vmpath / name)
     if (driver.vmpath / name).exists() or volume.exists():
@@ -192,6 +305,9 @@ def prepare_incoming(driver: QemuDriver, definition: InstanceDefinition,
         driver.define(definition)
         with driver._lock(name):
             driver._start(name, incoming=True)
+        _load_credentials(driver, name, "server", credentials)
+        _call(driver, name, "setting migration parameters", "migrate-set-parameters",
+              {"tls-creds": TLS_CREDS})
         nbd_port = _export_disk(driver, name, listen_host)
         migration_port = _free_port(listen_host)
         incoming = Incoming(listen_host, migration_port, nbd_port, EXPORT)
@@ -215,8 +331,7 @@ def _export_disk(driver: QemuDriver, name: str, host: str) -> int:
     for attempt in range(3):  # the free port may be taken before QEMU binds it
         port = _free_port(host)
         try:
-            driver._qmp(name, "nbd-server-start",
-                        {"addr": {"type": "inet", "data": {"host": host, "port": str(port)}}})
+            driver._qmp(name, "nbd-server-start", nbd_server_args(host, port))
             break
         except qmp.QmpError as exc:
             if attempt == 2:
@@ -242,6 +357,7 @@ def finish_incoming(driver: QemuDriver, name: str, timeout: float = STEP_TIMEOUT
         raise InvalidState(f"cannot finish the migration of VM {name!r}: it is "
                            f"{state.get('status', 'not started')} (run state {status})")
     _quietly(driver, name, "nbd-server-stop")  # closes its exports too
+    _drop_credentials(driver, name)
     _call(driver, name, "cont", "cont")
     _wait(f"VM {name!r} to run", time.monotonic() + timeout,
           lambda: _call(driver, name, "query-status", "query-status")
@@ -274,9 +390,12 @@ def abort_incoming(driver: QemuDriver, name: str, volume: Path | None = None) ->
 # -- source ---------------------------------------------------------------------------------
 
 
-def migrate_out(driver: QemuDriver, name: str, incoming: Incoming, downtime_ms: int = 300,
-                progress: Progress | None = None, timeout: float = 600) -> MigrationStats:
-    """Move the running VM's disk (overlay data only) and RAM to the prepared target.
+def migrate_out(driver: QemuDriver, name: str, incoming: Incoming, credentials: Credentials,
+                downtime_ms: int = 300, progress: Progress | None = None,
+                timeout: float = 600) -> MigrationStats:
+    """Move the running VM's disk (overlay data only) and RAM to the prepared target, both
+    over TLS with ``credentials``: a target whose certificate ``credentials.ca_pem`` did
+    not sign, or that does not name ``TLS_HOSTNAME``, is refused.
 
     Returns once the target holds the whole VM; the source is then paused (postmigrate)
     and still exists: ``finish_source`` or ``resume_source`` is the caller's choice.
@@ -293,18 +412,23 @@ def migrate_out(driver: QemuDriver, name: str, incoming: Incoming, downtime_ms: 
     deadline = started + timeout
     report = progress or (lambda _: None)
     try:
+        _load_credentials(driver, name, "client", credentials)
         _mirror_disk(driver, name, incoming, deadline, report)
         _call(driver, name, "setting migration capabilities", "migrate-set-capabilities",
               {"capabilities": [{"capability": "pause-before-switchover", "state": True}]})
         _call(driver, name, "setting migration parameters", "migrate-set-parameters",
-              {"downtime-limit": downtime_ms, "max-bandwidth": MAX_BANDWIDTH})
+              {"downtime-limit": downtime_ms, "max-bandwidth": MAX_BANDWIDTH,
+               "tls-creds": TLS_CREDS, "tls-hostname": TLS_HOSTNAME})
+        parameters = _call(driver, name, "query-migrate-parameters",
+                           "query-migrate-parameters")
         _call(driver, name, f"migrate to {incoming.migration_uri}", "migrate",
               {"uri": incoming.migration_uri})
         reply, disk_bytes = _follow_migration(driver, name, deadline, report)
     except BaseException:
         _undo_source(driver, name)
         raise
-    return parse_stats(reply, round((time.monotonic() - started) * 1000), disk_bytes)
+    return parse_stats(reply, round((time.monotonic() - started) * 1000), disk_bytes,
+                       tls=parameters.get("tls-creds") == TLS_CREDS)
 
 
 def _job(driver: QemuDriver, name: str) -> dict[str, Any] | None:
@@ -316,10 +440,7 @@ def _mirror_disk(driver: QemuDriver, name: str, incoming: Incoming, deadline: fl
                  report: Progress) -> None:
     """Start the mirror to the target's export and wait until it is in sync (ready)."""
     _call(driver, name, f"connecting to the target's disk at {incoming.host}:"
-          f"{incoming.nbd_port}", "blockdev-add",
-          {"driver": "nbd", "node-name": NBD_NODE, "export": incoming.export,
-           "server": {"type": "inet", "host": incoming.host,
-                      "port": str(incoming.nbd_port)}})
+          f"{incoming.nbd_port}", "blockdev-add", nbd_client_args(incoming))
     _call(driver, name, "starting the disk mirror", "blockdev-mirror",
           {"job-id": MIRROR_JOB, "device": DRIVE, "target": NBD_NODE, "sync": "top",
            "auto-dismiss": False})
@@ -412,6 +533,7 @@ def resume_source(driver: QemuDriver, name: str, timeout: float = STEP_TIMEOUT) 
               .get("status") == "concluded")
     _quietly(driver, name, "job-dismiss", {"id": MIRROR_JOB})
     _quietly(driver, name, "blockdev-del", {"node-name": NBD_NODE})
+    _drop_credentials(driver, name)
     if _call(driver, name, "query-status", "query-status").get("status") != "running":
         _call(driver, name, "resuming", "cont")
 

@@ -114,7 +114,8 @@ def _execute(path: Path, command: str, arguments: dict[str, Any] | None,
         with sock.makefile("rwb") as stream:
             greeting = _read_message(stream, path)
             if "QMP" not in greeting:
-                raise QmpUnavailable(f"QMP socket {path}: no greeting")
+                raise QmpUnavailable(f"QMP socket {path}: no greeting: "
+                                     f"{json.dumps(greeting)[:200]}")
             for name, args in (("qmp_capabilities", None), (command, arguments)):
                 request: dict[str, Any] = {"execute": name}
                 if args:
