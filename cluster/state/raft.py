@@ -293,9 +293,9 @@ class RaftStore:
 
     def _flush(self) -> None:
         """Send everything queued since the last flush in entries of at most BATCH
-        commands (and BATCH_ITEMS placements), with
-        one timer per batch and timeout (a timer per command cost a tenth of the leader's
-        time at thousands of commands per second)."""
+        commands (and BATCH_ITEMS placements), with one timer per batch and timeout (a
+        timer per command cost a tenth of the leader's time at thousands of commands per
+        second)."""
         self._flush_scheduled = False
         loop = asyncio.get_running_loop()
         while self._outbox:

@@ -111,8 +111,10 @@ def build_app(fake: FakeLXD) -> web.Application:
     async def websocket(request: web.Request) -> web.WebSocketResponse:
         secret = request.query["secret"]
         ws = web.WebSocketResponse()
-        await ws.prepare(request)
+        # Recorded before the handshake completes: the client connects the next socket
+        # (and, after the last, sends stdin) only once this one's handshake is done.
         fake.exec_events.append(f"connect {secret}")
+        await ws.prepare(request)
         if secret == "s0":
             async for msg in ws:
                 if msg.type == WSMsgType.TEXT:
