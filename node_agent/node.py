@@ -153,12 +153,13 @@ class LocalNode:
                                   spec.devices, volume)
 
     def vm_image_dir(self, fingerprint: str) -> Path:
-        """The image unpacked for QEMU (kernel, initrd, rootfs.img), once per image; VMs
-        boot from qcow2 overlays on its rootfs.img."""
+        """The image unpacked for QEMU (rootfs.img, and kernel and initrd unless it boots
+        through UEFI), once per image; VMs boot from qcow2 overlays on its rootfs.img."""
         target = self.paths.images / f"{fingerprint}.vm"
         if not target.is_dir():
             scratch = target.with_name(f".{target.name}.{secrets.token_hex(4)}")
-            unpack_vm_image(self.images.export_paths(fingerprint)[0], scratch)
+            files = self.images.export_paths(fingerprint)  # [tarball] or [metadata, disk]
+            unpack_vm_image(files[0], scratch, files[1] if len(files) > 1 else None)
             try:
                 scratch.rename(target)
             except OSError:  # unpacked meanwhile by another create of the same image

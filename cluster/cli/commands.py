@@ -208,6 +208,9 @@ def _images(subs: argparse._SubParsersAction) -> None:
     p.add_argument("kind", choices=["busybox"])
     p.add_argument("--vm", action="store_true",
                    help="a virtual-machine image (Debian cloud kernel + busybox initramfs)")
+    p.add_argument("--uefi", action="store_true",
+                   help="a virtual-machine image that boots through UEFI, as LXD's do "
+                        "(implies --vm)")
     p.add_argument("--alias", action="append", default=None)
     p.add_argument("--public", action="store_true")
     p = _leaf(images, "import", "images:import_", "Import an image tarball")

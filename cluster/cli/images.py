@@ -153,13 +153,14 @@ def _build_busybox(out: Path) -> None:
           f"{time.monotonic() - started:.1f}s", file=sys.stderr)
 
 
-def _build_busybox_vm(directory: Path) -> Path:
+def _build_busybox_vm(directory: Path, uefi: bool = False) -> Path:
     images = importlib.import_module("node_agent.images.busybox_vm")
     errors = importlib.import_module("node_agent.images.errors")
     started = time.monotonic()
     try:
         out: Path = images.build_busybox_vm_image(
-            directory, progress=lambda text: print(f"Building: {text}", file=sys.stderr))
+            directory, progress=lambda text: print(f"Building: {text}", file=sys.stderr),
+            uefi=uefi)
     except errors.ImageError as exc:
         raise CliError(str(exc)) from exc
     print(f"Built {out.name} ({fmt.byte_size_si(out.stat().st_size)}) in "
@@ -168,12 +169,16 @@ def _build_busybox_vm(directory: Path) -> Path:
 
 
 async def build(client: Client, args: argparse.Namespace) -> int:
-    """``corral image build busybox [--vm] [--alias busybox]``: build locally, upload,
-    alias (``busybox-vm`` for the VM image)."""
-    aliases = args.alias or [f"{args.kind}-vm" if args.vm else args.kind]
+    """``corral image build busybox [--vm [--uefi]] [--alias busybox]``: build locally,
+    upload, alias (``busybox-vm`` for the VM image, ``busybox-vm-uefi`` for the one that
+    boots through UEFI as LXD's VM images do)."""
+    uefi = bool(getattr(args, "uefi", False))
+    vm = args.vm or uefi
+    default = f"{args.kind}-vm-uefi" if uefi else f"{args.kind}-vm" if vm else args.kind
+    aliases = args.alias or [default]
     with tempfile.TemporaryDirectory(prefix="corral-image-") as tmp:
-        if args.vm:
-            out = await asyncio.to_thread(_build_busybox_vm, Path(tmp))
+        if vm:
+            out = await asyncio.to_thread(_build_busybox_vm, Path(tmp), uefi)
         else:
             out = Path(tmp) / f"{args.kind}.tar.gz"
             _build_busybox(out)

@@ -11,6 +11,15 @@
 The tarball is an LXD unified VM image (``metadata.yaml`` + ``rootfs.img``) plus two corral
 files, ``kernel`` and ``initrd``, for direct kernel boot (no firmware, no bootloader). The
 guest runs from the initramfs; the root disk is mounted at /mnt/root when present.
+
+The UEFI variant (``uefi=True``, ``busybox-vm-uefi.tar.gz``) is what LXD's own VM images
+look like: no kernel files, a GPT disk that boots through firmware (OVMF)::
+
+    systemd's EFI stub + os-release + cmdline + vmlinuz + initrd
+        --objcopy--> BOOTX64.EFI (a unified kernel image)
+    mkfs.vfat + mcopy --> ESP (FAT, /EFI/BOOT/BOOTX64.EFI: the removable-media path,
+                                no NVRAM boot entry needed)
+    sfdisk (GPT) + ESP + the same ext4 --> rootfs.img (qcow2)
 """
 
 from __future__ import annotations
@@ -42,6 +51,16 @@ WANTED_MODULES = ("virtio_pci", "virtio_net", "virtio_blk", "virtio_console", "b
                   "evdev")
 ROOT_DISK_SIZE = "64M"
 IMAGE_NAME = "busybox-vm.tar.gz"
+UEFI_IMAGE_NAME = "busybox-vm-uefi.tar.gz"
+EFI_STUB = Path("/usr/lib/systemd/boot/efi/linuxx64.efi.stub")
+ESP_TYPE = "C12A7328-F81F-11D2-BA4B-00A0C93EC3B8"
+LINUX_TYPE = "0FC63DAF-8483-4772-8E79-3D69D8477DE4"
+MIB = 1 << 20
+# Fixed identifiers keep the build reproducible.
+DISK_GUID = "6F1C0B7E-7D5A-4C59-9A55-2C6F0A1E0010"
+ESP_GUID = "6F1C0B7E-7D5A-4C59-9A55-2C6F0A1E0011"
+ROOT_GUID = "6F1C0B7E-7D5A-4C59-9A55-2C6F0A1E0012"
+ESP_VOLUME_ID = "C0AA1E01"
 _TIMEOUT = 300
 
 Progress = Callable[[str], None] | None
@@ -192,56 +211,169 @@ def initramfs_entries(busybox: bytes, applets: list[str], kernel: Kernel) -> lis
 def build_root_disk(target: Path, mtime: int) -> None:
     """A small ext4 (a README only) as qcow2; needs mke2fs and qemu-img."""
     with tempfile.TemporaryDirectory(prefix="corral-vmdisk-") as tmp:
-        tree = Path(tmp) / "tree"
-        tree.mkdir()
-        (tree / "README").write_text("corral busybox VM root disk\n")
-        for path in (tree / "README", tree):
-            os.utime(path, (mtime, mtime))
-        raw = Path(tmp) / "root.raw"
-        env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
-               "E2FSPROGS_FAKE_TIME": str(mtime)}
+        raw = _root_fs(Path(tmp), mtime)
+        _run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(raw), str(target)])
+
+
+def _root_fs(tmp: Path, mtime: int) -> Path:
+    """The raw ext4 of the root disk, made in ``tmp``."""
+    tree = tmp / "tree"
+    tree.mkdir()
+    (tree / "README").write_text("corral busybox VM root disk\n")
+    for path in (tree / "README", tree):
+        os.utime(path, (mtime, mtime))
+    raw = tmp / "root.raw"
+    env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
+           "E2FSPROGS_FAKE_TIME": str(mtime)}
+    try:
+        subprocess.run(["mke2fs", "-q", "-F", "-t", "ext4", "-L", "corral-root",
+                        "-U", "6f1c0b7e-7d5a-4c59-9a55-2c6f0a1e0001",
+                        "-E", "root_owner=0:0,hash_seed=6f1c0b7e-7d5a-4c59-9a55-2c6f0a1e0002",
+                        "-d", str(tree), str(raw), ROOT_DISK_SIZE],
+                       check=True, capture_output=True, env=env, timeout=_TIMEOUT)
+        # mke2fs -d copies each file's ctime, which utime cannot set: fix it after.
+        subprocess.run(["debugfs", "-w", "-R", f"sif /README ctime @{mtime}", str(raw)],
+                       check=True, capture_output=True, env=env, timeout=_TIMEOUT)
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise ImageError(f"mke2fs/debugfs failed (apt-get install e2fsprogs): "
+                         f"{exc}") from exc
+    return raw
+
+
+# -- the UEFI disk ------------------------------------------------------------------------------
+
+
+def _stub_end(stub: Path) -> tuple[int, int]:
+    """The first address past the stub's sections, and its section alignment (objdump)."""
+    end = 0
+    for line in _run(["objdump", "-h", str(stub)]).splitlines():
+        fields = line.split()
+        if len(fields) == 7 and fields[0].isdigit():  # Idx Name Size VMA LMA Off Algn
+            end = max(end, int(fields[3], 16) + int(fields[2], 16))
+    align = 0x1000
+    for line in _run(["objdump", "-p", str(stub)]).splitlines():
+        if line.startswith("SectionAlignment"):
+            align = max(align, int(line.split()[1], 16))
+    if not end:
+        raise ImageError(f"objdump -h {stub} shows no sections")
+    return end, align
+
+
+def unified_kernel_image(target: Path, vmlinuz: Path, initrd: Path, cmdline: str,
+                         osrel: str) -> None:
+    """``target``: systemd's EFI stub with .osrel, .cmdline, .linux and .initrd sections
+    appended, each at an aligned address past the stub's own (where the stub finds them).
+    Needs objcopy/objdump (binutils) and systemd-boot-efi."""
+    if not EFI_STUB.is_file():
+        raise ImageError(f"{EFI_STUB} is missing: apt-get install systemd-boot-efi")
+    if shutil.which("objcopy") is None:
+        raise ImageError("objcopy is missing: apt-get install binutils")
+    work = target.parent
+    (work / "osrel").write_text(osrel)
+    (work / "cmdline").write_text(cmdline)
+    address, align = _stub_end(EFI_STUB)
+    argv = ["objcopy"]
+    for section, path in ((".osrel", work / "osrel"), (".cmdline", work / "cmdline"),
+                          (".linux", vmlinuz), (".initrd", initrd)):
+        address = -(-address // align) * align
+        argv += ["--add-section", f"{section}={path}",
+                 "--change-section-vma", f"{section}={address:#x}"]
+        # The kernel may decompress in place, over init_size bytes from its start: the
+        # initrd goes past that, or it would be overwritten (only memory: the file
+        # stays as small as its sections).
+        address += max(path.stat().st_size,
+                       _init_size(path) if section == ".linux" else 0)
+    _run([*argv, str(EFI_STUB), str(target)])
+
+
+def _init_size(vmlinuz: Path) -> int:
+    """The memory a bzImage needs to decompress in place (its setup header's init_size)."""
+    with open(vmlinuz, "rb") as handle:
+        header = handle.read(0x264)
+    if len(header) < 0x264 or header[0x202:0x206] != b"HdrS":
+        raise ImageError(f"{vmlinuz} is not an x86 bzImage")
+    return int.from_bytes(header[0x260:0x264], "little")
+
+
+def _esp(target: Path, uki: Path, size: int, mtime: int) -> None:
+    """A FAT file system of ``size`` bytes holding ``uki`` as \\EFI\\BOOT\\BOOTX64.EFI."""
+    for tool, package in (("mkfs.vfat", "dosfstools"), ("mcopy", "mtools")):
+        if shutil.which(tool) is None:
+            raise ImageError(f"{tool} is missing: apt-get install {package}")
+    with open(target, "wb") as out:
+        out.truncate(size)
+    _run(["mkfs.vfat", "-i", ESP_VOLUME_ID, "-n", "CORRAL-ESP", str(target)])
+    os.utime(uki, (mtime, mtime))
+    env_image = f"-i{target}"
+    _run(["mmd", env_image, "::/EFI", "::/EFI/BOOT"])
+    _run(["mcopy", "-m", env_image, str(uki), "::/EFI/BOOT/BOOTX64.EFI"])
+
+
+def build_uefi_disk(target: Path, uki: Path, mtime: int) -> None:
+    """``target`` (qcow2): GPT, an EFI system partition holding ``uki``, then the root ext4
+    (partition 2). Needs sfdisk (fdisk), dosfstools, mtools, e2fsprogs and qemu-img."""
+    if shutil.which("sfdisk") is None:
+        raise ImageError("sfdisk is missing: apt-get install fdisk")
+    with tempfile.TemporaryDirectory(prefix="corral-uefidisk-") as tmp:
+        work = Path(tmp)
+        root = _root_fs(work, mtime)
+        esp_size = max(32 * MIB, -(-(uki.stat().st_size + 4 * MIB) // MIB) * MIB)
+        _esp(work / "esp.raw", uki, esp_size, mtime)
+        esp_start, root_start = MIB, MIB + esp_size
+        root_size = root.stat().st_size
+        raw = work / "disk.raw"
+        with open(raw, "wb") as out:
+            out.truncate(root_start + root_size + MIB)  # + room for the backup GPT
+        script = (f"label: gpt\nlabel-id: {DISK_GUID}\nunit: sectors\n"
+                  f"start={esp_start // 512}, size={esp_size // 512}, type={ESP_TYPE}, "
+                  f"uuid={ESP_GUID}, name=\"EFI System\"\n"
+                  f"start={root_start // 512}, size={root_size // 512}, type={LINUX_TYPE}, "
+                  f"uuid={ROOT_GUID}, name=\"corral-root\"\n")
         try:
-            subprocess.run(["mke2fs", "-q", "-F", "-t", "ext4", "-L", "corral-root",
-                            "-U", "6f1c0b7e-7d5a-4c59-9a55-2c6f0a1e0001",
-                            "-E", "root_owner=0:0,hash_seed=6f1c0b7e-7d5a-4c59-9a55-2c6f0a1e0002",
-                            "-d", str(tree), str(raw), ROOT_DISK_SIZE],
-                           check=True, capture_output=True, env=env, timeout=_TIMEOUT)
-            # mke2fs -d copies each file's ctime, which utime cannot set: fix it after.
-            subprocess.run(["debugfs", "-w", "-R", f"sif /README ctime @{mtime}", str(raw)],
-                           check=True, capture_output=True, env=env, timeout=_TIMEOUT)
+            subprocess.run(["sfdisk", "--quiet", "--no-reread", "--no-tell-kernel", str(raw)],
+                           input=script, text=True, check=True, capture_output=True,
+                           timeout=_TIMEOUT)
         except (OSError, subprocess.SubprocessError) as exc:
-            raise ImageError(f"mke2fs/debugfs failed (apt-get install e2fsprogs): "
-                             f"{exc}") from exc
+            detail = getattr(exc, "stderr", "") or exc
+            raise ImageError(f"sfdisk failed: {detail}") from exc
+        with open(raw, "r+b") as disk:
+            for offset, part in ((esp_start, work / "esp.raw"), (root_start, root)):
+                disk.seek(offset)
+                with open(part, "rb") as source:
+                    shutil.copyfileobj(source, disk, MIB)
         _run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(raw), str(target)])
 
 
 # -- the tarball --------------------------------------------------------------------------------
 
 
-def _metadata(mtime: int, kernel: Kernel) -> bytes:
+def _metadata(mtime: int, kernel: Kernel, uefi: bool = False) -> bytes:
     arch = lxd_architecture(platform.machine())
-    meta = {
+    properties = {
+        "os": "busybox",
+        "description": (f"BusyBox VM (UEFI, unified kernel image, Debian {kernel.package})"
+                        if uefi else f"BusyBox VM (initramfs, Debian {kernel.package})"),
         "architecture": arch,
-        "creation_date": mtime,
-        "properties": {
-            "os": "busybox",
-            "description": f"BusyBox VM (initramfs, Debian {kernel.package})",
-            "architecture": arch,
-            "type": "virtual-machine",
-        },
-        "templates": {},
-        "corral": {"kernel": "kernel", "initrd": "initrd", "cmdline": guest.CMDLINE,
-                   "agent": guest.AGENT_PORT},
+        "type": "virtual-machine",
     }
+    corral: dict[str, str] = {"agent": guest.AGENT_PORT}
+    if uefi:
+        properties["requirements.secureboot"] = "false"  # unsigned, as LXD names it
+    else:
+        corral.update({"kernel": "kernel", "initrd": "initrd", "cmdline": guest.CMDLINE})
+    meta = {"architecture": arch, "creation_date": mtime, "properties": properties,
+            "templates": {}, "corral": corral}
     return yaml.safe_dump(meta, sort_keys=True).encode()
 
 
 def build_busybox_vm_image(out_dir: Path, cache_dir: Path | None = None,
-                           progress: Progress = None) -> Path:
-    """Write ``<out_dir>/busybox-vm.tar.gz`` (unified VM image + kernel + initrd); return it.
+                           progress: Progress = None, uefi: bool = False) -> Path:
+    """Write ``<out_dir>/busybox-vm.tar.gz`` (unified VM image + kernel + initrd) or, with
+    ``uefi``, ``busybox-vm-uefi.tar.gz`` (an LXD VM image: no kernel files, a GPT disk
+    whose ESP holds a unified kernel image); return it.
 
-    Raises ImageError if busybox-static, e2fsprogs, qemu-utils or the kernel package are
-    not available."""
+    Raises ImageError if busybox-static, e2fsprogs, qemu-utils or the kernel package (and
+    for ``uefi`` systemd-boot-efi, binutils, fdisk, dosfstools, mtools) are missing."""
     if not BUSYBOX.is_file():
         raise ImageError(f"{BUSYBOX} is missing: apt-get install busybox-static")
     if shutil.which("qemu-img") is None:
@@ -251,18 +383,30 @@ def build_busybox_vm_image(out_dir: Path, cache_dir: Path | None = None,
     initrd = ird.initramfs(initramfs_entries(BUSYBOX.read_bytes(), _applets(), kernel), mtime)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    out = out_dir / IMAGE_NAME
+    name = UEFI_IMAGE_NAME if uefi else IMAGE_NAME
+    out = out_dir / name
     with tempfile.TemporaryDirectory(prefix=".build-", dir=out_dir) as tmp:
         disk = Path(tmp) / "rootfs.img"
-        build_root_disk(disk, mtime)
-        staged = Path(tmp) / IMAGE_NAME
+        if uefi:
+            (Path(tmp) / "initrd").write_bytes(initrd)
+            uki = Path(tmp) / "BOOTX64.EFI"
+            unified_kernel_image(uki, kernel.vmlinuz, Path(tmp) / "initrd", guest.CMDLINE,
+                                 f'NAME="corral busybox VM"\nID=busybox\n'
+                                 f'VERSION_ID="{kernel.package}"\n')
+            if progress:
+                progress(f"unified kernel image: {uki.stat().st_size} bytes")
+            build_uefi_disk(disk, uki, mtime)
+        else:
+            build_root_disk(disk, mtime)
+        staged = Path(tmp) / name
         with open(staged, "wb") as raw, \
                 gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=mtime) as gz, \
                 tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tf:
-            _add(tf, "metadata.yaml", _metadata(mtime, kernel), mtime)
+            _add(tf, "metadata.yaml", _metadata(mtime, kernel, uefi), mtime)
             _add(tf, "rootfs.img", disk.read_bytes(), mtime)
-            _add(tf, "kernel", kernel.vmlinuz.read_bytes(), mtime)
-            _add(tf, "initrd", initrd, mtime)
+            if not uefi:
+                _add(tf, "kernel", kernel.vmlinuz.read_bytes(), mtime)
+                _add(tf, "initrd", initrd, mtime)
         os.replace(staged, out)
     if progress:
         progress(f"busybox VM image written to {out}")

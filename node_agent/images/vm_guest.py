@@ -49,7 +49,9 @@ while read -r module; do insmod "/lib/modules/$module.ko" 2>/dev/null; done </et
 hostname -F /etc/hostname
 ip link set lo up
 mkdir -p /run /var/log /mnt/root
-[ -b /dev/vda ] && mount -t ext4 /dev/vda /mnt/root 2>/dev/null
+for disk in /dev/vda /dev/vda2; do  # the whole disk, or the root after a UEFI ESP
+    [ -b "$disk" ] && mount -t ext4 "$disk" /mnt/root 2>/dev/null && break
+done
 if [ -e /sys/class/net/eth0 ]; then
     ip link set eth0 up
     udhcpc -f -S -i eth0 -s /usr/share/udhcpc/default.script -p /run/udhcpc.eth0.pid \\

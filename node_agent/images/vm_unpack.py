@@ -1,7 +1,10 @@
 """Unpack a unified VM image into the directory the QEMU driver boots from.
 
 Only four regular files are taken from the tarball (any other member is skipped):
-``metadata.yaml``, ``rootfs.img`` (qcow2), and corral's ``kernel`` and ``initrd``.
+``metadata.yaml``, ``rootfs.img`` (qcow2), and corral's ``kernel`` and ``initrd``, both or
+neither: an LXD VM image has no kernel (its disk boots through UEFI). A split image (a
+metadata tarball and a separate qcow2 disk, as LXD's image servers publish VM images)
+gets its disk copied in as ``rootfs.img``.
 """
 
 from __future__ import annotations
@@ -14,20 +17,30 @@ from .errors import ImageError
 from .tarball import METADATA_LIMIT, check_member, open_stream, parse_metadata, sniff
 
 VM_FILES = ("metadata.yaml", "rootfs.img", "kernel", "initrd")
+REQUIRED = ("metadata.yaml", "rootfs.img")
+KERNEL_FILES = ("kernel", "initrd")  # direct kernel boot: both, or neither (UEFI)
 
 
-def unpack_vm_image(tarball: Path, dest: Path) -> Path:
-    """Write the VM files of ``tarball`` into ``dest`` (created; must not exist); return it.
+def unpack_vm_image(tarball: Path, dest: Path, rootfs: Path | None = None) -> Path:
+    """Write the VM files of ``tarball`` (and ``rootfs``, a split image's disk, as
+    rootfs.img) into ``dest`` (created; must not exist); return it.
 
-    Raises ImageError if the tarball is unsafe, lacks one of the files, or its rootfs.img
-    is not qcow2; ``dest`` is removed again on failure."""
+    Raises ImageError if the tarball is unsafe, lacks metadata.yaml or rootfs.img, has
+    only one of kernel and initrd, or its rootfs.img is not qcow2; ``dest`` is removed
+    again on failure."""
     dest = Path(dest)
     dest.mkdir(parents=True)
     try:
         _extract(Path(tarball), dest)
-        missing = [name for name in VM_FILES if not (dest / name).is_file()]
+        if rootfs is not None:
+            shutil.copyfile(rootfs, dest / "rootfs.img")
+            os.chmod(dest / "rootfs.img", 0o644)
+        missing = [name for name in REQUIRED if not (dest / name).is_file()]
+        kernel = [name for name in KERNEL_FILES if (dest / name).is_file()]
+        if len(kernel) == 1:
+            missing.append(next(name for name in KERNEL_FILES if name not in kernel))
         if missing:
-            raise ImageError(f"{Path(tarball).name} is not a corral VM image: no "
+            raise ImageError(f"{Path(tarball).name} is not a VM image: no "
                              f"{', '.join(missing)}")
         if (dest / "metadata.yaml").stat().st_size > METADATA_LIMIT:
             raise ImageError("metadata.yaml is too large")

@@ -28,10 +28,13 @@ import pytest
 from cluster import tls
 from node_agent.drivers.base import InstanceDefinition, InvalidState
 from node_agent.drivers.qemu import QemuDriver, host
+from node_agent.drivers.qemu import cmdline as cl
 from node_agent.drivers.qemu import migration as mig
+from node_agent.drivers.qemu.agent import wait_for_agent
 from node_agent.images.busybox_vm import build_busybox_vm_image
+from node_agent.images.vm_guest import READY_MARKER
 from node_agent.images.vm_unpack import unpack_vm_image
-from tests.integration.test_qemu_driver import boot, qemu_pids, qemu_scratch
+from tests.integration.test_qemu_driver import BOOT_TIMEOUT, boot, qemu_pids, qemu_scratch
 
 pytestmark = pytest.mark.real
 COUNTER = ("i=0; while true; do i=$((i+1)); echo $i > /tmp/counter; sleep 0.1; done "
@@ -298,5 +301,47 @@ def test_a_peer_with_the_wrong_certificate_gets_nothing_and_the_vm_runs_on(
     mig.finish_source(source, name)
     source.delete(name)
     assert int(sh(target, name, "cat /tmp/counter")) > 0
+    target.stop(name, force=True, timeout=0)
+    target.delete(name)
+
+
+@pytest.fixture(scope="module")
+def uefi_image(base: Path) -> Path:
+    """The busybox VM as an LXD-style image: no kernel files, boots through OVMF."""
+    return unpack_vm_image(build_busybox_vm_image(base / "build-uefi", uefi=True),
+                           base / "image-uefi")
+
+
+def test_a_uefi_vm_moves_live_and_its_firmware_boots_it_again_on_the_target(
+        hosts: tuple[QemuDriver, QemuDriver], uefi_image: Path, bridge: str,
+        cluster_ca: tuple[bytes, bytes]) -> None:
+    source, target = hosts
+    vm = definition(uefi_image, bridge)
+    name = vm.name
+    source.define(on(source, vm))
+    print(f"\nUEFI boot: {boot(source, name):.1f} s")
+    sh(source, name, COUNTER)
+    boot_id = sh(source, name, "cat /proc/sys/kernel/random/boot_id")
+    before = int(sh(source, name, "cat /tmp/counter"))
+
+    incoming = mig.prepare_incoming(target, on(target, vm), "127.0.0.1", leaf(cluster_ca))
+    vars_file = volume(target, name) / cl.VARS  # the target's own copy, the same size
+    assert vars_file.stat().st_size == (volume(source, name) / cl.VARS).stat().st_size
+    stats = mig.migrate_out(source, name, incoming, leaf(cluster_ca), downtime_ms=300)
+    print(f"UEFI migration: {stats}")
+    mig.finish_incoming(target, name)
+    mig.finish_source(source, name)
+    source.delete(name)
+    assert int(sh(target, name, "cat /tmp/counter")) > before
+    assert sh(target, name, "cat /proc/sys/kernel/random/boot_id") == boot_id
+
+    # A reboot on the target runs the migrated firmware again, from the target's VARS.
+    target.exec(name, ["sh", "-c", "(sleep 1; reboot -f) </dev/null >/dev/null 2>&1 &"])
+    deadline = time.monotonic() + BOOT_TIMEOUT * 3
+    while READY_MARKER not in target.log_path(name).read_text(errors="replace"):
+        assert time.monotonic() < deadline, target.log_path(name).read_text(errors="replace")
+        time.sleep(0.2)
+    wait_for_agent(target.vm_dir(name), BOOT_TIMEOUT)
+    assert sh(target, name, "cat /proc/sys/kernel/random/boot_id") != boot_id
     target.stop(name, force=True, timeout=0)
     target.delete(name)

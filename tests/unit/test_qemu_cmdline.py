@@ -140,3 +140,53 @@ def test_a_spec_saved_before_disks_lived_on_pools_still_loads() -> None:
     loaded = cl.VmSpec.from_json(saved)
     assert loaded.volume == loaded.directory == "/var/lib/vms/vm1"
     assert "file=/var/lib/vms/vm1/root.qcow2," in " ".join(cl.qemu_argv("qemu", loaded, "tcg"))
+
+
+UEFI_IMAGE = {"rootfs": "/img/rootfs.img"}  # an LXD VM image: no kernel, initrd, cmdline
+
+
+def _ovmf(tmp_path: Path) -> tuple[Path, Path]:
+    code, template = tmp_path / "CODE,4M.fd", tmp_path / "VARS.fd"
+    code.write_bytes(b"c")
+    template.write_bytes(b"v")
+    return code, template
+
+
+def test_an_image_without_a_kernel_boots_through_ovmf_with_the_vars_in_the_volume(
+        tmp_path: Path) -> None:
+    code, template = _ovmf(tmp_path)
+    definition = InstanceDefinition("vm1", Path("/img"),
+                                    volume=Path("/pool/virtual-machines/vm1"))
+    vm = cl.build_spec(definition, Path("/var/lib/vms/vm1"), HOST_MEMORY, UEFI_IMAGE,
+                       ovmf=(code, template))
+    assert (vm.firmware, vm.ovmf_code, vm.ovmf_vars) == (cl.UEFI_BOOT, str(code),
+                                                         str(template))
+    assert (vm.kernel, vm.initrd, vm.cmdline) == ("", "", "")
+    argv = cl.qemu_argv("qemu", vm, "tcg")
+    assert "-kernel" not in argv and "-append" not in argv and "-initrd" not in argv
+    drives = [argv[i + 1] for i, arg in enumerate(argv) if arg == "-drive"]
+    assert drives[:2] == [
+        f"if=pflash,format=raw,unit=0,readonly=on,file={tmp_path}/CODE,,4M.fd",
+        "if=pflash,format=raw,unit=1,file=/pool/virtual-machines/vm1/OVMF_VARS.fd"]
+    assert "virtio-blk-pci,drive=root,id=root-disk,bootindex=0" in argv
+    assert cl.VmSpec.from_json(vm.to_json()) == vm
+
+
+def test_kernel_boot_is_unchanged_and_the_default_of_old_specs() -> None:
+    vm = spec()
+    assert vm.firmware == cl.KERNEL_BOOT
+    saved = vm.to_json()
+    for key in ("firmware", "ovmf_code", "ovmf_vars"):  # a config.json from before UEFI
+        del saved[key]
+    loaded = cl.VmSpec.from_json(saved)
+    assert loaded == vm
+    argv = cl.qemu_argv("qemu", loaded, "tcg")
+    assert "if=pflash" not in " ".join(argv) and "virtio-blk-pci,drive=root,id=root-disk" in argv
+
+
+def test_no_kernel_and_no_ovmf_is_a_clear_error(tmp_path: Path) -> None:
+    definition = InstanceDefinition("vm1", Path("/img"))
+    with pytest.raises(InvalidConfig, match="apt-get install ovmf") as caught:
+        cl.build_spec(definition, Path("/var/lib/vms/vm1"), HOST_MEMORY, UEFI_IMAGE,
+                      ovmf=(tmp_path / "none.fd", tmp_path / "vars.fd"))
+    assert caught.value.code == 400

@@ -322,3 +322,32 @@ def test_the_disk_of_a_running_vm_stays_put_until_it_is_stopped(
         fake.close()
     driver.define(InstanceDefinition("vm1", image, volume=volume))
     assert (volume / cl.DISK).is_file() and not (directory / cl.DISK).exists()
+
+
+@needs_qemu_img
+def test_a_uefi_vm_gets_its_own_vars_copy_in_its_volume_once(
+        driver: QemuDriver, image: Path, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    code, template = tmp_path / "CODE.fd", tmp_path / "VARS.fd"
+    code.write_bytes(b"c" * 4096)
+    template.write_bytes(b"v" * 4096)
+    monkeypatch.setattr(cl, "OVMF_CODE", code)
+    monkeypatch.setattr(cl, "OVMF_VARS", template)
+    for name in ("kernel", "initrd"):
+        (image / name).unlink()
+    volume = tmp_path / "pool" / "virtual-machines" / "vm1"
+    driver.define(InstanceDefinition("vm1", image, volume=volume))
+    assert sorted(p.name for p in volume.iterdir()) == [cl.VARS, cl.DISK]
+    assert (volume / cl.VARS).read_bytes() == template.read_bytes()
+    (volume / cl.VARS).write_bytes(b"w" * 4096)  # the guest wrote a variable
+    driver.define(InstanceDefinition("vm1", image, volume=volume))
+    assert (volume / cl.VARS).read_bytes() == b"w" * 4096
+    assert json.loads((driver.vmpath / "vm1" / cl.CONFIG).read_text())["firmware"] == "uefi"
+
+
+@needs_qemu_img
+def test_an_image_with_a_kernel_but_no_initrd_is_refused(
+        driver: QemuDriver, image: Path) -> None:
+    (image / "initrd").unlink()
+    with pytest.raises(cl.InvalidConfig, match="kernel but no initrd"):
+        driver.define(InstanceDefinition("vm1", image))

@@ -117,3 +117,16 @@ def test_unpack_refuses_bad_images_and_leaves_nothing(tmp_path: Path,
     with pytest.raises(ImageError, match=match):
         unpack_vm_image(image, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_an_lxd_vm_image_without_kernel_files_unpacks_for_uefi(tmp_path: Path) -> None:
+    image = _tarball(tmp_path / "vm.tar.gz", {"metadata.yaml": META, "rootfs.img": QCOW2})
+    dest = unpack_vm_image(image, tmp_path / "out")
+    assert sorted(p.name for p in dest.iterdir()) == ["metadata.yaml", "rootfs.img"]
+
+
+def test_a_split_vm_image_gets_its_disk_as_rootfs_img(tmp_path: Path) -> None:
+    meta = _tarball(tmp_path / "meta.tar.gz", {"metadata.yaml": META})
+    (tmp_path / "disk.qcow2").write_bytes(QCOW2)
+    dest = unpack_vm_image(meta, tmp_path / "out", tmp_path / "disk.qcow2")
+    assert (dest / "rootfs.img").read_bytes() == QCOW2

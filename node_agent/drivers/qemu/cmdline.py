@@ -5,6 +5,12 @@ so a daemon that restarts, or another driver instance, starts the same VM the sa
 The spec names the VM's two directories: ``directory``, the short runtime directory
 (sockets, pid file, console log, specs), and ``volume``, where its disk lives (on the
 storage pool; the runtime directory itself when the definition names none).
+
+Two boot modes (``VmSpec.firmware``): ``kernel``, direct kernel boot of the image's
+``kernel`` and ``initrd`` (corral's own images: no firmware, fastest), and ``uefi``, for
+LXD-format images that carry no kernel (their disk has an EFI system partition): OVMF's
+code read-only, and a writable copy of its variable store kept with the disk in the VM's
+volume (``OVMF_VARS.fd``), so that it moves with the disk, as LXD keeps ``qemu.nvram``.
 """
 
 from __future__ import annotations
@@ -37,6 +43,12 @@ CONSOLE_LOG = "console.log"
 PIDFILE = "qemu.pid"
 # ... and of its volume directory (with snapshots.NAMES).
 DISK = "root.qcow2"
+VARS = "OVMF_VARS.fd"  # the VM's UEFI variable store (uefi boot only)
+# Boot modes, and the firmware of the uefi one (Debian's ovmf package).
+KERNEL_BOOT = "kernel"
+UEFI_BOOT = "uefi"
+OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
+OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
 # A VM started to receive a live migration: paused, listening only once told where.
 INCOMING_ARGS = ("-S", "-incoming", "defer")
 
@@ -68,6 +80,11 @@ class VmSpec:
     volume: str  # the directory of root.qcow2 and snapshots.json
     nics: tuple[Nic, ...] = ()
     extra: dict[str, str] = field(default_factory=dict)
+    # KERNEL_BOOT (a spec saved before UEFI boot existed has none) or UEFI_BOOT, then
+    # ``ovmf_code`` is the firmware and ``ovmf_vars`` the template of the VM's VARS copy.
+    firmware: str = KERNEL_BOOT
+    ovmf_code: str = ""
+    ovmf_vars: str = ""
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -144,39 +161,69 @@ def _nics(definition: InstanceDefinition, directory: Path) -> tuple[Nic, ...]:
     return tuple(nics)
 
 
+def ovmf_files(code: Path, template: Path) -> tuple[str, str]:
+    """The firmware and VARS template a UEFI boot needs; InvalidConfig if missing."""
+    missing = [str(path) for path in (code, template) if not path.is_file()]
+    if missing:
+        raise InvalidConfig(f"the VM image has no kernel and UEFI firmware is missing "
+                            f"({', '.join(missing)}: apt-get install ovmf)")
+    return str(code), str(template)
+
+
 def build_spec(definition: InstanceDefinition, directory: Path, host_memory: int,
-               image: Mapping[str, str]) -> VmSpec:
+               image: Mapping[str, str],
+               ovmf: tuple[Path, Path] | None = None) -> VmSpec:
     """The VM's spec, run from ``directory``, its disk in ``definition.volume`` (else in
-    ``directory`` too). ``image`` names its ``kernel``, ``initrd``, ``rootfs``
-    (rootfs.img) and ``cmdline``. Raises InvalidConfig."""
+    ``directory`` too). ``image`` names its ``rootfs`` (rootfs.img), and ``kernel``,
+    ``initrd`` and ``cmdline`` for direct kernel boot; without a kernel the VM boots
+    through UEFI with ``ovmf`` (code, VARS template; OVMF_CODE and OVMF_VARS by default).
+    Raises InvalidConfig."""
     config = definition.config
+    firmware, code, template = KERNEL_BOOT, "", ""
+    if "kernel" not in image:
+        firmware = UEFI_BOOT
+        code, template = ovmf_files(*(ovmf or (OVMF_CODE, OVMF_VARS)))
+    kernel = firmware == KERNEL_BOOT
     return VmSpec(
         name=check_name(definition.name), directory=str(directory),
         memory=parse_memory(config.get("limits.memory", ""), host_memory),
         cpus=parse_cpus(config.get("limits.cpu", "")),
-        kernel=image["kernel"], initrd=image["initrd"],
-        cmdline=image.get("cmdline") or DEFAULT_CMDLINE, backing=image["rootfs"],
-        volume=str(definition.volume or directory), nics=_nics(definition, directory))
+        kernel=image["kernel"] if kernel else "", initrd=image["initrd"] if kernel else "",
+        cmdline=(image.get("cmdline") or DEFAULT_CMDLINE) if kernel else "",
+        backing=image["rootfs"], volume=str(definition.volume or directory),
+        nics=_nics(definition, directory), firmware=firmware, ovmf_code=code,
+        ovmf_vars=template)
 
 
 def qemu_argv(qemu: str, spec: VmSpec, accel: str, incoming: bool = False) -> list[str]:
     """The full command line; QEMU daemonises itself once its devices are set up.
     ``incoming``: paused, waiting for a live migration (``migrate-incoming``, see
-    migration.py)."""
+    migration.py; pflash contents travel with the RAM, the target's VARS file just has to
+    exist with the same size)."""
     vm = Path(spec.directory)
-    disk = str(Path(spec.volume) / DISK).replace(",", ",,")  # the pool's path is the user's
+    disk = _escape(Path(spec.volume) / DISK)  # the pool's path is the user's
+    if spec.firmware == UEFI_BOOT:
+        boot = ["-drive", f"if=pflash,format=raw,unit=0,readonly=on,"
+                          f"file={_escape(spec.ovmf_code)}",
+                "-drive", f"if=pflash,format=raw,unit=1,file={_escape(Path(spec.volume) / VARS)}"]
+        root_device = "virtio-blk-pci,drive=root,id=root-disk,bootindex=0"
+    elif spec.firmware == KERNEL_BOOT:
+        boot = ["-kernel", spec.kernel, "-initrd", spec.initrd, "-append", spec.cmdline]
+        root_device = "virtio-blk-pci,drive=root,id=root-disk"
+    else:
+        raise InvalidConfig(f"VM {spec.name!r}: unknown firmware {spec.firmware!r}")
     argv = [qemu, "-name", spec.name, "-daemonize", "-pidfile", str(vm / PIDFILE),
             "-nodefaults", "-no-user-config", "-display", "none",
             "-machine", "q35", "-accel", accel,
             "-cpu", "host" if accel == "kvm" else "max",
             "-m", f"{max(1, spec.memory >> 20)}M", "-smp", str(spec.cpus),
-            "-kernel", spec.kernel, "-initrd", spec.initrd, "-append", spec.cmdline,
+            *boot,
             "-qmp", f"unix:{vm / QMP},server=on,wait=off",
             "-chardev", f"socket,id=console,path={vm / CONSOLE},server=on,wait=off,"
                         f"logfile={vm / CONSOLE_LOG},logappend=on",
             "-serial", "chardev:console",
             "-drive", f"file={disk},format=qcow2,if=none,id=root,cache=writeback",
-            "-device", "virtio-blk-pci,drive=root,id=root-disk",
+            "-device", root_device,
             "-device", "virtio-serial-pci,id=serial0",
             "-chardev", f"socket,id=agent,path={vm / AGENT},server=on,wait=off",
             "-device", f"virtserialport,bus=serial0.0,chardev=agent,name={AGENT_PORT}"]
@@ -187,3 +234,8 @@ def qemu_argv(qemu: str, spec: VmSpec, accel: str, incoming: bool = False) -> li
     if incoming:
         argv += INCOMING_ARGS
     return argv
+
+
+def _escape(path: str | Path) -> str:
+    """A path inside a QEMU option list (``,`` doubled)."""
+    return str(path).replace(",", ",,")

@@ -18,7 +18,8 @@ unix socket's path must stay under 108 bytes), the pid file and the console log.
 volume, on the storage pool of its root disk (``<pool>/virtual-machines/<name>/``, from
 ``InstanceDefinition.volume``), holds the disk ``root.qcow2`` (a copy-on-write overlay on
 the image's disk, internal snapshots included) and ``snapshots.json``: what a cold move
-streams. Without a volume in the definition the disk stays in the runtime directory; a VM
+streams; a VM booting through UEFI keeps its variable store ``OVMF_VARS.fd`` there too.
+Without a volume in the definition the disk stays in the runtime directory; a VM
 defined so (before disks lived on pools) has its disk moved to its volume by the first
 ``define`` that names one while it is stopped.
 
@@ -181,8 +182,10 @@ class QemuDriver:
         """(Re)write the VM's spec (effective at the next start) and create its disk overlay
         in its volume on first definition; a disk already there (moved from another
         member) is repointed at this member's image. ``definition.rootfs`` is an unpacked
-        VM image directory: ``rootfs.img`` (qcow2), ``kernel``, ``initrd`` and optionally
-        ``metadata.yaml``. A first definition that fails removes the directories it made.
+        VM image directory: ``rootfs.img`` (qcow2), optionally ``metadata.yaml``, and
+        ``kernel`` and ``initrd`` (direct kernel boot) or neither (UEFI boot, through
+        OVMF: its VARS template is copied into the volume once). A first definition
+        that fails removes the directories it made.
         Raises InvalidConfig, DriverError."""
         directory = self.vmpath / cl.check_name(definition.name)
         spec = cl.build_spec(definition, directory, _host_memory(),
@@ -209,6 +212,10 @@ class QemuDriver:
                 _create_overlay(Path(spec.backing), disk)
             else:  # moved here from another member: its image copy is ours now
                 qcow2.repoint(disk, Path(spec.backing))
+            nvram = Path(spec.volume) / cl.VARS
+            if spec.firmware == cl.UEFI_BOOT and not nvram.exists():  # kept once there
+                shutil.copyfile(spec.ovmf_vars, nvram.with_name(f".{cl.VARS}.new"))
+                os.replace(nvram.with_name(f".{cl.VARS}.new"), nvram)
             fd, tmp = tempfile.mkstemp(prefix=".config.", dir=directory)
             with os.fdopen(fd, "w", encoding="utf-8") as handle:
                 json.dump(spec.to_json(), handle, indent=1, sort_keys=True)
@@ -229,7 +236,8 @@ class QemuDriver:
             return spec
         if self._pid(spec.name):
             return dataclasses.replace(spec, volume=str(old))
-        for file in (snaps.NAMES, cl.DISK):  # the names first: a crash between loses none
+        # the names first, the disk last: a crash between loses none
+        for file in (snaps.NAMES, cl.VARS, cl.DISK):
             if (old / file).exists():  # (a copy if the pool is another filesystem)
                 shutil.move(old / file, new / f".{file}.moving")
                 os.replace(new / f".{file}.moving", new / file)
@@ -530,14 +538,19 @@ def _host_memory() -> int:
 
 
 def _image_files(image: Path) -> dict[str, str]:
-    """Paths of an unpacked VM image and its kernel command line (metadata.yaml)."""
+    """Paths of an unpacked VM image and its kernel command line (metadata.yaml); an
+    image without ``kernel`` and ``initrd`` (an LXD VM image) boots through UEFI."""
     files = {"rootfs": image / "rootfs.img", "kernel": image / "kernel",
              "initrd": image / "initrd"}
-    for key, path in files.items():
-        if not path.is_file():
-            raise InvalidConfig(f"VM image {image} has no {path.name}"
-                                + (" (only direct kernel boot is supported)"
-                                   if key != "rootfs" else ""))
+    if not files["rootfs"].is_file():
+        raise InvalidConfig(f"VM image {image} has no rootfs.img")
+    present = {key for key in ("kernel", "initrd") if files[key].is_file()}
+    if len(present) == 1:
+        (has,) = present
+        raise InvalidConfig(f"VM image {image} has a {has} but no "
+                            f"{'initrd' if has == 'kernel' else 'kernel'}")
+    if not present:  # UEFI: the disk carries its own boot loader
+        return {"rootfs": str(files["rootfs"])}
     result = {key: str(path) for key, path in files.items()}
     try:
         meta = yaml.safe_load((image / "metadata.yaml").read_text())
