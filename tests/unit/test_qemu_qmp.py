@@ -20,10 +20,12 @@ Handler = Callable[[dict[str, object]], list[dict[str, object]]]
 class FakeQmp:
     """Serves QMP connections one at a time, as QEMU does; records the commands seen."""
 
-    def __init__(self, path: Path, handler: Handler, greeting: bool = True) -> None:
+    def __init__(self, path: Path, handler: Handler, greeting: bool = True,
+                 before_greeting: tuple[dict[str, object], ...] = ()) -> None:
         self.path = path
         self.handler = handler
         self.greeting = greeting
+        self.before_greeting = before_greeting
         self.seen: list[dict[str, object]] = []
         self.server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.server.bind(str(path))
@@ -38,6 +40,8 @@ class FakeQmp:
             except OSError:
                 return
             with conn, conn.makefile("rwb") as stream:
+                for message in self.before_greeting:
+                    stream.write(json.dumps(message).encode() + b"\r\n")
                 if self.greeting:
                     stream.write(json.dumps(GREETING).encode() + b"\r\n")
                     stream.flush()
@@ -60,8 +64,10 @@ class FakeQmp:
 def serve(tmp_path: Path) -> Iterator[Callable[..., FakeQmp]]:
     servers: list[FakeQmp] = []
 
-    def start(handler: Handler, greeting: bool = True) -> FakeQmp:
-        server = FakeQmp(tmp_path / f"qmp{len(servers)}.sock", handler, greeting)
+    def start(handler: Handler, greeting: bool = True,
+              before_greeting: tuple[dict[str, object], ...] = ()) -> FakeQmp:
+        server = FakeQmp(tmp_path / f"qmp{len(servers)}.sock", handler, greeting,
+                         before_greeting)
         servers.append(server)
         return server
 
@@ -99,6 +105,18 @@ def test_a_connection_closed_before_the_reply_is_unavailable(
     fake = serve(lambda r: [])
     with pytest.raises(qmp.QmpUnavailable, match="closed"):
         qmp.execute(fake.path, "quit")
+
+
+def test_events_before_the_greeting_are_skipped(serve: Callable[..., FakeQmp]) -> None:
+    # Seen in CI: QEMU flushed a job's status change, queued around the previous client's
+    # disconnect, to the next connection before greeting it.
+    event = {"timestamp": {"seconds": 1, "microseconds": 2}, "event": "JOB_STATUS_CHANGE",
+             "data": {"status": "waiting", "id": "corral-migration"}}
+    fake = serve(lambda r: [{"return": []}], before_greeting=(event, event))
+    assert qmp.execute(fake.path, "query-jobs") == []
+    stranger = serve(lambda r: [{"return": []}], before_greeting=({"hello": 1},))
+    with pytest.raises(qmp.QmpUnavailable, match="no greeting"):
+        qmp.execute(stranger.path, "query-jobs")
 
 
 def test_a_silent_server_times_out(serve: Callable[..., FakeQmp]) -> None:

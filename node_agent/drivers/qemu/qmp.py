@@ -25,6 +25,7 @@ from typing import Any
 from node_agent.drivers.base import DriverError
 
 TIMEOUT = 10.0
+MAX_EVENTS_BEFORE_GREETING = 64
 _MAX_LINE = 1 << 24
 # QEMU serves one QMP client at a time and its listen backlog is tiny: a connect beyond
 # it fails at once with EAGAIN. Threads of this process take turns per socket; other
@@ -59,6 +60,19 @@ def _read_message(reader: Any, path: Path) -> dict[str, Any]:
     if not isinstance(message, dict):
         raise QmpUnavailable(f"QMP socket {path}: unexpected message {line[:200]!r}")
     return message
+
+
+def _greeting(reader: Any, path: Path) -> dict[str, Any]:
+    """QEMU's greeting. Events may come first: QEMU can flush an event queued around the
+    previous client's disconnect (a job's status change during a migration) to the next
+    connection before greeting it."""
+    for _ in range(MAX_EVENTS_BEFORE_GREETING):
+        message = _read_message(reader, path)
+        if "QMP" in message:
+            return message
+        if "event" not in message:
+            break
+    raise QmpUnavailable(f"QMP socket {path}: no greeting: {json.dumps(message)[:200]}")
 
 
 def _reply(reader: Any, path: Path, command: str) -> Any:
@@ -112,10 +126,7 @@ def _execute(path: Path, command: str, arguments: dict[str, Any] | None,
         raise QmpUnavailable(f"QMP socket {path}: {exc}") from exc
     try:
         with sock.makefile("rwb") as stream:
-            greeting = _read_message(stream, path)
-            if "QMP" not in greeting:
-                raise QmpUnavailable(f"QMP socket {path}: no greeting: "
-                                     f"{json.dumps(greeting)[:200]}")
+            _greeting(stream, path)
             for name, args in (("qmp_capabilities", None), (command, arguments)):
                 request: dict[str, Any] = {"execute": name}
                 if args:
