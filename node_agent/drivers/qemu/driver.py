@@ -40,6 +40,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -370,13 +371,7 @@ class QemuDriver:
                 raise InvalidState(f"cannot delete VM {name!r}: it is running")
             volume = self.volume_dir(name)
             self._cleanup(spec)
-            for path in (volume, self._dir(name)):
-                try:
-                    shutil.rmtree(path)
-                except FileNotFoundError:
-                    pass
-                except OSError as exc:
-                    raise DriverError(f"VM {name!r}: cannot remove {path}: {exc}") from exc
+            remove_trees(name, (volume, self._dir(name)))
 
     def rename(self, old: str, new: str) -> None:
         """Move a stopped VM's directory and its volume (named after the VM, renamed where
@@ -508,6 +503,18 @@ class QemuDriver:
         No memory or CPU hotplug yet."""
         cl.parse_memory(config.get("limits.memory", ""), _host_memory())
         cl.parse_cpus(config.get("limits.cpu", ""))
+
+
+def remove_trees(name: str, paths: Iterable[Path],
+                 error: type[DriverError] = DriverError) -> None:
+    """Remove a VM's directories in order; one already gone is fine (a retried delete)."""
+    for path in paths:
+        try:
+            shutil.rmtree(path)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise error(f"VM {name!r}: cannot remove {path}: {exc}") from exc
 
 
 def guest_command(command: list[str], env: dict[str, str], cwd: str) -> list[str]:

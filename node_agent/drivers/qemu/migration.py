@@ -70,7 +70,7 @@ from typing import Any
 from node_agent.drivers.base import DriverError, InstanceDefinition, InvalidState
 from node_agent.drivers.qemu import cmdline as cl
 from node_agent.drivers.qemu import qmp
-from node_agent.drivers.qemu.driver import QemuDriver
+from node_agent.drivers.qemu.driver import QemuDriver, remove_trees
 
 DRIVE = "root"  # the -drive id in cmdline.qemu_argv
 EXPORT = "root"  # the NBD export's name on the target
@@ -378,13 +378,7 @@ def abort_incoming(driver: QemuDriver, name: str, volume: Path | None = None) ->
             driver._kill(name)
             driver._cleanup(spec)
             volume = Path(spec.volume)
-        for path in (volume or directory, directory):
-            try:
-                shutil.rmtree(path)
-            except FileNotFoundError:
-                pass
-            except OSError as exc:
-                raise MigrationError(f"VM {name!r}: cannot remove {path}: {exc}") from exc
+        remove_trees(name, (volume or directory, directory), MigrationError)
 
 
 # -- source ---------------------------------------------------------------------------------
