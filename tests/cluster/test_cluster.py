@@ -162,8 +162,11 @@ def test_remove_member_and_last_voter_rule(members: list[DaemonProcess]) -> None
     busy = first.corral("cluster", "remove", "m3", check=False)
     assert busy.returncode != 0 and b"still hosts instances" in busy.stderr
     api = Api(str(first.socket))
-    # Right after the blackout above a write may meet an election (503): retry as a client.
-    _wait(lambda: _stopped(api, "t3"), 30)
+    # Right after the blackout above a write may meet an election (503): retry as a client,
+    # until the instance shows Stopped (what the delete checks; the stop's operation may
+    # end a moment before m3's report of it).
+    _wait(lambda: _stopped(api, "t3")
+          and api.get("/1.0/instances/t3")["status"] == "Stopped", 30)
     api.ok("DELETE", "/1.0/instances/t3")
     first.corral("cluster", "remove", "m3")
     assert [m["server_name"] for m in _members(first)] == ["m1", "m2"]
