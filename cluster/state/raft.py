@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import random
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -79,6 +80,23 @@ class _PromptSyncObj(SyncObj):  # type: ignore[misc]
         if not self._SyncObj__otherNodes:
             # A lone voter needs no one's vote: elect itself now, not after a timeout.
             self._SyncObj__raftElectionDeadline = 0.0
+        else:
+            self._await_leader()
+
+    def _await_leader(self) -> None:
+        """A member that just started (or loaded a dump) has not heard from the leader
+        yet: peers that connect to it retry only every ``connectionRetryTime``, and one
+        of them may connect before the leader does. Calling an election then would
+        depose a healthy leader with a stale log (pysyncobj has no pre-vote), so wait a
+        retry period plus an election timeout; a dead leader is noticed that much later."""
+        conf = self._getConf()
+        grace = conf.connectionRetryTime + random.uniform(conf.raftMinTimeout, conf.raftMaxTimeout)
+        deadline: float = getattr(self, "_SyncObj__raftElectionDeadline")  # noqa: B009
+        self._SyncObj__raftElectionDeadline = max(deadline, monotonic_time() + grace)
+
+    def _SyncObj__loadDumpFile(self, clearJournal: bool) -> None:  # noqa: N802, N803
+        super()._SyncObj__loadDumpFile(clearJournal)
+        self._await_leader()
 
     def _onTick(self, timeToWait: float = 0.0) -> None:  # noqa: N802, N803 - pysyncobj's names
         self._tick(timeToWait)

@@ -1,6 +1,6 @@
 """Three RaftStores on loopback (real pysyncobj): a follower that fell behind a compacted
-log catches up from the leader's dump with every acknowledged write, and the seconds it
-spends installing the dump depose no leader."""
+log catches up from the leader's dump with every acknowledged write, and neither the
+seconds it spends installing the dump nor a follower's restart depose the leader."""
 
 from __future__ import annotations
 
@@ -110,6 +110,33 @@ def test_a_follower_behind_a_compacted_log_catches_up_from_the_dump(tmp_path: Pa
                     states.append(state)
                     assert state.profiles == states[0].profiles
                     assert state.index == states[0].index
+
+    asyncio.run(scenario())
+
+
+def test_a_restarted_follower_deposes_no_leader(tmp_path: Path) -> None:
+    """Peers with a higher address connect to a restarted member and retry only every
+    connectionRetryTime: before the leader reconnected, a member that timed out would
+    call an election with its stale log (this deposed the leader in 2 of 10 restarts)."""
+
+    async def scenario() -> None:
+        async with _cluster(tmp_path) as (addresses, stores):
+            await _until(lambda: len({s.leader() for s in stores}) == 1)
+            leader = _leader_index(stores)
+            term = _term(stores[leader])
+            for round in range(6):
+                followers = sorted((i for i in range(3) if i != leader),
+                                   key=lambda i: addresses[i])
+                restarted = followers[round % 2]
+                await stores[restarted].close()
+                await stores[leader].submit(command("profile.create", name=f"p{round}"))
+                await asyncio.sleep(0.3 * (round // 2))
+                stores[restarted] = _store(addresses, restarted, tmp_path)
+                await stores[restarted].start()
+                await _until(lambda r=restarted, n=f"p{round}": n in _profiles(stores[r]))
+            await asyncio.sleep(1.0)
+            assert _term(stores[leader]) == term
+            assert {store.leader() for store in stores} == {stores[leader].address}
 
     asyncio.run(scenario())
 
