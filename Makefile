@@ -25,7 +25,12 @@ $(VENV)/.pip-stamp: $(VENV)/.apt-stamp pyproject.toml
 	$(PY) -m pip install -q -e '.[test]'
 	@touch $@
 
-deps: $(VENV)/.pip-stamp
+# CRIU (stateful stop and moves of containers): Debian 12's 3.17 fails on newer kernels.
+$(VENV)/.criu-stamp: $(VENV)/.apt-stamp scripts/build-criu.sh
+	sh scripts/build-criu.sh
+	@touch $@
+
+deps: $(VENV)/.pip-stamp $(VENV)/.criu-stamp
 
 demo: deps
 	@bash scripts/demo.sh

@@ -60,11 +60,21 @@ def _start(node: LocalNode, spec: InstanceSpec, args: dict[str, Any]) -> None:
         node.driver_for(spec.type).unfreeze(spec.name)
         return
     node.define(spec)
+    if not spec.is_vm:
+        if not args.get("stateful"):
+            node.driver.discard_checkpoint(spec.name)  # LXD: a plain start boots afresh
+        elif not node.driver.has_checkpoint(spec.name):
+            raise DriverError(f"container {spec.name!r} has no saved state to restore")
     node.driver_for(spec.type).start(spec.name)
 
 
 def _stop(node: LocalNode, spec: InstanceSpec, args: dict[str, Any]) -> None:
     if node.status(spec.name, spec.type) == "Stopped":
+        return
+    if args.get("stateful"):
+        if spec.is_vm:
+            raise DriverError("Stateful stop of virtual machines is not supported")
+        node.driver.checkpoint(spec.name)
         return
     node.driver_for(spec.type).stop(spec.name, bool(args.get("force")), _timeout(args))
 

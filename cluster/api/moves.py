@@ -1,6 +1,8 @@
 """Cold move of an instance between members, driven by the member that got the request
 (a running VM migrates live instead: ``live_moves``; a stopped VM moves cold as a
-container does, its volume being its disk on the pool: ``storage/vm_volumes.py``).
+container does, its volume being its disk on the pool: ``storage/vm_volumes.py``; a
+running container with ``migration.stateful=true`` is stopped statefully, its CRIU
+checkpoint travels in its volume, and it is restored on the target).
 
 stop (if running) -> ``instance.move_begin`` (apply re-checks the target and reserves
 there) -> the target pulls the volume from the source over mutual TLS -> ``move_end``
@@ -20,7 +22,10 @@ from cluster import peers
 from cluster.api.context import Context
 from cluster.api.live_moves import live_migrate
 from cluster.api.response import ApiError
+from cluster.state.apply_instances import expanded
 from cluster.state.commands import command
+from cluster.state.errors import BadRequest
+from cluster.state.validate import is_true
 
 log = logging.getLogger(__name__)
 FORWARDED = {"X-Corral-Forwarded": "1"}
@@ -50,6 +55,7 @@ async def move_instance(ctx: Context, name: str, target: str, *, requested: str 
         if inst is None:
             raise ApiError(404, "Instance not found")
         uid, source, power, kind = inst.uid, inst.location, inst.power, inst.type
+        config, _ = expanded(state, inst.config, inst.devices, inst.profiles)
     if target == source:
         raise ApiError(400, f"Instance {name} is already on member {target}")
     was_running = power in ("Running", "Frozen")
@@ -59,17 +65,21 @@ async def move_instance(ctx: Context, name: str, target: str, *, requested: str 
     if kind == "virtual-machine" and power == "Running" and live:
         return await live_migrate(ctx, name, target, source_address, target_address,
                                   requested=requested, origin=origin, progress=progress)
+    # A running container with migration.stateful moves with its processes: a stateful
+    # stop (CRIU dump into state/, which the volume carries), then a stateful start.
+    stateful = (kind == "container" and power == "Running" and live
+                and is_true(config.get("migration.stateful", "")))
     laps: list[float] = [time.monotonic()]
     if was_running:
         await ctx.submit_and_wait(command("instance.action", name=name, action="stop",
-                                          force=False, timeout=STOP_TIMEOUT))
+                                          force=False, timeout=STOP_TIMEOUT, stateful=stateful))
     laps.append(time.monotonic())
     try:
         await ctx.store.submit(command("instance.move_begin", name=name, uid=uid,
                                        target=target, requested=requested or target))
     except BaseException:
         if was_running:
-            await _start(ctx, name)
+            await _start(ctx, name, stateful)
         raise
     try:
         await _pull(ctx, name, uid, source_address, target_address, progress)
@@ -78,12 +88,12 @@ async def move_instance(ctx: Context, name: str, target: str, *, requested: str 
         laps.append(time.monotonic())
     except BaseException as exc:
         log.warning("moving %s to %s failed: %s", name, target, exc)
-        await _abort(ctx, name, uid, target_address, was_running)
+        await _abort(ctx, name, uid, target_address, was_running, stateful)
         raise
     await _drop_copy(ctx, name, uid, source_address)
     laps.append(time.monotonic())
     if was_running:
-        await _start(ctx, name)
+        await _start(ctx, name, stateful)
     laps.append(time.monotonic())
     log.info("moved %s from %s to %s in %.2f s (stop %.2f, copy %.2f, drop %.2f, start %.2f)",
              name, source, target, laps[-1] - laps[0],
@@ -111,12 +121,13 @@ async def _pull(ctx: Context, name: str, uid: str, source: str, target: str,
     raise ApiError(500, f"the target stopped answering while copying {name}")
 
 
-async def _abort(ctx: Context, name: str, uid: str, target: str, was_running: bool) -> None:
+async def _abort(ctx: Context, name: str, uid: str, target: str, was_running: bool,
+                 stateful: bool) -> None:
     try:
         await _drop_copy(ctx, name, uid, target, incoming=True)
         await ctx.store.submit(command("instance.move_abort", name=name, uid=uid))
         if was_running:
-            await _start(ctx, name)
+            await _start(ctx, name, stateful)
     except Exception as exc:  # noqa: BLE001 - the original failure is what the caller sees
         log.error("cleaning up the failed move of %s: %s", name, exc)
 
@@ -135,5 +146,16 @@ async def _drop_copy(ctx: Context, name: str, uid: str, address: str,
         log.warning("member %s kept a copy of %s: %s", address, name, exc)
 
 
-async def _start(ctx: Context, name: str) -> None:
-    await ctx.submit_and_wait(command("instance.action", name=name, action="start"))
+async def _start(ctx: Context, name: str, stateful: bool = False) -> None:
+    """Start ``name``; restoring its checkpoint first if ``stateful``. A checkpoint that
+    does not restore (CRIU, kernel) is dropped and the container boots afresh: running
+    without its old processes beats not running."""
+    try:
+        await ctx.submit_and_wait(command("instance.action", name=name, action="start",
+                                          stateful=stateful))
+    except (ApiError, BadRequest) as exc:
+        if not stateful:
+            raise
+        log.warning("%s did not restore from its checkpoint (%s); booting it afresh",
+                    name, exc)
+        await ctx.submit_and_wait(command("instance.action", name=name, action="start"))

@@ -17,7 +17,7 @@ def instance(state: State, inst: Instance, status: str) -> dict[str, Any]:
     return {
         "name": inst.name, "type": inst.type, "architecture": inst.architecture,
         "config": dict(inst.config), "devices": dict(inst.devices),
-        "profiles": list(inst.profiles), "ephemeral": inst.ephemeral, "stateful": False,
+        "profiles": list(inst.profiles), "ephemeral": inst.ephemeral, "stateful": inst.stateful,
         "description": inst.description, "created_at": rfc3339(inst.created_at),
         "last_used_at": rfc3339(inst.last_used_at), "expanded_config": config,
         "expanded_devices": devices, "status": status,

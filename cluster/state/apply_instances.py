@@ -149,12 +149,31 @@ def action(state: State, cmd: Command) -> Result:
     kind = cmd.args.get("action")
     if kind not in POWER_AFTER:
         return fail(400, f"Unknown state action {kind!r}")
+    stateful = bool(cmd.args.get("stateful"))
+    problem = _stateful_problem(state, inst, kind) if stateful else ""
+    if problem:
+        return fail(400, problem)
+    extra = {"stateful": True} if stateful else {}
     generation = _enqueue(inst, kind, force=bool(cmd.args.get("force", False)),
-                          timeout=float(cmd.args.get("timeout", -1) or -1))
+                          timeout=float(cmd.args.get("timeout", -1) or -1), **extra)
     inst.power = POWER_AFTER[kind]
     if kind in ("start", "restart"):
         inst.last_used_at = cmd.time
     return ok({"generation": generation})
+
+
+def _stateful_problem(state: State, inst: Instance, kind: str) -> str:
+    """Why a stateful stop (dump with CRIU) or start (restore the dump) is refused.
+    A start that is not stateful discards a saved checkpoint, as in LXD."""
+    if inst.type != "container":
+        return "Stateful stop and start are supported for containers only"
+    if kind == "stop":
+        config, _ = expanded(state, inst.config, inst.devices, inst.profiles)
+        return "" if validate.is_true(config.get("migration.stateful", "")) else (
+            "Stateful stop needs migration.stateful=true (set before the container starts)")
+    if kind == "start":
+        return "" if inst.stateful else "The instance has no saved state to restore"
+    return f"A {kind} cannot be stateful"
 
 
 def update(state: State, cmd: Command) -> Result:
@@ -329,6 +348,10 @@ def _settle(state: State, inst: Instance, act: Action, error: str) -> None:
             inst.snapshots.pop(snap_name, None)
     elif act.kind == "delete" and error:
         inst.power = inst.observed.status
+    elif act.kind == "stop" and act.args.get("stateful") and not error:
+        inst.stateful = True  # the checkpoint waits in state/ for the next start
+    elif act.kind in ("start", "restart") and not error:
+        inst.stateful = False
 
 
 def observe_status(state: State, cmd: Command) -> Result:

@@ -90,6 +90,7 @@ class Instance:
     demand: Resources = ZERO  # what it reserves on its member (cluster/state/reservations.py)
     group: str = ""  # the placement group it is counted in (reservations.py)
     moving_to: str = ""  # the member a move is copying it to (apply_moves.py)
+    stateful: bool = False  # a stateful stop's checkpoint waits for the next start
 
     @property
     def busy(self) -> bool:

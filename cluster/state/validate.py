@@ -43,6 +43,10 @@ def _bool(value: str) -> str:
     return "" if value in allowed else "must be a boolean"
 
 
+def is_true(value: str) -> bool:
+    return value.strip().lower() in ("true", "1", "yes", "on")
+
+
 def _uint(value: str) -> str:
     return "" if value.isdigit() else "must be a non-negative integer"
 
@@ -90,6 +94,7 @@ CONFIG_KEYS: dict[str, Callable[[str], str]] = {
     "boot.host_shutdown_timeout": _uint,
     "cluster.evacuate": _choice("auto", "migrate", "live-migrate", "stop"),
     "migration.downtime": _positive,  # ms a live migration may stop the guest (VMs)
+    "migration.stateful": _bool,  # containers: checkpointable by CRIU (no console)
     "placement.group": lambda value: entity_name_error("Placement group", value),
 }
 FREE_PREFIXES = ("user.", "environment.", "image.", "volatile.")

@@ -31,6 +31,7 @@ from typing import Any, ClassVar
 
 import lxc  # type: ignore[import-not-found]
 
+from node_agent.drivers import lxc_checkpoint as ckpt
 from node_agent.drivers import lxc_config as cfg
 from node_agent.drivers import lxc_state as st
 from node_agent.drivers.base import (
@@ -258,8 +259,9 @@ class LxcDriver:
             index += 1
 
     def start(self, name: str) -> None:
-        """Start with ``lxc-start -d`` and wait for RUNNING. Raises InvalidState if not
-        stopped, DriverError (with the tail of lxc.log) if it does not come up."""
+        """Start with ``lxc-start -d`` (or restore the checkpoint of a stateful stop) and
+        wait for RUNNING. Raises InvalidState if not stopped, DriverError (with the tail
+        of lxc.log, or CRIU's errors) if it does not come up."""
         container = self._require(name, ("STOPPED",), "start")
         self._preflight(name, container)
         self._remove_cgroups(name)
@@ -267,6 +269,15 @@ class LxcDriver:
         for log in ("lxc.log", "console.log"):
             if (directory / log).exists():
                 os.replace(directory / log, directory / f"{log}.old")
+        saved = self.checkpoint_dir(name)
+        if ckpt.has_checkpoint(saved):
+            ckpt.restore(self.lxcpath, name, saved)
+            if not _wait_for(container, "RUNNING", self.start_timeout):
+                raise DriverError(f"container {name!r}: its restored processes did not "
+                                  f"come up\n--- lxc.log ---\n"
+                                  f"{_log_excerpt(directory / 'lxc.log')}")
+            shutil.rmtree(saved, ignore_errors=True)
+            return
         # stderr to a file, not a pipe: the daemonised monitor must not hold our pipe open
         with tempfile.TemporaryFile() as err:
             try:
@@ -316,6 +327,34 @@ class LxcDriver:
         except ProcessLookupError:
             return True
         return _wait_for(container, "STOPPED", seconds)
+
+    def checkpoint_dir(self, name: str) -> Path:
+        """``state/`` beside the rootfs on the pool: LXD's place for a stateful stop."""
+        rootfs = _item(self._container(name), "lxc.rootfs.path").removeprefix("dir:")
+        return Path(rootfs).parent / "state"
+
+    def has_checkpoint(self, name: str) -> bool:
+        return ckpt.has_checkpoint(self.checkpoint_dir(name))
+
+    def discard_checkpoint(self, name: str) -> None:
+        shutil.rmtree(self.checkpoint_dir(name), ignore_errors=True)
+
+    def checkpoint(self, name: str) -> None:
+        """Stateful stop: dump the processes with CRIU, then stop; the next ``start``
+        restores them. Raises InvalidState for a container started without
+        ``migration.stateful=true`` (its console pty cannot be dumped), DriverError if
+        CRIU fails (the container then runs on)."""
+        container = self._require(name, ("RUNNING", "FROZEN"), "checkpoint")
+        if _item(container, "lxc.console.path", running=True) != "none":
+            raise InvalidState(f"container {name!r} was started without "
+                               f"{cfg.STATEFUL_KEY}=true: restart it after setting the key "
+                               f"to make it checkpointable")
+        if container.state == "FROZEN":
+            container.unfreeze()
+        group = self.idmap.gid_base if _item(container, "lxc.idmap") else 0
+        ckpt.checkpoint(self.lxcpath, name, self.checkpoint_dir(name), group)
+        if not _wait_for(container, "STOPPED", 10):
+            raise DriverError(f"container {name!r}: still running after its checkpoint")
 
     def freeze(self, name: str) -> None:
         if not self._require(name, ("RUNNING",), "freeze").freeze():

@@ -33,6 +33,7 @@ from node_agent.units import UnitError, parse_memory_limit
 LXC_SHARE = Path("/usr/share/lxc/config")
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 TRUE_VALUES = frozenset({"true", "1", "yes", "on"})
+STATEFUL_KEY = "migration.stateful"  # checkpointable by CRIU: stateful stop and moves
 
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
 _PREFIX_RE = re.compile(r"[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*")
@@ -49,11 +50,13 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class HostFacts:
-    """What limits depend on: usable CPUs, total memory, controllers on cgroup v1."""
+    """What the config depends on: usable CPUs, total memory, controllers on cgroup v1,
+    and whether the kernel enforces AppArmor."""
 
     cpus: tuple[int, ...]
     memory: int
     cgroup_v1: frozenset[str]
+    apparmor: bool = True
 
     def key(self, item: str) -> str:
         """The config key for a cgroup file, ``lxc.cgroup.`` (v1) or ``lxc.cgroup2.``."""
@@ -279,12 +282,21 @@ def build_config(definition: InstanceDefinition, *, lxcpath: Path, cgroup_prefix
         ("lxc.hook.post-stop", ""),  # drop lxcfs's reboot hook: a bare `sleep 0.5` per stop
         ("lxc.uts.name", name),
         ("lxc.rootfs.path", f"dir:{_clean(str(definition.rootfs), 'rootfs path')}"),
-        ("lxc.apparmor.profile", "unconfined"),
+    ]
+    if host.apparmor:  # else liblxc would ask CRIU's restore for an AppArmor profile
+        lines.append(("lxc.apparmor.profile", "unconfined"))
+    lines += [
         ("lxc.mount.auto", "cgroup:rw:force"),
         ("lxc.cgroup.dir", f"{check_prefix(cgroup_prefix)}/{name}"),
         ("lxc.log.file", _clean(str(directory / "lxc.log"), "lxcpath")),
         ("lxc.log.level", "warn"),
-        ("lxc.console.logfile", str(directory / "console.log")),
+    ]
+    if is_true(config.get(STATEFUL_KEY)):
+        # CRIU cannot dump the console pty liblxc holds for the container.
+        lines.append(("lxc.console.path", "none"))
+    else:
+        lines.append(("lxc.console.logfile", str(directory / "console.log")))
+    lines += [
         ("lxc.tty.max", "0"),
         ("lxc.pty.max", "1024"),
     ]

@@ -266,14 +266,16 @@ def read_network(pid: int, nics: dict[str, HostSide]) -> dict[str, dict[str, Any
 
 
 def detect_host(mounts: CgroupMounts) -> HostFacts:
-    """CPUs of the root cpuset, MemTotal, and which controllers are on cgroup v1."""
+    """CPUs of the root cpuset, MemTotal, which controllers are on cgroup v1, and
+    whether AppArmor is enabled."""
     root = mounts.v1.get("cpuset") or mounts.v2 or "/nonexistent"
     text = next((t for f in ("cpuset.effective_cpus", "cpuset.cpus.effective", "cpuset.cpus")
                  if (t := read_text(f"{root}/{f}")).strip()), "")
     cpus = parse_cpuset(text) if text.strip() else tuple(range(os.cpu_count() or 1))
     memory = next((int(line.split()[1]) * 1024 for line in read_text("/proc/meminfo")
                    .splitlines() if line.startswith("MemTotal:")), 0)
-    return HostFacts(cpus, memory, frozenset(mounts.v1))
+    apparmor = read_text("/sys/module/apparmor/parameters/enabled").strip() == "Y"
+    return HostFacts(cpus, memory, frozenset(mounts.v1), apparmor)
 
 
 def remove_cgroup_dirs(hierarchies: tuple[str, ...], relative: str, wait: float = 1.0) -> bool:

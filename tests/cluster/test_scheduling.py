@@ -1,4 +1,5 @@
-"""The scheduler on a real 3-member cluster: spread, manual members, cold move, evacuation."""
+"""The scheduler on a real 3-member cluster: spread, manual members, cold and stateful
+moves, evacuation."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import pytest
 
 from cluster.harness import DaemonProcess
 from tests.integration.api import Api
+from tests.integration.guest_counter import count, counter_pid, start_counter
 
 pytestmark = pytest.mark.real
 
@@ -76,11 +78,39 @@ def test_move_a_running_container_keeps_its_files(members: list[DaemonProcess]) 
     m1.corral("delete", "--force", "mover")
 
 
+def test_move_a_stateful_container_keeps_its_processes(members: list[DaemonProcess]) -> None:
+    m1 = members[0]
+    m1.corral("launch", "busybox", "live", "--target", "m1", "-c", "migration.stateful=true")
+    start_counter(m1, "live")
+    time.sleep(0.5)
+    pid, before = counter_pid(m1, "live"), count(m1, "live")
+    assert pid.isdigit()
+    address = m1.corral("exec", "live", "--", "ip", "-4", "-o", "addr", "show", "eth0"
+                        ).stdout.split()[3]
+    m1.corral("move", "live", "--target", "m2")
+    assert _where(m1)["live"] == "m2" and _status(members[1], "live") == "Running"
+    assert count(m1, "live") >= before
+    time.sleep(0.4)
+    assert count(m1, "live") > before  # the same loop counts on, not a new boot
+    assert counter_pid(m1, "live") == pid
+    assert m1.corral("exec", "live", "--", "ip", "-4", "-o", "addr", "show", "eth0"
+                     ).stdout.split()[3] == address
+    pool = members[1].root / "storage-pools" / "default" / "containers" / "live"
+    assert not (pool / "state").exists()  # the checkpoint is gone once restored
+    assert not (m1.root / "storage-pools" / "default" / "containers" / "live").exists()
+    m1.corral("delete", "--force", "live")
+
+
 def test_evacuate_and_restore_a_member(members: list[DaemonProcess]) -> None:
     m1 = members[0]
     for name in ("e1", "e2", "e3"):
-        m1.corral("launch", "busybox", name, "--target", "m3")
+        m1.corral("launch", "busybox", name, "--target", "m3",
+                  *(["-c", "migration.stateful=true"] if name == "e2" else []))
     m1.corral("exec", "e1", "--", "sh", "-c", "echo here > /root/mark")
+    start_counter(m1, "e2")
+    time.sleep(0.3)
+    pid = counter_pid(m1, "e2")
+    assert pid.isdigit()
     started = time.monotonic()
     m1.corral("cluster", "evacuate", "m3", "--force")
     evacuated_in = time.monotonic() - started
@@ -96,6 +126,7 @@ def test_evacuate_and_restore_a_member(members: list[DaemonProcess]) -> None:
     assert all(where[n] == "m3" for n in ("e1", "e2", "e3")), where
     assert all(_status(m1, n) == "Running" for n in ("e1", "e2", "e3"))
     assert m1.corral("exec", "e1", "--", "cat", "/root/mark").stdout.decode().strip() == "here"
+    assert counter_pid(m1, "e2") == pid  # moved twice with its processes
     print(f"evacuation of 3 containers: {evacuated_in:.2f} s")
 
 

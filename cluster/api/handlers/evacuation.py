@@ -2,8 +2,10 @@
 
 Evacuation marks the member EVACUATED (the scheduler places nothing new there), then
 handles each instance by its ``cluster.evacuate``: ``auto``, ``migrate`` and
-``live-migrate`` move it (cold, for containers) to a member the scheduler picks, recording
-``volatile.evacuate.origin``; ``stop`` stops it there. Restore brings the moved
+``live-migrate`` move it to a member the scheduler picks, recording
+``volatile.evacuate.origin`` (``auto`` and ``live-migrate`` keep a running VM running and a
+running container with ``migration.stateful=true`` its processes; ``migrate`` moves cold);
+``stop`` stops it there. Restore brings the moved
 instances back and starts the stopped ones. Instances are handled concurrently.
 """
 
@@ -67,7 +69,8 @@ async def _evacuate_one(ctx: Context, member: str, name: str, how: str, power: s
                              type_=inst.type, architecture=inst.architecture,
                              config=inst.config, devices=inst.devices, profiles=inst.profiles,
                              exclude=[member])
-    # A running VM migrates live for auto and live-migrate; "migrate" means a cold move.
+    # Running VMs and stateful containers keep running for auto and live-migrate;
+    # "migrate" means a cold move.
     await move_instance(ctx, name, chosen_member(plan), origin=member, live=how != "migrate")
 
 

@@ -55,8 +55,9 @@ async def put_state(request: web.Request) -> web.Response:
     action = body.get("action")
     if action not in LIFECYCLE:
         raise bad_request(f"Unknown state action {action!r}")
-    if body.get("stateful"):
-        raise bad_request("Stateful stop/start is not supported")
+    stateful = body.get("stateful", False)
+    if not isinstance(stateful, bool):
+        raise bad_request("Invalid stateful: must be a boolean")
     inst = instance_copy(ctx, name)
     if not inst.pending:
         status = (await live_statuses(ctx, [inst]))[name]
@@ -69,7 +70,7 @@ async def put_state(request: web.Request) -> web.Response:
     if not isinstance(timeout, int | float):
         raise bad_request("Invalid timeout")
     cmd = command("instance.action", name=name, action=action,
-                  force=bool(body.get("force", False)), timeout=timeout)
+                  force=bool(body.get("force", False)), timeout=timeout, stateful=stateful)
     tracker = await ctx.submit_tracked(cmd)
     return tracked_operation(ctx, tracker, f"{action.capitalize()} instance",
                              {"instances": [f"/1.0/instances/{name}"]},
