@@ -1,10 +1,12 @@
 """Evacuation and restore of a member on a 3-member namespace cluster.
 
-    python bench/evacuate.py [--instances 3] [--reps 3]
+    python bench/evacuate.py [--instances 3] [--reps 3] [--cold-only]
 
 Launches busybox containers on m3, then times ``corral cluster evacuate m3`` (each
 container stopped cleanly, its volume streamed to the member the scheduler picks, started
-there) and ``corral cluster restore m3`` (all of them back), and one ``corral move``.
+there) and ``corral cluster restore m3`` (all of them back), and one ``corral move``; then
+the same with ``migration.stateful=true`` (each container checkpointed with CRIU, its
+volume and checkpoint streamed, restored there: its processes keep running).
 LXD 5.0.2 was measured on this machine with the same image by the issue's author: 7.1 s
 to evacuate a member with 3 busybox containers, 7.3 s to restore it (no LXD cluster is
 started by this benchmark; those figures are quoted, not measured in this run).
@@ -34,10 +36,32 @@ def timed(daemon: DaemonProcess, *args: str) -> float:
     return time.perf_counter() - started
 
 
+def measure(m1: DaemonProcess, names: list[str], reps: int) -> tuple[float, float, float]:
+    """Median evacuation, restore and single-move times."""
+    evacuations, restores, moves = [], [], []
+    for _ in range(reps):
+        evacuations.append(timed(m1, "cluster", "evacuate", "m3", "--force"))
+        restores.append(timed(m1, "cluster", "restore", "m3", "--force"))
+        moves.append(timed(m1, "move", names[0], "--target", "m2", "--quiet"))
+        m1.corral("move", names[0], "--target", "m3", "--quiet", timeout=300)
+    return (statistics.median(evacuations), statistics.median(restores),
+            statistics.median(moves))
+
+
+def report(kind: str, evacuate: float, restore: float, move: float) -> None:
+    print(f"{kind}:")
+    print(f"  evacuate: {evacuate:.2f} s  (LXD 5.0.2, quoted: {LXD_EVACUATE} s; "
+          f"ratio {evacuate / LXD_EVACUATE:.2f}; goal <= 0.25)")
+    print(f"  restore:  {restore:.2f} s  (LXD 5.0.2, quoted: {LXD_RESTORE} s; "
+          f"ratio {restore / LXD_RESTORE:.2f})")
+    print(f"  move of one running container: {move:.2f} s")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--instances", type=int, default=3)
     parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--cold-only", action="store_true", help="skip the CRIU runs")
     args = parser.parse_args()
     directory = Path("/tmp") / f"corral-bench-evacuate-{secrets.token_hex(3)}"
     try:
@@ -47,20 +71,14 @@ def main() -> int:
         names = [f"ev{i}" for i in range(args.instances)]
         for name in names:
             m1.corral("launch", "busybox", name, "--target", "m3")
-        evacuations, restores, moves = [], [], []
-        for _ in range(args.reps):
-            evacuations.append(timed(m1, "cluster", "evacuate", "m3", "--force"))
-            restores.append(timed(m1, "cluster", "restore", "m3", "--force"))
-            moves.append(timed(m1, "move", names[0], "--target", "m2", "--quiet"))
-            m1.corral("move", names[0], "--target", "m3", "--quiet", timeout=300)
-        evacuate, restore = statistics.median(evacuations), statistics.median(restores)
         print(f"members: 3 (network namespaces), instances on m3: {args.instances} busybox, "
               f"reps: {args.reps} (median; CLI start-up included)")
-        print(f"evacuate: {evacuate:.2f} s  (LXD 5.0.2, quoted: {LXD_EVACUATE} s; "
-              f"ratio {evacuate / LXD_EVACUATE:.2f}; goal <= 0.25)")
-        print(f"restore:  {restore:.2f} s  (LXD 5.0.2, quoted: {LXD_RESTORE} s; "
-              f"ratio {restore / LXD_RESTORE:.2f})")
-        print(f"move of one running container: {statistics.median(moves):.2f} s")
+        report("cold", *measure(m1, names, args.reps))
+        if not args.cold_only:
+            for name in names:
+                m1.corral("config", "set", name, "migration.stateful", "true")
+                m1.corral("restart", name, "--force")
+            report("stateful (CRIU)", *measure(m1, names, args.reps))
     finally:
         devcluster.down(directory)
         shutil.rmtree(directory, ignore_errors=True)
