@@ -4,15 +4,17 @@ container does, its volume being its disk on the pool: ``storage/vm_volumes.py``
 running container with ``migration.stateful=true`` is stopped statefully, its CRIU
 checkpoint travels in its volume, and it is restored on the target).
 
-stop (if running) -> ``instance.move_begin`` (apply re-checks the target and reserves
-there) -> the target pulls the volume from the source over mutual TLS -> ``move_end``
-(the instance lives on the target) -> start there (if it ran) -> the source drops its
-copy. A failure before ``move_end`` aborts: the target drops what it received, the
+stop (if running; a running container's volume is pre-copied meanwhile) ->
+``instance.move_begin`` (apply re-checks the target and reserves there) -> the target
+pulls the volume (or what changed since the pre-copy) from the source over mutual TLS ->
+``move_end`` (the instance lives on the target) -> start there (if it ran) -> the source
+drops its copy. A failure before ``move_end`` aborts: the target drops what it received, the
 reservation is freed and the instance runs again on the source, untouched.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -70,19 +72,29 @@ async def move_instance(ctx: Context, name: str, target: str, *, requested: str 
     stateful = (kind == "container" and power == "Running" and live
                 and is_true(config.get("migration.stateful", "")))
     laps: list[float] = [time.monotonic()]
-    if was_running:
-        await ctx.submit_and_wait(command("instance.action", name=name, action="stop",
-                                          force=False, timeout=STOP_TIMEOUT, stateful=stateful))
-    laps.append(time.monotonic())
+    # A running container's volume is pre-copied while it stops; then only the delta.
+    precopy = (asyncio.create_task(_precopy(ctx, name, uid, source_address, target_address))
+               if kind == "container" and was_running else None)
+    stopped = False
     try:
+        if was_running:
+            await ctx.submit_and_wait(command("instance.action", name=name, action="stop",
+                                              force=False, timeout=STOP_TIMEOUT,
+                                              stateful=stateful))
+            stopped = True
+        since = await precopy if precopy is not None else None
+        laps.append(time.monotonic())
         await ctx.store.submit(command("instance.move_begin", name=name, uid=uid,
                                        target=target, requested=requested or target))
     except BaseException:
-        if was_running:
+        if precopy is not None:
+            await asyncio.gather(precopy, return_exceptions=True)
+            await _drop_copy(ctx, name, uid, target_address, incoming=True)
+        if stopped:
             await _start(ctx, name, stateful)
         raise
     try:
-        await _pull(ctx, name, uid, source_address, target_address, progress)
+        await _pull(ctx, name, uid, source_address, target_address, progress, since)
         await ctx.store.submit(command("instance.move_end", name=name, uid=uid, target=target,
                                        origin=origin))
         laps.append(time.monotonic())
@@ -101,9 +113,30 @@ async def move_instance(ctx: Context, name: str, target: str, *, requested: str 
     return None
 
 
+async def _precopy(ctx: Context, name: str, uid: str, source: str, target: str,
+                   ) -> float | None:
+    """Have the target copy the volume of the running container; the time the copy
+    began (on the source's clock), or None if it failed (the move then copies all)."""
+    url = (f"https://{target}/internal/instances/{name}/volume?uid={uid}&source={source}"
+           f"&precopy=1")
+    try:
+        async with peers.peer_session(ctx.paths.root) as session:
+            async with session.post(url, headers=FORWARDED) as resp:
+                doc = await resp.json(content_type=None)
+                if resp.status != 200:
+                    raise ApiError(resp.status, str(doc.get("error")))
+                return float(doc["since"])
+    except Exception as exc:  # noqa: BLE001 - a pre-copy only saves time
+        log.warning("pre-copying %s to %s failed (%s); it will be copied whole", name,
+                    target, exc)
+        return None
+
+
 async def _pull(ctx: Context, name: str, uid: str, source: str, target: str,
-                progress: Any) -> None:
+                progress: Any, since: float | None = None) -> None:
     url = f"https://{target}/internal/instances/{name}/volume?uid={uid}&source={source}"
+    if since is not None:
+        url += f"&since={since:.6f}"
     async with peers.peer_session(ctx.paths.root) as session:
         async with session.post(url, headers=FORWARDED) as resp:
             if resp.status != 200:

@@ -5,15 +5,25 @@ pool, with numeric owners (the shifted ids of an unprivileged container), modes,
 device nodes, xattrs and ACLs. The receiver unpacks into a scratch directory of its pool
 and renames the result into place only once tar has read a complete archive, so a cut
 stream leaves nothing behind.
+
+A move of a running instance first *pre-copies* the volume while it runs (into
+``precopy_dir``), then, once it is stopped, sends only what changed since the pre-copy
+began (``tar --newer``: data or metadata, by ctime) and the list of every path, by which
+the receiver removes what was deleted in between. Unpacking is slow where creating
+files is (here ~0.5 ms a symlink: a busybox rootfs takes 0.5-1 s), and that is no
+longer time the instance is down.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+import stat
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Protocol
 
+from node_agent.storage.dir import _remove_tree
 from node_agent.storage.errors import StorageError, VolumeExists, VolumeNotFound
 
 CHUNK = 1 << 20
@@ -49,13 +59,87 @@ def volume_members(pool: VolumeHolder, name: str) -> list[str]:
     return found
 
 
+def volume_listing(pool: VolumeHolder, name: str) -> bytes:
+    """Every path of ``name``'s volume with its kind, NUL-separated (blocking): what the
+    receiver of a delta keeps of its pre-copy."""
+    entries = []
+    for member in volume_members(pool, name):
+        entries.append(_entry(pool.path / member, member))
+        for dirpath, dirnames, filenames in os.walk(pool.path / member):
+            relative = os.path.relpath(dirpath, pool.path)
+            for child in (*dirnames, *filenames):
+                entries.append(_entry(Path(dirpath, child), f"{relative}/{child}"))
+    return b"\0".join(entries)
+
+
+def _entry(path: Path, relative: str) -> bytes:
+    mode = path.lstat().st_mode
+    kind = b"d" if stat.S_ISDIR(mode) else b"l" if stat.S_ISLNK(mode) else b"f"
+    return kind + os.fsencode(relative)
+
+
+def prune_to_listing(root: Path, listing: bytes) -> None:
+    """Remove from ``root`` (laid out as the pool) every path the listing lacks or lists
+    with another kind (blocking)."""
+    keep = set(listing.split(b"\0"))
+    for item in list(keep):  # and the directories above the volume (containers/...)
+        path = item[1:]
+        while b"/" in path:
+            path = path.rsplit(b"/", 1)[0]
+            keep.add(b"d" + path)
+    for dirpath, dirnames, filenames in os.walk(root):
+        relative = os.path.relpath(dirpath, root)
+        for child in (*dirnames, *filenames):
+            path = Path(dirpath, child)
+            if _entry(path, child if relative == "." else f"{relative}/{child}") in keep:
+                continue
+            if child in dirnames and not path.is_symlink():
+                dirnames.remove(child)
+                _remove_tree(path)
+            else:
+                path.unlink()
+
+
+def precopy_dir(pool: VolumeHolder, uid: str) -> Path:
+    """Where the pre-copy of a move of instance ``uid`` waits: in the pool's ``.tmp``,
+    which the pool clears of a gone process's entries (``DirPool.ensure``)."""
+    return pool.path / ".tmp" / f"{os.getpid()}-pre-{uid}"
+
+
+async def precopy_volume(pool: VolumeHolder, uid: str, chunks: AsyncIterator[bytes]) -> int:
+    """Unpack a full stream of a running instance's volume into its ``precopy_dir``
+    (replacing an older pre-copy); returns the bytes read."""
+    target = precopy_dir(pool, uid)
+    await asyncio.to_thread(discard_precopy, pool, uid)
+    await asyncio.to_thread(_fresh_dir, target)
+    try:
+        return await _untar(target, chunks, lambda _: None)
+    except BaseException:
+        await asyncio.to_thread(discard_precopy, pool, uid)
+        raise
+
+
+def discard_precopy(pool: VolumeHolder, uid: str) -> None:
+    if os.path.lexists(precopy_dir(pool, uid)):
+        _remove_tree(precopy_dir(pool, uid))
+
+
+def _fresh_dir(path: Path) -> None:
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path.mkdir(mode=0o711)
+
+
 async def send_volume(pool: VolumeHolder, name: str,
-                      write: Callable[[bytes], Awaitable[None]]) -> int:
+                      write: Callable[[bytes], Awaitable[None]],
+                      newer: float | None = None) -> int:
     """Write ``name``'s volume as a tar stream through ``write``; returns the bytes sent.
-    Raises StorageError if tar fails (the caller must then cut the stream short)."""
+    With ``newer`` (seconds since the epoch), only what changed since then (directories
+    always). Raises StorageError if tar fails (the caller must then cut the stream
+    short)."""
     members = await asyncio.to_thread(volume_members, pool, name)
+    since = [] if newer is None else [f"--newer=@{newer:.6f}"]
     proc = await asyncio.create_subprocess_exec(
-        "tar", *TAR_FLAGS, "-C", str(pool.path), "-cf", "-", "--", *members,
+        "tar", *TAR_FLAGS, *since, "-C", str(pool.path), "-cf", "-", "--", *members,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     assert proc.stdout is not None and proc.stderr is not None
     sent = 0
@@ -74,14 +158,24 @@ async def send_volume(pool: VolumeHolder, name: str,
 
 
 async def receive_volume(pool: VolumeHolder, name: str, chunks: AsyncIterator[bytes],
-                         progress: Callable[[int], None] = lambda _: None) -> int:
+                         progress: Callable[[int], None] = lambda _: None,
+                         precopied: tuple[str, bytes] | None = None) -> int:
     """Unpack a stream from ``send_volume`` as ``name``'s volume; returns the bytes read.
-    Raises VolumeExists if this pool already has the volume, StorageError on a bad or
-    incomplete stream; either way nothing is left in the pool."""
+    With ``precopied`` (the move's instance uid and the source's ``volume_listing``) the
+    stream is a delta applied to that move's pre-copy. Raises VolumeExists if this pool
+    already has the volume, StorageError on a bad or incomplete stream; either way
+    nothing is left in the pool."""
     if await asyncio.to_thread(pool.exists, name):
         raise VolumeExists(f"instance volume {name} already exists on this member")
-    scratch = await asyncio.to_thread(pool.incoming_scratch)
+    if precopied is None:
+        scratch = await asyncio.to_thread(pool.incoming_scratch)
+    else:
+        scratch = precopy_dir(pool, precopied[0])
+        if not scratch.is_dir():
+            raise StorageError(f"no pre-copy of {name} is waiting on this member")
     try:
+        if precopied is not None:
+            await asyncio.to_thread(prune_to_listing, scratch, precopied[1])
         received = await _untar(scratch, chunks, progress)
         await asyncio.to_thread(pool.adopt, name, scratch)
         return received

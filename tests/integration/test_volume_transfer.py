@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import stat
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -13,7 +15,13 @@ import pytest
 
 from node_agent.storage.dir import DirPool
 from node_agent.storage.errors import StorageError, VolumeExists
-from node_agent.storage.transfer import receive_volume, send_volume
+from node_agent.storage.transfer import (
+    precopy_dir,
+    precopy_volume,
+    receive_volume,
+    send_volume,
+    volume_listing,
+)
 from node_agent.storage.vm_volumes import VmVolumes
 
 pytestmark = pytest.mark.real  # root: chown to shifted ids, device nodes
@@ -45,14 +53,14 @@ def _tree(root: Path) -> dict[str, tuple[int, int, int, str]]:
 
 
 async def _pipe(pool: DirPool | VmVolumes, name: str, cut_after: int | None = None,
-                ) -> AsyncIterator[bytes]:
+                newer: float | None = None) -> AsyncIterator[bytes]:
     queue: asyncio.Queue[bytes | None] = asyncio.Queue()
 
     async def write(chunk: bytes) -> None:
         await queue.put(chunk)
 
     async def produce() -> None:
-        await send_volume(pool, name, write)
+        await send_volume(pool, name, write, newer)
         await queue.put(None)
 
     task = asyncio.create_task(produce())
@@ -96,6 +104,48 @@ def test_a_cut_stream_leaves_nothing_behind(tmp_path: Path) -> None:
     with pytest.raises(StorageError):
         asyncio.run(receive_volume(target, "c1", _pipe(source, "c1", cut_after=1 << 20)))
     assert not target.exists("c1") and not target.snapshots_path("c1").exists()
+    assert list((tmp_path / "b" / ".tmp").iterdir()) == []
+
+
+def test_a_delta_on_a_precopy_gives_the_volume_as_it_is_at_the_end(tmp_path: Path) -> None:
+    """What a move of a running container does: a pre-copy while it runs, then only what
+    changed since (data, metadata, new files and kinds) and the removal of what went."""
+    source, target = DirPool("a", tmp_path / "a"), DirPool("b", tmp_path / "b")
+    source.ensure()
+    target.ensure()
+    _make_volume(source, "c1")
+    rootfs = source.rootfs_path("c1")
+    (rootfs / "gone").mkdir()
+    (rootfs / "gone" / "file").write_text("x")
+    (rootfs / "was-file").write_text("x")
+    (rootfs / "kept-big").write_text("k" * (1 << 20))
+    (rootfs / "rewritten").write_text("old")
+    began = time.time() - 1.0
+    asyncio.run(precopy_volume(target, "uid1", _pipe(source, "c1")))
+    assert (precopy_dir(target, "uid1") / "containers" / "c1" / "rootfs" / "kept-big").is_file()
+    assert not target.exists("c1")  # a pre-copy is no volume yet
+
+    time.sleep(0.01)
+    shutil.rmtree(rootfs / "gone")
+    (rootfs / "was-file").unlink()
+    (rootfs / "was-file").mkdir()
+    (rootfs / "rewritten").write_text("new")
+    os.chmod(rootfs / "etc" / "hostname", 0o600)  # metadata only: its ctime changes
+    (rootfs.parent / "state").mkdir()
+    (rootfs.parent / "state" / "inventory.img").write_bytes(b"ckpt")
+    sent: list[int] = []
+
+    async def delta() -> AsyncIterator[bytes]:
+        async for chunk in _pipe(source, "c1", newer=began + 1.0):
+            sent.append(len(chunk))
+            yield chunk
+
+    listing = volume_listing(source, "c1")
+    asyncio.run(receive_volume(target, "c1", delta(), precopied=("uid1", listing)))
+    assert _tree(target.instance_path("c1")) == _tree(source.instance_path("c1"))
+    assert _tree(target.snapshots_path("c1")) == _tree(source.snapshots_path("c1"))
+    assert sum(sent) < 1 << 20  # the unchanged megabyte was not sent again
+    assert not precopy_dir(target, "uid1").exists()
     assert list((tmp_path / "b" / ".tmp").iterdir()) == []
 
 

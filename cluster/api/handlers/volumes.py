@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator
 
 from aiohttp import web
@@ -23,10 +24,19 @@ from node_agent.agent import NodeAgent
 from node_agent.drivers.base import NotFound
 from node_agent.node import InstanceSpec
 from node_agent.storage.errors import StorageError
-from node_agent.storage.transfer import VolumeHolder, receive_volume, send_volume
+from node_agent.storage.transfer import (
+    VolumeHolder,
+    discard_precopy,
+    precopy_volume,
+    receive_volume,
+    send_volume,
+    volume_listing,
+)
 from node_agent.storage.vm_volumes import VmVolumes
 
 FORWARDED = {"X-Corral-Forwarded": "1"}
+PRECOPY_TIME = "X-Corral-Precopy-Time"
+CLOCK_SLACK = 1.0  # s: a file changed just before a pre-copy began is sent again
 
 
 def _require_member_peer(request: web.Request) -> None:
@@ -53,16 +63,29 @@ def _instance(ctx: Context, request: web.Request,
 
 
 async def send(request: web.Request) -> web.StreamResponse:
-    """GET: the volume as a tar stream, from the member it lives on, during its move."""
+    """GET: the volume as a tar stream, from the member it lives on, during its move;
+    ``?precopy=1``: the whole volume of a running container before its move (header
+    PRECOPY_TIME: when it began, on this member's clock); ``?newer=T``: only what
+    changed since T; ``?listing=1``: its paths (``transfer.volume_listing``)."""
     _require_member_peer(request)
     ctx = ctx_of(request)
     inst, _, pool = _instance(ctx, request)
-    if inst.location != ctx.member or not inst.moving_to:
+    precopy = bool(request.query.get("precopy"))
+    if inst.location != ctx.member or not (inst.moving_to or precopy):
         raise ApiError(409, "This instance is not being moved away from this member")
-    response = web.StreamResponse(headers={"Content-Type": "application/x-tar"})
+    if request.query.get("listing"):
+        listing = await asyncio.to_thread(volume_listing, pool, inst.name)
+        return web.Response(body=listing, content_type="application/octet-stream")
+    try:
+        newer = float(request.query["newer"]) if "newer" in request.query else None
+    except ValueError as exc:
+        raise ApiError(400, "Invalid newer") from exc
+    began = time.time() - CLOCK_SLACK
+    response = web.StreamResponse(headers={"Content-Type": "application/x-tar",
+                                           PRECOPY_TIME: f"{began:.6f}"})
     await response.prepare(request)
     try:
-        await send_volume(pool, inst.name, response.write)
+        await send_volume(pool, inst.name, response.write, newer)
     except (StorageError, OSError):
         if request.transport is not None:
             request.transport.abort()  # a short stream: the receiver's tar fails
@@ -78,8 +101,11 @@ async def receive(request: web.Request) -> web.StreamResponse:
     ctx = ctx_of(request)
     inst, spec, pool = _instance(ctx, request)
     source = request.query.get("source", "")
+    if request.query.get("precopy"):
+        return await _precopy(request, ctx, inst, pool, source)
     if inst.moving_to != ctx.member or not source:
         raise ApiError(409, "This instance is not being moved to this member")
+    since = request.query.get("since")
     response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
     await response.prepare(request)
     last = [0]
@@ -92,6 +118,13 @@ async def receive(request: web.Request) -> web.StreamResponse:
     try:
         async with peers.peer_session(ctx.paths.root) as session:
             url = f"https://{source}/internal/instances/{inst.name}/volume?uid={inst.uid}"
+            precopied = None
+            if since is not None:  # a delta on top of this move's pre-copy
+                async with session.get(f"{url}&listing=1", headers=FORWARDED) as listed:
+                    if listed.status != 200:
+                        raise StorageError(f"the source member answered {listed.status}")
+                    precopied = (inst.uid, await listed.read())
+                url += f"&newer={float(since):.6f}"
             async with session.get(url, headers=FORWARDED) as upstream:
                 if upstream.status != 200:
                     raise StorageError(f"the source member answered {upstream.status}")
@@ -105,7 +138,8 @@ async def receive(request: web.Request) -> web.StreamResponse:
 
                 if inst.type == "virtual-machine":  # its disk is an overlay on the image
                     await ctx.agent.ensure_image(inst.image)
-                received = await receive_volume(pool, inst.name, chunks())
+                received = await receive_volume(pool, inst.name, chunks(),
+                                                precopied=precopied)
                 await asyncio.to_thread(_mark, pool, inst)
                 if spec.is_vm:  # its spec here, its disk repointed at this member's image
                     await asyncio.to_thread(ctx.node.define, spec)
@@ -117,12 +151,35 @@ async def receive(request: web.Request) -> web.StreamResponse:
     return response
 
 
+async def _precopy(request: web.Request, ctx: Context, inst: Instance, pool: VolumeHolder,
+                   source: str) -> web.Response:
+    """POST ?precopy=1&source=ADDR: copy a running container's volume from ADDR before
+    its move begins; answers ``{"since": T}`` for the move's delta."""
+    if inst.type != "container" or inst.location == ctx.member or inst.moving_to or not source:
+        raise ApiError(409, "Only a container living on another member is pre-copied")
+    async with peers.peer_session(ctx.paths.root) as session:
+        url = (f"https://{source}/internal/instances/{inst.name}/volume?uid={inst.uid}"
+               f"&precopy=1")
+        async with session.get(url, headers=FORWARDED) as upstream:
+            if upstream.status != 200:
+                raise ApiError(502, f"the source member answered {upstream.status}")
+            began = float(upstream.headers[PRECOPY_TIME])
+            try:
+                await precopy_volume(pool, inst.uid,
+                                     upstream.content.iter_chunked(peers.CHUNK))
+            except StorageError as exc:
+                raise ApiError(500, str(exc)) from exc
+    return web.json_response({"since": began})
+
+
 async def delete(request: web.Request) -> web.Response:
     """DELETE: drop this member's copy, never that of an instance that lives here; with
     ``?incoming=1`` (a failed move cleaning up) only a copy this move received."""
     _require_member_peer(request)
     ctx = ctx_of(request)
     inst, _, pool = _instance(ctx, request)
+    if request.query.get("incoming"):
+        await asyncio.to_thread(discard_precopy, pool, inst.uid)
     if inst.location == ctx.member:
         raise ApiError(409, "The instance lives on this member; its volume stays")
     if request.query.get("incoming") and not await asyncio.to_thread(_marked, pool, inst):
