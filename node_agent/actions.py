@@ -15,6 +15,7 @@ from typing import Any, Protocol
 from node_agent.drivers.base import DriverError, NotFound
 from node_agent.drivers.qemu import QemuDriver
 from node_agent.node import InstanceSpec, LocalNode
+from node_agent.storage.baseline import Baseline, moment, shift_tag, write_baseline
 from node_agent.storage.vm_volumes import VmVolumes
 
 log = logging.getLogger(__name__)
@@ -43,7 +44,10 @@ def _create(node: LocalNode, spec: InstanceSpec, args: dict[str, Any]) -> None:
     shift = node.uid_shift(spec)
     try:
         template = node.images.rootfs_template(spec.image, shift)
+        made = moment()
         pool.create_from_template(spec.name, template)
+        write_baseline(pool.instance_path(spec.name),
+                       Baseline(spec.image, shift_tag(shift), made))
         node.images.render_templates(spec.image, pool.rootfs_path(spec.name), spec.name,
                                      "create", shift)
         node.define(spec)

@@ -239,7 +239,8 @@ class NodeAgent:
         raise RuntimeError(f"Image {fingerprint[:12]} is not on this member and no member "
                            f"that has it could send it ({'; '.join(errors) or 'none has it'})")
 
-    def _restock(self, spec: InstanceSpec) -> None:
+    def restock(self, spec: InstanceSpec) -> None:
+        """Prepare a spare rootfs of the spec's image in the background (once at a time)."""
         key = (spec.image, spec.pool, spec.privileged)
         if key in self._restocking:
             return
@@ -267,7 +268,7 @@ class NodeAgent:
             log.warning("%s %s failed: %s", act.kind, spec.name, exc)
             error = str(exc) or type(exc).__name__
         if act.kind == "create" and not error and not spec.is_vm:
-            self._restock(spec)
+            self.restock(spec)
         if not report:
             return
         status = "Stopped" if act.kind == "delete" else await asyncio.to_thread(

@@ -19,6 +19,7 @@ from cluster.state.model import State
 from scheduler.pipeline import place
 from scheduler.plan import Plan, explain_json, explain_text
 from scheduler.request import request_for
+from scheduler.resources import ZERO, Resources
 from scheduler.view import view_from_state
 
 PLAN_ATTEMPTS = 3
@@ -27,8 +28,10 @@ PLAN_ATTEMPTS = 3
 def plan_instance(state: State, *, request_id: str, name: str, type_: str, architecture: str,
                   config: dict[str, str], devices: dict[str, dict[str, str]],
                   profiles: list[str], target: str = "",
-                  exclude: Iterable[str] = ()) -> Plan:
-    """The scheduler's plan for an instance spec (profiles expanded here)."""
+                  exclude: Iterable[str] = (),
+                  pending: dict[str, Resources] | None = None) -> Plan:
+    """The scheduler's plan for an instance spec (profiles expanded here). ``pending``:
+    what plans made alongside this one (not committed yet) will add to members."""
     if target and not target.startswith("@") and target not in state.members:
         raise bad_request(f"Cluster member {target!r} not found")
     full_config, full_devices = expanded(state, config, devices,
@@ -38,7 +41,10 @@ def plan_instance(state: State, *, request_id: str, name: str, type_: str, archi
                               target=target, exclude=frozenset(exclude))
     except ValueError as exc:
         raise bad_request(str(exc)) from exc
-    view = view_from_state(state, time.time(), reserved=reservations.totals(state))
+    reserved = reservations.totals(state)
+    if pending:
+        reserved = {**reserved, **{m: reserved.get(m, ZERO) + r for m, r in pending.items()}}
+    view = view_from_state(state, time.time(), reserved=reserved)
     return place(view, request)
 
 

@@ -160,6 +160,12 @@ class ImageStore:
 
     # -- instances -------------------------------------------------------------------
 
+    def ready_rootfs_template(self, fp: str, uid_shift: int | None) -> Path | None:
+        """The template ``rootfs_template`` would return, if it is built already."""
+        tag = "privileged" if uid_shift is None else str(uid_shift)
+        final = self.root / fp / f"rootfs-{tag}"
+        return final if final.is_dir() else None
+
     def rootfs_template(self, fp: str, uid_shift: int | None) -> Path:
         """A fully unpacked rootfs to clone instances from, owned by the shifted root.
 

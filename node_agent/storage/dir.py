@@ -97,7 +97,7 @@ class DirPool:
         target = self.instance_path(name)
         if target.exists():
             raise VolumeExists(f"instance volume {name} already exists")
-        if self._take_spare(template_rootfs, target):
+        if self.take_spare(template_rootfs, target):
             return target / "rootfs"
         with self._scratch() as scratch:
             scratch.chmod(0o711)
@@ -236,7 +236,8 @@ class DirPool:
         for name in _names(self.path / ".spares"):
             self._discard(self.path / ".spares" / name)
 
-    def _take_spare(self, template_rootfs: Path, target: Path) -> bool:
+    def take_spare(self, template_rootfs: Path, target: Path) -> bool:
+        """Rename a ready spare copy of ``template_rootfs`` to ``target``; False if none."""
         shelf = self.path / ".spares" / _template_key(Path(template_rootfs))
         for spare in sorted(shelf.glob("*")) if shelf.is_dir() else []:
             try:  # several creators may race for one spare: one rename wins

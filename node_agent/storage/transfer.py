@@ -83,10 +83,10 @@ def prune_to_listing(root: Path, listing: bytes) -> None:
     with another kind (blocking)."""
     keep = set(listing.split(b"\0"))
     for item in list(keep):  # and the directories above the volume (containers/...)
-        path = item[1:]
-        while b"/" in path:
-            path = path.rsplit(b"/", 1)[0]
-            keep.add(b"d" + path)
+        above = item[1:]
+        while b"/" in above:
+            above = above.rsplit(b"/", 1)[0]
+            keep.add(b"d" + above)
     for dirpath, dirnames, filenames in os.walk(root):
         relative = os.path.relpath(dirpath, root)
         for child in (*dirnames, *filenames):
@@ -106,13 +106,25 @@ def precopy_dir(pool: VolumeHolder, uid: str) -> Path:
     return pool.path / ".tmp" / f"{os.getpid()}-pre-{uid}"
 
 
-async def precopy_volume(pool: VolumeHolder, uid: str, chunks: AsyncIterator[bytes]) -> int:
-    """Unpack a full stream of a running instance's volume into its ``precopy_dir``
-    (replacing an older pre-copy); returns the bytes read."""
+def start_precopy(pool: VolumeHolder, uid: str) -> Path:
+    """A fresh ``precopy_dir`` for a move of instance ``uid`` (an older one is dropped),
+    laid out as the pool; the caller may put a base for the stream there (blocking)."""
+    discard_precopy(pool, uid)
+    path = precopy_dir(pool, uid)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path.mkdir(mode=0o711)
+    return path
+
+
+async def precopy_volume(pool: VolumeHolder, uid: str, chunks: AsyncIterator[bytes],
+                         listing: bytes | None = None) -> int:
+    """Unpack a stream of a running instance's volume into its ``start_precopy`` dir;
+    with ``listing`` the stream only holds what differs from the base already there,
+    pruned to the listing first. Returns the bytes read; drops the pre-copy on failure."""
     target = precopy_dir(pool, uid)
-    await asyncio.to_thread(discard_precopy, pool, uid)
-    await asyncio.to_thread(_fresh_dir, target)
     try:
+        if listing is not None:
+            await asyncio.to_thread(prune_to_listing, target, listing)
         return await _untar(target, chunks, lambda _: None)
     except BaseException:
         await asyncio.to_thread(discard_precopy, pool, uid)
@@ -120,13 +132,10 @@ async def precopy_volume(pool: VolumeHolder, uid: str, chunks: AsyncIterator[byt
 
 
 def discard_precopy(pool: VolumeHolder, uid: str) -> None:
-    if os.path.lexists(precopy_dir(pool, uid)):
-        _remove_tree(precopy_dir(pool, uid))
-
-
-def _fresh_dir(path: Path) -> None:
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    path.mkdir(mode=0o711)
+    path = precopy_dir(pool, uid)
+    if os.path.lexists(path):
+        _remove_tree(path)
+    path.with_name(path.name + ".since").unlink(missing_ok=True)
 
 
 async def send_volume(pool: VolumeHolder, name: str,

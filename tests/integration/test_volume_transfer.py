@@ -13,6 +13,13 @@ from pathlib import Path
 
 import pytest
 
+from node_agent.storage.baseline import (
+    CLOCK_SLACK,
+    Baseline,
+    moment,
+    read_baseline,
+    write_baseline,
+)
 from node_agent.storage.dir import DirPool
 from node_agent.storage.errors import StorageError, VolumeExists
 from node_agent.storage.transfer import (
@@ -20,6 +27,7 @@ from node_agent.storage.transfer import (
     precopy_volume,
     receive_volume,
     send_volume,
+    start_precopy,
     volume_listing,
 )
 from node_agent.storage.vm_volumes import VmVolumes
@@ -121,6 +129,7 @@ def test_a_delta_on_a_precopy_gives_the_volume_as_it_is_at_the_end(tmp_path: Pat
     (rootfs / "kept-big").write_text("k" * (1 << 20))
     (rootfs / "rewritten").write_text("old")
     began = time.time() - 1.0
+    start_precopy(target, "uid1")
     asyncio.run(precopy_volume(target, "uid1", _pipe(source, "c1")))
     assert (precopy_dir(target, "uid1") / "containers" / "c1" / "rootfs" / "kept-big").is_file()
     assert not target.exists("c1")  # a pre-copy is no volume yet
@@ -147,6 +156,49 @@ def test_a_delta_on_a_precopy_gives_the_volume_as_it_is_at_the_end(tmp_path: Pat
     assert sum(sent) < 1 << 20  # the unchanged megabyte was not sent again
     assert not precopy_dir(target, "uid1").exists()
     assert list((tmp_path / "b" / ".tmp").iterdir()) == []
+
+
+def test_a_precopy_on_a_spare_of_the_image_sends_only_what_the_container_changed(
+        tmp_path: Path) -> None:
+    """A volume made from a spare keeps the spare's ctimes where it is unchanged; the
+    target starts from a spare of its own and receives only what is newer than the
+    volume's baseline."""
+    template = tmp_path / "image" / "rootfs"
+    (template / "bin").mkdir(parents=True)
+    (template / "bin" / "big").write_text("b" * (1 << 20))
+    (template / "bin" / "gone").write_text("x")
+    os.symlink("big", template / "bin" / "link")
+    source, target = DirPool("a", tmp_path / "a"), DirPool("b", tmp_path / "b")
+    for pool in (source, target):
+        pool.ensure()
+        pool.prepare_spare(template)
+    time.sleep(CLOCK_SLACK + 0.1)  # the spares are older than the volume's baseline
+    made = moment()
+    source.create_from_template("c1", template)
+    write_baseline(source.instance_path("c1"), Baseline("fp", "1000000", made))
+    rootfs = source.rootfs_path("c1")
+    (rootfs / "bin" / "gone").unlink()
+    (rootfs / "etc").mkdir()
+    (rootfs / "etc" / "hostname").write_text("c1\n")
+
+    precopy = start_precopy(target, "uid1")
+    (precopy / "containers").mkdir()
+    assert target.take_spare(template, precopy / "containers" / "c1")
+    baseline = read_baseline(source.instance_path("c1"))
+    assert baseline is not None and baseline.matches("fp", "1000000")
+    sent: list[int] = []
+
+    async def since_baseline() -> AsyncIterator[bytes]:
+        async for chunk in _pipe(source, "c1", newer=baseline.since):
+            sent.append(len(chunk))
+            yield chunk
+
+    began = moment()
+    asyncio.run(precopy_volume(target, "uid1", since_baseline(), volume_listing(source, "c1")))
+    assert sum(sent) < 1 << 20  # the image's megabyte came from the spare
+    asyncio.run(receive_volume(target, "c1", _pipe(source, "c1", newer=began),
+                               precopied=("uid1", volume_listing(source, "c1"))))
+    assert _tree(target.instance_path("c1")) == _tree(source.instance_path("c1"))
 
 
 def _make_vm_volume(pool: DirPool, name: str) -> VmVolumes:

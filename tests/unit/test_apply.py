@@ -219,3 +219,51 @@ def test_a_retry_within_the_horizon_is_answered_even_past_the_count(
     assert apply(state, cmd("profile.create", id_="q", t=late, name="q")).ok
     assert len(state.recent) == 3  # the old results went
     assert not apply(state, cmd("profile.create", id_="p0", t=late, name="p0")).ok
+
+
+def test_stateful_stop_and_start_of_containers() -> None:
+    """LXD's stop --stateful / start: only containers with migration.stateful=true; the
+    instance reads stateful once the agent reports the dump, and a start consumes it."""
+    state = bootstrapped()
+    create(state, "plain", start=True)
+    refused = apply(state, cmd("instance.action", name="plain", action="stop", stateful=True))
+    assert refused.code == 400 and "migration.stateful=true" in refused.error
+    assert [a.kind for a in state.instances["plain"].pending] == ["create", "start"]
+
+    create(state, "c1", start=True, config={"migration.stateful": "true"})
+    apply(state, cmd("instance.observed", uid="u-c1", generation=2, status="Running"))
+    assert apply(state, cmd("instance.action", name="c1", action="restart",
+                            stateful=True)).code == 400
+    assert apply(state, cmd("instance.action", name="c1", action="start",
+                            stateful=True)).code == 400  # nothing saved yet
+    stop = apply(state, cmd("instance.action", name="c1", action="stop", stateful=True))
+    inst = state.instances["c1"]
+    assert stop.ok and inst.pending[-1].args["stateful"] is True and not inst.stateful
+    apply(state, cmd("instance.observed", uid="u-c1", generation=stop.value["generation"],
+                     status="Stopped"))
+    assert inst.stateful and inst.power == "Stopped"
+    start = apply(state, cmd("instance.action", name="c1", action="start", stateful=True,
+                             t=2.0))  # not a retry of the refused one
+    assert start.ok and inst.pending[-1].args["stateful"] is True
+    apply(state, cmd("instance.observed", uid="u-c1", generation=start.value["generation"],
+                     status="Running"))
+    assert not inst.stateful
+
+
+def test_a_failed_stateful_stop_leaves_it_running_and_not_stateful() -> None:
+    state = bootstrapped()
+    create(state, "c1", start=True, config={"migration.stateful": "true"})
+    apply(state, cmd("instance.observed", uid="u-c1", generation=2, status="Running"))
+    stop = apply(state, cmd("instance.action", name="c1", action="stop", stateful=True))
+    apply(state, cmd("instance.observed", uid="u-c1", generation=stop.value["generation"],
+                     status="Running", error="checkpoint failed"))
+    inst = state.instances["c1"]
+    assert inst.power == "Running" and not inst.stateful
+
+
+def test_stateful_comes_from_profiles_too() -> None:
+    state = bootstrapped()
+    assert apply(state, cmd("profile.create", name="live",
+                            config={"migration.stateful": "true"})).ok
+    create(state, "c1", start=True, profiles=["default", "live"])
+    assert apply(state, cmd("instance.action", name="c1", action="stop", stateful=True)).ok

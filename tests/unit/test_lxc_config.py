@@ -376,3 +376,20 @@ def test_halt_signal_names_as_liblxc_spells_them() -> None:
     assert _signal_number("pwr") == signal.SIGPWR
     assert _signal_number("SIGRTMIN+4") == signal.SIGRTMIN + 4
     assert _signal_number("10") == 10
+
+
+# -- stateful (CRIU) ------------------------------------------------------------------------------
+
+def test_a_stateful_container_has_no_console_for_criu_to_trip_on() -> None:
+    lines = build({"migration.stateful": "true"})
+    assert ("lxc.console.path", "none") in lines
+    assert not any(key == "lxc.console.logfile" for key, _ in lines)
+    plain = build()
+    assert not any(key == "lxc.console.path" for key, _ in plain)
+    assert any(key == "lxc.console.logfile" for key, _ in plain)
+
+
+def test_no_apparmor_profile_where_the_kernel_has_no_apparmor() -> None:
+    assert ("lxc.apparmor.profile", "unconfined") in build()
+    without = HostFacts(cpus=(0, 1), memory=4 * GiB, cgroup_v1=frozenset(), apparmor=False)
+    assert not any(key == "lxc.apparmor.profile" for key, _ in build(host=without))

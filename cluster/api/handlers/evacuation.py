@@ -22,6 +22,9 @@ from cluster.api.moves import move_instance
 from cluster.api.placement import chosen_member, plan_instance
 from cluster.api.response import ApiError, async_operation, bad_request, json_body
 from cluster.state.commands import command
+from cluster.state.model import State
+from scheduler.plan import Plan
+from scheduler.resources import ZERO, Resources
 
 ORIGIN = "volatile.evacuate.origin"
 STOPPED = "volatile.evacuate.stopped"
@@ -53,22 +56,35 @@ async def _evacuate(ctx: Context, member: str, mode: str) -> None:
     with ctx.store.read() as state:
         todo = sorted((i.name, mode or i.config.get("cluster.evacuate", "") or "auto",
                        i.power) for i in state.instances.values() if i.location == member)
-    await _each(todo, lambda name, how, power: _evacuate_one(ctx, member, name, how, power))
+        targets = _plan_all(state, member, [name for name, how, _ in todo if how != "stop"])
+    await _each(todo, lambda name, how, power: _evacuate_one(ctx, member, name, how, power,
+                                                             targets.get(name)))
 
 
-async def _evacuate_one(ctx: Context, member: str, name: str, how: str, power: str) -> None:
-    if how == "stop":
+def _plan_all(state: State, member: str, names: list[str]) -> dict[str, Plan]:
+    """Plans for all of ``names`` at once, each counting the ones before it: planned
+    alone, concurrent moves would all pick the same least loaded member."""
+    plans: dict[str, Plan] = {}
+    pending: dict[str, Resources] = {}
+    for name in names:
+        inst = state.instances[name]
+        plan = plans[name] = plan_instance(
+            state, request_id=f"{inst.uid}-evacuate", name=name, type_=inst.type,
+            architecture=inst.architecture, config=inst.config, devices=inst.devices,
+            profiles=inst.profiles, exclude=[member], pending=pending)
+        if plan.member is not None:
+            pending[plan.member] = pending.get(plan.member, ZERO) + inst.demand
+    return plans
+
+
+async def _evacuate_one(ctx: Context, member: str, name: str, how: str, power: str,
+                        plan: Plan | None) -> None:
+    if plan is None:  # cluster.evacuate=stop
         if power in ("Running", "Frozen"):
             await _set_volatile(ctx, name, STOPPED, "true")
             await ctx.submit_and_wait(command("instance.action", name=name, action="stop",
                                               force=False, timeout=30))
         return
-    with ctx.store.read() as state:
-        inst = state.instances[name]
-        plan = plan_instance(state, request_id=f"{inst.uid}-evacuate", name=name,
-                             type_=inst.type, architecture=inst.architecture,
-                             config=inst.config, devices=inst.devices, profiles=inst.profiles,
-                             exclude=[member])
     # Running VMs and stateful containers keep running for auto and live-migrate;
     # "migrate" means a cold move.
     await move_instance(ctx, name, chosen_member(plan), origin=member, live=how != "migrate")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from collections.abc import AsyncIterator
 
 from aiohttp import web
@@ -23,20 +22,23 @@ from cluster.state.model import Instance
 from node_agent.agent import NodeAgent
 from node_agent.drivers.base import NotFound
 from node_agent.node import InstanceSpec
+from node_agent.storage.baseline import Baseline, moment, read_baseline, shift_tag, write_baseline
+from node_agent.storage.dir import DirPool
 from node_agent.storage.errors import StorageError
 from node_agent.storage.transfer import (
     VolumeHolder,
     discard_precopy,
+    precopy_dir,
     precopy_volume,
     receive_volume,
     send_volume,
+    start_precopy,
     volume_listing,
 )
 from node_agent.storage.vm_volumes import VmVolumes
 
 FORWARDED = {"X-Corral-Forwarded": "1"}
 PRECOPY_TIME = "X-Corral-Precopy-Time"
-CLOCK_SLACK = 1.0  # s: a file changed just before a pre-copy began is sent again
 
 
 def _require_member_peer(request: web.Request) -> None:
@@ -80,7 +82,12 @@ async def send(request: web.Request) -> web.StreamResponse:
         newer = float(request.query["newer"]) if "newer" in request.query else None
     except ValueError as exc:
         raise ApiError(400, "Invalid newer") from exc
-    began = time.time() - CLOCK_SLACK
+    if precopy and "baseline" in request.query:  # the receiver starts from a spare
+        image, _, shift = request.query["baseline"].partition(":")
+        baseline = await asyncio.to_thread(read_baseline, pool.instance_path(inst.name))
+        if baseline is not None and baseline.matches(image, shift):
+            newer = baseline.since
+    began = moment()  # a file changed just before the pre-copy began is sent again
     response = web.StreamResponse(headers={"Content-Type": "application/x-tar",
                                            PRECOPY_TIME: f"{began:.6f}"})
     await response.prepare(request)
@@ -102,10 +109,11 @@ async def receive(request: web.Request) -> web.StreamResponse:
     inst, spec, pool = _instance(ctx, request)
     source = request.query.get("source", "")
     if request.query.get("precopy"):
-        return await _precopy(request, ctx, inst, pool, source)
+        return await _precopy(ctx, inst, spec, pool, source)
     if inst.moving_to != ctx.member or not source:
         raise ApiError(409, "This instance is not being moved to this member")
     since = request.query.get("since")
+    made = moment()
     response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
     await response.prepare(request)
     last = [0]
@@ -120,6 +128,8 @@ async def receive(request: web.Request) -> web.StreamResponse:
             url = f"https://{source}/internal/instances/{inst.name}/volume?uid={inst.uid}"
             precopied = None
             if since is not None:  # a delta on top of this move's pre-copy
+                began = await asyncio.to_thread(_precopy_began, pool, inst.uid)
+                made = made if began is None else began
                 async with session.get(f"{url}&listing=1", headers=FORWARDED) as listed:
                     if listed.status != 200:
                         raise StorageError(f"the source member answered {listed.status}")
@@ -141,6 +151,10 @@ async def receive(request: web.Request) -> web.StreamResponse:
                 received = await receive_volume(pool, inst.name, chunks(),
                                                 precopied=precopied)
                 await asyncio.to_thread(_mark, pool, inst)
+                if not spec.is_vm:
+                    await asyncio.to_thread(
+                        write_baseline, pool.instance_path(inst.name),
+                        Baseline(spec.image, shift_tag(ctx.node.uid_shift(spec)), made))
                 if spec.is_vm:  # its spec here, its disk repointed at this member's image
                     await asyncio.to_thread(ctx.node.define, spec)
         await response.write(json.dumps({"done": received}).encode() + b"\n")
@@ -151,25 +165,66 @@ async def receive(request: web.Request) -> web.StreamResponse:
     return response
 
 
-async def _precopy(request: web.Request, ctx: Context, inst: Instance, pool: VolumeHolder,
+async def _precopy(ctx: Context, inst: Instance, spec: InstanceSpec, pool: VolumeHolder,
                    source: str) -> web.Response:
     """POST ?precopy=1&source=ADDR: copy a running container's volume from ADDR before
     its move begins; answers ``{"since": T}`` for the move's delta."""
     if inst.type != "container" or inst.location == ctx.member or inst.moving_to or not source:
         raise ApiError(409, "Only a container living on another member is pre-copied")
-    async with peers.peer_session(ctx.paths.root) as session:
-        url = (f"https://{source}/internal/instances/{inst.name}/volume?uid={inst.uid}"
-               f"&precopy=1")
-        async with session.get(url, headers=FORWARDED) as upstream:
-            if upstream.status != 200:
-                raise ApiError(502, f"the source member answered {upstream.status}")
-            began = float(upstream.headers[PRECOPY_TIME])
-            try:
+    made = moment()
+    await asyncio.to_thread(start_precopy, pool, inst.uid)
+    shift = await asyncio.to_thread(_base_on_spare, ctx, spec, pool, inst)
+    url = (f"https://{source}/internal/instances/{inst.name}/volume?uid={inst.uid}"
+           f"&precopy=1")
+    try:
+        async with peers.peer_session(ctx.paths.root) as session:
+            listing = None
+            if shift is not None:
+                ctx.agent.restock(spec)  # the spare it took
+                async with session.get(f"{url}&listing=1", headers=FORWARDED) as listed:
+                    if listed.status != 200:
+                        raise ApiError(502, f"the source member answered {listed.status}")
+                    listing = await listed.read()
+                url += f"&baseline={spec.image}:{shift}"
+            async with session.get(url, headers=FORWARDED) as upstream:
+                if upstream.status != 200:
+                    raise ApiError(502, f"the source member answered {upstream.status}")
+                began = float(upstream.headers[PRECOPY_TIME])
                 await precopy_volume(pool, inst.uid,
-                                     upstream.content.iter_chunked(peers.CHUNK))
-            except StorageError as exc:
-                raise ApiError(500, str(exc)) from exc
-    return web.json_response({"since": began})
+                                     upstream.content.iter_chunked(peers.CHUNK), listing)
+        await asyncio.to_thread(_record_precopy_began, pool, inst.uid, made)
+    except BaseException as exc:
+        await asyncio.to_thread(discard_precopy, pool, inst.uid)
+        if isinstance(exc, StorageError):
+            raise ApiError(500, str(exc)) from exc
+        raise
+    return web.json_response({"since": began, "spare": shift is not None})
+
+
+def _base_on_spare(ctx: Context, spec: InstanceSpec, pool: VolumeHolder,
+                   inst: Instance) -> str | None:
+    """Put a spare copy of the instance's image rootfs where its pre-copy goes; the uid
+    shift tag of that copy, or None if this member has no spare ready."""
+    shift = ctx.node.uid_shift(spec)
+    template = ctx.node.images.ready_rootfs_template(spec.image, shift)
+    if template is None or not isinstance(pool, DirPool):
+        return None
+    volume = precopy_dir(pool, inst.uid) / pool.instance_path(inst.name).relative_to(pool.path)
+    volume.parent.mkdir(mode=0o711, exist_ok=True)
+    return shift_tag(shift) if pool.take_spare(template, volume) else None
+
+
+def _record_precopy_began(pool: VolumeHolder, uid: str, made: float) -> None:
+    path = precopy_dir(pool, uid)
+    path.with_name(path.name + ".since").write_text(f"{made:.6f}")
+
+
+def _precopy_began(pool: VolumeHolder, uid: str) -> float | None:
+    path = precopy_dir(pool, uid)
+    try:
+        return float(path.with_name(path.name + ".since").read_text())
+    except (OSError, ValueError):
+        return None
 
 
 async def delete(request: web.Request) -> web.Response:

@@ -1,0 +1,54 @@
+"""What a container volume shares with its image: the baseline of a move's pre-copy.
+
+A volume made from a spare copy of its image's rootfs (``DirPool.create_from_template``)
+keeps, in every file it has not changed since, the spare's change time (ctime), which is
+older than the moment the volume was made. ``.baseline`` in the volume directory records
+that moment with the image and the uid shift. A member that moves the volume in can then
+start from a spare of its own of the same image and shift (one rename) and receive only
+what is newer (``tar --newer``), instead of creating every file of the rootfs again,
+which is slow where file creation is (~0.5 ms a file on this machine's disk).
+
+The member that makes or receives a volume writes the record with its own clock: the
+ctimes it will compare against are its own.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+BASELINE = ".baseline"
+CLOCK_SLACK = 1.0  # s: a file changed just before the recorded moment is sent anyway
+
+
+@dataclass(frozen=True)
+class Baseline:
+    image: str
+    shift: str  # "privileged" or the uid shift, as the image store names templates
+    since: float  # seconds since the epoch, on the clock of the member holding the volume
+
+    def matches(self, image: str, shift: str) -> bool:
+        return (self.image, self.shift) == (image, shift)
+
+
+def shift_tag(uid_shift: int | None) -> str:
+    return "privileged" if uid_shift is None else str(uid_shift)
+
+
+def moment() -> float:
+    """Now, less the slack: taken before a volume is made."""
+    return time.time() - CLOCK_SLACK
+
+
+def write_baseline(volume: Path, baseline: Baseline) -> None:
+    (volume / BASELINE).write_text(json.dumps(baseline.__dict__))
+
+
+def read_baseline(volume: Path) -> Baseline | None:
+    try:
+        doc = json.loads((volume / BASELINE).read_text())
+        return Baseline(str(doc["image"]), str(doc["shift"]), float(doc["since"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
