@@ -45,9 +45,13 @@ def _create(node: LocalNode, spec: InstanceSpec, args: dict[str, Any]) -> None:
     try:
         template = node.images.rootfs_template(spec.image, shift)
         made = moment()
-        pool.create_from_template(spec.name, template)
-        write_baseline(pool.instance_path(spec.name),
-                       Baseline(spec.image, shift_tag(shift), made))
+        if pool.take_spare(template, pool.instance_path(spec.name)):
+            # Its files keep the spare's older ctimes until changed: a move can start
+            # from a spare of the image on the target (storage/baseline.py).
+            write_baseline(pool.instance_path(spec.name),
+                           Baseline(spec.image, shift_tag(shift), made))
+        else:
+            pool.create_from_template(spec.name, template)
         node.images.render_templates(spec.image, pool.rootfs_path(spec.name), spec.name,
                                      "create", shift)
         node.define(spec)

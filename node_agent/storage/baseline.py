@@ -52,3 +52,8 @@ def read_baseline(volume: Path) -> Baseline | None:
         return Baseline(str(doc["image"]), str(doc["shift"]), float(doc["since"]))
     except (OSError, ValueError, KeyError, TypeError):
         return None
+
+
+def clear_baseline(volume: Path) -> None:
+    """A volume that arrived whole has only new files: a baseline it carried is void."""
+    (volume / BASELINE).unlink(missing_ok=True)

@@ -22,7 +22,14 @@ from cluster.state.model import Instance
 from node_agent.agent import NodeAgent
 from node_agent.drivers.base import NotFound
 from node_agent.node import InstanceSpec
-from node_agent.storage.baseline import Baseline, moment, read_baseline, shift_tag, write_baseline
+from node_agent.storage.baseline import (
+    Baseline,
+    clear_baseline,
+    moment,
+    read_baseline,
+    shift_tag,
+    write_baseline,
+)
 from node_agent.storage.dir import DirPool
 from node_agent.storage.errors import StorageError
 from node_agent.storage.transfer import (
@@ -39,6 +46,7 @@ from node_agent.storage.vm_volumes import VmVolumes
 
 FORWARDED = {"X-Corral-Forwarded": "1"}
 PRECOPY_TIME = "X-Corral-Precopy-Time"
+BASELINE = "X-Corral-Baseline"  # image:shift of the volume's baseline (storage/baseline.py)
 
 
 def _require_member_peer(request: web.Request) -> None:
@@ -77,7 +85,10 @@ async def send(request: web.Request) -> web.StreamResponse:
         raise ApiError(409, "This instance is not being moved away from this member")
     if request.query.get("listing"):
         listing = await asyncio.to_thread(volume_listing, pool, inst.name)
-        return web.Response(body=listing, content_type="application/octet-stream")
+        baseline = await asyncio.to_thread(read_baseline, pool.instance_path(inst.name))
+        headers = {} if baseline is None else {BASELINE: f"{baseline.image}:{baseline.shift}"}
+        return web.Response(body=listing, content_type="application/octet-stream",
+                            headers=headers)
     try:
         newer = float(request.query["newer"]) if "newer" in request.query else None
     except ValueError as exc:
@@ -113,7 +124,6 @@ async def receive(request: web.Request) -> web.StreamResponse:
     if inst.moving_to != ctx.member or not source:
         raise ApiError(409, "This instance is not being moved to this member")
     since = request.query.get("since")
-    made = moment()
     response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
     await response.prepare(request)
     last = [0]
@@ -126,10 +136,9 @@ async def receive(request: web.Request) -> web.StreamResponse:
     try:
         async with peers.peer_session(ctx.paths.root) as session:
             url = f"https://{source}/internal/instances/{inst.name}/volume?uid={inst.uid}"
-            precopied = None
+            precopied, made = None, None
             if since is not None:  # a delta on top of this move's pre-copy
-                began = await asyncio.to_thread(_precopy_began, pool, inst.uid)
-                made = made if began is None else began
+                made = await asyncio.to_thread(_precopy_began, pool, inst.uid)
                 async with session.get(f"{url}&listing=1", headers=FORWARDED) as listed:
                     if listed.status != 200:
                         raise StorageError(f"the source member answered {listed.status}")
@@ -151,10 +160,12 @@ async def receive(request: web.Request) -> web.StreamResponse:
                 received = await receive_volume(pool, inst.name, chunks(),
                                                 precopied=precopied)
                 await asyncio.to_thread(_mark, pool, inst)
-                if not spec.is_vm:
+                if made is not None:  # its pre-copy started from a spare
                     await asyncio.to_thread(
                         write_baseline, pool.instance_path(inst.name),
                         Baseline(spec.image, shift_tag(ctx.node.uid_shift(spec)), made))
+                elif not spec.is_vm:
+                    await asyncio.to_thread(clear_baseline, pool.instance_path(inst.name))
                 if spec.is_vm:  # its spec here, its disk repointed at this member's image
                     await asyncio.to_thread(ctx.node.define, spec)
         await response.write(json.dumps({"done": received}).encode() + b"\n")
@@ -173,26 +184,33 @@ async def _precopy(ctx: Context, inst: Instance, spec: InstanceSpec, pool: Volum
         raise ApiError(409, "Only a container living on another member is pre-copied")
     made = moment()
     await asyncio.to_thread(start_precopy, pool, inst.uid)
-    shift = await asyncio.to_thread(_base_on_spare, ctx, spec, pool, inst)
     url = (f"https://{source}/internal/instances/{inst.name}/volume?uid={inst.uid}"
            f"&precopy=1")
     try:
         async with peers.peer_session(ctx.paths.root) as session:
-            listing = None
+            async with session.get(f"{url}&listing=1", headers=FORWARDED) as listed:
+                if listed.status != 200:
+                    raise ApiError(502, f"the source member answered {listed.status}")
+                listing: bytes | None = await listed.read()
+                baseline = listed.headers.get(BASELINE, "")
+            # Only a volume made from a spare has files a spare here can stand in for;
+            # untarring over a spare is slower than into an empty directory.
+            shift = None
+            if baseline == f"{spec.image}:{shift_tag(ctx.node.uid_shift(spec))}":
+                shift = await asyncio.to_thread(_base_on_spare, ctx, spec, pool, inst)
             if shift is not None:
                 ctx.agent.restock(spec)  # the spare it took
-                async with session.get(f"{url}&listing=1", headers=FORWARDED) as listed:
-                    if listed.status != 200:
-                        raise ApiError(502, f"the source member answered {listed.status}")
-                    listing = await listed.read()
-                url += f"&baseline={spec.image}:{shift}"
+                url += f"&baseline={baseline}"
+            else:
+                listing = None
             async with session.get(url, headers=FORWARDED) as upstream:
                 if upstream.status != 200:
                     raise ApiError(502, f"the source member answered {upstream.status}")
                 began = float(upstream.headers[PRECOPY_TIME])
                 await precopy_volume(pool, inst.uid,
                                      upstream.content.iter_chunked(peers.CHUNK), listing)
-        await asyncio.to_thread(_record_precopy_began, pool, inst.uid, made)
+        if shift is not None:  # else every file is new: no baseline for the next move
+            await asyncio.to_thread(_record_precopy_began, pool, inst.uid, made)
     except BaseException as exc:
         await asyncio.to_thread(discard_precopy, pool, inst.uid)
         if isinstance(exc, StorageError):
