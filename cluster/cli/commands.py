@@ -91,11 +91,17 @@ def _instances(subs: argparse._SubParsersAction) -> None:
         p = _leaf(subs, verb, f"instances:{verb}", text,
                   aliases=["freeze"] if verb == "pause" else ())
         p.add_argument("names", nargs="+", metavar="NAME")
+        if verb == "start":
+            p.add_argument("--stateless", action="store_true",
+                           help="boot afresh, dropping the state a stateful stop saved")
     for verb, text in (("stop", "Stop instances"), ("restart", "Restart instances")):
         p = _leaf(subs, verb, f"instances:{verb}", text)
         p.add_argument("names", nargs="+", metavar="NAME")
         p.add_argument("-f", "--force", action="store_true", help="force the instance to stop")
         p.add_argument("--timeout", type=int, default=-1, help="seconds to wait (default -1)")
+        if verb == "stop":
+            p.add_argument("--stateful", action="store_true",
+                           help="save the running state (CRIU; needs migration.stateful=true)")
 
     p = _leaf(subs, "delete", "instances:delete", "Delete instances and snapshots",
               aliases=["rm"])

@@ -180,16 +180,21 @@ async def batch(names: Sequence[str], action: Callable[[str], Awaitable[None]],
 async def start(client: Client, args: argparse.Namespace) -> int:
     async def one(name: str) -> None:
         current = await client.get(path_of(name))
-        # "start" on a frozen instance means "unfreeze", as in lxc.
+        # "start" on a frozen instance means "unfreeze", as in lxc; a saved state is
+        # restored unless --stateless.
         action = "unfreeze" if current.get("status_code") == FROZEN else "start"
-        await change_state(client, name, action)
+        if args.stateless and not current.get("stateful"):
+            raise CliError("--stateless can only be passed when the instance is stateful")
+        stateful = action == "start" and bool(current.get("stateful")) and not args.stateless
+        await change_state(client, name, action, stateful=stateful)
 
     return await batch(args.names, one, "start")
 
 
 async def stop(client: Client, args: argparse.Namespace) -> int:
     return await batch(args.names, lambda n: change_state(
-        client, n, "stop", force=args.force, timeout=args.timeout), "stop")
+        client, n, "stop", force=args.force, timeout=args.timeout,
+        stateful=args.stateful), "stop")
 
 
 async def restart(client: Client, args: argparse.Namespace) -> int:

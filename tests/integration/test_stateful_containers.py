@@ -124,3 +124,16 @@ def test_stateful_requests_that_cannot_work_change_nothing(api: Api,
     finally:
         api.settle("PUT", f"/1.0/instances/{name}/state", {"action": "stop", "force": True})
         api.settle("DELETE", f"/1.0/instances/{name}")
+
+
+def test_the_cli_stops_statefully_and_start_restores(daemon: DaemonProcess,
+                                                     stateful: str) -> None:
+    start_counter(daemon, stateful)
+    time.sleep(0.3)
+    pid = counter_pid(daemon, stateful)
+    daemon.corral("stop", stateful, "--stateful")
+    assert "STOPPED" in daemon.corral("list", stateful).stdout.decode()
+    daemon.corral("start", stateful)  # asks for the restore: the instance is stateful
+    assert counter_pid(daemon, stateful) == pid
+    refused = daemon.corral("start", stateful, "--stateless", check=False)
+    assert refused.returncode == 1 and b"only be passed when" in refused.stderr
