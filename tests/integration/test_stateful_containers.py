@@ -137,3 +137,17 @@ def test_the_cli_stops_statefully_and_start_restores(daemon: DaemonProcess,
     assert counter_pid(daemon, stateful) == pid
     refused = daemon.corral("start", stateful, "--stateless", check=False)
     assert refused.returncode == 1 and b"only be passed when" in refused.stderr
+
+
+def test_a_checkpoint_criu_refuses_leaves_the_container_running(api: Api, daemon: DaemonProcess,
+                                                               stateful: str) -> None:
+    """A process left by exec without its own session is in lxc-attach's session, led
+    from outside the container: CRIU refuses to dump it, and nothing changes."""
+    daemon.corral("exec", stateful, "--", "sh", "-c",
+                  "sleep 1000 </dev/null >/dev/null 2>&1 &")
+    code, error = failure(api, {"action": "stop", "stateful": True}, stateful)
+    assert code == 0 and "checkpoint failed" in error, error
+    inst = api.get(f"/1.0/instances/{stateful}")
+    assert inst["status"] == "Running" and inst["stateful"] is False
+    assert not _checkpoint_dir(daemon, stateful).exists()
+    assert exec_out(daemon, stateful, "true")[0] == 0
