@@ -1,6 +1,6 @@
 """Live migration of a running VM through the cluster, end to end.
 
-    python bench/vm_move.py [--reps 3] [--memory 256MiB]
+    python bench/vm_move.py [--reps 3] [--memory 256MiB] [--downtime MS]
 
 Starts a 2-member namespace cluster, launches the busybox VM on m1 with ``--memory``,
 and migrates it back and forth with LXD's migration POST (what ``corral move`` sends),
@@ -72,13 +72,16 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--memory", default="256MiB")
+    parser.add_argument("--downtime", type=int, default=0,
+                        help="migration.downtime in ms (default: unset, QEMU's 300)")
     args = parser.parse_args()
     directory = Path("/tmp") / f"corral-bench-vm-move-{secrets.token_hex(3)}"
     try:
         m1, _ = devcluster.up(2, directory)
         m1.corral("image", "build", "busybox", "--vm", timeout=300)
+        extra = ["-c", f"migration.downtime={args.downtime}"] if args.downtime else []
         m1.corral("launch", "busybox-vm", "mover", "--vm", "--target", "m1",
-                  "-c", f"limits.memory={args.memory}", timeout=300)
+                  "-c", f"limits.memory={args.memory}", *extra, timeout=300)
         deadline = time.monotonic() + AGENT_TIMEOUT
         while m1.corral("exec", "mover", "--", "true", check=False).returncode != 0:
             if time.monotonic() > deadline:

@@ -140,3 +140,33 @@ def test_threads_share_the_single_client_socket(serve: Callable[..., FakeQmp]) -
     for thread in threads:
         thread.join()
     assert results == [{"status": "paused"}] * 8
+
+
+def test_a_held_monitor_keeps_events_for_whoever_waits_for_them(
+        serve: Callable[..., FakeQmp]) -> None:
+    job = {"event": "JOB_STATUS_CHANGE", "data": {"id": "mirror", "status": "ready"}}
+    active = {"event": "MIGRATION", "data": {"status": "active"}}
+
+    def handler(request: dict[str, object]) -> list[dict[str, object]]:
+        if request["execute"] == "migrate":
+            return [job, {"return": {}}, active]  # one event before the answer, one after
+        return [{"return": {"status": "running"}}]
+
+    fake = serve(handler)
+    with qmp.Monitor(fake.path) as monitor:
+        assert monitor.execute("migrate", {"uri": "tcp:h:1"}) == {}
+        assert monitor.take_event(lambda e: e["event"] == "MIGRATION", 2.0) == active
+        assert monitor.take_event(lambda e: e["event"] == "JOB_STATUS_CHANGE", 0.1) == job
+        assert monitor.take_event(lambda e: True, 0.05) is None  # nothing more came
+        assert monitor.execute("query-status") == {"status": "running"}
+    assert [r["execute"] for r in fake.seen] == ["qmp_capabilities", "migrate", "query-status"]
+
+
+def test_a_held_monitor_reports_qemu_errors_and_a_closed_socket(
+        serve: Callable[..., FakeQmp]) -> None:
+    fake = serve(lambda r: [{"error": {"class": "GenericError", "desc": "no"}}])
+    with qmp.Monitor(fake.path) as monitor, pytest.raises(qmp.QmpError, match="no"):
+        monitor.execute("migrate-continue")
+    fake = serve(lambda r: [])  # answers nothing and hangs up
+    with qmp.Monitor(fake.path) as monitor, pytest.raises(qmp.QmpUnavailable):
+        monitor.execute("query-migrate")

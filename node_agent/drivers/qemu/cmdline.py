@@ -37,6 +37,7 @@ _MAC_RE = re.compile(r"^([0-9a-f]{2}:){5}[0-9a-f]{2}$")
 CONFIG = "config.json"
 RUNNING_CONFIG = "running.json"
 QMP = "qmp.sock"
+MIGRATION_QMP = "migration.sock"  # a second monitor, held by a live migration (qmp.Monitor)
 AGENT = "agent.sock"
 CONSOLE = "console.sock"
 CONSOLE_LOG = "console.log"
@@ -219,6 +220,7 @@ def qemu_argv(qemu: str, spec: VmSpec, accel: str, incoming: bool = False) -> li
             "-m", f"{max(1, spec.memory >> 20)}M", "-smp", str(spec.cpus),
             *boot,
             "-qmp", f"unix:{vm / QMP},server=on,wait=off",
+            "-qmp", f"unix:{vm / MIGRATION_QMP},server=on,wait=off",
             "-chardev", f"socket,id=console,path={vm / CONSOLE},server=on,wait=off,"
                         f"logfile={vm / CONSOLE_LOG},logappend=on",
             "-serial", "chardev:console",

@@ -94,6 +94,7 @@ ssbzSibBsu/6iGtCOGEoXJf//////////wIBAg==
 """
 MAX_BANDWIDTH = 1 << 40  # bytes/s: unlimited in practice (QEMU 7.2 defaults to 32 MiB/s)
 POLL = 0.02  # s between query-* polls (the guest is stopped while we poll pre-switchover)
+PROGRESS_POLL = 0.05  # s between progress queries while a migration follows its events
 STEP_TIMEOUT = 60.0  # s for one step that only waits on QEMU (a cancel, a mirror drain)
 # query-migrate statuses of a migration still under way.
 ACTIVE = frozenset({"setup", "active", "pre-switchover", "device", "wait-unplug",
@@ -409,15 +410,23 @@ def migrate_out(driver: QemuDriver, name: str, incoming: Incoming, credentials: 
         _load_credentials(driver, name, "client", credentials)
         _mirror_disk(driver, name, incoming, deadline, report)
         _call(driver, name, "setting migration capabilities", "migrate-set-capabilities",
-              {"capabilities": [{"capability": "pause-before-switchover", "state": True}]})
+              {"capabilities": [{"capability": "pause-before-switchover", "state": True},
+                                {"capability": "events", "state": True}]})
         _call(driver, name, "setting migration parameters", "migrate-set-parameters",
               {"downtime-limit": downtime_ms, "max-bandwidth": MAX_BANDWIDTH,
                "tls-creds": TLS_CREDS, "tls-hostname": TLS_HOSTNAME})
         parameters = _call(driver, name, "query-migrate-parameters",
                            "query-migrate-parameters")
-        _call(driver, name, f"migrate to {incoming.migration_uri}", "migrate",
-              {"uri": incoming.migration_uri})
-        reply, disk_bytes = _follow_migration(driver, name, deadline, report)
+        monitor_path = driver._dir(name) / cl.MIGRATION_QMP
+        if monitor_path.exists():  # held from before the migrate: no event is missed
+            with _monitor(name, monitor_path) as monitor:
+                _call(driver, name, f"migrate to {incoming.migration_uri}", "migrate",
+                      {"uri": incoming.migration_uri})
+                reply, disk_bytes = _follow_events(monitor, name, deadline, report)
+        else:  # a VM started before the second monitor existed: poll
+            _call(driver, name, f"migrate to {incoming.migration_uri}", "migrate",
+                  {"uri": incoming.migration_uri})
+            reply, disk_bytes = _follow_migration(driver, name, deadline, report)
     except BaseException:
         _undo_source(driver, name)
         raise
@@ -484,6 +493,92 @@ def _follow_migration(driver: QemuDriver, name: str, deadline: float,
         if time.monotonic() >= deadline:
             raise MigrationError(f"VM {name!r}: migration timed out ({status})")
         time.sleep(POLL)
+
+
+def _monitor(name: str, path: Path) -> qmp.Monitor:
+    try:
+        return qmp.Monitor(path)
+    except (qmp.QmpError, qmp.QmpUnavailable) as exc:
+        raise MigrationError(f"VM {name!r}: opening its migration monitor: {exc}") from exc
+
+
+def _on(monitor: qmp.Monitor, name: str, doing: str, command: str,
+        arguments: dict[str, Any] | None = None) -> Any:
+    try:
+        return monitor.execute(command, arguments)
+    except (qmp.QmpError, qmp.QmpUnavailable) as exc:
+        raise MigrationError(f"VM {name!r}: {doing}: {exc}") from exc
+
+
+def _follow_events(monitor: qmp.Monitor, name: str, deadline: float,
+                   report: Progress) -> tuple[dict[str, Any], int]:
+    """``_follow_migration`` driven by QEMU's MIGRATION events on a held monitor: the
+    switchover starts the moment the guest stops, not at the next poll; between events
+    the migration is queried for progress every PROGRESS_POLL s."""
+    disk_bytes, switched = 0, False
+    while True:
+        event = _take(monitor, lambda e: e.get("event") == "MIGRATION", PROGRESS_POLL)
+        status = (event or {}).get("data", {}).get("status")
+        if status is None:
+            info = _on(monitor, name, "query-migrate", "query-migrate")
+            status = info.get("status")
+            ram = info.get("ram") or {}
+            report({"phase": "memory", "status": status,
+                    "ram_transferred": ram.get("transferred", 0),
+                    "ram_total": ram.get("total", 0), "ram_remaining": ram.get("remaining", 0),
+                    "disk_done": disk_bytes, "disk_total": disk_bytes})
+        if status == "pre-switchover" and not switched:
+            switched = True
+            disk_bytes = _complete_mirror_on(monitor, name, min(deadline, time.monotonic()
+                                                                + STEP_TIMEOUT))
+            _on(monitor, name, "migrate-continue", "migrate-continue",
+                {"state": "pre-switchover"})
+        elif status == "completed":
+            return _final_figures(monitor, name, deadline), disk_bytes
+        elif status not in ACTIVE:
+            info = _on(monitor, name, "query-migrate", "query-migrate")
+            raise MigrationError(f"VM {name!r}: migration {status}: "
+                                 f"{info.get('error-desc', 'no reason given')}")
+        if time.monotonic() >= deadline:
+            raise MigrationError(f"VM {name!r}: migration timed out ({status})")
+
+
+def _take(monitor: qmp.Monitor, wanted: Callable[[dict[str, Any]], bool],
+          timeout: float) -> dict[str, Any] | None:
+    try:
+        return monitor.take_event(wanted, timeout)
+    except qmp.QmpUnavailable as exc:
+        raise MigrationError(f"migration monitor: {exc}") from exc
+
+
+def _final_figures(monitor: qmp.Monitor, name: str, deadline: float) -> dict[str, Any]:
+    """QEMU sets the state a moment before its figures (total-time, downtime)."""
+    while True:
+        info: dict[str, Any] = _on(monitor, name, "query-migrate", "query-migrate")
+        if info.get("total-time") or time.monotonic() >= deadline:
+            return info
+        time.sleep(0.002)
+
+
+def _complete_mirror_on(monitor: qmp.Monitor, name: str, deadline: float) -> int:
+    """``_complete_mirror`` on the held monitor, waiting for the job's event."""
+    _on(monitor, name, "completing the disk mirror", "block-job-cancel",
+        {"device": MIRROR_JOB})
+    concluded = _take(monitor, lambda e: e.get("event") == "JOB_STATUS_CHANGE"
+                      and e.get("data", {}).get("id") == MIRROR_JOB
+                      and e.get("data", {}).get("status") == "concluded",
+                      max(0.0, deadline - time.monotonic()))
+    if concluded is None:
+        raise MigrationError(f"timed out waiting for the disk mirror of VM {name!r} "
+                             f"to complete")
+    jobs = _on(monitor, name, "query-jobs", "query-jobs")
+    job: dict[str, Any] = next((j for j in jobs if j.get("id") == MIRROR_JOB), {})
+    if job.get("error"):
+        raise MigrationError(f"VM {name!r}: disk mirror failed: {job['error']}")
+    _on(monitor, name, "job-dismiss", "job-dismiss", {"id": MIRROR_JOB})
+    _on(monitor, name, "disconnecting the target's disk", "blockdev-del",
+        {"node-name": NBD_NODE})
+    return int(job.get("current-progress", 0))
 
 
 def _complete_mirror(driver: QemuDriver, name: str, deadline: float) -> int:

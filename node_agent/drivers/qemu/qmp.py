@@ -1,4 +1,5 @@
-"""A small synchronous QMP client: one short connection per call.
+"""A small synchronous QMP client: one short connection per call (and ``Monitor``, a
+held connection with events, for a live migration's switchover).
 
 Why not the ``qemu.qmp`` asyncio client: drivers are blocking and run in worker threads
 (``asyncio.to_thread``), so an asyncio client would need an event loop per thread or a
@@ -19,6 +20,7 @@ import json
 import socket
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -139,3 +141,116 @@ def _execute(path: Path, command: str, arguments: dict[str, Any] | None,
         raise QmpUnavailable(f"QMP socket {path}: {exc}") from exc
     finally:
         sock.close()
+
+
+class Monitor:
+    """A held QMP connection that keeps QEMU's events: a live migration waits on them at
+    its switchover, where each millisecond of polling would be guest downtime. Use the
+    VM's second monitor socket (``cmdline.MIGRATION_QMP``): a held connection locks out
+    every other client of its socket, and the driver's short calls use the first."""
+
+    def __init__(self, path: Path, timeout: float = TIMEOUT) -> None:
+        self.path = path
+        self.timeout = timeout
+        self.events: list[dict[str, Any]] = []
+        self._buffer = bytearray()
+        try:
+            self._sock = _connect(path, timeout)
+        except OSError as exc:
+            raise QmpUnavailable(f"QMP socket {path}: {exc}") from exc
+        try:
+            deadline = time.monotonic() + timeout
+            for _ in range(MAX_EVENTS_BEFORE_GREETING):
+                message = self._message(deadline)
+                if "QMP" in message:
+                    break
+            else:
+                raise QmpUnavailable(f"QMP socket {path}: no greeting")
+            self.execute("qmp_capabilities")
+        except BaseException:
+            self._sock.close()
+            raise
+
+    def __enter__(self) -> Monitor:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._sock.close()
+
+    def execute(self, command: str, arguments: dict[str, Any] | None = None) -> Any:
+        """Run ``command``; events that come before its answer are kept."""
+        request: dict[str, Any] = {"execute": command}
+        if arguments:
+            request["arguments"] = arguments
+        try:
+            self._sock.sendall(json.dumps(request).encode() + b"\n")
+        except OSError as exc:
+            raise QmpUnavailable(f"QMP socket {self.path}: {exc}") from exc
+        deadline = time.monotonic() + self.timeout
+        while True:
+            message = self._message(deadline)
+            if "return" in message:
+                return message["return"]
+            if "error" in message:
+                error = message["error"] if isinstance(message["error"], dict) else {}
+                raise QmpError(command, str(error.get("class", "GenericError")),
+                               str(error.get("desc", "")))
+            if "event" in message:
+                self.events.append(message)
+
+    def take_event(self, wanted: Callable[[dict[str, Any]], bool],
+                   timeout: float) -> dict[str, Any] | None:
+        """The first event (kept or arriving within ``timeout`` s) that ``wanted``
+        accepts, removed from those kept; None when none came in time."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for index, event in enumerate(self.events):
+                if wanted(event):
+                    return self.events.pop(index)
+            line = self._line(deadline)
+            if line is None:
+                return None
+            message = _parse(line, self.path)
+            if "event" in message:
+                self.events.append(message)
+
+    def _message(self, deadline: float) -> dict[str, Any]:
+        line = self._line(deadline)
+        if line is None:
+            raise QmpUnavailable(f"QMP socket {self.path}: no answer in time")
+        return _parse(line, self.path)
+
+    def _line(self, deadline: float) -> bytes | None:
+        """The next line, or None at ``deadline`` (no partial line is lost)."""
+        while b"\n" not in self._buffer:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            self._sock.settimeout(remaining)
+            try:
+                chunk = self._sock.recv(1 << 16)
+            except TimeoutError:
+                return None
+            except OSError as exc:
+                raise QmpUnavailable(f"QMP socket {self.path}: {exc}") from exc
+            if not chunk:
+                raise QmpUnavailable(f"QMP socket {self.path}: connection closed by QEMU")
+            self._buffer += chunk
+            if len(self._buffer) > _MAX_LINE:
+                raise QmpUnavailable(f"QMP socket {self.path}: message too long")
+        line, _, rest = bytes(self._buffer).partition(b"\n")
+        self._buffer = bytearray(rest)
+        return line
+
+
+def _parse(line: bytes, path: Path) -> dict[str, Any]:
+    try:
+        message = json.loads(line)
+    except ValueError as exc:
+        raise QmpUnavailable(f"QMP socket {path}: invalid message {line[:200]!r}") from exc
+    if not isinstance(message, dict):
+        raise QmpUnavailable(f"QMP socket {path}: unexpected message {line[:200]!r}")
+    return message
