@@ -102,3 +102,21 @@ def int_query(request: web.Request, key: str, default: int = 0) -> int:
         return int(value)
     except ValueError as exc:
         raise ApiError(400, f"Invalid value for {key!r}: {value!r}") from exc
+
+
+REPLICA_LAG = 5.0  # s a member waits for its replica to apply what a peer committed
+
+
+async def until_replica(ready: Callable[[], bool], timeout: float = REPLICA_LAG) -> None:
+    """Wait until ``ready()`` holds on this member's replica, at most ``timeout`` s: a
+    peer that committed a command (a move's begin or end) and at once asks this member
+    to act on it may be a few milliseconds ahead of this member's replica."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while loop.time() < deadline:
+        try:
+            if ready():
+                return
+        except ApiError:
+            pass
+        await asyncio.sleep(0.01)

@@ -23,7 +23,7 @@ from aiohttp import web
 
 from cluster import tls
 from cluster.api.context import Context
-from cluster.api.handlers.common import ctx_of
+from cluster.api.handlers.common import ctx_of, until_replica
 from cluster.api.handlers.volumes import _require_member_peer
 from cluster.api.response import ApiError, empty, json_body, sync
 from cluster.state.model import Instance
@@ -71,6 +71,7 @@ async def prepare(request: web.Request) -> web.Response:
     exported over NBD; answers where the source is to send."""
     _require_member_peer(request)
     ctx = ctx_of(request)
+    await until_replica(lambda: _moving(ctx, request)[0].moving_to == ctx.member)
     inst, spec, host = _moving(ctx, request)
     if inst.moving_to != ctx.member:
         raise ApiError(409, "This instance is not being moved to this member")
@@ -90,6 +91,7 @@ async def _on_vm(request: web.Request, lives_here: bool,
     (``lives_here``) or only where it does not."""
     _require_member_peer(request)
     ctx = ctx_of(request)
+    await until_replica(lambda: (_moving(ctx, request)[0].location == ctx.member) == lives_here)
     inst, _, _ = _moving(ctx, request)
     if lives_here and inst.location != ctx.member:
         raise ApiError(409, "The instance does not live on this member")
@@ -115,6 +117,7 @@ async def send(request: web.Request) -> web.StreamResponse:
     ``{"done": stats}`` or ``{"error": ...}``; on an error the VM runs here again."""
     _require_member_peer(request)
     ctx = ctx_of(request)
+    await until_replica(lambda: bool(_moving(ctx, request)[0].moving_to))
     inst, _, _ = _moving(ctx, request)
     if inst.location != ctx.member or not inst.moving_to:
         raise ApiError(409, "This instance is not being moved away from this member")

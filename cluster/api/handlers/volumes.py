@@ -15,7 +15,7 @@ from aiohttp import web
 
 from cluster import peers, tls
 from cluster.api.context import Context
-from cluster.api.handlers.common import ctx_of
+from cluster.api.handlers.common import ctx_of, until_replica
 from cluster.api.response import ApiError, empty
 from cluster.https import HTTPS
 from cluster.state.model import Instance
@@ -79,8 +79,10 @@ async def send(request: web.Request) -> web.StreamResponse:
     changed since T; ``?listing=1``: its paths (``transfer.volume_listing``)."""
     _require_member_peer(request)
     ctx = ctx_of(request)
-    inst, _, pool = _instance(ctx, request)
     precopy = bool(request.query.get("precopy"))
+    if not precopy:
+        await until_replica(lambda: bool(_instance(ctx, request)[0].moving_to))
+    inst, _, pool = _instance(ctx, request)
     if inst.location != ctx.member or not (inst.moving_to or precopy):
         raise ApiError(409, "This instance is not being moved away from this member")
     if request.query.get("listing"):
@@ -117,6 +119,8 @@ async def receive(request: web.Request) -> web.StreamResponse:
     Answers with progress lines (JSON) and a last line ``{"done": bytes}`` or ``{"error"}``."""
     _require_member_peer(request)
     ctx = ctx_of(request)
+    if not request.query.get("precopy"):
+        await until_replica(lambda: _instance(ctx, request)[0].moving_to == ctx.member)
     inst, spec, pool = _instance(ctx, request)
     source = request.query.get("source", "")
     if request.query.get("precopy"):
@@ -250,6 +254,8 @@ async def delete(request: web.Request) -> web.Response:
     ``?incoming=1`` (a failed move cleaning up) only a copy this move received."""
     _require_member_peer(request)
     ctx = ctx_of(request)
+    if not request.query.get("incoming"):  # the source's copy, once the move has ended
+        await until_replica(lambda: _instance(ctx, request)[0].location != ctx.member)
     inst, _, pool = _instance(ctx, request)
     if request.query.get("incoming"):
         await asyncio.to_thread(discard_precopy, pool, inst.uid)
