@@ -7,8 +7,8 @@ checkpoint travels in its volume, and it is restored on the target).
 stop (if running; a running container's volume is pre-copied meanwhile) ->
 ``instance.move_begin`` (apply re-checks the target and reserves there) -> the target
 pulls the volume (or what changed since the pre-copy) from the source over mutual TLS ->
-``move_end`` (the instance lives on the target) -> start there (if it ran) -> the source
-drops its copy. A failure before ``move_end`` aborts: the target drops what it received, the
+``move_end`` (the instance lives on the target) -> start there (if it ran) while the
+source drops its copy. A failure before ``move_end`` aborts: the target drops what it received, the
 reservation is freed and the instance runs again on the source, untouched.
 """
 
@@ -108,12 +108,11 @@ async def move_instance(ctx: Context, name: str, target: str, *, requested: str 
         log.warning("moving %s to %s failed: %s", name, target, exc)
         await _abort(ctx, name, uid, target_address, was_running, stateful)
         raise
-    await _drop_copy(ctx, name, uid, source_address)
+    # The instance lives on the target now: start it there while the source drops its copy.
+    await asyncio.gather(_drop_copy(ctx, name, uid, source_address),
+                         _start(ctx, name, stateful) if was_running else asyncio.sleep(0))
     laps.append(time.monotonic())
-    if was_running:
-        await _start(ctx, name, stateful)
-    laps.append(time.monotonic())
-    log.info("moved %s from %s to %s in %.2f s (stop %.2f, copy %.2f, drop %.2f, start %.2f)",
+    log.info("moved %s from %s to %s in %.2f s (stop %.2f, copy %.2f, start and drop %.2f)",
              name, source, target, laps[-1] - laps[0],
              *(b - a for a, b in zip(laps, laps[1:], strict=False)))
     return None
