@@ -18,6 +18,7 @@ from cluster.api.handlers.common import (
     live_statuses,
     probe_instances,
     tracked_operation,
+    until_replica,
 )
 from cluster.api.handlers.state import instance_states
 from cluster.api.moves import move_instance
@@ -35,6 +36,7 @@ from cluster.state.commands import command
 from cluster.state.errors import Conflict
 from cluster.state.model import State
 
+REMOTE_STATUS_LAG = 0.5  # s: how long a delete waits for another member's stop report
 ADJECTIVES = ("brave", "calm", "eager", "fancy", "gentle", "happy", "jolly", "keen", "lucky",
               "merry", "proud", "quick", "sunny", "tidy", "witty")
 ANIMALS = ("ant", "bee", "cat", "doe", "eel", "fox", "gnu", "hen", "ibex", "jay", "koala",
@@ -258,6 +260,13 @@ async def delete_instance(request: web.Request) -> web.Response:
     name = request.match_info["name"]
     inst = instance_copy(ctx, name)
     statuses = await live_statuses(ctx, [inst])
+    if statuses[name] in ("Running", "Frozen") and inst.location != ctx.member:
+        # Another member's status comes from its report, which a stop that just ended
+        # there may not have brought to this replica yet.
+        await until_replica(lambda: instance_copy(ctx, name).observed.status
+                            not in ("Running", "Frozen"), timeout=REMOTE_STATUS_LAG)
+        inst = instance_copy(ctx, name)
+        statuses = await live_statuses(ctx, [inst])
     if statuses[name] in ("Running", "Frozen") and inst.power != "Deleted":
         raise bad_request("Instance is running")
     tracker = await ctx.submit_tracked(command("instance.delete", name=name, force=True))
