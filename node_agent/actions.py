@@ -51,7 +51,7 @@ def _create(node: LocalNode, spec: InstanceSpec, args: dict[str, Any]) -> None:
             write_baseline(pool.instance_path(spec.name),
                            Baseline(spec.image, shift_tag(shift), made))
         else:
-            pool.create_from_template(spec.name, template)
+            pool.create_from_template(spec.name, template, spare=False)
         node.images.render_templates(spec.image, pool.rootfs_path(spec.name), spec.name,
                                      "create", shift)
         node.define(spec)

@@ -87,17 +87,18 @@ class DirPool:
     def list_instances(self) -> list[str]:
         return _names(self.path / "containers")
 
-    def create_from_template(self, name: str, template_rootfs: Path) -> Path:
+    def create_from_template(self, name: str, template_rootfs: Path,
+                             spare: bool = True) -> Path:
         """Give ``name`` a copy of ``template_rootfs`` (owners, modes, links, xattrs kept).
 
-        Takes a spare copy from ``prepare_spare`` when one is ready, else copies.
-        Returns the rootfs path. Raises VolumeExists, or StorageError if the copy fails
-        (then nothing is left behind).
+        Takes a spare copy from ``prepare_spare`` when one is ready (unless ``spare`` is
+        false: the caller tried), else copies. Returns the rootfs path. Raises
+        VolumeExists, or StorageError if the copy fails (then nothing is left behind).
         """
         target = self.instance_path(name)
         if target.exists():
             raise VolumeExists(f"instance volume {name} already exists")
-        if self.take_spare(template_rootfs, target):
+        if spare and self.take_spare(template_rootfs, target):
             return target / "rootfs"
         with self._scratch() as scratch:
             scratch.chmod(0o711)

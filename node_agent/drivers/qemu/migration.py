@@ -573,12 +573,7 @@ def _complete_mirror_on(monitor: qmp.Monitor, name: str, deadline: float) -> int
                              f"to complete")
     jobs = _on(monitor, name, "query-jobs", "query-jobs")
     job: dict[str, Any] = next((j for j in jobs if j.get("id") == MIRROR_JOB), {})
-    if job.get("error"):
-        raise MigrationError(f"VM {name!r}: disk mirror failed: {job['error']}")
-    _on(monitor, name, "job-dismiss", "job-dismiss", {"id": MIRROR_JOB})
-    _on(monitor, name, "disconnecting the target's disk", "blockdev-del",
-        {"node-name": NBD_NODE})
-    return int(job.get("current-progress", 0))
+    return _release_mirror(name, job, lambda *call: _on(monitor, name, *call))
 
 
 def _complete_mirror(driver: QemuDriver, name: str, deadline: float) -> int:
@@ -594,11 +589,16 @@ def _complete_mirror(driver: QemuDriver, name: str, deadline: float) -> int:
         return job if job.get("status") == "concluded" else None
 
     job = _wait(f"the disk mirror of VM {name!r} to complete", deadline, concluded)
+    return _release_mirror(name, job, lambda *call: _call(driver, name, *call))
+
+
+def _release_mirror(name: str, job: dict[str, Any], call: Callable[..., Any]) -> int:
+    """After the mirror concluded: fail on its error, dismiss it and drop the NBD node
+    (``call(doing, command, arguments)``). Returns the bytes it copied."""
     if job.get("error"):
         raise MigrationError(f"VM {name!r}: disk mirror failed: {job['error']}")
-    _call(driver, name, "job-dismiss", "job-dismiss", {"id": MIRROR_JOB})
-    _call(driver, name, "disconnecting the target's disk", "blockdev-del",
-          {"node-name": NBD_NODE})
+    call("job-dismiss", "job-dismiss", {"id": MIRROR_JOB})
+    call("disconnecting the target's disk", "blockdev-del", {"node-name": NBD_NODE})
     return int(job.get("current-progress", 0))
 
 

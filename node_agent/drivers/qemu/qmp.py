@@ -55,13 +55,7 @@ def _read_message(reader: Any, path: Path) -> dict[str, Any]:
     line = reader.readline(_MAX_LINE)
     if not line:
         raise QmpUnavailable(f"QMP socket {path}: connection closed by QEMU")
-    try:
-        message = json.loads(line)
-    except ValueError as exc:
-        raise QmpUnavailable(f"QMP socket {path}: invalid message {line[:200]!r}") from exc
-    if not isinstance(message, dict):
-        raise QmpUnavailable(f"QMP socket {path}: unexpected message {line[:200]!r}")
-    return message
+    return _parse(line, path)
 
 
 def _greeting(reader: Any, path: Path) -> dict[str, Any]:
