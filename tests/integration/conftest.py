@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import secrets
 import shutil
 from collections.abc import Iterator
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from cluster.harness import DaemonProcess
+from node_agent.network.bridge import host_ipv4_networks, pick_subnet
 from tests.integration.api import Api
 
 
@@ -26,9 +28,14 @@ def real_prerequisites() -> str:
 
 
 def new_daemon(tmp_root: Path) -> DaemonProcess:
+    """A daemon on a /24 of 10.232.0.0/13 that no bridge on the host has yet.
+
+    A subnet drawn blindly collided, once in a CI run, with the session daemon's own
+    (dnsmasq: "Address already in use").
+    """
     tag = secrets.token_hex(2)
-    return DaemonProcess(root=tmp_root / f"corral-{tag}", bridge=f"ctb{tag}",
-                         address=f"10.{232 + secrets.randbelow(8)}.{secrets.randbelow(250)}.1/24")
+    address = pick_subnet(host_ipv4_networks(), random.Random(), within="10.232.0.0/13")
+    return DaemonProcess(root=tmp_root / f"corral-{tag}", bridge=f"ctb{tag}", address=address)
 
 
 @contextmanager
