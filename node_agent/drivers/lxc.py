@@ -47,6 +47,9 @@ DEFINITION_FILE = "corral.json"
 # lxc-attach proxies a terminal only if the pty is its *controlling* terminal; without one it
 # hangs silently. Prefix exec_argv with this when stdin/stdout are a pty (exit codes pass).
 PTY_WRAPPER = ("setsid", "--ctty", "--wait")
+# How long busybox init must be a stopping container's only process before the stop is
+# done (it forks its shutdown actions within milliseconds of the halt signal).
+LONE_INIT_GRACE = 0.2
 
 
 class InvalidConfig(DriverError):
@@ -312,11 +315,16 @@ class LxcDriver:
             if not _wait_for(container, "STOPPED", 10):
                 raise DriverError(f"container {name!r} did not stop after SIGKILL")
 
-    @staticmethod
-    def _shutdown(container: Any, seconds: float) -> bool:
+    def _shutdown(self, container: Any, seconds: float) -> bool:
         """Send init its halt signal and wait up to ``seconds`` (< 0: forever) for it to
         stop. Not liblxc's ``shutdown()``: the binding holds the GIL while it waits, which
-        stalls the whole daemon and serialises concurrent stops."""
+        stalls the whole daemon and serialises concurrent stops.
+
+        busybox init (busybox and Alpine images) runs its shutdown actions, sends TERM to
+        every process, then sleeps a second, sends KILL and sleeps another second before it
+        exits. Once it has been the container's only process for ``LONE_INIT_GRACE``, the
+        shutdown is over (nothing is left to finish or to kill) and the container is
+        stopped then: a clean stop in ~0.5 s instead of ~2.1 s."""
         pid = container.init_pid
         if pid <= 0:
             return True
@@ -326,7 +334,24 @@ class LxcDriver:
                                         "SIGPWR"))
         except ProcessLookupError:
             return True
-        return _wait_for(container, "STOPPED", seconds)
+        if not st.is_busybox(pid):
+            return _wait_for(container, "STOPPED", seconds)
+        payload = self._payload_rel(str(container.name))
+        deadline = None if seconds < 0 else time.monotonic() + seconds
+        alone_since: float | None = None
+        while str(container.state) != "STOPPED":
+            now = time.monotonic()
+            if st.payload_pids(self.mounts, payload) != [pid]:
+                alone_since = None
+            elif alone_since is None:
+                alone_since = now
+            elif now - alone_since >= LONE_INIT_GRACE:
+                container.stop()
+                return _wait_for(container, "STOPPED", 10)
+            if deadline is not None and now >= deadline:
+                return False
+            time.sleep(0.02)
+        return True
 
     def checkpoint_dir(self, name: str) -> Path:
         """``state/`` beside the rootfs on the pool: LXD's place for a stateful stop."""

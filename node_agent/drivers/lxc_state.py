@@ -247,6 +247,26 @@ def cgroup_usage(mounts: CgroupMounts, payload: str) -> tuple[int, int, dict[str
     return processes, cpu, _memory(mounts, payload)
 
 
+def payload_pids(mounts: CgroupMounts, payload: str) -> list[int]:
+    """Every live process in the cgroup ``payload`` and below it (a zombie has left its
+    cgroup already); [] when the cgroup is gone."""
+    root = mounts.v1.get("pids") or mounts.v2 or next(iter(mounts.v1.values()), None)
+    if root is None:
+        return []
+    pids: list[int] = []
+    for directory, _, _ in os.walk(f"{root}/{payload}"):
+        pids += [int(pid) for pid in read_text(f"{directory}/cgroup.procs").split()]
+    return pids
+
+
+def is_busybox(pid: int) -> bool:
+    """Whether process ``pid`` runs busybox (its executable's name, as the kernel has it)."""
+    try:
+        return os.path.basename(os.readlink(f"/proc/{pid}/exe")).startswith("busybox")
+    except OSError:
+        return False
+
+
 def host_side(host_name: str, hwaddr: str) -> HostSide:
     """A NIC as the host sees it: its veth's MTU and link state (a veth is down when the
     container's end is)."""

@@ -265,6 +265,27 @@ def test_graceful_stop_halts_busybox_init_with_the_halt_signal(lab: Lab) -> None
         driver.stop("c1", force=False, timeout=1)
 
 
+def test_graceful_stop_waits_for_shutdown_actions_and_term_handlers(lab: Lab) -> None:
+    """busybox init's shutdown is over, and the container stopped, only once init is alone:
+    a shutdown action and a process still handling its TERM both get to finish."""
+    driver = lab.driver
+    definition = lab.define("c1")
+    worker = ("{ trap 'sleep 0.5; echo cleaned > /root/worker; exit 0' TERM; "
+              "while :; do sleep 0.05; done; }")
+    (definition.rootfs / "etc/inittab").write_text(
+        f"::sysinit:/bin/sh -c \"{worker} &\"\n"
+        "::shutdown:/bin/sh -c 'sleep 0.3; echo ran > /root/shutdown'\n")
+    driver.start("c1")
+    time.sleep(0.3)  # the worker is up
+    started = time.perf_counter()
+    driver.stop("c1", force=False, timeout=20)
+    print(f"\nstop (graceful, busybox init with work to finish): "
+          f"{(time.perf_counter() - started) * 1000:.0f} ms")
+    assert driver.status("c1") == "Stopped"
+    assert (definition.rootfs / "root/shutdown").read_text() == "ran\n"
+    assert (definition.rootfs / "root/worker").read_text() == "cleaned\n"
+
+
 def test_graceful_stop_falls_back_to_kill_when_init_ignores_it(lab: Lab) -> None:
     driver = lab.driver
     lab.define("c1", {"raw.lxc": "lxc.init.cmd = /bin/sleep 1000"})
