@@ -13,13 +13,16 @@ Errors (every command failure is one of these; ``main`` prints ``Error: <message
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import ssl
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from cluster.cli.http1 import Connection, ProtocolError, request_target
 from cluster.cli.progress import Progress
 
 if TYPE_CHECKING:
@@ -118,6 +121,7 @@ class Client:
         self.socket = remote.url if remote is not None else socket or socket_path()
         self.base = remote.url if remote is not None else HOST
         self._session: aiohttp.ClientSession | None = None
+        self._plain: Connection | None = None
 
     async def __aenter__(self) -> Client:
         return self
@@ -126,6 +130,9 @@ class Client:
         await self.close()
 
     async def close(self) -> None:
+        if self._plain is not None:
+            await self._plain.close()
+            self._plain = None
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -178,19 +185,47 @@ class Client:
     async def request(self, method: str, path: str, *, body: Any = None, data: Any = None,
                       headers: Mapping[str, str] | None = None,
                       params: Mapping[str, str] | None = None) -> Response:
-        """One request; raises ``ApiError`` for an error envelope or a non-2xx status."""
-        async with self.raw(method, path, body=body, data=data, headers=headers,
-                            params=params) as resp:
-            text = await resp.text()
-            if resp.status >= 300:
-                raise error_from(resp.status, text)
-            try:
-                envelope = json.loads(text) if text else {}
-            except ValueError as exc:
-                raise ApiError(resp.status, f"Invalid JSON from server: {exc}") from exc
-            if envelope.get("type") == "error":
-                raise error_from(int(envelope.get("error_code") or resp.status), text)
-            return Response(resp.status, resp.headers.copy(), envelope)  # case-insensitive
+        """One request; raises ``ApiError`` for an error envelope or a non-2xx status.
+        Bodies that are bytes or absent go over ``http1`` (no aiohttp import)."""
+        if data is None or isinstance(data, bytes):
+            status, resp_headers, text = await self._plain_request(
+                method, path, body=body, data=data, headers=headers, params=params)
+        else:
+            async with self.raw(method, path, body=body, data=data, headers=headers,
+                                params=params) as resp:
+                status, resp_headers, text = resp.status, resp.headers.copy(), await resp.text()
+        if status >= 300:
+            raise error_from(status, text)
+        try:
+            envelope = json.loads(text) if text else {}
+        except ValueError as exc:
+            raise ApiError(status, f"Invalid JSON from server: {exc}") from exc
+        if envelope.get("type") == "error":
+            raise error_from(int(envelope.get("error_code") or status), text)
+        return Response(status, resp_headers, envelope)
+
+    async def _plain_request(self, method: str, path: str, *, body: Any, data: bytes | None,
+                             headers: Mapping[str, str] | None,
+                             params: Mapping[str, str] | None,
+                             ) -> tuple[int, Mapping[str, str], str]:
+        hdrs = {"User-Agent": "corral", **(headers or {})}
+        if body is not None:
+            data = json.dumps(body).encode()
+            hdrs.setdefault("Content-Type", "application/json")
+        if self._plain is None:
+            context = self.remote.ssl_context() if self.remote is not None else None
+            self._plain = Connection(self.socket, self.remote.url if self.remote else None,
+                                     context)
+        try:
+            reply = await self._plain.request(method, request_target(path, params), hdrs,
+                                              data or b"")
+        except ssl.SSLError as exc:
+            raise CliError(f"TLS failure talking to {self.base}: {exc}") from exc
+        except (ProtocolError, asyncio.IncompleteReadError) as exc:
+            raise CliError(f"Bad answer from {self.base}: {exc}") from exc
+        except OSError as exc:  # missing socket, refused, reset
+            raise self._unreachable(exc) from exc
+        return reply.status, reply.headers, reply.body.decode("utf-8", errors="replace")
 
     async def get(self, path: str, params: Mapping[str, str] | None = None) -> Any:
         """The metadata of a sync GET."""
