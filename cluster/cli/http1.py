@@ -16,10 +16,16 @@ from dataclasses import dataclass
 from urllib.parse import urlencode, urlsplit
 
 MAX_HEADER_LINES = 100
+IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
 
 
 class ProtocolError(ConnectionError):
     """The server's answer is not HTTP/1.1 as this client reads it."""
+
+
+class ClosedBeforeAnswer(ProtocolError):
+    """The connection ended before a byte of the answer came (a kept-alive connection the
+    server had just closed: the request may be sent again on a new one)."""
 
 
 class Headers(dict[str, str]):
@@ -65,6 +71,8 @@ def encode_request(method: str, target: str, host: str, headers: Mapping[str, st
 async def read_reply(reader: asyncio.StreamReader, method: str) -> tuple[Reply, bool]:
     """One response and whether the connection may carry another."""
     status_line = (await reader.readline()).decode("latin-1")
+    if not status_line:
+        raise ClosedBeforeAnswer("the server closed the connection without answering")
     parts = status_line.split(" ", 2)
     if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():
         raise ProtocolError(f"unexpected answer: {status_line.strip()!r}")
@@ -134,6 +142,18 @@ class Connection:
 
     async def request(self, method: str, target: str, headers: Mapping[str, str],
                       body: bytes = b"") -> Reply:
+        """Send one request and read its answer. On a kept-alive connection the server
+        may have closed just before: an idempotent request is then sent once more."""
+        reused = self._streams is not None and not self._streams[0].at_eof()
+        try:
+            return await self._exchange(method, target, headers, body)
+        except (ClosedBeforeAnswer, ConnectionResetError, BrokenPipeError):
+            if not reused or method not in IDEMPOTENT:
+                raise
+        return await self._exchange(method, target, headers, body)
+
+    async def _exchange(self, method: str, target: str, headers: Mapping[str, str],
+                        body: bytes) -> Reply:
         if self._streams is None or self._streams[0].at_eof():
             await self.close()
             self._streams = await self._open()

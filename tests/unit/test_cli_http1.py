@@ -139,3 +139,34 @@ async def test_one_connection_carries_requests_and_reopens_after_the_server_clos
         await runner.cleanup()
     with pytest.raises(FileNotFoundError):
         await Connection(str(tmp_path / "absent.sock")).request("GET", "/", {})
+
+
+async def test_a_request_the_server_dropped_unanswered_is_resent_only_if_idempotent(
+        tmp_path: Path) -> None:
+    """The server answers the first request on each connection and drops the second
+    unanswered (as at the end of a keep-alive timeout)."""
+    seen: list[str] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        for answered in (True, False):
+            head = await reader.readuntil(b"\r\n\r\n")
+            seen.append(head.split(b" ", 1)[0].decode())
+            if answered:
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                await writer.drain()
+        writer.close()
+
+    socket = str(tmp_path / "s.sock")
+    server = await asyncio.start_unix_server(serve, socket)
+    connection = Connection(socket)
+    try:
+        assert (await connection.request("GET", "/a", {})).body == b"ok"
+        assert (await connection.request("GET", "/b", {})).body == b"ok"  # sent again
+        assert seen == ["GET", "GET", "GET"]
+        with pytest.raises(ProtocolError):
+            await connection.request("POST", "/c", {}, b"x")  # never sent twice
+        assert seen == ["GET", "GET", "GET", "POST"]
+    finally:
+        await connection.close()
+        server.close()
+        await server.wait_closed()
