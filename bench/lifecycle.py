@@ -4,10 +4,10 @@
 
 Starts its own corral daemon (own CORRAL_DIR, bridge and subnet) unless --socket is given.
 Prints medians in ms for create, start, launch (create+start), state, list with recursion
-1 and 2 (with --running instances running), stop --force and delete; the per-container
-memory (PSS of each container's monitor process) and the daemon's idle RSS; and, with
---anchor-socket (start LXD with ../shared/anchors/lxd/start_lxd.sh), LXD's figures from the
-same run and the corral/LXD ratios.
+1 and 2 (with --running instances running), a clean stop, stop --force and delete; the
+per-container memory (PSS of each container's monitor process) and the daemon's idle RSS;
+and, with --anchor-socket (start LXD with ../shared/anchors/lxd/start_lxd.sh), LXD's
+figures from the same run and the corral/LXD ratios.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
+import random
 import secrets
 import socket
 import statistics
@@ -27,6 +28,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from cluster.harness import DaemonProcess  # noqa: E402
+from node_agent.network.bridge import host_ipv4_networks, pick_subnet  # noqa: E402
 
 
 class Conn(http.client.HTTPConnection):
@@ -109,6 +111,10 @@ def run(server: Server, image: str, reps: int, running: int, prefix: str,
         server.timed("list recursion=1", lambda: server.req("GET", "/1.0/instances?recursion=1"))
         server.timed("list recursion=2", lambda: server.req("GET", "/1.0/instances?recursion=2"))
     pss = monitor_pss_kb(lxcpath, set(names))
+    for name in names[:reps]:  # a clean stop (the halt signal), then running again
+        server.timed("stop (clean)", lambda n=name: server.op(
+            "PUT", f"/1.0/instances/{n}/state", {"action": "stop", "timeout": 30}))
+        server.op("PUT", f"/1.0/instances/{name}/state", {"action": "start"})
     for i, name in enumerate(names):
         if i < reps:
             server.timed("stop --force", lambda n=name: server.op(
@@ -147,7 +153,8 @@ def main() -> int:
     else:
         tag = secrets.token_hex(2)
         root = Path("/tmp") / f"corral-bench-{tag}"
-        daemon = DaemonProcess(root=root, bridge=f"cbb{tag}", address="10.239.71.1/24")
+        address = pick_subnet(host_ipv4_networks(), random.Random(), within="10.239.0.0/16")
+        daemon = DaemonProcess(root=root, bridge=f"cbb{tag}", address=address)
         daemon.start()
         daemon.init()
         daemon.corral("image", "build", "busybox", timeout=300)
