@@ -4,9 +4,10 @@
 
     driver.py   QemuDriver: define/start/stop/freeze/state/... (one QEMU per VM)
     cmdline.py  definition -> VmSpec -> QEMU argv (pure)
-    qmp.py      a small synchronous QMP client (one connection per call)
+    qmp.py      a small synchronous QMP client (one connection per call; a held Monitor)
     snapshots.py qcow2 internal snapshots of the disk, LXD names in snapshots.json
-    migration.py live migration to another host: NBD disk mirror + QMP migrate
+    migration/  live migration to another host: NBD disk mirror + QMP migrate (common,
+                tls, target, source, switchover)
     agent.py    host side of the in-guest exec agent (virtio-serial line protocol)
     vm_exec.py  command-line exec through the agent (what exec_argv returns)
     host.py     /proc readers for the QEMU process, tap devices

@@ -199,7 +199,7 @@ def build_spec(definition: InstanceDefinition, directory: Path, host_memory: int
 def qemu_argv(qemu: str, spec: VmSpec, accel: str, incoming: bool = False) -> list[str]:
     """The full command line; QEMU daemonises itself once its devices are set up.
     ``incoming``: paused, waiting for a live migration (``migrate-incoming``, see
-    migration.py; pflash contents travel with the RAM, the target's VARS file just has to
+    migration/; pflash contents travel with the RAM, the target's VARS file just has to
     exist with the same size)."""
     vm = Path(spec.directory)
     disk = _escape(Path(spec.volume) / DISK)  # the pool's path is the user's

@@ -92,7 +92,7 @@ class QemuDriver:
 
     name: ClassVar[str] = "qemu"
     instance_type: ClassVar[str] = "virtual-machine"
-    supports_live_migration: ClassVar[bool] = True  # migration.py, cluster/api/live_moves.py
+    supports_live_migration: ClassVar[bool] = True  # migration/, cluster/api/live_moves.py
 
     def __init__(self, vmpath: Path, accel: str | None = None, qemu: str = QEMU,
                  start_timeout: float = 30.0) -> None:
@@ -254,7 +254,7 @@ class QemuDriver:
 
     def _start(self, name: str, incoming: bool = False) -> None:
         """start() with the VM's lock held; ``incoming``: paused, to receive a live
-        migration (see migration.py)."""
+        migration (see migration/)."""
         spec = self._spec(name)
         if self._pid(name):
             raise InvalidState(f"cannot start VM {name!r}: it is running")
