@@ -322,16 +322,16 @@ class LxcDriver:
 
         busybox init (busybox and Alpine images) runs its shutdown actions, sends TERM to
         every process, then sleeps a second, sends KILL and sleeps another second before it
-        exits. Once it has been the container's only process for ``LONE_INIT_GRACE``, the
-        shutdown is over (nothing is left to finish or to kill) and the container is
-        stopped then: a clean stop in ~0.5 s instead of ~2.1 s."""
+        exits. Once it has taken the signal and been the container's only process for
+        ``LONE_INIT_GRACE``, the shutdown is over (nothing is left to finish or to kill)
+        and the container is stopped then: a clean stop in ~0.25 s instead of ~2.1 s."""
         pid = container.init_pid
         if pid <= 0:
             return True
+        configured = _item(container, "lxc.signal.halt")  # "0" when unset
+        halt = _signal_number(configured if configured not in ("", "0") else "SIGPWR")
         try:
-            configured = _item(container, "lxc.signal.halt")  # "0" when unset
-            os.kill(pid, _signal_number(configured if configured not in ("", "0") else
-                                        "SIGPWR"))
+            os.kill(pid, halt)
         except ProcessLookupError:
             return True
         if not st.is_busybox(pid):
@@ -341,7 +341,9 @@ class LxcDriver:
         alone_since: float | None = None
         while str(container.state) != "STOPPED":
             now = time.monotonic()
-            if st.payload_pids(self.mounts, payload) != [pid]:
+            # Alone, and init has taken the signal (it forks its shutdown actions next).
+            if (st.payload_pids(self.mounts, payload) != [pid]
+                    or st.signal_pending(pid, halt)):
                 alone_since = None
             elif alone_since is None:
                 alone_since = now

@@ -267,6 +267,21 @@ def is_busybox(pid: int) -> bool:
         return False
 
 
+def pending_signals(status: str) -> int:
+    """The signals sent to a process and not yet handled (thread and process-wide), as a
+    bit mask (bit ``signo - 1``), from its ``/proc/<pid>/status`` text."""
+    mask = 0
+    for line in status.splitlines():
+        key, _, value = line.partition(":")
+        if key in ("SigPnd", "ShdPnd"):
+            mask |= int(value.strip() or "0", 16)
+    return mask
+
+
+def signal_pending(pid: int, signo: int) -> bool:
+    return bool(pending_signals(read_text(f"/proc/{pid}/status")) >> (signo - 1) & 1)
+
+
 def host_side(host_name: str, hwaddr: str) -> HostSide:
     """A NIC as the host sees it: its veth's MTU and link state (a veth is down when the
     container's end is)."""

@@ -378,6 +378,45 @@ def test_halt_signal_names_as_liblxc_spells_them() -> None:
     assert _signal_number("10") == 10
 
 
+def test_pending_signals_join_the_thread_and_process_masks() -> None:
+    import signal
+
+    from node_agent.drivers.lxc_state import pending_signals
+
+    status = ("Name:\tinit\nSigQ:\t1/7823\nSigPnd:\t0000000000000000\n"
+              "ShdPnd:\t0000000020000000\nSigBlk:\t0000000000000000\n")
+    mask = pending_signals(status)
+    assert mask >> (signal.SIGPWR - 1) & 1  # SIGPWR is 30: bit 29
+    assert not mask >> (signal.SIGTERM - 1) & 1
+    assert pending_signals("SigPnd:\t0000000000004000\n") == 1 << (signal.SIGTERM - 1)
+    assert pending_signals("") == 0
+
+
+def test_a_stopping_process_shows_its_pending_signal() -> None:
+    """The kernel's view: a signal blocked by its receiver stays pending."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from node_agent.drivers.lxc_state import signal_pending
+
+    child = subprocess.Popen([sys.executable, "-c", "import signal, sys, time; "
+                              "signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGPWR}); "
+                              "print(flush=True); time.sleep(30)"], stdout=subprocess.PIPE)
+    try:
+        assert child.stdout is not None and child.stdout.readline() == b"\n"
+        assert not signal_pending(child.pid, signal.SIGPWR)
+        child.send_signal(signal.SIGPWR)
+        deadline = time.monotonic() + 5
+        while not signal_pending(child.pid, signal.SIGPWR):
+            assert time.monotonic() < deadline
+        assert not signal_pending(child.pid, signal.SIGUSR1)
+    finally:
+        child.kill()
+        child.wait()
+
+
 # -- stateful (CRIU) ------------------------------------------------------------------------------
 
 def test_a_stateful_container_has_no_console_for_criu_to_trip_on() -> None:
