@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import logging
 import random
 import threading
 from collections.abc import Iterator
@@ -25,6 +26,22 @@ from cluster.state.dumps import ForkingDump
 from cluster.state.errors import Unavailable, error_for
 from cluster.state.model import State
 from cluster.state.store import Change
+
+
+class ResentEntries(logging.Filter):
+    """pysyncobj logs CRITICAL "truncating already-applied log entries ... may have
+    diverged" whenever a leader sends again entries a follower has applied (a slow reply
+    made it reset the follower's next index; seen at joins). Raft re-sends committed
+    entries unchanged, so nothing diverged: the record is kept, at INFO."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if (record.levelno == logging.CRITICAL
+                and str(record.msg).startswith("truncating already-applied")):
+            record.levelno, record.levelname = logging.INFO, "INFO"
+        return True
+
+
+logging.getLogger("pysyncobj.syncobj").addFilter(ResentEntries())
 
 RETRIES = 5
 BATCH = 500  # commands in one log entry

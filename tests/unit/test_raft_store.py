@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 from pathlib import Path
+
+import pytest
 
 from cluster.state.commands import Command, command
 from cluster.state.errors import BadRequest, Conflict
@@ -85,3 +88,14 @@ def test_log_entries_are_cut_by_commands_and_by_plan_items() -> None:
     assert _batch_length(queued(*[256] * 40)) == BATCH_ITEMS // 256
     assert _batch_length(queued(BATCH_ITEMS + 1, 1)) == 1  # never less than one command
     assert _batch_length(queued(1, BATCH_ITEMS)) == 1
+
+
+def test_pysyncobjs_resent_entries_warning_is_info_and_other_criticals_stay(
+        caplog: pytest.LogCaptureFixture) -> None:
+    logger = logging.getLogger("pysyncobj.syncobj")
+    with caplog.at_level(logging.INFO, logger="pysyncobj.syncobj"):
+        logger.critical("truncating already-applied log entries from index %d "
+                        "(last applied: %d) - state machine may have diverged", 2, 11)
+        logger.critical("something else")
+    assert [(r.levelname, r.getMessage()[:36]) for r in caplog.records] == [
+        ("INFO", "truncating already-applied log entri"), ("CRITICAL", "something else")]
