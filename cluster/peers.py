@@ -18,6 +18,10 @@ import aiohttp
 from cluster import tls
 
 CHUNK = 1 << 20
+# The Raft index the sending member has seen committed: the receiver applies as much before
+# it handles the request (``wait_applied``), so a peer never acts on an older state than
+# the member that asked (as a move's begin, committed a moment ago).
+APPLIED_HEADER = "X-Corral-Applied"
 
 
 def cluster_ssl(root: Path) -> object:
@@ -26,9 +30,13 @@ def cluster_ssl(root: Path) -> object:
 
 
 @asynccontextmanager
-async def peer_session(root: Path, timeout: float = 600.0) -> AsyncIterator[aiohttp.ClientSession]:
+async def peer_session(root: Path, timeout: float = 600.0, applied: int = 0,
+                       ) -> AsyncIterator[aiohttp.ClientSession]:
+    """A session to other members; ``applied``: this member's commit index, sent along
+    (``APPLIED_HEADER``) with every request."""
     connector = aiohttp.TCPConnector(ssl=cluster_ssl(root))  # type: ignore[arg-type]
-    async with aiohttp.ClientSession(connector=connector,
+    headers = {APPLIED_HEADER: str(applied)} if applied else None
+    async with aiohttp.ClientSession(connector=connector, headers=headers,
                                      timeout=aiohttp.ClientTimeout(total=timeout)) as session:
         yield session
 

@@ -6,6 +6,7 @@ daemon at start-up instead of being served open.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -27,10 +28,13 @@ from cluster.api.handlers import (
     snapshots,
     state,
 )
+from cluster.api.handlers.common import REPLICA_LAG
 from cluster.api.middleware import error_middleware
 from cluster.api.proxy import setup_proxy
 from cluster.api.response import ApiError
+from cluster.peers import APPLIED_HEADER
 
+log = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 MAX_BODY_BYTES = 4 * 2**20  # JSON bodies; file and image uploads stream with their own caps
 UNTRUSTED, TRUSTED = "untrusted", "trusted"
@@ -127,8 +131,26 @@ def access_middleware() -> Middleware:
     return middleware
 
 
+def replica_middleware() -> Middleware:
+    """A peer's request says which Raft index the peer had seen committed
+    (``peers.APPLIED_HEADER``): this replica applies the log that far first (at most
+    ``REPLICA_LAG`` s), so it never acts on an older state than the peer did."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        index = request.headers.get(APPLIED_HEADER, "")
+        if index.isdigit() and _is_trusted(request):
+            if not await request.app[CTX].store.wait_applied(int(index), REPLICA_LAG):
+                log.info("replica still behind index %s after %.0f s: %s %s", index,
+                         REPLICA_LAG, request.method, request.path)
+        return await handler(request)
+
+    return middleware
+
+
 def build_app(ctx: Context) -> web.Application:
-    app = web.Application(middlewares=[error_middleware(), access_middleware()],
+    app = web.Application(middlewares=[error_middleware(), access_middleware(),
+                                       replica_middleware()],
                           client_max_size=MAX_BODY_BYTES)
     app[CTX] = ctx
     access: dict[str, str] = {}

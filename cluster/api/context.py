@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import time
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
+import aiohttp
 from aiohttp import web
 
+from cluster import peers
 from cluster.api.events import EventHub
 from cluster.api.operations import Operations
 from cluster.api.response import ApiError
@@ -43,6 +46,13 @@ class Context:
         self.events.location = name
         if self.local is not None:
             self.local.member = name
+
+    def peer_session(self, timeout: float = 600.0,
+                     ) -> AbstractAsyncContextManager[aiohttp.ClientSession]:
+        """A session to other members that tells them this member's commit index: each
+        applies the log that far before it acts (``peers.APPLIED_HEADER``)."""
+        return peers.peer_session(self.paths.root, timeout,
+                                  applied=self.store.commit_index())
 
     async def save_local(self) -> None:
         if self.local is not None:

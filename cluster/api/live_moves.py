@@ -17,7 +17,6 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from cluster import peers
 from cluster.api.context import Context
 from cluster.api.handlers.migration import migration_downtime
 from cluster.api.response import ApiError
@@ -69,7 +68,7 @@ async def live_migrate(ctx: Context, name: str, target: str, source_address: str
 
 
 async def _call(ctx: Context, method: str, url: str) -> dict[str, Any]:
-    async with peers.peer_session(ctx.paths.root, timeout=120) as session:
+    async with ctx.peer_session(timeout=120) as session:
         async with session.request(method, url, headers=FORWARDED) as resp:
             doc: dict[str, Any] = await resp.json(content_type=None)
             if resp.status >= 300:
@@ -81,7 +80,7 @@ async def _call(ctx: Context, method: str, url: str) -> dict[str, Any]:
 async def _send(ctx: Context, url: str, body: dict[str, Any],
                 progress: Callable[[int], None] | None) -> dict[str, Any]:
     """The source's stream of progress lines, to its last line (``done`` or ``error``)."""
-    async with peers.peer_session(ctx.paths.root, timeout=MIGRATION_TIMEOUT) as session:
+    async with ctx.peer_session(timeout=MIGRATION_TIMEOUT) as session:
         async with session.post(url, json=body, headers=FORWARDED) as resp:
             if resp.status != 200:
                 doc = await resp.json(content_type=None)

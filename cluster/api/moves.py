@@ -20,7 +20,6 @@ import logging
 import time
 from typing import Any
 
-from cluster import peers
 from cluster.api.context import Context
 from cluster.api.live_moves import live_migrate
 from cluster.api.response import ApiError
@@ -126,7 +125,7 @@ async def _precopy(ctx: Context, name: str, uid: str, source: str, target: str,
            f"&precopy=1")
     started = time.monotonic()
     try:
-        async with peers.peer_session(ctx.paths.root) as session:
+        async with ctx.peer_session() as session:
             async with session.post(url, headers=FORWARDED) as resp:
                 doc = await resp.json(content_type=None)
                 if resp.status != 200:
@@ -146,7 +145,7 @@ async def _pull(ctx: Context, name: str, uid: str, source: str, target: str,
     url = f"https://{target}/internal/instances/{name}/volume?uid={uid}&source={source}"
     if since is not None:
         url += f"&since={since:.6f}"
-    async with peers.peer_session(ctx.paths.root) as session:
+    async with ctx.peer_session() as session:
         async with session.post(url, headers=FORWARDED) as resp:
             if resp.status != 200:
                 doc = await resp.json(content_type=None)
@@ -179,7 +178,7 @@ async def _drop_copy(ctx: Context, name: str, uid: str, address: str,
     url = f"https://{address}/internal/instances/{name}/volume?uid={uid}"
     url += "&incoming=1" if incoming else ""
     try:
-        async with peers.peer_session(ctx.paths.root, timeout=120) as session:
+        async with ctx.peer_session(timeout=120) as session:
             async with session.delete(url, headers=FORWARDED) as resp:
                 if resp.status not in (200, 404, 409):
                     log.warning("member %s kept a copy of %s: %s", address, name,

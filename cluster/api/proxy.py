@@ -26,6 +26,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from cluster import tls
 from cluster.api.response import ApiError
+from cluster.peers import APPLIED_HEADER
 
 FORWARDED_HEADER = "X-Corral-Forwarded"
 CHUNK = 256 * 1024
@@ -44,11 +45,20 @@ class _HasRoot(Protocol):
     def root(self) -> Path: ...
 
 
+class _HasCommitIndex(Protocol):
+    def commit_index(self) -> int: ...
+
+
 class ProxyContext(Protocol):
-    """What relaying needs from the daemon's ``Context``: where the cluster certificate is."""
+    """What relaying needs from the daemon's ``Context``: where the cluster certificate is,
+    and the Raft index this member has seen committed (the target applies that much
+    first: ``peers.APPLIED_HEADER``)."""
 
     @property
     def paths(self) -> _HasRoot: ...
+
+    @property
+    def store(self) -> _HasCommitIndex: ...
 
 
 class Proxy:
@@ -136,7 +146,8 @@ def _url(address: str, path_qs: str) -> str:
     return f"https://{address}{path_qs}"
 
 
-def _request_headers(request: web.Request, websocket: bool = False) -> CIMultiDict[str]:
+def _request_headers(request: web.Request, ctx: ProxyContext,
+                     websocket: bool = False) -> CIMultiDict[str]:
     headers: CIMultiDict[str] = CIMultiDict()
     for key, value in request.headers.items():
         lowered = key.lower()
@@ -144,6 +155,9 @@ def _request_headers(request: web.Request, websocket: bool = False) -> CIMultiDi
             continue
         headers.add(key, value)
     headers[FORWARDED_HEADER] = "1"
+    applied = ctx.store.commit_index()
+    if applied:
+        headers[APPLIED_HEADER] = str(applied)
     return headers
 
 
@@ -164,7 +178,7 @@ async def forward(request: web.Request, address: str, ctx: ProxyContext) -> web.
         try:
             upstream = await proxy.session().request(
                 request.method, _url(address, request.path_qs), data=body,
-                headers=_request_headers(request), ssl=proxy.ssl_context(ctx.paths.root),
+                headers=_request_headers(request, ctx), ssl=proxy.ssl_context(ctx.paths.root),
                 allow_redirects=False)
             break
         except aiohttp.ClientConnectorError as exc:
@@ -202,7 +216,7 @@ async def forward_websocket(request: web.Request, address: str,
     proxy = _proxy(request)
     try:
         upstream = await proxy.session().ws_connect(
-            _url(address, request.path_qs), headers=_request_headers(request, websocket=True),
+            _url(address, request.path_qs), headers=_request_headers(request, ctx, websocket=True),
             ssl=proxy.ssl_context(ctx.paths.root), autoclose=False, max_msg_size=MAX_MESSAGE,
             timeout=aiohttp.ClientWSTimeout(ws_close=CLOSE_TIMEOUT))
     except aiohttp.WSServerHandshakeError as exc:

@@ -60,6 +60,9 @@ class _Replica(SyncObjConsumer):
         self.lock = threading.Lock()
         self.listeners: list[Any] = []
         self.unfrozen = 0  # items applied since the last gc.freeze()
+        # What readers see while Raft restarts and replays into ``state`` (a rebind):
+        # the last state, not an empty or half-replayed one.
+        self.shown: State | None = None
         super().__init__()
         self.state = State()
 
@@ -244,10 +247,14 @@ class RaftStore:
                          "snapshot.1.tmp"):
                 (self._journal_dir / name).unlink(missing_ok=True)
         with self._replica.lock:
-            self._replica.state = State()
+            self._replica.shown, self._replica.state = self._replica.state, State()
         self._address, self._partners, self._password = self_address, list(partners), password
         self.voter = voter
-        await self.start()
+        try:
+            await self.start()
+        finally:
+            with self._replica.lock:
+                self._replica.shown = None
 
     async def add_member(self, raft_address: str, timeout: float = 10.0) -> None:
         """Add a voter (pysyncobj's dynamic membership; the change goes through the log)."""
@@ -300,7 +307,31 @@ class RaftStore:
     @contextmanager
     def read(self) -> Iterator[State]:
         with self._replica.lock:
-            yield self._replica.state
+            shown = self._replica.shown
+            yield shown if shown is not None else self._replica.state
+
+    def commit_index(self) -> int:
+        """The Raft log index this member knows committed (0 while Raft is down): a peer
+        that this member asks to act waits until it has applied as much (``wait_applied``),
+        so it sees every write this member has seen."""
+        sync = self._sync
+        return int(sync._SyncObj__raftCommitIndex) if sync is not None else 0
+
+    def applied_index(self) -> int:
+        """The Raft log index this replica has applied (entries are counted once applied)."""
+        sync = self._sync
+        return int(sync._SyncObj__raftLastApplied) if sync is not None else 0
+
+    async def wait_applied(self, index: int, timeout: float) -> bool:
+        """Wait until this replica has applied the log up to ``index``, at most ``timeout``
+        s; whether it has."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self.applied_index() < index:
+            if loop.time() >= deadline:
+                return False
+            await asyncio.sleep(0.005)
+        return True
 
     def leader(self) -> str | None:
         leader = self._sync._getLeader() if self._sync else None

@@ -40,9 +40,14 @@ class StaticStore:
 
     state: State
 
+    commit: int = 0
+
     @contextmanager
     def read(self) -> Iterator[State]:
         yield self.state
+
+    def commit_index(self) -> int:
+        return self.commit
 
 
 async def _echo(request: web.Request) -> web.Response:
@@ -135,7 +140,8 @@ async def target(root: Path) -> AsyncIterator[tuple[str, web.Application]]:
 
 def _front_app(root: Path, address: str) -> web.Application:
     """The member the client called: relays everything to ``address``."""
-    ctx = SimpleNamespace(paths=SimpleNamespace(root=root))
+    ctx = SimpleNamespace(paths=SimpleNamespace(root=root),
+                          store=StaticStore(State(), commit=41))
 
     async def relay(request: web.Request) -> web.StreamResponse:
         if proxy.is_websocket(request):
@@ -170,6 +176,7 @@ async def test_a_request_and_its_answer_pass_through_unchanged(front: Client, ro
     headers = seen["headers"]
     assert headers["X-LXD-uid"] == "1000" and headers["X-LXD-write"] == "append"
     assert headers["X-Corral-Forwarded"] == "1"  # the loop guard, whatever the client sent
+    assert headers["X-Corral-Applied"] == "41"  # the relay's commit index: apply that first
     assert headers["Content-Type"] == "application/octet-stream"
     assert "Accept-Encoding" not in headers  # the relay adds none of its own
     assert headers["User-Agent"].startswith("Python") and "Connection" not in headers

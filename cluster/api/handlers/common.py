@@ -110,7 +110,9 @@ REPLICA_LAG = 5.0  # s a member waits for its replica to apply what a peer commi
 async def until_replica(ready: Callable[[], bool], timeout: float = REPLICA_LAG) -> None:
     """Wait until ``ready()`` holds on this member's replica, at most ``timeout`` s: a
     peer that committed a command (a move's begin or end) and at once asks this member
-    to act on it may be a few milliseconds ahead of this member's replica."""
+    to act on it may be a few milliseconds ahead of this member's replica. Peers send
+    their commit index, which this member applies first (``app.replica_middleware``);
+    this check stays for callers that did not (an older member during an upgrade)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while loop.time() < deadline:

@@ -138,7 +138,7 @@ async def receive(request: web.Request) -> web.StreamResponse:
             await response.write(json.dumps({"bytes": done}).encode() + b"\n")
 
     try:
-        async with peers.peer_session(ctx.paths.root) as session:
+        async with ctx.peer_session() as session:
             url = f"https://{source}/internal/instances/{inst.name}/volume?uid={inst.uid}"
             precopied, made = None, None
             if since is not None:  # a delta on top of this move's pre-copy
@@ -191,7 +191,7 @@ async def _precopy(ctx: Context, inst: Instance, spec: InstanceSpec, pool: Volum
     url = (f"https://{source}/internal/instances/{inst.name}/volume?uid={inst.uid}"
            f"&precopy=1")
     try:
-        async with peers.peer_session(ctx.paths.root) as session:
+        async with ctx.peer_session() as session:
             async with session.get(f"{url}&listing=1", headers=FORWARDED) as listed:
                 if listed.status != 200:
                     raise ApiError(502, f"the source member answered {listed.status}")
