@@ -64,7 +64,8 @@ def running(daemon: DaemonProcess) -> Iterator[str]:
 
 @pytest.fixture
 async def front(daemon: DaemonProcess, address: str) -> AsyncIterator[Client]:
-    ctx = SimpleNamespace(paths=SimpleNamespace(root=daemon.root))
+    ctx = SimpleNamespace(paths=SimpleNamespace(root=daemon.root),
+                          store=SimpleNamespace(commit_index=lambda: 0))  # no Raft here
 
     async def relay(request: web.Request) -> web.StreamResponse:
         if proxy.is_websocket(request):
