@@ -18,7 +18,9 @@ import argparse
 import secrets
 import shutil
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -57,6 +59,36 @@ def report(kind: str, evacuate: float, restore: float, move: float) -> None:
     print(f"  move of one running container: {move:.2f} s")
 
 
+def unpack_ms(near: Path, tries: int = 5) -> tuple[int, list[float]]:
+    """How long this disk takes to unpack a busybox rootfs (busybox and a symlink per
+    applet, as in the image) beside the cluster, as a move does (``--absolute-names``),
+    each time into a new directory: the cost varies by where the directory lands, and it
+    is most of what a move's pre-copy costs here."""
+    with tempfile.TemporaryDirectory(dir=near) as scratch:
+        tree = Path(scratch) / "tree"
+        (tree / "bin").mkdir(parents=True)
+        busybox = shutil.which("busybox") or "/bin/busybox"
+        shutil.copy2(busybox, tree / "bin" / "busybox")
+        applets = subprocess.run([busybox, "--list-full"], capture_output=True, text=True,
+                                 check=True).stdout.split()
+        for applet in applets:
+            link = tree / applet
+            link.parent.mkdir(parents=True, exist_ok=True)
+            if not link.exists() and not link.is_symlink():
+                link.symlink_to("/bin/busybox")
+        archive = Path(scratch) / "rootfs.tar"
+        subprocess.run(["tar", "-C", str(tree), "-cf", str(archive), "."], check=True)
+        times = []
+        for attempt in range(tries):
+            into = Path(scratch) / f"into{attempt}"
+            into.mkdir()
+            started = time.perf_counter()
+            subprocess.run(["tar", "--absolute-names", "-C", str(into), "-xf", str(archive)],
+                           check=True)
+            times.append((time.perf_counter() - started) * 1000)
+        return len(applets) + 1, times
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--instances", type=int, default=3)
@@ -83,6 +115,9 @@ def main() -> int:
                 time.sleep(1)
         print(f"members: 3 (network namespaces), instances on m3: {args.instances} busybox, "
               f"reps: {args.reps} (median; CLI start-up included)")
+        files, times = unpack_ms(directory)
+        print(f"disk: unpacking {files} files takes "
+              f"{', '.join(f'{t:.0f}' for t in times)} ms here (each into a new directory)")
         report("cold", *measure(m1, names, args.reps))
         if not args.cold_only:
             for name in names:
