@@ -71,16 +71,21 @@ def _greeting(reader: Any, path: Path) -> dict[str, Any]:
     raise QmpUnavailable(f"QMP socket {path}: no greeting: {json.dumps(message)[:200]}")
 
 
+def _answered(message: dict[str, Any], command: str) -> bool:
+    """Whether ``message`` answers ``command`` (not an event); QmpError if QEMU refused."""
+    if "error" in message:
+        error = message["error"] if isinstance(message["error"], dict) else {}
+        raise QmpError(command, str(error.get("class", "GenericError")),
+                       str(error.get("desc", "")))
+    return "return" in message
+
+
 def _reply(reader: Any, path: Path, command: str) -> Any:
     """The answer to the command just sent (events before it are skipped)."""
     while True:
         message = _read_message(reader, path)
-        if "return" in message:
+        if _answered(message, command):
             return message["return"]
-        if "error" in message:
-            error = message["error"] if isinstance(message["error"], dict) else {}
-            raise QmpError(command, str(error.get("class", "GenericError")),
-                           str(error.get("desc", "")))
 
 
 def execute(path: Path, command: str, arguments: dict[str, Any] | None = None,
@@ -186,12 +191,8 @@ class Monitor:
         deadline = time.monotonic() + self.timeout
         while True:
             message = self._message(deadline)
-            if "return" in message:
+            if _answered(message, command):
                 return message["return"]
-            if "error" in message:
-                error = message["error"] if isinstance(message["error"], dict) else {}
-                raise QmpError(command, str(error.get("class", "GenericError")),
-                               str(error.get("desc", "")))
             if "event" in message:
                 self.events.append(message)
 
