@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from node_agent.storage.errors import StorageError, VolumeExists, VolumeNotFound
+from node_agent.storage.topdir import spread_subdirectories
 
 COPY_TIMEOUT = 1800.0
 _RENAME_NOREPLACE = 1
@@ -74,6 +75,7 @@ class DirPool:
             (self.path / sub).chmod(0o711)
         for private in (self.path / ".tmp", self.path / ".spares"):
             private.mkdir(mode=0o700, exist_ok=True)
+        spread_subdirectories(self.path / ".tmp")  # every new tree starts there
         for entry in (self.path / ".tmp").iterdir():
             pid = entry.name.split("-", 1)[0]
             if not pid.isdigit() or not Path(f"/proc/{pid}").exists():
@@ -133,9 +135,7 @@ class DirPool:
     def incoming_scratch(self) -> Path:
         """A directory in ``.tmp`` to unpack a volume arriving from another member into
         (removed by ``discard_scratch``, or by ``ensure`` once this process is gone)."""
-        tmp = self.path / ".tmp"
-        tmp.mkdir(mode=0o700, parents=True, exist_ok=True)
-        scratch = tmp / f"{os.getpid()}-in-{secrets.token_hex(6)}"
+        scratch = self.tmp() / f"{os.getpid()}-in-{secrets.token_hex(6)}"
         scratch.mkdir(mode=0o711)
         return scratch
 
@@ -265,12 +265,19 @@ class DirPool:
 
     # helpers -------------------------------------------------------------------
 
+    def tmp(self) -> Path:
+        """``.tmp``, made if missing; each tree made in it gets a block group of its own
+        (``topdir``)."""
+        tmp = self.path / ".tmp"
+        if not tmp.is_dir():
+            tmp.mkdir(mode=0o700, parents=True, exist_ok=True)
+            spread_subdirectories(tmp)
+        return tmp
+
     @contextlib.contextmanager
     def _scratch(self) -> Iterator[Path]:
         """A fresh directory in ``.tmp``, removed on exit whatever is left in it."""
-        tmp = self.path / ".tmp"
-        tmp.mkdir(mode=0o700, parents=True, exist_ok=True)
-        scratch = tmp / f"{os.getpid()}-{secrets.token_hex(6)}"
+        scratch = self.tmp() / f"{os.getpid()}-{secrets.token_hex(6)}"
         scratch.mkdir(mode=0o700)
         try:
             yield scratch

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import stat
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ import pytest
 
 from node_agent.storage.dir import DirPool
 from node_agent.storage.errors import StorageError, VolumeExists, VolumeNotFound
+from node_agent.storage.topdir import spread_subdirectories, spreads_subdirectories
 
 pytestmark = pytest.mark.real
 ROOT = 1000000  # the mapped root of an unprivileged container
@@ -245,3 +247,28 @@ def test_usage_and_info_have_lxds_shapes(pool: DirPool) -> None:
         "config": {"source": str(pool.path)}, "status": "Created", "locations": ["none"],
         "used_by": [],
     }
+
+
+def test_each_new_tree_gets_a_block_group_of_its_own(tmp_path: Path) -> None:
+    """``.tmp``, where every volume is built, carries ext4's top-directory flag where the
+    filesystem has inode flags (see ``storage/topdir.py``), also after an upgrade."""
+    probe = tmp_path / "probe"
+    probe.mkdir()
+    has_flags = spread_subdirectories(probe)
+    pool = DirPool("default", tmp_path / "pool")
+    pool.ensure()
+    assert spreads_subdirectories(pool.path / ".tmp") == has_flags
+    subprocess.run(["chattr", "-T", str(pool.path / ".tmp")], check=has_flags)
+    assert not spreads_subdirectories(pool.path / ".tmp")
+    pool.ensure()
+    assert spreads_subdirectories(pool.path / ".tmp") == has_flags
+    print(f"\n{tmp_path}: inode flags {'set' if has_flags else 'not supported'}")
+
+
+def test_the_flag_is_best_effort(tmp_path: Path) -> None:
+    assert not spread_subdirectories(tmp_path / "missing")
+    assert not spreads_subdirectories(tmp_path / "missing")
+    shm = Path("/dev/shm")
+    if shm.is_dir():  # tmpfs: no inode flags, no error either
+        with tempfile.TemporaryDirectory(dir=shm) as scratch:
+            assert not spread_subdirectories(Path(scratch))
