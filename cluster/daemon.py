@@ -130,6 +130,7 @@ async def serve(paths: Paths, ready: asyncio.Event | None = None) -> None:
         way_back_task.cancel()
         accel_task.cancel()
         await agent.close()
+        await ctx.peer_client.close()
         await store.close()
 
 

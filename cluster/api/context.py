@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import time
-from contextlib import AbstractAsyncContextManager
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-import aiohttp
 from aiohttp import web
 
 from cluster import peers
@@ -37,6 +37,10 @@ class Context:
     local: LocalConfig | None = None
     started_at: float = field(default_factory=time.time)
     server_config: dict[str, Any] = field(default_factory=dict)
+    peer_client: peers.PeerClient = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.peer_client = peers.PeerClient(self.paths.root)
 
     def rename_member(self, name: str) -> None:
         """Take the name the cluster knows this member by (when joining)."""
@@ -47,12 +51,12 @@ class Context:
         if self.local is not None:
             self.local.member = name
 
-    def peer_session(self, timeout: float = 600.0,
-                     ) -> AbstractAsyncContextManager[aiohttp.ClientSession]:
-        """A session to other members that tells them this member's commit index: each
-        applies the log that far before it acts (``peers.APPLIED_HEADER``)."""
-        return peers.peer_session(self.paths.root, timeout,
-                                  applied=self.store.commit_index())
+    @asynccontextmanager
+    async def peer_session(self, timeout: float = 600.0) -> AsyncIterator[peers.PeerSession]:
+        """This daemon's pooled session to other members (``peers.PeerClient``), telling
+        them this member's commit index: each applies the log that far before it acts
+        (``peers.APPLIED_HEADER``)."""
+        yield self.peer_client.session(timeout, applied=self.store.commit_index())
 
     async def save_local(self) -> None:
         if self.local is not None:

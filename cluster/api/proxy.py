@@ -24,9 +24,8 @@ import aiohttp
 from aiohttp import WSCloseCode, WSMsgType, web
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from cluster import tls
 from cluster.api.response import ApiError
-from cluster.peers import APPLIED_HEADER
+from cluster.peers import APPLIED_HEADER, ClusterTLS
 
 FORWARDED_HEADER = "X-Corral-Forwarded"
 CHUNK = 256 * 1024
@@ -70,7 +69,7 @@ class Proxy:
 
     def __init__(self) -> None:
         self._session: aiohttp.ClientSession | None = None
-        self._ssl: tuple[tuple[int, int], ssl.SSLContext] | None = None
+        self._tls: ClusterTLS | None = None
         # Operation id -> (member name, expiry on the loop's clock); see ``forwarding``.
         self.operations: dict[str, tuple[str, float]] = {}
 
@@ -84,11 +83,9 @@ class Proxy:
 
     def ssl_context(self, root: Path) -> ssl.SSLContext:
         """Present the cluster certificate and accept only that certificate in return."""
-        crt, key = root / "server.crt", root / "server.key"
-        stamp = (crt.stat().st_mtime_ns, key.stat().st_mtime_ns)
-        if self._ssl is None or self._ssl[0] != stamp:
-            self._ssl = (stamp, tls.client_context(crt, key, server_pem=crt.read_text()))
-        return self._ssl[1]
+        if self._tls is None or self._tls.root != root:
+            self._tls = ClusterTLS(root)
+        return self._tls.context()
 
     async def close(self) -> None:
         if self._session is not None:
