@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from cluster import devcluster  # noqa: E402
 from cluster.harness import DaemonProcess  # noqa: E402
+from node_agent.storage.topdir import spread_subdirectories  # noqa: E402
 
 LXD_EVACUATE, LXD_RESTORE = 7.1, 7.3  # seconds, quoted from the issue (see docstring)
 
@@ -59,11 +60,13 @@ def report(kind: str, evacuate: float, restore: float, move: float) -> None:
     print(f"  move of one running container: {move:.2f} s")
 
 
-def unpack_ms(near: Path, tries: int = 5) -> tuple[int, list[float]]:
+def unpack_ms(near: Path, tries: int = 5) -> tuple[int, dict[str, list[float]]]:
     """How long this disk takes to unpack a busybox rootfs (busybox and a symlink per
     applet, as in the image) beside the cluster, as a move does (``--absolute-names``),
-    each time into a new directory: the cost varies by where the directory lands, and it
-    is most of what a move's pre-copy costs here."""
+    each time into a new directory, the one before deleted: in a plain directory, and in
+    one with ext4's top-directory flag as a pool's ``.tmp`` has (``storage/topdir.py``:
+    on ext4 without a journal, creating files beside ones deleted a moment before is
+    slow)."""
     with tempfile.TemporaryDirectory(dir=near) as scratch:
         tree = Path(scratch) / "tree"
         (tree / "bin").mkdir(parents=True)
@@ -78,14 +81,21 @@ def unpack_ms(near: Path, tries: int = 5) -> tuple[int, list[float]]:
                 link.symlink_to("/bin/busybox")
         archive = Path(scratch) / "rootfs.tar"
         subprocess.run(["tar", "-C", str(tree), "-cf", str(archive), "."], check=True)
-        times = []
-        for attempt in range(tries):
-            into = Path(scratch) / f"into{attempt}"
-            into.mkdir()
-            started = time.perf_counter()
-            subprocess.run(["tar", "--absolute-names", "-C", str(into), "-xf", str(archive)],
-                           check=True)
-            times.append((time.perf_counter() - started) * 1000)
+        times: dict[str, list[float]] = {}
+        for kind in ("plain", "flagged"):
+            parent = Path(scratch) / kind
+            parent.mkdir()
+            if kind == "flagged" and not spread_subdirectories(parent):
+                continue
+            for attempt in range(tries):
+                into = parent / str(attempt)
+                into.mkdir()
+                started = time.perf_counter()
+                subprocess.run(["tar", "--absolute-names", "-C", str(into), "-xf",
+                                str(archive)], check=True)
+                times.setdefault(kind, []).append((time.perf_counter() - started) * 1000)
+                if attempt:
+                    shutil.rmtree(parent / str(attempt - 1))
         return len(applets) + 1, times
 
 
@@ -116,8 +126,9 @@ def main() -> int:
         print(f"members: 3 (network namespaces), instances on m3: {args.instances} busybox, "
               f"reps: {args.reps} (median; CLI start-up included)")
         files, times = unpack_ms(directory)
-        print(f"disk: unpacking {files} files takes "
-              f"{', '.join(f'{t:.0f}' for t in times)} ms here (each into a new directory)")
+        for kind, figures in times.items():
+            print(f"disk: unpacking {files} files takes {', '.join(f'{t:.0f}' for t in figures)}"
+                  f" ms here ({kind} directory; each into a new one, the last deleted)")
         report("cold", *measure(m1, names, args.reps))
         if not args.cold_only:
             for name in names:
