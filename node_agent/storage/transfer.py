@@ -10,8 +10,8 @@ A move of a running instance first *pre-copies* the volume while it runs (into
 ``precopy_dir``), then, once it is stopped, sends only what changed since the pre-copy
 began (``tar --newer``: data or metadata, by ctime) and the list of every path, by which
 the receiver removes what was deleted in between. Unpacking is slow where creating
-files is (here 0.1-1.5 ms a file, by where on the disk the directory lands), and that is
-no longer time the instance is down.
+files is (on ext4 without a journal, beside files deleted a moment before: see
+``topdir``), and that is no longer time the instance is down.
 
 The receiver's tar runs with ``--absolute-names``: without it GNU tar extracts every
 symlink with an absolute target (a busybox rootfs is ~270 of them) as a placeholder file,
