@@ -81,6 +81,8 @@ class SourceVm(FakeVm):
         self.job: dict[str, Any] | None = None
         self.migration = "none"
         self.parameters: dict[str, Any] = {}
+        self.passes = 1  # RAM passes before the switchover (dirty-sync-count)
+        self.sync_count = 0
         self.loaded: dict[str, bytes] = {}  # the TLS files as object-add found them
 
     def handle(self, request: dict[str, Any]) -> list[dict[str, Any]]:
@@ -119,6 +121,9 @@ class SourceVm(FakeVm):
         return dict(self.job)
 
     def _advance_migration(self) -> dict[str, Any]:
+        if self.migration == "active" and self.sync_count < self.passes:
+            self.sync_count += 1
+            return {"status": "active", "ram": {"dirty-sync-count": self.sync_count}}
         if self.migration == "active":
             self.migration = "pre-switchover"
             self.run_state = "finish-migrate"
@@ -158,7 +163,7 @@ def test_the_mirror_completes_while_the_guest_is_stopped_before_the_switch_over(
     sent: dict[Any, Any] = {r["execute"]: r.get("arguments")
                             for r in vm.qmp.seen}  # type: ignore[union-attr]
     assert sent["blockdev-mirror"]["sync"] == "top"
-    assert sent["migrate-set-parameters"]["downtime-limit"] == 250
+    assert sent["migrate-set-parameters"]["downtime-limit"] == 20  # converged in a pass
     assert sent["migrate-set-parameters"]["tls-creds"] == mig.TLS_CREDS
     assert sent["migrate-set-parameters"]["tls-hostname"] == mig.TLS_HOSTNAME
     assert sent["migrate"] == {"uri": "tcp:127.0.0.1:40001"}
@@ -171,6 +176,17 @@ def test_the_mirror_completes_while_the_guest_is_stopped_before_the_switch_over(
     assert not (driver.vm_dir("vm1") / mig.TLS_DIR).exists()
     assert {r["phase"] for r in reports} == {"disk", "memory"}
     assert driver.status("vm1") == "Frozen"  # postmigrate: the caller decides
+
+
+def test_the_downtime_limit_rises_pass_by_pass_up_to_the_configured_one(
+        source: tuple[QemuDriver, SourceVm]) -> None:
+    driver, vm = source
+    vm.passes = 8
+    vm.start()
+    mig.migrate_out(driver, "vm1", INCOMING, CREDENTIALS, downtime_ms=250)
+    limits = [r["arguments"]["downtime-limit"] for r in vm.qmp.seen  # type: ignore[union-attr]
+              if r["execute"] == "migrate-set-parameters" and "downtime-limit" in r["arguments"]]
+    assert limits == [20, 40, 80, 160, 250]
 
 
 @pytest.mark.parametrize("fail", ["blockdev-mirror", "migrate"])

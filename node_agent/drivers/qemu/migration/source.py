@@ -29,6 +29,7 @@ from node_agent.drivers.qemu.migration.common import (
     quietly,
     wait_until,
 )
+from node_agent.drivers.qemu.migration.downtime import DowntimeSchedule
 from node_agent.drivers.qemu.migration.switchover import (
     follow_events,
     follow_polled,
@@ -57,8 +58,10 @@ def migrate_out(driver: QemuDriver, name: str, incoming: Incoming, credentials: 
     ``disk_total``, and for memory ``status``, ``ram_transferred``, ``ram_total``,
     ``ram_remaining``). On failure the source runs again (``resume_source``) and
     MigrationError is raised. Raises InvalidState if the VM is not running."""
-    if downtime_ms <= 0:
-        raise MigrationError(f"downtime must be positive, got {downtime_ms} ms")
+    try:
+        schedule = DowntimeSchedule(downtime_ms)  # low first, up to downtime_ms (downtime.py)
+    except ValueError as exc:
+        raise MigrationError(str(exc)) from exc
     status = driver.status(name)
     if status != "Running":
         raise InvalidState(f"cannot migrate VM {name!r}: it is {status}")
@@ -72,7 +75,7 @@ def migrate_out(driver: QemuDriver, name: str, incoming: Incoming, credentials: 
                  {"capabilities": [{"capability": "pause-before-switchover", "state": True},
                                    {"capability": "events", "state": True}]})
         call_qmp(driver, name, "setting migration parameters", "migrate-set-parameters",
-                 {"downtime-limit": downtime_ms, "max-bandwidth": MAX_BANDWIDTH,
+                 {"downtime-limit": schedule.current, "max-bandwidth": MAX_BANDWIDTH,
                   "tls-creds": TLS_CREDS, "tls-hostname": TLS_HOSTNAME})
         parameters = call_qmp(driver, name, "query-migrate-parameters",
                               "query-migrate-parameters")
@@ -81,11 +84,11 @@ def migrate_out(driver: QemuDriver, name: str, incoming: Incoming, credentials: 
             with open_monitor(name, monitor_path) as monitor:
                 call_qmp(driver, name, f"migrate to {incoming.migration_uri}", "migrate",
                          {"uri": incoming.migration_uri})
-                reply, disk_bytes = follow_events(monitor, name, deadline, report)
+                reply, disk_bytes = follow_events(monitor, name, deadline, report, schedule)
         else:  # a VM started before the second monitor existed: poll
             call_qmp(driver, name, f"migrate to {incoming.migration_uri}", "migrate",
                      {"uri": incoming.migration_uri})
-            reply, disk_bytes = follow_polled(driver, name, deadline, report)
+            reply, disk_bytes = follow_polled(driver, name, deadline, report, schedule)
     except BaseException:
         _undo_source(driver, name)
         raise

@@ -26,16 +26,22 @@ from node_agent.drivers.qemu.migration.common import (
     mirror_job,
     wait_until,
 )
+from node_agent.drivers.qemu.migration.downtime import DowntimeSchedule
 
 
-def follow_polled(driver: QemuDriver, name: str, deadline: float,
-                  report: Progress) -> tuple[dict[str, Any], int]:
-    """Poll the migration to its end, completing the mirror at the pre-switchover pause.
-    Returns the final query-migrate reply and the bytes the mirror copied."""
+def follow_polled(driver: QemuDriver, name: str, deadline: float, report: Progress,
+                  schedule: DowntimeSchedule) -> tuple[dict[str, Any], int]:
+    """Poll the migration to its end, raising the downtime limit pass by pass
+    (``schedule``) and completing the mirror at the pre-switchover pause. Returns the
+    final query-migrate reply and the bytes the mirror copied."""
     disk_bytes, switched = 0, False
     while True:
         info = call_qmp(driver, name, "query-migrate", "query-migrate")
         status = info.get("status")
+        raised = schedule.on_pass(int((info.get("ram") or {}).get("dirty-sync-count", 0)))
+        if raised is not None and status == "active":
+            call_qmp(driver, name, "raising the downtime limit", "migrate-set-parameters",
+                     {"downtime-limit": raised})
         if status == "completed":
             # QEMU sets the state a moment before its figures (total-time, downtime).
             if info.get("total-time") or time.monotonic() >= deadline:
@@ -75,14 +81,22 @@ def _on(monitor: qmp.Monitor, name: str, doing: str, command: str,
     except (qmp.QmpError, qmp.QmpUnavailable) as exc:
         raise MigrationError(f"VM {name!r}: {doing}: {exc}") from exc
 
-def follow_events(monitor: qmp.Monitor, name: str, deadline: float,
-                  report: Progress) -> tuple[dict[str, Any], int]:
-    """``follow_polled`` driven by QEMU's MIGRATION events on a held monitor: the
-    switchover starts the moment the guest stops, not at the next poll; between events
-    the migration is queried for progress every PROGRESS_POLL s."""
+def follow_events(monitor: qmp.Monitor, name: str, deadline: float, report: Progress,
+                  schedule: DowntimeSchedule) -> tuple[dict[str, Any], int]:
+    """``follow_polled`` driven by QEMU's MIGRATION and MIGRATION_PASS events on a held
+    monitor: the switchover starts the moment the guest stops, not at the next poll, and
+    the limit rises as a pass begins; between events the migration is queried for
+    progress every PROGRESS_POLL s."""
     disk_bytes, switched = 0, False
     while True:
-        event = _take(monitor, lambda e: e.get("event") == "MIGRATION", PROGRESS_POLL)
+        event = _take(monitor, lambda e: e.get("event") in ("MIGRATION", "MIGRATION_PASS"),
+                      PROGRESS_POLL)
+        if event is not None and event.get("event") == "MIGRATION_PASS":
+            raised = schedule.on_pass(int(event.get("data", {}).get("pass", 0)))
+            if raised is not None:
+                _on(monitor, name, "raising the downtime limit", "migrate-set-parameters",
+                    {"downtime-limit": raised})
+            continue
         status = (event or {}).get("data", {}).get("status")
         if status is None:
             info = _on(monitor, name, "query-migrate", "query-migrate")
