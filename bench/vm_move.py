@@ -101,6 +101,8 @@ def main() -> int:
               f"{statistics.median(qemu_totals):.0f} ms")
         print(f"  downtime (QEMU's figure): {statistics.median(downtimes):.0f} ms "
               f"(goal <= 50 ms)")
+        print(f"  each run: {', '.join(f'{t:.0f}' for t in totals)} ms; downtime "
+              f"{', '.join(f'{d:.0f}' for d in downtimes)} ms")
     finally:
         devcluster.down(directory)
         shutil.rmtree(directory, ignore_errors=True)

@@ -13,6 +13,7 @@ from node_agent.drivers.qemu import cmdline as cl
 from node_agent.drivers.qemu import qmp
 from node_agent.drivers.qemu.driver import QemuDriver, remove_trees
 from node_agent.drivers.qemu.migration.common import (
+    ACTIVE,
     DRIVE,
     EXPORT,
     EXPORT_ID,
@@ -87,21 +88,35 @@ def _export_disk(driver: QemuDriver, name: str, host: str) -> int:
               "writable": True})
     return port
 
+LOADING = ACTIVE - {"setup"}  # an incoming migration's states once the source has connected
+
+
 def finish_incoming(driver: QemuDriver, name: str, timeout: float = STEP_TIMEOUT) -> None:
     """Stop the NBD server and run the migrated VM; from now on it is an ordinary VM of
-    this driver. Call it only after ``migrate_out`` returned on the source. Raises
-    InvalidState if the migration has not completed here, MigrationError."""
+    this driver. Call it only after ``migrate_out`` returned on the source: QEMU here may
+    still be loading the last of what the source sent (the source says "completed" once
+    it has sent it all), and that is waited for. Raises InvalidState if no migration came
+    or it failed here, MigrationError."""
     if not driver._pid(name):
         raise InvalidState(f"cannot finish the migration of VM {name!r}: it is not running")
-    state = call_qmp(driver, name, "query-migrate", "query-migrate")
-    status = call_qmp(driver, name, "query-status", "query-status").get("status")
-    if state.get("status") != "completed" or status == "inmigrate":
+
+    def arrived() -> bool:
+        state = call_qmp(driver, name, "query-migrate", "query-migrate")
+        status = call_qmp(driver, name, "query-status", "query-status").get("status")
+        if state.get("status") == "completed" and status != "inmigrate":
+            return True
+        if state.get("status") in LOADING or (state.get("status") == "completed"
+                                             and status == "inmigrate"):
+            return False  # "setup" is not here: nothing has come
         raise InvalidState(f"cannot finish the migration of VM {name!r}: it is "
                            f"{state.get('status', 'not started')} (run state {status})")
+
+    deadline = time.monotonic() + timeout
+    wait_until(f"VM {name!r} to load what the source sent", deadline, arrived)
     quietly(driver, name, "nbd-server-stop")  # closes its exports too
     drop_credentials(driver, name)
     call_qmp(driver, name, "cont", "cont")
-    wait_until(f"VM {name!r} to run", time.monotonic() + timeout,
+    wait_until(f"VM {name!r} to run", deadline,
                lambda: call_qmp(driver, name, "query-status", "query-status")
                .get("status") == "running")
 
