@@ -38,8 +38,9 @@ def follow_polled(driver: QemuDriver, name: str, deadline: float, report: Progre
     while True:
         info = call_qmp(driver, name, "query-migrate", "query-migrate")
         status = info.get("status")
-        raised = schedule.on_pass(int((info.get("ram") or {}).get("dirty-sync-count", 0)))
-        if raised is not None and status == "active":
+        passes = int((info.get("ram") or {}).get("dirty-sync-count", 0))
+        raised = schedule.on_pass(passes) if status == "active" else None
+        if raised is not None:
             call_qmp(driver, name, "raising the downtime limit", "migrate-set-parameters",
                      {"downtime-limit": raised})
         if status == "completed":
