@@ -14,8 +14,6 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-import yaml
-
 FORMATS = ("table", "csv", "json", "yaml")
 TIME_LAYOUT = "%Y/%m/%d %H:%M %Z"  # Go's "2006/01/02 15:04 MST"
 
@@ -102,34 +100,12 @@ def render_json(data: Any) -> str:
     return json.dumps(data, separators=(",", ":"), ensure_ascii=False) + "\n"
 
 
-class _GoLikeDumper(yaml.SafeDumper):
-    """A dumper whose output reads like ``yaml.v2``: no wrapping, timestamps left plain."""
-
-
-_GoLikeDumper.yaml_implicit_resolvers = {
-    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:timestamp"]
-    for first, resolvers in yaml.SafeDumper.yaml_implicit_resolvers.items()
-}
-
-
-def _represent_str(dumper: yaml.SafeDumper, data: str) -> yaml.ScalarNode:
-    # yaml.v2 double-quotes strings that would read back as another type ("0", "true", "").
-    style: str | None = None
-    if "\n" in data:
-        style = "|"
-    elif data == "" or dumper.resolve(yaml.ScalarNode, data, (True, False)) != (
-            "tag:yaml.org,2002:str"):
-        style = '"'
-    return dumper.represent_scalar("tag:yaml.org,2002:str", data, style=style)
-
-
-_GoLikeDumper.add_representer(str, _represent_str)
-
-
 def render_yaml(data: Any, sort_keys: bool = False) -> str:
-    """Block-style YAML, keys in the server's order unless ``sort_keys``."""
-    return yaml.dump(data, Dumper=_GoLikeDumper, default_flow_style=False,
-                     sort_keys=sort_keys, allow_unicode=True, width=1 << 30)
+    """Block-style YAML, keys in the server's order unless ``sort_keys``. (PyYAML is
+    imported here, by the commands that print YAML: ~25 ms of every other command.)"""
+    from cluster.cli.yaml_format import render_yaml as render
+
+    return render(data, sort_keys)
 
 
 def render(fmt: str, header: Sequence[str], rows: Rows, raw: Any) -> str:
