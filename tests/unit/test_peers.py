@@ -75,3 +75,34 @@ async def test_a_new_cluster_certificate_gets_a_new_context(root: Path) -> None:
     os.utime(root / "server.crt", ns=(1, 1))  # a different stamp, however fast the test
     assert client.tls.context() is not first
     await client.close()
+
+
+async def test_a_restarted_member_gets_a_new_connection_even_for_a_post(root: Path) -> None:
+    """A pooled connection to a member whose daemon stopped is dropped, not reused: the
+    next call, even a POST (which aiohttp never sends twice), reaches the new daemon."""
+    async def ok(request: web.Request) -> web.Response:
+        return web.json_response({"method": request.method})
+
+    async def serve(port: int) -> tuple[web.AppRunner, int]:
+        app = web.Application()
+        app.router.add_route("*", "/ok", ok)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", port, reuse_address=True,
+                           ssl_context=tls.server_context(root / "server.crt",
+                                                          root / "server.key"))
+        await site.start()
+        return runner, site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+
+    client = PeerClient(root)
+    runner, port = await serve(0)
+    try:
+        async with client.session(timeout=5).get(f"https://127.0.0.1:{port}/ok") as resp:
+            assert resp.status == 200
+        await runner.cleanup()  # the daemon stops; its connections close
+        runner, _ = await serve(port)
+        async with client.session(timeout=5).post(f"https://127.0.0.1:{port}/ok") as resp:
+            assert (await resp.json())["method"] == "POST"
+    finally:
+        await runner.cleanup()
+        await client.close()
