@@ -192,11 +192,16 @@ async def _precopy(ctx: Context, inst: Instance, spec: InstanceSpec, pool: Volum
            f"&precopy=1")
     try:
         async with ctx.peer_session() as session:
-            async with session.get(f"{url}&listing=1", headers=FORWARDED) as listed:
-                if listed.status != 200:
-                    raise ApiError(502, f"the source member answered {listed.status}")
-                listing: bytes | None = await listed.read()
-                baseline = listed.headers.get(BASELINE, "")
+            listing: bytes | None = None
+            baseline = ""
+            # The source walks the whole volume for its listing: worth it only if a spare
+            # here could stand in for the files the volume has from its image.
+            if await asyncio.to_thread(_spare_ready, ctx, spec, pool):
+                async with session.get(f"{url}&listing=1", headers=FORWARDED) as listed:
+                    if listed.status != 200:
+                        raise ApiError(502, f"the source member answered {listed.status}")
+                    listing = await listed.read()
+                    baseline = listed.headers.get(BASELINE, "")
             # Only a volume made from a spare has files a spare here can stand in for;
             # untarring over a spare is slower than into an empty directory.
             shift = None
@@ -221,6 +226,13 @@ async def _precopy(ctx: Context, inst: Instance, spec: InstanceSpec, pool: Volum
             raise ApiError(500, str(exc)) from exc
         raise
     return web.json_response({"since": began, "spare": shift is not None})
+
+
+def _spare_ready(ctx: Context, spec: InstanceSpec, pool: VolumeHolder) -> bool:
+    """Whether a spare copy of the instance's image waits in this member's pool."""
+    template = ctx.node.images.ready_rootfs_template(spec.image, ctx.node.uid_shift(spec))
+    return (template is not None and isinstance(pool, DirPool)
+            and pool.spare_count(template) > 0)
 
 
 def _base_on_spare(ctx: Context, spec: InstanceSpec, pool: VolumeHolder,
