@@ -98,13 +98,12 @@ class PeerSession:
 
 
 @asynccontextmanager
-async def peer_session(root: Path, timeout: float = 600.0, applied: int = 0,
+async def peer_session(root: Path, timeout: float = 600.0,
                        ) -> AsyncIterator[aiohttp.ClientSession]:
-    """A session to other members; ``applied``: this member's commit index, sent along
-    (``APPLIED_HEADER``) with every request."""
-    connector = aiohttp.TCPConnector(ssl=cluster_ssl(root))  # type: ignore[arg-type]
-    headers = {APPLIED_HEADER: str(applied)} if applied else None
-    async with aiohttp.ClientSession(connector=connector, headers=headers,
+    """A one-off session to other members, for callers without the daemon's pooled
+    ``PeerClient`` at hand (an image download, asking the cluster about roles)."""
+    connector = aiohttp.TCPConnector(ssl=cluster_ssl(root))
+    async with aiohttp.ClientSession(connector=connector,
                                      timeout=aiohttp.ClientTimeout(total=timeout)) as session:
         yield session
 
