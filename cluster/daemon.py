@@ -24,7 +24,7 @@ from cluster.api.handlers.images import cleanup_uploads
 from cluster.api.operations import Operations
 from cluster.https import HTTPS, HttpsListener, Identity
 from cluster.local_config import load_or_create
-from cluster.membership import raft_password
+from cluster.raft_secret import member_raft_password
 from cluster.state.raft import RaftStore
 from cluster.voters import find_way_back, keep_voters, track_partners
 from node_agent.agent import NodeAgent
@@ -79,7 +79,8 @@ async def serve(paths: Paths, ready: asyncio.Event | None = None) -> None:
     paths.ensure()
     local = await asyncio.to_thread(load_or_create, paths.cluster_file)
     identity = await asyncio.to_thread(Identity.load, paths.root)
-    password = raft_password(identity.key.read_bytes()) if local.clustered else None
+    password = await asyncio.to_thread(member_raft_password, paths.raft_dir, local.clustered,
+                                       identity.key)
     store = RaftStore(local.raft_address, local.partners, paths.raft_dir, password,
                       voter=local.voter)
     await store.start()

@@ -112,7 +112,7 @@ async def _serve(conn: Connection, index: int, addresses: list[str], root: Path,
                  gc_mode: str) -> None:
     address = addresses[index]
     journal = root / f"voter{index}"
-    store = RaftStore(address, [a for a in addresses if a != address], journal)
+    store = RaftStore(address, [a for a in addresses if a != address], journal, "sim")
     await store.start()
     freezer = asyncio.create_task(_freeze_often()) if gc_mode == "freeze" else None
     ops: dict[str, Callable[[RaftStore, Path, Any], Awaitable[Any]]] = {

@@ -144,16 +144,23 @@ class _PromptSyncObj(SyncObj):  # type: ignore[misc]
             self._SyncObj__raftElectionDeadline = max(deadline, now + minimum)
 
 
-def raft_conf(journal_dir: Path, password: str | None = None,
+def raft_conf(journal_dir: Path, password: str, bind_address: str,
               dump: ForkingDump | None = None) -> SyncObjConf:
     """Settings for throughput and steady leadership under load (see RECIPES: pysyncobj).
-    With a ``password`` all Raft traffic is encrypted and peers without it are refused;
-    ``dump`` writes log-compaction dumps in a forked child (cluster/state/dumps.py)."""
+
+    Raft listens on ``bind_address`` alone (pysyncobj would otherwise bind every
+    interface, instance bridges included) and all its traffic is encrypted and
+    authenticated with ``password``: pysyncobj unpickles what arrives, so a message
+    whose MAC does not check is dropped before a byte of it is parsed. ``dump`` writes
+    log-compaction dumps in a forked child (cluster/state/dumps.py)."""
+    if not password:
+        raise ValueError("Raft needs a password: pysyncobj unpickles what peers send")
     hooks = {} if dump is None else {
         "serializer": dump.serialize, "deserializer": dump.deserialize,
         "serializeChecker": dump.check}
     return SyncObjConf(
         password=password,
+        bindAddress=bind_address,
         appendEntriesUseBatch=False,  # the batching default commits ~10 sync writes/s
         autoTickPeriod=0.05,
         # Elections after 0.6-1 s of silence: a dead leader is replaced in ~1 s (the
@@ -183,7 +190,7 @@ def raft_conf(journal_dir: Path, password: str | None = None,
 
 class RaftStore:
     def __init__(self, self_address: str, partners: list[str], journal_dir: Path,
-                 password: str | None = None, voter: bool = True) -> None:
+                 password: str, voter: bool = True) -> None:
         self._address = self_address
         self.voter = voter  # a non-voter follows the log (a pysyncobj readonly node)
         self._partners = list(partners)
@@ -219,7 +226,8 @@ class RaftStore:
                                  self._install_state)
         sync: SyncObj = await asyncio.to_thread(
             _PromptSyncObj, self._address if self.voter else None, self._partners,
-            raft_conf(self._journal_dir, self._password, self._dump), [self._replica])
+            raft_conf(self._journal_dir, self._password, self._address, self._dump),
+            [self._replica])
         self._sync = sync
         deadline = self._loop.time() + ready_timeout
         while not (sync.isReady() and sync._getLeader() is not None):
@@ -229,7 +237,7 @@ class RaftStore:
                 raise Unavailable("The replicated state did not become ready")
             await asyncio.sleep(0.01)
 
-    async def rebind(self, self_address: str, partners: list[str], password: str | None,
+    async def rebind(self, self_address: str, partners: list[str], password: str,
                      fresh: bool, voter: bool = True) -> None:
         """Restart Raft under a new address, partners or password (cluster enable, join).
 
@@ -239,7 +247,7 @@ class RaftStore:
         async with self._rebind_lock:
             await self._rebind(self_address, partners, password, fresh, voter)
 
-    async def _rebind(self, self_address: str, partners: list[str], password: str | None,
+    async def _rebind(self, self_address: str, partners: list[str], password: str,
                       fresh: bool, voter: bool) -> None:
         await self.close()
         if fresh:

@@ -3,6 +3,12 @@
 Rules are found again by their comment, never by position, so removing them
 leaves everybody else's rules alone. ``iptables -S`` prints a normalised spec
 (``-p udp -m udp --dport 67``), so presence is checked with ``-C``, not by text.
+
+Instances never reach the host's own ports (the API, Raft, migration streams, or
+anything else listening on a host address): from the bridge, the host's INPUT
+accepts only DHCP and DNS (its dnsmasq), ICMP, and replies to connections the host
+opened; everything else is rejected. Traffic the host forwards (NAT to the outside,
+other hosts) is not INPUT and is not affected.
 """
 
 from __future__ import annotations
@@ -26,15 +32,15 @@ class Rule:
 
 def wanted_rules(bridge: str, subnet: str, nat: bool, comment: str,
                  policies: dict[str, str]) -> list[Rule]:
-    """MASQUERADE for the subnet; ACCEPTs only in chains whose policy is not ACCEPT."""
+    """MASQUERADE for the subnet; the guard of the host's INPUT from the bridge (in
+    the order the chain must hold them); ACCEPTs for OUTPUT and FORWARD only in chains
+    whose policy is not ACCEPT."""
     tag = ("-m", "comment", "--comment", comment)
     rules = []
     if nat:
         rules.append(Rule("nat", "POSTROUTING",
                           ("-s", subnet, "!", "-d", subnet, *tag, "-j", "MASQUERADE")))
-    if policies.get("INPUT", "ACCEPT") != "ACCEPT":
-        rules += [Rule("filter", "INPUT", ("-i", bridge, "-p", proto, "--dport", port, *tag,
-                                           "-j", "ACCEPT")) for proto, port in SERVICES]
+    rules += input_guard(bridge, tag)
     if policies.get("OUTPUT", "ACCEPT") != "ACCEPT":
         rules += [Rule("filter", "OUTPUT", ("-o", bridge, "-p", proto, "--sport", port, *tag,
                                             "-j", "ACCEPT")) for proto, port in SERVICES]
@@ -42,6 +48,19 @@ def wanted_rules(bridge: str, subnet: str, nat: bool, comment: str,
         rules += [Rule("filter", "FORWARD", (flag, bridge, *tag, "-j", "ACCEPT"))
                   for flag in ("-i", "-o")]
     return rules
+
+
+def input_guard(bridge: str, tag: tuple[str, ...]) -> list[Rule]:
+    """What an instance on ``bridge`` may send to the host itself: DHCP and DNS, ICMP,
+    replies; a REJECT after them (an answer at once, not a hang) for the rest."""
+    def rule(match: tuple[str, ...], *target: str) -> Rule:
+        return Rule("filter", "INPUT", ("-i", bridge, *match, *tag, "-j", *target))
+
+    return [*(rule(("-p", proto, "--dport", port), "ACCEPT") for proto, port in SERVICES),
+            rule(("-p", "icmp"), "ACCEPT"),
+            rule(("-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED"), "ACCEPT"),
+            rule(("-p", "tcp"), "REJECT", "--reject-with", "tcp-reset"),
+            rule((), "REJECT", "--reject-with", "icmp-port-unreachable")]
 
 
 def chain_policies(dump: str) -> dict[str, str]:
@@ -77,9 +96,12 @@ def ensure_rules(bridge: str, subnet: str, nat: bool, comment: str) -> None:
         # Rebuild rather than diff: the dump's specs are normalised, only -C compares.
         for rule in ours:
             iptables(rule.table, "-D", rule.chain, *rule.spec)
-        for rule in wanted:  # ACCEPTs go first, ahead of whatever drops
-            action = "-A" if rule.table == "nat" else "-I"
-            iptables(rule.table, action, rule.chain, *rule.spec)
+        # Filter rules go first, ahead of whatever drops, in their own order: each is
+        # inserted at the top, so the last one in the list goes in first.
+        for rule in [r for r in wanted if r.table == "nat"]:
+            iptables(rule.table, "-A", rule.chain, *rule.spec)
+        for rule in reversed([r for r in wanted if r.table != "nat"]):
+            iptables(rule.table, "-I", rule.chain, *rule.spec)
     if nat:
         write_sysctl("net/ipv4/ip_forward", "1")
 

@@ -7,12 +7,15 @@ import contextlib
 import json
 import signal
 import time
+from pathlib import Path
 
 import aiohttp
 import pytest
+import yaml
 
 from cluster.harness import DaemonProcess
 from tests.integration.api import Api
+from tests.raft_probe import ask_status, listeners_of, send_file_creating_pickle
 
 pytestmark = pytest.mark.real
 
@@ -46,6 +49,23 @@ def test_every_member_sees_the_same_three_voters(members: list[DaemonProcess]) -
     assert [name for name, _, _ in views[0]] == ["m1", "m2", "m3"]
     assert all(status == "Online" and "database" in roles for _, status, roles in views[0])
     assert sum("database-leader" in m["roles"] for m in _members(members[1])) == 1
+
+
+def test_raft_listens_on_the_member_address_only_and_wants_the_key(
+        members: list[DaemonProcess], tmp_path: Path) -> None:
+    for daemon in members:
+        assert daemon.process is not None
+        raft = str(yaml.safe_load((daemon.root / "cluster.yaml").read_text())["raft_address"])
+        listening = listeners_of(daemon.process.pid)
+        port = raft.rpartition(":")[2]
+        assert raft in listening
+        assert [a for a in listening if a.endswith(f":{port}")] == [raft]
+        assert not [a for a in listening if a.startswith(("0.0.0.0:", "[::]:"))]
+        marker = tmp_path / f"pwned-{daemon.root.name}"
+        send_file_creating_pickle(raft, marker)
+        assert not marker.exists()
+        assert ask_status(raft) == b""
+    assert _leader(members) in (0, 1, 2)  # the cluster still has its leader
 
 
 def test_launch_on_each_member_with_target(members: list[DaemonProcess]) -> None:

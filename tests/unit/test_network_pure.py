@@ -80,20 +80,30 @@ def test_info_has_lxds_managed_bridge_shape(tmp_path: Path) -> None:
     }
 
 
-def test_only_masquerade_when_every_policy_accepts() -> None:
+def test_accepting_policies_get_masquerade_and_the_input_guard_only() -> None:
     rules = wanted_rules("br0", "10.1.2.0/24", True, "corral br0", {"INPUT": "ACCEPT"})
-    assert rules == [Rule("nat", "POSTROUTING", (
+    assert rules[0] == Rule("nat", "POSTROUTING", (
         "-s", "10.1.2.0/24", "!", "-d", "10.1.2.0/24", "-m", "comment", "--comment",
-        "corral br0", "-j", "MASQUERADE"))]
-    assert wanted_rules("br0", "10.1.2.0/24", False, "corral br0", {}) == []
+        "corral br0", "-j", "MASQUERADE"))
+    assert {r.chain for r in rules[1:]} == {"INPUT"}
+    assert wanted_rules("br0", "10.1.2.0/24", False, "corral br0", {}) == rules[1:]
 
 
-def test_dropping_policies_get_tagged_accepts_for_dhcp_dns_and_forwarding() -> None:
+def test_the_input_guard_accepts_dhcp_dns_icmp_and_replies_then_rejects_the_rest() -> None:
+    rules = wanted_rules("br0", "10.1.2.0/24", False, "corral br0", {})
+    assert all(r.spec[:2] == ("-i", "br0") and "corral br0" in r.spec for r in rules)
+    targets = [r.spec[r.spec.index("-j") + 1] for r in rules]
+    assert targets == ["ACCEPT"] * 5 + ["REJECT", "REJECT"]  # rejects after every accept
+    assert rules[-1].spec == ("-i", "br0", "-m", "comment", "--comment", "corral br0",
+                              "-j", "REJECT", "--reject-with", "icmp-port-unreachable")
+    assert ("-p", "udp", "--dport", "67") == rules[0].spec[2:6]
+
+
+def test_dropping_policies_get_tagged_accepts_for_outbound_and_forwarding() -> None:
     policies = {"INPUT": "DROP", "OUTPUT": "DROP", "FORWARD": "DROP"}
     rules = wanted_rules("br0", "10.1.2.0/24", False, "corral br0", policies)
-    assert [r.chain for r in rules] == ["INPUT"] * 3 + ["OUTPUT"] * 3 + ["FORWARD"] * 2
+    assert [r.chain for r in rules] == ["INPUT"] * 7 + ["OUTPUT"] * 3 + ["FORWARD"] * 2
     assert all(r.table == "filter" and "corral br0" in r.spec for r in rules)
-    assert ("-i", "br0", "-p", "udp", "--dport", "67") == rules[0].spec[:6]
 
 
 DUMP = """-P INPUT DROP

@@ -27,7 +27,7 @@ def _addresses(count: int) -> list[str]:
 
 def _store(addresses: list[str], index: int, root: Path) -> RaftStore:
     others = [a for i, a in enumerate(addresses) if i != index]
-    return RaftStore(addresses[index], others, root / f"m{index}")
+    return RaftStore(addresses[index], others, root / f"m{index}", "test")
 
 
 @asynccontextmanager

@@ -21,7 +21,7 @@ def _address() -> str:
 
 
 async def _bootstrapped(path: Path, address: str) -> RaftStore:
-    store = RaftStore(address, [], path)
+    store = RaftStore(address, [], path, "test")
     await store.start()
     with store.read() as state:
         empty = not state.members
@@ -64,7 +64,7 @@ def test_state_survives_a_restart_from_the_journal(tmp_path: Path) -> None:
         await store.close()
 
     async def second() -> set[str]:
-        store = RaftStore(address, [], tmp_path)
+        store = RaftStore(address, [], tmp_path, "test")
         await store.start()
         with store.read() as state:
             found = set(state.profiles)
@@ -104,7 +104,7 @@ def test_pysyncobjs_resent_entries_warning_is_info_and_other_criticals_stay(
 def test_a_replica_waits_for_the_index_a_peer_saw_committed(tmp_path: Path) -> None:
     async def scenario() -> None:
         address = _address()
-        assert RaftStore(address, [], tmp_path).commit_index() == 0  # Raft not running
+        assert RaftStore(address, [], tmp_path, "test").commit_index() == 0  # Raft not running
         store = await _bootstrapped(tmp_path, address)
         try:
             await store.submit(command("profile.create", name="seen"))
@@ -170,7 +170,7 @@ def test_reads_during_a_rebind_see_the_last_state_not_an_empty_one(tmp_path: Pat
         store = await _bootstrapped(tmp_path, address)
         try:
             await store.submit(command("profile.create", name="kept"))
-            rebind = asyncio.create_task(store.rebind(address, [], None, fresh=False))
+            rebind = asyncio.create_task(store.rebind(address, [], "test", fresh=False))
             reads = 0
             while not rebind.done():
                 with store.read() as state:
