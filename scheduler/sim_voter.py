@@ -89,9 +89,9 @@ def _override_raft_conf(settings: dict[str, Any]) -> None:
     (RaftStore.start reads the module's ``raft_conf``). Simulator processes only."""
     original = raft.raft_conf
 
-    def conf(journal_dir: Path, password: str | None = None,
+    def conf(journal_dir: Path, password: str, bind_address: str,
              dump: Any = None) -> SyncObjConf:
-        found = original(journal_dir, password, dump)
+        found = original(journal_dir, password, bind_address, dump)
         for key, value in settings.items():
             setattr(found, key, value)
         return found
