@@ -233,6 +233,53 @@ def test_qcow2_rootfs_makes_a_virtual_machine_image(store: ImageStore, tmp_path:
         store.rootfs_template(info.fingerprint, None)
 
 
+# -- a failed import keeps what was there -------------------------------------------------
+
+
+WRONG_FP = "0" * 64
+
+
+def assert_intact(store: ImageStore, fp: str, *sources: Path) -> None:
+    """The image is still listed and exports exactly its original bytes."""
+    assert [i.fingerprint for i in store.list()] == [fp]
+    exported = store.export_paths(fp)
+    assert [p.read_bytes() for p in exported] == [s.read_bytes() for s in sources]
+    assert leftovers(store) == []
+
+
+def test_wrong_fingerprint_on_reimport_leaves_the_existing_image_intact(
+        store: ImageStore, tmp_path: Path) -> None:
+    image = unified(tmp_path / "img.tar.gz")
+    fp = store.import_file(image).fingerprint
+    with pytest.raises(ImageError, match="Fingerprint mismatch"):
+        store.import_file(image, expected=WRONG_FP)
+    assert_intact(store, fp, image)
+    assert store.rootfs_template(fp, None).is_dir()
+
+
+def test_wrong_fingerprint_on_split_reimport_leaves_the_existing_image_intact(
+        store: ImageStore, tmp_path: Path) -> None:
+    meta, rootfs = split_image(tmp_path)
+    fp = store.import_file(meta, rootfs).fingerprint
+    with pytest.raises(ImageError, match="Fingerprint mismatch"):
+        store.import_file(meta, rootfs, expected=WRONG_FP)
+    assert_intact(store, fp, meta, rootfs)
+
+
+def test_wrong_fingerprint_on_a_new_image_stores_nothing(store: ImageStore,
+                                                         tmp_path: Path) -> None:
+    with pytest.raises(ImageError, match="Fingerprint mismatch"):
+        store.import_file(unified(tmp_path / "img.tar.gz"), expected=WRONG_FP)
+    assert store.list() == [] and list(store.root.iterdir()) == []
+
+
+def test_expected_fingerprint_is_accepted_in_any_case(store: ImageStore,
+                                                      tmp_path: Path) -> None:
+    image = unified(tmp_path / "img.tar.gz")
+    fp = hashlib.sha256(image.read_bytes()).hexdigest()
+    assert store.import_file(image, expected=fp.upper()).fingerprint == fp
+
+
 # -- lookup and delete -------------------------------------------------------------------
 
 
