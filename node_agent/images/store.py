@@ -285,16 +285,14 @@ class ImageStore:
 
 def _make_info(fp: str, filename: str, size: int, meta: Mapping[str, Any],
                vm: bool) -> ImageInfo:
-    props = {str(k): "" if v is None else str(v)
-             for k, v in (meta.get("properties") or {}).items()}
     expiry = int(meta.get("expiry_date") or 0)
     return ImageInfo(
         fingerprint=fp, filename=filename, size=size,
         architecture=lxd_architecture(meta["architecture"]),
         type="virtual-machine" if vm else "container",
-        properties=props, created_at=float(int(meta["creation_date"])),
+        properties=dict(meta["properties"]), created_at=float(int(meta["creation_date"])),
         expires_at=float(expiry) if expiry else None,
-        templates=dict(meta.get("templates") or {}), uploaded_at=time.time())
+        templates=dict(meta["templates"]), uploaded_at=time.time())
 
 
 def _write_json(path: Path, data: Mapping[str, Any]) -> None:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
+import tarfile
 import uuid
 from pathlib import Path
 
@@ -154,3 +156,43 @@ def test_wrong_fingerprint_split_reupload_leaves_the_existing_image_intact(
         assert status == 200 and headers["Content-Type"].startswith("multipart/")
     finally:
         api.settle("DELETE", f"/1.0/images/{SPLIT_FP}")
+
+
+ALIAS_BOMB = b"""architecture: x86_64
+creation_date: 1700000000
+a: &a ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]
+b: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]
+c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]
+d: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c]
+e: &e [*d, *d, *d, *d, *d, *d, *d, *d, *d]
+f: &f [*e, *e, *e, *e, *e, *e, *e, *e, *e]
+properties:
+  description: *f
+"""
+
+
+def tarball_with_metadata(meta: bytes) -> bytes:
+    """A unified image of an empty rootfs and the given metadata.yaml."""
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w:gz") as tf:
+        info = tarfile.TarInfo("metadata.yaml")
+        info.size = len(meta)
+        tf.addfile(info, io.BytesIO(meta))
+        rootfs = tarfile.TarInfo("rootfs")
+        rootfs.type, rootfs.mode = tarfile.DIRTYPE, 0o755
+        tf.addfile(rootfs)
+    return out.getvalue()
+
+
+def test_alias_bomb_in_metadata_is_refused_and_stores_nothing(daemon: DaemonProcess) -> None:
+    api = Api(str(daemon.socket))
+    images, before = api.get("/1.0/images"), stored_entries(daemon)
+    try:
+        op = upload(api, tarball_with_metadata(ALIAS_BOMB))
+        assert (op["status"], op["status_code"]) == ("Failure", 400)
+        assert "alias" in op["err"] and len(op["err"]) < 1000
+        assert api.get("/1.0/images") == images
+        assert stored_entries(daemon) == before
+    finally:
+        for url in set(api.get("/1.0/images")) - set(images):
+            api.settle("DELETE", url)
