@@ -225,12 +225,13 @@ class NodeAgent:
             try:
                 path = await download_image(self.node.paths.root, address, fingerprint,
                                             self.node.paths.images / "tmp")
+                # A copy that is not the image asked for is refused before the store
+                # keeps it (no stray image under another fingerprint).
                 try:
-                    info = await asyncio.to_thread(self.node.images.import_file, path)
+                    info = await asyncio.to_thread(self.node.images.import_file, path,
+                                                   expected=fingerprint)
                 finally:
                     path.unlink(missing_ok=True)
-                if info.fingerprint != fingerprint:
-                    raise RuntimeError("the copy's fingerprint does not match")
                 await self.store.submit(command("image.add", fingerprint=fingerprint,
                                                 info=info.to_dict(), member=self.member))
                 return

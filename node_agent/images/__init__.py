@@ -5,7 +5,8 @@
     busybox.py    build_busybox_image(): a tiny unified image from the host's busybox
     store.py      ImageStore: import / list / delete / export, rootfs templates,
                   template rendering (uses the three modules below)
-    tarball.py    stream reading, member-name checks, metadata.yaml parsing
+    tarball.py    stream reading, member-name checks, size limits
+    metadata.py   metadata.yaml: no YAML aliases, LXD's shape (string properties)
     unpack.py     safe extraction of tar / squashfs rootfs, uid shifting
     templates.py  the pongo2 subset LXD images use, written chroot-safely
     errors.py     ImageError (400) > ImageNotFound (404)

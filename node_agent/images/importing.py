@@ -12,12 +12,12 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ImageError
+from .metadata import parse_metadata
 from .tarball import (
     METADATA_LIMIT,
     TEMPLATES_LIMIT,
     check_member,
     open_stream,
-    parse_metadata,
     read_limited,
     strip_prefix,
 )

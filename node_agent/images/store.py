@@ -112,11 +112,16 @@ class ImageStore:
     # -- import / delete -----------------------------------------------------------
 
     def import_file(self, path: Path, rootfs_path: Path | None = None,
-                    progress: Progress | None = None) -> ImageInfo:
+                    progress: Progress | None = None,
+                    expected: str | None = None) -> ImageInfo:
         """Validate and store an image; return its info (the stored one if already present).
 
         The fingerprint is sha256 of the file, or of metadata then rootfs bytes for a
-        split image. Raises ImageError for anything invalid or unsafe.
+        split image. ``expected`` (the uploader's claim, or the fingerprint a peer was
+        asked for) is checked before anything is stored: a mismatch raises ImageError
+        and leaves the store as it was, above all an image it already held under the
+        real fingerprint. Raises ImageError for anything invalid or unsafe; a failed
+        import removes only its own scratch directory.
         """
         tmp = Path(tempfile.mkdtemp(prefix=".import-", dir=self.root))
         try:
@@ -126,6 +131,8 @@ class ImageStore:
                 size += copy_hashing(Path(rootfs_path), tmp / "rootfs", hasher, progress,
                                      "rootfs")
             fp = hasher.hexdigest()
+            if expected and expected.lower() != fp:
+                raise ImageError(f"Fingerprint mismatch: the image is {fp}, not {expected[:64]}")
             if self.has(fp):
                 return self.info(fp)
             if progress:
@@ -278,16 +285,14 @@ class ImageStore:
 
 def _make_info(fp: str, filename: str, size: int, meta: Mapping[str, Any],
                vm: bool) -> ImageInfo:
-    props = {str(k): "" if v is None else str(v)
-             for k, v in (meta.get("properties") or {}).items()}
     expiry = int(meta.get("expiry_date") or 0)
     return ImageInfo(
         fingerprint=fp, filename=filename, size=size,
         architecture=lxd_architecture(meta["architecture"]),
         type="virtual-machine" if vm else "container",
-        properties=props, created_at=float(int(meta["creation_date"])),
+        properties=dict(meta["properties"]), created_at=float(int(meta["creation_date"])),
         expires_at=float(expiry) if expiry else None,
-        templates=dict(meta.get("templates") or {}), uploaded_at=time.time())
+        templates=dict(meta["templates"]), uploaded_at=time.time())
 
 
 def _write_json(path: Path, data: Mapping[str, Any]) -> None:

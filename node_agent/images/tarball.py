@@ -1,4 +1,4 @@
-"""Reading image tarballs safely: format sniffing, member-name checks, metadata.
+"""Reading image tarballs safely: format sniffing, member-name checks, size limits.
 
 Tarballs are always read as streams (``r|*``), once, front to back: that works for
 gzip, bzip2 and xz through :mod:`tarfile`, and for zstd (common in LXD images, not
@@ -13,9 +13,7 @@ import subprocess
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any
-
-import yaml
+from typing import IO
 
 from .errors import ImageError
 
@@ -126,31 +124,6 @@ def strip_prefix(name: str, prefix: str) -> str | None:
     if name.startswith(prefix + "/"):
         return name[len(prefix) + 1 :]
     return None
-
-
-def parse_metadata(raw: bytes, source: str) -> dict[str, Any]:
-    """Parse metadata.yaml and check the fields LXD requires."""
-    try:
-        meta = yaml.safe_load(raw)
-    except yaml.YAMLError as exc:
-        raise ImageError(f"invalid metadata.yaml in {source}: {exc}") from exc
-    if not isinstance(meta, dict):
-        raise ImageError(f"metadata.yaml in {source} is not a mapping")
-    for key in ("architecture", "creation_date"):
-        if key not in meta:
-            raise ImageError(f"metadata.yaml in {source} lacks {key!r}")
-    try:
-        int(meta["creation_date"])
-        int(meta.get("expiry_date") or 0)
-    except (TypeError, ValueError) as exc:
-        raise ImageError(f"metadata.yaml in {source} has a non-numeric date") from exc
-    if not isinstance(meta.get("properties") or {}, dict):
-        raise ImageError(f"metadata.yaml in {source}: properties is not a mapping")
-    templates = meta.get("templates") or {}
-    if not isinstance(templates, dict):
-        raise ImageError(f"metadata.yaml in {source}: templates is not a mapping")
-    meta["templates"] = templates
-    return meta
 
 
 def lxd_architecture(name: object) -> str:

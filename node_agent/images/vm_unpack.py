@@ -14,7 +14,8 @@ import shutil
 from pathlib import Path
 
 from .errors import ImageError
-from .tarball import METADATA_LIMIT, check_member, open_stream, parse_metadata, sniff
+from .metadata import parse_metadata
+from .tarball import METADATA_LIMIT, check_member, open_stream, sniff
 
 VM_FILES = ("metadata.yaml", "rootfs.img", "kernel", "initrd")
 REQUIRED = ("metadata.yaml", "rootfs.img")

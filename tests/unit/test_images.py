@@ -20,6 +20,7 @@ import pytest
 import yaml
 
 from node_agent.images import ImageError, ImageNotFound, ImageStore, render
+from node_agent.images.metadata import parse_metadata
 
 SHIFT = 1000000
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="chown needs root")
@@ -231,6 +232,145 @@ def test_qcow2_rootfs_makes_a_virtual_machine_image(store: ImageStore, tmp_path:
     assert info.type == "virtual-machine"
     with pytest.raises(ImageError, match="virtual-machine"):
         store.rootfs_template(info.fingerprint, None)
+
+
+# -- a failed import keeps what was there -------------------------------------------------
+
+
+WRONG_FP = "0" * 64
+
+
+def assert_intact(store: ImageStore, fp: str, *sources: Path) -> None:
+    """The image is still listed and exports exactly its original bytes."""
+    assert [i.fingerprint for i in store.list()] == [fp]
+    exported = store.export_paths(fp)
+    assert [p.read_bytes() for p in exported] == [s.read_bytes() for s in sources]
+    assert leftovers(store) == []
+
+
+def test_wrong_fingerprint_on_reimport_leaves_the_existing_image_intact(
+        store: ImageStore, tmp_path: Path) -> None:
+    image = unified(tmp_path / "img.tar.gz")
+    fp = store.import_file(image).fingerprint
+    with pytest.raises(ImageError, match="Fingerprint mismatch"):
+        store.import_file(image, expected=WRONG_FP)
+    assert_intact(store, fp, image)
+    assert store.rootfs_template(fp, None).is_dir()
+
+
+def test_wrong_fingerprint_on_split_reimport_leaves_the_existing_image_intact(
+        store: ImageStore, tmp_path: Path) -> None:
+    meta, rootfs = split_image(tmp_path)
+    fp = store.import_file(meta, rootfs).fingerprint
+    with pytest.raises(ImageError, match="Fingerprint mismatch"):
+        store.import_file(meta, rootfs, expected=WRONG_FP)
+    assert_intact(store, fp, meta, rootfs)
+
+
+def test_wrong_fingerprint_on_a_new_image_stores_nothing(store: ImageStore,
+                                                         tmp_path: Path) -> None:
+    with pytest.raises(ImageError, match="Fingerprint mismatch"):
+        store.import_file(unified(tmp_path / "img.tar.gz"), expected=WRONG_FP)
+    assert store.list() == [] and list(store.root.iterdir()) == []
+
+
+def test_expected_fingerprint_is_accepted_in_any_case(store: ImageStore,
+                                                      tmp_path: Path) -> None:
+    image = unified(tmp_path / "img.tar.gz")
+    fp = hashlib.sha256(image.read_bytes()).hexdigest()
+    assert store.import_file(image, expected=fp.upper()).fingerprint == fp
+
+
+# -- metadata.yaml: no aliases, string maps ----------------------------------------------
+
+# Each level repeats the one before nine times: about 600 bytes that would expand
+# to 9**6 strings, megabytes once written to image.json or an API answer.
+ALIAS_BOMB = b"""architecture: x86_64
+creation_date: 1700000000
+a: &a ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]
+b: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]
+c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]
+d: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c]
+e: &e [*d, *d, *d, *d, *d, *d, *d, *d, *d]
+f: &f [*e, *e, *e, *e, *e, *e, *e, *e, *e]
+properties:
+  description: *f
+"""
+
+
+def test_metadata_with_yaml_aliases_is_refused() -> None:
+    with pytest.raises(ImageError, match="alias"):
+        parse_metadata(ALIAS_BOMB, "image")
+
+
+def test_a_single_alias_is_refused_too() -> None:
+    meta = b"architecture: &x x86_64\ncreation_date: 1\nproperties: {os: *x}\n"
+    with pytest.raises(ImageError, match="alias"):
+        parse_metadata(meta, "image")
+
+
+def test_metadata_nested_too_deeply_is_refused() -> None:
+    meta = b"architecture: x86_64\ncreation_date: 1\nx: " + b"[" * 100000 + b"]" * 100000
+    with pytest.raises(ImageError, match="nested too deeply"):
+        parse_metadata(meta, "image")
+
+
+def test_alias_bomb_image_is_refused_and_leaves_nothing(store: ImageStore,
+                                                        tmp_path: Path) -> None:
+    with pytest.raises(ImageError, match="alias"):
+        store.import_file(unified(tmp_path / "bomb.tar.gz", meta=ALIAS_BOMB))
+    assert store.list() == [] and list(store.root.iterdir()) == []
+
+
+@pytest.mark.parametrize("properties, message", [
+    ({"os": {"nested": "map"}}, "properties.os"),
+    ({"os": ["a", "list"]}, "properties.os"),
+    (["not", "a", "map"], "properties"),
+    ("a string", "properties"),
+])
+def test_properties_must_map_strings_to_strings(properties: object, message: str) -> None:
+    with pytest.raises(ImageError, match=message):
+        parse_metadata(metadata(properties=properties), "image")
+
+
+def test_scalar_properties_become_strings_as_in_lxd() -> None:
+    meta = parse_metadata(metadata(properties={"release": 22.04, "lts": True, "x": None,
+                                               7: "seven"}), "image")
+    assert meta["properties"] == {"release": "22.04", "lts": "true", "x": "", "7": "seven"}
+
+
+@pytest.mark.parametrize("templates, message", [
+    ({"/etc/hostname": "hostname.tpl"}, "templates./etc/hostname"),
+    ({"/etc/hostname": {"template": ["a"], "when": ["create"]}}, "template"),
+    ({"/etc/hostname": {"template": "t.tpl", "when": "create"}}, "when"),
+    ({"/etc/hostname": {"template": "t.tpl", "when": [["create"]]}}, "when"),
+    ({"/etc/hostname": {"template": "t.tpl", "properties": {"a": {"b": "c"}}}},
+     "properties.a"),
+    ({"/etc/hostname": {"template": "t.tpl", "create_only": "maybe"}}, "create_only"),
+    (["/etc/hostname"], "templates"),
+])
+def test_templates_must_have_lxd_shape(templates: object, message: str) -> None:
+    with pytest.raises(ImageError, match=message):
+        parse_metadata(metadata(templates=templates), "image")
+
+
+def test_images_written_by_lxd_pass_the_shape_checks() -> None:
+    meta = parse_metadata(b"""architecture: x86_64
+creation_date: 1795778061
+expiry_date: 0
+properties:
+  description: busybox published by LXD 5.0.2
+templates:
+  /etc/hostname:
+    when:
+    - create
+    - copy
+    create_only: false
+    template: hostname.tpl
+    properties: {}
+""", "image")
+    assert meta["templates"]["/etc/hostname"]["when"] == ["create", "copy"]
+    assert meta["properties"] == {"description": "busybox published by LXD 5.0.2"}
 
 
 # -- lookup and delete -------------------------------------------------------------------

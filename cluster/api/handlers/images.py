@@ -99,13 +99,15 @@ async def upload_image(request: web.Request) -> web.Response:
     expected = request.headers.get("X-LXD-fingerprint", "")
 
     async def run(op: Any) -> dict[str, Any]:
+        # The store checks the claimed fingerprint before it stores anything, so a
+        # failure here never touches an image that was already there. Nor is anything
+        # deleted when the commit below fails: its outcome may be unknown (it can
+        # still commit), and files without a record are harmless and reused next time.
         try:
-            info = await asyncio.to_thread(ctx.node.images.import_file, metadata, rootfs)
+            info = await asyncio.to_thread(ctx.node.images.import_file, metadata, rootfs,
+                                           expected=expected or None)
         finally:
             await asyncio.to_thread(shutil.rmtree, tmp, True)
-        if expected and expected != info.fingerprint:
-            await asyncio.to_thread(ctx.node.images.delete, info.fingerprint)
-            raise ApiError(400, "Fingerprint mismatch")
         await ctx.store.submit(command("image.add", fingerprint=info.fingerprint,
                                        info=info.to_dict(), public=public, member=ctx.member))
         ctx.events.lifecycle("image-created", f"/1.0/images/{info.fingerprint}")
