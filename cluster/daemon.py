@@ -22,7 +22,7 @@ from cluster.api.context import Context
 from cluster.api.events import EventHub
 from cluster.api.handlers.images import cleanup_uploads
 from cluster.api.operations import Operations
-from cluster.https import HTTPS, HttpsListener, Identity
+from cluster.https import HTTPS, VM_ACCELERATOR_KEY, HttpsListener, Identity
 from cluster.local_config import load_or_create
 from cluster.raft_secret import member_raft_password
 from cluster.state.raft import RaftStore
@@ -86,6 +86,10 @@ async def serve(paths: Paths, ready: asyncio.Event | None = None) -> None:
     await store.start()
     idmap = await asyncio.to_thread(ensure_root_idmap)
     node = LocalNode.open(paths, idmap)
+    try:
+        node.set_vm_accelerator_mode(local.config.get(VM_ACCELERATOR_KEY, ""))
+    except ValueError as exc:
+        log.error("%s; the probe decides", exc)
     await asyncio.to_thread(cleanup_uploads, paths.images)
     events = EventHub(local.member)
     ops = Operations(local.member, lambda op: events.publish("operation", op.to_dict()))

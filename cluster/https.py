@@ -30,7 +30,8 @@ log = logging.getLogger(__name__)
 DEFAULT_PORT = 8443
 ADDRESS_KEY = "core.https_address"
 # Server keys each member keeps for itself (in cluster.yaml), as LXD's member-local keys.
-MEMBER_LOCAL_KEYS = frozenset({ADDRESS_KEY})
+VM_ACCELERATOR_KEY = "core.vm_accelerator"  # auto | kvm | tcg (node_agent accel_choice)
+MEMBER_LOCAL_KEYS = frozenset({ADDRESS_KEY, VM_ACCELERATOR_KEY})
 EXPIRY_KEY = "core.remote_token_expiry"
 DEFAULT_TOKEN_SECONDS = 3600.0
 _EXPIRY_UNITS = {"S": 1, "M": 60, "H": 3600, "d": 86400, "w": 7 * 86400, "m": 30 * 86400,

@@ -22,6 +22,7 @@ from cluster.state.store import Store
 from node_agent.actions import perform
 from node_agent.capacity import host_capacity
 from node_agent.node import InstanceSpec, LocalNode
+from node_agent.vm_guard import guard_vms
 
 log = logging.getLogger(__name__)
 RESYNC_SECONDS = 10.0
@@ -53,6 +54,8 @@ class NodeAgent:
         await self._boot(host_rebooted)
         self._task = asyncio.create_task(self._watch(queue))
         self._heartbeat_task = asyncio.create_task(self._heartbeat())
+        if self.node.vm_driver is not None:
+            self._background.add(asyncio.create_task(guard_vms(self.node.vm_driver)))
 
     async def close(self) -> None:
         tasks = [t for t in [self._task, self._heartbeat_task, *self._workers.values(),

@@ -16,12 +16,16 @@ from node_agent.drivers.base import DriverError, InstanceDefinition, NotFound
 from node_agent.drivers.lxc import LxcDriver
 from node_agent.drivers.lxc_state import stopped_state
 from node_agent.drivers.qemu import QemuDriver
+from node_agent.drivers.qemu.accel_choice import check_mode as check_vm_accelerator_mode
+from node_agent.drivers.qemu.driver import probe_guest
 from node_agent.idmap import IdMap
 from node_agent.images import ImageStore
 from node_agent.images.vm_unpack import unpack_vm_image
 from node_agent.network.bridge import BridgeNetwork
 from node_agent.paths import Paths
 from node_agent.storage.dir import DirPool
+
+__all__ = ["InstanceSpec", "LocalNode", "check_vm_accelerator_mode"]
 
 
 @dataclass
@@ -69,17 +73,33 @@ class LocalNode:
         prefix = "corral-" + hashlib.sha256(str(paths.root).encode()).hexdigest()[:8]
         node = cls(paths, idmap, LxcDriver(paths.containers, idmap, prefix),
                    ImageStore(paths.images))
-        qemu = QemuDriver(paths.vms)
+        qemu = QemuDriver(paths.vms, find_guest=lambda: probe_guest(paths.images))
         info = qemu.probe()
         node.vm_problem, node.vm_version = info.error, info.version
         node.vm_driver = None if node.vm_problem else qemu
         return node
 
     def probe_accelerator(self) -> str:
-        """KVM if it really runs guests here, else TCG (a probe of ~3 s in a child; blocking)."""
+        """KVM if it really runs guests here, else TCG (a probe in a child, up to ~25 s;
+        blocking). See node_agent/drivers/qemu/accel_choice.py."""
         if self.vm_driver is not None and not self.vm_accelerator:
             self.vm_accelerator = self.vm_driver.accelerator()
         return self.vm_accelerator
+
+    def set_vm_accelerator_mode(self, mode: str) -> None:
+        """``core.vm_accelerator`` (auto, kvm, tcg; "" is auto); ValueError if invalid.
+        The next VM start decides under the new mode."""
+        if self.vm_driver is not None:
+            self.vm_driver.choice.set_mode(mode)
+            self.vm_accelerator = ""
+
+    def vm_accelerator_now(self) -> tuple[str, str]:
+        """(accelerator, why) as known now, without probing: ("", "") while the probe
+        runs; the accelerator a VM would start under, which a broken KVM changes."""
+        if self.vm_driver is None:
+            return "none", self.vm_problem
+        known = self.vm_driver.choice.known()
+        return (known.name, known.reason) if known else ("", "")
 
     @property
     def instance_types(self) -> list[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import platform
 from typing import Any
@@ -16,12 +17,14 @@ from cluster.https import (
     ADDRESS_KEY,
     HTTPS,
     MEMBER_LOCAL_KEYS,
+    VM_ACCELERATOR_KEY,
     check_https_config,
     is_trusted,
     listen_addresses,
 )
 from cluster.https import reconcile as https_reconcile
 from cluster.state.commands import command
+from node_agent.node import check_vm_accelerator_mode
 
 # Only extensions whose behaviour corral really implements.
 API_EXTENSIONS = [
@@ -51,9 +54,9 @@ def _drivers(ctx: Context) -> dict[str, str]:
     if ctx.node.vm_driver is not None:
         names.append("qemu")
         versions.append(ctx.node.vm_version)
+    accel, reason = ctx.node.vm_accelerator_now()
     return {"driver": " | ".join(names), "driver_version": " | ".join(versions),
-            "vm_accelerator": ctx.node.vm_accelerator or
-            ("probing" if ctx.node.vm_driver is not None else "none")}
+            "vm_accelerator": accel or "probing", "vm_accelerator_reason": reason}
 
 
 def untrusted_info() -> dict[str, Any]:
@@ -124,7 +127,12 @@ async def put_server(request: web.Request) -> web.Response:
             raise bad_request(f"{ADDRESS_KEY} of a cluster member is its cluster address "
                               f"({member.address}) and cannot be changed")
         local.pop(ADDRESS_KEY, None)
+    try:
+        mode = check_vm_accelerator_mode(local.get(VM_ACCELERATOR_KEY, ""))
+    except ValueError as exc:
+        raise bad_request(str(exc)) from exc
     await _set_local(request, ctx, local)
+    await asyncio.to_thread(ctx.node.set_vm_accelerator_mode, mode)
     try:
         await ctx.store.submit(command("config.set", config=shared))
     except BaseException:

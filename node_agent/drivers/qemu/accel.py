@@ -1,10 +1,21 @@
-"""Which accelerator QEMU can really use here: KVM when it runs guest code, else TCG.
+"""Whether KVM really runs guests here: a probe on a real guest, in a child, with a timeout.
 
-``/dev/kvm`` existing (even opening it) proves little: on some hosts KVM hangs as soon as
-a vCPU runs. So the probe boots a 512-byte boot sector under KVM in a child process; the
-sector writes to an ``isa-debug-exit`` port, which makes QEMU exit with a known status.
-No answer within the timeout means KVM hangs: the child (and its process group) is killed
-and TCG is used. The answer is cached for the life of the process.
+``/dev/kvm`` existing (even opening it) proves little. On machines of one kind KVM hangs
+as soon as a vCPU runs; on others (``kvm-pvm``, nested without hardware virtualisation) a
+boot sector runs but a Linux guest never prints a line, or QEMU aborts setting an MSR, or
+guests die later with ``KVM internal error`` in the page-table path. So the probe has two
+stages, each in a child process (its whole process group killed on timeout):
+
+1. a 512-byte boot sector under KVM that exits QEMU through ``isa-debug-exit`` (3 s:
+   catches a KVM that hangs at once, cheaply);
+2. corral's own guest (a VM image's kernel and initramfs with the corral agent), booted
+   under KVM with the flags VMs get (``-machine q35 -cpu host``), until the agent answers,
+   then a stretch of work that exercises paging (fork and exec in a loop, 16 MiB touched),
+   then ``query-status`` must still say ``running``.
+
+KVM is chosen only if both pass. Without a guest kernel on this member the answer is TCG,
+"not proven", and the probe runs again once a VM with a kernel is started
+(``choice.AcceleratorChoice``). Scratch files live under the daemon's own directory.
 """
 
 from __future__ import annotations
@@ -14,30 +25,51 @@ import shutil
 import signal
 import subprocess
 import tempfile
-import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from node_agent.drivers.qemu import qmp
+from node_agent.drivers.qemu.agent import AgentError, AgentUnavailable, exec_in_vm
+from node_agent.drivers.qemu.cmdline import AGENT_PORT
+
 QEMU = "qemu-system-x86_64"
-PROBE_TIMEOUT = 3.0
+PROBE_TIMEOUT = 3.0  # the boot sector
+GUEST_TIMEOUT = 20.0  # boot to the agent and the paging work (TCG itself needs ~4 s + ~6 s)
+GUEST_MEMORY_MIB = 256
 # mov al, 0x42 ; out 0xf4, al ; hlt -- isa-debug-exit turns the 0x42 into exit (0x42<<1)|1.
 _SECTOR_CODE = b"\xb0\x42\xe6\xf4\xf4"
 _EXIT_STATUS = (0x42 << 1) | 1
+_SCRATCH_PREFIX = "corral-kvm-probe-"
+# Fork+exec 100 times (a page table built and torn down each time), then touch 16 MiB.
+PAGING_WORK = ["sh", "-c", "i=0; while [ $i -lt 100 ]; do /bin/true; i=$((i+1)); done; "
+                           "head -c 16777216 /dev/zero | md5sum"]
+PAGING_ANSWER = b"2c7ab85a893283e98c931e9511add182"  # md5 of 16 MiB of zeros
+NOT_PROVEN = "not proven"  # in the reason of a TCG answer that a guest kernel could change
 
 
 @dataclass(frozen=True)
 class Accel:
-    """``name`` is "kvm" or "tcg"; ``reason`` says why (shown by ``probe``)."""
+    """``name`` is "kvm" or "tcg"; ``reason`` says why; ``seconds`` the probe took."""
 
     name: str
     reason: str
+    seconds: float = 0.0
+
+    @property
+    def unproven(self) -> bool:
+        """TCG only for want of a guest to prove KVM on: worth probing again with one."""
+        return self.name == "tcg" and NOT_PROVEN in self.reason
 
 
-_lock = threading.Lock()
-_cached: Accel | None = None
+@dataclass(frozen=True)
+class GuestKernel:
+    """What the second stage boots: a kernel, an initramfs with the corral agent, and
+    the kernel's command line (a VM image's ``kernel``, ``initrd`` and ``cmdline``)."""
 
-
-_SCRATCH_PREFIX = "corral-kvm-probe-"
+    kernel: Path
+    initrd: Path
+    cmdline: str = "console=ttyS0 panic=-1"
 
 
 def boot_sector() -> bytes:
@@ -51,11 +83,33 @@ def probe_argv(qemu: str, disk: Path) -> list[str]:
             "-drive", f"file={disk},format=raw,if=ide,snapshot=on"]
 
 
-def probe_kvm(timeout: float = PROBE_TIMEOUT, qemu: str = QEMU,
-              workdir: Path | None = None) -> Accel:
-    """Run the boot-sector probe now (uncached); never raises, never leaves a process.
-    Its scratch files go under ``workdir`` (the daemon's own directory), where those of
-    a probe killed with its daemon are removed by the next one."""
+def guest_argv(qemu: str, guest: GuestKernel, scratch: Path) -> list[str]:
+    """The guest stage's QEMU: the machine, CPU model and devices VMs get under KVM
+    (cmdline.qemu_argv), without disk or network."""
+    return [qemu, "-nodefaults", "-no-user-config", "-display", "none",
+            "-machine", "q35", "-accel", "kvm", "-cpu", "host",
+            "-m", f"{GUEST_MEMORY_MIB}M", "-smp", "1",
+            "-kernel", str(guest.kernel), "-initrd", str(guest.initrd),
+            "-append", guest.cmdline,
+            "-qmp", f"unix:{scratch / 'qmp.sock'},server=on,wait=off",
+            "-serial", f"file:{scratch / 'console.log'}",
+            "-device", "virtio-serial-pci,id=serial0",
+            "-chardev", f"socket,id=agent,path={scratch / 'agent.sock'},server=on,wait=off",
+            "-device", f"virtserialport,bus=serial0.0,chardev=agent,name={AGENT_PORT}"]
+
+
+def probe_kvm(timeout: float = PROBE_TIMEOUT, qemu: str = QEMU, workdir: Path | None = None,
+              guest: GuestKernel | None = None, guest_timeout: float = GUEST_TIMEOUT) -> Accel:
+    """Run both stages now (uncached); never raises, never leaves a process. Scratch
+    files go under ``workdir`` (the daemon's own directory), where those of a probe
+    killed with its daemon are removed by the next one."""
+    started = time.monotonic()
+    result = _probe(timeout, qemu, workdir, guest, guest_timeout)
+    return Accel(result.name, result.reason, round(time.monotonic() - started, 2))
+
+
+def _probe(timeout: float, qemu: str, workdir: Path | None, guest: GuestKernel | None,
+           guest_timeout: float) -> Accel:
     binary = shutil.which(qemu)
     if binary is None:
         return Accel("tcg", f"{qemu} not found")
@@ -66,12 +120,20 @@ def probe_kvm(timeout: float = PROBE_TIMEOUT, qemu: str = QEMU,
         for stale in workdir.glob(f"{_SCRATCH_PREFIX}*"):
             shutil.rmtree(stale, ignore_errors=True)
     with tempfile.TemporaryDirectory(prefix=_SCRATCH_PREFIX, dir=workdir) as tmp:
-        disk = Path(tmp) / "boot.img"
+        scratch = Path(tmp)
+        disk = scratch / "boot.img"
         disk.write_bytes(boot_sector())
-        return _run_probe(probe_argv(binary, disk), timeout)
+        first = _run_boot_sector(probe_argv(binary, disk), timeout)
+        if first.name != "kvm":
+            return first
+        if guest is None:
+            return Accel("tcg", f"KVM ran a boot sector but is {NOT_PROVEN} on a Linux guest: "
+                                f"no VM kernel on this member yet (it is probed again when "
+                                f"a VM with a kernel starts)")
+        return _run_guest(guest_argv(binary, guest, scratch), scratch, guest_timeout)
 
 
-def _run_probe(argv: list[str], timeout: float) -> Accel:
+def _run_boot_sector(argv: list[str], timeout: float) -> Accel:
     try:
         child = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                  stderr=subprocess.PIPE, start_new_session=True)
@@ -84,11 +146,77 @@ def _run_probe(argv: list[str], timeout: float) -> Accel:
         return Accel("tcg", f"KVM did not run a test guest within {timeout:g} s (hangs)")
     if child.returncode == _EXIT_STATUS:
         return Accel("kvm", "KVM ran a test guest")
-    lines = [line for line in err.decode(errors="replace").splitlines()
-             if line.strip() and "warning:" not in line]
-    first = lines[:1]
     return Accel("tcg", f"KVM test guest failed (exit {child.returncode}): "
-                        f"{first[0] if first else 'no message'}")
+                        f"{first_error(err.decode(errors='replace'))}")
+
+
+def _run_guest(argv: list[str], scratch: Path, timeout: float) -> Accel:
+    """Boot the guest under KVM until its agent runs the paging work, within
+    ``timeout`` s; the child is always killed."""
+    err_path = scratch / "qemu.err"
+    try:
+        with err_path.open("wb") as err:
+            child = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                     stderr=err, start_new_session=True)
+    except OSError as exc:
+        return Accel("tcg", f"cannot run {argv[0]}: {exc}")
+    try:
+        return _await_guest(child, scratch, err_path, time.monotonic() + timeout, timeout)
+    finally:
+        if child.poll() is None:
+            _kill_group(child)
+
+
+def _await_guest(child: subprocess.Popen[bytes], scratch: Path, err_path: Path,
+                 deadline: float, timeout: float) -> Accel:
+    while True:
+        if child.poll() is not None:
+            return Accel("tcg", f"QEMU of the KVM test guest exited ({child.returncode}): "
+                                f"{first_error(_read(err_path))}")
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return Accel("tcg", f"a Linux guest under KVM did not answer within {timeout:g} s "
+                                f"(hangs){_console_hint(scratch)}")
+        try:
+            result = exec_in_vm(scratch, PAGING_WORK, timeout=max(1.0, left),
+                                hello_timeout=min(1.0, max(0.2, left)))
+        except AgentUnavailable:
+            time.sleep(0.1)
+            continue
+        except AgentError as exc:
+            return Accel("tcg", f"the KVM test guest broke off its work: {exc}")
+        return _judge(result.exit_code, result.stdout, scratch)
+
+
+def _judge(exit_code: int, stdout: bytes, scratch: Path) -> Accel:
+    if exit_code != 0 or PAGING_ANSWER not in stdout:
+        return Accel("tcg", f"the KVM test guest got its work wrong (exit {exit_code}: "
+                            f"{stdout[:80]!r})")
+    try:
+        status = qmp.execute(scratch / "qmp.sock", "query-status", timeout=2).get("status")
+    except (qmp.QmpError, qmp.QmpUnavailable) as exc:
+        return Accel("tcg", f"QEMU of the KVM test guest stopped answering: {exc}")
+    if status != "running":
+        return Accel("tcg", f"the KVM test guest ended in run state {status!r}")
+    return Accel("kvm", "KVM booted a Linux guest to its agent and ran paging work")
+
+
+def first_error(text: str) -> str:
+    """The first line of QEMU's stderr that is not a warning."""
+    lines = [line for line in text.splitlines() if line.strip() and "warning:" not in line]
+    return lines[0] if lines else "no message"
+
+
+def _console_hint(scratch: Path) -> str:
+    printed = len(_read(scratch / "console.log"))
+    return "; the guest printed nothing" if printed == 0 else f"; the guest printed {printed} B"
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(errors="replace")
+    except OSError:
+        return ""
 
 
 def _kill_group(child: subprocess.Popen[bytes]) -> None:
@@ -97,12 +225,3 @@ def _kill_group(child: subprocess.Popen[bytes]) -> None:
     except ProcessLookupError:
         pass
     child.communicate()
-
-
-def accelerator(workdir: Path | None = None) -> Accel:
-    """The cached probe result (the first caller runs the probe; others wait for it)."""
-    global _cached
-    with _lock:
-        if _cached is None:
-            _cached = probe_kvm(workdir=workdir)
-        return _cached

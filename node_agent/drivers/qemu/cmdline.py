@@ -42,6 +42,8 @@ AGENT = "agent.sock"
 CONSOLE = "console.sock"
 CONSOLE_LOG = "console.log"
 PIDFILE = "qemu.pid"
+QEMU_LOG = "qemu.log"  # QEMU's own messages once daemonised (-D keeps stderr there)
+ACCEL = "accel"  # the accelerator the running QEMU was started under ("kvm" or "tcg")
 # ... and of its volume directory (with snapshots.NAMES).
 DISK = "root.qcow2"
 VARS = "OVMF_VARS.fd"  # the VM's UEFI variable store (uefi boot only)
@@ -214,6 +216,7 @@ def qemu_argv(qemu: str, spec: VmSpec, accel: str, incoming: bool = False) -> li
     else:
         raise InvalidConfig(f"VM {spec.name!r}: unknown firmware {spec.firmware!r}")
     argv = [qemu, "-name", spec.name, "-daemonize", "-pidfile", str(vm / PIDFILE),
+            "-D", str(vm / QEMU_LOG),
             "-nodefaults", "-no-user-config", "-display", "none",
             "-machine", "q35", "-accel", accel,
             "-cpu", "host" if accel == "kvm" else "max",

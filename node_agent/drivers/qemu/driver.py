@@ -58,6 +58,7 @@ from node_agent.drivers.qemu import accel as accel_probe
 from node_agent.drivers.qemu import cmdline as cl
 from node_agent.drivers.qemu import host, qcow2, qmp
 from node_agent.drivers.qemu import snapshots as snaps
+from node_agent.drivers.qemu.accel_choice import AcceleratorChoice, GuestFinder
 from node_agent.drivers.qemu.agent import ExecResult, exec_in_vm
 from node_agent.drivers.qemu.cmdline import InvalidConfig, VmSpec
 
@@ -95,10 +96,13 @@ class QemuDriver:
     supports_live_migration: ClassVar[bool] = True  # migration/, cluster/api/live_moves.py
 
     def __init__(self, vmpath: Path, accel: str | None = None, qemu: str = QEMU,
-                 start_timeout: float = 30.0) -> None:
+                 start_timeout: float = 30.0, find_guest: GuestFinder | None = None) -> None:
+        """``accel``: a mode that pins the accelerator ("kvm", "tcg"; None: the member's
+        setting or $CORRAL_VM_ACCELERATOR, else the probe); ``find_guest``: a kernel of
+        this member's to prove KVM on (see accel_choice)."""
         self.vmpath = Path(vmpath)
         self.qemu = qemu
-        self._accel = accel
+        self.choice = AcceleratorChoice(self.vmpath, qemu, accel, find_guest)
         self.start_timeout = start_timeout
         self._locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
@@ -107,7 +111,7 @@ class QemuDriver:
 
     def accelerator(self) -> str:
         """"kvm" if it really runs guests here, else "tcg" (probed once per process)."""
-        return self._accel or accel_probe.accelerator(self.vmpath).name
+        return self.choice.current().name
 
     def probe(self) -> DriverInfo:
         """Name, QEMU version, and why VMs cannot run here (empty if they can)."""
@@ -274,8 +278,23 @@ class QemuDriver:
             raise
 
     def _launch(self, spec: VmSpec, incoming: bool = False) -> None:
+        """Start QEMU under the chosen accelerator; a QEMU that fails under KVM marks KVM
+        broken on this member and is started again under TCG (a live migration's
+        target is not: the source's state was made under KVM, so it fails cleanly)."""
+        chosen = self.choice.current(_guest_kernel(spec)).name
+        try:
+            self._launch_under(spec, chosen, incoming)
+        except DriverError as exc:
+            if chosen != "kvm" or incoming:
+                raise
+            self.choice.mark_broken(f"VM {spec.name!r} failed to start under KVM: {exc}")
+            self._kill(spec.name)
+            self._launch_under(spec, "tcg", incoming)
+
+    def _launch_under(self, spec: VmSpec, accel: str, incoming: bool) -> None:
         directory = Path(spec.directory)
-        argv = cl.qemu_argv(self.qemu, spec, self.accelerator(), incoming)
+        (directory / cl.QEMU_LOG).unlink(missing_ok=True)  # what it says is about this run
+        argv = cl.qemu_argv(self.qemu, spec, accel, incoming)
         with tempfile.TemporaryFile() as err:  # a file: the daemon must not hold our pipe
             try:
                 done = subprocess.run(argv, stdin=subprocess.DEVNULL,
@@ -285,7 +304,8 @@ class QemuDriver:
             except (OSError, subprocess.TimeoutExpired) as exc:
                 raise DriverError(f"VM {spec.name!r}: {self.qemu} failed: {exc}") from exc
             err.seek(0)
-            message = err.read().decode(errors="replace").strip()
+            message = err.read().decode(errors="replace").strip() or read_text(
+                directory / cl.QEMU_LOG).strip()
         if done.returncode != 0:
             raise DriverError(f"VM {spec.name!r} failed to start (exit {done.returncode}): "
                               f"{message[-2000:]}")
@@ -294,6 +314,37 @@ class QemuDriver:
         except qmp.QmpUnavailable as exc:
             raise DriverError(f"VM {spec.name!r} started but QMP does not answer: "
                               f"{exc}") from exc
+        (directory / cl.ACCEL).write_text(accel + "\n")
+
+    # -- a broken accelerator at run time (accel_choice) -----------------------------------
+
+    def running_under(self, name: str) -> str:
+        """The accelerator the VM's QEMU was started under ("" when stopped)."""
+        return read_text(self._dir(name) / cl.ACCEL).strip()
+
+    def accelerator_failure(self, name: str) -> str:
+        """Why the VM, started under KVM, met a broken KVM ("" if it did not): QEMU in
+        run state ``internal-error``, or gone with a KVM error in its log."""
+        if self.running_under(name) != "kvm":
+            return ""
+        if self._pid(name):
+            try:
+                status = self._qmp(name, "query-status", timeout=2).get("status")
+            except (qmp.QmpError, qmp.QmpUnavailable):
+                return ""  # busy or slow: the next look decides
+            return f"the guest stopped in run state {status}" if status == "internal-error" else ""
+        said = read_text(self._dir(name) / cl.QEMU_LOG)
+        return f"QEMU died: {kvm_error(said)}" if kvm_error(said) else ""
+
+    def restart_under_tcg(self, name: str, reason: str) -> None:
+        """Mark KVM broken, then run the VM again under TCG with the same disk."""
+        self.choice.mark_broken(f"VM {name!r}: {reason}")
+        with self._lock(name):
+            if self.running_under(name) != "kvm":
+                return  # restarted already, or stopped meanwhile
+            self._kill(name)
+            self._cleanup(self._spec(name, running=True))
+            self._start(name)
 
     def stop(self, name: str, force: bool, timeout: float) -> None:
         """Force: ``quit`` now (SIGKILL if QMP does not answer). Else ACPI power button and
@@ -341,7 +392,7 @@ class QemuDriver:
         for nic in spec.nics:
             host.remove_tap(nic.tap)
         directory = Path(spec.directory)
-        for leftover in (cl.PIDFILE, cl.QMP, cl.AGENT, cl.CONSOLE, cl.RUNNING_CONFIG):
+        for leftover in (cl.PIDFILE, cl.QMP, cl.AGENT, cl.CONSOLE, cl.RUNNING_CONFIG, cl.ACCEL):
             try:
                 (directory / leftover).unlink()
             except FileNotFoundError:
@@ -505,6 +556,25 @@ class QemuDriver:
         cl.parse_cpus(config.get("limits.cpu", ""))
 
 
+KVM_ERRORS = ("KVM internal error", "kvm_buf_set_msrs", "KVM_RUN failed", "kvm run failed",
+              "failed to set MSR", "KVM: entry failed")
+
+
+def kvm_error(log: str) -> str:
+    """The first line of QEMU's log that tells of a broken KVM ("" if none)."""
+    for line in log.splitlines():
+        if any(marker in line for marker in KVM_ERRORS):
+            return line.strip()
+    return ""
+
+
+def _guest_kernel(spec: VmSpec) -> accel_probe.GuestKernel | None:
+    """The VM's own kernel, to prove KVM on when the probe had none (direct boot only)."""
+    if spec.firmware != cl.KERNEL_BOOT or not spec.kernel or not spec.initrd:
+        return None
+    return accel_probe.GuestKernel(Path(spec.kernel), Path(spec.initrd), spec.cmdline)
+
+
 def remove_trees(name: str, paths: Iterable[Path],
                  error: type[DriverError] = DriverError) -> None:
     """Remove a VM's directories in order; one already gone is fine (a retried delete)."""
@@ -542,6 +612,20 @@ def _host_memory() -> int:
         if line.startswith("MemTotal:"):
             return int(line.split()[1]) * 1024
     return 0
+
+
+def probe_guest(images: Path) -> accel_probe.GuestKernel | None:
+    """A kernel and initramfs with the corral agent on this member (a VM image unpacked
+    for QEMU under ``images``), for the accelerator probe; None if there is none yet."""
+    for unpacked in sorted(images.glob("*.vm")):
+        try:
+            files = _image_files(unpacked)
+        except InvalidConfig:
+            continue
+        if "kernel" in files:
+            return accel_probe.GuestKernel(Path(files["kernel"]), Path(files["initrd"]),
+                                           files.get("cmdline") or cl.DEFAULT_CMDLINE)
+    return None
 
 
 def _image_files(image: Path) -> dict[str, str]:
