@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from scheduler import keys
 from scheduler.request import PlacementRequest
 from scheduler.resources import format_amount
 from scheduler.view import ClusterView, MemberView
@@ -93,17 +94,36 @@ def placement_group(member: MemberView, request: PlacementRequest,
     return None
 
 
+RATIO_KEYS = {"cpu": keys.CPU_RATIO_KEY, "memory": keys.MEMORY_RATIO_KEY}
+
+
+def ratio_note(dimension: str, view: ClusterView, schedulable: float | None = None) -> str:
+    """How an allocation ratio made the schedulable amount, for a message about free
+    room (``""`` at ratio 1, where capacity is what the host has): with ``schedulable``,
+    `` (2 CPUs × scheduler.cpu_allocation_ratio 16 = 32 CPUs schedulable)``, else
+    `` (scheduler.cpu_allocation_ratio 16)``."""
+    ratio = view.ratios.get(dimension)
+    if ratio == 1.0 or dimension not in RATIO_KEYS:
+        return ""
+    if schedulable is None:
+        return f" ({RATIO_KEYS[dimension]} {ratio:g})"
+    return (f" ({format_amount(dimension, schedulable / ratio)} × {RATIO_KEYS[dimension]} "
+            f"{ratio:g} = {format_amount(dimension, schedulable)} schedulable)")
+
+
 def _resource(dimension: str, noun: str) -> Filter:
     def check(member: MemberView, request: PlacementRequest, view: ClusterView) -> str | None:
         need = request.demand.get(dimension)
         free = member.capacity.get(dimension) - member.reserved.get(dimension)
         if need > free:
             return (f"has {format_amount(dimension, free)} {noun}, "
-                    f"needs {format_amount(dimension, need)}")
+                    f"needs {format_amount(dimension, need)}"
+                    f"{ratio_note(dimension, view, member.capacity.get(dimension))}")
         return None
 
     check.__name__ = dimension
-    check.__doc__ = f"Free {dimension} (capacity - reserved) must cover the demand."
+    check.__doc__ = (f"Free {dimension} (schedulable capacity - reserved) must cover the "
+                     f"demand; the capacity already carries the allocation ratio.")
     return check
 
 

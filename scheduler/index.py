@@ -233,7 +233,8 @@ class IndexedScheduler:
                                                 request, view)
                 reason = failure[1] if failure else "cannot take it"
                 return Plan(None, f"member {request.target_member} {reason}",
-                            Explanation(request, view.policy, indexed=True, notes=[note]))
+                            Explanation(request, view.policy, indexed=True, notes=[note],
+                                        ratios=view.ratios))
             plan = pipeline.place(view, request)
             plan.explanation.notes.append("the index found no candidate; this explanation "
                                           "is the full pipeline's")
@@ -241,7 +242,7 @@ class IndexedScheduler:
         explanation = Explanation(request, view.policy, scored=best.records(view.policy,
                                                                             KEEP_SCORES),
                                   tied=best.tied(), chosen=best.name, indexed=True,
-                                  notes=[note])
+                                  notes=[note], ratios=view.ratios)
         return Plan(best.name, "", explanation)
 
     def _search_groups(self, best: Best, request: PlacementRequest) -> str:

@@ -27,7 +27,7 @@ __all__ = ["Plan", "explain_json", "explain_text", "place", "recheck"]
 
 def place(view: ClusterView, request: PlacementRequest) -> Plan:
     """Choose a member for ``request`` on ``view``: O(members), with a full explanation."""
-    explanation = Explanation(request=request, policy=view.policy)
+    explanation = Explanation(request=request, policy=view.policy, ratios=view.ratios)
     # 0. the request itself: a named target member and a placement group must exist
     problem = reasons.request_error(view, request)
     if problem:

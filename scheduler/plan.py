@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from scheduler.request import PlacementRequest
-from scheduler.resources import format_amount
+from scheduler.resources import NO_OVERCOMMIT, AllocationRatios, format_amount
 
 
 @dataclass(slots=True)
@@ -41,6 +41,9 @@ class Explanation:
     chosen: str | None = None
     indexed: bool = False  # the index's abbreviated record (see scheduler/README.md)
     notes: list[str] = field(default_factory=list)
+    # The allocation ratios the members' capacities were scaled by: a user reading "has 0
+    # CPUs free" needs to know how many CPUs a core counted for.
+    ratios: AllocationRatios = NO_OVERCOMMIT
 
 
 @dataclass(slots=True)
@@ -99,6 +102,7 @@ def explain_json(plan: Plan) -> dict[str, Any]:
         "error": plan.error,
         "request": _request_json(ex.request),
         "policy": ex.policy,
+        "allocation_ratios": {"cpu": ex.ratios.cpu, "memory": ex.ratios.memory},
         "indexed": ex.indexed,
         "stages": [{"stage": s.stage, "considered": s.considered,
                     "kept": s.considered - len(s.dropped), "dropped": dict(s.dropped)}
@@ -117,7 +121,8 @@ def explain_text(plan: Plan, limit: int = 10) -> list[str]:
     demand = ex.request.demand
     lines = [f"request {ex.request.name}: {ex.request.type}, "
              f"{format_amount('cpu', demand.cpu)}, {format_amount('memory', demand.memory)} "
-             f"memory, {format_amount('disk', demand.disk)} disk; policy {ex.policy}"]
+             f"memory, {format_amount('disk', demand.disk)} disk; policy {ex.policy}; "
+             f"allocation ratios cpu {ex.ratios.cpu:g}, memory {ex.ratios.memory:g}"]
     for stage in ex.stages:
         lines.append(f"  {stage.stage}: kept {stage.considered - len(stage.dropped)} "
                      f"of {stage.considered}")

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from scheduler import keys
-from scheduler.filters import RESOURCE_NOUNS
+from scheduler.filters import RESOURCE_NOUNS, ratio_note
 from scheduler.request import PlacementRequest
 from scheduler.resources import format_amount
 from scheduler.view import ClusterView, MemberView
@@ -48,7 +48,7 @@ def summary(stage: str, request: PlacementRequest, view: ClusterView,
     if stage in RESOURCE_NOUNS:
         need = format_amount(stage, request.demand.get(stage))
         return (f"no member has {need} {RESOURCE_NOUNS[stage]}; "
-                f"largest free: {_largest_free(stage, considered)}")
+                f"largest free: {_largest_free(stage, considered)}{ratio_note(stage, view)}")
     if stage == "placement_group":
         return (f"placement group {request.placement_group} leaves no member: "
                 f"{_group_rule(view, request.placement_group)}")

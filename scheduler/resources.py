@@ -55,6 +55,37 @@ class Resources:
 
 ZERO = Resources()
 
+
+@dataclass(frozen=True, slots=True)
+class AllocationRatios:
+    """How far placement may commit a member beyond what it has, per dimension.
+
+    CPU time is shared: ``limits.cpu`` is a ceiling, not a reservation, so LXD runs many
+    ``limits.cpu=1`` instances on fewer cores (OpenStack Nova starts at a CPU ratio of 16).
+    A member's schedulable amount is its capacity times the ratio. Disk is never
+    overcommitted (a full filesystem loses data). ``NO_OVERCOMMIT`` (1, 1) is what a view
+    built by hand means: its capacities are already what may be reserved.
+    """
+
+    cpu: float = 1.0
+    memory: float = 1.0
+
+    def get(self, dimension: str) -> float:
+        """The ratio of one of ``DIMENSIONS`` (disk: always 1)."""
+        return self.cpu if dimension == "cpu" else self.memory if dimension == "memory" \
+            else 1.0
+
+    def schedulable(self, capacity: Resources) -> Resources:
+        """What placement may reserve on a member of ``capacity``; ratio 1 keeps the
+        amount exactly (no float round trip of the memory bytes)."""
+        if self.cpu == 1.0 and self.memory == 1.0:
+            return capacity
+        memory = capacity.memory if self.memory == 1.0 else int(capacity.memory * self.memory)
+        return Resources(capacity.cpu * self.cpu, memory, capacity.disk)
+
+
+NO_OVERCOMMIT = AllocationRatios()
+
 DEFAULTS: dict[str, Resources] = {
     "container": Resources(cpu=0, memory=64 * MiB, disk=256 * MiB),
     "virtual-machine": Resources(cpu=1, memory=1 * GiB, disk=10 * GiB),

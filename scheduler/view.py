@@ -15,15 +15,18 @@ from cluster.state import reservations
 from cluster.state.apply_members import member_status, offline_threshold
 from cluster.state.model import Instance, Member, State
 from scheduler import keys
-from scheduler.resources import DIMENSIONS, ZERO, Resources
+from scheduler.resources import DIMENSIONS, NO_OVERCOMMIT, ZERO, AllocationRatios, Resources
 
 
 @dataclass(slots=True)
 class MemberView:
     """One member as placement sees it.
 
-    ``unknown`` lists the capacity dimensions neither reported by the agent nor set with
-    ``scheduler.capacity.*``: such a member takes no instance until it reports them.
+    ``capacity`` is what placement may reserve: the member's own capacity times the
+    cluster's allocation ratios (``ClusterView.ratios``), so every filter and scorer
+    compares reservations with it directly. ``unknown`` lists the capacity dimensions
+    neither reported by the agent nor set with ``scheduler.capacity.*``: such a member
+    takes no instance until it reports them.
     """
 
     name: str
@@ -57,9 +60,14 @@ class PlacementGroupView:
 
 @dataclass(slots=True)
 class ClusterView:
+    """What placement reads. ``ratios`` are the allocation ratios already applied to the
+    members' capacities; they are kept to explain a placement (a view built by hand has
+    none: its capacities are what may be reserved)."""
+
     members: dict[str, MemberView] = field(default_factory=dict)
     policy: str = "spread"  # cluster.scheduler.policy: spread | binpack
     placement_groups: dict[str, PlacementGroupView] = field(default_factory=dict)
+    ratios: AllocationRatios = NO_OVERCOMMIT
 
     def commit(self, member: str, demand: Resources, placement_group: str = "") -> None:
         """Count an accepted placement on ``member`` (mutates this view)."""
@@ -137,14 +145,18 @@ def capacity_of(member: Member) -> tuple[Resources, tuple[str, ...]]:
     return Resources(amounts["cpu"], int(amounts["memory"]), int(amounts["disk"])), unknown
 
 
-def member_view(member: Member, status: str, reserved: Resources, instances: int) -> MemberView:
+def member_view(member: Member, status: str, reserved: Resources, instances: int, *,
+                ratios: AllocationRatios) -> MemberView:
+    """``member`` as placement sees it, its capacity scaled by the cluster's ``ratios``
+    (required: forgetting them would silently place as if nothing were overcommitted)."""
     mode = member.config.get(keys.MODE_KEY, "all")
     capacity, unknown = capacity_of(member)
     return MemberView(
         name=member.name, status=status, architecture=member.architecture,
         instance_types=frozenset(member.instance_types),
         mode=mode if mode in keys.MODES else "all", groups=frozenset(member.groups),
-        capacity=capacity, reserved=reserved, instances=instances, unknown=unknown)
+        capacity=ratios.schedulable(capacity), reserved=reserved, instances=instances,
+        unknown=unknown)
 
 
 def view_from_state(state: State, now: float, *,
@@ -159,20 +171,24 @@ def view_from_state(state: State, now: float, *,
     running totals), ``instances`` per member (else counted), ``placement_groups`` (else
     computed), and ``members`` to restrict the view to a few members. With ``instances``,
     ``placement_groups`` and ``members``, building costs O(len(members)). Placement
-    groups given are used as they are, not copied (``commit`` updates them). Never
-    raises.
+    groups given are used as they are, not copied (``commit`` updates them). Members'
+    capacities are scaled by the allocation ratios of the cluster config
+    (``keys.allocation_ratios``), which the view keeps in ``ratios``. Never raises.
     """
     threshold = offline_threshold(state)
     reserved = reserved if reserved is not None else reservations.totals(state)
     counts = instances if instances is not None else instances_by_member(state)
     names = state.members if members is None else [n for n in members if n in state.members]
     policy = state.config.get(keys.POLICY_KEY, "")
+    ratios = keys.allocation_ratios(state.config)
     return ClusterView(
         members={name: member_view(state.members[name],
                                    member_status(state.members[name], now, threshold),
-                                   reserved.get(name, ZERO), counts.get(name, 0))
+                                   reserved.get(name, ZERO), counts.get(name, 0),
+                                   ratios=ratios)
                  for name in names},
         policy=policy if policy in keys.POLICIES else "spread",
         placement_groups=dict(placement_groups) if placement_groups is not None
         else placement_groups_from_state(state),
+        ratios=ratios,
     )

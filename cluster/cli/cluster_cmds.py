@@ -4,18 +4,37 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
 from urllib.parse import quote
 
 from cluster.cli import format as fmt
 from cluster.cli.client import Client, UsageError
 
 
+def usage(member: dict[str, Any], dimension: str) -> str:
+    """``used/schedulable`` of one dimension of a member's ``placement`` (``2/32``,
+    ``1.00GiB/3.84GiB``): what the scheduler compares a demand with. ``?`` where the
+    member has not reported that capacity; empty from a server without the field."""
+    found = (member.get("placement") or {}).get(dimension)
+    if not isinstance(found, dict):
+        return ""
+
+    def amount(value: object) -> str:
+        if not isinstance(value, (int, float)):
+            return "?"
+        return f"{value:g}" if dimension == "cpu" else fmt.byte_size_iec(value)
+
+    return f"{amount(found.get('used'))}/{amount(found.get('schedulable'))}"
+
+
 async def list_(client: Client, args: argparse.Namespace) -> int:
+    """Members, with CPU and MEMORY as used/schedulable (capacity x allocation ratio)."""
     members = await client.get("/1.0/cluster/members", params={"recursion": "1"}) or []
     rows = [[str(m.get("server_name", "")), str(m.get("url", "")),
              "\n".join(m.get("roles") or []), str(m.get("architecture", "")),
+             usage(m, "cpu"), usage(m, "memory"),
              str(m.get("status", "")).upper(), str(m.get("message", ""))] for m in members]
-    header = ["NAME", "URL", "ROLES", "ARCHITECTURE", "STATUS", "MESSAGE"]
+    header = ["NAME", "URL", "ROLES", "ARCHITECTURE", "CPU", "MEMORY", "STATUS", "MESSAGE"]
     sys.stdout.write(fmt.render(args.format, header, fmt.sort_rows(rows), members))
     return 0
 

@@ -2,7 +2,10 @@
 
 The API plans on a snapshot that may be stale by the time its command commits; apply
 checks the chosen member again against the committed state, in O(1) members and
-instances, so two concurrent launches can never overcommit a member.
+instances, so two concurrent launches can never overcommit a member. "Overcommit" is
+past the member's schedulable capacity: its capacity times the cluster's allocation
+ratios (``scheduler.cpu_allocation_ratio``, ``scheduler.memory_allocation_ratio``), read
+here from the committed config, so a plan made under another ratio is judged by this one.
 """
 
 from __future__ import annotations
@@ -10,7 +13,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from cluster.state import reservations
-from cluster.state.model import State
+from cluster.state.model import Member, State
+from scheduler import keys
 from scheduler.request import PlacementRequest
 from scheduler.resources import Resources
 
@@ -28,26 +32,56 @@ def placement_problem(state: State, *, member: str, now: float, name: str, type_
     if record is None:
         return f"cluster member {member!r} not found"
     status = member_status(record, now, offline_threshold(state))
+    ratios = keys.allocation_ratios(state.config)
     # Only what the filters read: this one member (the instance count is for scoring).
     view = ClusterView(
-        members={member: member_view(record, status, reservations.reserved(state, member), 0)},
+        members={member: member_view(record, status, reservations.reserved(state, member), 0,
+                                     ratios=ratios)},
         placement_groups=placement_groups_from_state(state, placement_group)
-        if placement_group else {})
+        if placement_group else {}, ratios=ratios)
     request = PlacementRequest(id=name, name=name, type=type_, architecture=architecture,
                                demand=demand, target=target, placement_group=placement_group,
                                exclude=frozenset(exclude))
     return pipeline.recheck(view, request, member)
 
 
-def resize_problem(state: State, member: str, old: Resources, new: Resources) -> str:
-    """``""`` when the member can hold an instance grown from ``old`` to ``new``."""
-    from scheduler.resources import format_amount
+def schedulable_of(state: State, record: Member) -> tuple[Resources, tuple[str, ...]]:
+    """The member's schedulable capacity (capacity times the allocation ratios) and the
+    dimensions it has not reported. O(1)."""
     from scheduler.view import capacity_of
+
+    capacity, unknown = capacity_of(record)
+    return keys.allocation_ratios(state.config).schedulable(capacity), unknown
+
+
+def member_usage(state: State, record: Member) -> dict[str, dict[str, float | None]]:
+    """Per dimension, what placement sees of a member: its ``capacity`` (reported, with
+    ``scheduler.capacity.*``; None when unknown), the ``allocation_ratio``, the
+    ``schedulable`` amount (capacity x ratio) and the amount ``used`` by reservations, so a
+    user can see why a placement was refused. O(1)."""
+    from scheduler.resources import DIMENSIONS
+    from scheduler.view import capacity_of
+
+    capacity, unknown = capacity_of(record)
+    ratios = keys.allocation_ratios(state.config)
+    schedulable = ratios.schedulable(capacity)
+    used = reservations.reserved(state, record.name)
+    return {dimension: {
+        "capacity": None if dimension in unknown else capacity.get(dimension),
+        "allocation_ratio": ratios.get(dimension),
+        "schedulable": None if dimension in unknown else schedulable.get(dimension),
+        "used": used.get(dimension)} for dimension in DIMENSIONS}
+
+
+def resize_problem(state: State, member: str, old: Resources, new: Resources) -> str:
+    """``""`` when the member can hold an instance grown from ``old`` to ``new`` within
+    its schedulable capacity."""
+    from scheduler.resources import format_amount
 
     record = state.members.get(member)
     if record is None:
         return ""
-    capacity, unknown = capacity_of(record)
+    capacity, unknown = schedulable_of(state, record)
     after = reservations.reserved(state, member) - old + new
     for dimension in ("cpu", "memory", "disk"):
         grows = new.get(dimension) > old.get(dimension)
@@ -59,14 +93,14 @@ def resize_problem(state: State, member: str, old: Resources, new: Resources) ->
 
 
 def growth_problem(state: State, member: str, before: Resources) -> str:
-    """``""`` unless the member's reservations grew past its capacity since ``before``."""
+    """``""`` unless the member's reservations grew past its schedulable capacity since
+    ``before`` (a member already past it, after a ratio was lowered, may still shrink)."""
     from scheduler.resources import format_amount
-    from scheduler.view import capacity_of
 
     record = state.members.get(member)
     if record is None:
         return ""
-    capacity, unknown = capacity_of(record)
+    capacity, unknown = schedulable_of(state, record)
     after = reservations.reserved(state, member)
     for dimension in ("cpu", "memory", "disk"):
         if (dimension not in unknown and after.get(dimension) > before.get(dimension)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from cluster.api.handlers.members import member_status, member_view, offline_threshold
+from cluster.cli.cluster_cmds import usage
 from cluster.state.model import Member, State
+from scheduler.resources import GiB, MiB, Resources
 
 
 def test_offline_threshold_defaults_to_10s_and_is_at_least_3s() -> None:
@@ -31,3 +33,23 @@ def test_member_view_marks_the_leader() -> None:
     assert view["roles"] == ["database", "database-leader"]
     assert view["status"] == "Online" and view["url"] == "https://a:8443"
     assert member_view(state, member, "b:8444", 200.0)["status"] == "Offline"
+
+
+def test_member_view_shows_capacity_ratio_schedulable_and_used() -> None:
+    state = State()
+    state.members["m1"] = member = Member(
+        name="m1", address="a:8443", heartbeat_at=100.0,
+        capacity={"cpu": 2.0, "memory": 4.0 * GiB})  # disk not reported
+    state.config["scheduler.memory_allocation_ratio"] = "1.5"
+    state.reserved = {"m1": Resources(2, 128 * MiB, 512 * MiB)}
+    placement = member_view(state, member, None, 101.0)["placement"]
+    assert placement == {
+        "cpu": {"capacity": 2.0, "allocation_ratio": 16.0, "schedulable": 32.0, "used": 2},
+        "memory": {"capacity": 4 * GiB, "allocation_ratio": 1.5, "schedulable": 6 * GiB,
+                   "used": 128 * MiB},
+        "disk": {"capacity": None, "allocation_ratio": 1.0, "schedulable": None,
+                 "used": 512 * MiB}}
+    listed = {"placement": placement}
+    assert (usage(listed, "cpu"), usage(listed, "memory"), usage(listed, "disk")) == (
+        "2/32", "128.00MiB/6.00GiB", "512.00MiB/?")
+    assert usage({}, "cpu") == ""  # a server without the field

@@ -7,7 +7,7 @@ import pytest
 from cluster.state import reservations
 from cluster.state.model import Instance, Member, Profile, State
 from scheduler import keys
-from scheduler.resources import DEFAULTS, GiB, MiB, Resources
+from scheduler.resources import DEFAULTS, AllocationRatios, GiB, MiB, Resources
 from scheduler.view import PlacementGroupView, view_from_state
 
 NOW = 1000.0
@@ -53,7 +53,9 @@ def test_member_attributes_are_carried_over() -> None:
     assert m.groups == frozenset({"rack1"})
     assert m.instance_types == frozenset({"container", "virtual-machine"})
     assert m.mode == "manual"
-    assert m.capacity == Resources(16, 64 * GiB, 1000 * GiB)
+    # Schedulable capacity: 16 cores at the default CPU allocation ratio (16), memory and
+    # disk as reported (memory ratio 1; disk is never overcommitted).
+    assert m.capacity == Resources(16 * 16, 64 * GiB, 1000 * GiB)
     assert m.unknown == ()
 
 
@@ -68,10 +70,37 @@ def test_capacity_overrides_replace_what_the_agent_reports() -> None:
                                             "scheduler.capacity.disk": "500GiB"}),
                        online("m2", config={"scheduler.capacity.memory": "50%"}),
                        online("m3", config={"scheduler.capacity.cpu": "lots"}))
+    state.config[keys.CPU_RATIO_KEY] = "1"  # capacities exactly as set or reported
     members = view_from_state(state, NOW).members
     assert members["m1"].capacity == Resources(8, 32 * GiB, 500 * GiB)
     assert members["m2"].capacity.memory == 32 * GiB
     assert members["m3"].capacity.cpu == 16  # an invalid override is ignored
+
+
+def test_allocation_ratios_scale_cpu_and_memory_but_never_disk() -> None:
+    state = state_with(online("m1"), online("m2", config={"scheduler.capacity.cpu": "2"}))
+    state.config.update({keys.CPU_RATIO_KEY: "4", keys.MEMORY_RATIO_KEY: "1.5"})
+    view = view_from_state(state, NOW)
+    assert view.ratios == AllocationRatios(cpu=4.0, memory=1.5)
+    assert view.members["m1"].capacity == Resources(64, 96 * GiB, 1000 * GiB)
+    assert view.members["m2"].capacity.cpu == 8  # the override, times the ratio
+
+
+def test_ratios_default_to_16_for_cpu_and_1_for_memory_and_ignore_bad_values() -> None:
+    state = state_with(online("m1"))
+    assert view_from_state(state, NOW).ratios == AllocationRatios(cpu=16.0, memory=1.0)
+    state.config.update({keys.CPU_RATIO_KEY: "-3", keys.MEMORY_RATIO_KEY: "0.1"})
+    view = view_from_state(state, NOW)  # apply refuses these; an old state falls back
+    assert view.ratios == keys.DEFAULT_RATIOS
+    assert view.members["m1"].capacity == Resources(256, 64 * GiB, 1000 * GiB)
+
+
+def test_ratio_1_leaves_capacity_exactly_as_reported() -> None:
+    state = state_with(online("m1", capacity={"cpu": 3, "memory": 2**40 + 12345,
+                                              "disk": 7 * GiB}))
+    state.config.update({keys.CPU_RATIO_KEY: "1", keys.MEMORY_RATIO_KEY: "1.0"})
+    assert view_from_state(state, NOW).members["m1"].capacity == Resources(
+        3, 2**40 + 12345, 7 * GiB)
 
 
 def test_unreported_capacity_is_unknown_unless_configured() -> None:
@@ -198,6 +227,28 @@ def test_member_config_validation(key: str, value: str, ok: bool) -> None:
     ("placement.group.web.rigor", "loose", False),
     ("placement.group.web.colour", "red", False), ("placement.group.policy", "spread", False),
     ("core.https_address", ":8443", True),
+    ("scheduler.cpu_allocation_ratio", "4", True),
+    ("scheduler.cpu_allocation_ratio", "0.5", True),
+    ("scheduler.cpu_allocation_ratio", "", True),
+    ("scheduler.cpu_allocation_ratio", "0", False),
+    ("scheduler.cpu_allocation_ratio", "-1", False),
+    ("scheduler.cpu_allocation_ratio", "inf", False),
+    ("scheduler.cpu_allocation_ratio", "nan", False),
+    ("scheduler.cpu_allocation_ratio", "lots", False),
+    ("scheduler.memory_allocation_ratio", "1.5", True),
+    ("scheduler.memory_allocation_ratio", "0.5", True),
+    ("scheduler.memory_allocation_ratio", "0.49", False),
+    ("scheduler.memory_allocation_ratio", "0", False),
+    ("scheduler.cpu_allocation_rate", "4", False),  # misspelt: refused, not ignored
+    ("scheduler.instance", "manual", False),  # a member key, not a cluster one
 ])
 def test_cluster_config_validation(key: str, value: str, ok: bool) -> None:
     assert (keys.cluster_config_error(key, value) == "") is ok
+
+
+def test_a_bad_ratio_is_refused_with_a_message_naming_the_key_and_the_rule() -> None:
+    assert keys.cluster_config_error("scheduler.cpu_allocation_ratio", "0") == (
+        "scheduler.cpu_allocation_ratio must be a positive number (default 16), got '0'")
+    assert keys.cluster_config_error("scheduler.memory_allocation_ratio", "0.1") == (
+        "scheduler.memory_allocation_ratio must be a number of at least 0.5 (default 1), "
+        "got '0.1'")

@@ -1,7 +1,9 @@
 """The scale simulator: small pure and Raft runs, checked against the final placements.
 
 Demands are recomputed here from each instance's own limits, independently of the
-scheduler's accounting, and summed per member against the capacity the member reported.
+scheduler's accounting, and summed per member against the capacity the member reported
+times the cluster's allocation ratios (the simulated clusters keep the defaults: CPU 16,
+memory 1).
 """
 
 from __future__ import annotations
@@ -11,8 +13,9 @@ from collections import defaultdict
 import pytest
 
 from cluster.state.model import State
+from scheduler import keys
 from scheduler.fake_driver import FakeDriver, SimInstance
-from scheduler.resources import DEFAULTS
+from scheduler.resources import DEFAULTS, AllocationRatios
 from scheduler.sim_raft import RaftOptions, run_raft
 from scheduler.simulate import main, run_pure
 
@@ -33,13 +36,16 @@ def _demand(config: dict[str, str], devices: dict[str, dict[str, str]]) -> tuple
 
 
 def _overcommitted(where: dict[str, str], specs: dict[str, tuple[int, int, int]],
-                   capacity: dict[str, dict[str, float]]) -> list[str]:
+                   capacity: dict[str, dict[str, float]],
+                   ratios: AllocationRatios = keys.DEFAULT_RATIOS) -> list[str]:
+    """Members holding more than their capacity times ``ratios`` in some dimension."""
     used: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
     for name, member in where.items():
         for dimension, amount in enumerate(specs[name]):
             used[member][dimension] += amount
     return [m for m, (cpu, memory, disk) in used.items()
-            if cpu > capacity[m]["cpu"] or memory > capacity[m]["memory"]
+            if cpu > capacity[m]["cpu"] * ratios.cpu
+            or memory > int(capacity[m]["memory"] * ratios.memory)
             or disk > capacity[m]["disk"]]
 
 
@@ -107,7 +113,7 @@ def _check_raft_run(members: int, instances: int, seed: int, planners: int,
     demands = {name: _demand(inst.config, inst.devices)
                for name, inst in first.instances.items()}
     capacity = {name: member.capacity for name, member in first.members.items()}
-    assert not _overcommitted(where, demands, capacity)
+    assert not _overcommitted(where, demands, capacity, keys.allocation_ratios(first.config))
 
 
 @pytest.mark.timeout(60)

@@ -12,6 +12,7 @@ from cluster.api.response import empty, json_body, not_found, sync
 from cluster.state.apply_members import member_status, offline_threshold
 from cluster.state.commands import command
 from cluster.state.model import Member, State
+from cluster.state.placement import member_usage
 
 __all__ = ["member_status", "member_view", "offline_threshold", "ROUTES"]
 
@@ -31,6 +32,9 @@ def member_view(state: State, member: Member, leader_raft: str | None,
         "status": status.capitalize() if status != "ONLINE" else "Online",
         "message": "Fully operational" if status == "ONLINE" else
         f"No heartbeat for {now - member.heartbeat_at:.0f}s",
+        # corral's own field (LXD clients ignore it): capacity, allocation ratio,
+        # schedulable and used per dimension, to see why a placement was refused.
+        "placement": member_usage(state, member),
     }
 
 
