@@ -351,3 +351,23 @@ def test_an_image_with_a_kernel_but_no_initrd_is_refused(
     (image / "initrd").unlink()
     with pytest.raises(cl.InvalidConfig, match="kernel but no initrd"):
         driver.define(InstanceDefinition("vm1", image))
+
+
+def test_a_guest_in_internal_error_under_kvm_is_a_broken_accelerator(
+        driver: QemuDriver, vm: FakeVm) -> None:
+    vm.start()
+    vm.run_state = "internal-error"
+    assert driver.accelerator_failure("vm1") == ""  # not started under KVM: not our case
+    (vm.directory / cl.ACCEL).write_text("kvm\n")
+    assert driver.accelerator_failure("vm1") == "the guest stopped in run state internal-error"
+    vm.run_state = "running"
+    assert driver.accelerator_failure("vm1") == ""
+
+
+def test_a_qemu_gone_with_a_kvm_error_in_its_log_is_a_broken_accelerator(
+        driver: QemuDriver, vm: FakeVm) -> None:
+    (vm.directory / cl.ACCEL).write_text("kvm\n")
+    assert driver.accelerator_failure("vm1") == ""  # gone, nothing said: a poweroff
+    (vm.directory / cl.QEMU_LOG).write_text(
+        "noise\nKVM internal error. Suberror: 1\nemulation failure\n")
+    assert driver.accelerator_failure("vm1") == "QEMU died: KVM internal error. Suberror: 1"

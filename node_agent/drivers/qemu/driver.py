@@ -618,14 +618,22 @@ def probe_guest(images: Path) -> accel_probe.GuestKernel | None:
     """A kernel and initramfs with the corral agent on this member (a VM image unpacked
     for QEMU under ``images``), for the accelerator probe; None if there is none yet."""
     for unpacked in sorted(images.glob("*.vm")):
-        try:
-            files = _image_files(unpacked)
-        except InvalidConfig:
-            continue
-        if "kernel" in files:
-            return accel_probe.GuestKernel(Path(files["kernel"]), Path(files["initrd"]),
-                                           files.get("cmdline") or cl.DEFAULT_CMDLINE)
+        if (guest := guest_of_image(unpacked)) is not None:
+            return guest
     return None
+
+
+def guest_of_image(unpacked: Path) -> accel_probe.GuestKernel | None:
+    """The kernel, initramfs and command line of an unpacked VM image (None for an
+    image that boots through UEFI, or an unreadable one)."""
+    try:
+        files = _image_files(unpacked)
+    except InvalidConfig:
+        return None
+    if "kernel" not in files:
+        return None
+    return accel_probe.GuestKernel(Path(files["kernel"]), Path(files["initrd"]),
+                                   files.get("cmdline") or cl.DEFAULT_CMDLINE)
 
 
 def _image_files(image: Path) -> dict[str, str]:
