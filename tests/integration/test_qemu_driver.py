@@ -30,8 +30,8 @@ import yaml
 from node_agent.drivers.base import InstanceDefinition, InvalidState
 from node_agent.drivers.qemu import QemuDriver, accel, host
 from node_agent.drivers.qemu.accel_choice import AcceleratorChoice
-from node_agent.drivers.qemu.driver import guest_of_image
 from node_agent.drivers.qemu.agent import AgentUnavailable, exec_in_vm, wait_for_agent
+from node_agent.drivers.qemu.driver import guest_of_image
 from node_agent.images import ImageStore
 from node_agent.images.busybox_vm import build_busybox_vm_image
 from node_agent.images.vm_guest import READY_MARKER
