@@ -37,7 +37,7 @@ CREDENTIALS = mig.Credentials(b"CA", b"CERT", b"KEY")
 def test_the_target_address_survives_json() -> None:
     doc = json.loads(json.dumps(INCOMING.to_json()))
     assert doc == {"host": "127.0.0.1", "migration_port": 40001, "nbd_port": 40002,
-                   "export": "root"}
+                   "export": "root", "accel": ""}
     assert mig.Incoming.from_json(doc) == INCOMING
     assert INCOMING.migration_uri == "tcp:127.0.0.1:40001"
     assert mig.Incoming("::1", 1, 2, "root").migration_uri == "tcp:[::1]:1"
@@ -262,3 +262,13 @@ def test_a_leaf_of_the_cluster_certificate_is_signed_by_it_and_is_no_ca() -> Non
         tls.issue(ca_pem, other_key, "x", [])
     with pytest.raises(tls.CertificateError):
         tls.issue(b"junk", ca_key, "x", [])
+
+
+def test_a_migration_across_accelerators_is_refused_before_anything_moves() -> None:
+    kvm_target = mig.Incoming.from_json({**INCOMING.to_json(), "accel": "kvm"})
+    with pytest.raises(mig.MigrationError, match="runs under TCG here .* under KVM"):
+        kvm_target.check_accelerator("v1", "tcg")
+    kvm_target.check_accelerator("v1", "kvm")
+    INCOMING.check_accelerator("v1", "tcg")  # a target that did not say: QEMU decides
+    with pytest.raises(mig.MigrationError):
+        mig.Incoming.from_json({**INCOMING.to_json(), "accel": "xen"})

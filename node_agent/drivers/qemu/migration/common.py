@@ -46,6 +46,7 @@ class Incoming:
     migration_port: int
     nbd_port: int
     export: str
+    accel: str = ""  # what the target's QEMU runs under ("": a target that did not say)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -55,16 +56,26 @@ class Incoming:
         """Raises MigrationError on a malformed document."""
         try:
             incoming = cls(data["host"], data["migration_port"], data["nbd_port"],
-                           data["export"])
+                           data["export"], data.get("accel", ""))
         except (KeyError, TypeError) as exc:
             raise MigrationError(f"invalid migration target {data!r}: {exc}") from exc
         ports_ok = all(type(port) is int and 0 < port < 65536
                        for port in (incoming.migration_port, incoming.nbd_port))
         texts_ok = all(isinstance(text, str) and text and "," not in text
                        for text in (incoming.host, incoming.export))
-        if not (ports_ok and texts_ok):
+        if not (ports_ok and texts_ok) or incoming.accel not in ("", "kvm", "tcg"):
             raise MigrationError(f"invalid migration target {dict(data)!r}")
         return incoming
+
+    def check_accelerator(self, name: str, ours: str) -> None:
+        """Refuse up front a migration across accelerators: QEMU's CPU state under KVM
+        (``-cpu host``) does not load under TCG (``-cpu max``), nor the other way round,
+        and a failure half-way would cost the guest a pause. Raises MigrationError."""
+        if self.accel and ours and self.accel != ours:
+            raise MigrationError(
+                f"cannot live-migrate VM {name!r}: it runs under {ours.upper()} here and "
+                f"would run under {self.accel.upper()} on the target (QEMU's CPU state "
+                f"does not cross accelerators); stop it and move it cold")
 
     @property
     def migration_uri(self) -> str:

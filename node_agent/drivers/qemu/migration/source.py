@@ -65,6 +65,7 @@ def migrate_out(driver: QemuDriver, name: str, incoming: Incoming, credentials: 
     status = driver.status(name)
     if status != "Running":
         raise InvalidState(f"cannot migrate VM {name!r}: it is {status}")
+    incoming.check_accelerator(name, driver.running_under(name))
     started = time.monotonic()
     deadline = started + timeout
     report = progress or (lambda _: None)

@@ -55,7 +55,8 @@ def prepare_incoming(driver: QemuDriver, definition: InstanceDefinition,
                  {"tls-creds": TLS_CREDS})
         nbd_port = _export_disk(driver, name, listen_host)
         migration_port = free_port(listen_host)
-        incoming = Incoming(listen_host, migration_port, nbd_port, EXPORT)
+        incoming = Incoming(listen_host, migration_port, nbd_port, EXPORT,
+                            driver.running_under(name))
         call_qmp(driver, name, "migrate-incoming", "migrate-incoming",
                  {"uri": incoming.migration_uri})
     except BaseException:
