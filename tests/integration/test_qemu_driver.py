@@ -198,6 +198,23 @@ def test_the_kvm_probe_answers_in_bounded_time_and_leaves_no_process(
     assert not qemu_pids(workdir) and list(workdir.iterdir()) == []
 
 
+def test_the_guest_stage_passes_a_guest_that_works(base: Path, image: Path) -> None:
+    """The second stage's checks (agent, paging work, run state) on the real guest, run
+    under TCG here so that they pass on any machine: a working accelerator passes."""
+    guest = guest_of_image(image)
+    assert guest is not None
+    scratch = base / "guest-stage"
+    scratch.mkdir()
+    argv = accel.guest_argv(accel.QEMU, guest, scratch)
+    at = argv.index("-accel")
+    argv[at + 1], argv[argv.index("-cpu") + 1] = "tcg", "max"
+    started = time.monotonic()
+    result = accel._run_guest(argv, scratch, accel.GUEST_TIMEOUT)
+    print(f"\nguest stage under TCG: {time.monotonic() - started:.1f} s: {result}")
+    assert result.name == "kvm", result  # "kvm": the stage's verdict on the accelerator
+    assert not qemu_pids(scratch)
+
+
 def test_the_probe_agrees_with_what_kvm_does_to_a_real_guest(
         base: Path, image: Path, bridge: str) -> None:
     """Where KVM is kvm-pvm (a boot sector runs, Linux guests fail: QEMU aborts setting
