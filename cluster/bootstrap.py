@@ -17,10 +17,12 @@ from typing import Any
 
 from aiohttp import web
 
+from cluster.api import schemas
+from cluster.api.bodies import json_body
 from cluster.api.context import Context
 from cluster.api.handlers.cluster_join import join_cluster
 from cluster.api.handlers.common import ctx_of
-from cluster.api.response import ApiError, bad_request, json_body, sync
+from cluster.api.response import ApiError, bad_request, sync
 from cluster.https import ADDRESS_KEY, HTTPS, check_https_config, join_address, parse_address
 from cluster.https import reconcile as https_reconcile
 from cluster.membership import raft_address_for, raft_password
@@ -47,7 +49,7 @@ async def init_handler(request: web.Request) -> web.Response:
     from cluster.daemon import open_local_parts
 
     ctx = ctx_of(request)
-    body = await json_body(request)
+    body = await json_body(request, schemas.Init)
     with ctx.store.read() as state:
         if state.members:
             raise ApiError(409, "This member is already initialised")

@@ -21,6 +21,7 @@ from cluster.api.app import build_app
 from cluster.api.context import Context
 from cluster.api.events import EventHub
 from cluster.api.handlers.images import cleanup_uploads
+from cluster.api.listener import start_runner
 from cluster.api.operations import Operations
 from cluster.https import HTTPS, VM_ACCELERATOR_KEY, HttpsListener, Identity
 from cluster.local_config import load_or_create
@@ -104,8 +105,7 @@ async def serve(paths: Paths, ready: asyncio.Event | None = None) -> None:
     way_back_task = asyncio.create_task(find_way_back(ctx))
     app = build_app(ctx)
     https = app[HTTPS] = HttpsListener(identity)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
-    await runner.setup()
+    runner = await start_runner(app, access_log=None, handle_signals=False)
     https.attach(runner)
     if paths.socket.exists():
         paths.socket.unlink()

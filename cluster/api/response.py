@@ -57,16 +57,3 @@ def async_operation(op: dict[str, Any]) -> web.Response:
     body = {"type": "async", "status": "Operation created", "status_code": 100,
             "operation": url, "error_code": 0, "error": "", "metadata": op}
     return web.json_response(body, status=202, headers={"Location": url}, dumps=_dumps)
-
-
-async def json_body(request: web.Request) -> dict[str, Any]:
-    """The request's JSON object; a clear 400 for anything else."""
-    try:
-        body = await request.json(loads=json.loads)
-    except web.HTTPRequestEntityTooLarge:
-        raise
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise bad_request(f"Invalid JSON body: {exc}") from exc
-    if not isinstance(body, dict):
-        raise bad_request("The request body must be a JSON object")
-    return body

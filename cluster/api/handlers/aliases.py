@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from cluster.api.handlers.common import ctx_of, int_query
+from cluster.api import queries, schemas
+from cluster.api.bodies import json_body
+from cluster.api.handlers.common import ctx_of
 from cluster.api.handlers.images import resolve
-from cluster.api.response import json_body, not_found, sync
+from cluster.api.response import not_found, sync
 from cluster.state.commands import command
 from cluster.state.model import Alias
 
@@ -19,14 +21,14 @@ def _view(alias: Alias) -> dict[str, str]:
 async def list_aliases(request: web.Request) -> web.Response:
     ctx = ctx_of(request)
     with ctx.store.read() as state:
-        if int_query(request, "recursion"):
+        if queries.recursion(request):
             return sync([_view(a) for a in state.aliases.values()])
         return sync([f"/1.0/images/aliases/{a}" for a in state.aliases])
 
 
 async def create_alias(request: web.Request) -> web.Response:
     ctx = ctx_of(request)
-    body = await json_body(request)
+    body = await json_body(request, schemas.AliasesPost)
     target = resolve(ctx, str(body.get("target", "")))
     await ctx.store.submit(command("alias.create", name=body.get("name"), target=target,
                                    description=body.get("description", "")))
@@ -44,7 +46,7 @@ async def get_alias(request: web.Request) -> web.Response:
 
 async def update_alias(request: web.Request) -> web.Response:
     ctx = ctx_of(request)
-    body = await json_body(request)
+    body = await json_body(request, schemas.AliasPut)
     args = {"description": body["description"]} if "description" in body else {}
     if body.get("target"):
         args["target"] = resolve(ctx, str(body["target"]))
@@ -53,7 +55,7 @@ async def update_alias(request: web.Request) -> web.Response:
 
 
 async def rename_alias(request: web.Request) -> web.Response:
-    body = await json_body(request)
+    body = await json_body(request, schemas.NamePost)
     await ctx_of(request).store.submit(command(
         "alias.rename", name=request.match_info["name"], new_name=body.get("name")))
     return sync({})

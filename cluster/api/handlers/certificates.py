@@ -24,10 +24,12 @@ from typing import Any
 from aiohttp import web
 
 from cluster import tls
+from cluster.api import queries, schemas
+from cluster.api.bodies import json_body
 from cluster.api.context import Context
 from cluster.api.handlers.common import ctx_of
 from cluster.api.operations import Operation, rfc3339
-from cluster.api.response import ApiError, async_operation, bad_request, json_body, not_found
+from cluster.api.response import ApiError, async_operation, bad_request, not_found
 from cluster.api.response import sync as sync_response
 from cluster.https import HTTPS, is_trusted, listen_addresses, token_lifetime
 from cluster.state.commands import command
@@ -56,7 +58,7 @@ def secret_hash(secret: str) -> str:
 async def list_certificates(request: web.Request) -> web.Response:
     with ctx_of(request).store.read() as state:
         certs = [certificate_view(c) for c in state.certificates.values()]
-    if request.query.get("recursion") in (None, "", "0"):
+    if not queries.recursion(request):
         return sync_response([f"/1.0/certificates/{c['fingerprint']}" for c in certs])
     return sync_response(certs)
 
@@ -80,7 +82,7 @@ async def get_certificate(request: web.Request) -> web.Response:
 async def update_certificate(request: web.Request) -> web.Response:
     ctx = ctx_of(request)
     cert = _lookup(ctx, request.match_info["fingerprint"])
-    body = await json_body(request)
+    body = await json_body(request, schemas.CertificatePut)
     given = body.get("certificate")
     if given and tls.fingerprint(_der(str(given))) != cert.fingerprint:
         raise bad_request("Changing a certificate's certificate is not supported")
@@ -130,7 +132,7 @@ def _created(fingerprint: str) -> web.Response:
 
 async def add_certificate(request: web.Request) -> web.Response:
     ctx = ctx_of(request)
-    body = await json_body(request)
+    body = await json_body(request, schemas.CertificatesPost)
     trusted = is_trusted(request)
     if body.get("token"):
         if not trusted:

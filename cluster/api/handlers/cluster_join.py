@@ -11,9 +11,11 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from cluster.api import schemas
+from cluster.api.bodies import json_body
 from cluster.api.context import Context
 from cluster.api.handlers.common import ctx_of
-from cluster.api.response import ApiError, bad_request, empty, json_body, sync
+from cluster.api.response import ApiError, bad_request, empty, sync
 from cluster.https import HTTPS, Identity
 from cluster.membership import (
     JoinToken,
@@ -53,7 +55,7 @@ def _require_clustered(ctx: Context) -> None:
 async def create_join_token(request: web.Request) -> web.Response:
     """POST /1.0/cluster/members {server_name}: a single-use join token (LXD's shape)."""
     ctx = ctx_of(request)
-    body = await json_body(request)
+    body = await json_body(request, schemas.ClusterMembersPost)
     _require_clustered(ctx)
     name = str(body.get("server_name", ""))
     secret = new_secret()
@@ -71,7 +73,7 @@ async def accept_member(request: web.Request) -> web.Response:
     """POST /internal/cluster/accept: a joiner presents its token's secret (untrusted)."""
     ctx = ctx_of(request)
     _require_clustered(ctx)
-    body = await json_body(request)
+    body = await json_body(request, schemas.MemberAccept)
     name, secret, address, architecture = check_accept_body(body)
     raft = raft_address_for(address)
     capacity = body.get("capacity") if isinstance(body.get("capacity"), dict) else {}

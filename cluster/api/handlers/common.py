@@ -94,16 +94,6 @@ def tracked_operation(ctx: Context, tracker: Tracker, description: str,
     return async_operation(op.to_dict())
 
 
-def int_query(request: web.Request, key: str, default: int = 0) -> int:
-    value = request.query.get(key)
-    if value is None or value == "":
-        return default
-    try:
-        return int(value)
-    except ValueError as exc:
-        raise ApiError(400, f"Invalid value for {key!r}: {value!r}") from exc
-
-
 REPLICA_LAG = 5.0  # s a member waits for its replica to apply what a peer committed
 
 

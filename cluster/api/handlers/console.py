@@ -14,10 +14,12 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
+from cluster.api import schemas
+from cluster.api.bodies import json_body
 from cluster.api.context import Context
 from cluster.api.handlers.common import ctx_of, instance_copy, live_statuses
 from cluster.api.operations import Operation
-from cluster.api.response import ApiError, async_operation, bad_request, empty, json_body
+from cluster.api.response import ApiError, async_operation, bad_request, empty
 
 CHUNK = 1 << 16
 
@@ -51,7 +53,7 @@ async def clear_log(request: web.Request) -> web.Response:
 async def attach(request: web.Request) -> web.Response:
     ctx = ctx_of(request)
     name = request.match_info["name"]
-    await json_body(request)
+    await json_body(request, schemas.Console)
     directory = _vm_dir(ctx, name)
     inst = instance_copy(ctx, name)
     if (await live_statuses(ctx, [inst]))[name] != "Running":

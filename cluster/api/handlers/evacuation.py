@@ -16,11 +16,13 @@ from typing import Any
 
 from aiohttp import web
 
+from cluster.api import schemas
+from cluster.api.bodies import json_body
 from cluster.api.context import Context
 from cluster.api.handlers.common import ctx_of
 from cluster.api.moves import move_instance
 from cluster.api.placement import chosen_member, plan_instance
-from cluster.api.response import ApiError, async_operation, bad_request, json_body
+from cluster.api.response import ApiError, async_operation, bad_request
 from cluster.state.commands import command
 from cluster.state.model import State
 from scheduler.plan import Plan
@@ -34,7 +36,7 @@ PARALLEL = 8
 async def member_state(request: web.Request) -> web.Response:
     ctx = ctx_of(request)
     name = request.match_info["name"]
-    body = await json_body(request)
+    body = await json_body(request, schemas.MemberStatePost)
     action = body.get("action")
     if action not in ("evacuate", "restore"):
         raise bad_request("Action must be evacuate or restore")

@@ -19,11 +19,13 @@ from typing import Any
 
 from aiohttp import web
 
+from cluster.api import schemas
+from cluster.api.bodies import json_body
 from cluster.api.handlers.common import ctx_of, live_statuses
 from cluster.api.handlers.exec_session import ExecError, ExecSession, exit_code
 from cluster.api.handlers.files import local_spec
 from cluster.api.operations import Operation
-from cluster.api.response import async_operation, bad_request, json_body
+from cluster.api.response import async_operation, bad_request
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 MAX_ID = 2**32 - 1
@@ -116,7 +118,7 @@ def exec_cwd(req: ExecRequest, env: dict[str, str]) -> str:
 async def post_exec(request: web.Request) -> web.Response:
     ctx = ctx_of(request)
     name = request.match_info["name"]
-    req = parse_exec_body(await json_body(request))
+    req = parse_exec_body(await json_body(request, schemas.Exec))
     inst, spec = local_spec(ctx, name)
     status = (await live_statuses(ctx, [inst]))[name]
     if status == "Frozen":

@@ -34,6 +34,7 @@ MAX_UPLOAD = 4 << 30
 WRITE_BUFFER = 1 << 20
 READ_CHUNK = 1 << 20
 SYMLINK_MAX = 4096
+PATH_MAX = 4096  # bytes with the final NUL, as linux/limits.h
 OVERFLOW_ID = 65534  # how the kernel shows an unmapped id inside a user namespace
 T = TypeVar("T")
 
@@ -43,6 +44,7 @@ _ERRORS: dict[int, tuple[int, str]] = {
     errno.EISDIR: (400, "Path is a directory"), errno.ELOOP: (400, "Too many symbolic links"),
     errno.ENXIO: (400, "Not a regular file"), errno.EACCES: (403, "Permission denied"),
     errno.EPERM: (403, "Permission denied"), errno.EAGAIN: (409, "Path changed, try again"),
+    errno.ENAMETOOLONG: (400, "File name too long"),
 }
 
 
@@ -119,6 +121,8 @@ def _path(request: web.Request) -> str:
         raise bad_request("Missing path argument")
     if "\0" in path:
         raise bad_request("Invalid path")
+    if len(path.encode("utf-8", "surrogatepass")) >= PATH_MAX:  # the kernel's limit
+        raise bad_request("File name too long")
     return sp.clean(path)
 
 

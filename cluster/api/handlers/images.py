@@ -11,10 +11,11 @@ from typing import Any
 
 from aiohttp import BodyPartReader, MultipartWriter, web
 
-from cluster.api import views
+from cluster.api import queries, schemas, views
+from cluster.api.bodies import json_body
 from cluster.api.context import Context
-from cluster.api.handlers.common import ctx_of, int_query
-from cluster.api.response import ApiError, async_operation, bad_request, json_body, not_found, sync
+from cluster.api.handlers.common import ctx_of
+from cluster.api.response import ApiError, async_operation, bad_request, not_found, sync
 from cluster.state.commands import command
 from node_agent.images.errors import ImageNotFound
 
@@ -34,7 +35,7 @@ def resolve(ctx: Context, prefix: str) -> str:
 async def list_images(request: web.Request) -> web.Response:
     ctx = ctx_of(request)
     with ctx.store.read() as state:
-        if int_query(request, "recursion"):
+        if queries.recursion(request):
             return sync([views.image(state, i) for i in state.images.values()])
         return sync([f"/1.0/images/{fp}" for fp in state.images])
 
@@ -84,7 +85,7 @@ async def _receive(request: web.Request, tmp: Path) -> tuple[Path, Path | None]:
 async def upload_image(request: web.Request) -> web.Response:
     ctx = ctx_of(request)
     if request.content_type == "application/json":
-        body = await json_body(request)
+        body = await json_body(request, schemas.ImagesPost)
         raise bad_request(f"Image source {body.get('source', {}).get('type')!r} is not "
                           "supported: upload the image file (no image server is reachable)")
     tmp_root = ctx.paths.images / "tmp"
@@ -120,7 +121,7 @@ async def upload_image(request: web.Request) -> web.Response:
 async def update_image(request: web.Request) -> web.Response:
     ctx = ctx_of(request)
     fp = resolve(ctx, request.match_info["fp"])
-    body = await json_body(request)
+    body = await json_body(request, schemas.ImagePut)
     args: dict[str, Any] = {}
     if "public" in body:
         args["public"] = bool(body["public"])

@@ -7,7 +7,8 @@ from typing import Any
 
 from aiohttp import web
 
-from cluster.api.handlers.common import ctx_of, int_query
+from cluster.api import queries
+from cluster.api.handlers.common import ctx_of
 from cluster.api.response import not_found, sync
 
 
@@ -40,7 +41,7 @@ async def list_pools(request: web.Request) -> web.Response:
     ctx = ctx_of(request)
     with ctx.store.read() as state:
         names = list(state.storage_pools)
-    if int_query(request, "recursion"):
+    if queries.recursion(request):
         return sync([await _pool_view(ctx, n) for n in names])
     return sync([f"/1.0/storage-pools/{n}" for n in names])
 
@@ -76,7 +77,7 @@ async def _network_views(ctx: Any) -> list[dict[str, Any]]:
 
 async def list_networks(request: web.Request) -> web.Response:
     views = await _network_views(ctx_of(request))
-    if int_query(request, "recursion"):
+    if queries.recursion(request):
         return sync(views)
     return sync([f"/1.0/networks/{v['name']}" for v in views])
 

@@ -9,12 +9,12 @@ from typing import Any
 
 from aiohttp import web
 
-from cluster.api import filters, views
+from cluster.api import filters, queries, schemas, views
+from cluster.api.bodies import json_body
 from cluster.api.handlers.common import (
     Probe,
     ctx_of,
     instance_copy,
-    int_query,
     live_statuses,
     probe_instances,
     tracked_operation,
@@ -29,7 +29,7 @@ from cluster.api.placement import (
     is_stale_plan,
     plan_instance,
 )
-from cluster.api.response import ApiError, async_operation, bad_request, json_body, not_found, sync
+from cluster.api.response import ApiError, async_operation, bad_request, not_found, sync
 from cluster.state import validate
 from cluster.state.apply_instances import expanded
 from cluster.state.commands import command
@@ -45,7 +45,7 @@ ANIMALS = ("ant", "bee", "cat", "doe", "eel", "fox", "gnu", "hen", "ibex", "jay"
 
 async def list_instances(request: web.Request) -> web.Response:
     ctx = ctx_of(request)
-    recursion = int_query(request, "recursion")
+    recursion = queries.recursion(request)
     clauses = filters.parse(request.query["filter"]) if request.query.get("filter") else None
     with ctx.store.read() as state:
         if recursion == 0 and clauses is None:
@@ -107,7 +107,7 @@ def _free_name(state: State) -> str:
 
 async def create_instance(request: web.Request) -> web.Response:
     ctx = ctx_of(request)
-    body = await json_body(request)
+    body = await json_body(request, schemas.InstancesPost)
     instance_type = body.get("type") or "container"
     if instance_type not in ("container", "virtual-machine"):
         raise bad_request(f"Instance type {body['type']!r} is not supported")
@@ -179,7 +179,7 @@ async def get_instance(request: web.Request) -> web.Response:
     with ctx.store.read() as state:
         obj = views.instance(state, inst, statuses[inst.name])
     etag = _etag(obj)
-    if int_query(request, "recursion") >= 1:  # lxc info: state and snapshots inline
+    if queries.recursion(request) >= 1:  # lxc info: state and snapshots inline
         obj["state"] = (await instance_states(ctx, [inst]))[0]
         obj["snapshots"] = [views.snapshot(inst, s) for s in inst.snapshots.values()
                             if s.ready] or None
@@ -210,7 +210,7 @@ async def _check_etag(request: web.Request, name: str) -> None:
 async def put_instance(request: web.Request) -> web.Response:
     ctx = ctx_of(request)
     name = request.match_info["name"]
-    body = await json_body(request)
+    body = await json_body(request, schemas.InstancePut)
     inst = instance_copy(ctx, name)
     if body.get("restore"):
         snapshot = str(body["restore"])
@@ -239,7 +239,7 @@ async def put_instance(request: web.Request) -> web.Response:
 async def patch_instance(request: web.Request) -> web.Response:
     ctx = ctx_of(request)
     name = request.match_info["name"]
-    body = await json_body(request)
+    body = await json_body(request, schemas.InstancePut)
     await _check_etag(request, name)
     inst = instance_copy(ctx, name)
     config = {k: v for k, v in inst.config.items() if not k.startswith("volatile.")}
@@ -278,7 +278,7 @@ async def delete_instance(request: web.Request) -> web.Response:
 async def rename_instance(request: web.Request) -> web.Response:
     ctx = ctx_of(request)
     name = request.match_info["name"]
-    body = await json_body(request)
+    body = await json_body(request, schemas.InstancePost)
     if body.get("migration"):
         return await _move(request, name, body)
     new = body.get("name")

@@ -7,8 +7,10 @@ from typing import Any
 
 from aiohttp import web
 
-from cluster.api.handlers.common import ctx_of, int_query
-from cluster.api.response import empty, json_body, not_found, sync
+from cluster.api import queries, schemas
+from cluster.api.bodies import json_body
+from cluster.api.handlers.common import ctx_of
+from cluster.api.response import empty, not_found, sync
 from cluster.state.apply_members import member_status, offline_threshold
 from cluster.state.commands import command
 from cluster.state.model import Member, State
@@ -43,7 +45,7 @@ async def list_members(request: web.Request) -> web.Response:
     leader = ctx.store.leader()
     now = time.time()
     with ctx.store.read() as state:
-        if int_query(request, "recursion"):
+        if queries.recursion(request):
             return sync([member_view(state, m, leader, now) for m in state.members.values()])
         return sync([f"/1.0/cluster/members/{m}" for m in state.members])
 
@@ -67,7 +69,7 @@ async def update_member(request: web.Request) -> web.Response:
     leader then brings Raft's own membership in line (see ``cluster_join.keep_voters``)."""
     ctx = ctx_of(request)
     name = request.match_info["name"]
-    body = await json_body(request)
+    body = await json_body(request, schemas.MemberPut)
     args: dict[str, Any] = {"name": name}
     for key in ("roles", "config", "groups", "description"):
         if key in body:

@@ -22,10 +22,12 @@ from typing import Any
 from aiohttp import web
 
 from cluster import tls
+from cluster.api import schemas
+from cluster.api.bodies import json_body
 from cluster.api.context import Context
 from cluster.api.handlers.common import ctx_of, until_replica
 from cluster.api.handlers.volumes import _require_member_peer
-from cluster.api.response import ApiError, empty, json_body, sync
+from cluster.api.response import ApiError, empty, sync
 from cluster.state.model import Instance
 from node_agent.agent import NodeAgent
 from node_agent.drivers.qemu import QemuDriver, migration
@@ -121,7 +123,7 @@ async def send(request: web.Request) -> web.StreamResponse:
     inst, _, _ = _moving(ctx, request)
     if inst.location != ctx.member or not inst.moving_to:
         raise ApiError(409, "This instance is not being moved away from this member")
-    body = await json_body(request)
+    body = await json_body(request, schemas.MigrationSend)
     try:
         incoming = migration.Incoming.from_json(body.get("incoming") or {})
         downtime = int(body.get("downtime_ms", migration_downtime(inst.config)))

@@ -7,8 +7,8 @@ import hmac
 
 from aiohttp import web
 
-from cluster.api import fanout
-from cluster.api.handlers.common import ctx_of, int_query
+from cluster.api import fanout, queries
+from cluster.api.handlers.common import ctx_of
 from cluster.api.operations import Operation
 from cluster.api.response import ApiError, empty, not_found, sync
 
@@ -23,7 +23,7 @@ def _op(request: web.Request) -> Operation:
 async def list_operations(request: web.Request) -> web.Response:
     """This member's operations and, in a cluster, every other online member's (LXD)."""
     ops = ctx_of(request).ops.all()
-    recursion = int_query(request, "recursion")
+    recursion = queries.recursion(request)
     grouped: dict[str, list[object]] = {}
     for op in ops:
         key = "running" if op.status in ("Running", "Cancelling") else op.status.lower()
@@ -45,7 +45,7 @@ async def get_operation(request: web.Request) -> web.Response:
 
 async def wait_operation(request: web.Request) -> web.Response:
     op = _op(request)
-    timeout = float(request.query.get("timeout", "-1") or -1)
+    timeout = queries.seconds(request, "timeout")
     try:
         await asyncio.wait_for(op.done.wait(), None if timeout < 0 else timeout)
     except TimeoutError:

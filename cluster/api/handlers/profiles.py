@@ -4,22 +4,23 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from cluster.api import views
-from cluster.api.handlers.common import ctx_of, int_query
-from cluster.api.response import json_body, not_found, sync
+from cluster.api import queries, schemas, views
+from cluster.api.bodies import json_body
+from cluster.api.handlers.common import ctx_of
+from cluster.api.response import not_found, sync
 from cluster.state.commands import command
 
 
 async def list_profiles(request: web.Request) -> web.Response:
     ctx = ctx_of(request)
     with ctx.store.read() as state:
-        if int_query(request, "recursion"):
+        if queries.recursion(request):
             return sync([views.profile(state, p) for p in state.profiles.values()])
         return sync([f"/1.0/profiles/{p}" for p in state.profiles])
 
 
 async def create_profile(request: web.Request) -> web.Response:
-    body = await json_body(request)
+    body = await json_body(request, schemas.ProfilesPost)
     await ctx_of(request).store.submit(command(
         "profile.create", name=body.get("name"), config=body.get("config") or {},
         devices=body.get("devices") or {}, description=body.get("description", "")))
@@ -36,7 +37,7 @@ async def get_profile(request: web.Request) -> web.Response:
 
 
 async def put_profile(request: web.Request) -> web.Response:
-    body = await json_body(request)
+    body = await json_body(request, schemas.ProfilePut)
     await ctx_of(request).store.submit(command(
         "profile.update", name=request.match_info["name"], config=body.get("config") or {},
         devices=body.get("devices") or {}, description=body.get("description", "")))
@@ -45,7 +46,7 @@ async def put_profile(request: web.Request) -> web.Response:
 
 async def patch_profile(request: web.Request) -> web.Response:
     ctx = ctx_of(request)
-    body = await json_body(request)
+    body = await json_body(request, schemas.ProfilePut)
     with ctx.store.read() as state:
         profile = state.profiles.get(request.match_info["name"])
         if profile is None:
@@ -59,7 +60,7 @@ async def patch_profile(request: web.Request) -> web.Response:
 
 
 async def rename_profile(request: web.Request) -> web.Response:
-    body = await json_body(request)
+    body = await json_body(request, schemas.NamePost)
     await ctx_of(request).store.submit(command(
         "profile.rename", name=request.match_info["name"], new_name=body.get("name")))
     return sync({})

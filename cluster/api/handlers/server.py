@@ -10,9 +10,11 @@ from typing import Any
 from aiohttp import web
 
 import cluster
+from cluster.api import schemas
+from cluster.api.bodies import json_body
 from cluster.api.context import Context
 from cluster.api.handlers.common import ctx_of
-from cluster.api.response import bad_request, json_body, sync
+from cluster.api.response import bad_request, sync
 from cluster.https import (
     ADDRESS_KEY,
     HTTPS,
@@ -107,7 +109,7 @@ async def put_server(request: web.Request) -> web.Response:
     """Member-local keys (``core.https_address``) stay on this member; the rest is the
     cluster's. A listener that cannot bind leaves both as they were."""
     ctx = ctx_of(request)
-    body = await json_body(request)
+    body = await json_body(request, schemas.ServerPut)
     config = body.get("config", {})
     if not isinstance(config, dict):
         raise bad_request("Server config must be a mapping")

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from cluster.api import views
-from cluster.api.handlers.common import ctx_of, instance_copy, int_query, tracked_operation
+from cluster.api import queries, schemas, views
+from cluster.api.bodies import json_body
+from cluster.api.handlers.common import ctx_of, instance_copy, tracked_operation
 from cluster.api.operations import rfc3339
-from cluster.api.response import bad_request, json_body, not_found, sync
+from cluster.api.response import bad_request, not_found, sync
 from cluster.state.commands import command
 
 
@@ -18,7 +19,7 @@ def _url(name: str, snap: str) -> str:
 async def list_snapshots(request: web.Request) -> web.Response:
     inst = instance_copy(ctx_of(request), request.match_info["name"])
     ready = [s for s in inst.snapshots.values() if s.ready]
-    if int_query(request, "recursion"):
+    if queries.recursion(request):
         return sync([views.snapshot(inst, s) for s in ready])
     return sync([_url(inst.name, s.name) for s in ready])
 
@@ -33,7 +34,7 @@ def _next_name(existing: set[str]) -> str:
 async def create_snapshot(request: web.Request) -> web.Response:
     ctx = ctx_of(request)
     name = request.match_info["name"]
-    body = await json_body(request)
+    body = await json_body(request, schemas.SnapshotsPost)
     inst = instance_copy(ctx, name)
     snap = body.get("name") or _next_name(set(inst.snapshots))
     expires = body.get("expires_at")
@@ -80,7 +81,7 @@ async def delete_snapshot(request: web.Request) -> web.Response:
 async def rename_snapshot(request: web.Request) -> web.Response:
     ctx = ctx_of(request)
     inst, snap = _snapshot_or_404(request)
-    body = await json_body(request)
+    body = await json_body(request, schemas.SnapshotPost)
     if body.get("migration"):
         raise bad_request("Snapshot migration is not supported")
     tracker = await ctx.submit_tracked(command(

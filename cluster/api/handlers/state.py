@@ -6,6 +6,8 @@ from typing import Any
 
 from aiohttp import web
 
+from cluster.api import schemas
+from cluster.api.bodies import json_body
 from cluster.api.context import Context
 from cluster.api.handlers.common import (
     ctx_of,
@@ -15,7 +17,7 @@ from cluster.api.handlers.common import (
     probe_of,
     tracked_operation,
 )
-from cluster.api.response import bad_request, json_body, sync
+from cluster.api.response import bad_request, sync
 from cluster.state.commands import command
 from cluster.state.model import Instance
 
@@ -51,7 +53,7 @@ def _refusal(action: str, status: str) -> str:
 async def put_state(request: web.Request) -> web.Response:
     ctx = ctx_of(request)
     name = request.match_info["name"]
-    body = await json_body(request)
+    body = await json_body(request, schemas.InstanceStatePut)
     action = body.get("action")
     if action not in LIFECYCLE:
         raise bad_request(f"Unknown state action {action!r}")
