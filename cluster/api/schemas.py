@@ -175,8 +175,12 @@ class ProfilePut(Schema):
 
 
 # Server, cluster, certificates
+# LXD's server config is map[string]any: numbers and booleans are taken as their text.
+ServerConfig = dict[str, str | bool | int | float] | None
+
+
 class ServerPut(Schema):
-    config: Config = None
+    config: ServerConfig = None
 
 
 class MemberPut(Schema):

@@ -94,7 +94,7 @@ async def _seed(store: RaftStore, node: LocalNode, paths: Paths) -> str:
 async def _serve(root: Path, served: list[Served], ready: threading.Event) -> None:
     paths = Paths(root)
     paths.ensure()
-    store = RaftStore(_address(), [], paths.raft_dir, None)
+    store = RaftStore(_address(), [], paths.raft_dir, "test")
     await store.start()
     node = LocalNode.open(paths, IdMap(1_000_000, 65536, 1_000_000, 65536))
     image = await _seed(store, node, paths)

@@ -169,3 +169,13 @@ def test_recursion_outside_0_1_2_or_repeated_is_a_400(served: Served, query: str
                                    "?recursion=2;fields=state.network"])
 def test_recursion_0_1_2_still_answers(served: Served, query: str) -> None:
     assert served.api.call("GET", f"/1.0/instances{query}")[0] == 200
+
+
+def test_server_config_takes_numbers_and_booleans_as_lxd_does(served: Served) -> None:
+    status, doc = served.api.call("PATCH", "/1.0", {"config": {"user.count": 5,
+                                                               "user.flag": True}})
+    assert status == 200, doc
+    config = served.api.ok("GET", "/1.0")["config"]
+    assert config["user.count"] == "5" and config["user.flag"] == "true"
+    status, doc = served.api.call("PATCH", "/1.0", {"config": {"user.nested": {"a": 1}}})
+    assert status == 400 and "config" in doc["error"]

@@ -110,9 +110,7 @@ async def put_server(request: web.Request) -> web.Response:
     cluster's. A listener that cannot bind leaves both as they were."""
     ctx = ctx_of(request)
     body = await json_body(request, schemas.ServerPut)
-    config = body.get("config", {})
-    if not isinstance(config, dict):
-        raise bad_request("Server config must be a mapping")
+    config = {key: _text(value) for key, value in (body.get("config") or {}).items()}
     with ctx.store.read() as state:
         shared_now = dict(state.config)
         member = state.members.get(ctx.member)
@@ -141,6 +139,11 @@ async def put_server(request: web.Request) -> web.Response:
         await _set_local(request, ctx, local_now)
         raise
     return sync({})
+
+
+def _text(value: object) -> str:
+    """A server config value as LXD stores it: booleans as "true"/"false"."""
+    return str(value).lower() if isinstance(value, bool) else str(value)
 
 
 async def _set_local(request: web.Request, ctx: Context, local: dict[str, str]) -> None:
