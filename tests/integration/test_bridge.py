@@ -183,7 +183,8 @@ def test_dhcp_passes_dropping_policies_in_a_host_namespace(
     cleanup.append([*in_host, "teardown"])
     sh(*in_host, "ensure")  # its python exits: dnsmasq must live on
     filter_rules = sh(*enter, "iptables", "-S")
-    assert filter_rules.count(f'"corral {name}"') == 8
+    # INPUT: the guard (DHCP, DNS x2, ICMP, replies, 2 REJECTs); OUTPUT: 3; FORWARD: 2
+    assert filter_rules.count(f'"corral {name}"') == 12
     ns = attach_client(name, tag, cleanup, ns_of_bridge=host)
     assert dhcp(ns, f"cbtc{tag}", script).split()[3] == subnet.split("/")[0]
     sh(*in_host, "teardown")

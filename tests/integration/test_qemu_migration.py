@@ -335,6 +335,9 @@ def test_a_uefi_vm_moves_live_and_its_firmware_boots_it_again_on_the_target(
     mig.finish_incoming(target, name)
     mig.finish_source(source, name)
     source.delete(name)
+    # The agent's channel reconnects on the target; on a loaded CI host its first HELLO
+    # once took over the 5 s that exec allows (a VM migrated under TCG with OVMF).
+    wait_for_agent(target.vm_dir(name), BOOT_TIMEOUT)
     assert int(sh(target, name, "cat /tmp/counter")) > before
     assert sh(target, name, "cat /proc/sys/kernel/random/boot_id") == boot_id
 
