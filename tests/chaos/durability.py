@@ -1,0 +1,70 @@
+"""Did every acknowledged write survive, on every member? (DESIGN.md §6, invariant 1.)
+
+For each acknowledged mutation A of a key and each member's final value F of that key:
+F must be A's result (its value, or absent after a delete), or the result of another
+mutation that may have taken effect after A. B may follow A unless B returned before A was
+invoked; an ``unknown`` B never returns, so it may always follow. Otherwise A was lost: a
+*lost write*, or a *resurrected* key when A was a delete.
+
+This is weaker than the linearizability check with final reads (it trusts any later
+mutation, even a CAS that could never have succeeded), but it names the acknowledged op that
+was lost and the member that lost it, which is what a post-mortem starts from.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from enum import StrEnum
+
+from .history import MUTATIONS, History, Kind, Op, Outcome, Value, canonical
+
+
+class LossKind(StrEnum):
+    """How an acknowledged mutation went missing."""
+
+    LOST_WRITE = "lost write"
+    RESURRECTED = "resurrected"
+
+
+@dataclass(frozen=True, slots=True)
+class Loss:
+    """An acknowledged mutation that one member's final state contradicts."""
+
+    kind: LossKind
+    member: str
+    op: Op
+    found: Value
+
+    def describe(self) -> str:
+        """One line for the report."""
+        found = "absent" if self.found is None else repr(self.found)
+        return f"{self.kind} on {self.member}: {self.op.describe()} {self.op.key!r}, found {found}"
+
+
+def check_durability(history: History) -> list[Loss]:
+    """Every acknowledged mutation that some member's final state lost (empty: none).
+
+    Without final states there is nothing to check and the answer is empty.
+    """
+    losses = []
+    for ops in history.by_key().values():
+        mutations = [op for op in ops if op.kind in MUTATIONS and op.outcome is not Outcome.FAIL]
+        for acked in (op for op in mutations if op.outcome is Outcome.OK):
+            allowed = _results(op for op in mutations if op is acked or _may_follow(op, acked))
+            for member, state in history.final.items():
+                found = state.get(acked.key)
+                if canonical(found) in allowed:
+                    continue
+                kind = LossKind.RESURRECTED if acked.kind is Kind.DELETE else LossKind.LOST_WRITE
+                losses.append(Loss(kind, member, acked, found))
+    return losses
+
+
+def _may_follow(op: Op, acked: Op) -> bool:
+    """Whether ``op`` may take effect after ``acked`` (it did not return before ``acked``)."""
+    return op is not acked and op.deadline >= acked.invoke
+
+
+def _results(ops: Iterable[Op]) -> set[str | None]:
+    return {canonical(op.result) for op in ops}
