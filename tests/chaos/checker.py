@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .durability import Loss, check_durability
-from .history import History, Outcome, validate
+from .history import History, Op, Outcome, validate
 from .linearizability import MAX_STEPS, KeyResult, Verdict, check_linearizable
 
 MAX_CONVERGENCE = 10.0
@@ -33,6 +33,11 @@ class Report:
     unknown: int
     losses: list[Loss]
     keys: dict[str, KeyResult]
+
+    @property
+    def lost(self) -> list[Op]:
+        """The acknowledged ops that at least one member lost."""
+        return list({loss.op.id: loss.op for loss in self.losses}.values())
 
     @property
     def non_linearizable(self) -> list[KeyResult]:
@@ -101,7 +106,7 @@ class Summary:
         converged = ("never converged" if self.convergence is None
                      else f"converged in {self.convergence:.1f} s")
         return (f"chaos: {r.operations} operations, {r.acknowledged} acknowledged, "
-                f"{r.unknown} unknown, {len(r.losses)} lost, "
+                f"{r.unknown} unknown, {len(r.lost)} lost, "
                 f"{len(r.non_linearizable)} non-linearizable keys{undecided}, "
                 f"{self.faults} faults injected, {agree}, {converged}")
 

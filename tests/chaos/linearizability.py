@@ -12,8 +12,8 @@ How outcomes enter the search, as in Knossos and Porcupine:
 
 - ``fail`` ops are dropped: they definitely did not take effect.
 - ``unknown`` reads are dropped: they observed nothing and changed nothing.
-- ``unknown`` mutations never return (their return event is at +inf), and each may take
-  effect or be a no-op: linearizing the no-op is the same as the op never happening.
+- ``unknown`` mutations never return (their return event is at +inf): each may take effect
+  at any time after its call, or never (the search drops it when it reaches its return).
 - The members' final states, when given, are reads invoked after every other op returned;
   an ``unknown`` op must then take effect before them or never, since the suite snapshots
   the state only after it has healed the cluster and let it converge.
@@ -122,29 +122,25 @@ def _call(op: Op, deadline: float) -> _Call:
                  deadline, op.outcome is Outcome.OK)
 
 
-def _step(state: State, call: _Call) -> tuple[State, ...]:
-    """The register states after ``call`` takes effect in ``state`` (none: it cannot).
+def _step(state: State, call: _Call) -> tuple[bool, State]:
+    """Whether ``call`` can take effect in ``state``, and the register's state after it.
 
-    An acknowledged op has at most one; an unknown mutation may also have been refused or
-    never applied, so the unchanged state is always one of its outcomes.
+    An ``unknown`` mutation that could not take effect here (a CAS whose version no longer
+    matches) is not refused for good: the search may still drop it at its deadline.
     """
     if call.kind is Kind.READ:
-        return (state,) if state == call.value else ()
+        return state == call.value, state
     if call.kind is Kind.WRITE:
-        applies = True
-    elif call.kind is Kind.CREATE:
-        applies = state is None
-    elif call.kind is Kind.CAS:
-        applies = state == call.expected
-    else:  # DELETE
-        applies = state is not None
-    if call.definite:
-        return (call.value,) if applies else ()
-    return (call.value, state) if applies and call.value != state else (state,)
+        return True, call.value
+    if call.kind is Kind.CREATE:
+        return state is None, call.value
+    if call.kind is Kind.CAS:
+        return state == call.expected, call.value
+    return state is not None, None  # DELETE
 
 
 class _Entry:
-    """A call or return event in Porcupine's doubly linked list of events."""
+    """A call or return event in Porcupine's doubly linked list; ``match`` is its pair."""
 
     __slots__ = ("index", "is_call", "match", "prev", "next")
 
@@ -173,7 +169,7 @@ def _event_list(calls: Sequence[_Call]) -> _Entry:
         if kind == 0:
             opened[index] = entry
         else:
-            opened[index].match = entry
+            opened[index].match, entry.match = entry, opened[index]
         entry.prev, last.next, last = last, entry, entry
     return head
 
@@ -204,8 +200,13 @@ def _unlift(call: _Entry) -> None:
 class _Search:
     """Wing & Gong's backtracking search with Lowe's cache of configurations.
 
-    ``stack`` holds, per linearized op, its call entry, the state before it and which of
-    its possible outcomes (``_step``) was taken, so backtracking can try the next one.
+    ``stack`` holds, per op taken out of the event list, its call entry, the state before it
+    and whether it was dropped rather than applied, so backtracking can undo it.
+
+    An ``unknown`` op that never took effect is dropped when the search reaches its return
+    (at +inf, or just before the final reads). Dropping it anywhere earlier would be the
+    same (it changes nothing and nothing has to precede it) but would multiply the
+    configurations by two for every pending unknown op.
     """
 
     def __init__(self, calls: Sequence[_Call], initial: State, max_steps: int) -> None:
@@ -214,53 +215,70 @@ class _Search:
         self.state = initial
         self.max_steps = max_steps
         self.steps = 0
-        self.stack: list[tuple[_Entry, State, int]] = []
+        self.stack: list[tuple[_Entry, State, bool]] = []
         self.seen: set[tuple[int, State]] = set()
         self.best: tuple[int, list[int], State, int] = (-1, [], initial, -1)
 
     def run(self) -> Verdict:
-        """Linearizable when every op is placed; not when the search is exhausted."""
+        """Linearizable when every op is placed or dropped; not when the search is exhausted."""
         linearized = 0
-        entry, alternative = self.head.next, 0
+        entry = self.head.next
         while entry is not None:
             self.steps += 1
             if self.steps > self.max_steps:
                 return Verdict.UNDECIDED
-            if entry.is_call:
-                placed = self._place(entry, alternative, linearized)
-                if placed is None:
-                    entry, alternative = entry.next, 0
-                else:
-                    linearized, entry, alternative = placed, self.head.next, 0
-                continue
-            # the return of an op not yet placed: undo the latest placement, try its next outcome
-            self._remember(entry.index)
-            if not self.stack:
-                return Verdict.NOT_LINEARIZABLE
-            entry, self.state, taken = self.stack.pop()
-            linearized &= ~(1 << entry.index)
-            _unlift(entry)
-            alternative = taken + 1
+            taken = self._take(entry, linearized)
+            if taken is not None:
+                linearized, entry = taken, self.head.next
+            elif entry.is_call:
+                entry = entry.next
+            else:  # the return of an op that could not be placed: undo the latest placement
+                self._remember(entry.index)
+                undone = self._backtrack(linearized)
+                if undone is None:
+                    return Verdict.NOT_LINEARIZABLE
+                linearized, entry = undone
         return Verdict.LINEARIZABLE
 
-    def _place(self, entry: _Entry, alternative: int, linearized: int) -> int | None:
-        """Linearize ``entry`` with its first unexplored outcome; the new set, or None."""
-        outcomes = _step(self.state, self.calls[entry.index])
+    def _take(self, entry: _Entry, linearized: int) -> int | None:
+        """Apply a call, or drop an unknown op at its return; the new set, or None."""
+        call = self.calls[entry.index]
+        if entry.is_call:
+            possible, after = _step(self.state, call)
+        else:
+            possible, after, entry = not call.definite, self.state, self._call_of(entry)
         bits = linearized | (1 << entry.index)
-        for n in range(alternative, len(outcomes)):
-            if (bits, outcomes[n]) in self.seen:
-                continue
-            self.seen.add((bits, outcomes[n]))
-            self.stack.append((entry, self.state, n))
-            self.state = outcomes[n]
-            _lift(entry)
-            return bits
+        if not possible or (bits, after) in self.seen:
+            return None
+        self.seen.add((bits, after))
+        self.stack.append((entry, self.state, not entry.is_call))
+        self.state = after
+        _lift(entry)
+        return bits
+
+    def _backtrack(self, linearized: int) -> tuple[int, _Entry] | None:
+        """Undo placements up to the latest applied op; the set and the entry to try next.
+
+        Undoing a drop means the op's return is reached unplaced, so undo further.
+        """
+        while self.stack:
+            entry, self.state, dropped = self.stack.pop()
+            linearized &= ~(1 << entry.index)
+            _unlift(entry)
+            if not dropped:
+                assert entry.next is not None
+                return linearized, entry.next
         return None
+
+    @staticmethod
+    def _call_of(ret: _Entry) -> _Entry:
+        assert ret.match is not None
+        return ret.match
 
     def _remember(self, blocked: int) -> None:
         """Keep the deepest partial linearization and the op that could not follow it."""
         if len(self.stack) > self.best[0]:
-            order = [e.index for e, _, _ in self.stack]
+            order = [e.index for e, _, dropped in self.stack if not dropped]
             self.best = (len(self.stack), order, self.state, blocked)
 
     def explain(self) -> str:
