@@ -15,6 +15,17 @@ The suite that drives a real cluster records every request and its outcome in a
                      \\                    /
                   Report --summarize(faults, agree, convergence)--> Summary.line()
 
+How the suite uses it::
+
+    rec = Recorder()
+    op = rec.invoke("c1", Kind.CAS, "config/user.k1", value="c1-7", expected=seen, member="m2")
+    ...  # PUT with If-Match: rec.ok(op) on 200, rec.fail(op, "412 ...") on a 4xx,
+         # rec.unknown(op, "timeout") on a timeout, a lost connection or a 5xx
+    history = rec.history(final={member: snapshot_of(member) for member in members})
+    history.dump(run_dir / "history.json")
+    summary = summarize(check(history), faults=n, replicas_agree=agree, convergence=secs)
+    print(summary.line()); assert summary.ok, "\n".join(summary.failures)
+
 Nothing here imports ``cluster``, ``node_agent`` or ``scheduler``: the checker must judge the
 cluster from the outside, as a client sees it.
 """

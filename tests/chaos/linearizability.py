@@ -103,6 +103,7 @@ class _Call:
 
 
 def _calls(ops: Sequence[Op], final_reads: Mapping[str, Value]) -> list[_Call]:
+    """The ops the search must place, then one read per member after all of them."""
     kept = [op for op in ops if op.outcome is Outcome.OK
             or (op.outcome is Outcome.UNKNOWN and op.kind is not Kind.READ)]
     if not final_reads:
