@@ -338,6 +338,11 @@ def _cluster(subs: argparse._SubParsersAction) -> None:
     p = _leaf(group, "get", "cluster_cmds:get", "Print a member's configuration key")
     p.add_argument("name", metavar="MEMBER")
     p.add_argument("key", metavar="KEY")
+    p = _leaf(group, "check", "cluster_cmds:check",
+              "Compare every member's replica at one Raft index (exit 1 if they differ)")
+    p.add_argument("--timeout", type=float, default=10.0,
+                   help="seconds a member may take to catch up (default 10)")
+    _format(p, choices=("table", "json"))
 
 
 def _dev_cluster(subs: argparse._SubParsersAction) -> None:
