@@ -352,6 +352,22 @@ def _dev_cluster(subs: argparse._SubParsersAction) -> None:
     p.add_argument("--dir", default="/var/lib/corral-dev", help="state of all members")
     p = _leaf(dev, "down", "devcluster:down", "Remove every member and namespace of --dir")
     p.add_argument("--dir", default="/var/lib/corral-dev")
+    p = _leaf(dev, "kill", "devcluster:kill", "Send a signal to one member's daemon")
+    p.add_argument("member", metavar="MEMBER")
+    p.add_argument("--signal", default="KILL", type=str.upper,
+                   choices=["KILL", "STOP", "CONT", "TERM"], help="default KILL")
+    p.add_argument("--dir", default="/var/lib/corral-dev")
+    p = _leaf(dev, "start", "devcluster:start", "Start a member's daemon on its existing state")
+    p.add_argument("member", metavar="MEMBER")
+    p.add_argument("--dir", default="/var/lib/corral-dev")
+    p = _leaf(dev, "partition", "devcluster:partition",
+              "Cut members off from the rest (iptables DROP in their namespaces)")
+    p.add_argument("members", metavar="MEMBER[,MEMBER...]")
+    p.add_argument("--one-way", action="store_true",
+                   help="drop only what the rest sends to them")
+    p.add_argument("--dir", default="/var/lib/corral-dev")
+    p = _leaf(dev, "heal", "devcluster:heal", "Remove every partition rule")
+    p.add_argument("--dir", default="/var/lib/corral-dev")
 
 
 def _trust(config: argparse._SubParsersAction) -> None:
