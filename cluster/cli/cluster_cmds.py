@@ -154,8 +154,12 @@ def describe_verdict(meta: dict[str, Any]) -> str:
     if meta.get("agree"):
         return f"replicas agree at index {meta.get('index')}"
     index = meta.get("index")
-    lines = [f"replicas differ at index {index}" if index is not None
-             else "replicas differ: no digest is held by more members than any other"]
+    if index is None:
+        lines = ["replicas differ: no digest is held by more members than any other"]
+    elif meta.get("differ"):
+        lines = [f"replicas differ at index {index}"]
+    else:
+        lines = [f"replicas not all compared at index {index}: some gave no digest"]
     reports = {r.get("name"): r for r in meta.get("members") or [] if isinstance(r, dict)}
     for name in meta.get("differ") or []:
         r = reports.get(name, {})
