@@ -16,10 +16,13 @@ a developer pokes at is what the tests exercise (DESIGN §7).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
 import random
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -111,7 +114,7 @@ def up(nodes: int, directory: Path = DEFAULT_DIR,
                              "gateway": net.gateway, "members": []}
     members: list[DaemonProcess] = []
     try:
-        _write_state(directory, state)
+        write_state(directory, state)
         net.create()
         for index in range(1, nodes + 1):
             host = net.add_host(member_name(index))
@@ -122,11 +125,11 @@ def up(nodes: int, directory: Path = DEFAULT_DIR,
                 "address": host.address, "corral_dir": str(member.root),
                 "socket": str(member.socket), "container_bridge": member.bridge,
                 "container_network": member.address, "pid": None})
-            _write_state(directory, state)
+            write_state(directory, state)
             member.spawn()  # all daemons start at once; wait_ready below
             assert member.process is not None
             state["members"][-1]["pid"] = member.process.pid
-            _write_state(directory, state)
+            write_state(directory, state)
             members.append(member)
         for member in members:
             member.wait_ready()
@@ -155,7 +158,7 @@ def down(directory: Path = DEFAULT_DIR) -> list[str]:
     cluster in ``directory``; idempotent, and works from names alone if the state file
     is missing (a crash before it was written)."""
     directory = directory.resolve()
-    state = _read_state(directory)
+    state = read_state(directory)
     roots = {Path(m["corral_dir"]): m for m in state.get("members", [])}
     roots.update({p: {} for p in directory.glob("m[0-9]*") if p.is_dir() and p not in roots})
     removed: list[str] = []
@@ -172,16 +175,21 @@ def down(directory: Path = DEFAULT_DIR) -> list[str]:
 
 def _stop_daemon(pid: int | None, root: Path, timeout: float = 20.0) -> None:
     """SIGTERM the daemon of ``root`` (checked by its environment, so a reused pid is
-    never signalled), SIGKILL after ``timeout``."""
-    if pid is None or not _is_daemon_of(pid, root):
+    never signalled), SIGKILL after ``timeout``. A daemon stopped by ``dev-cluster kill
+    --signal STOP`` is continued first, so that it can act on the SIGTERM."""
+    if pid is None or not is_daemon_of(pid, root):
         return
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGCONT)
     kill_pids([pid], timeout)
     deadline = time.monotonic() + 5
-    while _is_daemon_of(pid, root) and time.monotonic() < deadline:
+    while is_daemon_of(pid, root) and time.monotonic() < deadline:
         time.sleep(0.05)
 
 
-def _is_daemon_of(pid: int, root: Path) -> bool:
+def is_daemon_of(pid: int, root: Path) -> bool:
+    """Whether ``pid`` is (still) the corral daemon of ``root``: pids are reused, so
+    the dev cluster signals only a process whose command and CORRAL_DIR match."""
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
@@ -200,13 +208,16 @@ def _teardown_member(root: Path, netns: str | None) -> None:
     shutil.rmtree(root, ignore_errors=True)
 
 
-def _write_state(directory: Path, state: dict[str, Any]) -> None:
+def write_state(directory: Path, state: dict[str, Any]) -> None:
+    """Replace ``devcluster.json`` whole (write, then rename), so a reader never sees
+    half of it."""
     tmp = directory / f".{STATE_FILE}.tmp"
     tmp.write_text(json.dumps(state, indent=2) + "\n")
     tmp.replace(directory / STATE_FILE)
 
 
-def _read_state(directory: Path) -> dict[str, Any]:
+def read_state(directory: Path) -> dict[str, Any]:
+    """``devcluster.json`` of ``directory``; ``{}`` when missing or unreadable."""
     try:
         state: dict[str, Any] = json.loads((directory / STATE_FILE).read_text())
     except (OSError, ValueError):

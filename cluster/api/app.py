@@ -55,6 +55,7 @@ def route_table() -> list[tuple[str, str, Any, str]]:
         logs,
         members,
         migration,
+        replicas,
         volumes,
     )
     from cluster.api.handlers import exec as exec_
@@ -94,10 +95,12 @@ def route_table() -> list[tuple[str, str, Any, str]]:
         *_trusted(certificates.ROUTES),
         *_trusted(members.ROUTES),
         *_trusted(evacuation.ROUTES),
+        *_trusted(replicas.ROUTES_TRUSTED),
         *_trusted(cluster_join.ROUTES_TRUSTED),
         # Members only: the handlers check the peer's certificate is the cluster's.
         *[(m, p, h, UNTRUSTED) for m, p, h in volumes.ROUTES],
         *[(m, p, h, UNTRUSTED) for m, p, h in migration.ROUTES],
+        *[(m, p, h, UNTRUSTED) for m, p, h in replicas.ROUTES_MEMBERS],
         # A joining member proves itself with its join token's secret.
         *[(m, p, h, UNTRUSTED) for m, p, h in cluster_join.ROUTES_UNTRUSTED],
     ]

@@ -196,6 +196,13 @@ class MemberStatePost(Schema):
     mode: Str = None
 
 
+class ClusterCheckPost(Schema):
+    """``POST /1.0/cluster/check`` (a corral extension): how long members may take to
+    apply the marker, in seconds."""
+
+    timeout: Number = None
+
+
 class ClusterMembersPost(Schema):
     server_name: Str = None
 

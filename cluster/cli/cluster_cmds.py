@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from typing import Any
 from urllib.parse import quote
@@ -131,3 +132,39 @@ async def group_assign(client: Client, args: argparse.Namespace) -> int:
     wanted = [g.strip() for g in args.groups.split(",") if g.strip()]
     await client.request("PATCH", _path(args.name), body={"groups": wanted})
     return 0
+
+
+async def check(client: Client, args: argparse.Namespace) -> int:
+    """``corral cluster check``: compare every member's replica at one Raft index (a
+    marker the server commits). Prints ``replicas agree at index N`` and returns 0, or
+    names the members that differ or are behind and returns 1 (a script's test)."""
+    verdict = await client.request("POST", "/1.0/cluster/check",
+                                   body={"timeout": args.timeout})
+    meta: dict[str, Any] = verdict.metadata or {}
+    if args.format == "json":
+        print(json.dumps(meta, indent=2, sort_keys=True))
+    else:
+        print(describe_verdict(meta))
+    return 0 if meta.get("agree") else 1
+
+
+def describe_verdict(meta: dict[str, Any]) -> str:
+    """The server's verdict for a human: one line when the replicas agree, else a line
+    per member that differs (with its digest's start) or gave none (with why)."""
+    if meta.get("agree"):
+        return f"replicas agree at index {meta.get('index')}"
+    index = meta.get("index")
+    if index is None:
+        lines = ["replicas differ: no digest is held by more members than any other"]
+    elif meta.get("differ"):
+        lines = [f"replicas differ at index {index}"]
+    else:
+        lines = [f"replicas not all compared at index {index}: some gave no digest"]
+    reports = {r.get("name"): r for r in meta.get("members") or [] if isinstance(r, dict)}
+    for name in meta.get("differ") or []:
+        r = reports.get(name, {})
+        lines.append(f"  {name}: digest {str(r.get('digest'))[:16]} at index {r.get('index')}")
+    for name in meta.get("missing") or []:
+        r = reports.get(name, {})
+        lines.append(f"  {name}: {r.get('error') or r.get('digest') or 'no digest'}")
+    return "\n".join(lines)

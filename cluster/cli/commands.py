@@ -338,6 +338,11 @@ def _cluster(subs: argparse._SubParsersAction) -> None:
     p = _leaf(group, "get", "cluster_cmds:get", "Print a member's configuration key")
     p.add_argument("name", metavar="MEMBER")
     p.add_argument("key", metavar="KEY")
+    p = _leaf(group, "check", "cluster_cmds:check",
+              "Compare every member's replica at one Raft index (exit 1 if they differ)")
+    p.add_argument("--timeout", type=float, default=10.0,
+                   help="seconds a member may take to catch up (default 10)")
+    _format(p, choices=("table", "json"))
 
 
 def _dev_cluster(subs: argparse._SubParsersAction) -> None:
@@ -346,6 +351,22 @@ def _dev_cluster(subs: argparse._SubParsersAction) -> None:
     p.add_argument("--nodes", type=int, default=3)
     p.add_argument("--dir", default="/var/lib/corral-dev", help="state of all members")
     p = _leaf(dev, "down", "devcluster:down", "Remove every member and namespace of --dir")
+    p.add_argument("--dir", default="/var/lib/corral-dev")
+    p = _leaf(dev, "kill", "devcluster:kill", "Send a signal to one member's daemon")
+    p.add_argument("member", metavar="MEMBER")
+    p.add_argument("--signal", default="KILL", type=str.upper,
+                   choices=["KILL", "STOP", "CONT", "TERM"], help="default KILL")
+    p.add_argument("--dir", default="/var/lib/corral-dev")
+    p = _leaf(dev, "start", "devcluster:start", "Start a member's daemon on its existing state")
+    p.add_argument("member", metavar="MEMBER")
+    p.add_argument("--dir", default="/var/lib/corral-dev")
+    p = _leaf(dev, "partition", "devcluster:partition",
+              "Cut members off from the rest (iptables DROP in their namespaces)")
+    p.add_argument("members", metavar="MEMBER[,MEMBER...]")
+    p.add_argument("--one-way", action="store_true",
+                   help="drop only what the rest sends to them")
+    p.add_argument("--dir", default="/var/lib/corral-dev")
+    p = _leaf(dev, "heal", "devcluster:heal", "Remove every partition rule")
     p.add_argument("--dir", default="/var/lib/corral-dev")
 
 

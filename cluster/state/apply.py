@@ -9,7 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from cluster.state import apply_instances, apply_members, apply_misc, apply_moves, apply_trust
+from cluster.state import (
+    apply_instances,
+    apply_members,
+    apply_misc,
+    apply_moves,
+    apply_trust,
+    digest,
+)
 from cluster.state.commands import COMMAND_VERSION, Command, Result, fail
 from cluster.state.model import RECENT_COMMANDS, State
 
@@ -19,7 +26,7 @@ Handler = Callable[[State, Command], Result]
 
 HANDLERS: dict[str, Handler] = {**apply_instances.HANDLERS, **apply_misc.HANDLERS,
                                 **apply_trust.HANDLERS, **apply_members.HANDLERS,
-                                **apply_moves.HANDLERS}
+                                **apply_moves.HANDLERS, **digest.HANDLERS}
 
 
 def apply(state: State, cmd: Command) -> Result:

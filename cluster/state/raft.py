@@ -22,6 +22,7 @@ from pysyncobj.monotonic import monotonic as monotonic_time
 
 from cluster.state.apply import apply
 from cluster.state.commands import Command, Result
+from cluster.state.digest import MARK, Mark, MarkBook
 from cluster.state.dumps import ForkingDump
 from cluster.state.errors import Unavailable, error_for
 from cluster.state.model import State
@@ -63,6 +64,7 @@ class _Replica(SyncObjConsumer):
         # What readers see while Raft restarts and replays into ``state`` (a rebind):
         # the last state, not an empty or half-replayed one.
         self.shown: State | None = None
+        self.marks = MarkBook()  # digests at ``replica.mark`` commands (state/digest.py)
         super().__init__()
         self.state = State()
 
@@ -72,7 +74,7 @@ class _Replica(SyncObjConsumer):
         the only replicated method, so its number never changes)."""
         batch = cmds if isinstance(cmds, list) else [cmds]
         with self.lock:
-            results = [apply(self.state, cmd) for cmd in batch]
+            results = [self._apply_one(cmd) for cmd in batch]
             self.unfrozen += sum(command_items(cmd) for cmd in batch)
             if self.unfrozen >= FREEZE_EVERY:
                 gc.freeze()
@@ -81,6 +83,20 @@ class _Replica(SyncObjConsumer):
             for listener in list(self.listeners):
                 listener(Change(cmd, result))
         return results if isinstance(cmds, list) else results[0]
+
+    def _apply_one(self, cmd: Command) -> Result:
+        """Apply ``cmd``; at a marker, digest the state as it is right after it (every
+        replica does so after the same log prefix: state/digest.py)."""
+        result = apply(self.state, cmd)
+        if cmd.type == MARK:
+            self.marks.record(str(cmd.args.get("mark", "")), self._entry_index(), self.state)
+        return result
+
+    def _entry_index(self) -> int:
+        """The Raft index of the entry being applied: pysyncobj counts an entry as
+        applied only after its commands ran (0 outside a SyncObj, in unit tests)."""
+        sync = self._syncObj
+        return int(sync._SyncObj__raftLastApplied) + 1 if sync is not None else 0
 
 
 class _PromptSyncObj(SyncObj):  # type: ignore[misc]
@@ -340,6 +356,18 @@ class RaftStore:
                 return False
             await asyncio.sleep(0.005)
         return True
+
+    async def wait_mark(self, mark: str, timeout: float) -> Mark | None:
+        """This replica's digest at the marker ``mark`` once it has applied it, or None
+        after ``timeout`` s (the member is behind, or the marker never committed)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            with self._replica.lock:
+                found = self._replica.marks.get(mark)
+            if found is not None or loop.time() >= deadline:
+                return found
+            await asyncio.sleep(0.02)
 
     def leader(self) -> str | None:
         leader = self._sync._getLeader() if self._sync else None
