@@ -134,18 +134,24 @@ def access_middleware() -> Middleware:
     return middleware
 
 
-def replica_middleware() -> Middleware:
+def replica_middleware(lag: float = REPLICA_LAG) -> Middleware:
     """A peer's request says which Raft index the peer had seen committed
     (``peers.APPLIED_HEADER``): this replica applies the log that far first (at most
-    ``REPLICA_LAG`` s), so it never acts on an older state than the peer did."""
+    ``lag`` s), so it never acts on an older state than the peer did. A replica still
+    behind after that refuses (503: the peer may retry or go elsewhere) rather than
+    answer from stale state."""
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         index = request.headers.get(APPLIED_HEADER, "")
         if index.isdigit() and _is_trusted(request):
-            if not await request.app[CTX].store.wait_applied(int(index), REPLICA_LAG):
-                log.info("replica still behind index %s after %.0f s: %s %s", index,
-                         REPLICA_LAG, request.method, request.path)
+            store = request.app[CTX].store
+            if not await store.wait_applied(int(index), lag):
+                log.info("replica still behind index %s after %.0f s: refusing %s %s", index,
+                         lag, request.method, request.path)
+                raise ApiError(503, f"This member's replica has applied index "
+                                    f"{store.applied_index()}, not yet {index}: it will not "
+                                    f"act on an older state than the caller's; retry")
         return await handler(request)
 
     return middleware
