@@ -33,6 +33,7 @@ from cluster.api.middleware import error_middleware
 from cluster.api.proxy import setup_proxy
 from cluster.api.response import ApiError
 from cluster.peers import APPLIED_HEADER
+from cluster.state.errors import Unavailable
 
 log = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -157,9 +158,37 @@ def replica_middleware(lag: float = REPLICA_LAG) -> Middleware:
     return middleware
 
 
+FRESH_READ_TIMEOUT = 5.0  # s a read waits to confirm its replica is current
+# Reads that do not come from the replicated state, or must answer without a quorum:
+# server info (waitready), events, and operations (each member's own, in memory).
+LOCAL_READS = ("/1.0/events", "/1.0/operations")
+
+
+def fresh_reads_middleware(timeout: float = FRESH_READ_TIMEOUT) -> Middleware:
+    """A client's read sees every write acknowledged before it, through any member (LXD
+    clients hop between members): before a GET is served from this replica, a barrier
+    goes through the Raft log (``store.read_barrier``: concurrent reads share one entry).
+    A member cut off from its quorum answers 503 instead of stale state. Peers' requests
+    carry the index they saw committed and wait for it instead (``replica_middleware``)."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        path = request.path
+        if (request.method == "GET" and path != "/1.0" and not path.startswith(LOCAL_READS)
+                and not path.startswith("/internal/")
+                and APPLIED_HEADER not in request.headers and _is_trusted(request)):
+            try:
+                await request.app[CTX].store.read_barrier(timeout)
+            except Unavailable as exc:
+                raise ApiError(503, str(exc)) from exc
+        return await handler(request)
+
+    return middleware
+
+
 def build_app(ctx: Context) -> web.Application:
     app = web.Application(middlewares=[error_middleware(), access_middleware(),
-                                       replica_middleware()],
+                                       replica_middleware(), fresh_reads_middleware()],
                           client_max_size=MAX_BODY_BYTES)
     app[CTX] = ctx
     access: dict[str, str] = {}

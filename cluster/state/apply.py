@@ -20,6 +20,7 @@ from cluster.state import (
 from cluster.state.commands import COMMAND_VERSION, Command, Result, fail
 from cluster.state.model import RECENT_COMMANDS, State
 
+BARRIER = "read.barrier"
 RETRY_HORIZON = 120.0  # seconds: RaftStore.submit's RETRIES x its default timeout, doubled
 
 Handler = Callable[[State, Command], Result]
@@ -37,6 +38,8 @@ def apply(state: State, cmd: Command) -> Result:
     command whose outcome it does not know for up to a minute, and at thousands of
     commands per second a count alone forgot it first (the retry then applied twice).
     """
+    if cmd.type == BARRIER:  # changes nothing, remembers nothing (see RaftStore.read_barrier)
+        return Result(True)
     if cmd.id in state.recent:
         return _result(state.recent[cmd.id])
     result = _dispatch(state, cmd)

@@ -20,8 +20,8 @@ from typing import Any
 from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, SyncObjConsumer, replicated
 from pysyncobj.monotonic import monotonic as monotonic_time
 
-from cluster.state.apply import apply
-from cluster.state.commands import Command, Result
+from cluster.state.apply import BARRIER, apply
+from cluster.state.commands import Command, Result, command
 from cluster.state.digest import MARK, Mark, MarkBook
 from cluster.state.dumps import ForkingDump
 from cluster.state.errors import Unavailable, error_for
@@ -80,6 +80,8 @@ class _Replica(SyncObjConsumer):
                 gc.freeze()
                 self.unfrozen = 0
         for cmd, result in zip(batch, results, strict=True):
+            if cmd.type == BARRIER:
+                continue  # nothing changed: nobody to tell
             for listener in list(self.listeners):
                 listener(Change(cmd, result))
         return results if isinstance(cmds, list) else results[0]
@@ -368,6 +370,17 @@ class RaftStore:
             if found is not None or loop.time() >= deadline:
                 return found
             await asyncio.sleep(0.02)
+
+    async def read_barrier(self, timeout: float) -> None:
+        """Return once this replica has applied everything committed before the call:
+        an empty command goes through the log (with the other commands queued now, in
+        one entry) and its result comes back only once applied here. A member that is
+        not in a quorum cannot commit it: ``Unavailable`` after ``timeout`` s, never a
+        read of stale state (a follower behind, or a leader that lost its quorum)."""
+        result, error = await self._submit_once(command(BARRIER), timeout)
+        if error != FAIL_REASON.SUCCESS:
+            raise Unavailable("Cannot confirm that this member's replica is current "
+                              "(no quorum reached in time); retry")
 
     def leader(self) -> str | None:
         leader = self._sync._getLeader() if self._sync else None
