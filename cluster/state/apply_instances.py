@@ -85,21 +85,61 @@ def create(state: State, cmd: Command) -> Result:
 
 def create_many(state: State, cmd: Command) -> Result:
     """A plan of many placements in one command (Nomad commits a plan of many
-    allocations as one Raft entry): each item is an ``instance.create`` applied on its
-    own, in order, and the result lists each item's Result. Items refused (a placement
-    that no longer fits) change nothing; the others are created, as Nomad's plan applier
-    commits the part of a plan that still fits."""
+    allocations as one Raft entry). Every item's shape is checked before anything
+    changes: one malformed item refuses the whole command. Then each item is an
+    ``instance.create`` applied on its own, in order, and the result lists each item's
+    Result. Items refused (a placement that no longer fits) change nothing; the others
+    are created, as Nomad's plan applier commits the part of a plan that still fits.
+    Should an item fail unexpectedly, the items before it are undone, so the command
+    is refused whole rather than half applied."""
     items = cmd.args.get("items")
     if not isinstance(items, list) or not items:
         return fail(400, "items must be a non-empty list of instance.create arguments")
     if len(items) > MAX_CREATE_MANY:
         return fail(400, f"At most {MAX_CREATE_MANY} instances per instance.create_many")
-    return ok([_create(state, item, cmd.time) if isinstance(item, dict)
-               else fail(400, "Each item must be a mapping") for item in items])
+    for number, item in enumerate(items):
+        problem = _item_error(item)
+        if problem:
+            return fail(400, f"Item {number}: {problem}")
+    return ok(_create_all(state, items, cmd.time))
+
+
+def _item_error(a: object) -> str:
+    """Why ``a`` is not shaped like ``instance.create``'s arguments, or ``""``: the checks
+    that let ``_create`` run to its end without an exception."""
+    if not isinstance(a, dict):
+        return "Each item must be a mapping"
+    if not isinstance(a.get("uid"), str) or not a["uid"]:
+        return "An instance needs a uid"
+    for key in ("name", "image", "location", "type", "architecture", "target"):
+        if key in a and not isinstance(a[key], str):
+            return f"{key} must be a string"
+    return ""
+
+
+def _create_all(state: State, items: list[dict[str, Any]], now: float) -> list[Result]:
+    """Each item created in order; if one raises, those created before it are removed
+    again (and the exception goes on to ``apply``, which refuses the command)."""
+    done: list[tuple[Instance, float]] = []  # what each created item changed
+    results = []
+    try:
+        for a in items:
+            image = state.images.get(a.get("image", ""))
+            image_used = image.last_used_at if image is not None else 0.0
+            result = _create(state, a, now)
+            if result.ok:
+                done.append((state.instances[a["name"]], image_used))
+            results.append(result)
+    except Exception:
+        for inst, image_used in reversed(done):
+            _remove(state, inst)
+            state.images[inst.image].last_used_at = image_used
+        raise
+    return results
 
 
 def _create(state: State, a: dict[str, Any], now: float) -> Result:
-    problem = validate.instance_name_error(a.get("name"))
+    problem = _item_error(a) or validate.instance_name_error(a.get("name"))
     if problem:
         return fail(400, problem)
     if a["name"] in state.instances:
