@@ -42,6 +42,7 @@ class ResentEntries(logging.Filter):
 
 
 logging.getLogger("pysyncobj.syncobj").addFilter(ResentEntries())
+log = logging.getLogger(__name__)
 
 RETRIES = 5
 BATCH = 500  # commands in one log entry
@@ -78,9 +79,19 @@ class _Replica(SyncObjConsumer):
                 gc.freeze()
                 self.unfrozen = 0
         for cmd, result in zip(batch, results, strict=True):
-            for listener in list(self.listeners):
-                listener(Change(cmd, result))
+            self._notify(Change(cmd, result))
         return results if isinstance(cmds, list) else results[0]
+
+    def _notify(self, change: Change) -> None:
+        """Tell every listener; one that raises is logged and the others still hear.
+        The entry is applied by then: an exception escaping into pysyncobj would leave
+        its last-applied index behind and apply the entry again on the next tick."""
+        for listener in list(self.listeners):
+            try:
+                listener(change)
+            except Exception:  # noqa: BLE001 - a listener must not break apply
+                log.exception("state listener %r failed on %s %s", listener,
+                              change.command.type, change.command.id)
 
 
 class _PromptSyncObj(SyncObj):  # type: ignore[misc]
