@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from cluster.state import reservations, validate
+from cluster.state import etags, reservations, validate
 from cluster.state.commands import Command, Result, fail, ok
 from cluster.state.model import Action, Instance, Snapshot, State
 from cluster.state.placement import placement_problem, resize_problem
@@ -217,25 +217,63 @@ def _stateful_problem(state: State, inst: Instance, kind: str) -> str:
 
 
 def update(state: State, cmd: Command) -> Result:
-    """Full replacement of config, devices, profiles and description (PUT)."""
+    """Full replacement of config and devices (PUT); profiles, description and ephemeral
+    are kept when absent. With ``if_match`` (the client's ``If-Match``), only while the
+    committed record still has that ETag: 412 and no change otherwise."""
+    inst = _get(state, cmd.args.get("name"))
+    if isinstance(inst, Result):
+        return inst
+    problem = etags.mismatch(cmd.args.get("if_match"), etags.instance(inst))
+    if problem:
+        return fail(412, problem)
+    return _replace(state, inst, cmd.args)
+
+
+def patch(state: State, cmd: Command) -> Result:
+    """PATCH: the given config keys and devices merged into the committed record (a
+    device is replaced whole, by name), the other given fields replaced; ``if_match`` as
+    in ``update``. Merging here, not in the API handler, is what keeps two concurrent
+    PATCHes of different keys from losing one of them."""
     inst = _get(state, cmd.args.get("name"))
     if isinstance(inst, Result):
         return inst
     a = cmd.args
+    problem = etags.mismatch(a.get("if_match"), etags.instance(inst))
+    if problem:
+        return fail(412, problem)
+    config, devices = a.get("config", {}), a.get("devices", {})
+    problem = validate.config_error(config) or validate.devices_error(devices)
+    if problem:
+        return fail(400, problem)
+    merged: dict[str, Any] = {k: a[k] for k in ("profiles", "description", "ephemeral") if k in a}
+    merged["config"] = {**_settable(inst.config), **config}
+    merged["devices"] = {**inst.devices, **devices}
+    return _replace(state, inst, merged)
+
+
+def _settable(config: dict[str, str]) -> dict[str, str]:
+    """The config without the ``volatile.`` keys that corral itself keeps."""
+    return {k: v for k, v in config.items() if not k.startswith("volatile.")}
+
+
+def _replace(state: State, inst: Instance, a: dict[str, Any]) -> Result:
+    """Replace the instance's config, devices and the other given fields with ``a``, if
+    the result is valid and still fits its member."""
+    a = {**a, "profiles": a.get("profiles", inst.profiles)}
     spec = _spec_error(state, a)
     if isinstance(spec, str):
         return fail(400, spec)
     volatile = {k: v for k, v in inst.config.items() if k.startswith("volatile.")}
     grown = copy.copy(inst)
     grown.config, grown.devices = {**volatile, **a.get("config", {})}, a.get("devices", {})
-    grown.profiles = list(a.get("profiles", []))
+    grown.profiles = list(a["profiles"])
     problem = resize_problem(state, inst.location, inst.demand,
                              reservations.demand(state, grown))
     if problem:
         return fail(400, problem)
     inst.config = {**volatile, **a.get("config", {})}
     inst.devices = _devices_copy(a.get("devices", {}))
-    inst.profiles = list(a.get("profiles", []))
+    inst.profiles = list(a["profiles"])
     inst.description = str(a.get("description", inst.description))
     if "ephemeral" in a:
         inst.ephemeral = bool(a["ephemeral"])
@@ -423,6 +461,7 @@ HANDLERS = {
     "instance.create_many": create_many,
     "instance.action": action,
     "instance.update": update,
+    "instance.patch": patch,
     "instance.rename": rename,
     "instance.delete": delete,
     "instance.snapshot": snapshot,
