@@ -235,10 +235,14 @@ def profile_rename(state: State, cmd: Command) -> Result:
 
 
 def config_set(state: State, cmd: Command) -> Result:
+    """The cluster's server config replaced (PUT), or with ``merge`` (PATCH) the given
+    keys merged into the committed config, so a concurrent change of another key stays."""
     values = cmd.args.get("config", {})
     if not isinstance(values, dict) or not all(
             isinstance(k, str) and isinstance(v, str) for k, v in values.items()):
         return fail(400, "Server config must be a mapping of strings")
+    if cmd.args.get("merge"):
+        values = {**state.config, **values}
     problem = validate.cluster_config_error(values)
     if problem:
         return fail(400, problem)

@@ -149,3 +149,13 @@ def test_patches_applied_in_any_number_add_up_to_their_merge(
         wanted[kind].update(config)
     assert state.instances["c1"].config == wanted["instance.patch"]
     assert state.profiles["p1"].config == wanted["profile.patch"]
+
+
+def test_two_server_config_patches_made_from_one_read_both_stay() -> None:
+    state = bootstrapped()
+    first = cmd("config.set", id_="first", merge=True, config={"user.one": "1"})
+    second = cmd("config.set", id_="second", merge=True, config={"user.two": "2"})
+    assert apply(state, first).ok and apply(state, second).ok
+    assert {"user.one": "1", "user.two": "2"}.items() <= state.config.items()
+    assert apply(state, cmd("config.set", config={"user.two": "3"})).ok  # PUT replaces
+    assert state.config == {"user.two": "3"}
