@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from cluster.state import reservations, validate
+from cluster.state import etags, reservations, validate
 from cluster.state.commands import Command, Result, fail, ok
 from cluster.state.model import Action, Instance, Snapshot, State
 from cluster.state.placement import placement_problem, resize_problem
@@ -85,21 +85,61 @@ def create(state: State, cmd: Command) -> Result:
 
 def create_many(state: State, cmd: Command) -> Result:
     """A plan of many placements in one command (Nomad commits a plan of many
-    allocations as one Raft entry): each item is an ``instance.create`` applied on its
-    own, in order, and the result lists each item's Result. Items refused (a placement
-    that no longer fits) change nothing; the others are created, as Nomad's plan applier
-    commits the part of a plan that still fits."""
+    allocations as one Raft entry). Every item's shape is checked before anything
+    changes: one malformed item refuses the whole command. Then each item is an
+    ``instance.create`` applied on its own, in order, and the result lists each item's
+    Result. Items refused (a placement that no longer fits) change nothing; the others
+    are created, as Nomad's plan applier commits the part of a plan that still fits.
+    Should an item fail unexpectedly, the items before it are undone, so the command
+    is refused whole rather than half applied."""
     items = cmd.args.get("items")
     if not isinstance(items, list) or not items:
         return fail(400, "items must be a non-empty list of instance.create arguments")
     if len(items) > MAX_CREATE_MANY:
         return fail(400, f"At most {MAX_CREATE_MANY} instances per instance.create_many")
-    return ok([_create(state, item, cmd.time) if isinstance(item, dict)
-               else fail(400, "Each item must be a mapping") for item in items])
+    for number, item in enumerate(items):
+        problem = _item_error(item)
+        if problem:
+            return fail(400, f"Item {number}: {problem}")
+    return ok(_create_all(state, items, cmd.time))
+
+
+def _item_error(a: object) -> str:
+    """Why ``a`` is not shaped like ``instance.create``'s arguments, or ``""``: the checks
+    that let ``_create`` run to its end without an exception."""
+    if not isinstance(a, dict):
+        return "Each item must be a mapping"
+    if not isinstance(a.get("uid"), str) or not a["uid"]:
+        return "An instance needs a uid"
+    for key in ("name", "image", "location", "type", "architecture", "target"):
+        if key in a and not isinstance(a[key], str):
+            return f"{key} must be a string"
+    return ""
+
+
+def _create_all(state: State, items: list[dict[str, Any]], now: float) -> list[Result]:
+    """Each item created in order; if one raises, those created before it are removed
+    again (and the exception goes on to ``apply``, which refuses the command)."""
+    done: list[tuple[Instance, float]] = []  # what each created item changed
+    results = []
+    try:
+        for a in items:
+            image = state.images.get(a.get("image", ""))
+            image_used = image.last_used_at if image is not None else 0.0
+            result = _create(state, a, now)
+            if result.ok:
+                done.append((state.instances[a["name"]], image_used))
+            results.append(result)
+    except Exception:
+        for inst, image_used in reversed(done):
+            _remove(state, inst)
+            state.images[inst.image].last_used_at = image_used
+        raise
+    return results
 
 
 def _create(state: State, a: dict[str, Any], now: float) -> Result:
-    problem = validate.instance_name_error(a.get("name"))
+    problem = _item_error(a) or validate.instance_name_error(a.get("name"))
     if problem:
         return fail(400, problem)
     if a["name"] in state.instances:
@@ -177,25 +217,63 @@ def _stateful_problem(state: State, inst: Instance, kind: str) -> str:
 
 
 def update(state: State, cmd: Command) -> Result:
-    """Full replacement of config, devices, profiles and description (PUT)."""
+    """Full replacement of config and devices (PUT); profiles, description and ephemeral
+    are kept when absent. With ``if_match`` (the client's ``If-Match``), only while the
+    committed record still has that ETag: 412 and no change otherwise."""
+    inst = _get(state, cmd.args.get("name"))
+    if isinstance(inst, Result):
+        return inst
+    problem = etags.mismatch(cmd.args.get("if_match"), etags.instance(inst))
+    if problem:
+        return fail(412, problem)
+    return _replace(state, inst, cmd.args)
+
+
+def patch(state: State, cmd: Command) -> Result:
+    """PATCH: the given config keys and devices merged into the committed record (a
+    device is replaced whole, by name), the other given fields replaced; ``if_match`` as
+    in ``update``. Merging here, not in the API handler, is what keeps two concurrent
+    PATCHes of different keys from losing one of them."""
     inst = _get(state, cmd.args.get("name"))
     if isinstance(inst, Result):
         return inst
     a = cmd.args
+    problem = etags.mismatch(a.get("if_match"), etags.instance(inst))
+    if problem:
+        return fail(412, problem)
+    config, devices = a.get("config", {}), a.get("devices", {})
+    problem = validate.config_error(config) or validate.devices_error(devices)
+    if problem:
+        return fail(400, problem)
+    merged: dict[str, Any] = {k: a[k] for k in ("profiles", "description", "ephemeral") if k in a}
+    merged["config"] = {**_settable(inst.config), **config}
+    merged["devices"] = {**inst.devices, **devices}
+    return _replace(state, inst, merged)
+
+
+def _settable(config: dict[str, str]) -> dict[str, str]:
+    """The config without the ``volatile.`` keys that corral itself keeps."""
+    return {k: v for k, v in config.items() if not k.startswith("volatile.")}
+
+
+def _replace(state: State, inst: Instance, a: dict[str, Any]) -> Result:
+    """Replace the instance's config, devices and the other given fields with ``a``, if
+    the result is valid and still fits its member."""
+    a = {**a, "profiles": a.get("profiles", inst.profiles)}
     spec = _spec_error(state, a)
     if isinstance(spec, str):
         return fail(400, spec)
     volatile = {k: v for k, v in inst.config.items() if k.startswith("volatile.")}
     grown = copy.copy(inst)
     grown.config, grown.devices = {**volatile, **a.get("config", {})}, a.get("devices", {})
-    grown.profiles = list(a.get("profiles", []))
+    grown.profiles = list(a["profiles"])
     problem = resize_problem(state, inst.location, inst.demand,
                              reservations.demand(state, grown))
     if problem:
         return fail(400, problem)
     inst.config = {**volatile, **a.get("config", {})}
     inst.devices = _devices_copy(a.get("devices", {}))
-    inst.profiles = list(a.get("profiles", []))
+    inst.profiles = list(a["profiles"])
     inst.description = str(a.get("description", inst.description))
     if "ephemeral" in a:
         inst.ephemeral = bool(a["ephemeral"])
@@ -383,6 +461,7 @@ HANDLERS = {
     "instance.create_many": create_many,
     "instance.action": action,
     "instance.update": update,
+    "instance.patch": patch,
     "instance.rename": rename,
     "instance.delete": delete,
     "instance.snapshot": snapshot,

@@ -167,7 +167,9 @@ def member_roles(state: State, cmd: Command) -> Result:
 
 def member_update(state: State, cmd: Command) -> Result:
     """LXD's ``PUT /1.0/cluster/members/<name>``: roles, description, config, groups.
-    Fields left out of the command keep their value; everything is checked first."""
+    Fields left out of the command keep their value; everything is checked first. With
+    ``merge_config`` (PATCH) the given keys are merged into the committed config here,
+    so a concurrent change of another key is not lost."""
     a = cmd.args
     member = state.members.get(a.get("name", ""))
     if member is None:
@@ -175,6 +177,8 @@ def member_update(state: State, cmd: Command) -> Result:
     roles = a.get("roles", list(member.roles))
     problem = _roles_error(state, member, roles)
     config = a.get("config", member.config)
+    if a.get("merge_config") and isinstance(config, dict):
+        config = {**member.config, **config}
     problem = problem or validate.member_config_error(config)
     groups = a.get("groups", member.groups)
     if not isinstance(groups, list):

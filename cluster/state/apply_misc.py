@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import copy
+from typing import Any
 
-from cluster.state import reservations, validate
+from cluster.state import etags, reservations, validate
 from cluster.state.apply_members import capacity_of
 from cluster.state.commands import Command, Result, fail, ok
 from cluster.state.model import Alias, Image, Member, Network, Profile, State, StoragePool
@@ -143,10 +144,41 @@ def profile_create(state: State, cmd: Command) -> Result:
 
 
 def profile_update(state: State, cmd: Command) -> Result:
+    """PUT: config and devices replaced. With ``if_match`` (the client's ``If-Match``),
+    only while the committed profile still has that ETag: 412 and no change otherwise."""
     a = cmd.args
     profile = state.profiles.get(a.get("name", ""))
     if profile is None:
         return fail(404, "Profile not found")
+    problem = etags.mismatch(a.get("if_match"), etags.profile(profile))
+    if problem:
+        return fail(412, problem)
+    return _profile_replace(state, profile, a)
+
+
+def profile_patch(state: State, cmd: Command) -> Result:
+    """PATCH: the given config keys and devices merged into the committed profile (here,
+    so concurrent PATCHes of different keys both stay); ``if_match`` as in PUT."""
+    a = cmd.args
+    profile = state.profiles.get(a.get("name", ""))
+    if profile is None:
+        return fail(404, "Profile not found")
+    problem = etags.mismatch(a.get("if_match"), etags.profile(profile))
+    if problem:
+        return fail(412, problem)
+    problem = _profile_problem(state, a)
+    if problem:
+        return fail(400, problem)
+    merged = {"config": {**profile.config, **a.get("config", {})},
+              "devices": {**profile.devices, **a.get("devices", {})}}
+    if "description" in a:
+        merged["description"] = a["description"]
+    return _profile_replace(state, profile, merged)
+
+
+def _profile_replace(state: State, profile: Profile, a: dict[str, Any]) -> Result:
+    """Replace the profile's config, devices and description with ``a``, unless that is
+    invalid or grows an instance past its member's capacity."""
     problem = _profile_problem(state, a)
     if problem:
         return fail(400, problem)
@@ -203,10 +235,14 @@ def profile_rename(state: State, cmd: Command) -> Result:
 
 
 def config_set(state: State, cmd: Command) -> Result:
+    """The cluster's server config replaced (PUT), or with ``merge`` (PATCH) the given
+    keys merged into the committed config, so a concurrent change of another key stays."""
     values = cmd.args.get("config", {})
     if not isinstance(values, dict) or not all(
             isinstance(k, str) and isinstance(v, str) for k, v in values.items()):
         return fail(400, "Server config must be a mapping of strings")
+    if cmd.args.get("merge"):
+        values = {**state.config, **values}
     problem = validate.cluster_config_error(values)
     if problem:
         return fail(400, problem)
@@ -240,6 +276,7 @@ HANDLERS = {
     "alias.delete": alias_delete,
     "profile.create": profile_create,
     "profile.update": profile_update,
+    "profile.patch": profile_patch,
     "profile.delete": profile_delete,
     "profile.rename": profile_rename,
     "config.set": config_set,

@@ -6,6 +6,7 @@
      +-- BadRequest       400: malformed or invalid input
      +-- NotFound         404: the named record does not exist
      +-- Conflict         409: the record exists already or is busy
+     +-- PreconditionFailed 412: the record's ETag is not the client's ``If-Match``
      +-- Unavailable      503: no leader / commit outcome unknown after retries
 
 ``apply`` never raises (an exception inside a replicated method blocks the
@@ -37,12 +38,16 @@ class Conflict(StateError):
     code = 409
 
 
+class PreconditionFailed(StateError):
+    code = 412
+
+
 class Unavailable(StateError):
     code = 503
 
 
 _BY_CODE: dict[int, type[StateError]] = {
-    400: BadRequest, 404: NotFound, 409: Conflict, 503: Unavailable}
+    400: BadRequest, 404: NotFound, 409: Conflict, 412: PreconditionFailed, 503: Unavailable}
 
 
 def error_for(code: int, message: str) -> StateError:

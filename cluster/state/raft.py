@@ -26,23 +26,11 @@ from cluster.state.digest import MARK, Mark, MarkBook
 from cluster.state.dumps import ForkingDump
 from cluster.state.errors import Unavailable, error_for
 from cluster.state.model import State
+from cluster.state.resent import ResentCheck, ResentEntries
 from cluster.state.store import Change
 
-
-class ResentEntries(logging.Filter):
-    """pysyncobj logs CRITICAL "truncating already-applied log entries ... may have
-    diverged" whenever a leader sends again entries a follower has applied (a slow reply
-    made it reset the follower's next index; seen at joins). Raft re-sends committed
-    entries unchanged, so nothing diverged: the record is kept, at INFO."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if (record.levelno == logging.CRITICAL
-                and str(record.msg).startswith("truncating already-applied")):
-            record.levelno, record.levelname = logging.INFO, "INFO"
-        return True
-
-
 logging.getLogger("pysyncobj.syncobj").addFilter(ResentEntries())
+log = logging.getLogger(__name__)
 
 RETRIES = 5
 BATCH = 500  # commands in one log entry
@@ -82,9 +70,19 @@ class _Replica(SyncObjConsumer):
         for cmd, result in zip(batch, results, strict=True):
             if cmd.type == BARRIER:
                 continue  # nothing changed: nobody to tell
-            for listener in list(self.listeners):
-                listener(Change(cmd, result))
+            self._notify(Change(cmd, result))
         return results if isinstance(cmds, list) else results[0]
+
+    def _notify(self, change: Change) -> None:
+        """Tell every listener; one that raises is logged and the others still hear.
+        The entry is applied by then: an exception escaping into pysyncobj would leave
+        its last-applied index behind and apply the entry again on the next tick."""
+        for listener in list(self.listeners):
+            try:
+                listener(change)
+            except Exception:  # noqa: BLE001 - a listener must not break apply
+                log.exception("state listener %r failed on %s %s", listener,
+                              change.command.type, change.command.id)
 
     def _apply_one(self, cmd: Command) -> Result:
         """Apply ``cmd``; at a marker, digest the state as it is right after it (every
@@ -114,6 +112,7 @@ class _PromptSyncObj(SyncObj):  # type: ignore[misc]
     _tick_started = 0.0
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._resent = ResentCheck()
         super().__init__(*args, **kwargs)
         if not self._SyncObj__otherNodes:
             # A lone voter needs no one's vote: elect itself now, not after a timeout.
@@ -134,7 +133,26 @@ class _PromptSyncObj(SyncObj):  # type: ignore[misc]
 
     def _SyncObj__loadDumpFile(self, clearJournal: bool) -> None:  # noqa: N802, N803
         super()._SyncObj__loadDumpFile(clearJournal)
+        self._resent.forget()
         self._await_leader()
+
+    # Is a re-send harmless or has this replica diverged? (cluster/state/resent.py)
+    # pysyncobj calls __deleteEntriesFrom only where a leader's message truncates the
+    # log, and handles every message in __onMessageReceived (bound when the transport
+    # is made, after __init__ has set ``_resent``).
+    _resent: ResentCheck
+
+    def _SyncObj__deleteEntriesFrom(self, fromIDx: int) -> None:  # noqa: N802, N803
+        applied: int = getattr(self, "_SyncObj__raftLastApplied")  # noqa: B009
+        if fromIDx <= applied:
+            self._resent.truncated(
+                self._SyncObj__getEntries(fromIDx, applied - fromIDx + 1), applied)
+        super()._SyncObj__deleteEntriesFrom(fromIDx)
+
+    def _SyncObj__onMessageReceived(self, node: Any, message: Any) -> None:  # noqa: N802
+        super()._SyncObj__onMessageReceived(node, message)
+        if self._resent.pending:
+            self._resent.check(self._SyncObj__getEntries)
 
     def _onTick(self, timeToWait: float = 0.0) -> None:  # noqa: N802, N803 - pysyncobj's names
         self._tick(timeToWait)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -86,6 +87,25 @@ def test_live_limit_update_reaches_the_cgroup(api: Api, daemon: DaemonProcess,
                          "cat /sys/fs/cgroup/memory/memory.limit_in_bytes "
                          "/sys/fs/cgroup/memory.max 2>/dev/null; true")
     assert str(96 * 2**20) in out, out
+
+
+def test_concurrent_patches_both_stay_and_a_stale_if_match_is_a_412(api: Api,
+                                                                   running: str) -> None:
+    """Issue 13, finding 4, on the real daemon: PATCHes of different keys sent at once
+    both survive; a PUT with the ETag read before them is refused and changes nothing."""
+    path = f"/1.0/instances/{running}"
+    status, headers, _ = api.raw("GET", path)
+    assert status == 200
+    stale = headers["ETag"]
+    keys = [f"user.k{n}" for n in range(6)]
+    with ThreadPoolExecutor(len(keys)) as pool:
+        list(pool.map(lambda key: api.ok("PATCH", path, {"config": {key: "1"}}), keys))
+    config = api.get(path)["config"]
+    assert {key: config.get(key) for key in keys} == dict.fromkeys(keys, "1")
+    status, doc = api.call("PUT", path, {"config": {}, "devices": {}},
+                           {"If-Match": f'"{stale}"'})
+    assert (status, doc["error_code"]) == (412, 412), doc
+    assert all(key in api.get(path)["config"] for key in keys)
 
 
 def test_snapshot_restore_and_delete(api: Api, daemon: DaemonProcess, running: str) -> None:

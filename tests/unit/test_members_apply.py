@@ -156,3 +156,15 @@ def test_raft_drift_compares_roles_with_rafts_own_voters() -> None:
     assert raft_drift(state, "a:1", {"m2:8444", "m3:8444"}) == ([], ["m3:8444"])
     apply(state, cmd("member.update", name="m4", roles=["database"]))
     assert raft_drift(state, "a:1", {"m2:8444", "m3:8444"}) == (["m4:8444"], ["m3:8444"])
+
+
+def test_two_member_config_patches_made_from_one_read_both_stay() -> None:
+    """PATCH merges in apply: commands built before either commits keep each other's key."""
+    state = four_members()
+    first = cmd("member.update", name="m4", merge_config=True,
+                config={"scheduler.instance": "manual"})
+    second = cmd("member.update", name="m4", merge_config=True,
+                 config={"scheduler.capacity.memory": "64GiB"})
+    assert apply(state, first).ok and apply(state, second).ok
+    assert state.members["m4"].config == {"scheduler.instance": "manual",
+                                          "scheduler.capacity.memory": "64GiB"}

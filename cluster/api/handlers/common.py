@@ -20,6 +20,13 @@ def ctx_of(request: web.Request) -> Context:
     return request.app[CTX]
 
 
+def if_match(request: web.Request) -> str:
+    """The ETag the client's ``If-Match`` names (``""`` without one), for the command:
+    apply compares it with the committed record, so no update between the check and
+    the change can be lost."""
+    return request.headers.get("If-Match", "").strip().strip('"')
+
+
 def instance_copy(ctx: Context, name: str) -> Instance:
     """A private copy of the named instance record; 404 when absent."""
     with ctx.store.read() as state:

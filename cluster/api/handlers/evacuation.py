@@ -107,11 +107,8 @@ async def _restore(ctx: Context, member: str, mode: str) -> None:
 
 
 async def _set_volatile(ctx: Context, name: str, key: str, value: str) -> None:
-    with ctx.store.read() as state:
-        inst = state.instances[name]
-        config = {**inst.config, key: value}
-        args = {"config": config, "devices": inst.devices, "profiles": inst.profiles}
-    await ctx.store.submit(command("instance.update", name=name, **args))
+    """One key, merged by apply into the committed config (a change made meanwhile stays)."""
+    await ctx.store.submit(command("instance.patch", name=name, config={key: value}))
 
 
 async def _each(items: list[tuple[Any, ...]], work: Any) -> None:

@@ -14,6 +14,7 @@ from cluster.api.bodies import json_body
 from cluster.api.handlers.common import (
     Probe,
     ctx_of,
+    if_match,
     instance_copy,
     live_statuses,
     probe_instances,
@@ -30,7 +31,7 @@ from cluster.api.placement import (
     plan_instance,
 )
 from cluster.api.response import ApiError, async_operation, bad_request, not_found, sync
-from cluster.state import validate
+from cluster.state import etags, validate
 from cluster.state.apply_instances import expanded
 from cluster.state.commands import command
 from cluster.state.errors import Conflict
@@ -178,7 +179,7 @@ async def get_instance(request: web.Request) -> web.Response:
     statuses = await live_statuses(ctx, [inst])
     with ctx.store.read() as state:
         obj = views.instance(state, inst, statuses[inst.name])
-    etag = _etag(obj)
+    etag = etags.instance(inst)
     if queries.recursion(request) >= 1:  # lxc info: state and snapshots inline
         obj["state"] = (await instance_states(ctx, [inst]))[0]
         obj["snapshots"] = [views.snapshot(inst, s) for s in inst.snapshots.values()
@@ -186,32 +187,10 @@ async def get_instance(request: web.Request) -> web.Response:
     return sync(obj, etag=etag)
 
 
-def _etag(obj: dict[str, Any]) -> str:
-    import hashlib
-    import json
-
-    keys = ("architecture", "config", "devices", "ephemeral", "profiles", "description")
-    return hashlib.sha256(json.dumps({k: obj[k] for k in keys}, sort_keys=True)
-                          .encode()).hexdigest()
-
-
-async def _check_etag(request: web.Request, name: str) -> None:
-    wanted = request.headers.get("If-Match")
-    if not wanted:
-        return
-    ctx = ctx_of(request)
-    inst = instance_copy(ctx, name)
-    with ctx.store.read() as state:
-        current = _etag(views.instance(state, inst, "Stopped"))
-    if wanted.strip('"') != current:
-        raise ApiError(412, "ETag doesn't match")
-
-
 async def put_instance(request: web.Request) -> web.Response:
     ctx = ctx_of(request)
     name = request.match_info["name"]
     body = await json_body(request, schemas.InstancePut)
-    inst = instance_copy(ctx, name)
     if body.get("restore"):
         snapshot = str(body["restore"])
         if snapshot.startswith(f"{name}/"):  # lxc sends "NAME/SNAP"
@@ -221,35 +200,30 @@ async def put_instance(request: web.Request) -> web.Response:
         return tracked_operation(ctx, tracker, "Restoring snapshot",
                                  {"instances": [f"/1.0/instances/{name}"]},
                                  ("instance-restored", f"/1.0/instances/{name}"))
-    await _check_etag(request, name)
     config = body.get("config", {})
-    if isinstance(config, dict):
-        config = {k: v for k, v in config.items() if not str(k).startswith("volatile.")}
-    cmd = command("instance.update", name=name, config=config,
-                  devices=body.get("devices", {}),
-                  profiles=body.get("profiles", inst.profiles),
-                  description=body.get("description", inst.description),
-                  ephemeral=body.get("ephemeral", inst.ephemeral))
+    config = {k: v for k, v in config.items() if not k.startswith("volatile.")}
+    cmd = command("instance.update", name=name, config=config, devices=body.get("devices", {}),
+                  if_match=if_match(request), **_given(body))
     tracker = await ctx.submit_tracked(cmd)
     return tracked_operation(ctx, tracker, "Updating instance",
                              {"instances": [f"/1.0/instances/{name}"]},
                              ("instance-updated", f"/1.0/instances/{name}"))
 
 
+def _given(body: dict[str, Any], keys: tuple[str, ...] = ("profiles", "description",
+                                                            "ephemeral")) -> dict[str, Any]:
+    """The fields the client sent: apply keeps the committed value of the others."""
+    return {key: body[key] for key in keys if key in body}
+
+
 async def patch_instance(request: web.Request) -> web.Response:
+    """Only the fields sent go in the command; apply merges them into the committed
+    record (a merge here, from this replica's copy, lost concurrent PATCHes)."""
     ctx = ctx_of(request)
     name = request.match_info["name"]
     body = await json_body(request, schemas.InstancePut)
-    await _check_etag(request, name)
-    inst = instance_copy(ctx, name)
-    config = {k: v for k, v in inst.config.items() if not k.startswith("volatile.")}
-    config.update(body.get("config") or {})
-    devices = dict(inst.devices)
-    devices.update(body.get("devices") or {})
-    cmd = command("instance.update", name=name, config=config, devices=devices,
-                  profiles=body.get("profiles", inst.profiles),
-                  description=body.get("description", inst.description),
-                  ephemeral=body.get("ephemeral", inst.ephemeral))
+    cmd = command("instance.patch", name=name, if_match=if_match(request),
+                  **_given(body, ("config", "devices", "profiles", "description", "ephemeral")))
     await ctx.submit_and_wait(cmd)
     ctx.events.lifecycle("instance-updated", f"/1.0/instances/{name}")
     return sync({})

@@ -80,11 +80,8 @@ async def update_member(request: web.Request) -> web.Response:
         args["roles"] = [r for r in args["roles"] if r not in READ_ONLY_ROLES]
     if isinstance(args.get("groups"), list):
         args["groups"] = [g for g in args["groups"] if g != "default"]
-    if request.method == "PATCH" and isinstance(body.get("config"), dict):
-        with ctx.store.read() as state:
-            member = state.members.get(name)
-            if member is not None:
-                args["config"] = {**member.config, **body["config"]}
+    if request.method == "PATCH":
+        args["merge_config"] = True  # apply merges into the committed config
     await ctx.store.submit(command("member.update", **args))
     return empty()
 

@@ -6,8 +6,9 @@ from aiohttp import web
 
 from cluster.api import queries, schemas, views
 from cluster.api.bodies import json_body
-from cluster.api.handlers.common import ctx_of
+from cluster.api.handlers.common import ctx_of, if_match
 from cluster.api.response import not_found, sync
+from cluster.state import etags
 from cluster.state.commands import command
 
 
@@ -33,29 +34,25 @@ async def get_profile(request: web.Request) -> web.Response:
         profile = state.profiles.get(request.match_info["name"])
         if profile is None:
             raise not_found("Profile not found")
-        return sync(views.profile(state, profile))
+        return sync(views.profile(state, profile), etag=etags.profile(profile))
 
 
 async def put_profile(request: web.Request) -> web.Response:
     body = await json_body(request, schemas.ProfilePut)
     await ctx_of(request).store.submit(command(
         "profile.update", name=request.match_info["name"], config=body.get("config") or {},
-        devices=body.get("devices") or {}, description=body.get("description", "")))
+        devices=body.get("devices") or {}, description=body.get("description", ""),
+        if_match=if_match(request)))
     return sync({})
 
 
 async def patch_profile(request: web.Request) -> web.Response:
-    ctx = ctx_of(request)
+    """Only the fields sent go in the command; apply merges them into the committed
+    profile, so concurrent PATCHes of different keys both stay."""
     body = await json_body(request, schemas.ProfilePut)
-    with ctx.store.read() as state:
-        profile = state.profiles.get(request.match_info["name"])
-        if profile is None:
-            raise not_found("Profile not found")
-        config = {**profile.config, **(body.get("config") or {})}
-        devices = {**profile.devices, **(body.get("devices") or {})}
-        description = body.get("description", profile.description)
-    await ctx.store.submit(command("profile.update", name=request.match_info["name"],
-                                   config=config, devices=devices, description=description))
+    given = {key: body[key] for key in ("config", "devices", "description") if key in body}
+    await ctx_of(request).store.submit(command(
+        "profile.patch", name=request.match_info["name"], if_match=if_match(request), **given))
     return sync({})
 
 

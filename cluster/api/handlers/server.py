@@ -25,7 +25,7 @@ from cluster.https import (
     listen_addresses,
 )
 from cluster.https import reconcile as https_reconcile
-from cluster.state.commands import command
+from cluster.state.commands import Command, command
 from node_agent.node import check_vm_accelerator_mode
 
 # Only extensions whose behaviour corral really implements.
@@ -115,6 +115,7 @@ async def put_server(request: web.Request) -> web.Response:
         shared_now = dict(state.config)
         member = state.members.get(ctx.member)
     local_now = dict(ctx.local.config) if ctx.local else {}
+    given = config
     if request.method == "PATCH":
         config = {**shared_now, **local_now, **config}
     config.pop("cluster.https_address", None)
@@ -134,11 +135,21 @@ async def put_server(request: web.Request) -> web.Response:
     await _set_local(request, ctx, local)
     await asyncio.to_thread(ctx.node.set_vm_accelerator_mode, mode)
     try:
-        await ctx.store.submit(command("config.set", config=shared))
+        await ctx.store.submit(_config_set(shared, given, patch=request.method == "PATCH"))
     except BaseException:
         await _set_local(request, ctx, local_now)
         raise
     return sync({})
+
+
+def _config_set(shared: dict[str, str], given: dict[str, str], patch: bool) -> Command:
+    """The cluster's part of the change: for a PATCH only the keys given, which apply
+    merges into the committed config (a merge from this replica's copy could undo a
+    concurrent change of another key)."""
+    if not patch:
+        return command("config.set", config=shared)
+    return command("config.set", config={k: v for k, v in shared.items() if k in given},
+                   merge=True)
 
 
 def _text(value: object) -> str:
