@@ -13,6 +13,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
+from cluster import tls
 from cluster.api.context import CTX, Context
 from cluster.api.forwarding import wrap_routes
 from cluster.api.handlers import (
@@ -32,6 +33,7 @@ from cluster.api.handlers.common import REPLICA_LAG
 from cluster.api.middleware import error_middleware
 from cluster.api.proxy import setup_proxy
 from cluster.api.response import ApiError
+from cluster.https import HTTPS
 from cluster.peers import APPLIED_HEADER
 from cluster.state.errors import Unavailable
 
@@ -164,19 +166,33 @@ FRESH_READ_TIMEOUT = 5.0  # s a read waits to confirm its replica is current
 LOCAL_READS = ("/1.0/events", "/1.0/operations")
 
 
+def _from_member(request: web.Request) -> bool:
+    """Whether the caller presented the cluster certificate: a member, coordinating
+    (roles, membership) in ways that must not wait for a quorum that may need it."""
+    listener = request.app.get(HTTPS)
+    transport = request.transport
+    if listener is None or transport is None:
+        return False
+    fingerprint = tls.peer_fingerprint(transport)
+    return bool(fingerprint) and fingerprint == listener.identity.fingerprint
+
+
 def fresh_reads_middleware(timeout: float = FRESH_READ_TIMEOUT) -> Middleware:
     """A client's read sees every write acknowledged before it, through any member (LXD
     clients hop between members): before a GET is served from this replica, a barrier
     goes through the Raft log (``store.read_barrier``: concurrent reads share one entry).
     A member cut off from its quorum answers 503 instead of stale state. Peers' requests
-    carry the index they saw committed and wait for it instead (``replica_middleware``)."""
+    carry the index they saw committed and wait for it instead (``replica_middleware``);
+    members' own calls are not held (a member being promoted asks for its roles, and the
+    quorum may need it to answer first)."""
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         path = request.path
         if (request.method == "GET" and path != "/1.0" and not path.startswith(LOCAL_READS)
                 and not path.startswith("/internal/")
-                and APPLIED_HEADER not in request.headers and _is_trusted(request)):
+                and APPLIED_HEADER not in request.headers and _is_trusted(request)
+                and not _from_member(request)):
             try:
                 await request.app[CTX].store.read_barrier(timeout)
             except Unavailable as exc:

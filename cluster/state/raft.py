@@ -395,10 +395,15 @@ class RaftStore:
         one entry) and its result comes back only once applied here. A member that is
         not in a quorum cannot commit it: ``Unavailable`` after ``timeout`` s, never a
         read of stale state (a follower behind, or a leader that lost its quorum)."""
-        result, error = await self._submit_once(command(BARRIER), timeout)
-        if error != FAIL_REASON.SUCCESS:
-            raise Unavailable("Cannot confirm that this member's replica is current "
-                              "(no quorum reached in time); retry")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while (left := deadline - loop.time()) > 0:
+            _, error = await self._submit_once(command(BARRIER), left)
+            if error == FAIL_REASON.SUCCESS:
+                return
+            await asyncio.sleep(min(0.05, max(0.0, deadline - loop.time())))  # no leader yet
+        raise Unavailable("Cannot confirm that this member's replica is current "
+                          f"(no quorum within {timeout:g} s); retry")
 
     def leader(self) -> str | None:
         leader = self._sync._getLeader() if self._sync else None
