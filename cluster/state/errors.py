@@ -7,6 +7,7 @@
      +-- NotFound         404: the named record does not exist
      +-- Conflict         409: the record exists already or is busy
      +-- Unavailable      503: no leader / commit outcome unknown after retries
+          +-- ReplicaDamaged   this member's Raft journal does not check: it serves nothing
 
 ``apply`` never raises (an exception inside a replicated method blocks the
 pysyncobj log forever); it returns a ``Result`` holding one of these codes.
@@ -48,3 +49,13 @@ _BY_CODE: dict[int, type[StateError]] = {
 def error_for(code: int, message: str) -> StateError:
     """Rebuild the typed error a ``Result`` describes."""
     return _BY_CODE.get(code, StateError)(message, code)
+
+
+class ReplicaDamaged(Unavailable):
+    """A Raft journal or meta file that does not check (a bad record in the middle, a
+    meta file whose checksum fails): the member must not serve the replica it holds."""
+
+    def __init__(self, path: str, offset: int, reason: str) -> None:
+        super().__init__(f"{path} is damaged at offset {offset}: {reason}")
+        self.path = path
+        self.offset = offset
