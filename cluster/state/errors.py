@@ -8,6 +8,7 @@
      +-- Conflict         409: the record exists already or is busy
      +-- PreconditionFailed 412: the record's ETag is not the client's ``If-Match``
      +-- Unavailable      503: no leader / commit outcome unknown after retries
+          +-- ReplicaDamaged   this member's Raft journal does not check: it serves nothing
 
 ``apply`` never raises (an exception inside a replicated method blocks the
 pysyncobj log forever); it returns a ``Result`` holding one of these codes.
@@ -53,3 +54,13 @@ _BY_CODE: dict[int, type[StateError]] = {
 def error_for(code: int, message: str) -> StateError:
     """Rebuild the typed error a ``Result`` describes."""
     return _BY_CODE.get(code, StateError)(message, code)
+
+
+class ReplicaDamaged(Unavailable):
+    """A Raft journal or meta file that does not check (a bad record in the middle, a
+    meta file whose checksum fails): the member must not serve the replica it holds."""
+
+    def __init__(self, path: str, offset: int, reason: str) -> None:
+        super().__init__(f"{path} is damaged at offset {offset}: {reason}")
+        self.path = path
+        self.offset = offset

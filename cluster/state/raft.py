@@ -10,9 +10,11 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
 import random
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -24,12 +26,20 @@ from cluster.state.apply import BARRIER, apply
 from cluster.state.commands import Command, Result, command
 from cluster.state.digest import MARK, Mark, MarkBook
 from cluster.state.dumps import ForkingDump
-from cluster.state.errors import Unavailable, error_for
+from cluster.state.errors import ReplicaDamaged, Unavailable, error_for
+from cluster.state.journal import (
+    DurableJournal,
+    JournalPath,
+    MetaFile,
+    fsync_directory,
+    install,
+)
 from cluster.state.model import State
 from cluster.state.resent import ResentCheck, ResentEntries
 from cluster.state.store import Change
 
 logging.getLogger("pysyncobj.syncobj").addFilter(ResentEntries())
+install()  # journalFile=JournalPath(...) gets corral's durable journal (state/journal.py)
 log = logging.getLogger(__name__)
 
 RETRIES = 5
@@ -113,6 +123,11 @@ class _PromptSyncObj(SyncObj):  # type: ignore[misc]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._resent = ResentCheck()
+        # Set before SyncObj.__init__: its tick thread starts in there.
+        self._replies: list[tuple[Any, bool, int, bool]] = []  # held until the next sync
+        # Called with (index acknowledged, index durable) for every success reply sent
+        # to a leader: an observable for tests (acknowledged <= durable, always).
+        self.on_acknowledge: Callable[[int, int], None] | None = None
         super().__init__(*args, **kwargs)
         if not self._SyncObj__otherNodes:
             # A lone voter needs no one's vote: elect itself now, not after a timeout.
@@ -132,6 +147,7 @@ class _PromptSyncObj(SyncObj):  # type: ignore[misc]
         self._SyncObj__raftElectionDeadline = max(deadline, monotonic_time() + grace)
 
     def _SyncObj__loadDumpFile(self, clearJournal: bool) -> None:  # noqa: N802, N803
+        self._answer()  # replies held for entries that the dump may clear go out first
         super()._SyncObj__loadDumpFile(clearJournal)
         self._resent.forget()
         self._await_leader()
@@ -142,17 +158,64 @@ class _PromptSyncObj(SyncObj):  # type: ignore[misc]
     # is made, after __init__ has set ``_resent``).
     _resent: ResentCheck
 
-    def _SyncObj__deleteEntriesFrom(self, fromIDx: int) -> None:  # noqa: N802, N803
-        applied: int = getattr(self, "_SyncObj__raftLastApplied")  # noqa: B009
-        if fromIDx <= applied:
-            self._resent.truncated(
-                self._SyncObj__getEntries(fromIDx, applied - fromIDx + 1), applied)
-        super()._SyncObj__deleteEntriesFrom(fromIDx)
 
     def _SyncObj__onMessageReceived(self, node: Any, message: Any) -> None:  # noqa: N802
         super()._SyncObj__onMessageReceived(node, message)
         if self._resent.pending:
             self._resent.check(self._SyncObj__getEntries)
+    @property
+    def journal(self) -> DurableJournal | None:
+        log = self._SyncObj__raftLog
+        return log if isinstance(log, DurableJournal) else None
+
+    # Group commit (state/journal.py). A follower answers ``append_entries`` through
+    # __sendNextNodeIdx at once in pysyncobj, before anything is on disk; here the
+    # answers wait until the end of the tick, when one fdatasync covers every entry
+    # that arrived in it. The leader counts itself towards a commit at the start of a
+    # tick, so the same sync covers the entries it appended in the previous tick; the
+    # no-op it appends on election (counted in the same tick) is synced at once.
+
+    def _SyncObj__sendNextNodeIdx(self, node: Any, reset: bool = False,  # noqa: N802
+                                  nextNodeIdx: int | None = None,  # noqa: N803
+                                  success: bool = False) -> None:
+        if nextNodeIdx is None:
+            nextNodeIdx = self._SyncObj__getCurrentLogIndex() + 1
+        self._replies.append((node, reset, nextNodeIdx, success))
+
+    def _SyncObj__deleteEntriesFrom(self, fromIDx: int) -> None:  # noqa: N802, N803
+        """Replies held for entries about to be cut were true until now: send them
+        (after the sync) before the cut makes them false. Applied entries being cut
+        are remembered, to compare with what replaces them (state/resent.py)."""
+        self._answer()
+        applied: int = getattr(self, "_SyncObj__raftLastApplied")  # noqa: B009
+        if fromIDx <= applied:  # a re-send of applied entries: compared once it arrives
+            self._resent.truncated(
+                self._SyncObj__getEntries(fromIDx, applied - fromIDx + 1), applied)
+        super()._SyncObj__deleteEntriesFrom(fromIDx)
+
+    def _SyncObj__onBecomeLeader(self) -> None:  # noqa: N802
+        super()._SyncObj__onBecomeLeader()
+        self._sync_journal()
+
+    def _sync_journal(self) -> int:
+        """Make every appended entry durable; the last durable index."""
+        journal = self.journal
+        if journal is None:
+            return int(self._SyncObj__getCurrentLogIndex())
+        journal.sync()
+        return journal.durable_index
+
+    def _answer(self) -> None:
+        """Sync the journal, then send the replies held since the last sync, in order."""
+        if not self._replies:
+            self._sync_journal()
+            return
+        durable = self._sync_journal()
+        replies, self._replies = self._replies, []
+        for node, reset, next_index, success in replies:
+            if success and self.on_acknowledge is not None:
+                self.on_acknowledge(next_index - 1, durable)
+            super()._SyncObj__sendNextNodeIdx(node, reset, next_index, success)
 
     def _onTick(self, timeToWait: float = 0.0) -> None:  # noqa: N802, N803 - pysyncobj's names
         self._tick(timeToWait)
@@ -165,6 +228,7 @@ class _PromptSyncObj(SyncObj):  # type: ignore[misc]
     def _tick(self, wait: float) -> None:
         self._forgive_own_stall()
         super()._onTick(wait)
+        self._answer()
 
     def _forgive_own_stall(self) -> None:
         """After this process stalled (a large batch applied, a dump installed, a full
@@ -213,7 +277,7 @@ def raft_conf(journal_dir: Path, password: str, bind_address: str,
         # for good. Entries stay far below this (RaftStore batches at most BATCH_ITEMS).
         appendEntriesBatchSizeBytes=MESSAGE_BYTES,
         connectionRetryTime=1.0,
-        journalFile=str(journal_dir / "journal"),
+        journalFile=JournalPath(journal_dir / "journal"),  # checksummed, fsynced
         fullDumpFile=str(journal_dir / "snapshot"),
         dynamicMembershipChange=True,
         useFork=False,  # pysyncobj's own fork would keep every fd; ForkingDump closes them
@@ -255,16 +319,73 @@ class RaftStore:
         A member of a multi-member cluster starts even without a quorum (it serves
         reads of its replica and its writes wait for a leader); a single member must
         become its own leader or the start fails.
+
+        A journal that does not check (``ReplicaDamaged``) is never served: a lone
+        member raises it; a member with partners moves it aside and rebuilds its log
+        from the leader first (``_rebuild``), and raises it if that fails.
         """
         self._loop = asyncio.get_running_loop()
         self._journal_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            sync = await self._open(self._address if self.voter else None)
+        except ReplicaDamaged as exc:
+            if not self._partners:
+                raise
+            log.error("%s; rebuilding this member's log from the leader", exc)
+            await self._rebuild(exc, ready_timeout)
+            sync = await self._open(self._address if self.voter else None)
+        self._sync = sync
+        await self._wait_ready(sync, ready_timeout)
+
+    async def _open(self, self_node: str | None, compact: bool = True) -> _PromptSyncObj:
+        """A SyncObj over this member's journal (``self_node`` None: a non-voter).
+        Raises ``ReplicaDamaged`` when the journal does not check."""
         self._dump = ForkingDump(self._journal_dir / "snapshot", self._live_state,
                                  self._install_state)
-        sync: SyncObj = await asyncio.to_thread(
-            _PromptSyncObj, self._address if self.voter else None, self._partners,
-            raft_conf(self._journal_dir, self._password, self._address, self._dump),
-            [self._replica])
-        self._sync = sync
+        conf = raft_conf(self._journal_dir, self._password, self._address, self._dump)
+        if not compact:
+            conf.logCompactionMinEntries = conf.logCompactionMinTime = 2**62
+        sync: _PromptSyncObj = await asyncio.to_thread(
+            _PromptSyncObj, self_node, self._partners, conf, [self._replica])
+        return sync
+
+    async def _rebuild(self, damage: ReplicaDamaged, timeout: float) -> None:
+        """Move the damaged journal and meta aside (kept for a post-mortem), then fetch
+        the log from the leader as a non-voter: an empty log must not vote (it could
+        elect a leader that lacks acknowledged entries) nor be served. Once it has
+        applied what the leader had committed, record the leader's term as voted for,
+        so a lost vote cannot be cast twice in that term. Raises ``damage`` when no
+        leader brings the log back within ``timeout`` s."""
+        meta = MetaFile(self._journal_dir / "journal.meta")
+        try:
+            before = meta.load()
+        except ReplicaDamaged:
+            before = {}
+        kept = quarantine(self._journal_dir)
+        log.error("damaged journal moved to %s", kept)
+        assert self._loop is not None
+        sync = await self._open(None, compact=False)
+        try:
+            deadline = self._loop.time() + timeout
+            while not (sync.isReady() and sync._getLeader() is not None):
+                if self._loop.time() > deadline:
+                    raise damage
+                await asyncio.sleep(0.02)
+            term, leader = int(sync._getTerm()), str(sync._getLeader().id)
+        finally:
+            await self._close_sync(sync)
+        values = meta.load()
+        if int(before.get("currentTerm", 0)) > term:  # it had voted in a later term
+            values.update(currentTerm=before["currentTerm"],
+                          votedForNodeId=before.get("votedForNodeId"))
+        else:
+            values.update(currentTerm=term, votedForNodeId=leader)
+        meta.store(values)
+        with self._replica.lock:  # the voter replays the rebuilt journal from scratch
+            self._replica.state = State()
+
+    async def _wait_ready(self, sync: SyncObj, ready_timeout: float) -> None:
+        assert self._loop is not None
         deadline = self._loop.time() + ready_timeout
         while not (sync.isReady() and sync._getLeader() is not None):
             if self._loop.time() > deadline:
@@ -327,8 +448,13 @@ class RaftStore:
     async def close(self) -> None:
         if self._sync is not None:
             sync, self._sync = self._sync, None
-            # Synchronously: a late destroy would detach the consumer from the next SyncObj.
-            await asyncio.to_thread(sync.destroy_synchronous)
+            await self._close_sync(sync)
+        elif self._dump is not None:
+            await asyncio.to_thread(self._dump.wait)
+
+    async def _close_sync(self, sync: SyncObj) -> None:
+        # Synchronously: a late destroy would detach the consumer from the next SyncObj.
+        await asyncio.to_thread(sync.destroy_synchronous)
         if self._dump is not None:
             await asyncio.to_thread(self._dump.wait)
 
@@ -471,6 +597,18 @@ class RaftStore:
             self._flush_scheduled = True
             loop.call_soon(self._flush)
         return await future
+
+
+def quarantine(journal_dir: Path) -> Path:
+    """Move the journal and its meta file into ``damaged-<time>/`` (the dump stays: it
+    carries its own checksum); the new directory."""
+    kept = journal_dir / f"damaged-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
+    kept.mkdir()
+    for name in ("journal", "journal.meta"):
+        if (journal_dir / name).exists():
+            os.replace(journal_dir / name, kept / name)
+    fsync_directory(journal_dir)
+    return kept
 
 
 def command_items(cmd: Command) -> int:
