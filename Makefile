@@ -9,7 +9,7 @@ APT_PACKAGES := lxc lxc-dev busybox-static dnsmasq-base iptables iproute2 pkg-co
 	ovmf systemd-boot-efi binutils fdisk dosfstools mtools
 export CORRAL_DIR ?= /var/lib/corral
 
-.PHONY: deps demo demo-clean test lint bench
+.PHONY: deps demo demo-clean test lint bench chaos
 
 $(VENV)/.apt-stamp:
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
@@ -50,3 +50,7 @@ test: deps
 
 bench: deps
 	$(PY) bench/lifecycle.py
+
+# The chaos suite's long profile (the short one runs in `make test`).
+chaos: deps
+	CORRAL_CHAOS=long $(PY) -m pytest -q -s -p no:cacheprovider --timeout=1800 tests/chaos
