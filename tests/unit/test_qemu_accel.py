@@ -4,6 +4,8 @@ for a working, failing or hanging KVM at each stage (boot sector, Linux guest)."
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -159,3 +161,26 @@ def test_an_unproven_answer_is_probed_again_with_a_vms_kernel(tmp_path: Path) ->
     assert count.read_text() == "run\n"
     assert not choice.current(fake_guest(tmp_path)).unproven  # decided: no third probe
     assert count.read_text() == "run\n"
+
+
+def test_a_probe_dies_with_the_daemon_that_started_it(tmp_path: Path) -> None:
+    """A daemon killed -9 mid-probe must not leave a hung KVM spinning a core."""
+    marker = tmp_path / "probe.pid"
+    qemu = fake_qemu(tmp_path, f"echo $$ > {marker}; exec sleep 60")
+    daemon = subprocess.Popen([sys.executable, "-c",
+                               "import sys; from node_agent.drivers.qemu import accel;"
+                               "accel._run_boot_sector([sys.argv[1]], 60)", qemu])
+    try:
+        deadline = time.monotonic() + 10
+        while not marker.exists() or not marker.read_text().strip():
+            assert time.monotonic() < deadline, "the probe never started"
+            time.sleep(0.05)
+        probe = int(marker.read_text())
+        assert host.is_alive(probe)
+    finally:
+        daemon.kill()
+        daemon.wait()
+    deadline = time.monotonic() + 5
+    while host.is_alive(probe) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not host.is_alive(probe)  # gone, or a zombie that burns nothing

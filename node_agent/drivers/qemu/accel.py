@@ -20,6 +20,7 @@ KVM is chosen only if both pass. Without a guest kernel on this member the answe
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
 import signal
@@ -28,6 +29,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 from node_agent.drivers.qemu import qmp
 from node_agent.drivers.qemu.agent import AgentError, AgentUnavailable, exec_in_vm
@@ -118,6 +120,7 @@ def _probe(timeout: float, qemu: str, workdir: Path | None, guest: GuestKernel |
     if workdir is not None:
         workdir.mkdir(parents=True, exist_ok=True)
         for stale in workdir.glob(f"{_SCRATCH_PREFIX}*"):
+            _kill_probes_of(stale)  # of a daemon killed before PR_SET_PDEATHSIG existed
             shutil.rmtree(stale, ignore_errors=True)
     with tempfile.TemporaryDirectory(prefix=_SCRATCH_PREFIX, dir=workdir) as tmp:
         scratch = Path(tmp)
@@ -133,10 +136,36 @@ def _probe(timeout: float, qemu: str, workdir: Path | None, guest: GuestKernel |
         return _run_guest(guest_argv(binary, guest, scratch), scratch, guest_timeout)
 
 
+def _die_with_parent() -> None:
+    """In the probe's child, before exec: SIGKILL when the thread that started it dies
+    (a daemon killed -9 mid-probe). A hung KVM vCPU spins a whole core: an orphaned
+    probe would burn it for good."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+
+
+def _kill_probes_of(scratch: Path) -> None:
+    """SIGKILL any process whose command line names ``scratch`` (a probe left behind)."""
+    marker = str(scratch).encode()
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if marker in (proc / "cmdline").read_bytes():
+                os.kill(int(proc.name), signal.SIGKILL)
+        except (OSError, ValueError):
+            continue
+
+
+def _spawn(argv: list[str], stderr: int | IO[bytes]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=stderr, start_new_session=True,
+                            preexec_fn=_die_with_parent)
+
+
 def _run_boot_sector(argv: list[str], timeout: float) -> Accel:
     try:
-        child = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                 stderr=subprocess.PIPE, start_new_session=True)
+        child = _spawn(argv, subprocess.PIPE)
     except OSError as exc:
         return Accel("tcg", f"cannot run {argv[0]}: {exc}")
     try:
@@ -156,8 +185,7 @@ def _run_guest(argv: list[str], scratch: Path, timeout: float) -> Accel:
     err_path = scratch / "qemu.err"
     try:
         with err_path.open("wb") as err:
-            child = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     stderr=err, start_new_session=True)
+            child = _spawn(argv, err)
     except OSError as exc:
         return Accel("tcg", f"cannot run {argv[0]}: {exc}")
     try:
