@@ -86,6 +86,7 @@ def test_a_running_vm_migrates_live_and_keeps_running(pair: list[DaemonProcess])
 
         inst = _instance(m1, "lv1")
         assert (inst["location"], inst["status"]) == ("m2", "Running")
+        _wait_for_agent(m1, "lv1", 60)  # TCG retranslates on the new QEMU: slow at first
         after = int(_sh(m1, "lv1", "cat /tmp/counter"))  # relayed to m2
         assert after > before
         time.sleep(0.5)
