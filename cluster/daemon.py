@@ -12,11 +12,13 @@ import logging
 import os
 import signal
 import sys
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
+from cluster.api import outcomes
 from cluster.api.app import build_app
 from cluster.api.context import Context
 from cluster.api.events import EventHub
@@ -94,6 +96,7 @@ async def serve(paths: Paths, ready: asyncio.Event | None = None) -> None:
     await asyncio.to_thread(cleanup_uploads, paths.images)
     events = EventHub(local.member)
     ops = Operations(local.member, lambda op: events.publish("operation", op.to_dict()))
+    ops.follow_unknown = partial(outcomes.follow, ops, store.settle)
     agent = NodeAgent(local.member, store, node)
     ctx = Context(paths=paths, member=local.member, store=store, node=node, ops=ops,
                   events=events, agent=agent, local=local)

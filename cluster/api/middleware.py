@@ -8,8 +8,9 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
+from cluster.api.context import CTX
 from cluster.api.response import ApiError, error
-from cluster.state.errors import StateError
+from cluster.state.errors import OutcomeUnknown, StateError
 from node_agent.drivers.base import DriverError
 
 log = logging.getLogger(__name__)
@@ -23,6 +24,9 @@ def error_middleware() -> Middleware:
             return await handler(request)
         except ApiError as exc:
             return error(exc.status, exc.message)
+        except OutcomeUnknown as exc:
+            ops = request.app[CTX].ops
+            return error(exc.code, ops.explain_unknown(exc, f"{request.method} {request.path}"))
         except StateError as exc:
             return error(exc.code, str(exc))
         except DriverError as exc:

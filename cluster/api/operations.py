@@ -17,6 +17,8 @@ from typing import Any
 
 from aiohttp import web
 
+from cluster.state.errors import OutcomeUnknown
+
 log = logging.getLogger(__name__)
 
 STATUS_CODES = {"Running": 103, "Cancelling": 104, "Success": 200, "Failure": 400,
@@ -72,6 +74,9 @@ class Operations:
         self._ops: dict[str, Operation] = {}
         self.location = location
         self._publish = publish
+        # Starts the operation that settles a command whose outcome is unknown
+        # (cluster/api/outcomes.py); set by the daemon, which knows the store.
+        self.follow_unknown: Callable[[OutcomeUnknown, str], Operation] | None = None
 
     def start(self, description: str, run: Runner, resources: dict[str, list[str]] | None = None,
               class_: str = "task", cancellable: bool = False,
@@ -93,12 +98,22 @@ class Operations:
             op.status = "Success"
         except asyncio.CancelledError:
             op.status, op.err = "Cancelled", "Operation cancelled"
+        except OutcomeUnknown as exc:
+            op.status, op.err = "Failure", self.explain_unknown(exc, op.description)
         except Exception as exc:  # noqa: BLE001 - an operation reports, it never crashes the loop
             op.status, op.err = "Failure", str(exc) or type(exc).__name__
             log.info("operation %s (%s) failed: %s", op.id, op.description, op.err)
         op.updated_at = time.time()
         op.done.set()
         self._publish(op)
+
+    def explain_unknown(self, exc: OutcomeUnknown, what: str) -> str:
+        """What to tell a client whose change may or may not have happened: that, and the
+        operation that will settle it."""
+        if self.follow_unknown is None:
+            return f"{what}: {exc}"
+        settling = self.follow_unknown(exc, what)
+        return f"{what}: {exc}. Follow /1.0/operations/{settling.id} to learn whether it did"
 
     def update(self, op: Operation, **metadata: Any) -> None:
         op.metadata.update(metadata)

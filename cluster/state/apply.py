@@ -21,7 +21,7 @@ from cluster.state.commands import COMMAND_VERSION, Command, Result, fail
 from cluster.state.model import RECENT_COMMANDS, State
 
 BARRIER = "read.barrier"
-RETRY_HORIZON = 120.0  # seconds: RaftStore.submit's RETRIES x its default timeout, doubled
+RETRY_HORIZON = 120.0  # seconds: six times RaftStore.submit's budget (SUBMIT_SECONDS)
 
 Handler = Callable[[State, Command], Result]
 
@@ -35,8 +35,9 @@ def apply(state: State, cmd: Command) -> Result:
 
     Results are kept for the last ``RECENT_COMMANDS`` commands, and never for less than
     ``RETRY_HORIZON`` seconds (of the commands' own times): a submitter retries a
-    command whose outcome it does not know for up to a minute, and at thousands of
-    commands per second a count alone forgot it first (the retry then applied twice).
+    command whose outcome it does not know for 20 s, and an operation settles it
+    afterwards for up to a minute (``RaftStore.settle``); at thousands of commands per
+    second a count alone forgot it first (the retry then applied twice).
     """
     if cmd.type == BARRIER:  # changes nothing, remembers nothing (see RaftStore.read_barrier)
         return Result(True)

@@ -7,7 +7,8 @@
      +-- NotFound         404: the named record does not exist
      +-- Conflict         409: the record exists already or is busy
      +-- PreconditionFailed 412: the record's ETag is not the client's ``If-Match``
-     +-- Unavailable      503: no leader / commit outcome unknown after retries
+     +-- Unavailable      503: no leader, no quorum, replica not ready
+          +-- OutcomeUnknown   a command neither committed nor refused after its retries
           +-- ReplicaDamaged   this member's Raft journal does not check: it serves nothing
 
 ``apply`` never raises (an exception inside a replicated method blocks the
@@ -54,6 +55,24 @@ _BY_CODE: dict[int, type[StateError]] = {
 def error_for(code: int, message: str) -> StateError:
     """Rebuild the typed error a ``Result`` describes."""
     return _BY_CODE.get(code, StateError)(message, code)
+
+
+class OutcomeUnknown(Unavailable):
+    """A command whose every try timed out or met a leader change: it may still commit.
+
+    The API answers with an operation that settles it (``RaftStore.settle``), so the
+    client learns whether it took effect instead of guessing; a retry must reuse the
+    command id (the store does) or it could apply twice."""
+
+    def __init__(self, command_type: str, command_id: str, command_time: float,
+                 tries: int, seconds: float) -> None:
+        super().__init__(
+            f"The outcome is unknown: command {command_type} {command_id} was neither "
+            f"committed nor refused within {seconds:g} s ({tries} tries with the same id); "
+            "it may still take effect")
+        self.command_type = command_type
+        self.command_id = command_id
+        self.command_time = command_time
 
 
 class ReplicaDamaged(Unavailable):

@@ -26,7 +26,7 @@ from cluster.state.apply import BARRIER, apply
 from cluster.state.commands import Command, Result, command
 from cluster.state.digest import MARK, Mark, MarkBook
 from cluster.state.dumps import ForkingDump
-from cluster.state.errors import ReplicaDamaged, Unavailable, error_for
+from cluster.state.errors import OutcomeUnknown, ReplicaDamaged, Unavailable, error_for
 from cluster.state.journal import (
     DurableJournal,
     JournalPath,
@@ -42,7 +42,19 @@ logging.getLogger("pysyncobj.syncobj").addFilter(ResentEntries())
 install()  # journalFile=JournalPath(...) gets corral's durable journal (state/journal.py)
 log = logging.getLogger(__name__)
 
-RETRIES = 5
+# Committing a command (RaftStore.submit). One try waits at most ATTEMPT_SECONDS: a
+# commit takes milliseconds, an election 0.6-1 s, so 5 s covers two elections in a row.
+# A try that failed or timed out is retried with the same id after a pause that doubles
+# from BACKOFF_FIRST up to BACKOFF_MAX (retrying faster than an election only queues
+# copies), until SUBMIT_SECONDS have passed: then the outcome is unknown (OutcomeUnknown)
+# and the API hands the client an operation that settles it. pysyncobj's
+# ``commandsWaitLeader`` stays True (its default): a command submitted while there is no
+# leader waits in the local queue for the next one instead of failing at once, so a
+# write during a failover commits about an election later rather than bouncing.
+ATTEMPT_SECONDS = 5.0
+SUBMIT_SECONDS = 20.0
+BACKOFF_FIRST = 0.05
+BACKOFF_MAX = 0.8
 BATCH = 500  # commands in one log entry
 BATCH_ITEMS = 1024  # placements in one log entry (a plan of many counts each)
 MESSAGE_BYTES = 2**25  # pysyncobj's largest append_entries message (see raft_conf)
@@ -576,16 +588,48 @@ class RaftStore:
 
             self._replica.apply_command([cmd for cmd, _, _ in chunk], callback=done)
 
-    async def submit(self, cmd: Command, timeout: float = 10.0) -> Any:
-        """Commit ``cmd``; retried with the same id when the outcome is unknown."""
-        for _ in range(RETRIES):
-            result, error = await self._submit_once(cmd, timeout)
+    async def submit(self, cmd: Command, timeout: float = SUBMIT_SECONDS) -> Any:
+        """Commit ``cmd`` and return its result. A try whose outcome is unknown (a
+        timeout, a leader change, a command discarded by a new leader) is retried with
+        the same id, which apply takes once, after a growing pause (see ATTEMPT_SECONDS);
+        after ``timeout`` s ``OutcomeUnknown``."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        pause, tries = BACKOFF_FIRST, 0
+        while True:
+            tries += 1
+            left = deadline - loop.time()
+            result, error = await self._submit_once(cmd, max(0.05, min(ATTEMPT_SECONDS, left)))
             if error == FAIL_REASON.SUCCESS:
                 assert isinstance(result, Result)
                 if not result.ok:
                     raise error_for(result.code, result.error)
                 return result.value
-        raise Unavailable("Could not commit the change: no leader or timed out")
+            left = deadline - loop.time()
+            if left <= 0:
+                raise OutcomeUnknown(cmd.type, cmd.id, cmd.time, tries, timeout)
+            await asyncio.sleep(min(left, pause * random.uniform(0.5, 1.0)))
+            pause = min(BACKOFF_MAX, pause * 2)
+
+    async def settle(self, command_id: str, timeout: float) -> Result | None:
+        """After ``OutcomeUnknown``: the command's result if it took effect, None if it
+        never will (a retry is then safe). Raises ``Unavailable`` while no quorum.
+
+        Why a barrier settles it: the barrier goes through this member's command queue
+        behind every copy of the command (pysyncobj's queue is FIFO) and over the same
+        connection to the leader, which appends in arrival order; a copy lost with a
+        connection or a deposed leader's log can never commit once a later term has
+        committed the barrier (Raft's log matching). So once the barrier has applied
+        here, each copy was applied before it or is dead. Apply keeps the results of
+        recent command ids (``RETRY_HORIZON``), which answers the rest."""
+        await self.read_barrier(timeout)
+        with self._replica.lock:
+            kept = self._replica.state.recent.get(command_id)
+        if kept is None:
+            return None
+        found = kept[1] if isinstance(kept, tuple) else kept
+        assert isinstance(found, Result)
+        return found
 
     async def _submit_once(self, cmd: Command, timeout: float) -> tuple[Any, Any]:
         """Queue ``cmd`` for the next batch: commands submitted together (concurrent
