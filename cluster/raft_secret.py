@@ -15,6 +15,7 @@ import secrets
 from pathlib import Path
 
 from cluster.membership import raft_password
+from cluster.state.journal import fsync_directory
 
 SECRET_FILE = "secret"
 
@@ -40,6 +41,7 @@ def local_raft_password(raft_dir: Path) -> str:
     finally:
         os.close(fd)
     os.replace(tmp, path)
+    fsync_directory(raft_dir)  # the name too, or a power loss could lose the secret
     return secret
 
 

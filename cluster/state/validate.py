@@ -144,9 +144,29 @@ def cluster_config_error(config: dict[str, str]) -> str:
     from scheduler import keys
 
     for key, value in config.items():
-        problem = keys.cluster_config_error(key, value)
+        problem = keys.cluster_config_error(key, value) or _cluster_key_error(key, value)
         if problem:
             return problem
+    return ""
+
+
+MIN_OFFLINE_THRESHOLD = 3.0  # seconds (apply_members.offline_threshold clamps to it too)
+
+
+def _cluster_key_error(key: str, value: str) -> str:
+    """Numbers that members read from the cluster config: refused when they are not
+    numbers, rather than silently replaced by the default."""
+    if value == "":
+        return ""
+    if key == "cluster.offline_threshold":
+        try:
+            seconds = float(value)
+        except ValueError:
+            seconds = -1.0
+        if not seconds >= MIN_OFFLINE_THRESHOLD:
+            return f"{key} must be a number of seconds, at least {MIN_OFFLINE_THRESHOLD:g}"
+    if key == "cluster.max_voters" and not (value.isdigit() and int(value) >= 1):
+        return f"{key} must be a whole number, at least 1"
     return ""
 
 

@@ -132,6 +132,12 @@ def test_core_vm_accelerator_pins_the_member_and_refuses_nonsense(
     status, doc = api.call("PATCH", "/1.0", {"config": {"core.vm_accelerator": "xen"}})
     assert status == 400 and "core.vm_accelerator" in doc["error"]
     assert api.get("/1.0")["config"]["core.vm_accelerator"] == "tcg"
+    # A change whose cluster part apply refuses changes nothing, the mode included.
+    status, doc = api.call("PATCH", "/1.0", {"config": {"core.vm_accelerator": "auto",
+                                                        "cluster.offline_threshold": "soon"}})
+    assert status == 400, doc
+    assert api.get("/1.0")["environment"]["vm_accelerator_reason"] == "core.vm_accelerator is tcg"
+    assert api.get("/1.0")["config"]["core.vm_accelerator"] == "tcg"
     fresh_daemon.stop()
     fresh_daemon.start()
     assert Api(str(fresh_daemon.socket)).get("/1.0")["environment"]["vm_accelerator"] == "tcg"

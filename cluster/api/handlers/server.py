@@ -133,12 +133,13 @@ async def put_server(request: web.Request) -> web.Response:
     except ValueError as exc:
         raise bad_request(str(exc)) from exc
     await _set_local(request, ctx, local)
-    await asyncio.to_thread(ctx.node.set_vm_accelerator_mode, mode)
     try:
         await ctx.store.submit(_config_set(shared, given, patch=request.method == "PATCH"))
     except BaseException:
         await _set_local(request, ctx, local_now)
         raise
+    # Only once the whole change is in: a refused cluster part leaves the mode as it was.
+    await asyncio.to_thread(ctx.node.set_vm_accelerator_mode, mode)
     return sync({})
 
 
