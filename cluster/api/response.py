@@ -29,8 +29,24 @@ def not_found(message: str = "Not Found") -> ApiError:
     return ApiError(404, message)
 
 
+SEPARATORS = (",", ":")
+DUMP_CHUNK = 100  # list items encoded per json.dumps call
+
+
 def _dumps(body: Any) -> str:
-    return json.dumps(body, separators=(",", ":"))
+    """``body`` as compact JSON. A long ``metadata`` list is encoded ``DUMP_CHUNK`` items
+    per call: the C encoder holds the GIL for a whole call (241 ms for 10,000 instances),
+    and the Raft tick thread that sends the leader's heartbeats needs it meanwhile."""
+    metadata = body.get("metadata") if isinstance(body, dict) else None
+    if not isinstance(metadata, list) or len(metadata) <= DUMP_CHUNK:
+        return json.dumps(body, separators=SEPARATORS)
+    head = json.dumps({**body, "metadata": None}, separators=SEPARATORS)
+    tail = '"metadata":null}'
+    if not head.endswith(tail):  # metadata is not the last key: no cheap splice
+        return json.dumps(body, separators=SEPARATORS)
+    items = ",".join(json.dumps(metadata[start:start + DUMP_CHUNK], separators=SEPARATORS)[1:-1]
+                     for start in range(0, len(metadata), DUMP_CHUNK))
+    return f"{head[:-len(tail)]}\"metadata\":[{items}]}}"
 
 
 def sync(metadata: Any = None, status: int = 200, etag: str | None = None) -> web.Response:

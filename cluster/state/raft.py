@@ -14,6 +14,7 @@ import os
 import random
 import threading
 import time
+import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -63,6 +64,7 @@ MESSAGE_BYTES = 2**25  # pysyncobj's largest append_entries message (see raft_co
 # millions of replicated records takes seconds, all of it with the GIL held and Raft's
 # heartbeats unsent.
 FREEZE_EVERY = 10_000
+SLOW_READ = 0.05  # s: a read holding the replica lock longer is logged (apply waits)
 
 
 class _Replica(SyncObjConsumer):
@@ -488,9 +490,18 @@ class RaftStore:
 
     @contextmanager
     def read(self) -> Iterator[State]:
+        """The replica, under the lock that apply takes: hold it briefly (a long read
+        renders in chunks, cluster/api/reads.py); a hold past SLOW_READ is logged."""
         with self._replica.lock:
+            started = time.perf_counter()
             shown = self._replica.shown
-            yield shown if shown is not None else self._replica.state
+            try:
+                yield shown if shown is not None else self._replica.state
+            finally:
+                held = time.perf_counter() - started
+                if held > SLOW_READ:
+                    log.warning("a read held the replica lock %.0f ms, apply waited: %s",
+                                held * 1000, "".join(traceback.format_stack(limit=3)[:1]))
 
     def commit_index(self) -> int:
         """The Raft log index this member knows committed (0 while Raft is down): a peer

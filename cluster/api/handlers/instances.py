@@ -30,6 +30,7 @@ from cluster.api.placement import (
     is_stale_plan,
     plan_instance,
 )
+from cluster.api.reads import instance_names, render_each
 from cluster.api.response import ApiError, async_operation, bad_request, not_found, sync
 from cluster.state import etags, validate
 from cluster.state.apply_instances import expanded
@@ -48,25 +49,31 @@ async def list_instances(request: web.Request) -> web.Response:
     ctx = ctx_of(request)
     recursion = queries.recursion(request)
     clauses = filters.parse(request.query["filter"]) if request.query.get("filter") else None
-    with ctx.store.read() as state:
-        if recursion == 0 and clauses is None:
-            return sync([f"/1.0/instances/{name}" for name in state.instances])
-        probes = [Probe(i.name, i.observed.status, i.observed.generation,
-                        i.location == ctx.member, i.type) for i in state.instances.values()]
+    names = instance_names(ctx.store)  # rendered in short holds of the lock (api/reads.py)
+    if recursion == 0 and clauses is None:
+        return sync([f"/1.0/instances/{name}" for name in names])
+
+    def probe(state: State, name: str) -> Probe | None:
+        i = state.instances.get(name)
+        return None if i is None else Probe(i.name, i.observed.status, i.observed.generation,
+                                            i.location == ctx.member, i.type)
+
+    probes = await render_each(ctx.store, names, probe)
     found = await probe_instances(ctx, probes, full=recursion >= 2)
-    objs = []
-    with ctx.store.read() as state:
-        for probe in probes:
-            inst = state.instances.get(probe.name)
-            if inst is None:
-                continue
-            obj = views.instance(state, inst, found[probe.name]["status"])
-            if recursion >= 2:
-                obj["state"] = found[probe.name]
-                obj["snapshots"] = [views.snapshot(inst, s) for s in inst.snapshots.values()
-                                    if s.ready] or None
-                obj["backups"] = None
-            objs.append(obj)
+
+    def render(state: State, probe: Probe) -> dict[str, Any] | None:
+        inst = state.instances.get(probe.name)
+        if inst is None:
+            return None
+        obj = views.instance(state, inst, found[probe.name]["status"])
+        if recursion >= 2:
+            obj["state"] = found[probe.name]
+            obj["snapshots"] = [views.snapshot(inst, s) for s in inst.snapshots.values()
+                                if s.ready] or None
+            obj["backups"] = None
+        return obj
+
+    objs = await render_each(ctx.store, probes, render)
     if clauses is not None:
         objs = [o for o in objs if filters.matches(o, clauses)]
     if recursion == 0:
