@@ -58,6 +58,10 @@ MESSAGE_BYTES = 2**25  # pysyncobj's largest append_entries message (see raft_co
 # millions of replicated records takes seconds, all of it with the GIL held and Raft's
 # heartbeats unsent.
 FREEZE_EVERY = 10_000
+# Entries in the log before a member compacts it (writes a dump). Tests of dumps between
+# real daemons lower it through the environment, so a few hundred writes make dumps.
+COMPACTION_ENV = "CORRAL_RAFT_COMPACTION_ENTRIES"
+COMPACTION_ENTRIES = 20000
 
 
 class _Replica(SyncObjConsumer):
@@ -321,7 +325,7 @@ def raft_conf(journal_dir: Path, password: str, bind_address: str,
         fullDumpFile=str(journal_dir / "snapshot"),
         dynamicMembershipChange=True,
         useFork=False,  # pysyncobj's own fork would keep every fd; ForkingDump closes them
-        logCompactionMinEntries=20000,
+        logCompactionMinEntries=int(os.environ.get(COMPACTION_ENV, COMPACTION_ENTRIES)),
         logCompactionBatchSize=2**20,  # a dump sent to a lagging follower, 1 MiB a message
         commandsQueueSize=200000,
         **hooks,
