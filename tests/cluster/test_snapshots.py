@@ -77,52 +77,74 @@ class _Watch(threading.Thread):
             time.sleep(0.02)
 
 
+def _restart_watched(directory: Path, member: DaemonProcess, written: set[str],
+                     meanwhile: Callable[[], None] = lambda: None) -> _Watch:
+    """Start ``member`` again while its profile list is watched; ``meanwhile`` runs
+    while it starts. Returns once it serves every acknowledged profile."""
+    watch = _Watch(Api(str(member.socket)), written)
+    watch.start()
+    restart = threading.Thread(target=nemesis.start, args=(directory, member.root.name),
+                               daemon=True)
+    restart.start()
+    try:
+        meanwhile()
+        restart.join(90)
+        assert not restart.is_alive(), "the member did not come back"
+        _until(lambda: (_names(Api(str(member.socket))) or set()) >= written, 30,
+               "the member serves every acknowledged profile")
+    finally:
+        watch.stop.set()
+        watch.join(10)
+    assert watch.served, "the member never served"
+    assert not watch.partial, f"served partial lists (served, acknowledged): {watch.partial}"
+    return watch
+
+
+def _log(member: DaemonProcess) -> str:
+    return "".join(p.read_text(errors="replace")
+                   for p in [member.root / "daemon.stderr", *member.root.glob("*.log")]
+                   if p.exists())
+
+
 def test_a_follower_with_a_damaged_dump_rebuilds_and_a_damaged_dump_is_sent_again(
         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(COMPACTION_ENV, str(COMPACT_EVERY))
     started = time.monotonic()
     with namespace_cluster(3) as members:
         directory: Path = members[0].root.parent
-        by_name = {m.root.name: m for m in members}
-        leader = by_name[_leader(members[0])]
+        leader = next(m for m in members if m.root.name == _leader(members[0]))
         follower = next(m for m in members if m is not leader)
+        to_leader = Api(str(leader.socket))
         written: set[str] = set()
-        _create(Api(str(leader.socket)), [f"a{i}" for i in range(2 * COMPACT_EVERY)], written)
+        _create(to_leader, [f"a{i}" for i in range(2 * COMPACT_EVERY)], written)
         snapshot = follower.root / "raft" / "snapshot"
         _until(snapshot.exists, 30, "a dump on the follower")
 
+        # Its own dump truncated; a few writes meanwhile, so that the leader's log
+        # still holds what the follower's journal lacks (it needs no dump to catch up).
         nemesis.kill(directory, follower.root.name)
         data = snapshot.read_bytes()
-        snapshot.write_bytes(data[: len(data) // 2])  # truncated
-        _create(Api(str(leader.socket)), [f"b{i}" for i in range(2 * COMPACT_EVERY)], written)
-        # The next dump the leader sends arrives damaged (its file, as a dropped chunk
-        # would leave it): it must be refused, and a good one sent later.
+        snapshot.write_bytes(data[: len(data) // 2])
+        _create(to_leader, [f"b{i}" for i in range(10)], written)
+        _restart_watched(directory, follower, written)
+        assert list((follower.root / "raft").glob("damaged-*/snapshot"))
+        print(f"rebuilt from the leader: {time.monotonic() - started:.1f} s")
+
+        # Down while the leader compacts past it: it needs the leader's dump, and the
+        # first one it gets is damaged (the leader's file, as a hole would leave it).
+        nemesis.kill(directory, follower.root.name)
+        _create(to_leader, [f"c{i}" for i in range(2 * COMPACT_EVERY)], written)
         sent = leader.root / "raft" / "snapshot"
         damaged = bytearray(sent.read_bytes())
         damaged[len(damaged) // 2] ^= 0xFF
         sent.write_bytes(bytes(damaged))
 
-        watch = _Watch(Api(str(follower.socket)), written)
-        watch.start()
-        restart = threading.Thread(target=nemesis.start, args=(directory, follower.root.name),
-                                   daemon=True)
-        restart.start()
-        try:
+        def compact_again() -> None:
             time.sleep(3)  # the follower refuses the damaged dump meanwhile
-            # Enough writes for the leader to compact again: a good dump to send.
-            _create(Api(str(leader.socket)), [f"c{i}" for i in range(COMPACT_EVERY + 20)],
-                    written)
-            restart.join(90)
-            assert not restart.is_alive(), "the follower did not come back"
-            _until(lambda: (_names(Api(str(follower.socket))) or set()) >= written, 30,
-                   "the follower has every acknowledged profile")
-        finally:
-            watch.stop.set()
-            watch.join(10)
-        assert watch.served, "the follower never served"
-        assert not watch.partial, f"served partial lists (served, acknowledged): {watch.partial}"
-        assert list((follower.root / "raft").glob("damaged-*/snapshot"))
-        log = (follower.root / "daemon.stderr").read_text(errors="replace")
-        log += "".join(p.read_text(errors="replace") for p in follower.root.glob("*.log"))
+            _create(to_leader, [f"d{i}" for i in range(COMPACT_EVERY + 20)], written)
+
+        _restart_watched(directory, follower, written, compact_again)
+        log = _log(follower)
         assert "the received dump" in log and "does not load" in log, "no dump was refused"
+        assert "failed to load full dump" not in log
     print(f"snapshot scenario: {time.monotonic() - started:.1f} s")
