@@ -20,6 +20,11 @@ pysyncobj has no hook for the transfer), because of two faults in it:
 
 A local dump child still running when a leader's dump is installed is killed first
 (``ForkingDump.discard``): it would otherwise rename its older dump over the new one.
+
+Unlike pysyncobj's, a leader sends its current dump while it writes a new one (the new
+one is renamed into place; the file being sent stays open): at 1M instances a dump takes
+about 40 s, and a lagging follower need not wait for it. A dump older than the leader's
+log start is simply followed by the next one.
 """
 
 from __future__ import annotations

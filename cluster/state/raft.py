@@ -162,6 +162,10 @@ class _PromptSyncObj(SyncObj):  # type: ignore[misc]
     def _SyncObj__loadDumpFile(self, clearJournal: bool) -> None:  # noqa: N802, N803
         self._answer()  # replies held for entries that the dump may clear go out first
         super()._SyncObj__loadDumpFile(clearJournal)
+        if self.transfer is not None and self.transfer.load_failed:
+            # pysyncobj only logs this: the member now serves nothing (replica_loaded)
+            # and asks the leader for its dump at the next message.
+            self.transfer.restart_wanted = True
         self._resent.forget()
         self._await_leader()
 
