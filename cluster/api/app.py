@@ -160,6 +160,26 @@ def replica_middleware(lag: float = REPLICA_LAG) -> Middleware:
     return middleware
 
 
+NOT_LOADED = "replica not loaded: fetching state from the leader"
+# Answered without a replica: the API's root and server info (clients' waitready).
+WITHOUT_REPLICA = ("/", "/1.0")
+
+
+def loaded_middleware() -> Middleware:
+    """A member without a whole replica (starting, fetching its state from the leader
+    after a damaged journal or dump, or after a dump failed to load:
+    ``RaftStore.replica_loaded``) serves none of it: 503, never an empty or partial
+    list."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path not in WITHOUT_REPLICA and not request.app[CTX].store.replica_loaded:
+            raise ApiError(503, NOT_LOADED)
+        return await handler(request)
+
+    return middleware
+
+
 FRESH_READ_TIMEOUT = 5.0  # s a read waits to confirm its replica is current
 # Reads that do not come from the replicated state, or must answer without a quorum:
 # server info (waitready), events, and operations (each member's own, in memory).
@@ -204,7 +224,8 @@ def fresh_reads_middleware(timeout: float = FRESH_READ_TIMEOUT) -> Middleware:
 
 def build_app(ctx: Context) -> web.Application:
     app = web.Application(middlewares=[error_middleware(), access_middleware(),
-                                       replica_middleware(), fresh_reads_middleware()],
+                                       loaded_middleware(), replica_middleware(),
+                                       fresh_reads_middleware()],
                           client_max_size=MAX_BODY_BYTES)
     app[CTX] = ctx
     access: dict[str, str] = {}

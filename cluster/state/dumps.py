@@ -7,13 +7,18 @@ writes it while Raft goes on (copy-on-write, as Redis does), at the lowest CPU
 priority. The child first closes every inherited descriptor, so it holds no socket,
 pipe or container fd of the daemon, and it never logs or takes a lock.
 
-A dump ends with the SHA-256 of everything before it. pysyncobj installs a leader's
-dump on a lagging follower in chunks with no checksum; a chunk lost to a dropped
-connection used to leave a corrupt file that failed to load. Now such a file is
-refused and the leader sends the dump again.
+A dump ends with the SHA-256 of everything before it, and nothing counts as a dump
+before it has been loaded: a local dump at start (``preload``: a damaged one raises
+``ReplicaDamaged`` and the member rebuilds or stops, see ``RaftStore.start``) and a
+leader's dump received by a lagging follower (``state/dump_transfer.py`` loads it into a
+scratch state before it replaces the current file). The loaded state is kept for the
+``deserialize`` that follows, so a dump is read once, not twice.
+
+A leader's dump installed while a local dump child still runs would be overwritten by
+that child's older dump when it finishes: ``discard`` kills and reaps the child first.
 
 Plugged in through pysyncobj's documented hooks (``serializer``, ``deserializer``,
-``serializeChecker``).
+``serializeChecker``); the transfer between members is ``state/dump_transfer.py``.
 """
 
 from __future__ import annotations
@@ -23,12 +28,14 @@ import gzip
 import hashlib
 import os
 import pickle
+import signal
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from pysyncobj import SERIALIZER_STATE
 
+from cluster.state.errors import ReplicaDamaged
 from cluster.state.model import State
 
 MAGIC = b"CORRAL-DUMP-1\n"
@@ -53,6 +60,16 @@ class ForkingDump:
         self._read_state = read_state
         self._install = install
         self._pid = 0
+        self._loaded: tuple[Path, tuple[int, int, int], State, tuple[Any, ...]] | None = None
+
+    @property
+    def path(self) -> Path:
+        return self._path
+
+    @property
+    def busy(self) -> bool:
+        """Whether a child is writing a dump."""
+        return bool(self._pid)
 
     def serialize(self, tmp_file: str, meta: tuple[Any, ...]) -> None:
         """Start a dump in a child. pysyncobj then tries to rename ``tmp_file``, which
@@ -88,10 +105,45 @@ class ForkingDump:
         return SERIALIZER_STATE.SUCCESS if ok else SERIALIZER_STATE.FAILED
 
     def deserialize(self, file_name: str) -> tuple[Any, ...]:
-        """Load the dump into the replica; pysyncobj gets its log bookkeeping back."""
-        state, meta = read_dump(Path(file_name))
+        """Load the dump into the replica; pysyncobj gets its log bookkeeping back. A
+        dump verified by ``preload``/``verified`` is installed without reading it again."""
+        path = Path(file_name)
+        loaded, self._loaded = self._loaded, None
+        if loaded is not None and loaded[0] == path and loaded[1] == _identity(path):
+            state, meta = loaded[2], loaded[3]
+        else:
+            state, meta = read_dump(path)
         self._install(state)
         return meta
+
+    def preload(self) -> None:
+        """Check the local dump at start by loading it (into a scratch state, kept for
+        ``deserialize``). Raises ``ReplicaDamaged`` when it does not load: pysyncobj would
+        only log that and replay the journal after it onto an empty state."""
+        if not self._path.exists():
+            return
+        try:
+            state, meta = read_dump(self._path)
+        except Exception as exc:  # noqa: BLE001 - any failure to load is damage
+            raise ReplicaDamaged(str(self._path), -1, f"the dump does not load ({exc})") from exc
+        self.verified(self._path, state, meta)
+
+    def verified(self, path: Path, state: State, meta: tuple[Any, ...]) -> None:
+        """``path`` holds ``state`` and ``meta`` (just loaded): the next ``deserialize``
+        of that very file uses them."""
+        self._loaded = (path, _identity(path), state, meta)
+
+    def discard(self) -> None:
+        """Stop a dump being written (a newer dump is about to be installed): once this
+        returns, no child can rename its older dump over the installed one."""
+        if not self._pid:
+            return
+        try:
+            os.kill(self._pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.wait()
+        self._path.with_name(self._path.name + ".part").unlink(missing_ok=True)
 
     def wait(self) -> None:
         """Reap a dump still being written (on close)."""
@@ -101,6 +153,12 @@ class ForkingDump:
             except ChildProcessError:
                 pass
             self._pid = 0
+
+
+def _identity(path: Path) -> tuple[int, int, int]:
+    """Which file ``path`` is now (a rename puts another one there)."""
+    stat = path.stat()
+    return stat.st_ino, stat.st_size, stat.st_mtime_ns
 
 
 def write_dump(path: Path, state: State, meta: tuple[Any, ...]) -> None:

@@ -7,9 +7,14 @@
      +-- NotFound         404: the named record does not exist
      +-- Conflict         409: the record exists already or is busy
      +-- PreconditionFailed 412: the record's ETag is not the client's ``If-Match``
+<<<<<<< HEAD
      +-- Unavailable      503: no leader, no quorum, replica not ready
           +-- OutcomeUnknown   a command neither committed nor refused after its retries
           +-- ReplicaDamaged   this member's Raft journal does not check: it serves nothing
+=======
+     +-- Unavailable      503: no leader / commit outcome unknown after retries
+          +-- ReplicaDamaged   this member's Raft journal or dump does not check: it serves nothing
+>>>>>>> snapshots
 
 ``apply`` never raises (an exception inside a replicated method blocks the
 pysyncobj log forever); it returns a ``Result`` holding one of these codes.
@@ -76,10 +81,12 @@ class OutcomeUnknown(Unavailable):
 
 
 class ReplicaDamaged(Unavailable):
-    """A Raft journal or meta file that does not check (a bad record in the middle, a
-    meta file whose checksum fails): the member must not serve the replica it holds."""
+    """A Raft journal, meta file or dump that does not check (a bad record in the
+    middle, a meta file whose checksum fails, a dump that does not load): the member
+    must not serve the replica it holds. ``offset`` is -1 when the whole file is bad."""
 
     def __init__(self, path: str, offset: int, reason: str) -> None:
-        super().__init__(f"{path} is damaged at offset {offset}: {reason}")
+        where = f" at offset {offset}" if offset >= 0 else ""
+        super().__init__(f"{path} is damaged{where}: {reason}")
         self.path = path
         self.offset = offset

@@ -3,6 +3,11 @@
 One replicated method carries every command (adding a command type never
 renumbers pysyncobj's method table). Apply runs in pysyncobj's tick thread
 under a lock; readers on the event loop take the same lock briefly.
+
+A member serves only a replica it has loaded whole (``RaftStore.replica_loaded``, which
+the API checks): a journal or dump that does not check at start is moved aside and the
+state fetched from the leader, or a lone member stops (``RaftStore.start``). Dumps sent
+between members are checked before they count (``state/dump_transfer.py``).
 """
 
 from __future__ import annotations
@@ -22,10 +27,12 @@ from typing import Any
 
 from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, SyncObjConsumer, replicated
 from pysyncobj.monotonic import monotonic as monotonic_time
+from pysyncobj.syncobj import _RAFT_STATE
 
 from cluster.state.apply import BARRIER, apply
 from cluster.state.commands import Command, Result, command
 from cluster.state.digest import MARK, Mark, MarkBook
+from cluster.state.dump_transfer import RESTART, DumpTransfer
 from cluster.state.dumps import ForkingDump
 from cluster.state.errors import OutcomeUnknown, ReplicaDamaged, Unavailable, error_for
 from cluster.state.journal import (
@@ -65,6 +72,10 @@ MESSAGE_BYTES = 2**25  # pysyncobj's largest append_entries message (see raft_co
 # heartbeats unsent.
 FREEZE_EVERY = 10_000
 SLOW_READ = 0.05  # s: a read holding the replica lock longer is logged (apply waits)
+# Entries in the log before a member compacts it (writes a dump). Tests of dumps between
+# real daemons lower it through the environment, so a few hundred writes make dumps.
+COMPACTION_ENV = "CORRAL_RAFT_COMPACTION_ENTRIES"
+COMPACTION_ENTRIES = 20000
 
 
 class _Replica(SyncObjConsumer):
@@ -135,8 +146,10 @@ class _PromptSyncObj(SyncObj):  # type: ignore[misc]
 
     _tick_started = 0.0
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, dump: ForkingDump | None = None, **kwargs: Any) -> None:
         self._resent = ResentCheck()
+        self._dump = dump  # the transfer of dumps between members goes through it
+        self.transfer: DumpTransfer | None = None
         # Set before SyncObj.__init__: its tick thread starts in there.
         self._replies: list[tuple[Any, bool, int, bool]] = []  # held until the next sync
         # Called with (index acknowledged, index durable) for every success reply sent
@@ -163,6 +176,10 @@ class _PromptSyncObj(SyncObj):  # type: ignore[misc]
     def _SyncObj__loadDumpFile(self, clearJournal: bool) -> None:  # noqa: N802, N803
         self._answer()  # replies held for entries that the dump may clear go out first
         super()._SyncObj__loadDumpFile(clearJournal)
+        if self.transfer is not None and self.transfer.load_failed:
+            # pysyncobj only logs this: the member now serves nothing (replica_loaded)
+            # and asks the leader for its dump at the next message.
+            self.transfer.restart_wanted = True
         self._resent.forget()
         self._await_leader()
 
@@ -174,9 +191,40 @@ class _PromptSyncObj(SyncObj):  # type: ignore[misc]
 
 
     def _SyncObj__onMessageReceived(self, node: Any, message: Any) -> None:  # noqa: N802
+        if message.get("type") == RESTART:
+            self._restart_dump(node)
+            return
         super()._SyncObj__onMessageReceived(node, message)
         if self._resent.pending:
             self._resent.check(self._SyncObj__getEntries)
+        if self.transfer is not None and self.transfer.take_restart():
+            self._SyncObj__transport.send(node, {"type": RESTART})
+
+    # Dumps between members (state/dump_transfer.py): pysyncobj makes its Serializer in
+    # __init__ and has no hook for the transfer, so the attribute it is stored in is a
+    # property here, which puts a DumpTransfer in its place.
+
+    @property
+    def _SyncObj__serializer(self) -> Any:  # noqa: N802
+        return self._serializer
+
+    @_SyncObj__serializer.setter
+    def _SyncObj__serializer(self, made: Any) -> None:  # noqa: N802
+        if self._dump is None:  # no dump hooks (unit tests): pysyncobj's own
+            self._serializer = made
+            return
+        batch = int(self._SyncObj__conf.logCompactionBatchSize)
+        self._serializer = self.transfer = DumpTransfer(self._dump, batch)
+
+    def _restart_dump(self, node: Any) -> None:
+        """A follower refused a chunk or a whole dump: send the dump again from 0."""
+        if self._SyncObj__raftState != _RAFT_STATE.LEADER:
+            return
+        self._SyncObj__serializer.cancelTransmisstion(node)
+        next_index = self._SyncObj__raftNextIndex
+        if node in next_index:
+            next_index[node] = min(next_index[node], self._SyncObj__raftLog[0][1])
+        log.warning("%s refused the dump it was sent: sending it again", node)
     @property
     def journal(self) -> DurableJournal | None:
         log = self._SyncObj__raftLog
@@ -295,7 +343,7 @@ def raft_conf(journal_dir: Path, password: str, bind_address: str,
         fullDumpFile=str(journal_dir / "snapshot"),
         dynamicMembershipChange=True,
         useFork=False,  # pysyncobj's own fork would keep every fd; ForkingDump closes them
-        logCompactionMinEntries=20000,
+        logCompactionMinEntries=int(os.environ.get(COMPACTION_ENV, COMPACTION_ENTRIES)),
         logCompactionBatchSize=2**20,  # a dump sent to a lagging follower, 1 MiB a message
         commandsQueueSize=200000,
         **hooks,
@@ -319,6 +367,7 @@ class RaftStore:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._sync: SyncObj | None = None
         self._dump: ForkingDump | None = None
+        self._loaded = False  # see replica_loaded
 
     def _live_state(self) -> State:
         return self._replica.state
@@ -327,6 +376,18 @@ class RaftStore:
         with self._replica.lock:
             self._replica.state = state
 
+    @property
+    def replica_loaded(self) -> bool:
+        """Whether this member holds a whole replica to serve: false while it starts,
+        while it fetches its state from the leader, and after a dump failed to load;
+        the API then answers 503 (``api/app.py``). During a rebind the previous replica
+        is shown and counts."""
+        sync = self._sync
+        transfer = sync.transfer if isinstance(sync, _PromptSyncObj) else None
+        if transfer is not None and transfer.load_failed:
+            return False
+        return self._loaded or self._replica.shown is not None
+
     async def start(self, ready_timeout: float = 30.0) -> None:
         """Open the journal, replay it and wait until a leader is known.
 
@@ -334,37 +395,46 @@ class RaftStore:
         reads of its replica and its writes wait for a leader); a single member must
         become its own leader or the start fails.
 
-        A journal that does not check (``ReplicaDamaged``) is never served: a lone
-        member raises it; a member with partners moves it aside and rebuilds its log
-        from the leader first (``_rebuild``), and raises it if that fails.
+        A journal or dump that does not check (``ReplicaDamaged``) is never served: a
+        lone member raises it (it has no leader to fetch its state from); a member with
+        partners moves it aside and rebuilds its log from the leader first
+        (``_rebuild``), and raises it if that fails.
         """
         self._loop = asyncio.get_running_loop()
+        self._loaded = False
         self._journal_dir.mkdir(parents=True, exist_ok=True)
         try:
             sync = await self._open(self._address if self.voter else None)
         except ReplicaDamaged as exc:
             if not self._partners:
+                log.error("%s; a lone member has no leader to fetch its state from: "
+                          "not starting", exc)
                 raise
             log.error("%s; rebuilding this member's log from the leader", exc)
             await self._rebuild(exc, ready_timeout)
             sync = await self._open(self._address if self.voter else None)
         self._sync = sync
         await self._wait_ready(sync, ready_timeout)
+        self._loaded = True
 
     async def _open(self, self_node: str | None, compact: bool = True) -> _PromptSyncObj:
-        """A SyncObj over this member's journal (``self_node`` None: a non-voter).
-        Raises ``ReplicaDamaged`` when the journal does not check."""
-        self._dump = ForkingDump(self._journal_dir / "snapshot", self._live_state,
-                                 self._install_state)
-        conf = raft_conf(self._journal_dir, self._password, self._address, self._dump)
+        """A SyncObj over this member's dump and journal (``self_node`` None: a
+        non-voter). Raises ``ReplicaDamaged`` when either does not check: the dump is
+        loaded first (pysyncobj would log a failed load and replay the journal after it
+        onto an empty state)."""
+        dump = self._dump = ForkingDump(self._journal_dir / "snapshot", self._live_state,
+                                        self._install_state)
+        await asyncio.to_thread(dump.preload)
+        conf = raft_conf(self._journal_dir, self._password, self._address, dump)
         if not compact:
             conf.logCompactionMinEntries = conf.logCompactionMinTime = 2**62
         sync: _PromptSyncObj = await asyncio.to_thread(
-            _PromptSyncObj, self_node, self._partners, conf, [self._replica])
+            _PromptSyncObj, self_node, self._partners, conf, [self._replica], dump=dump)
         return sync
 
     async def _rebuild(self, damage: ReplicaDamaged, timeout: float) -> None:
-        """Move the damaged journal and meta aside (kept for a post-mortem), then fetch
+        """Move the damaged journal and meta (and the dump, if it is the damaged file)
+        aside, kept for a post-mortem, then fetch
         the log from the leader as a non-voter: an empty log must not vote (it could
         elect a leader that lacks acknowledged entries) nor be served. Once it has
         applied what the leader had committed, record the leader's term as voted for,
@@ -375,8 +445,9 @@ class RaftStore:
             before = meta.load()
         except ReplicaDamaged:
             before = {}
-        kept = quarantine(self._journal_dir)
-        log.error("damaged journal moved to %s", kept)
+        kept = quarantine(self._journal_dir,
+                          dump=Path(damage.path).name == "snapshot")
+        log.error("damaged state moved to %s", kept)
         assert self._loop is not None
         sync = await self._open(None, compact=False)
         try:
@@ -469,6 +540,8 @@ class RaftStore:
     async def _close_sync(self, sync: SyncObj) -> None:
         # Synchronously: a late destroy would detach the consumer from the next SyncObj.
         await asyncio.to_thread(sync.destroy_synchronous)
+        if isinstance(sync, _PromptSyncObj) and sync.transfer is not None:
+            sync.transfer.close()
         if self._dump is not None:
             await asyncio.to_thread(self._dump.wait)
 
@@ -654,12 +727,14 @@ class RaftStore:
         return await future
 
 
-def quarantine(journal_dir: Path) -> Path:
-    """Move the journal and its meta file into ``damaged-<time>/`` (the dump stays: it
-    carries its own checksum); the new directory."""
+def quarantine(journal_dir: Path, dump: bool = False) -> Path:
+    """Move the journal and its meta file into ``damaged-<time>/``, and the dump too
+    when ``dump`` (the damaged file; a journal that starts after a dump is no use
+    without it); the new directory. A dump that checks stays: it carries its own
+    checksum, and the rebuild starts from it."""
     kept = journal_dir / f"damaged-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
     kept.mkdir()
-    for name in ("journal", "journal.meta"):
+    for name in ("journal", "journal.meta", *(("snapshot",) if dump else ())):
         if (journal_dir / name).exists():
             os.replace(journal_dir / name, kept / name)
     fsync_directory(journal_dir)
