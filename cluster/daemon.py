@@ -26,6 +26,7 @@ from cluster.api.handlers.images import cleanup_uploads
 from cluster.api.listener import start_runner
 from cluster.api.operations import Operations
 from cluster.https import HTTPS, VM_ACCELERATOR_KEY, HttpsListener, Identity
+from cluster.liveness.leader import judge_liveness
 from cluster.local_config import load_or_create
 from cluster.raft_secret import member_raft_password
 from cluster.state.raft import RaftStore
@@ -105,6 +106,7 @@ async def serve(paths: Paths, ready: asyncio.Event | None = None) -> None:
     await agent.start(host_rebooted=_host_rebooted(paths))
     partners_task = asyncio.create_task(track_partners(ctx))
     voters_task = asyncio.create_task(keep_voters(ctx))
+    liveness_task = asyncio.create_task(judge_liveness(store))
     way_back_task = asyncio.create_task(find_way_back(ctx))
     app = build_app(ctx)
     https = app[HTTPS] = HttpsListener(identity)
@@ -135,6 +137,7 @@ async def serve(paths: Paths, ready: asyncio.Event | None = None) -> None:
         await ops.close()
         partners_task.cancel()
         voters_task.cancel()
+        liveness_task.cancel()
         way_back_task.cancel()
         accel_task.cancel()
         await agent.close()

@@ -23,12 +23,12 @@ import binascii
 import hashlib
 import json
 import secrets
-import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from cluster.api.response import ApiError, bad_request
+from cluster.state.clock import wall_time
 
 DEFAULT_JOIN_TOKEN_SECONDS = 3 * 3600.0
 RAFT_PORT_OFFSET = 1  # Raft listens next to the member's HTTPS port
@@ -101,7 +101,7 @@ def token_expiry(config: dict[str, str], now: float) -> float:
 def accept_reply(cert_pem: str, key_pem: str, members: list[dict[str, Any]]) -> dict[str, Any]:
     """What an accepting member hands a joiner (over TLS, only for a valid token)."""
     return {"cluster_certificate": cert_pem, "cluster_key": key_pem, "members": members,
-            "accepted_at": time.time()}
+            "accepted_at": wall_time()}
 
 
 def check_accept_body(body: dict[str, Any]) -> tuple[str, str, str, str]:

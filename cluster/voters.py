@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Coroutine
 from typing import Any
 
@@ -118,7 +117,7 @@ async def keep_voters(ctx: Context, period: float = 2.5) -> None:
         if not ctx.store.voter or ctx.store.leader() != ctx.store.address:
             continue
         with ctx.store.read() as state:
-            swaps = plan_promotions(state, time.time())
+            swaps = plan_promotions(state)
         for lost, follower in swaps:
             try:
                 await ctx.store.submit(command("member.roles", name=lost, roles=[]))

@@ -65,8 +65,11 @@ class NodeAgent:
         await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _heartbeat(self) -> None:
-        """Tell the cluster this member is alive (``cluster list`` shows OFFLINE once
-        heartbeats stop for longer than ``cluster.offline_threshold``)."""
+        """Tell the cluster this member is alive (the Raft leader commits OFFLINE once it
+        has heard none for longer than ``cluster.offline_threshold`` on its own clock).
+        Beats keep a fixed cadence: a slow commit does not stretch the gap to the next."""
+        loop = asyncio.get_running_loop()
+        due = loop.time()
         while True:
             with self.store.read() as state:
                 me = state.members.get(self.member)
@@ -82,7 +85,8 @@ class NodeAgent:
                                                     **extra), timeout=HEARTBEAT_SECONDS)
                 except Exception as exc:  # noqa: BLE001 - a missed beat is retried
                     log.info("heartbeat not committed: %s", exc)
-            await asyncio.sleep(HEARTBEAT_SECONDS)
+            due = max(due + HEARTBEAT_SECONDS, loop.time())
+            await asyncio.sleep(due - loop.time())
 
     async def forget_local_copy(self, name: str, pool: Any) -> None:
         """Remove the container and volume of an instance that moved to another member."""

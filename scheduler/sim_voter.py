@@ -163,7 +163,7 @@ async def _run(store: RaftStore, journal: Path, params: dict[str, Any]) -> dict[
     mine, planners = params["share"]
     with store.read() as state:
         profile = Placer.default_profile(state)
-        placers = [Placer(view_from_state(state, time.time()), profile)
+        placers = [Placer(view_from_state(state), profile)
                    for _ in range(params["planners"])]
     tally = Tally(where={} if params["record"] else None)
     pipeline = Pipeline(store, placers, tally, params["window"], params["plan_size"])

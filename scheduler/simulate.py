@@ -51,7 +51,7 @@ def run_pure(members: int, instances: int, seed: int = 0, record: bool = False) 
             result = apply(state, cmd)
             if not result.ok:
                 raise RuntimeError(f"setting the simulated cluster up failed: {result.error}")
-    placer = Placer(view_from_state(state, now), Placer.default_profile(state))
+    placer = Placer(view_from_state(state), Placer.default_profile(state))
     specs = list(driver.instances(instances))
     requests = [placer.request(spec) for spec in specs]
     tally = Tally(where={} if record else None)

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from cluster.state import reservations
-from cluster.state.apply_members import member_status, offline_threshold
+from cluster.state.apply_members import member_status
 from cluster.state.model import Instance, Member, State
 from scheduler import keys
 from scheduler.resources import DIMENSIONS, NO_OVERCOMMIT, ZERO, AllocationRatios, Resources
@@ -159,13 +159,13 @@ def member_view(member: Member, status: str, reserved: Resources, instances: int
         unknown=unknown)
 
 
-def view_from_state(state: State, now: float, *,
+def view_from_state(state: State, *,
                     reserved: Mapping[str, Resources] | None = None,
                     instances: Mapping[str, int] | None = None,
                     members: Iterable[str] | None = None,
                     placement_groups: Mapping[str, PlacementGroupView] | None = None,
                     ) -> ClusterView:
-    """The view of ``state`` at time ``now`` (member status depends on heartbeats).
+    """The view of ``state``; member status is the liveness the Raft leader committed.
 
     Anything precomputed may be passed in: ``reserved`` per member (else the state's
     running totals), ``instances`` per member (else counted), ``placement_groups`` (else
@@ -175,7 +175,6 @@ def view_from_state(state: State, now: float, *,
     capacities are scaled by the allocation ratios of the cluster config
     (``keys.allocation_ratios``), which the view keeps in ``ratios``. Never raises.
     """
-    threshold = offline_threshold(state)
     reserved = reserved if reserved is not None else reservations.totals(state)
     counts = instances if instances is not None else instances_by_member(state)
     names = state.members if members is None else [n for n in members if n in state.members]
@@ -183,7 +182,7 @@ def view_from_state(state: State, now: float, *,
     ratios = keys.allocation_ratios(state.config)
     return ClusterView(
         members={name: member_view(state.members[name],
-                                   member_status(state.members[name], now, threshold),
+                                   member_status(state.members[name]),
                                    reserved.get(name, ZERO), counts.get(name, 0),
                                    ratios=ratios)
                  for name in names},

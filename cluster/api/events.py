@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import Any
 
 from cluster.api.operations import rfc3339
+from cluster.state.clock import wall_time
 
 EVENT_TYPES = ("lifecycle", "operation", "logging")
 
@@ -27,7 +27,7 @@ class EventHub:
     def publish(self, type_: str, metadata: dict[str, Any]) -> None:
         if not self._subscribers:
             return
-        event = {"type": type_, "timestamp": rfc3339(time.time()), "metadata": metadata,
+        event = {"type": type_, "timestamp": rfc3339(wall_time()), "metadata": metadata,
                  "location": self.location, "project": "default"}
         for types, queue in self._subscribers:
             if type_ in types and not queue.full():

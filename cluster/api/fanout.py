@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import time
 from collections.abc import AsyncGenerator
 from typing import Any
 
@@ -17,7 +16,7 @@ from aiohttp import WSMsgType, web
 from cluster.api import proxy
 from cluster.api.context import Context
 from cluster.api.handlers.common import ctx_of
-from cluster.state.apply_members import member_status, offline_threshold
+from cluster.state.apply_members import member_status
 
 PEER_TIMEOUT = 3.0
 RECONNECT_SECONDS = 2.0
@@ -27,12 +26,9 @@ def other_members(ctx: Context) -> list[tuple[str, str]]:
     """``(name, address)`` of the other online members; none when not clustered."""
     if ctx.local is None or not ctx.local.clustered:
         return []
-    now = time.time()
     with ctx.store.read() as state:
-        threshold = offline_threshold(state)
         return [(m.name, m.address) for m in state.members.values()
-                if m.name != ctx.member and m.address
-                and member_status(m, now, threshold) != "OFFLINE"]
+                if m.name != ctx.member and m.address and member_status(m) != "OFFLINE"]
 
 
 def should_fan_out(request: web.Request) -> bool:

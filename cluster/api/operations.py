@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-import time
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -17,6 +16,7 @@ from typing import Any
 
 from aiohttp import web
 
+from cluster.state.clock import wall_time
 from cluster.state.errors import OutcomeUnknown
 
 log = logging.getLogger(__name__)
@@ -41,7 +41,7 @@ class Operation:
         self.resources = resources
         self.location = location
         self.cancellable = cancellable
-        self.created_at = self.updated_at = time.time()
+        self.created_at = self.updated_at = wall_time()
         self.status = "Running"
         self.err = ""
         self.metadata: dict[str, Any] = {}
@@ -103,7 +103,7 @@ class Operations:
         except Exception as exc:  # noqa: BLE001 - an operation reports, it never crashes the loop
             op.status, op.err = "Failure", str(exc) or type(exc).__name__
             log.info("operation %s (%s) failed: %s", op.id, op.description, op.err)
-        op.updated_at = time.time()
+        op.updated_at = wall_time()
         op.done.set()
         self._publish(op)
 
@@ -117,7 +117,7 @@ class Operations:
 
     def update(self, op: Operation, **metadata: Any) -> None:
         op.metadata.update(metadata)
-        op.updated_at = time.time()
+        op.updated_at = wall_time()
         self._publish(op)
 
     def get(self, op_id: str) -> Operation | None:
@@ -134,7 +134,7 @@ class Operations:
         return True
 
     def _prune(self) -> None:
-        cutoff = time.time() - KEEP_FINISHED_SECONDS
+        cutoff = wall_time() - KEEP_FINISHED_SECONDS
         for op_id in [i for i, o in self._ops.items() if o.done.is_set() and o.updated_at < cutoff]:
             del self._ops[op_id]
 

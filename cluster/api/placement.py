@@ -7,7 +7,6 @@ caller plans again on fresh state (``PLAN_ATTEMPTS`` times).
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -44,7 +43,7 @@ def plan_instance(state: State, *, request_id: str, name: str, type_: str, archi
     reserved = reservations.totals(state)
     if pending:
         reserved = {**reserved, **{m: reserved.get(m, ZERO) + r for m, r in pending.items()}}
-    view = view_from_state(state, time.time(), reserved=reserved)
+    view = view_from_state(state, reserved=reserved)
     return place(view, request)
 
 

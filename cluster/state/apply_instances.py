@@ -167,7 +167,7 @@ def _create(state: State, a: dict[str, Any], now: float) -> Result:
     )
     inst.demand = reservations.expanded_demand(inst.type, config, devices)
     problem = placement_problem(
-        state, member=inst.location, now=now, name=inst.name, type_=inst.type,
+        state, member=inst.location, name=inst.name, type_=inst.type,
         architecture=inst.architecture, demand=inst.demand, target=str(a.get("target", "")),
         placement_group=config.get("placement.group", ""))
     if problem:

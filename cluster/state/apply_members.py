@@ -32,21 +32,46 @@ def offline_threshold(state: State) -> float:
     return max(MIN_OFFLINE_THRESHOLD, seconds)
 
 
-def member_status(member: Member, now: float, threshold: float) -> str:
-    """ONLINE while the member's last heartbeat is younger than the threshold."""
-    if member.state == "EVACUATED":
-        return "EVACUATED"
-    return "ONLINE" if now - member.heartbeat_at <= threshold else "OFFLINE"
+ONLINE, OFFLINE, EVACUATED = "ONLINE", "OFFLINE", "EVACUATED"
 
 
-def plan_promotions(state: State, now: float) -> list[tuple[str, str]]:
+def member_status(member: Member) -> str:
+    """EVACUATED when evacuated, else the liveness the Raft leader committed (ONLINE or
+    OFFLINE). No clock is read: every replica and apply see the same status."""
+    if member.state == EVACUATED:
+        return EVACUATED
+    return member.liveness if member.liveness in (ONLINE, OFFLINE) else ONLINE
+
+
+def plan_promotions(state: State) -> list[tuple[str, str]]:
     """``(offline voter, online follower)`` pairs: who should hand over its vote."""
-    threshold = offline_threshold(state)
-    lost = sorted(m.name for m in voters(state)
-                  if member_status(m, now, threshold) == "OFFLINE")
+    lost = sorted(m.name for m in voters(state) if member_status(m) == OFFLINE)
     ready = sorted(m.name for m in state.members.values()
-                   if VOTER not in m.roles and member_status(m, now, threshold) == "ONLINE")
+                   if VOTER not in m.roles and member_status(m) == ONLINE)
     return list(zip(lost, ready, strict=False))
+
+
+def member_liveness(state: State, cmd: Command) -> Result:
+    """The leader's judgement ``{name, status, beats}``: ONLINE or OFFLINE, made when it had
+    heard ``beats`` heartbeats of the member. A compare-and-set on the heartbeat count, so a
+    stale judgement (a deposed leader's, or one overtaken by a heartbeat) changes nothing:
+    OFFLINE only if no heartbeat committed since ``beats``; ONLINE only on a heartbeat
+    committed after the one the member was judged OFFLINE on."""
+    a = cmd.args
+    member = state.members.get(a.get("name", ""))
+    if member is None:
+        return fail(404, "Cluster member not found")
+    status, beats = a.get("status"), a.get("beats")
+    if status not in (ONLINE, OFFLINE) or not isinstance(beats, int) or isinstance(beats, bool):
+        return fail(400, "Liveness needs a status (ONLINE or OFFLINE) and a heartbeat count")
+    if member.liveness == status:
+        return ok(None)
+    if status == OFFLINE and beats != member.beats:
+        return fail(409, f"Member {member.name!r} sent a heartbeat since it was judged")
+    if status == ONLINE and not member.liveness_beats < beats <= member.beats:
+        return fail(409, f"No heartbeat of {member.name!r} since it went offline")
+    member.liveness, member.liveness_beats = str(status), beats
+    return ok(None)
 
 
 def raft_drift(state: State, self_raft: str, counted: set[str]) -> tuple[list[str], list[str]]:
@@ -205,7 +230,7 @@ def member_set_state(state: State, cmd: Command) -> Result:
     if member is None:
         return fail(404, "Cluster member not found")
     wanted = cmd.args.get("state")
-    if wanted not in ("EVACUATED", "ONLINE"):
+    if wanted not in (EVACUATED, ONLINE):
         return fail(400, "A member's state is EVACUATED or ONLINE")
     member.state = str(wanted)
     return ok(None)
@@ -219,4 +244,5 @@ HANDLERS = {
     "member.roles": member_roles,
     "member.update": member_update,
     "member.set_state": member_set_state,
+    "member.liveness": member_liveness,
 }

@@ -251,17 +251,21 @@ def config_set(state: State, cmd: Command) -> Result:
 
 
 def member_heartbeat(state: State, cmd: Command) -> Result:
+    """Count the heartbeat (the Raft leader judges liveness from the count, on its own
+    clock) and keep what it reports. ``heartbeat_at`` is the sender's clock, for display.
+    Returns ``{"beats": count}`` so the leader knows which heartbeat it heard."""
     member = state.members.get(cmd.args.get("name", ""))
     if member is None:
         return fail(404, "Cluster member not found")
     member.heartbeat_at = cmd.time
+    member.beats += 1
     capacity = cmd.args.get("capacity")
     if isinstance(capacity, dict):
         member.capacity = capacity_of(capacity)
     types = cmd.args.get("instance_types")
     if isinstance(types, list) and set(types) <= {"container", "virtual-machine"}:
         member.instance_types = sorted(types)
-    return ok(None)
+    return ok({"beats": member.beats})
 
 
 HANDLERS = {

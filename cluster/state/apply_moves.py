@@ -44,7 +44,7 @@ def begin(state: State, cmd: Command) -> Result:
         return fail(400, "Stop the instance before moving it")
     reservations.totals(state)  # an older snapshot's totals (and inst.group) first
     problem = placement_problem(
-        state, member=target, now=cmd.time, name=inst.name, type_=inst.type,
+        state, member=target, name=inst.name, type_=inst.type,
         architecture=inst.architecture, demand=inst.demand,
         target=str(cmd.args.get("requested", target)),
         placement_group=inst.group, exclude=[inst.location])

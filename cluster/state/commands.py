@@ -7,10 +7,11 @@ instance uids). Replicas then compute identical states.
 
 from __future__ import annotations
 
-import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
+
+from cluster.state.clock import wall_time
 
 COMMAND_VERSION = 1
 
@@ -33,8 +34,10 @@ class Result:
 
 
 def command(type_: str, **args: Any) -> Command:
-    """A new command with a fresh id and the current time (never called inside apply)."""
-    return Command(id=uuid.uuid4().hex, type=type_, args=args, time=time.time())
+    """A new command with a fresh id and the current time (never called inside apply).
+    The time is this daemon's wall clock (with the test-only offset of ``clock``): apply
+    uses it for records and expiries, never to judge liveness."""
+    return Command(id=uuid.uuid4().hex, type=type_, args=args, time=wall_time())
 
 
 def ok(value: Any = None) -> Result:

@@ -20,8 +20,14 @@ class Member:
     architecture: str = "x86_64"
     roles: list[str] = field(default_factory=list)
     description: str = ""
-    heartbeat_at: float = 0.0
-    state: str = "ONLINE"
+    heartbeat_at: float = 0.0  # the member's own clock: shown, never compared with another
+    state: str = "ONLINE"  # ONLINE or EVACUATED: what the administrator asked
+    # ONLINE or OFFLINE as committed by the Raft leader (``member.liveness``), judged on
+    # the leader's own clock; ``beats`` counts committed heartbeats, ``liveness_beats`` is
+    # the count the last transition was judged on (apply's compare-and-set).
+    liveness: str = "ONLINE"
+    beats: int = 0
+    liveness_beats: int = 0
     raft_address: str = ""
     joined_at: float = 0.0
     # Member-local settings as in LXD (scheduler.instance, scheduler.capacity.cpu/.memory).

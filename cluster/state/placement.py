@@ -19,19 +19,19 @@ from scheduler.request import PlacementRequest
 from scheduler.resources import Resources
 
 
-def placement_problem(state: State, *, member: str, now: float, name: str, type_: str,
+def placement_problem(state: State, *, member: str, name: str, type_: str,
                       architecture: str, demand: Resources, target: str = "",
                       placement_group: str = "", exclude: Iterable[str] = ()) -> str:
     """``""`` when ``member`` may take the instance now, else why not."""
     # scheduler.view reads cluster.state; importing it here keeps the import graph acyclic.
-    from cluster.state.apply_members import member_status, offline_threshold
+    from cluster.state.apply_members import member_status
     from scheduler import pipeline
     from scheduler.view import ClusterView, member_view, placement_groups_from_state
 
     record = state.members.get(member)
     if record is None:
         return f"cluster member {member!r} not found"
-    status = member_status(record, now, offline_threshold(state))
+    status = member_status(record)  # as committed by the leader: no clock in apply
     ratios = keys.allocation_ratios(state.config)
     # Only what the filters read: this one member (the instance count is for scoring).
     view = ClusterView(

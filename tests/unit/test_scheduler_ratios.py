@@ -78,7 +78,7 @@ def test_placement_never_commits_a_member_past_capacity_times_the_ratio(
         seed: int, cpu_ratio: float | None, memory_ratio: float | None) -> None:
     rnd = random.Random(seed)
     state = random_state(rnd, cpu_ratio, memory_ratio)
-    harness = Harness(view_from_state(state, NOW))
+    harness = Harness(view_from_state(state))
     for r in random_requests(rnd, 40):
         harness.place(r)
     limit = bounds(state)
@@ -95,7 +95,7 @@ def test_a_member_is_refused_only_when_the_demand_exceeds_its_ratio_bound(
     would pass capacity x ratio in cpu or memory (or the disk)."""
     rnd = random.Random(seed)
     state = random_state(rnd, cpu_ratio, memory_ratio)
-    cluster = view_from_state(state, NOW)
+    cluster = view_from_state(state)
     limit = bounds(state)
     for r in random_requests(rnd, 20):
         for name, m in cluster.members.items():
@@ -115,8 +115,8 @@ def test_at_ratio_1_placement_is_what_it_was_without_ratios(seed: int, one: str)
     rnd = random.Random(seed)
     state = random_state(rnd, None, None)
     state.config.update({keys.CPU_RATIO_KEY: one, keys.MEMORY_RATIO_KEY: one})
-    ratioed = view_from_state(state, NOW)
-    raw = view_from_state(state, NOW)
+    ratioed = view_from_state(state)
+    raw = view_from_state(state)
     for name, m in raw.members.items():
         m.capacity = capacity_of(state.members[name])[0]
         assert ratioed.members[name].capacity == m.capacity
@@ -136,9 +136,9 @@ def test_a_higher_cpu_ratio_never_refuses_what_a_lower_one_takes(
     low, high = min(low, high), max(low, high)
     rnd = random.Random(seed)
     state = random_state(rnd, low, None)
-    at_low = view_from_state(state, NOW)
+    at_low = view_from_state(state)
     state.config[keys.CPU_RATIO_KEY] = repr(high)
-    at_high = view_from_state(state, NOW)
+    at_high = view_from_state(state)
     for r in random_requests(rnd, 10):
         for name in at_low.members:
             if recheck(at_low, r, name) == "":

@@ -36,19 +36,21 @@ def instance(name: str, location: str, config: dict[str, str] | None = None,
                     config=config or {}, devices=dict(ROOT), profiles=profiles or [])
 
 
-def test_member_status_follows_heartbeats_and_evacuation() -> None:
-    state = state_with(online("m1"), online("m2", heartbeat_at=NOW - 60),
-                       online("m3", state="EVACUATED"))
-    view = view_from_state(state, NOW)
+def test_member_status_is_the_committed_liveness_and_evacuation_overrides() -> None:
+    # Heartbeat stamps (the sender's clock) play no part: only the leader's verdict.
+    state = state_with(online("m1", heartbeat_at=NOW - 600), online("m2", liveness="OFFLINE"),
+                       online("m3", state="EVACUATED"),
+                       online("m4", state="EVACUATED", liveness="OFFLINE"))
+    view = view_from_state(state)
     assert {n: m.status for n, m in view.members.items()} == {
-        "m1": "ONLINE", "m2": "OFFLINE", "m3": "EVACUATED"}
+        "m1": "ONLINE", "m2": "OFFLINE", "m3": "EVACUATED", "m4": "EVACUATED"}
 
 
 def test_member_attributes_are_carried_over() -> None:
     state = state_with(online("m1", architecture="aarch64", groups=["rack1"],
                               instance_types=["container", "virtual-machine"],
                               config={"scheduler.instance": "manual"}))
-    m = view_from_state(state, NOW).members["m1"]
+    m = view_from_state(state).members["m1"]
     assert m.architecture == "aarch64"
     assert m.groups == frozenset({"rack1"})
     assert m.instance_types == frozenset({"container", "virtual-machine"})
@@ -61,7 +63,7 @@ def test_member_attributes_are_carried_over() -> None:
 
 def test_an_invalid_scheduler_mode_counts_as_all() -> None:
     state = state_with(online("m1", config={"scheduler.instance": "sometimes"}))
-    assert view_from_state(state, NOW).members["m1"].mode == "all"
+    assert view_from_state(state).members["m1"].mode == "all"
 
 
 def test_capacity_overrides_replace_what_the_agent_reports() -> None:
@@ -71,7 +73,7 @@ def test_capacity_overrides_replace_what_the_agent_reports() -> None:
                        online("m2", config={"scheduler.capacity.memory": "50%"}),
                        online("m3", config={"scheduler.capacity.cpu": "lots"}))
     state.config[keys.CPU_RATIO_KEY] = "1"  # capacities exactly as set or reported
-    members = view_from_state(state, NOW).members
+    members = view_from_state(state).members
     assert members["m1"].capacity == Resources(8, 32 * GiB, 500 * GiB)
     assert members["m2"].capacity.memory == 32 * GiB
     assert members["m3"].capacity.cpu == 16  # an invalid override is ignored
@@ -80,7 +82,7 @@ def test_capacity_overrides_replace_what_the_agent_reports() -> None:
 def test_allocation_ratios_scale_cpu_and_memory_but_never_disk() -> None:
     state = state_with(online("m1"), online("m2", config={"scheduler.capacity.cpu": "2"}))
     state.config.update({keys.CPU_RATIO_KEY: "4", keys.MEMORY_RATIO_KEY: "1.5"})
-    view = view_from_state(state, NOW)
+    view = view_from_state(state)
     assert view.ratios == AllocationRatios(cpu=4.0, memory=1.5)
     assert view.members["m1"].capacity == Resources(64, 96 * GiB, 1000 * GiB)
     assert view.members["m2"].capacity.cpu == 8  # the override, times the ratio
@@ -88,9 +90,9 @@ def test_allocation_ratios_scale_cpu_and_memory_but_never_disk() -> None:
 
 def test_ratios_default_to_16_for_cpu_and_1_for_memory_and_ignore_bad_values() -> None:
     state = state_with(online("m1"))
-    assert view_from_state(state, NOW).ratios == AllocationRatios(cpu=16.0, memory=1.0)
+    assert view_from_state(state).ratios == AllocationRatios(cpu=16.0, memory=1.0)
     state.config.update({keys.CPU_RATIO_KEY: "-3", keys.MEMORY_RATIO_KEY: "0.1"})
-    view = view_from_state(state, NOW)  # apply refuses these; an old state falls back
+    view = view_from_state(state)  # apply refuses these; an old state falls back
     assert view.ratios == keys.DEFAULT_RATIOS
     assert view.members["m1"].capacity == Resources(256, 64 * GiB, 1000 * GiB)
 
@@ -99,7 +101,7 @@ def test_ratio_1_leaves_capacity_exactly_as_reported() -> None:
     state = state_with(online("m1", capacity={"cpu": 3, "memory": 2**40 + 12345,
                                               "disk": 7 * GiB}))
     state.config.update({keys.CPU_RATIO_KEY: "1", keys.MEMORY_RATIO_KEY: "1.0"})
-    assert view_from_state(state, NOW).members["m1"].capacity == Resources(
+    assert view_from_state(state).members["m1"].capacity == Resources(
         3, 2**40 + 12345, 7 * GiB)
 
 
@@ -108,7 +110,7 @@ def test_unreported_capacity_is_unknown_unless_configured() -> None:
                        online("m2", capacity={}, config={"scheduler.capacity.cpu": "4",
                                                          "scheduler.capacity.memory": "8GiB",
                                                          "scheduler.capacity.disk": "1TiB"}))
-    members = view_from_state(state, NOW).members
+    members = view_from_state(state).members
     assert members["m1"].unknown == ("memory", "disk")
     assert members["m2"].unknown == ()
 
@@ -124,7 +126,7 @@ def test_reservations_sum_the_demands_of_the_instances_on_each_member() -> None:
     reserved = reservations.totals(state)
     assert reserved["m1"] == Resources(0 + 2, 64 * MiB + 4 * GiB, 2 * 256 * MiB)
     assert reserved["m2"] == Resources(4, 1 * GiB, 10 * GiB)
-    view = view_from_state(state, NOW)
+    view = view_from_state(state)
     assert view.members["m1"].reserved == reserved["m1"]
     assert view.members["m1"].instances == 2 and view.members["m2"].instances == 1
 
@@ -136,7 +138,7 @@ def test_a_moving_instance_counts_on_both_ends() -> None:
     state.instances["a"].moving_to = "m2"
     reserved = reservations.totals(state)
     assert reserved["m1"] == reserved["m2"] == DEFAULTS["container"]
-    view = view_from_state(state, NOW)
+    view = view_from_state(state)
     assert view.members["m2"].instances == 1
     assert view.placement_groups["web"].members == {"m1": 1, "m2": 1}
 
@@ -150,7 +152,7 @@ def test_an_unreadable_limit_in_the_state_counts_as_the_default() -> None:
 def test_precomputed_reservations_and_a_member_subset() -> None:
     state = state_with(online("m1"), online("m2"))
     state.instances["a"] = instance("a", "m1")
-    view = view_from_state(state, NOW, reserved={"m1": Resources(3, 0, 0)},
+    view = view_from_state(state, reserved={"m1": Resources(3, 0, 0)},
                            instances={"m1": 7}, members=["m1", "gone"],
                            placement_groups={})
     assert list(view.members) == ["m1"]
@@ -160,11 +162,11 @@ def test_precomputed_reservations_and_a_member_subset() -> None:
 
 def test_cluster_policy_defaults_to_spread() -> None:
     state = state_with(online("m1"))
-    assert view_from_state(state, NOW).policy == "spread"
+    assert view_from_state(state).policy == "spread"
     state.config["cluster.scheduler.policy"] = "binpack"
-    assert view_from_state(state, NOW).policy == "binpack"
+    assert view_from_state(state).policy == "binpack"
     state.config["cluster.scheduler.policy"] = "random"
-    assert view_from_state(state, NOW).policy == "spread"
+    assert view_from_state(state).policy == "spread"
 
 
 def test_placement_groups_come_from_config_and_instances() -> None:
@@ -178,7 +180,7 @@ def test_placement_groups_come_from_config_and_instances() -> None:
     state.instances["b"] = instance("b", "m2", config={"placement.group": "web"})
     state.instances["c"] = instance("c", "m2", config={"placement.group": "web"})
     state.instances["d"] = instance("d", "m2", config={"placement.group": "orphan"})
-    groups = view_from_state(state, NOW).placement_groups
+    groups = view_from_state(state).placement_groups
     assert groups["web"] == PlacementGroupView("web", "spread", "permissive",
                                                {"m1": 1, "m2": 2})
     assert groups["db"] == PlacementGroupView("db", "compact", "strict", {})
@@ -189,7 +191,7 @@ def test_placement_groups_come_from_config_and_instances() -> None:
 def test_commit_and_release_keep_counts_in_step() -> None:
     state = state_with(online("m1"))
     state.config["placement.group.web.policy"] = "spread"
-    view = view_from_state(state, NOW)
+    view = view_from_state(state)
     demand = Resources(2, GiB, GiB)
     view.commit("m1", demand, "web")
     assert view.members["m1"].reserved == demand and view.members["m1"].instances == 1
@@ -201,7 +203,7 @@ def test_commit_and_release_keep_counts_in_step() -> None:
 
 def test_copy_is_independent() -> None:
     state = state_with(online("m1"))
-    view = view_from_state(state, NOW)
+    view = view_from_state(state)
     other = view.copy()
     other.commit("m1", Resources(1, 1, 1), "g")
     assert view.members["m1"].instances == 0 and "g" not in view.placement_groups

@@ -18,7 +18,6 @@ import binascii
 import hashlib
 import json
 import secrets
-import time
 from typing import Any
 
 from aiohttp import web
@@ -32,6 +31,7 @@ from cluster.api.operations import Operation, rfc3339
 from cluster.api.response import ApiError, async_operation, bad_request, not_found
 from cluster.api.response import sync as sync_response
 from cluster.https import HTTPS, is_trusted, listen_addresses, token_lifetime
+from cluster.state.clock import wall_time
 from cluster.state.commands import command
 from cluster.state.model import Certificate
 
@@ -163,7 +163,7 @@ async def _issue_token(request: web.Request, ctx: Context, body: dict[str, Any])
     with ctx.store.read() as state:
         lifetime = token_lifetime(state.config)
     secret = secrets.token_hex(32)
-    expires_at = time.time() + lifetime
+    expires_at = wall_time() + lifetime
     digest = secret_hash(secret)
     await ctx.store.submit(command("trust_token.add", name=name, secret_hash=digest,
                                    expires_at=expires_at))
@@ -191,7 +191,7 @@ def _token_runner(ctx: Context, digest: str, expires_at: float) -> Any:
                 with ctx.store.read() as state:
                     if digest not in state.trust_tokens:
                         return None
-                remaining = expires_at - time.time()
+                remaining = expires_at - wall_time()
                 if remaining <= 0:
                     raise ApiError(400, "Token expired")
                 try:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import platform
-import time
 from typing import Any
 
 import aiohttp
@@ -28,6 +27,7 @@ from cluster.membership import (
     token_expiry,
 )
 from cluster.state.apply_members import VOTER
+from cluster.state.clock import wall_time
 from cluster.state.commands import command
 from cluster.voters import add_voter, background
 from node_agent.capacity import host_capacity
@@ -60,7 +60,7 @@ async def create_join_token(request: web.Request) -> web.Response:
     name = str(body.get("server_name", ""))
     secret = new_secret()
     with ctx.store.read() as state:
-        expires_at = token_expiry(state.config, time.time())
+        expires_at = token_expiry(state.config, wall_time())
         addresses = [m.address for m in state.members.values() if m.address]
     await ctx.store.submit(command("join_token.add", name=name, secret_hash=secret_hash(secret),
                                    expires_at=expires_at))
@@ -120,7 +120,7 @@ async def join_cluster(request: web.Request, body: dict[str, Any]) -> None:
     address = str(body.get("address") or "")
     if not address:
         raise bad_request("Joining needs --address HOST:PORT for this member")
-    if token.expires_at < time.time():
+    if token.expires_at < wall_time():
         raise ApiError(403, "The join token has expired")
     capacity = await asyncio.to_thread(host_capacity, ctx.paths.storage_pools)
     reply = await _ask_to_join(token, address, capacity)

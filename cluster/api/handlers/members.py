@@ -1,8 +1,8 @@
-"""``/1.0/cluster/members``: LXD's cluster member objects, with ONLINE/OFFLINE from heartbeats."""
+"""``/1.0/cluster/members``: LXD's cluster member objects, with the ONLINE/OFFLINE status
+the Raft leader committed (judged on its own clock from the members' heartbeats)."""
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from aiohttp import web
@@ -18,9 +18,8 @@ from cluster.state.placement import member_usage
 
 __all__ = ["member_status", "member_view", "offline_threshold", "ROUTES"]
 
-def member_view(state: State, member: Member, leader_raft: str | None,
-                now: float) -> dict[str, Any]:
-    status = member_status(member, now, offline_threshold(state))
+def member_view(state: State, member: Member, leader_raft: str | None) -> dict[str, Any]:
+    status = member_status(member)
     roles = list(member.roles)
     if leader_raft and member.raft_address == leader_raft:
         roles.append("database-leader")
@@ -33,7 +32,8 @@ def member_view(state: State, member: Member, leader_raft: str | None,
         "groups": list(member.groups) or ["default"],
         "status": status.capitalize() if status != "ONLINE" else "Online",
         "message": "Fully operational" if status == "ONLINE" else
-        f"No heartbeat for {now - member.heartbeat_at:.0f}s",
+        f"No heartbeat for over {offline_threshold(state):g}s (as the leader judged)"
+        if status == "OFFLINE" else "Unavailable due to maintenance",
         # corral's own field (LXD clients ignore it): capacity, allocation ratio,
         # schedulable and used per dimension, to see why a placement was refused.
         "placement": member_usage(state, member),
@@ -43,10 +43,9 @@ def member_view(state: State, member: Member, leader_raft: str | None,
 async def list_members(request: web.Request) -> web.Response:
     ctx = ctx_of(request)
     leader = ctx.store.leader()
-    now = time.time()
     with ctx.store.read() as state:
         if queries.recursion(request):
-            return sync([member_view(state, m, leader, now) for m in state.members.values()])
+            return sync([member_view(state, m, leader) for m in state.members.values()])
         return sync([f"/1.0/cluster/members/{m}" for m in state.members])
 
 
@@ -57,7 +56,7 @@ async def get_member(request: web.Request) -> web.Response:
         member = state.members.get(request.match_info["name"])
         if member is None:
             raise not_found("Cluster member not found")
-        return sync(member_view(state, member, leader, time.time()))
+        return sync(member_view(state, member, leader))
 
 
 READ_ONLY_ROLES = {"database-leader"}
