@@ -45,12 +45,17 @@ def statuses(daemon: DaemonProcess) -> dict[str, str] | None:
 
 
 def wait_for(members: list[DaemonProcess], wanted: Callable[[dict[str, str]], bool],
-             timeout: float) -> float:
-    """Seconds until every member in ``members`` shows a view for which ``wanted`` holds."""
+             timeout: float, hold: Callable[[dict[str, str]], bool] = lambda _: True,
+             ) -> float:
+    """Seconds until every member in ``members`` shows a view for which ``wanted`` holds;
+    every view seen meanwhile must satisfy ``hold``."""
     started = time.monotonic()
     pending = list(members)
     while pending:
-        pending = [d for d in pending if not ((seen := statuses(d)) and wanted(seen))]
+        views = [(d, statuses(d)) for d in pending]
+        for daemon, seen in views:
+            assert seen is None or hold(seen), f"{daemon.root.name} saw {seen}"
+        pending = [d for d, seen in views if not (seen and wanted(seen))]
         if not pending:
             break
         if time.monotonic() - started > timeout:
@@ -81,3 +86,32 @@ def test_skewed_clocks_stay_online_and_a_killed_member_goes_offline_and_back(
     behind.start()
     took = wait_for(skewed, lambda seen: seen == everyone, 30)
     print(f"m2 ONLINE again on every view {took:.1f}s after it was ready")
+
+
+def leader_index(daemon: DaemonProcess) -> int:
+    out = json.loads(daemon.corral("cluster", "list", "--format", "json").stdout)
+    return next(int(m["server_name"][1:]) - 1 for m in out if "database-leader" in m["roles"])
+
+
+def test_a_new_leader_demotes_no_one_and_finds_the_old_leader_dead(
+        skewed: list[DaemonProcess]) -> None:
+    """The new leader restarts every deadline with a threshold of grace: the skewed
+    members stay ONLINE across the change, and the killed leader goes OFFLINE."""
+    everyone = {"m1": "Online", "m2": "Online", "m3": "Online"}
+    wait_for(skewed, lambda seen: seen == everyone, 30)
+    old = leader_index(skewed[0])
+    name = f"m{old + 1}"
+    rest = [d for i, d in enumerate(skewed) if i != old]
+    skewed[old].stop(signal.SIGKILL)
+    election = 5.0  # pysyncobj's failover here is 0.5-2.8 s after kill -9
+    survivors = {n: "Online" for n in everyone if n != name}
+    took = wait_for(rest, lambda seen: seen.get(name) == "Offline",
+                    election + THRESHOLD + SLACK,
+                    hold=lambda seen: {n: seen[n] for n in survivors} == survivors)
+    print(f"old leader {name} OFFLINE on the other views {took:.1f}s after kill -9")
+    time.sleep(2 * THRESHOLD)  # past the new leader's grace: still no survivor demoted
+    for daemon in rest:
+        seen = statuses(daemon)
+        assert seen is not None and seen == {**survivors, name: "Offline"}, seen
+    skewed[old].start()
+    wait_for(skewed, lambda seen: seen == everyone, 30)
