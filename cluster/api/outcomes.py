@@ -12,12 +12,12 @@ a revision check; LXD has no such case: its database is local).
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from cluster.api.operations import Operation, Operations
 from cluster.state.apply import RETRY_HORIZON
+from cluster.state.clock import wall_time
 from cluster.state.commands import Result
 from cluster.state.errors import OutcomeUnknown, Unavailable, error_for
 
@@ -54,7 +54,7 @@ async def settled(settle: Settle, unknown: OutcomeUnknown,
             return await settle(unknown.command_id, BARRIER_SECONDS)
         except Unavailable:
             pass
-        if time.time() - unknown.command_time > SETTLE_SECONDS:
+        if wall_time() - unknown.command_time > SETTLE_SECONDS:  # both this daemon's clock
             raise Unavailable(f"The outcome of command {unknown.command_id} is still unknown: "
                               f"no quorum for {SETTLE_SECONDS:g} s; look at the resource itself")
         report("waiting for a quorum")
