@@ -535,6 +535,19 @@ class RaftStore:
         leader = self._sync._getLeader() if self._sync else None
         return str(leader) if leader is not None else None
 
+    def raft_status(self) -> dict[str, Any]:
+        """This member's own view of Raft, read without a barrier (an isolated member
+        must still say what it believes): its role, the leader it knows, its term, and
+        its commit and applied indexes."""
+        sync = self._sync
+        if sync is None:
+            return {"address": self._address, "role": "stopped", "leader": None, "term": 0,
+                    "commit_index": 0, "applied_index": 0}
+        role = "leader" if sync._isLeader() else "follower" if self.voter else "non-voter"
+        return {"address": self._address, "role": role, "leader": self.leader(),
+                "term": int(sync._getTerm()), "commit_index": self.commit_index(),
+                "applied_index": self.applied_index()}
+
     @property
     def address(self) -> str:
         """This member's Raft address."""
