@@ -34,6 +34,7 @@ from cluster.state.journal import (
     fsync_directory,
     install,
 )
+from cluster.state.leadership import LeadershipSyncObj
 from cluster.state.model import State
 from cluster.state.resent import ResentCheck, ResentEntries
 from cluster.state.store import Change
@@ -109,8 +110,11 @@ class _Replica(SyncObjConsumer):
         return int(sync._SyncObj__raftLastApplied) + 1 if sync is not None else 0
 
 
-class _PromptSyncObj(SyncObj):  # type: ignore[misc]
-    """pysyncobj advances its commit index only at the start of a tick, so a write
+class _PromptSyncObj(LeadershipSyncObj):
+    """Pre-vote and the disruptive-servers rule come from ``LeadershipSyncObj``
+    (state/leadership.py).
+
+    pysyncobj advances its commit index only at the start of a tick, so a write
     would wait a whole tick period after it was accepted. Ticking again at once
     while a tick made progress commits promptly without a busy short tick period
     (pysyncobj 0.3.17 internals; the version is pinned)."""
@@ -270,6 +274,14 @@ def raft_conf(journal_dir: Path, password: str, bind_address: str,
         # _forgive_own_stall); 1-2 s doubled failover to ~3 s.
         raftMinTimeout=0.6,
         raftMaxTimeout=1.0,
+        # Check-quorum: a leader that has had no answer from a majority for this long
+        # (its own monotonic clock, pysyncobj's __lastResponseTime) steps down, so it
+        # stops taking writes and claiming leadership (pysyncobj's default was 30 s).
+        # raftMaxTimeout, as etcd's check-quorum uses the election timeout: by then every
+        # follower that lost it has had its own election timer fire, so the leader
+        # steps down about when the majority can elect another, and stalls shorter than
+        # a follower's longest timeout (a slow fsync, a collection) do not depose it.
+        leaderFallbackTimeout=1.0,
         appendEntriesPeriod=0.05,
         # pysyncobj 0.3.17 splits an entry larger than this into chunks and marks the
         # last chunk by the entry's data length, not the pickled entry's: for sizes just
