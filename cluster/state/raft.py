@@ -550,15 +550,18 @@ class RaftStore:
     def raft_status(self) -> dict[str, Any]:
         """This member's own view of Raft, read without a barrier (an isolated member
         must still say what it believes): its role, the leader it knows, its term, and
-        its commit and applied indexes."""
+        its commit and applied indexes, and since Raft started, how many pre-vote rounds
+        it asked for and how many RequestVotes it dropped (state/leadership.py)."""
         sync = self._sync
         if sync is None:
             return {"address": self._address, "role": "stopped", "leader": None, "term": 0,
-                    "commit_index": 0, "applied_index": 0}
+                    "commit_index": 0, "applied_index": 0, "pre_vote_rounds": 0,
+                    "votes_ignored": 0}
         role = "leader" if sync._isLeader() else "follower" if self.voter else "non-voter"
         return {"address": self._address, "role": role, "leader": self.leader(),
                 "term": int(sync._getTerm()), "commit_index": self.commit_index(),
-                "applied_index": self.applied_index()}
+                "applied_index": self.applied_index(),
+                "pre_vote_rounds": sync.pre_vote_rounds, "votes_ignored": sync.votes_ignored}
 
     @property
     def address(self) -> str:

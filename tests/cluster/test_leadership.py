@@ -89,6 +89,8 @@ def test_a_follower_back_from_a_partition_does_not_depose_the_leader() -> None:
         assert (back[2], back[3]) == (address, term), \
             f"the returning follower sees {back}, not {address} at term {term}"
         assert _raft(members[leader])["role"] == "leader"
+        # Its timer did fire: it asked for pre-votes, which nobody granted.
+        assert _raft(members[follower])["pre_vote_rounds"] >= 2
 
 
 def test_an_isolated_leader_steps_down_while_the_majority_elects_and_writes() -> None:

@@ -62,9 +62,11 @@ def test_a_follower_back_from_a_partition_does_not_change_leader_or_term(
             leader = _leader_index(stores)
             follower = (leader + 1) % 3
             before = _views(stores)[leader]
+            rounds = stores[follower].raft_status()["pre_vote_rounds"]
             with _partition(stores, {follower}):
                 await asyncio.sleep(3.0)  # its timer fires 3-5 times
                 assert stores[follower].leader() is None  # it noticed
+            assert stores[follower].raft_status()["pre_vote_rounds"] >= rounds + 2
             await _until(lambda: stores[follower].leader() is not None, 5)
             watched = time.monotonic() + 3.0
             while time.monotonic() < watched:
