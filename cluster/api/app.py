@@ -183,7 +183,7 @@ def loaded_middleware() -> Middleware:
 FRESH_READ_TIMEOUT = 5.0  # s a read waits to confirm its replica is current
 # Reads that do not come from the replicated state, or must answer without a quorum:
 # server info (waitready), events, and operations (each member's own, in memory).
-LOCAL_READS = ("/1.0/events", "/1.0/operations")
+LOCAL_READS = ("/1.0/events", "/1.0/operations", "/1.0/cluster/raft")
 
 
 def _from_member(request: web.Request) -> bool:

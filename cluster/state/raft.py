@@ -42,6 +42,7 @@ from cluster.state.journal import (
     fsync_directory,
     install,
 )
+from cluster.state.leadership import LeadershipSyncObj
 from cluster.state.model import State
 from cluster.state.resent import ResentCheck, ResentEntries
 from cluster.state.store import Change
@@ -134,8 +135,11 @@ class _Replica(SyncObjConsumer):
         return int(sync._SyncObj__raftLastApplied) + 1 if sync is not None else 0
 
 
-class _PromptSyncObj(SyncObj):  # type: ignore[misc]
-    """pysyncobj advances its commit index only at the start of a tick, so a write
+class _PromptSyncObj(LeadershipSyncObj):
+    """Pre-vote and the disruptive-servers rule come from ``LeadershipSyncObj``
+    (state/leadership.py).
+
+    pysyncobj advances its commit index only at the start of a tick, so a write
     would wait a whole tick period after it was accepted. Ticking again at once
     while a tick made progress commits promptly without a busy short tick period
     (pysyncobj 0.3.17 internals; the version is pinned)."""
@@ -332,6 +336,14 @@ def raft_conf(journal_dir: Path, password: str, bind_address: str,
         # _forgive_own_stall); 1-2 s doubled failover to ~3 s.
         raftMinTimeout=0.6,
         raftMaxTimeout=1.0,
+        # Check-quorum: a leader that has had no answer from a majority for this long
+        # (its own monotonic clock, pysyncobj's __lastResponseTime) steps down, so it
+        # stops taking writes and claiming leadership (pysyncobj's default was 30 s).
+        # raftMaxTimeout, as etcd's check-quorum uses the election timeout: by then every
+        # follower that lost it has had its own election timer fire, so the leader
+        # steps down about when the majority can elect another, and stalls shorter than
+        # a follower's longest timeout (a slow fsync, a collection) do not depose it.
+        leaderFallbackTimeout=1.0,
         appendEntriesPeriod=0.05,
         # pysyncobj 0.3.17 splits an entry larger than this into chunks and marks the
         # last chunk by the entry's data length, not the pickled entry's: for sizes just
@@ -630,6 +642,22 @@ class RaftStore:
     def leader(self) -> str | None:
         leader = self._sync._getLeader() if self._sync else None
         return str(leader) if leader is not None else None
+
+    def raft_status(self) -> dict[str, Any]:
+        """This member's own view of Raft, read without a barrier (an isolated member
+        must still say what it believes): its role, the leader it knows, its term, and
+        its commit and applied indexes, and since Raft started, how many pre-vote rounds
+        it asked for and how many RequestVotes it dropped (state/leadership.py)."""
+        sync = self._sync
+        if sync is None:
+            return {"address": self._address, "role": "stopped", "leader": None, "term": 0,
+                    "commit_index": 0, "applied_index": 0, "pre_vote_rounds": 0,
+                    "votes_ignored": 0}
+        role = "leader" if sync._isLeader() else "follower" if self.voter else "non-voter"
+        return {"address": self._address, "role": role, "leader": self.leader(),
+                "term": int(sync._getTerm()), "commit_index": self.commit_index(),
+                "applied_index": self.applied_index(),
+                "pre_vote_rounds": sync.pre_vote_rounds, "votes_ignored": sync.votes_ignored}
 
     @property
     def address(self) -> str:

@@ -1,9 +1,10 @@
 """Comparing replicas (``cluster.api.replica_check``): the public check and the member
 route behind it.
 
-``POST /1.0/cluster/check`` is a corral extension (LXD has no such route); trusted
-clients only. ``GET /internal/replica/marks/{mark}`` is for members only: it is served
-to a peer that presents the cluster certificate, like the volume and migration routes.
+``POST /1.0/cluster/check`` and ``GET /1.0/cluster/raft`` are corral extensions (LXD has
+no such routes); trusted clients only. ``GET /internal/replica/marks/{mark}`` is for
+members only: it is served to a peer that presents the cluster certificate, like the
+volume and migration routes.
 """
 
 from __future__ import annotations
@@ -51,5 +52,14 @@ async def mark(request: web.Request) -> web.Response:
     return sync({"member": ctx.member, "index": found.index, "digest": found.digest})
 
 
-ROUTES_TRUSTED = [("POST", "/1.0/cluster/check", check)]
+async def raft_status(request: web.Request) -> web.Response:
+    """``GET /1.0/cluster/raft`` (a corral extension): this member's own view of Raft
+    (role, leader, term, indexes), answered without a read barrier: a member cut off
+    from its quorum still says what it believes, which is what a failover test or an
+    operator chasing a partition needs to see."""
+    return sync(ctx_of(request).store.raft_status())
+
+
+ROUTES_TRUSTED = [("POST", "/1.0/cluster/check", check),
+                  ("GET", "/1.0/cluster/raft", raft_status)]
 ROUTES_MEMBERS = [("GET", "/internal/replica/marks/{mark}", mark)]
