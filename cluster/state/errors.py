@@ -7,14 +7,9 @@
      +-- NotFound         404: the named record does not exist
      +-- Conflict         409: the record exists already or is busy
      +-- PreconditionFailed 412: the record's ETag is not the client's ``If-Match``
-<<<<<<< HEAD
      +-- Unavailable      503: no leader, no quorum, replica not ready
           +-- OutcomeUnknown   a command neither committed nor refused after its retries
-          +-- ReplicaDamaged   this member's Raft journal does not check: it serves nothing
-=======
-     +-- Unavailable      503: no leader / commit outcome unknown after retries
           +-- ReplicaDamaged   this member's Raft journal or dump does not check: it serves nothing
->>>>>>> snapshots
 
 ``apply`` never raises (an exception inside a replicated method blocks the
 pysyncobj log forever); it returns a ``Result`` holding one of these codes.
