@@ -25,12 +25,14 @@ from cluster.api.events import EventHub
 from cluster.api.handlers.images import cleanup_uploads
 from cluster.api.listener import start_runner
 from cluster.api.operations import Operations
+from cluster.controllers.liveness import LivenessController
+from cluster.controllers.runtime import LeaderRuntime
+from cluster.controllers.voters import VotersController
 from cluster.https import HTTPS, VM_ACCELERATOR_KEY, HttpsListener, Identity
-from cluster.liveness.leader import judge_liveness
 from cluster.local_config import load_or_create
 from cluster.raft_secret import member_raft_password
 from cluster.state.raft import RaftStore
-from cluster.voters import find_way_back, keep_voters, track_partners
+from cluster.voters import find_way_back, track_partners
 from node_agent.agent import NodeAgent
 from node_agent.idmap import ensure_root_idmap
 from node_agent.node import LocalNode
@@ -105,8 +107,9 @@ async def serve(paths: Paths, ready: asyncio.Event | None = None) -> None:
     accel_task = asyncio.create_task(asyncio.to_thread(node.probe_accelerator))
     await agent.start(host_rebooted=_host_rebooted(paths))
     partners_task = asyncio.create_task(track_partners(ctx))
-    voters_task = asyncio.create_task(keep_voters(ctx))
-    liveness_task = asyncio.create_task(judge_liveness(store))
+    controllers = LeaderRuntime(store, lambda: ctx.member,
+                                [LivenessController(), VotersController()], ctx.peer_client)
+    controllers.start()
     way_back_task = asyncio.create_task(find_way_back(ctx))
     app = build_app(ctx)
     https = app[HTTPS] = HttpsListener(identity)
@@ -135,9 +138,8 @@ async def serve(paths: Paths, ready: asyncio.Event | None = None) -> None:
         await https.close()
         await runner.cleanup()
         await ops.close()
+        await controllers.close()  # cancels and awaits every controller
         partners_task.cancel()
-        voters_task.cancel()
-        liveness_task.cancel()
         way_back_task.cancel()
         accel_task.cancel()
         await agent.close()

@@ -1,10 +1,11 @@
-"""Keeping Raft's voters in line with the members' ``database`` role.
+"""Keeping this member's Raft role in line with its ``database`` role.
 
 The replicated state says who should vote (apply enforces ``cluster.max_voters``);
-these loops make Raft match it: each member switches itself between voter and
-follower, the leader adds and removes voters in Raft's own configuration and hands
-an offline voter's vote to an online follower, and a member that finds no leader
-asks the others whether it still votes (it may have been demoted while it was down).
+these loops, on every member, make Raft match it: each member switches itself between
+voter and follower, and a member that finds no leader asks the others whether it still
+votes (it may have been demoted while it was down). The leader's share (adding and
+removing voters in Raft's configuration, handing an offline voter's vote to an online
+follower) is a controller: ``cluster.controllers.voters``.
 """
 
 from __future__ import annotations
@@ -17,13 +18,12 @@ from typing import Any
 import aiohttp
 
 from cluster.api.context import Context
+from cluster.controllers import voters as controller_voters
 from cluster.membership import raft_address_for, raft_password
 from cluster.peers import peer_session
-from cluster.state.apply_members import VOTER, plan_promotions, raft_drift
-from cluster.state.commands import command
+from cluster.state.apply_members import VOTER
 
 log = logging.getLogger(__name__)
-CHANGE_TIMEOUT = 60.0
 ROLE_CHANGES = ("member.join", "member.remove", "member.roles", "member.update",
                 "cluster.bootstrap")
 
@@ -37,17 +37,8 @@ def background(coro: Coroutine[Any, Any, None]) -> None:
 
 
 async def add_voter(ctx: Context, raft: str) -> None:
-    try:
-        await ctx.store.add_member(raft, timeout=CHANGE_TIMEOUT)
-    except Exception as exc:  # noqa: BLE001 - logged; the leader's next round retries
-        log.warning("adding %s to Raft failed: %s", raft, exc)
-
-
-async def remove_voter(ctx: Context, raft: str) -> None:
-    try:
-        await ctx.store.remove_member(raft, timeout=CHANGE_TIMEOUT)
-    except Exception as exc:  # noqa: BLE001 - logged; the leader's next round retries
-        log.warning("removing %s from Raft failed: %s", raft, exc)
+    """Add a joining voter to Raft at once (the voters controller would within a round)."""
+    await controller_voters.add_voter(ctx.store, raft)
 
 
 async def _switch(ctx: Context, partners: list[str], voter: bool) -> None:
@@ -106,38 +97,6 @@ async def track_partners(ctx: Context, period: float = 5.0) -> None:
             await _follow_own_roles(ctx)
     finally:
         ctx.store.unsubscribe(queue)
-
-
-async def keep_voters(ctx: Context, period: float = 2.5) -> None:
-    """On the Raft leader: replace voters offline past the threshold by online followers
-    (so the quorum keeps its configured size), then bring Raft's configuration in line
-    with the roles."""
-    while True:
-        await asyncio.sleep(period)
-        if not ctx.store.voter or ctx.store.leader() != ctx.store.address:
-            continue
-        with ctx.store.read() as state:
-            swaps = plan_promotions(state)
-        for lost, follower in swaps:
-            try:
-                await ctx.store.submit(command("member.roles", name=lost, roles=[]))
-                await ctx.store.submit(command("member.roles", name=follower, roles=[VOTER]))
-            except Exception as exc:  # noqa: BLE001 - state changed meanwhile; next round
-                log.info("promotion of %s skipped: %s", follower, exc)
-                continue
-            log.info("voter %s is offline: promoting %s", lost, follower)
-        await _follow_roles_in_raft(ctx)
-
-
-async def _follow_roles_in_raft(ctx: Context) -> None:
-    """Add the missing voters first (the quorum only grows while a vote moves), then
-    remove the extra ones; each change commits before the next starts."""
-    with ctx.store.read() as state:
-        to_add, to_remove = raft_drift(state, ctx.store.address, ctx.store.raft_partners())
-    for raft in to_add:
-        await add_voter(ctx, raft)
-    for raft in to_remove:
-        await remove_voter(ctx, raft)
 
 
 async def find_way_back(ctx: Context, period: float = 3.0) -> None:

@@ -17,6 +17,7 @@ from cluster.api.operations import Operations
 from cluster.api.response import ApiError
 from cluster.local_config import LocalConfig
 from cluster.local_config import save_async as save_local_config
+from cluster.state import waiters
 from cluster.state.commands import Command
 from cluster.state.raft import RaftStore
 from cluster.state.store import Change
@@ -91,26 +92,11 @@ class Context:
 
     async def wait_report(self, queue: asyncio.Queue[Change], uid: str, generation: int,
                           timeout: float) -> None:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        with self.store.read() as state:
-            inst = state.instance_by_uid(uid)
-            if inst is not None and inst.observed.generation >= generation:
-                error = inst.results.get(generation, "")
-                if error:
-                    raise ApiError(400, error)
-                return
-        while True:
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                raise ApiError(504, "Timed out waiting for the node agent")
-            change = await asyncio.wait_for(queue.get(), remaining)
-            args = change.command.args
-            if (change.command.type == "instance.observed" and args.get("uid") == uid
-                    and int(args.get("generation", 0)) >= generation):
-                if args.get("error"):
-                    raise ApiError(400, str(args["error"]))
-                return
+        """``waiters.wait_generation``, with its errors as the API's (400 and 504)."""
+        try:
+            await waiters.wait_generation(self.store, queue, uid, generation, timeout)
+        except (waiters.AgentFailed, waiters.WaitTimedOut) as exc:
+            raise ApiError(exc.code, str(exc)) from exc
 
 
 @dataclass

@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 from cluster.state import (
     apply_instances,
+    apply_intents,
     apply_members,
     apply_misc,
     apply_moves,
@@ -27,7 +28,8 @@ Handler = Callable[[State, Command], Result]
 
 HANDLERS: dict[str, Handler] = {**apply_instances.HANDLERS, **apply_misc.HANDLERS,
                                 **apply_trust.HANDLERS, **apply_members.HANDLERS,
-                                **apply_moves.HANDLERS, **digest.HANDLERS}
+                                **apply_moves.HANDLERS, **apply_intents.HANDLERS,
+                                **digest.HANDLERS}
 
 
 def apply(state: State, cmd: Command) -> Result:
@@ -68,6 +70,7 @@ def _dispatch(state: State, cmd: Command) -> Result:
     if handler is None:
         return fail(400, f"Unknown command type {cmd.type!r}")
     try:
-        return handler(state, cmd)
+        refused = apply_intents.fence(state, cmd)  # a deposed leader's controller, a late step
+        return refused if refused is not None else handler(state, cmd)
     except Exception as exc:  # noqa: BLE001 - apply must never raise (it would block the log)
         return fail(500, f"Internal error applying {cmd.type}: {exc!r}")

@@ -12,6 +12,7 @@ import copy
 from typing import Any
 
 from cluster.state import etags, reservations, validate
+from cluster.state.apply_intents import lock_problem
 from cluster.state.commands import Command, Result, fail, ok
 from cluster.state.model import Action, Instance, Snapshot, State
 from cluster.state.placement import placement_problem, resize_problem
@@ -28,13 +29,17 @@ def _enqueue(inst: Instance, kind: str, **args: Any) -> int:
     return inst.generation
 
 
-def _get(state: State, name: object) -> Instance | Result:
-    """The instance to change; refused while a move copies it elsewhere."""
+def _get(state: State, cmd: Command) -> Instance | Result:
+    """The instance ``cmd`` names, to change; refused while an intent holds it or a move
+    copies it elsewhere, unless the command is that intent's own (``cmd.args["intent"]``,
+    whose epoch and phase ``apply_intents.fence`` has checked)."""
+    name = cmd.args.get("name")
     inst = state.instances.get(name) if isinstance(name, str) else None
     if inst is None:
         return fail(404, "Instance not found")
-    if inst.moving_to:
-        return fail(409, f"Instance is being moved to {inst.moving_to}")
+    problem = lock_problem(inst, cmd.args)
+    if problem:
+        return fail(409, problem)
     return inst
 
 
@@ -183,7 +188,7 @@ def _create(state: State, a: dict[str, Any], now: float) -> Result:
 
 
 def action(state: State, cmd: Command) -> Result:
-    inst = _get(state, cmd.args.get("name"))
+    inst = _get(state, cmd)
     if isinstance(inst, Result):
         return inst
     kind = cmd.args.get("action")
@@ -220,7 +225,7 @@ def update(state: State, cmd: Command) -> Result:
     """Full replacement of config and devices (PUT); profiles, description and ephemeral
     are kept when absent. With ``if_match`` (the client's ``If-Match``), only while the
     committed record still has that ETag: 412 and no change otherwise."""
-    inst = _get(state, cmd.args.get("name"))
+    inst = _get(state, cmd)
     if isinstance(inst, Result):
         return inst
     problem = etags.mismatch(cmd.args.get("if_match"), etags.instance(inst))
@@ -234,7 +239,7 @@ def patch(state: State, cmd: Command) -> Result:
     device is replaced whole, by name), the other given fields replaced; ``if_match`` as
     in ``update``. Merging here, not in the API handler, is what keeps two concurrent
     PATCHes of different keys from losing one of them."""
-    inst = _get(state, cmd.args.get("name"))
+    inst = _get(state, cmd)
     if isinstance(inst, Result):
         return inst
     a = cmd.args
@@ -282,7 +287,7 @@ def _replace(state: State, inst: Instance, a: dict[str, Any]) -> Result:
 
 
 def rename(state: State, cmd: Command) -> Result:
-    inst = _get(state, cmd.args.get("name"))
+    inst = _get(state, cmd)
     if isinstance(inst, Result):
         return inst
     new = cmd.args.get("new_name")
@@ -301,7 +306,7 @@ def rename(state: State, cmd: Command) -> Result:
 
 
 def delete(state: State, cmd: Command) -> Result:
-    inst = _get(state, cmd.args.get("name"))
+    inst = _get(state, cmd)
     if isinstance(inst, Result):
         return inst
     if not cmd.args.get("force") and (inst.power != "Stopped"):
@@ -311,7 +316,7 @@ def delete(state: State, cmd: Command) -> Result:
 
 
 def snapshot(state: State, cmd: Command) -> Result:
-    inst = _get(state, cmd.args.get("name"))
+    inst = _get(state, cmd)
     if isinstance(inst, Result):
         return inst
     snap = cmd.args.get("snapshot")
@@ -331,7 +336,7 @@ def snapshot(state: State, cmd: Command) -> Result:
 
 
 def _ready_snapshot(state: State, cmd: Command) -> tuple[Instance, Snapshot] | Result:
-    inst = _get(state, cmd.args.get("name"))
+    inst = _get(state, cmd)
     if isinstance(inst, Result):
         return inst
     snap = inst.snapshots.get(cmd.args.get("snapshot", ""))

@@ -5,6 +5,12 @@ a running VM with ``live``, evacuation).
 there while its volume is copied; ``end`` switches the location and frees the source;
 ``abort`` frees the target. While a move is under way every other change of the
 instance is refused (see ``apply_instances._get``).
+
+Under a controller (``cluster/controllers``) each of the three carries ``intent``,
+``epoch`` and ``from_phase``: ``apply_intents.fence`` refuses a stale epoch or a step
+from another phase, and here the instance must be held by that intent. Without an
+intent (today's moves from an API handler) they work as before, but never on an instance
+an intent holds.
 """
 
 from __future__ import annotations
@@ -19,6 +25,10 @@ def _instance(state: State, cmd: Command) -> Instance | Result:
     inst = state.instances.get(cmd.args.get("name", ""))
     if inst is None or inst.uid != cmd.args.get("uid"):
         return fail(404, "Instance not found")
+    intent = cmd.args.get("intent", "")
+    if inst.intent != intent:
+        return fail(409, f"Instance {inst.name} is held by intent {inst.intent}" if inst.intent
+                    else f"Instance {inst.name} is not held by intent {intent}")
     return inst
 
 

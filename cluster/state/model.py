@@ -97,6 +97,10 @@ class Instance:
     group: str = ""  # the placement group it is counted in (reservations.py)
     moving_to: str = ""  # the member a move is copying it to (apply_moves.py)
     stateful: bool = False  # a stateful stop's checkpoint waits for the next start
+    # The intent (``State.intents``) that holds this instance: every other change of it is
+    # refused until that intent finishes (``apply_intents.lock_problem``). A snapshot from
+    # before the field existed reads the class default "" (unlocked).
+    intent: str = ""
 
     @property
     def busy(self) -> bool:
@@ -178,6 +182,50 @@ class JoinToken:
     expires_at: float
 
 
+FINISHED_PHASES = ("done", "failed", "cancelled")
+
+
+@dataclass
+class Intent:
+    """Long work (a move, an evacuation, a restore) as a replicated record, driven phase by
+    phase by a controller on the Raft leader (``cluster/controllers``); a new leader
+    resumes it from here. Only ``apply_intents`` changes it, and times are the commands'.
+    """
+
+    id: str
+    kind: str  # which controller drives it: move, live_move, evacuate, restore, ...
+    request: dict[str, Any] = field(default_factory=dict)  # what was asked, as validated
+    plan: dict[str, Any] = field(default_factory=dict)  # what the controller worked out
+    phase: str = "new"  # the controller's step; done, failed and cancelled are final
+    items: dict[str, dict[str, Any]] = field(default_factory=dict)  # per instance, merged
+    progress: dict[str, Any] = field(default_factory=dict)  # the operation's metadata
+    error: str = ""
+    cancel: bool = False  # cancelling was asked (``intent.cancel``); the controller undoes
+    cancellable: bool = True  # False once past the switch: cancel is then refused
+    locks: dict[str, str] = field(default_factory=dict)  # instance name -> uid it holds
+    member: str = ""  # the member that took the request
+    created_at: float = 0.0
+    updated_at: float = 0.0
+
+    def __setstate__(self, data: dict[str, Any]) -> None:
+        self.__dict__.update(Intent("", "").__dict__ | data)
+
+    @property
+    def finished(self) -> bool:
+        return self.phase in FINISHED_PHASES
+
+
+@dataclass
+class ControllerEpoch:
+    """Who runs the controllers, and under which epoch (``controller.claim`` raises it by
+    one). A command carrying another ``epoch`` is refused: it comes from a deposed
+    leader's controller (``apply_intents.fence``)."""
+
+    member: str = ""
+    epoch: int = 0
+    claimed_at: float = 0.0
+
+
 RECENT_COMMANDS = 20_000
 
 
@@ -201,6 +249,8 @@ class State:
     reserved: dict[str, Resources] | None = field(default_factory=dict)
     # Instances of each placement group on each member (None: to be recomputed).
     grouped: dict[str, dict[str, int]] | None = field(default_factory=dict)
+    intents: dict[str, Intent] = field(default_factory=dict)  # by id, oldest first
+    controller: ControllerEpoch = field(default_factory=ControllerEpoch)
 
     def __setstate__(self, data: dict[str, Any]) -> None:
         # A snapshot pickled before a field existed still loads, with that field empty;
