@@ -13,6 +13,6 @@
 
 Heartbeats carry the sender's wall clock only for display; no clock is ever compared
 with another member's. Only transitions (ONLINE -> OFFLINE -> ONLINE) are committed,
-and apply re-checks each one against the heartbeat count (``apply_members``) and the controller's epoch
-(``apply_intents.fence``).
+and apply re-checks each one against the heartbeat count (``apply_members``) and the
+controller's epoch (``apply_intents.fence``).
 """

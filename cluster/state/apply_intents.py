@@ -56,8 +56,8 @@ def fence(state: State, cmd: Command) -> Result | None:
         return fail(400, "A controller's command must carry its epoch")
     if "intent" not in args and "from_phase" not in args:
         return None
-    intent = state.intents.get(args.get("intent")) if isinstance(args.get("intent"), str) \
-        else None
+    named = args.get("intent")
+    intent = state.intents.get(named) if isinstance(named, str) else None
     if intent is None:
         return fail(404, f"Intent {args.get('intent')!r} not found")
     if intent.finished:
@@ -121,10 +121,12 @@ def create(state: State, cmd: Command) -> Result:
         return fail(400, "An intent needs an id and a kind")
     if intent_id in state.intents:
         return fail(409, f"Intent {intent_id} exists already")
-    parts = {key: _dict_arg(a, key) for key in ("request", "plan", "items")}
-    for value in parts.values():
+    parts: dict[str, dict[str, Any]] = {}
+    for key in ("request", "plan", "items"):
+        value = _dict_arg(a, key)
         if isinstance(value, str):
             return fail(400, value)
+        parts[key] = value
     phase = a.get("phase", "new")
     if not isinstance(phase, str) or not phase or phase in FINISHED_PHASES:
         return fail(400, f"Invalid first phase {phase!r}")
@@ -133,7 +135,7 @@ def create(state: State, cmd: Command) -> Result:
         return fail(_problem_code(held), held)
     intent = Intent(intent_id, kind, request=dict(parts["request"]), plan=dict(parts["plan"]),
                     phase=phase, items={k: dict(v) if isinstance(v, dict) else {"value": v}
-                                        for k, v in dict(parts["items"]).items()},
+                                        for k, v in parts["items"].items()},
                     locks={name: inst.uid for name, inst in held.items()},
                     member=str(a.get("member", "")), created_at=cmd.time, updated_at=cmd.time)
     for inst in held.values():
