@@ -28,6 +28,7 @@ Intents (``model.Intent``):
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from cluster.state.commands import Command, Result, fail, ok
@@ -88,8 +89,10 @@ def claim(state: State, cmd: Command) -> Result:
 
 
 def _dict_arg(args: dict[str, Any], key: str) -> dict[str, Any] | str:
+    """A private deep copy of an object argument (the submitter's command may share its
+    dicts with the caller on the member that submitted it), or why it is refused."""
     value = args.get(key, {})
-    return value if isinstance(value, dict) else f"{key} must be an object"
+    return copy.deepcopy(value) if isinstance(value, dict) else f"{key} must be an object"
 
 
 def _lockable(state: State, locks: object, intent_id: str) -> dict[str, Instance] | str:

@@ -178,6 +178,12 @@ def test_state_without_intents_loads_and_digests() -> None:
     assert state_digest(copy) == state_digest(state)
     copy.intents["mv1"].phase = "begin"
     assert state_digest(copy) != state_digest(state)  # the digest covers intents
+    older = two_members()
+    launched(older, "c2", "container", running=False)
+    del older.instances["c2"].__dict__["intent"]  # an Instance pickled before the field
+    older = pickle.loads(pickle.dumps(older))
+    assert older.instances["c2"].intent == ""
+    assert apply(older, cmd("instance.action", name="c2", action="start")).ok
 
 
 def test_finished_intents_are_forgotten_past_the_kept_number() -> None:
