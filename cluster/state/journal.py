@@ -331,6 +331,11 @@ class DurableJournal(pysyncobj_journal.Journal):  # type: ignore[misc]
     def __getitem__(self, item: int | slice) -> Any:
         return self._entries[item]
 
+    @property
+    def size(self) -> int:
+        """The journal's bytes on disk (what log compaction is decided by: compaction.py)."""
+        return self._end
+
     def __len__(self) -> int:
         return len(self._entries)
 

@@ -24,6 +24,7 @@ from pysyncobj.monotonic import monotonic as monotonic_time
 
 from cluster.state.apply import BARRIER, apply
 from cluster.state.commands import Command, Result, command
+from cluster.state.compaction import NEVER_ENTRIES, NEVER_SECONDS, SizedCompaction
 from cluster.state.digest import MARK, Mark, MarkBook
 from cluster.state.dumps import ForkingDump
 from cluster.state.errors import OutcomeUnknown, ReplicaDamaged, Unavailable, error_for
@@ -121,7 +122,7 @@ class _Replica(SyncObjConsumer):
         return int(sync._SyncObj__raftLastApplied) + 1 if sync is not None else 0
 
 
-class _PromptSyncObj(SyncObj):  # type: ignore[misc]
+class _PromptSyncObj(SizedCompaction, SyncObj):  # type: ignore[misc]
     """pysyncobj advances its commit index only at the start of a tick, so a write
     would wait a whole tick period after it was accepted. Ticking again at once
     while a tick made progress commits promptly without a busy short tick period
@@ -293,7 +294,10 @@ def raft_conf(journal_dir: Path, password: str, bind_address: str,
         fullDumpFile=str(journal_dir / "snapshot"),
         dynamicMembershipChange=True,
         useFork=False,  # pysyncobj's own fork would keep every fd; ForkingDump closes them
-        logCompactionMinEntries=20000,
+        # Compaction goes by the journal's size, not by entries or a timer
+        # (cluster/state/compaction.py): pysyncobj's own thresholds are out of reach.
+        logCompactionMinEntries=NEVER_ENTRIES,
+        logCompactionMinTime=NEVER_SECONDS,
         logCompactionBatchSize=2**20,  # a dump sent to a lagging follower, 1 MiB a message
         commandsQueueSize=200000,
         **hooks,
