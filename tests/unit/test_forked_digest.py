@@ -8,10 +8,11 @@ import os
 import pickle
 import threading
 import time
+import tracemalloc
 
 import pytest
 
-from cluster.state import forked_digest
+from cluster.state import digest, forked_digest
 from cluster.state.apply import apply
 from cluster.state.digest import KEPT_MARKS, Mark, MarkBook, state_digest
 from cluster.state.model import Action, Instance, State
@@ -93,3 +94,25 @@ def test_a_large_replica_is_not_stalled_by_its_digest() -> None:
     assert record_seconds < digest_seconds / 4, (record_seconds, digest_seconds)
     assert _wait(book, "big").digest == in_place
     assert pickle.loads(pickle.dumps(state)).index == state.index
+
+
+def test_the_digest_is_the_same_however_often_the_encoding_is_hashed(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    state = _placed(500)
+    monkeypatch.setattr(digest, "FLUSH_PIECES", 10**12)  # all joined at the end, as before
+    whole = state_digest(state)
+    monkeypatch.setattr(digest, "FLUSH_PIECES", 1)
+    assert state_digest(state) == whole
+
+
+def test_the_digest_of_a_large_state_needs_little_memory() -> None:
+    """At 1M instances the joined encoding took ~8 GiB, and the OOM killer took the
+    digest child; hashed in pieces it needs a few MiB at any size."""
+    state = _placed(20_000)
+    tracemalloc.start()
+    try:
+        state_digest(state)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 30 * 2**20, f"{peak / 2**20:.0f} MiB"
