@@ -12,7 +12,11 @@
                                             (instance.create_many) with many in flight
     "reach"    to each, until equal    -->  wait until this index is applied; the index
     "settle"   to each                 -->  wait until the last command is applied; state
-                                            digest, RSS, CPU time, log compactions
+                                            digest, RSS (and peak), CPU time, log
+                                            compactions, Raft term, compaction and stall
+                                            timeline
+    "mark"     to each                 -->  the planner commits a replica.mark; each
+                                            returns its digest at it (corral cluster check)
     "snapshot" to the most up to date  -->  pickle / unpickle the State; gzip full dump
     "stop"     to each                 -->  RaftStore.close(), exit
     removes the temp dir, kills any voter process still running
