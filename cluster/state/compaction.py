@@ -98,6 +98,7 @@ class SizedCompaction:
     # observables for the simulator and tests, a few entries per compaction.
     events: list[tuple[float, str, float]]
     _last_call: float
+    _term_seen: int
     _policy: CompactionPolicy | None = None
 
     def _SyncObj__tryLogCompaction(self) -> None:  # noqa: N802 - pysyncobj's mangled name
@@ -127,12 +128,20 @@ class SizedCompaction:
 
     def _note_gap(self) -> None:
         """pysyncobj checks for compaction once a tick: a long gap between two checks
-        is a stall of the Raft thread, whatever its cause (noted for the simulator)."""
+        is a stall of the Raft thread, whatever its cause, and a new term is an election
+        (both noted for the simulator; the stalls kept are the last ``MAX_EVENTS``)."""
         now = time.perf_counter()
         gap, self._last_call = now - self._last_call, now
+        term = int(getattr(self, "_SyncObj__raftCurrentTerm", 0))
+        if term != getattr(self, "_term_seen", term):
+            self.events.append((time.time(), f"term {term} (an election)", gap))
+        self._term_seen = term
         if gap >= GAP_NOTED:
             self.events.append((time.time(), "Raft thread stalled", gap))
-            del self.events[:-MAX_EVENTS]
+            stalls = [i for i, event in enumerate(self.events)
+                      if event[1] == "Raft thread stalled"]
+            if len(stalls) > MAX_EVENTS:
+                del self.events[stalls[0]]
 
     def _force_if_due(self) -> bool:
         """Ask pysyncobj to compact if the policy says so; whether this asked."""

@@ -92,6 +92,10 @@ def test_a_journal_of_few_large_entries_is_compacted_by_its_size(
                 await asyncio.sleep(0.05)
             with store.read() as state:
                 assert len(state.profiles) >= 4000
+            sync = store._require()
+            assert sync.compactions >= 1 and sync.dumps_started >= sync.compactions
+            kinds = [what for _, what, _ in sync.events]
+            assert "dump started" in kinds and "log cut" in kinds
         finally:
             await store.close()
         reopened = RaftStore(address, [], tmp_path, "test")
