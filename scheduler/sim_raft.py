@@ -12,7 +12,11 @@
                                             (instance.create_many) with many in flight
     "reach"    to each, until equal    -->  wait until this index is applied; the index
     "settle"   to each                 -->  wait until the last command is applied; state
-                                            digest, RSS, CPU time, log compacted or not
+                                            digest, RSS (and peak), CPU time, log
+                                            compactions, Raft term, compaction and stall
+                                            timeline
+    "mark"     to each                 -->  the planner commits a replica.mark; each
+                                            returns its digest at it (corral cluster check)
     "snapshot" to the most up to date  -->  pickle / unpickle the State; gzip full dump
     "stop"     to each                 -->  RaftStore.close(), exit
     removes the temp dir, kills any voter process still running
@@ -117,9 +121,11 @@ def run_raft(members: int, instances: int, seed: int = 0,
     three final States (small runs only). Raises ``RuntimeError`` if a voter fails,
     ``ValueError`` for an unknown ``what_if`` setting."""
     options = options or RaftOptions()
-    unknown = set(options.what_if) - set(vars(SyncObjConf()))
+    unknown = set(options.what_if) - set(vars(SyncObjConf())) - {
+        f"compaction.{name}" for name in ("MIN_BYTES", "RATIO")}
     if unknown:
-        raise ValueError(f"not pysyncobj settings: {', '.join(sorted(unknown))}")
+        raise ValueError("not pysyncobj settings (nor compaction.MIN_BYTES or .RATIO): "
+                         f"{', '.join(sorted(unknown))}")
     begun = time.perf_counter()
     root = Path(tempfile.mkdtemp(prefix="corral-sim-"))
     voters: list[_Voter] = []
@@ -135,6 +141,7 @@ def run_raft(members: int, instances: int, seed: int = 0,
                   "plan_size": options.plan_size,
                   "record": record}
         setup = planner.call("setup", params)
+        placing_from = time.time()
         for number, voter in enumerate(planning):  # each process plans its share at once
             voter.conn.send(("run", {**params, "after": setup["index"],
                                      "share": [number, len(planning)]}))
@@ -148,7 +155,9 @@ def run_raft(members: int, instances: int, seed: int = 0,
             f"{options.gc_mode}")
         if options.what_if:
             report.notes.append(f"WHAT-IF Raft settings, not the daemon's: {options.what_if}")
+        report.placing_from = placing_from
         indexes = _settle_all(report, voters, leader, planner, run["index"])
+        _check_marks(report, voters, planner)
         if keep_states:
             report.states = [voter.call("state") for voter in voters]
         if snapshot:  # on the most up-to-date replica, the planner's last
@@ -184,13 +193,30 @@ def _settle_all(report: Report, voters: list[_Voter], leader: _Voter, planner: _
         name = f"voter{voter.index} ({role}{', planner' if voter is planner else ''})"
         settled = voter.call("settle", index)
         report.rss[name] = settled["rss"]
+        report.peak_rss[name] = settled["peak rss"]
         report.cpu[name] = settled["cpu"]
         report.digests[name] = f"{settled['digest'][:16]} at index {settled['index']}"
         report.compacted[name] = settled["compacted"]
+        report.journal[name] = settled["journal bytes"]
+        report.stalls[name] = settled["compaction stall"]
+        report.terms[name] = settled["term"]
+        report.events.extend((at, name, what, took) for at, what, took in settled["events"])
         indexes[voter.index] = settled["index"]
         warnings += settled["warnings"]
     report.notes.append(f"pysyncobj warnings logged by the voters: {warnings}")
     return indexes
+
+
+def _check_marks(report: Report, voters: list[_Voter], planner: _Voter) -> None:
+    """``corral cluster check``'s way: one ``replica.mark`` committed, every replica's
+    digest of its whole state at that marker."""
+    for voter in voters:
+        voter.conn.send(("mark", {"mark": "simulate-end", "submit": voter is planner}))
+    for voter in voters:
+        found = voter.expect("mark", None)
+        report.marks[f"voter{voter.index}"] = (
+            f"{found['digest'][:16]} at index {found['index']} "
+            f"(ready {found['seconds']:.1f} s after it was committed)")
 
 
 def _start_voters(root: Path, options: RaftOptions) -> list[_Voter]:

@@ -23,7 +23,9 @@ from typing import Any
 
 from pysyncobj import SyncObjConf
 
-from cluster.state import raft
+from cluster.state import compaction, raft
+from cluster.state.commands import command
+from cluster.state.digest import MARK
 from cluster.state.raft import RaftStore
 from scheduler.fake_driver import FakeDriver
 from scheduler.sim_pipeline import Pipeline
@@ -38,6 +40,7 @@ from scheduler.view import view_from_state
 SETUP_CHUNK = 4000  # setup commands in flight
 SETTLE_TIMEOUT = 300.0
 PR_SET_PDEATHSIG = 1  # prctl(2)
+COMPACTION_PREFIX = "compaction."  # a what-if setting of cluster.state.compaction
 FREEZE_PERIOD = 1.0  # seconds between gc.freeze() calls with --gc freeze
 
 
@@ -86,7 +89,10 @@ def _die_with_parent(root: str) -> None:
 
 def _override_raft_conf(settings: dict[str, Any]) -> None:
     """``RaftOptions.what_if``: this voter process's ``raft_conf`` with ``settings`` on top
-    (RaftStore.start reads the module's ``raft_conf``). Simulator processes only."""
+    (RaftStore.start reads the module's ``raft_conf``); a ``compaction.NAME`` setting
+    replaces that constant of ``cluster.state.compaction``. Simulator processes only."""
+    for key in [key for key in settings if key.startswith(COMPACTION_PREFIX)]:
+        setattr(compaction, key.removeprefix(COMPACTION_PREFIX), settings.pop(key))
     original = raft.raft_conf
 
     def conf(journal_dir: Path, password: str, bind_address: str,
@@ -117,7 +123,7 @@ async def _serve(conn: Connection, index: int, addresses: list[str], root: Path,
     freezer = asyncio.create_task(_freeze_often()) if gc_mode == "freeze" else None
     ops: dict[str, Callable[[RaftStore, Path, Any], Awaitable[Any]]] = {
         "leader": _is_leader, "setup": _setup, "run": _run, "settle": _settle,
-        "reach": _reach,
+        "reach": _reach, "mark": _mark,
         "state": _state, "snapshot": _snapshot}
     try:
         conn.send(("ready", address))
@@ -183,8 +189,27 @@ async def _settle(store: RaftStore, journal: Path, index: int) -> dict[str, Any]
     await _reach(store, journal, index)
     with store.read() as state:
         return {"index": state.index, "digest": state_digest(state), "rss": _rss(),
-                "compacted": (journal / "snapshot").exists(),
+                "peak rss": _rss("VmHWM"),
+                "compacted": _compactions(store),
+                "journal bytes": _journal_bytes(store),
+                "compaction stall": float(getattr(store._sync, "longest_stall", 0.0)),  # noqa: SLF001
+                "events": list(getattr(store._sync, "events", [])),  # noqa: SLF001
+                "term": _term(store),
                 "warnings": WARNINGS.count, "cpu": _cpu_seconds()}
+
+
+async def _mark(store: RaftStore, journal: Path, params: dict[str, Any]) -> dict[str, Any]:
+    """The daemon's own replica check: the planner commits a ``replica.mark``; every
+    voter returns its digest at that marker (cluster/state/digest.py) and how long it
+    waited for it."""
+    started = time.perf_counter()
+    if params["submit"]:
+        await store.submit(command(MARK, mark=params["mark"]))
+    found = await store.wait_mark(params["mark"], SETTLE_TIMEOUT)
+    if found is None:
+        raise RuntimeError(f"no digest at the marker within {SETTLE_TIMEOUT} s")
+    return {"index": found.index, "digest": found.digest,
+            "seconds": time.perf_counter() - started}
 
 
 async def _reach(store: RaftStore, journal: Path, index: int) -> int:
@@ -232,17 +257,35 @@ async def _snapshot(store: RaftStore, journal: Path, arg: Any) -> dict[str, floa
     return figures
 
 
+def _compactions(store: RaftStore) -> int:
+    """Log compactions this voter completed (dumps written, log cut: state/compaction.py)."""
+    sync = store._sync  # noqa: SLF001 - the simulator looks inside its own voters
+    return int(getattr(sync, "compactions", 0)) if sync is not None else 0
+
+
+def _term(store: RaftStore) -> int:
+    """The Raft term: 1 plus the elections after the first (pysyncobj's getStatus)."""
+    sync = store._sync  # noqa: SLF001
+    return int(sync.getStatus()["raft_term"]) if sync is not None else 0
+
+
+def _journal_bytes(store: RaftStore) -> int:
+    sync = store._sync  # noqa: SLF001
+    journal = getattr(sync, "journal", None)
+    return int(journal.size) if journal is not None else 0
+
+
 def _cpu_seconds() -> float:
     """CPU time (user and system) this process has used so far."""
     times = os.times()
     return times.user + times.system
 
 
-def _rss() -> int:
-    """Resident memory of this process in bytes."""
+def _rss(field: str = "VmRSS") -> int:
+    """Resident memory of this process in bytes (``VmHWM``: its peak so far)."""
     with open("/proc/self/status") as status:
         for line in status:
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) * 1024
     return 0
 

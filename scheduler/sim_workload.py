@@ -172,9 +172,17 @@ class Report:
     setup_seconds: float = 0.0  # building the cluster (and, pure, the requests)
     total_seconds: float = 0.0  # wall time of the whole run
     rss: dict[str, int] = field(default_factory=dict)  # replica -> bytes
+    peak_rss: dict[str, int] = field(default_factory=dict)  # replica -> bytes (VmHWM)
     cpu: dict[str, float] = field(default_factory=dict)  # replica -> CPU seconds used
     digests: dict[str, str] = field(default_factory=dict)  # replica -> state digest
-    compacted: dict[str, bool] = field(default_factory=dict)  # replica -> log compacted
+    compacted: dict[str, int] = field(default_factory=dict)  # replica -> log compactions
+    journal: dict[str, int] = field(default_factory=dict)  # replica -> journal bytes at the end
+    stalls: dict[str, float] = field(default_factory=dict)  # replica -> longest compaction step
+    terms: dict[str, int] = field(default_factory=dict)  # replica -> Raft term at the end
+    # (wall time, replica, what, seconds): compactions and Raft-thread stalls
+    events: list[tuple[float, str, str, float]] = field(default_factory=list)
+    placing_from: float = 0.0  # wall time placing began
+    marks: dict[str, str] = field(default_factory=dict)  # replica -> digest at a replica.mark
     snapshot: dict[str, float] = field(default_factory=dict)
     states: list[State] | None = None  # the replicas' final states (small runs only)
     notes: list[str] = field(default_factory=list)

@@ -95,6 +95,8 @@ def print_report(report: Report, out: TextIO | None = None) -> None:
     write(f"{'time (whole run)':34s} {report.total_seconds:10.2f} s")
     for name, rss in report.rss.items():
         write(f"RSS of {name:38s} {_size(rss):>12s}")
+    for name, rss in report.peak_rss.items():
+        write(f"peak RSS of {name:33s} {_size(rss):>12s}")
     for name, cpu in report.cpu.items():
         write(f"CPU time of {name:33s} {cpu:10.1f} s")
     if report.digests:
@@ -102,10 +104,21 @@ def print_report(report: Report, out: TextIO | None = None) -> None:
         write(f"{'replicas agree':34s} {'yes' if agree else 'NO':>10s}")
         for name, digest in report.digests.items():
             write(f"  state of {name}: {digest}")
-    compacted = [name for name, done in report.compacted.items() if done]
-    if report.compacted:
-        write(f"{'pysyncobj log compaction happened':34s} "
-              f"{'in ' + ', '.join(compacted) if compacted else 'no':>10s}")
+    if report.marks:
+        agree = len({text.split()[0] for text in report.marks.values()}) == 1
+        write(f"{'replica.mark digests agree':34s} {'yes' if agree else 'NO':>10s}")
+        for name, text in report.marks.items():
+            write(f"  {name}: {text}")
+    for name, count in report.compacted.items():
+        write(f"log compactions (dumps) of {name:19s} {count:10d}")
+    for name, term in report.terms.items():
+        write(f"Raft term at the end, {name:23s} {term:10d}")
+    for at, name, what, took in sorted(report.events):
+        write(f"  at {at - report.placing_from:7.1f} s {name.split()[0]}: {what} ({took:.3f} s)")
+    for name, stall in report.stalls.items():
+        write(f"longest compaction step in Raft, {name:14s} {stall:10.3f} s")
+    for name, size in report.journal.items():
+        write(f"journal at the end of {name:23s} {_size(size):>12s}")
     for key, value in report.snapshot.items():
         shown = _size(value) if key.endswith("bytes") else f"{value:.2f} s"
         write(f"{'snapshot: ' + key:34s} {shown:>12s}")

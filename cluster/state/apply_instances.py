@@ -16,6 +16,7 @@ from cluster.state.apply_intents import lock_problem
 from cluster.state.commands import Command, Result, fail, ok
 from cluster.state.model import Action, Instance, Snapshot, State
 from cluster.state.placement import placement_problem, resize_problem
+from cluster.state.shared import shared, shared_config
 
 POWER_AFTER = {"start": "Running", "restart": "Running", "stop": "Stopped",
                "freeze": "Frozen", "unfreeze": "Running"}
@@ -164,10 +165,12 @@ def _create(state: State, a: dict[str, Any], now: float) -> Result:
         return fail(400, spec)
     config, devices = spec
     inst = Instance(
-        uid=a["uid"], name=a["name"], type=str(kind), location=a["location"],
-        architecture=a.get("architecture", "x86_64"), image=a["image"], created_at=now,
-        config=dict(a.get("config", {})), devices=_devices_copy(a.get("devices", {})),
-        profiles=list(a.get("profiles", [])), ephemeral=bool(a.get("ephemeral", False)),
+        uid=a["uid"], name=a["name"], type=shared(str(kind)), location=shared(a["location"]),
+        architecture=shared(a.get("architecture", "x86_64")), image=shared(a["image"]),
+        created_at=now, config=shared_config(a.get("config", {})),
+        devices=_devices_copy(a.get("devices", {})),
+        profiles=[shared(p) for p in a.get("profiles", [])],
+        ephemeral=bool(a.get("ephemeral", False)),
         description=str(a.get("description", "")),
     )
     inst.demand = reservations.expanded_demand(inst.type, config, devices)

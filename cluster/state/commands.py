@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cluster.state.clock import wall_time
+from cluster.state.slotted import slotted
 
 COMMAND_VERSION = 1
 
@@ -25,8 +26,12 @@ class Command:
     ver: int = COMMAND_VERSION
 
 
-@dataclass(frozen=True)
+@slotted
+@dataclass(frozen=True, slots=True)
 class Result:
+    """What apply returned. Slotted: ``State.recent`` keeps one for every placement of
+    the recent plans (cluster/state/slotted.py)."""
+
     ok: bool
     value: Any = None
     error: str = ""

@@ -19,10 +19,10 @@ happen to be the same object, which differs between a replica that applied a com
 and one that unpickled it. ``reserved`` and ``grouped`` are left out: they are caches
 derived from the instances, and a replica may hold them recomputed or not yet
 (``None``). The cost is linear in the state, about 55 µs per instance on this 2-core
-machine (1.1 s at 20k instances), paid in the tick thread, under the replica lock, once per
-check: a few ms for the dev and chaos clusters it serves. Past a few thousand instances
-that stall nears the election timeout; taking the digest in a forked child at the marker
-(as ``dumps.py`` writes dumps) is the way to scale it.
+machine (1.1 s at 20k instances). For a few thousand instances it is paid in the tick thread,
+under the replica lock (a few ms for the dev and chaos clusters); past
+``forked_digest.FORK_FROM_INSTANCES`` a child forked at the marker digests the state as
+it was then, off the Raft thread (forked_digest.py).
 """
 
 from __future__ import annotations
@@ -36,12 +36,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from cluster.state import forked_digest
 from cluster.state.commands import Command, Result, ok
+from cluster.state.forked_digest import ForkedDigest
 from cluster.state.model import State
 
 MARK = "replica.mark"
 DERIVED_FIELDS = frozenset({"reserved", "grouped"})
 KEPT_MARKS = 32  # concurrent checks each need their marker kept until it is read
+FLUSH_PIECES = 65_536  # encoded pieces kept before they are fed to the hash
 
 
 @dataclass(frozen=True)
@@ -56,12 +59,29 @@ class Mark:
 def state_digest(state: State) -> str:
     """Hex BLAKE2b of ``state`` without its derived caches; equal states give equal
     digests in any process (no hash seed, object identity or pickle memo involved)."""
-    out: list[bytes] = [b"State"]
+    out = _Sink(hashlib.blake2b(digest_size=32))
+    out.append(b"State")
     for f in dataclasses.fields(state):
         if f.name not in DERIVED_FIELDS:
             _encode(f.name, out)
             _encode(getattr(state, f.name), out)
-    return hashlib.blake2b(b"".join(out), digest_size=32).hexdigest()
+    out.flush()
+    return out.hasher.hexdigest()
+
+
+class _Sink(list[bytes]):
+    """The encoding's pieces, fed to the hash every ``FLUSH_PIECES`` (the BLAKE2b of
+    the pieces hashed in turn is that of their concatenation). Joined at the end, the
+    encoding of a million instances took about 8 GiB, and a digest child of that size
+    was killed by the OOM killer (issue 13)."""
+
+    def __init__(self, hasher: Any) -> None:
+        super().__init__()
+        self.hasher = hasher
+
+    def flush(self) -> None:
+        self.hasher.update(b"".join(self))
+        self.clear()
 
 
 def _encode(value: Any, out: list[bytes]) -> None:
@@ -100,6 +120,8 @@ def _encode_dict(value: dict[Any, Any], out: list[bytes]) -> None:
     for key, item in value.items():
         _encode(key, out)
         _encode(item, out)
+        if len(out) >= FLUSH_PIECES and isinstance(out, _Sink):
+            out.flush()
 
 
 def _encode_list(value: list[Any] | tuple[Any, ...], out: list[bytes]) -> None:
@@ -142,24 +164,38 @@ _ENCODERS: dict[type, Callable[[Any, list[bytes]], None]] = {
 
 class MarkBook:
     """The digests this replica took at the last ``KEPT_MARKS`` markers. Not replicated
-    state: it lives beside the replica and is written only in apply, under its lock."""
+    state: it lives beside the replica and is used only under the replica's lock.
+    A large state is digested by a forked child (forked_digest.py): ``get`` returns
+    None until that child is done, as for a marker not applied yet."""
 
     def __init__(self) -> None:
-        self._marks: OrderedDict[str, Mark] = OrderedDict()
+        self._marks: OrderedDict[str, Mark | tuple[int, ForkedDigest]] = OrderedDict()
 
     def record(self, mark: str, index: int, state: State) -> None:
         """Digest ``state`` as of the marker ``mark`` at log ``index``; never raises
         (it runs inside apply, where an exception would block the log)."""
         try:
-            digest = state_digest(state)
+            if len(state.instances) >= forked_digest.FORK_FROM_INSTANCES:
+                self._marks[mark] = (index, ForkedDigest(state, state_digest))
+            else:
+                self._marks[mark] = Mark(mark, index, state_digest(state))
         except Exception as exc:  # noqa: BLE001 - see the docstring
-            digest = f"error: {exc!r}"
-        self._marks[mark] = Mark(mark, index, digest)
+            self._marks[mark] = Mark(mark, index, f"error: {exc!r}")
         while len(self._marks) > KEPT_MARKS:
-            self._marks.popitem(last=False)
+            _, dropped = self._marks.popitem(last=False)
+            if isinstance(dropped, tuple):
+                dropped[1].abandon()
 
     def get(self, mark: str) -> Mark | None:
-        return self._marks.get(mark)
+        found = self._marks.get(mark)
+        if not isinstance(found, tuple):
+            return found
+        index, child = found
+        digest = child.poll()
+        if digest is None:
+            return None
+        self._marks[mark] = done = Mark(mark, index, digest)
+        return done
 
 
 def apply_mark(state: State, cmd: Command) -> Result:

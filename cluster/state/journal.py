@@ -18,9 +18,11 @@ and pysyncobj's own journal otherwise). Like etcd's WAL:
   call durable with one ``fdatasync`` (group commit). The caller (raft.py) calls it
   before it reports entries as stored: before the leader counts itself towards a
   commit and before a follower answers ``append_entries``.
-- Compaction and ``clear`` write a new file, fsync it, rename it over the journal and
-  fsync the directory; the live file is only ever appended to or cut at its end (an
-  uncommitted suffix that the leader replaces).
+- ``clear`` writes a new file, fsyncs it, renames it over the journal and fsyncs the
+  directory; the live file is only ever appended to or cut at its end (an uncommitted
+  suffix that the leader replaces). Compaction records where the live records start in
+  the meta file and frees the blocks before that (a hole); the next start rewrites the
+  file without them.
 - The term, vote and commit index go to ``<journal>.meta`` by write, fsync, rename,
   fsync of the directory, with a checksum too.
 
@@ -46,8 +48,11 @@ from pysyncobj import journal as pysyncobj_journal
 from pysyncobj import syncobj as pysyncobj_syncobj
 
 from cluster.state.errors import ReplicaDamaged
+from cluster.state.punch import punch_hole
 
 MAGIC = b"CORRAL-JOURNAL-1"
+FIRST_OFFSET = "journalFirstOffset"  # meta key: where the live records start (a cut log)
+FILE_ID = "journalInode"  # meta key: the journal file the first offset is for
 META_MAGIC = b"CORRAL-META-1\n"
 _HEAD = struct.Struct("<II")  # length, crc32
 _ENTRY = struct.Struct("<QQ")  # index, term
@@ -246,11 +251,13 @@ class DurableJournal(pysyncobj_journal.Journal):  # type: ignore[misc]
         self._open()
 
     def _open(self) -> None:
-        """Replay the file (cutting a torn tail off), converting a pysyncobj journal."""
+        """Replay the file (cutting a torn tail off), converting a pysyncobj journal.
+        Records before the first live one (``deleteEntriesTo``) are skipped, and the
+        file is then rewritten without them."""
         try:
-            data = self.path.read_bytes()
+            data, skipped = self._read_live()
         except FileNotFoundError:
-            data = b""
+            data, skipped = b"", 0
         if not data:
             self._rewrite([])
             return
@@ -258,12 +265,28 @@ class DurableJournal(pysyncobj_journal.Journal):  # type: ignore[misc]
             self._rewrite(replay_legacy(data))
             return
         found = replay(data, str(self.path))
+        if skipped:  # at start, before Raft runs: drop the dead prefix for good
+            self._rewrite(found.entries)
+            return
         self._entries, self._offsets, self._end = found.entries, found.offsets, found.end
         self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
         if found.torn:
             os.ftruncate(self._fd, found.end)
             os.fsync(self._fd)
         self.durable_index = self._entries[-1][1] if self._entries else 0
+
+    def _read_live(self) -> tuple[bytes, int]:
+        """The journal's header followed by its live records, and how many bytes of
+        dead records were skipped between them. The first live offset counts only for
+        the file it was stored for (its inode): a file renamed over it starts at its
+        header."""
+        with open(self.path, "rb") as source:
+            first = int(self._meta.get(FIRST_OFFSET, 0))
+            if first <= len(MAGIC) or self._meta.get(FILE_ID) != os.fstat(source.fileno()).st_ino:
+                return source.read(), 0
+            head = source.read(len(MAGIC))
+            source.seek(first)
+            return head + source.read(), first - len(MAGIC)
 
     def _rewrite(self, entries: list[Entry]) -> None:
         """Make ``entries`` the whole journal: a new file renamed into place, then
@@ -278,6 +301,9 @@ class DurableJournal(pysyncobj_journal.Journal):  # type: ignore[misc]
         if self._fd >= 0:
             os.close(self._fd)
         self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
+        if self._meta.pop(FIRST_OFFSET, None) is not None:  # the new file has no dead part
+            self._meta.pop(FILE_ID, None)
+            self._store_meta()
         self._entries, self._offsets, self._end = list(entries), offsets, offset
         self._dirty = False
         self.syncs += 1
@@ -324,12 +350,34 @@ class DurableJournal(pysyncobj_journal.Journal):  # type: ignore[misc]
                                  self._entries[-1][1] if self._entries else 0)
 
     def deleteEntriesTo(self, entryTo: int) -> None:  # noqa: N802, N803 - pysyncobj's
-        """Drop the entries before position ``entryTo`` (a dump now covers them) by
-        writing the rest to a new file renamed over the journal."""
-        self._rewrite(self._entries[entryTo:])
+        """Drop the entries before position ``entryTo`` (a dump now covers them): the
+        first live offset goes to the meta file (durably, as a term does) and the dead
+        records' blocks are freed in place (punch.py). Nothing is copied: rewriting the
+        rest, up to hundreds of MiB with an fsync, stalled the Raft thread for seconds.
+        The file loses its dead prefix for good at the next start (``_open``)."""
+        first = self._offsets[entryTo] if entryTo < len(self._offsets) else self._end
+        if first <= len(MAGIC):
+            return
+        self._meta[FIRST_OFFSET] = first
+        self._meta[FILE_ID] = os.fstat(self._fd).st_ino
+        self._store_meta()
+        del self._entries[:entryTo]
+        del self._offsets[:entryTo]
+        punch_hole(self._fd, len(MAGIC), first)
+
+    @property
+    def first_offset(self) -> int:
+        """Where the first live record starts in the file."""
+        return self._offsets[0] if self._offsets else self._end
 
     def __getitem__(self, item: int | slice) -> Any:
         return self._entries[item]
+
+    @property
+    def size(self) -> int:
+        """The bytes of the journal's live records (what log compaction is decided by:
+        compaction.py)."""
+        return self._end - self.first_offset
 
     def __len__(self) -> int:
         return len(self._entries)

@@ -1,7 +1,9 @@
 """The replicated state: plain, picklable data and nothing else.
 
 Records are dataclasses so the code reads well; they hold no locks, loops or
-sockets (pysyncobj pickles the state when it compacts its log).
+sockets (pysyncobj pickles the state when it compacts its log). The records there are
+one or more of per instance have ``__slots__`` (see ``slotted.py``: a third less memory
+per instance, and snapshots stay loadable both ways).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
+from cluster.state.slotted import slotted
 from scheduler.resources import ZERO, Resources
 
 
@@ -41,7 +44,8 @@ class Member:
         self.__dict__.update(Member("", "").__dict__ | data)
 
 
-@dataclass
+@slotted
+@dataclass(slots=True)
 class Action:
     """One unit of work for the node agent, numbered by the instance's generation."""
 
@@ -50,7 +54,8 @@ class Action:
     args: dict[str, Any] = field(default_factory=dict)
 
 
-@dataclass
+@slotted
+@dataclass(slots=True)
 class Observed:
     """What the node agent last reported for an instance."""
 
@@ -72,7 +77,8 @@ class Snapshot:
     ready: bool = False
 
 
-@dataclass
+@slotted
+@dataclass(slots=True)
 class Instance:
     uid: str
     name: str

@@ -31,6 +31,7 @@ from pysyncobj.syncobj import _RAFT_STATE
 
 from cluster.state.apply import BARRIER, apply
 from cluster.state.commands import Command, Result, command
+from cluster.state.compaction import NEVER_ENTRIES, NEVER_SECONDS, SizedCompaction
 from cluster.state.digest import MARK, Mark, MarkBook
 from cluster.state.dump_transfer import RESTART, DumpTransfer
 from cluster.state.dumps import ForkingDump
@@ -73,10 +74,10 @@ MESSAGE_BYTES = 2**25  # pysyncobj's largest append_entries message (see raft_co
 # heartbeats unsent.
 FREEZE_EVERY = 10_000
 SLOW_READ = 0.05  # s: a read holding the replica lock longer is logged (apply waits)
-# Entries in the log before a member compacts it (writes a dump). Tests of dumps between
-# real daemons lower it through the environment, so a few hundred writes make dumps.
+# Test-only: entries in the log after which a member also compacts it (writes a dump).
+# Tests of dumps between real daemons set it, so a few hundred writes make dumps; the
+# daemon itself compacts by journal size (state/compaction.py).
 COMPACTION_ENV = "CORRAL_RAFT_COMPACTION_ENTRIES"
-COMPACTION_ENTRIES = 20000
 
 
 class _Replica(SyncObjConsumer):
@@ -135,9 +136,10 @@ class _Replica(SyncObjConsumer):
         return int(sync._SyncObj__raftLastApplied) + 1 if sync is not None else 0
 
 
-class _PromptSyncObj(LeadershipSyncObj):
+class _PromptSyncObj(SizedCompaction, LeadershipSyncObj):  # type: ignore[misc]
     """Pre-vote and the disruptive-servers rule come from ``LeadershipSyncObj``
-    (state/leadership.py).
+    (state/leadership.py), compaction by journal size from ``SizedCompaction``
+    (state/compaction.py).
 
     pysyncobj advances its commit index only at the start of a tick, so a write
     would wait a whole tick period after it was accepted. Ticking again at once
@@ -355,7 +357,12 @@ def raft_conf(journal_dir: Path, password: str, bind_address: str,
         fullDumpFile=str(journal_dir / "snapshot"),
         dynamicMembershipChange=True,
         useFork=False,  # pysyncobj's own fork would keep every fd; ForkingDump closes them
-        logCompactionMinEntries=int(os.environ.get(COMPACTION_ENV, COMPACTION_ENTRIES)),
+        # Compaction goes by the journal's size, not by entries or a timer
+        # (cluster/state/compaction.py): pysyncobj's own thresholds are out of reach,
+        # except where a test lowers the entry count (COMPACTION_ENV) to get dumps
+        # after a few hundred writes.
+        logCompactionMinEntries=int(os.environ.get(COMPACTION_ENV, NEVER_ENTRIES)),
+        logCompactionMinTime=NEVER_SECONDS,
         logCompactionBatchSize=2**20,  # a dump sent to a lagging follower, 1 MiB a message
         commandsQueueSize=200000,
         **hooks,

@@ -13,6 +13,7 @@ it (``_credentials``), so nothing but the cluster key opens them, as for this AP
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import time
 from collections.abc import Callable
@@ -47,7 +48,7 @@ def _moving(ctx: Context, request: web.Request) -> tuple[Instance, InstanceSpec,
             raise ApiError(400, "Only virtual machines migrate live")
         me = state.members.get(ctx.member)
         address = me.address if me is not None else ""
-        return Instance(**inst.__dict__), NodeAgent._spec_of(state, inst), _host(address)
+        return dataclasses.replace(inst), NodeAgent._spec_of(state, inst), _host(address)
 
 
 def _host(address: str) -> str:

@@ -8,6 +8,7 @@ lives."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from collections.abc import AsyncIterator
 
@@ -67,7 +68,7 @@ def _instance(ctx: Context, request: web.Request,
         if inst is None or inst.uid != uid:
             raise ApiError(404, "Instance not found")
         spec = NodeAgent._spec_of(state, inst)
-        found = Instance(**{**inst.__dict__})
+        found = dataclasses.replace(inst)
     pool = ctx.node.pool(spec.pool)
     return found, spec, VmVolumes(pool) if spec.is_vm else pool
 
