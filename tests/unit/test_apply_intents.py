@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from cluster.state.apply import apply
 from cluster.state.commands import Command, Result
 from cluster.state.digest import state_digest
-from cluster.state.model import Intent, State
+from cluster.state.model import Instance, Intent, State
 from tests.unit.test_apply_moves import begin, launched, two_members
 
 _ids = itertools.count()
@@ -180,7 +180,11 @@ def test_state_without_intents_loads_and_digests() -> None:
     assert state_digest(copy) != state_digest(state)  # the digest covers intents
     older = two_members()
     launched(older, "c2", "container", running=False)
-    del older.instances["c2"].__dict__["intent"]  # an Instance pickled before the field
+    fields = older.instances["c2"].__getstate__()  # an Instance pickled before the field
+    del fields["intent"]
+    before = Instance.__new__(Instance)
+    before.__setstate__(fields)
+    older.instances["c2"] = before
     older = pickle.loads(pickle.dumps(older))
     assert older.instances["c2"].intent == ""
     assert apply(older, cmd("instance.action", name="c2", action="start")).ok
