@@ -26,7 +26,6 @@ from cluster.api import schemas
 from cluster.api.bodies import json_body
 from cluster.api.context import Context
 from cluster.api.handlers.common import ctx_of, until_replica
-from cluster.api.handlers.volumes import _require_member_peer
 from cluster.api.response import ApiError, empty, sync
 from cluster.state.model import Instance
 from node_agent.agent import NodeAgent
@@ -71,7 +70,6 @@ def _credentials(root: Path) -> migration.Credentials:
 async def prepare(request: web.Request) -> web.Response:
     """POST .../incoming (target): a paused QEMU waiting for the migration, its disk
     exported over NBD; answers where the source is to send."""
-    _require_member_peer(request)
     ctx = ctx_of(request)
     await until_replica(lambda: _moving(ctx, request)[0].moving_to == ctx.member)
     inst, spec, host = _moving(ctx, request)
@@ -91,7 +89,6 @@ async def _on_vm(request: web.Request, lives_here: bool,
                  work: Callable[[QemuDriver, str], None]) -> web.Response:
     """Run ``work(driver, name)`` in a thread, only where the instance lives
     (``lives_here``) or only where it does not."""
-    _require_member_peer(request)
     ctx = ctx_of(request)
     await until_replica(lambda: (_moving(ctx, request)[0].location == ctx.member) == lives_here)
     inst, _, _ = _moving(ctx, request)
@@ -117,7 +114,6 @@ async def send(request: web.Request) -> web.StreamResponse:
     """POST .../outgoing (source) with ``{"incoming": ..., "downtime_ms": n}``: mirror the
     disk and migrate RAM to the prepared target. Answers progress lines (JSON), then
     ``{"done": stats}`` or ``{"error": ...}``; on an error the VM runs here again."""
-    _require_member_peer(request)
     ctx = ctx_of(request)
     await until_replica(lambda: bool(_moving(ctx, request)[0].moving_to))
     inst, _, _ = _moving(ctx, request)

@@ -1,6 +1,6 @@
 """``/internal/instances/<name>/volume``: members hand an instance's volume to each other
 during a move, over the cluster's mutual TLS. Only a peer presenting the cluster
-certificate may call these, and each call is checked against the replicated state:
+certificate may call these (the ``MEMBER`` route policy, ``cluster/api/app.py``), and each call is checked against the replicated state:
 a volume is sent only while a move of that very instance (by uid) is under way, is
 received only by the move's target, and is deleted only where the instance no longer
 lives."""
@@ -13,11 +13,10 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from cluster import peers, tls
+from cluster import peers
 from cluster.api.context import Context
 from cluster.api.handlers.common import ctx_of, until_replica
 from cluster.api.response import ApiError, empty
-from cluster.https import HTTPS
 from cluster.state.model import Instance
 from node_agent.agent import NodeAgent
 from node_agent.drivers.base import NotFound
@@ -49,14 +48,6 @@ PRECOPY_TIME = "X-Corral-Precopy-Time"
 BASELINE = "X-Corral-Baseline"  # image:shift of the volume's baseline (storage/baseline.py)
 
 
-def _require_member_peer(request: web.Request) -> None:
-    listener = request.app.get(HTTPS)
-    transport = request.transport
-    fingerprint = tls.peer_fingerprint(transport) if transport is not None else ""
-    if listener is None or not fingerprint or fingerprint != listener.identity.fingerprint:
-        raise ApiError(403, "Only cluster members may move volumes")
-
-
 def _instance(ctx: Context, request: web.Request,
               ) -> tuple[Instance, InstanceSpec, VolumeHolder]:
     """The instance (a copy), its spec and what holds its volume here: its storage pool,
@@ -77,7 +68,6 @@ async def send(request: web.Request) -> web.StreamResponse:
     ``?precopy=1``: the whole volume of a running container before its move (header
     PRECOPY_TIME: when it began, on this member's clock); ``?newer=T``: only what
     changed since T; ``?listing=1``: its paths (``transfer.volume_listing``)."""
-    _require_member_peer(request)
     ctx = ctx_of(request)
     precopy = bool(request.query.get("precopy"))
     if not precopy:
@@ -117,7 +107,6 @@ async def send(request: web.Request) -> web.StreamResponse:
 async def receive(request: web.Request) -> web.StreamResponse:
     """POST ?source=ADDR: pull the volume from the member at ADDR into this member's pool.
     Answers with progress lines (JSON) and a last line ``{"done": bytes}`` or ``{"error"}``."""
-    _require_member_peer(request)
     ctx = ctx_of(request)
     if not request.query.get("precopy"):
         await until_replica(lambda: _instance(ctx, request)[0].moving_to == ctx.member)
@@ -264,7 +253,6 @@ def _precopy_began(pool: VolumeHolder, uid: str) -> float | None:
 async def delete(request: web.Request) -> web.Response:
     """DELETE: drop this member's copy, never that of an instance that lives here; with
     ``?incoming=1`` (a failed move cleaning up) only a copy this move received."""
-    _require_member_peer(request)
     ctx = ctx_of(request)
     if not request.query.get("incoming"):  # the source's copy, once the move has ended
         await until_replica(lambda: _instance(ctx, request)[0].location != ctx.member)
