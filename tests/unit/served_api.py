@@ -28,10 +28,11 @@ from cluster.api.context import Context
 from cluster.api.events import EventHub
 from cluster.api.listener import start_runner
 from cluster.api.operations import Operations
-from cluster.state.commands import command
 from cluster.https import HTTPS, HttpsListener, Identity
+from cluster.state.commands import command
 from cluster.state.raft import RaftStore
 from node_agent.agent import NodeAgent
+from node_agent.facade import NodeFacade
 from node_agent.idmap import IdMap
 from node_agent.node import LocalNode
 from node_agent.paths import Paths
@@ -104,8 +105,9 @@ async def _serve(root: Path, served: list[Served], ready: threading.Event) -> No
     image = await _seed(store, node, paths)
     events = EventHub(MEMBER)
     ops = Operations(MEMBER, lambda op: events.publish("operation", op.to_dict()))
-    ctx = Context(paths=paths, member=MEMBER, store=store, node=node, ops=ops,
-                  events=events, agent=NodeAgent(MEMBER, store, node))
+    ctx = Context(paths=paths, member=MEMBER, store=store,
+                  host=NodeFacade(node, NodeAgent(MEMBER, store, node)), ops=ops,
+                  events=events)
     app = build_app(ctx)
     identity = Identity.load(paths.root)
     app[HTTPS] = HttpsListener(identity)
