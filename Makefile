@@ -40,12 +40,12 @@ demo-clean: deps
 	@$(PY) -m cluster.teardown "$(CORRAL_DIR)"
 
 lint: deps
-	$(VENV)/bin/ruff check cluster node_agent scheduler tests bench
-	$(VENV)/bin/mypy cluster node_agent scheduler
+	$(VENV)/bin/ruff check cluster node_agent scheduler corral_shared tests bench
+	$(VENV)/bin/mypy cluster node_agent scheduler corral_shared
 
 test: deps
-	$(VENV)/bin/ruff check cluster node_agent scheduler tests bench
-	$(VENV)/bin/mypy cluster node_agent scheduler
+	$(VENV)/bin/ruff check cluster node_agent scheduler corral_shared tests bench
+	$(VENV)/bin/mypy cluster node_agent scheduler corral_shared
 	$(PY) -m pytest -q -p no:cacheprovider --timeout=600 tests
 
 bench: deps

@@ -34,6 +34,7 @@ from cluster.raft_secret import member_raft_password
 from cluster.state.raft import RaftStore
 from cluster.voters import find_way_back, track_partners
 from node_agent.agent import NodeAgent
+from node_agent.facade import NodeFacade
 from node_agent.idmap import ensure_root_idmap
 from node_agent.node import LocalNode
 from node_agent.paths import Paths, corral_dir
@@ -53,20 +54,11 @@ def _setup_logging(paths: Paths, debug: bool) -> None:
 
 async def open_local_parts(ctx: Context) -> None:
     """Make this member's pools and bridges match the replicated state."""
-    from node_agent.network.bridge import BridgeNetwork
-
     with ctx.store.read() as state:
         pools = [(p.name, p.config.get("source")) for p in state.storage_pools.values()]
         nets = [(n.name, n.config.get("ipv4.address", "")) for n in state.networks.values()
                 if n.type == "bridge"]
-    for name, source in pools:
-        if name not in ctx.node.pools:
-            await asyncio.to_thread(ctx.node.add_pool, name, source)
-    for name, address in nets:
-        if name not in ctx.node.networks:
-            network = BridgeNetwork(name, address, ctx.paths.networks / name)
-            await asyncio.to_thread(network.ensure)
-            ctx.node.networks[name] = network
+    await ctx.host.open_local_parts(pools, nets)
 
 
 def _host_rebooted(paths: Paths) -> bool:
@@ -101,8 +93,8 @@ async def serve(paths: Paths, ready: asyncio.Event | None = None) -> None:
     ops = Operations(local.member, lambda op: events.publish("operation", op.to_dict()))
     ops.follow_unknown = partial(outcomes.follow, ops, store.settle)
     agent = NodeAgent(local.member, store, node)
-    ctx = Context(paths=paths, member=local.member, store=store, node=node, ops=ops,
-                  events=events, agent=agent, local=local)
+    ctx = Context(paths=paths, member=local.member, store=store,
+                  host=NodeFacade(node, agent), ops=ops, events=events, local=local)
     await open_local_parts(ctx)
     accel_task = asyncio.create_task(asyncio.to_thread(node.probe_accelerator))
     await agent.start(host_rebooted=_host_rebooted(paths))

@@ -12,12 +12,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from node_agent.drivers.base import DriverError, InstanceDefinition, NotFound
+from node_agent.drivers.base import DriverError, InstanceDefinition, InstanceDriver, NotFound
 from node_agent.drivers.lxc import LxcDriver
 from node_agent.drivers.lxc_state import stopped_state
 from node_agent.drivers.qemu import QemuDriver
 from node_agent.drivers.qemu.accel_choice import check_mode as check_vm_accelerator_mode
 from node_agent.drivers.qemu.driver import probe_guest
+from node_agent.drivers.registry import VM, DriverRegistry
 from node_agent.idmap import IdMap
 from node_agent.images import ImageStore
 from node_agent.images.vm_unpack import unpack_vm_image
@@ -57,16 +58,21 @@ class InstanceSpec:
 
 @dataclass
 class LocalNode:
+    """The member's parts. Instance drivers are looked up by instance type in
+    ``drivers``; ``driver`` is the container driver, for its own checkpoint calls."""
+
     paths: Paths
     idmap: IdMap
     driver: LxcDriver
     images: ImageStore
     pools: dict[str, DirPool] = field(default_factory=dict)
     networks: dict[str, BridgeNetwork] = field(default_factory=dict)
-    vm_driver: QemuDriver | None = None  # None: QEMU is not installed on this member
-    vm_problem: str = ""
+    drivers: DriverRegistry = field(default_factory=DriverRegistry)
     vm_version: str = ""
     vm_accelerator: str = ""  # "kvm" or "tcg" once probed ("" until then)
+
+    def __post_init__(self) -> None:
+        self.drivers.register(self.driver)
 
     @classmethod
     def open(cls, paths: Paths, idmap: IdMap) -> LocalNode:
@@ -75,9 +81,22 @@ class LocalNode:
                    ImageStore(paths.images))
         qemu = QemuDriver(paths.vms, find_guest=lambda: probe_guest(paths.images))
         info = qemu.probe()
-        node.vm_problem, node.vm_version = info.error, info.version
-        node.vm_driver = None if node.vm_problem else qemu
+        node.vm_version = info.version
+        if info.error:
+            node.drivers.unavailable(VM, info.error)
+        else:
+            node.drivers.register(qemu)
         return node
+
+    @property
+    def vm_driver(self) -> QemuDriver | None:
+        """The VM driver, None when QEMU is not usable on this member (``vm_problem``)."""
+        return self.qemu() if self.drivers.has(VM) else None
+
+    @property
+    def vm_problem(self) -> str:
+        """Why this member runs no VMs ("" when it does)."""
+        return self.drivers.problem(VM)
 
     def probe_accelerator(self) -> str:
         """KVM if it really runs guests here, else TCG (a probe in a child, up to ~25 s;
@@ -103,19 +122,15 @@ class LocalNode:
 
     @property
     def instance_types(self) -> list[str]:
-        return ["container", "virtual-machine"] if self.vm_driver else ["container"]
+        return self.drivers.types
 
-    def driver_for(self, instance_type: str) -> LxcDriver | QemuDriver:
-        if instance_type != "virtual-machine":
-            return self.driver
-        if self.vm_driver is None:
-            raise DriverError(f"Virtual machines are not available on this member: "
-                              f"{self.vm_problem}")
-        return self.vm_driver
+    def driver_for(self, instance_type: str) -> InstanceDriver:
+        """The driver of ``instance_type`` (``drivers.get``); DriverError if none here."""
+        return self.drivers.get(instance_type)
 
     def qemu(self) -> QemuDriver:
         """The VM driver, or DriverError saying why this member has none."""
-        driver = self.driver_for("virtual-machine")
+        driver = self.drivers.get(VM)
         assert isinstance(driver, QemuDriver)
         return driver
 

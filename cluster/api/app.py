@@ -1,7 +1,13 @@
 """The route table and the aiohttp application.
 
 Every route names its access policy; a route without a known policy stops the
-daemon at start-up instead of being served open.
+daemon at start-up instead of being served open. The policies, checked once in
+``access_middleware``:
+
+- ``UNTRUSTED``: anyone (``GET /1.0``, adding a certificate with a trust token, joining);
+- ``TRUSTED``: the unix socket, or a TLS client whose certificate is in the trust store;
+- ``MEMBER``: only a peer presenting the cluster certificate, over TLS (the
+  ``/internal/`` routes members call on each other during moves and replica checks).
 """
 
 from __future__ import annotations
@@ -40,12 +46,17 @@ from cluster.state.errors import Unavailable
 log = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 MAX_BODY_BYTES = 4 * 2**20  # JSON bodies; file and image uploads stream with their own caps
-UNTRUSTED, TRUSTED = "untrusted", "trusted"
+UNTRUSTED, TRUSTED, MEMBER = "untrusted", "trusted", "member"
+POLICIES = (UNTRUSTED, TRUSTED, MEMBER)
 ACCESS_KEY: web.AppKey[dict[str, str]] = web.AppKey("access", dict)
 
 
 def _trusted(routes: Sequence[tuple[str, str, Any]]) -> list[tuple[str, str, Any, str]]:
     return [(m, p, h, TRUSTED) for m, p, h in routes]
+
+
+def _members(routes: Sequence[tuple[str, str, Any]]) -> list[tuple[str, str, Any, str]]:
+    return [(m, p, h, MEMBER) for m, p, h in routes]
 
 
 def route_table() -> list[tuple[str, str, Any, str]]:
@@ -100,10 +111,10 @@ def route_table() -> list[tuple[str, str, Any, str]]:
         *_trusted(evacuation.ROUTES),
         *_trusted(replicas.ROUTES_TRUSTED),
         *_trusted(cluster_join.ROUTES_TRUSTED),
-        # Members only: the handlers check the peer's certificate is the cluster's.
-        *[(m, p, h, UNTRUSTED) for m, p, h in volumes.ROUTES],
-        *[(m, p, h, UNTRUSTED) for m, p, h in migration.ROUTES],
-        *[(m, p, h, UNTRUSTED) for m, p, h in replicas.ROUTES_MEMBERS],
+        # Members only: the peer presents the cluster certificate.
+        *_members(volumes.ROUTES),
+        *_members(migration.ROUTES),
+        *_members(replicas.ROUTES_MEMBERS),
         # A joining member proves itself with its join token's secret.
         *[(m, p, h, UNTRUSTED) for m, p, h in cluster_join.ROUTES_UNTRUSTED],
     ]
@@ -125,12 +136,18 @@ def _is_trusted(request: web.Request) -> bool:
 
 
 def access_middleware() -> Middleware:
+    """Refuse a request its route's policy does not admit (403, LXD's envelope). A path
+    outside the table (a 404 or 405 to be) is held to ``TRUSTED``."""
+
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         route = request.match_info.route
         key = f"{request.method} {route.resource.canonical}" if route.resource else ""
         policy = request.app[ACCESS_KEY].get(key, TRUSTED)
-        if policy != UNTRUSTED and not _is_trusted(request):
+        if policy == MEMBER:
+            if not _from_member(request):
+                raise ApiError(403, "Only cluster members may call this")
+        elif policy != UNTRUSTED and not _is_trusted(request):
             raise ApiError(403, "not authorized")
         return await handler(request)
 
@@ -222,15 +239,18 @@ def fresh_reads_middleware(timeout: float = FRESH_READ_TIMEOUT) -> Middleware:
     return middleware
 
 
-def build_app(ctx: Context) -> web.Application:
+def build_app(ctx: Context,
+              routes: Sequence[tuple[str, str, Any, str]] | None = None) -> web.Application:
+    """The API app serving ``routes`` (the daemon's ``route_table()`` unless told);
+    RuntimeError if a route names no known access policy."""
     app = web.Application(middlewares=[error_middleware(), access_middleware(),
                                        loaded_middleware(), replica_middleware(),
                                        fresh_reads_middleware()],
                           client_max_size=MAX_BODY_BYTES)
     app[CTX] = ctx
     access: dict[str, str] = {}
-    for method, path, handler, policy in route_table():
-        if policy not in (UNTRUSTED, TRUSTED):
+    for method, path, handler, policy in route_table() if routes is None else routes:
+        if policy not in POLICIES:
             raise RuntimeError(f"route {method} {path} has no access policy")
         resource = app.router.add_route(method, path, handler).resource
         access[f"{method} {resource.canonical if resource else path}"] = policy

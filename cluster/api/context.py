@@ -21,8 +21,7 @@ from cluster.state import waiters
 from cluster.state.commands import Command
 from cluster.state.raft import RaftStore
 from cluster.state.store import Change
-from node_agent.agent import NodeAgent
-from node_agent.node import LocalNode
+from node_agent.facade import NodeFacade
 from node_agent.paths import Paths
 
 
@@ -31,10 +30,9 @@ class Context:
     paths: Paths
     member: str
     store: RaftStore
-    node: LocalNode
+    host: NodeFacade  # the only way handlers reach this member's host
     ops: Operations
     events: EventHub
-    agent: NodeAgent
     local: LocalConfig | None = None
     started_at: float = field(default_factory=time.time)
     server_config: dict[str, Any] = field(default_factory=dict)
@@ -46,7 +44,7 @@ class Context:
     def rename_member(self, name: str) -> None:
         """Take the name the cluster knows this member by (when joining)."""
         self.member = name
-        self.agent.member = name
+        self.host.rename(name)
         self.ops.location = name
         self.events.location = name
         if self.local is not None:

@@ -9,9 +9,9 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from cluster.api.context import CTX
-from cluster.api.response import ApiError, error
-from cluster.state.errors import OutcomeUnknown, StateError
-from node_agent.drivers.base import DriverError
+from cluster.api.response import error
+from cluster.state.errors import OutcomeUnknown
+from corral_shared.errors import CorralError
 
 log = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -22,15 +22,11 @@ def error_middleware() -> Middleware:
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         try:
             return await handler(request)
-        except ApiError as exc:
-            return error(exc.status, exc.message)
-        except OutcomeUnknown as exc:
+        except OutcomeUnknown as exc:  # answered with the operation that settles it
             ops = request.app[CTX].ops
             return error(exc.code, ops.explain_unknown(exc, f"{request.method} {request.path}"))
-        except StateError as exc:
-            return error(exc.code, str(exc))
-        except DriverError as exc:
-            return error(exc.code, str(exc))
+        except CorralError as exc:  # every package's typed failure, by its code
+            return error(exc.code, exc.message)
         except web.HTTPRequestEntityTooLarge:
             return error(413, f"Request body too large (limit {request.client_max_size} bytes)")
         except web.HTTPException as exc:

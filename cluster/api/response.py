@@ -11,14 +11,18 @@ from typing import Any
 
 from aiohttp import web
 
+from corral_shared.errors import CorralError
 
-class ApiError(Exception):
+
+class ApiError(CorralError):
     """A refusal to show the client: ``status`` is the HTTP status and LXD's error_code."""
 
     def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
+        super().__init__(status, message)
+
+    @property
+    def status(self) -> int:
+        return self.code
 
 
 def bad_request(message: str) -> ApiError:

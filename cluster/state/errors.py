@@ -18,14 +18,11 @@ The store raises these exceptions on the caller's side.
 
 from __future__ import annotations
 
+from corral_shared.errors import CodedError
 
-class StateError(Exception):
+
+class StateError(CodedError):
     code = 500
-
-    def __init__(self, message: str, code: int | None = None) -> None:
-        super().__init__(message)
-        if code is not None:
-            self.code = code
 
 
 class BadRequest(StateError):

@@ -16,8 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
+from corral_shared.errors import CodedError
 
-class DriverError(Exception):
+
+class DriverError(CodedError):
     code = 500
 
 

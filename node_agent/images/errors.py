@@ -11,8 +11,10 @@ point where they are raised, with ``raise ... from exc``.
 
 from __future__ import annotations
 
+from corral_shared.errors import CodedError
 
-class ImageError(Exception):
+
+class ImageError(CodedError):
     """An image could not be imported, unpacked or used."""
 
     code: int = 400

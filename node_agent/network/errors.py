@@ -11,16 +11,13 @@ Validation failures are plain ``NetworkError`` with code 400. Foreign errors
 
 from __future__ import annotations
 
+from corral_shared.errors import CodedError
 
-class NetworkError(Exception):
+
+class NetworkError(CodedError):
     """A network request that cannot be honoured; ``code`` is the HTTP status to answer."""
 
     code: int = 400
-
-    def __init__(self, message: str, code: int | None = None) -> None:
-        super().__init__(message)
-        if code is not None:
-            self.code = code
 
 
 class NetworkCommandError(NetworkError):

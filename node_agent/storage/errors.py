@@ -12,16 +12,13 @@ A bad name is ``StorageError(..., code=400)``. ``OSError`` and failures of
 
 from __future__ import annotations
 
+from corral_shared.errors import CodedError
 
-class StorageError(Exception):
+
+class StorageError(CodedError):
     """A storage request that failed; ``code`` is the HTTP status to answer."""
 
     code: int = 500
-
-    def __init__(self, message: str, code: int | None = None) -> None:
-        super().__init__(message)
-        if code is not None:
-            self.code = code
 
 
 class VolumeNotFound(StorageError):

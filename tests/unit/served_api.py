@@ -22,14 +22,17 @@ from pathlib import Path
 
 from aiohttp import web
 
+from cluster import tls
 from cluster.api.app import build_app
 from cluster.api.context import Context
 from cluster.api.events import EventHub
 from cluster.api.listener import start_runner
 from cluster.api.operations import Operations
+from cluster.https import HTTPS, HttpsListener, Identity
 from cluster.state.commands import command
 from cluster.state.raft import RaftStore
 from node_agent.agent import NodeAgent
+from node_agent.facade import NodeFacade
 from node_agent.idmap import IdMap
 from node_agent.node import LocalNode
 from node_agent.paths import Paths
@@ -46,6 +49,8 @@ class Served:
     store: RaftStore
     loop: asyncio.AbstractEventLoop
     image: str  # the fingerprint of the one image
+    ctx: Context
+    https_port: int  # the same app over TLS on loopback, with this member's certificate
     stop: asyncio.Event = field(default_factory=asyncio.Event)
 
     def digest(self) -> str:
@@ -100,11 +105,19 @@ async def _serve(root: Path, served: list[Served], ready: threading.Event) -> No
     image = await _seed(store, node, paths)
     events = EventHub(MEMBER)
     ops = Operations(MEMBER, lambda op: events.publish("operation", op.to_dict()))
-    ctx = Context(paths=paths, member=MEMBER, store=store, node=node, ops=ops,
-                  events=events, agent=NodeAgent(MEMBER, store, node))
-    runner = await start_runner(build_app(ctx), access_log=None, handle_signals=False)
+    ctx = Context(paths=paths, member=MEMBER, store=store,
+                  host=NodeFacade(node, NodeAgent(MEMBER, store, node)), ops=ops,
+                  events=events)
+    app = build_app(ctx)
+    identity = Identity.load(paths.root)
+    app[HTTPS] = HttpsListener(identity)
+    runner = await start_runner(app, access_log=None, handle_signals=False)
     await web.UnixSite(runner, str(paths.socket)).start()
-    me = Served(Api(str(paths.socket)), store, asyncio.get_running_loop(), image)
+    https = web.TCPSite(runner, "127.0.0.1", 0,
+                        ssl_context=tls.server_context(identity.crt, identity.key))
+    await https.start()
+    port = int(https._server.sockets[0].getsockname()[1])  # type: ignore[union-attr]
+    me = Served(Api(str(paths.socket)), store, asyncio.get_running_loop(), image, ctx, port)
     served.append(me)
     ready.set()
     try:

@@ -30,7 +30,6 @@ from cluster.state.apply_members import VOTER
 from cluster.state.clock import wall_time
 from cluster.state.commands import command
 from cluster.voters import add_voter, background
-from node_agent.capacity import host_capacity
 
 log = logging.getLogger(__name__)
 JOIN_TIMEOUT = 60.0
@@ -122,7 +121,7 @@ async def join_cluster(request: web.Request, body: dict[str, Any]) -> None:
         raise bad_request("Joining needs --address HOST:PORT for this member")
     if token.expires_at < wall_time():
         raise ApiError(403, "The join token has expired")
-    capacity = await asyncio.to_thread(host_capacity, ctx.paths.storage_pools)
+    capacity = await asyncio.to_thread(ctx.host.capacity)
     reply = await _ask_to_join(token, address, capacity)
     identity = await asyncio.to_thread(_adopt_certificate, ctx, reply)
     raft = raft_address_for(address)

@@ -13,7 +13,6 @@ from aiohttp import web
 from cluster.api.context import CTX, Context, Tracker
 from cluster.api.response import ApiError, async_operation, not_found
 from cluster.state.model import Instance
-from node_agent.drivers.lxc_state import stopped_state
 
 
 def ctx_of(request: web.Request) -> Context:
@@ -60,10 +59,10 @@ def probe_instances(ctx: Context, probes: list[Probe],
 
     def one(probe: Probe) -> dict[str, Any]:
         if not probe.local or probe.generation == 0:
-            return {**stopped_state(), "status": probe.observed}
+            return {**ctx.host.stopped_state(), "status": probe.observed}
         if full:
-            return ctx.node.state(probe.name, probe.type)
-        return {"status": ctx.node.status(probe.name, probe.type)}
+            return ctx.host.state(probe.name, probe.type)
+        return {"status": ctx.host.status(probe.name, probe.type)}
 
     async def collect() -> dict[str, dict[str, Any]]:
         # One hop, serially: spreading the reads over threads measured slower (the GIL).

@@ -29,11 +29,7 @@ def _vm_dir(ctx: Context, name: str) -> Path:
     if inst.type != "virtual-machine":
         raise bad_request("Only virtual machines have a console here; use exec for "
                           "containers")
-    driver = ctx.node.vm_driver
-    if driver is None:
-        raise ApiError(503, f"Virtual machines are not available on this member: "
-                            f"{ctx.node.vm_problem}")
-    return driver.vm_dir(name)
+    return ctx.host.vm_console_dir(name)
 
 
 async def get_log(request: web.Request) -> web.StreamResponse:

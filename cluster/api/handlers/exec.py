@@ -128,12 +128,12 @@ async def post_exec(request: web.Request) -> web.Response:
     env = exec_environment(req, spec.config)
     if inst.type == "virtual-machine" and req.interactive:  # the agent has no pty yet
         raise bad_request("Interactive exec in virtual machines is not supported yet")
-    argv = await asyncio.to_thread(ctx.node.driver_for(inst.type).exec_argv, name,
-                                   req.command, env, exec_cwd(req, env), req.user, req.group)
+    argv = await asyncio.to_thread(ctx.host.exec_argv, inst.type, name, req.command, env,
+                                   exec_cwd(req, env), req.user, req.group)
     url = f"/1.0/instances/{name}"
     resources = {"instances": [url], "containers": [url]}
     if not req.wait_for_websocket:
-        out_dir = ctx.paths.exec_output / name if req.record_output else None
+        out_dir = ctx.host.exec_output_dir(name) if req.record_output else None
 
         async def run(op: Operation) -> dict[str, Any]:
             return await run_detached(op, argv, name, out_dir)

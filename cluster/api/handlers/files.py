@@ -25,10 +25,9 @@ from aiohttp import web
 from cluster.api.context import Context
 from cluster.api.handlers.common import ctx_of
 from cluster.api.response import ApiError, bad_request, empty, not_found, sync
-from cluster.state.apply_instances import expanded
 from cluster.state.model import Instance
 from node_agent import safe_path as sp
-from node_agent.node import InstanceSpec
+from node_agent.facade import InstanceSpec
 
 MAX_UPLOAD = 4 << 30
 WRITE_BUFFER = 1 << 20
@@ -57,11 +56,11 @@ def local_spec(ctx: Context, name: str) -> tuple[Instance, InstanceSpec]:
         found = state.instances.get(name)
         if found is None:
             raise not_found("Instance not found")
-        config, devices = expanded(state, found.config, found.devices, found.profiles)
+        spec = ctx.host.spec_of(state, found)
         inst = copy.deepcopy(found)
     if inst.location != ctx.member:
         raise bad_request(f"Instance {name!r} is on cluster member {inst.location!r}")
-    return inst, InstanceSpec(inst.uid, name, inst.image, dict(config), copy.deepcopy(devices))
+    return inst, spec
 
 
 @dataclass(frozen=True)
@@ -88,11 +87,8 @@ class Target:
 
 def target_of(ctx: Context, name: str) -> Target:
     _, spec = local_spec(ctx, name)
-    idmap = ctx.node.idmap
-    if spec.privileged:
-        return Target(ctx.node.rootfs(spec), 0, 0, 0)
-    return Target(ctx.node.rootfs(spec), idmap.uid_base, idmap.gid_base,
-                  min(idmap.uid_count, idmap.gid_count))
+    found = ctx.host.file_target(spec)
+    return Target(found.rootfs, found.uid_shift, found.gid_shift, found.count)
 
 
 def translate(exc: OSError) -> ApiError:

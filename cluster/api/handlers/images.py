@@ -17,7 +17,6 @@ from cluster.api.context import Context
 from cluster.api.handlers.common import ctx_of
 from cluster.api.response import ApiError, async_operation, bad_request, not_found, sync
 from cluster.state.commands import command
-from node_agent.images.errors import ImageNotFound
 
 MAX_IMAGE_BYTES = 16 * 2**30
 CHUNK = 1 << 20
@@ -105,8 +104,8 @@ async def upload_image(request: web.Request) -> web.Response:
         # deleted when the commit below fails: its outcome may be unknown (it can
         # still commit), and files without a record are harmless and reused next time.
         try:
-            info = await asyncio.to_thread(ctx.node.images.import_file, metadata, rootfs,
-                                           expected=expected or None)
+            info = await asyncio.to_thread(ctx.host.import_image, metadata, rootfs,
+                                           expected or None)
         finally:
             await asyncio.to_thread(shutil.rmtree, tmp, True)
         await ctx.store.submit(command("image.add", fingerprint=info.fingerprint,
@@ -137,12 +136,7 @@ async def delete_image(request: web.Request) -> web.Response:
     await ctx.store.submit(command("image.delete", fingerprint=fp))
 
     async def run(op: Any) -> None:
-        try:
-            await asyncio.to_thread(ctx.node.images.delete, fp)
-        except ImageNotFound:
-            pass  # the record is gone; no files on this member is the goal anyway
-        for pool in ctx.node.pools.values():
-            await asyncio.to_thread(pool.drop_spares)
+        await asyncio.to_thread(ctx.host.delete_image, fp)
         ctx.events.lifecycle("image-deleted", f"/1.0/images/{fp}")
 
     op = ctx.ops.start("Deleting image", run, {"images": [f"/1.0/images/{fp}"]})
@@ -152,7 +146,7 @@ async def delete_image(request: web.Request) -> web.Response:
 async def export_image(request: web.Request) -> web.StreamResponse:
     ctx = ctx_of(request)
     fp = resolve(ctx, request.match_info["fp"])
-    paths = await asyncio.to_thread(ctx.node.images.export_paths, fp)
+    paths = await asyncio.to_thread(ctx.host.image_export_paths, fp)
     if len(paths) == 1:
         return web.FileResponse(paths[0], headers={
             "Content-Type": "application/octet-stream",

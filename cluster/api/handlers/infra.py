@@ -53,7 +53,7 @@ async def get_pool(request: web.Request) -> web.Response:
 async def pool_resources(request: web.Request) -> web.Response:
     ctx = ctx_of(request)
     await _pool_view(ctx, request.match_info["name"])
-    usage = await asyncio.to_thread(ctx.node.pool(request.match_info["name"]).usage)
+    usage = await asyncio.to_thread(ctx.host.pool_usage, request.match_info["name"])
     return sync(usage)
 
 
@@ -63,9 +63,7 @@ async def _network_views(ctx: Any) -> list[dict[str, Any]]:
                     "config": dict(n.config), "managed": True, "status": "Created",
                     "locations": [ctx.member]} for n in state.networks.values()]
     names = {n["name"] for n in managed}
-    from node_agent.network.bridge import list_host_interfaces
-
-    host = await asyncio.to_thread(list_host_interfaces)
+    host = await asyncio.to_thread(ctx.host.host_interfaces)
     others = [{"name": i["name"], "type": i.get("type", "physical"), "description": "",
                "config": {}, "managed": False, "status": "", "locations": [ctx.member]}
               for i in host if i["name"] not in names]
@@ -91,10 +89,9 @@ async def get_network(request: web.Request) -> web.Response:
 
 async def network_leases(request: web.Request) -> web.Response:
     ctx = ctx_of(request)
-    network = ctx.node.networks.get(request.match_info["name"])
-    if network is None:
+    leases = await asyncio.to_thread(ctx.host.network_leases, request.match_info["name"])
+    if leases is None:
         raise not_found("Network not found")
-    leases = await asyncio.to_thread(network.leases)
     return sync([{"hostname": lease.get("hostname", ""), "hwaddr": lease.get("mac", ""),
                   "address": lease.get("address", ""), "type": "dynamic",
                   "location": ctx.member} for lease in leases])

@@ -12,41 +12,19 @@ from pathlib import Path
 
 from aiohttp import web
 
-from cluster.api.context import Context
 from cluster.api.handlers.common import ctx_of
 from cluster.api.handlers.files import local_spec
 from cluster.api.response import bad_request, empty, not_found, sync
 
-LXC_LOG = "lxc.log"
-CONSOLE_LOG = "console.log"
-
-
-def _exec_files(ctx: Context, name: str) -> dict[str, Path]:
-    directory = ctx.paths.exec_output / name
-    try:
-        return {p.name: p for p in sorted(directory.iterdir())
-                if p.name.startswith("exec_") and p.is_file()}
-    except FileNotFoundError:
-        return {}
-
-
-def _log_files(ctx: Context, name: str) -> dict[str, Path]:
-    """Every readable log of the instance by name (blocking: run in a thread)."""
-    files = {LXC_LOG: ctx.paths.containers / name / LXC_LOG}
-    console = ctx.node.driver.log_path(name)
-    if ctx.node.vm_driver is not None and not console.is_file():
-        console = ctx.node.vm_driver.log_path(name)  # a VM's serial console
-    if console.is_file():
-        files[CONSOLE_LOG] = console
-    files.update(_exec_files(ctx, name))
-    return files
+LXC_LOG = "lxc.log"  # listed before the container first starts (served empty then)
 
 
 async def _files(request: web.Request, exec_only: bool = False) -> dict[str, Path]:
     ctx = ctx_of(request)
     name = request.match_info["name"]
     local_spec(ctx, name)  # 404 for an unknown instance, 400 for one on another member
-    return await asyncio.to_thread(_exec_files if exec_only else _log_files, ctx, name)
+    host = ctx.host
+    return await asyncio.to_thread(host.exec_files if exec_only else host.log_files, name)
 
 
 async def list_logs(request: web.Request) -> web.Response:

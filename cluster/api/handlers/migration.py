@@ -27,12 +27,9 @@ from cluster.api import schemas
 from cluster.api.bodies import json_body
 from cluster.api.context import Context
 from cluster.api.handlers.common import ctx_of, until_replica
-from cluster.api.handlers.volumes import _require_member_peer
 from cluster.api.response import ApiError, empty, sync
 from cluster.state.model import Instance
-from node_agent.agent import NodeAgent
-from node_agent.drivers.qemu import QemuDriver, migration
-from node_agent.node import InstanceSpec
+from node_agent.facade import InstanceSpec, MigrationCredentials, NodeFacade
 
 PROGRESS_EVERY = 0.5  # seconds between progress lines to the orchestrator
 
@@ -48,7 +45,7 @@ def _moving(ctx: Context, request: web.Request) -> tuple[Instance, InstanceSpec,
             raise ApiError(400, "Only virtual machines migrate live")
         me = state.members.get(ctx.member)
         address = me.address if me is not None else ""
-        return dataclasses.replace(inst), NodeAgent._spec_of(state, inst), _host(address)
+        return dataclasses.replace(inst), ctx.host.spec_of(state, inst), _host(address)
 
 
 def _host(address: str) -> str:
@@ -57,7 +54,7 @@ def _host(address: str) -> str:
     return host.strip("[]") or "127.0.0.1"
 
 
-def _credentials(root: Path) -> migration.Credentials:
+def _credentials(root: Path) -> MigrationCredentials:
     """This member's TLS identity for QEMU's migration streams, from what it holds locally:
     members share the cluster certificate (``membership``), so the peer's certificate is
     this one and nothing needs to travel. QEMU refuses to present a CA certificate (the
@@ -65,34 +62,27 @@ def _credentials(root: Path) -> migration.Credentials:
     ``TLS_HOSTNAME``; it trusts the cluster certificate, i.e. only a member's leaf."""
     ca_pem, ca_key = (root / "server.crt").read_bytes(), (root / "server.key").read_bytes()
     cert_pem, key_pem = tls.issue(ca_pem, ca_key, "corral migration",
-                                  [migration.TLS_HOSTNAME])
-    return migration.Credentials(ca_pem, cert_pem, key_pem)
+                                  [NodeFacade.MIGRATION_HOSTNAME])
+    return ca_pem, cert_pem, key_pem
 
 
 async def prepare(request: web.Request) -> web.Response:
     """POST .../incoming (target): a paused QEMU waiting for the migration, its disk
     exported over NBD; answers where the source is to send."""
-    _require_member_peer(request)
     ctx = ctx_of(request)
     await until_replica(lambda: _moving(ctx, request)[0].moving_to == ctx.member)
     inst, spec, host = _moving(ctx, request)
     if inst.moving_to != ctx.member:
         raise ApiError(409, "This instance is not being moved to this member")
-    await ctx.agent.ensure_image(spec.image)
-
-    def run() -> migration.Incoming:
-        return migration.prepare_incoming(ctx.node.qemu(), ctx.node.vm_definition(spec), host,
-                                          _credentials(ctx.paths.root))
-
-    incoming = await asyncio.to_thread(run)
-    return sync({"incoming": incoming.to_json()})
+    root = ctx.paths.root
+    incoming = await ctx.host.prepare_incoming(spec, host, lambda: _credentials(root))
+    return sync({"incoming": incoming})
 
 
 async def _on_vm(request: web.Request, lives_here: bool,
-                 work: Callable[[QemuDriver, str], None]) -> web.Response:
-    """Run ``work(driver, name)`` in a thread, only where the instance lives
+                 work: Callable[[NodeFacade, str], None]) -> web.Response:
+    """Run ``work(host, name)`` in a thread, only where the instance lives
     (``lives_here``) or only where it does not."""
-    _require_member_peer(request)
     ctx = ctx_of(request)
     await until_replica(lambda: (_moving(ctx, request)[0].location == ctx.member) == lives_here)
     inst, _, _ = _moving(ctx, request)
@@ -100,35 +90,35 @@ async def _on_vm(request: web.Request, lives_here: bool,
         raise ApiError(409, "The instance does not live on this member")
     if not lives_here and inst.location == ctx.member:
         raise ApiError(409, "The instance lives on this member; it stays")
-    await asyncio.to_thread(work, ctx.node.qemu(), inst.name)
+    await asyncio.to_thread(work, ctx.host, inst.name)
     return empty()
 
 
 async def finish_incoming(request: web.Request) -> web.Response:
     """POST .../incoming/finish (target, after the move is committed): run the guest."""
-    return await _on_vm(request, True, migration.finish_incoming)
+    return await _on_vm(request, True, NodeFacade.finish_incoming)
 
 
 async def abort_incoming(request: web.Request) -> web.Response:
     """DELETE .../incoming (target, a failed migration): drop the waiting QEMU."""
-    return await _on_vm(request, False, migration.abort_incoming)
+    return await _on_vm(request, False, NodeFacade.abort_incoming)
 
 
 async def send(request: web.Request) -> web.StreamResponse:
     """POST .../outgoing (source) with ``{"incoming": ..., "downtime_ms": n}``: mirror the
     disk and migrate RAM to the prepared target. Answers progress lines (JSON), then
     ``{"done": stats}`` or ``{"error": ...}``; on an error the VM runs here again."""
-    _require_member_peer(request)
     ctx = ctx_of(request)
     await until_replica(lambda: bool(_moving(ctx, request)[0].moving_to))
     inst, _, _ = _moving(ctx, request)
     if inst.location != ctx.member or not inst.moving_to:
         raise ApiError(409, "This instance is not being moved away from this member")
     body = await json_body(request, schemas.MigrationSend)
+    incoming = body.get("incoming") or {}
+    ctx.host.check_incoming(incoming)  # DriverError 400 if it is not a prepared target's
     try:
-        incoming = migration.Incoming.from_json(body.get("incoming") or {})
         downtime = int(body.get("downtime_ms", migration_downtime(inst.config)))
-    except (migration.MigrationError, TypeError, ValueError) as exc:
+    except (TypeError, ValueError) as exc:
         raise ApiError(400, str(exc)) from exc
     response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
     await response.prepare(request)
@@ -142,10 +132,10 @@ async def send(request: web.Request) -> web.StreamResponse:
             last[0] = now
             loop.call_soon_threadsafe(reports.put_nowait, dict(report))
 
-    driver, root = ctx.node.qemu(), ctx.paths.root
+    host, root = ctx.host, ctx.paths.root
     work = asyncio.ensure_future(asyncio.to_thread(
-        lambda: migration.migrate_out(driver, inst.name, incoming, _credentials(root),
-                                      downtime, progress)))
+        host.migrate_out, inst.name, incoming, lambda: _credentials(root), downtime,
+        progress))
     while not work.done():
         waiter = asyncio.ensure_future(reports.get())
         await asyncio.wait({work, waiter}, return_when=asyncio.FIRST_COMPLETED)
@@ -154,8 +144,7 @@ async def send(request: web.Request) -> web.StreamResponse:
         else:
             waiter.cancel()
     try:
-        stats = work.result()
-        line: dict[str, Any] = {"done": stats.__dict__}
+        line: dict[str, Any] = {"done": work.result()}
     except Exception as exc:  # noqa: BLE001 - the orchestrator reads the error line
         line = {"error": str(exc) or type(exc).__name__}  # migrate_out resumed the VM
     await response.write(json.dumps(line).encode() + b"\n")
@@ -166,18 +155,13 @@ async def send(request: web.Request) -> web.StreamResponse:
 async def resume(request: web.Request) -> web.Response:
     """POST .../outgoing/resume (source): the move was not committed; run the guest here
     again (it paused when its RAM had gone)."""
-    return await _on_vm(request, True, migration.resume_source)
+    return await _on_vm(request, True, NodeFacade.resume_source)
 
 
 async def drop_source(request: web.Request) -> web.Response:
     """DELETE .../outgoing (source, once the instance lives on the target): quit the
     paused QEMU and delete the VM's files here."""
-    return await _on_vm(request, False, _quit_and_delete)
-
-
-def _quit_and_delete(driver: QemuDriver, name: str) -> None:
-    migration.finish_source(driver, name)
-    driver.delete(name)
+    return await _on_vm(request, False, NodeFacade.drop_source)
 
 
 def migration_downtime(config: dict[str, str]) -> int:

@@ -26,7 +26,6 @@ from cluster.https import (
 )
 from cluster.https import reconcile as https_reconcile
 from cluster.state.commands import Command, command
-from node_agent.node import check_vm_accelerator_mode
 
 # Only extensions whose behaviour corral really implements.
 API_EXTENSIONS = [
@@ -52,13 +51,7 @@ def _os_release() -> dict[str, str]:
 
 def _drivers(ctx: Context) -> dict[str, str]:
     """LXD's ``driver``/``driver_version`` ("lxc | qemu"), and how VMs are accelerated."""
-    names, versions = ["lxc"], [ctx.node.driver.probe().version]
-    if ctx.node.vm_driver is not None:
-        names.append("qemu")
-        versions.append(ctx.node.vm_version)
-    accel, reason = ctx.node.vm_accelerator_now()
-    return {"driver": " | ".join(names), "driver_version": " | ".join(versions),
-            "vm_accelerator": accel or "probing", "vm_accelerator_reason": reason}
+    return ctx.host.driver_info()
 
 
 def untrusted_info() -> dict[str, Any]:
@@ -129,7 +122,7 @@ async def put_server(request: web.Request) -> web.Response:
                               f"({member.address}) and cannot be changed")
         local.pop(ADDRESS_KEY, None)
     try:
-        mode = check_vm_accelerator_mode(local.get(VM_ACCELERATOR_KEY, ""))
+        mode = ctx.host.check_vm_accelerator_mode(local.get(VM_ACCELERATOR_KEY, ""))
     except ValueError as exc:
         raise bad_request(str(exc)) from exc
     await _set_local(request, ctx, local)
@@ -139,7 +132,7 @@ async def put_server(request: web.Request) -> web.Response:
         await _set_local(request, ctx, local_now)
         raise
     # Only once the whole change is in: a refused cluster part leaves the mode as it was.
-    await asyncio.to_thread(ctx.node.set_vm_accelerator_mode, mode)
+    await asyncio.to_thread(ctx.host.set_vm_accelerator_mode, mode)
     return sync({})
 
 

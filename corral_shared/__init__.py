@@ -1,0 +1,1 @@
+"""Vocabulary every corral package may import: it imports nothing of corral."""
