@@ -13,7 +13,7 @@
    requests; ``--planner-on follower`` plans in one); then the RSS of each replica and,
    unless ``--no-snapshot``, the time to pickle and unpickle the final State.
 
-Both runs are ``scheduler.simulate``'s (its FakeDriver, its output). Takes about as long as
+Both runs are ``simulator.simulate``'s (its FakeDriver, its output). Takes about as long as
 the C1M run; scale it down with ``--instances``. The last line is the C1M placements/s.
 """
 
@@ -25,8 +25,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from scheduler.sim_raft import GC_MODES, RaftOptions, run_raft  # noqa: E402
-from scheduler.simulate import parse_setting, print_report, run_pure  # noqa: E402
+from simulator.sim_raft import GC_MODES, RaftOptions, run_raft  # noqa: E402
+from simulator.simulate import parse_setting, print_report, run_pure  # noqa: E402
 
 PURE_MEMBERS = 10_000
 C1M_MEMBERS = 5_000
@@ -42,7 +42,7 @@ def main() -> int:
     parser.add_argument("--gc", choices=GC_MODES, default="default")
     parser.add_argument("--what-if", action="append", default=[], metavar="SETTING=VALUE",
                         help="override a pysyncobj setting in the simulator's voters only "
-                             "(see python -m scheduler.simulate --help)")
+                             "(see python -m simulator.simulate --help)")
     parser.add_argument("--planner-on", choices=("leader", "follower", "followers"),
                         default="followers")
     parser.add_argument("--no-snapshot", action="store_true")

@@ -21,11 +21,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from scheduler.index import IndexedScheduler  # noqa: E402
+from corral_shared.resources import GiB, MiB, Resources, TiB  # noqa: E402
 from scheduler.pipeline import place  # noqa: E402
 from scheduler.request import PlacementRequest  # noqa: E402
-from scheduler.resources import GiB, MiB, Resources, TiB  # noqa: E402
 from scheduler.view import ClusterView, MemberView  # noqa: E402
+from simulator.index import IndexedScheduler  # noqa: E402
 
 RACKS = [f"rack{i}" for i in range(8)]
 

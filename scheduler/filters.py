@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from corral_shared.resources import format_amount
 from scheduler import keys
 from scheduler.request import PlacementRequest
-from scheduler.resources import format_amount
 from scheduler.view import ClusterView, MemberView
 
 Filter = Callable[[MemberView, PlacementRequest, ClusterView], "str | None"]

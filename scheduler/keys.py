@@ -18,8 +18,8 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 
-from node_agent.units import UnitError, parse_memory_limit, parse_size
-from scheduler.resources import AllocationRatios
+from corral_shared.resources import AllocationRatios
+from corral_shared.units import UnitError, parse_memory_limit, parse_size
 
 MODE_KEY = "scheduler.instance"
 MODES = ("all", "manual", "group")

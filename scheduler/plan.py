@@ -11,8 +11,8 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
+from corral_shared.resources import NO_OVERCOMMIT, AllocationRatios, format_amount
 from scheduler.request import PlacementRequest
-from scheduler.resources import NO_OVERCOMMIT, AllocationRatios, format_amount
 
 
 @dataclass(slots=True)

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from corral_shared.resources import format_amount
 from scheduler import keys
 from scheduler.filters import RESOURCE_NOUNS, ratio_note
 from scheduler.request import PlacementRequest
-from scheduler.resources import format_amount
 from scheduler.view import ClusterView, MemberView
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from corral_shared.resources import Resources, demand_of
 from scheduler import keys
-from scheduler.resources import Resources, demand_of
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from corral_shared.resources import Resources
 from scheduler.request import PlacementRequest
-from scheduler.resources import Resources
 from scheduler.view import ClusterView, MemberView
 
 Scorer = Callable[[MemberView, PlacementRequest, ClusterView], float]

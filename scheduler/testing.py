@@ -11,10 +11,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from corral_shared.resources import GiB, Resources
 from scheduler.pipeline import place, recheck
 from scheduler.plan import Plan
 from scheduler.request import PlacementRequest
-from scheduler.resources import GiB, Resources
 from scheduler.view import ClusterView, MemberView, PlacementGroupView
 
 

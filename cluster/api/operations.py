@@ -18,11 +18,10 @@ from aiohttp import web
 
 from cluster.state.clock import wall_time
 from cluster.state.errors import OutcomeUnknown
+from corral_shared.codes import CODES as STATUS_CODES
 
 log = logging.getLogger(__name__)
 
-STATUS_CODES = {"Running": 103, "Cancelling": 104, "Success": 200, "Failure": 400,
-                "Cancelled": 401}
 KEEP_FINISHED_SECONDS = 300.0
 
 

@@ -13,13 +13,13 @@ from typing import Any
 from cluster.api.response import ApiError, bad_request
 from cluster.state import reservations
 from cluster.state.apply_instances import expanded
+from cluster.state.cluster_view import view_from_state
 from cluster.state.errors import Conflict
 from cluster.state.model import State
+from corral_shared.resources import ZERO, Resources
 from scheduler.pipeline import place
 from scheduler.plan import Plan, explain_json, explain_text
 from scheduler.request import request_for
-from scheduler.resources import ZERO, Resources
-from scheduler.view import view_from_state
 
 PLAN_ATTEMPTS = 3
 

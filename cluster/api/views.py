@@ -7,9 +7,7 @@ from typing import Any
 from cluster.api.operations import rfc3339
 from cluster.state.apply_instances import expanded
 from cluster.state.model import Image, Instance, Profile, Snapshot, State
-
-STATUS_CODES = {"Running": 103, "Stopped": 102, "Frozen": 110, "Error": 112,
-                "Starting": 106, "Stopping": 107}
+from corral_shared.codes import code_of
 
 
 def instance(state: State, inst: Instance, status: str) -> dict[str, Any]:
@@ -21,7 +19,7 @@ def instance(state: State, inst: Instance, status: str) -> dict[str, Any]:
         "description": inst.description, "created_at": rfc3339(inst.created_at),
         "last_used_at": rfc3339(inst.last_used_at), "expanded_config": config,
         "expanded_devices": devices, "status": status,
-        "status_code": STATUS_CODES.get(status, 112), "location": inst.location,
+        "status_code": code_of(status), "location": inst.location,
         "project": "default",
     }
 

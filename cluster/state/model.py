@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cluster.state.slotted import slotted
-from scheduler.resources import ZERO, Resources
+from corral_shared.resources import ZERO, Resources
 
 
 @dataclass

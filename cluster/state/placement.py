@@ -13,21 +13,19 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from cluster.state import reservations
+from cluster.state.apply_members import member_status
+from cluster.state.cluster_view import capacity_of, member_view, placement_groups_from_state
 from cluster.state.model import Member, State
-from scheduler import keys
+from corral_shared.resources import DIMENSIONS, Resources, format_amount
+from scheduler import keys, pipeline
 from scheduler.request import PlacementRequest
-from scheduler.resources import Resources
+from scheduler.view import ClusterView
 
 
 def placement_problem(state: State, *, member: str, name: str, type_: str,
                       architecture: str, demand: Resources, target: str = "",
                       placement_group: str = "", exclude: Iterable[str] = ()) -> str:
     """``""`` when ``member`` may take the instance now, else why not."""
-    # scheduler.view reads cluster.state; importing it here keeps the import graph acyclic.
-    from cluster.state.apply_members import member_status
-    from scheduler import pipeline
-    from scheduler.view import ClusterView, member_view, placement_groups_from_state
-
     record = state.members.get(member)
     if record is None:
         return f"cluster member {member!r} not found"
@@ -48,8 +46,6 @@ def placement_problem(state: State, *, member: str, name: str, type_: str,
 def schedulable_of(state: State, record: Member) -> tuple[Resources, tuple[str, ...]]:
     """The member's schedulable capacity (capacity times the allocation ratios) and the
     dimensions it has not reported. O(1)."""
-    from scheduler.view import capacity_of
-
     capacity, unknown = capacity_of(record)
     return keys.allocation_ratios(state.config).schedulable(capacity), unknown
 
@@ -59,9 +55,6 @@ def member_usage(state: State, record: Member) -> dict[str, dict[str, float | No
     ``scheduler.capacity.*``; None when unknown), the ``allocation_ratio``, the
     ``schedulable`` amount (capacity x ratio) and the amount ``used`` by reservations, so a
     user can see why a placement was refused. O(1)."""
-    from scheduler.resources import DIMENSIONS
-    from scheduler.view import capacity_of
-
     capacity, unknown = capacity_of(record)
     ratios = keys.allocation_ratios(state.config)
     schedulable = ratios.schedulable(capacity)
@@ -76,8 +69,6 @@ def member_usage(state: State, record: Member) -> dict[str, dict[str, float | No
 def resize_problem(state: State, member: str, old: Resources, new: Resources) -> str:
     """``""`` when the member can hold an instance grown from ``old`` to ``new`` within
     its schedulable capacity."""
-    from scheduler.resources import format_amount
-
     record = state.members.get(member)
     if record is None:
         return ""
@@ -95,8 +86,6 @@ def resize_problem(state: State, member: str, old: Resources, new: Resources) ->
 def growth_problem(state: State, member: str, before: Resources) -> str:
     """``""`` unless the member's reservations grew past its schedulable capacity since
     ``before`` (a member already past it, after a ratio was lowered, may still shrink)."""
-    from scheduler.resources import format_amount
-
     record = state.members.get(member)
     if record is None:
         return ""

@@ -1,7 +1,7 @@
 """What each member has promised to its instances, kept as running totals.
 
 Every instance carries its demand (from its expanded ``limits.cpu``, ``limits.memory``
-and root disk ``size``; see ``scheduler.resources``) and its placement group (expanded
+and root disk ``size``; see ``corral_shared.resources``) and its placement group (expanded
 ``placement.group``). ``state.reserved`` holds the sum of the demands per member and
 ``state.grouped`` the instances of each group per member, so apply re-validates a
 placement in O(1) however many instances there are. Every change of an instance's
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from cluster.state import validate
 from cluster.state.model import Instance, State
-from scheduler.resources import DEFAULTS, ZERO, Resources, demand_of
+from corral_shared.resources import DEFAULTS, ZERO, Resources, demand_of
 
 GROUP_KEY = "placement.group"  # scheduler.keys.INSTANCE_GROUP_KEY (LXD's key)
 

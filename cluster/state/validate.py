@@ -7,7 +7,8 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from node_agent.units import parse_size
+from corral_shared.units import parse_size
+from scheduler import keys
 
 _HOSTNAME = re.compile(r"^[A-Za-z][A-Za-z0-9-]{0,62}$")
 _ENTITY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
@@ -122,8 +123,6 @@ def config_error(config: object) -> str:
 
 def member_config_error(config: object) -> str:
     """The first problem in a cluster member's config (LXD's member keys), or ``""``."""
-    from scheduler import keys
-
     if not isinstance(config, dict):
         return "Member config must be a mapping of strings"
     for key, value in config.items():
@@ -141,8 +140,6 @@ def member_config_error(config: object) -> str:
 
 def cluster_config_error(config: dict[str, str]) -> str:
     """The first problem with the scheduler's keys in the cluster config, or ``""``."""
-    from scheduler import keys
-
     for key, value in config.items():
         problem = keys.cluster_config_error(key, value) or _cluster_key_error(key, value)
         if problem:

@@ -26,9 +26,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from corral_shared.units import UnitError, parse_memory_limit
 from node_agent.drivers.base import InstanceDefinition
 from node_agent.idmap import IdMap
-from node_agent.units import UnitError, parse_memory_limit
 
 LXC_SHARE = Path("/usr/share/lxc/config")
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"

@@ -18,20 +18,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from corral_shared.codes import status_pair
 from node_agent.drivers.lxc_config import HostFacts, parse_cpuset
 
 # liblxc state -> (LXD status, LXD status code)
 STATUS: dict[str, tuple[str, int]] = {
-    "STOPPED": ("Stopped", 102),
-    "STARTING": ("Starting", 106),
-    "RUNNING": ("Running", 103),
-    "STOPPING": ("Stopping", 107),
-    "ABORTING": ("Aborting", 108),
-    "FREEZING": ("Freezing", 109),
-    "FROZEN": ("Frozen", 110),
-    "THAWED": ("Running", 103),
+    "STOPPED": status_pair("Stopped"),
+    "STARTING": status_pair("Starting"),
+    "RUNNING": status_pair("Running"),
+    "STOPPING": status_pair("Stopping"),
+    "ABORTING": status_pair("Aborting"),
+    "FREEZING": status_pair("Freezing"),
+    "FROZEN": status_pair("Frozen"),
+    "THAWED": status_pair("Running"),  # liblxc's thawed is LXD's Running, not Thawed
 }
-ERROR_STATUS = ("Error", 112)
+ERROR_STATUS = status_pair("Error")
 CONTROLLERS = ("cpuset", "cpu", "cpuacct", "memory", "pids", "freezer")
 
 

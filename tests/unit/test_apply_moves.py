@@ -13,7 +13,7 @@ from cluster.state import reservations
 from cluster.state.apply import apply
 from cluster.state.commands import Command
 from cluster.state.model import State
-from scheduler.resources import ZERO, GiB
+from corral_shared.resources import ZERO, GiB
 
 CONTAINER_IMAGE = "c" * 64
 VM_IMAGE = "d" * 64

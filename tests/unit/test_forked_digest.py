@@ -16,8 +16,8 @@ from cluster.state import digest, forked_digest
 from cluster.state.apply import apply
 from cluster.state.digest import KEPT_MARKS, Mark, MarkBook, state_digest
 from cluster.state.model import Action, Instance, State
-from scheduler.fake_driver import FakeDriver
-from scheduler.sim_workload import create_many_command, setup_phases
+from simulator.fake_driver import FakeDriver
+from simulator.sim_workload import create_many_command, setup_phases
 
 
 def _placed(count: int) -> State:

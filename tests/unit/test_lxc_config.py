@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from corral_shared.units import _MULTIPLIERS, MAX_BYTES, UnitError, parse_memory_limit, parse_size
 from node_agent.drivers.base import InstanceDefinition
 from node_agent.drivers.lxc_config import (
     ConfigError,
@@ -32,7 +33,6 @@ from node_agent.drivers.lxc_state import (
     stopped_state,
 )
 from node_agent.idmap import IdMap
-from node_agent.units import _MULTIPLIERS, MAX_BYTES, UnitError, parse_memory_limit, parse_size
 
 GiB = 1024**3
 HYBRID = HostFacts(cpus=(0, 1), memory=4 * GiB,

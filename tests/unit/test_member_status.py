@@ -5,7 +5,7 @@ from __future__ import annotations
 from cluster.api.handlers.members import member_status, member_view, offline_threshold
 from cluster.cli.cluster_cmds import usage
 from cluster.state.model import Member, State
-from scheduler.resources import GiB, MiB, Resources
+from corral_shared.resources import GiB, MiB, Resources
 
 
 def test_offline_threshold_defaults_to_10s_and_is_at_least_3s() -> None:

@@ -13,8 +13,8 @@ from cluster.state import reservations
 from cluster.state.apply import apply
 from cluster.state.commands import Command
 from cluster.state.model import State
+from corral_shared.resources import GiB, MiB, Resources
 from scheduler import keys
-from scheduler.resources import GiB, MiB, Resources
 
 FP = "b" * 64
 FP_VM = "c" * 64

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from corral_shared.resources import GiB, Resources
 from scheduler import filters, scorers
-from scheduler.resources import GiB, Resources
 from scheduler.testing import member, request, view
 from scheduler.view import PlacementGroupView
 

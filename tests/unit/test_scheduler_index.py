@@ -7,13 +7,13 @@ import random
 from hypothesis import given
 from hypothesis import strategies as st
 
+from corral_shared.resources import GiB, Resources
 from scheduler import scorers
-from scheduler.index import EXACT_BELOW, IndexedScheduler, candidate_limit
 from scheduler.pipeline import place, recheck
 from scheduler.request import PlacementRequest
-from scheduler.resources import GiB, Resources
 from scheduler.testing import Harness, member, request, view
 from scheduler.view import ClusterView, PlacementGroupView
+from simulator.index import EXACT_BELOW, IndexedScheduler, candidate_limit
 from tests.unit.test_scheduler_properties import (
     SETTINGS,
     Scenario,

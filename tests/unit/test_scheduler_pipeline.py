@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 
+from corral_shared.resources import GiB, Resources
 from scheduler.pipeline import place, recheck
 from scheduler.plan import TieBreaker, explain_json, explain_text, tie_key
-from scheduler.resources import GiB, Resources
 from scheduler.testing import member, request, view
 from scheduler.view import PlacementGroupView
 

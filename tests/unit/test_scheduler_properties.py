@@ -12,11 +12,11 @@ import random
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from corral_shared.resources import MiB, Resources
 from scheduler import scorers
 from scheduler.pipeline import place, recheck
 from scheduler.plan import TieBreaker
 from scheduler.request import PlacementRequest
-from scheduler.resources import MiB, Resources
 from scheduler.testing import Harness
 from scheduler.view import ClusterView, MemberView, PlacementGroupView
 

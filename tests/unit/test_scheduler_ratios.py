@@ -17,15 +17,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cluster.state.apply import apply
+from cluster.state.cluster_view import capacity_of, view_from_state
 from cluster.state.commands import Command
 from cluster.state.model import Member, State
+from corral_shared.resources import NO_OVERCOMMIT, AllocationRatios, GiB, MiB, Resources
 from scheduler import keys
 from scheduler.pipeline import place, recheck
 from scheduler.plan import explain_json, explain_text
 from scheduler.request import PlacementRequest
-from scheduler.resources import NO_OVERCOMMIT, AllocationRatios, GiB, MiB, Resources
 from scheduler.testing import Harness, member, request, view
-from scheduler.view import ClusterView, capacity_of, view_from_state
+from scheduler.view import ClusterView
 
 NOW = 1000.0
 SETTINGS = settings(max_examples=100, deadline=None,

@@ -1,4 +1,4 @@
-"""Resources arithmetic and what an instance demands (scheduler.resources)."""
+"""Resources arithmetic and what an instance demands (corral_shared.resources)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from scheduler.resources import (
+from corral_shared.resources import (
     DEFAULTS,
     GiB,
     MiB,

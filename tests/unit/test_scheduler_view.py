@@ -5,10 +5,11 @@ from __future__ import annotations
 import pytest
 
 from cluster.state import reservations
+from cluster.state.cluster_view import view_from_state
 from cluster.state.model import Instance, Member, Profile, State
+from corral_shared.resources import DEFAULTS, AllocationRatios, GiB, MiB, Resources
 from scheduler import keys
-from scheduler.resources import DEFAULTS, AllocationRatios, GiB, MiB, Resources
-from scheduler.view import PlacementGroupView, view_from_state
+from scheduler.view import PlacementGroupView
 
 NOW = 1000.0
 CAPACITY = {"cpu": 16, "memory": 64 * GiB, "disk": 1000 * GiB}

@@ -13,11 +13,11 @@ from collections import defaultdict
 import pytest
 
 from cluster.state.model import State
+from corral_shared.resources import DEFAULTS, AllocationRatios
 from scheduler import keys
-from scheduler.fake_driver import FakeDriver, SimInstance
-from scheduler.resources import DEFAULTS, AllocationRatios
-from scheduler.sim_raft import RaftOptions, run_raft
-from scheduler.simulate import main, run_pure
+from simulator.fake_driver import FakeDriver, SimInstance
+from simulator.sim_raft import RaftOptions, run_raft
+from simulator.simulate import main, run_pure
 
 UNITS = {"MiB": 2**20, "GiB": 2**30}
 CONTAINER = DEFAULTS["container"]

@@ -16,8 +16,8 @@ from cluster.state.apply import apply
 from cluster.state.commands import Command, Result, command
 from cluster.state.model import Action, Instance, Observed, State
 from cluster.state.slotted import slotted
-from scheduler.fake_driver import FakeDriver
-from scheduler.sim_workload import create_many_command, setup_phases
+from simulator.fake_driver import FakeDriver
+from simulator.sim_workload import create_many_command, setup_phases
 
 
 class _OldPickle:

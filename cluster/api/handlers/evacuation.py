@@ -25,8 +25,8 @@ from cluster.api.placement import chosen_member, plan_instance
 from cluster.api.response import ApiError, async_operation, bad_request
 from cluster.state.commands import command
 from cluster.state.model import State
+from corral_shared.resources import ZERO, Resources
 from scheduler.plan import Plan
-from scheduler.resources import ZERO, Resources
 
 ORIGIN = "volatile.evacuate.origin"
 STOPPED = "volatile.evacuate.stopped"

@@ -22,9 +22,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from corral_shared.units import UnitError, parse_memory_limit
 from node_agent.drivers.base import DriverError, InstanceDefinition
 from node_agent.drivers.lxc_config import ConfigError, parse_cpuset
-from node_agent.units import UnitError, parse_memory_limit
 
 DEFAULT_MEMORY = 1 << 30
 DEFAULT_CMDLINE = "console=ttyS0"

@@ -46,6 +46,7 @@ from typing import Any, ClassVar
 
 import yaml
 
+from corral_shared.codes import status_pair
 from node_agent.drivers.base import (
     DriverError,
     DriverInfo,
@@ -65,17 +66,17 @@ from node_agent.drivers.qemu.cmdline import InvalidConfig, VmSpec
 QEMU = "qemu-system-x86_64"
 # QMP run states -> (LXD status, status code)
 STATUS: dict[str, tuple[str, int]] = {
-    "running": ("Running", 103),
-    "paused": ("Frozen", 110),
-    "suspended": ("Frozen", 110),
-    "prelaunch": ("Starting", 106),
-    "inmigrate": ("Starting", 106),
-    "postmigrate": ("Frozen", 110),
-    "finish-migrate": ("Frozen", 110),
-    "shutdown": ("Stopping", 107),
+    "running": status_pair("Running"),
+    "paused": status_pair("Frozen"),
+    "suspended": status_pair("Frozen"),
+    "prelaunch": status_pair("Starting"),
+    "inmigrate": status_pair("Starting"),
+    "postmigrate": status_pair("Frozen"),
+    "finish-migrate": status_pair("Frozen"),
+    "shutdown": status_pair("Stopping"),
 }
-STOPPED = ("Stopped", 102)
-ERROR = ("Error", 112)
+STOPPED = status_pair("Stopped")
+ERROR = status_pair("Error")
 
 
 def _wait_gone(pid: int, seconds: float) -> bool:

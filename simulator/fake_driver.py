@@ -1,4 +1,4 @@
-"""A fake host driver for the scale simulator (``scheduler.simulate``) only.
+"""A fake host driver for the scale simulator (``simulator.simulate``) only.
 
 :class:`FakeDriver` runs nothing. It invents hosts (cluster members, with the capacity a
 node agent would report in its heartbeats) and the instances users ask for, both
@@ -15,7 +15,7 @@ more often than large ones (each value half as likely as the one before):
 * a root disk ``size`` of 1 GiB to 100 GiB on half of them;
 
 about a quarter set none (containers without limits reserve the defaults of
-``scheduler.resources``). 1,000,000 such instances on 5,000 such hosts (Nomad's C1M)
+``corral_shared.resources``). 1,000,000 such instances on 5,000 such hosts (Nomad's C1M)
 reserve about 63% of the CPUs, 48% of the memory and 28% of the disk: they all fit.
 """
 
@@ -27,7 +27,7 @@ import random
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from scheduler.resources import GiB
+from corral_shared.resources import GiB
 
 CPUS = (8, 12, 16, 24, 32, 48, 64, 96, 128)
 MEMORY_PER_CPU_GIB = (2, 4, 8)

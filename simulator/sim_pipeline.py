@@ -1,5 +1,5 @@
 """The planner's commit pipeline in the simulator's Raft mode (runs in a voter process,
-see ``scheduler.sim_raft``): plans in order, commits plans of placements with many in
+see ``simulator.sim_raft``): plans in order, commits plans of placements with many in
 flight, and plans again what apply refuses."""
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ from typing import Any
 from cluster.state import reservations
 from cluster.state.errors import Conflict, StateError, Unavailable
 from cluster.state.raft import RaftStore
-from scheduler.fake_driver import SimInstance
+from corral_shared.resources import ZERO
 from scheduler.request import PlacementRequest
-from scheduler.resources import ZERO
-from scheduler.sim_workload import (
+from simulator.fake_driver import SimInstance
+from simulator.sim_workload import (
     REPLAN_ATTEMPTS,
     Placer,
     Tally,

@@ -1,4 +1,4 @@
-"""A voter process of the simulator's Raft mode (see ``scheduler.sim_raft``): one
+"""A voter process of the simulator's Raft mode (see ``simulator.sim_raft``): one
 ``RaftStore`` serving the parent's requests (setup, run, reach, settle, state, snapshot)
 over a pipe until "stop"."""
 
@@ -24,18 +24,18 @@ from typing import Any
 from pysyncobj import SyncObjConf
 
 from cluster.state import compaction, raft
+from cluster.state.cluster_view import view_from_state
 from cluster.state.commands import command
 from cluster.state.digest import MARK
 from cluster.state.raft import RaftStore
-from scheduler.fake_driver import FakeDriver
-from scheduler.sim_pipeline import Pipeline
-from scheduler.sim_workload import (
+from simulator.fake_driver import FakeDriver
+from simulator.sim_pipeline import Pipeline
+from simulator.sim_workload import (
     Placer,
     Tally,
     setup_phases,
     state_digest,
 )
-from scheduler.view import view_from_state
 
 SETUP_CHUNK = 4000  # setup commands in flight
 SETTLE_TIMEOUT = 300.0

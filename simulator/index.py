@@ -5,7 +5,7 @@ Two structures, updated by ``commit``/``release``/``update_member``:
 * *classes*: the members a search may return (online, capacity known, not in manual
   mode) by architecture, instance types and mode. The architecture, instance type and
   mode filters run once per class and request shape, not once per member.
-* *shelves* (``scheduler.walk``): per class, members sorted by a load fraction and grouped
+* *shelves* (``simulator.walk``): per class, members sorted by a load fraction and grouped
   by dimension and capacity tier, which bounds each member's load after placement from
   below (spread) or above (binpack). Re-keying a member is a bisect and a list insert.
 
@@ -30,12 +30,12 @@ from bisect import bisect_left, insort
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 
+from corral_shared.resources import Resources
 from scheduler import filters, pipeline, reasons, scorers
 from scheduler.plan import Explanation, Plan, TieBreaker
 from scheduler.request import PlacementRequest
-from scheduler.resources import Resources
 from scheduler.view import ClusterView, MemberView
-from scheduler.walk import Best, Entry, Shelf, Walk, walk_binpack, walk_spread
+from simulator.walk import Best, Entry, Shelf, Walk, walk_binpack, walk_spread
 
 EXACT_BELOW = 64
 TIGHT = 1 / 16  # binpack: a dimension with less than this fraction free is "full"

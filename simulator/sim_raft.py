@@ -47,8 +47,8 @@ from typing import Any
 from pysyncobj import SyncObjConf
 
 from cluster.state.raft import BATCH
-from scheduler.sim_voter import voter_main
-from scheduler.sim_workload import Report, Tally
+from simulator.sim_voter import voter_main
+from simulator.sim_workload import Report, Tally
 
 VOTERS = 3
 DEFAULT_WINDOW = 8 * BATCH  # placements in flight

@@ -28,9 +28,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from operator import itemgetter
 
+from corral_shared.resources import Resources
 from scheduler import scorers
 from scheduler.plan import ScoreRecord, TieBreaker
-from scheduler.resources import Resources
 from scheduler.view import MemberView
 
 Entry = tuple[float, str, MemberView]  # (load now, name, member)

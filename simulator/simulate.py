@@ -1,11 +1,11 @@
 """A scale simulator of the scheduler: N simulated members, M instances.
 
-    python -m scheduler.simulate --members N --instances M [--raft 3] [--seed S]
+    python -m simulator.simulate --members N --instances M [--raft 3] [--seed S]
                                  [--planners K] [--window W] [--plan-size P]
                                  [--planner-on leader|follower|followers] [--gc default|freeze]
                                  [--what-if SETTING=VALUE] [--snapshot]
 
-Members and instances come from the :class:`~scheduler.fake_driver.FakeDriver` (simulated
+Members and instances come from the :class:`~simulator.fake_driver.FakeDriver` (simulated
 hosts of varied capacity, containers of varied limits; nothing runs). The cluster is built
 with the real commands (``cluster.bootstrap``, ``image.add``, ``join_token.add``,
 ``member.join``) and every instance is placed by the ``IndexedScheduler``:
@@ -13,7 +13,7 @@ with the real commands (``cluster.bootstrap``, ``image.add``, ``join_token.add``
 * without ``--raft`` (pure): planning only. Each plan is committed into the planner's
   ``ClusterView``; the figure is placement decisions per second in one process.
 * with ``--raft 3``: each plan is committed through a real 3-voter pysyncobj cluster on
-  loopback (``RaftStore``, one voter per process; see ``scheduler.sim_raft``), each plan
+  loopback (``RaftStore``, one voter per process; see ``simulator.sim_raft``), each plan
   of ``--plan-size`` placements as one ``instance.create_many`` (a plan of many
   allocations, as Nomad commits them) with ``location`` set, so apply re-validates every
   placement; a placement apply refuses is planned again.
@@ -31,11 +31,12 @@ import time
 from typing import Any, TextIO
 
 from cluster.state.apply import apply
+from cluster.state.cluster_view import view_from_state
 from cluster.state.model import State
-from scheduler.fake_driver import FakeDriver
-from scheduler.resources import GiB
-from scheduler.sim_workload import Placer, Report, Tally, setup_phases
-from scheduler.view import view_from_state
+from corral_shared.resources import GiB
+from simulator.fake_driver import FakeDriver
+from simulator.sim_raft import DEFAULT_PLAN_SIZE, DEFAULT_WINDOW, PLANNER_ON, RaftOptions, run_raft
+from simulator.sim_workload import Placer, Report, Tally, setup_phases
 
 
 def run_pure(members: int, instances: int, seed: int = 0, record: bool = False) -> Report:
@@ -83,7 +84,7 @@ def print_report(report: Report, out: TextIO | None = None) -> None:
     tally = report.tally
     mode = "pure placement (IndexedScheduler, one process)" if report.mode == "pure" else \
         "Raft: 3 voters on loopback, one process each, real instance.create apply"
-    write(f"# scheduler.simulate: {report.members} members, {report.instances} instances, "
+    write(f"# simulator.simulate: {report.members} members, {report.instances} instances, "
           f"seed {report.seed}; {mode}")
     write(f"{'setup':34s} {report.setup_seconds:10.2f} s")
     write(f"{'placements done':34s} {tally.placed:10d}")
@@ -139,7 +140,7 @@ def parse_setting(text: str) -> tuple[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m scheduler.simulate",
+    parser = argparse.ArgumentParser(prog="python -m simulator.simulate",
                                      description=__doc__.splitlines()[0])
     parser.add_argument("--members", type=int, required=True)
     parser.add_argument("--instances", type=int, required=True)
@@ -170,14 +171,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.raft is None:
         report = run_pure(args.members, args.instances, args.seed)
     else:
-        from scheduler.sim_raft import (
-            DEFAULT_PLAN_SIZE,
-            DEFAULT_WINDOW,
-            PLANNER_ON,
-            RaftOptions,
-            run_raft,
-        )
-
         options = RaftOptions(planners=args.planners, window=args.window or DEFAULT_WINDOW,
                               plan_size=args.plan_size or DEFAULT_PLAN_SIZE,
                               planner_on=args.planner_on or PLANNER_ON, gc_mode=args.gc,

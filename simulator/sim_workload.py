@@ -2,7 +2,7 @@
 creates one instance, and :class:`Placer`, which plans with the ``IndexedScheduler`` and
 keeps its view in step with what was accepted.
 
-Both modes of ``scheduler.simulate`` use these, so a pure run and a Raft run place the
+Both modes of ``simulator.simulate`` use these, so a pure run and a Raft run place the
 same instances the same way; only where a placement is committed differs (the planner's
 view, or the replicated state through ``instance.create``).
 """
@@ -19,12 +19,12 @@ from typing import Any
 from cluster.state import validate
 from cluster.state.commands import Command, command
 from cluster.state.model import State
-from scheduler.fake_driver import POOL, SimInstance, SimMember
-from scheduler.index import IndexedScheduler
+from corral_shared.resources import Resources
 from scheduler.plan import Plan
 from scheduler.request import PlacementRequest, request_for
-from scheduler.resources import Resources
 from scheduler.view import ClusterView
+from simulator.fake_driver import POOL, SimInstance, SimMember
+from simulator.index import IndexedScheduler
 
 IMAGE = hashlib.sha256(b"corral scheduler simulator image").hexdigest()
 NETWORK = "simbr0"
@@ -161,7 +161,7 @@ class Placer:
 
 @dataclass
 class Report:
-    """The figures of one simulator run (``scheduler.simulate`` prints them)."""
+    """The figures of one simulator run (``simulator.simulate`` prints them)."""
 
     mode: str  # "pure" | "raft"
     members: int
