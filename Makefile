@@ -39,13 +39,16 @@ demo-clean: deps
 	@$(VENV)/bin/corral dev-cluster down --dir "$${CORRAL_DEV_DIR:-/var/lib/corral-dev}" || true
 	@$(PY) -m cluster.teardown "$(CORRAL_DIR)"
 
+# lint-imports checks the import contracts in pyproject.toml ([tool.importlinter]).
 lint: deps
-	$(VENV)/bin/ruff check cluster node_agent scheduler corral_shared tests bench
-	$(VENV)/bin/mypy cluster node_agent scheduler corral_shared
+	$(VENV)/bin/ruff check cluster node_agent scheduler simulator corral_shared tests bench
+	$(VENV)/bin/mypy cluster node_agent scheduler simulator corral_shared
+	$(VENV)/bin/lint-imports --no-cache
 
 test: deps
-	$(VENV)/bin/ruff check cluster node_agent scheduler corral_shared tests bench
-	$(VENV)/bin/mypy cluster node_agent scheduler corral_shared
+	$(VENV)/bin/ruff check cluster node_agent scheduler simulator corral_shared tests bench
+	$(VENV)/bin/mypy cluster node_agent scheduler simulator corral_shared
+	$(VENV)/bin/lint-imports --no-cache
 	$(PY) -m pytest -q -p no:cacheprovider --timeout=600 tests
 
 bench: deps
