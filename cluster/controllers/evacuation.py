@@ -12,7 +12,8 @@ the ones the evacuation stopped. Up to ``PARALLEL`` instances are handled at a t
 
 Each instance is an item of the intent (``items[name]``) with its state (todo, moving,
 done, failed), its current child move and the members that failed it. A child move that
-failed (and was undone) is tried again elsewhere, ``ATTEMPTS`` times in all; a child's id
+failed (and was undone) is tried again, away from the members that failed it (a move
+that a leader change interrupted blames no member), ``ATTEMPTS`` times in all; a child's id
 names its parent, the instance and the attempt, so a new leader that finds a child it
 had not recorded yet adopts it rather than creating a second one. When every item is
 done or failed the intent finishes: done, or failed with ``N instance(s) could not be
@@ -26,6 +27,7 @@ import logging
 from typing import Any, Literal
 
 from cluster.controllers.intents import IntentController, agent_step, read_intent
+from cluster.controllers.move_phases import INTERRUPTED
 from cluster.controllers.move_request import MoveRefused, move_request
 from cluster.controllers.planning import plan_targets
 from cluster.controllers.runtime import Lease
@@ -36,7 +38,7 @@ log = logging.getLogger(__name__)
 ORIGIN = "volatile.evacuate.origin"
 STOPPED = "volatile.evacuate.stopped"
 PARALLEL = 8
-ATTEMPTS = 3
+ATTEMPTS = 4
 POLL = 0.5
 Step = Literal["create", "wait", "done", "retry", "fail"]
 
@@ -197,11 +199,14 @@ async def _move(lease: Lease, intent: Intent, name: str) -> None:
                           error=error or "the move failed")
             return
         if step == "retry":
-            avoid = sorted({*item.get("avoid", []), target} - {""})
+            # A move a leader change interrupted says nothing against its target.
+            blamed = "" if INTERRUPTED in error else target
+            avoid = sorted({*item.get("avoid", []), blamed} - {""})
             log.info("evacuation %s: moving %s failed (%s); trying elsewhere", intent.id,
                      name, error)
             await _settle(lease, intent, name, attempts=attempt + 1, avoid=avoid,
                           last_error=error)
+            await asyncio.sleep(POLL)
             continue
         if step == "create":
             problem = await _create_child(lease, intent, name, child, member, item)

@@ -28,6 +28,7 @@ from cluster.controllers.intents import (
     read_intent,
     until_cancelled,
 )
+from cluster.controllers.move_phases import INTERRUPTED
 from cluster.controllers.moves import _advance, decision_of, progress_reporter
 from cluster.controllers.runtime import Lease
 from cluster.state.model import Intent
@@ -49,8 +50,8 @@ class LiveMovesController(IntentController):
             await roll_forward(lease, intent)
         elif what == "undo":
             await undo(lease, intent, "Operation cancelled" if intent.cancel else
-                       "The live migration was interrupted (the leader changed); the VM "
-                       "runs on its source", cancelled=intent.cancel)
+                       f"The live migration was {INTERRUPTED}; the VM runs on its "
+                       "source", cancelled=intent.cancel)
         elif what == "run":
             await _run(lease, intent)
 

@@ -21,6 +21,8 @@ from typing import Literal
 
 COLD_PHASES = ("new", "precopy", "stopping", "begun", "ending", "switched")
 LIVE_PHASES = ("new", "begun", "sending", "ending", "switched")
+# The error of a move a new leader found half-way and undid (evacuations retry it).
+INTERRUPTED = "interrupted (the leader changed)"
 Decision = Literal["run", "undo", "forward", "none"]
 
 

@@ -31,13 +31,14 @@ from cluster.controllers.intents import (
     read_intent,
     until_cancelled,
 )
-from cluster.controllers.move_phases import decide
+from cluster.controllers.move_phases import INTERRUPTED, decide
 from cluster.controllers.runtime import Lease
 from cluster.state.errors import BadRequest
 from cluster.state.model import Intent
 
 log = logging.getLogger(__name__)
 STOP_TIMEOUT = 30
+START_WAIT = 120.0  # for the agent to report a start (a dead member never does)
 
 
 class MovesController(IntentController):
@@ -55,7 +56,7 @@ class MovesController(IntentController):
             await roll_forward(lease, intent)
         elif what == "undo":
             await undo(lease, intent, "Operation cancelled" if intent.cancel else
-                       "The move was interrupted (the leader changed) and was undone",
+                       f"The move was {INTERRUPTED} and was undone",
                        cancelled=intent.cancel)
         else:
             await _run(lease, intent)
@@ -157,20 +158,20 @@ async def ensure_running(lease: Lease, intent: Intent, stateful: bool) -> None:
             power, generation = inst.power, inst.generation
             stateful = stateful and inst.stateful
         if power in ("Running", "Frozen"):
-            await lease.wait_generation(queue, uid, generation, 600.0)
+            await lease.wait_generation(queue, uid, generation, START_WAIT)
             return
     finally:
         lease.store.unsubscribe(queue)
     try:
         await agent_step(lease, uid, "instance.action", name=name, action="start",
-                         stateful=stateful, intent=intent.id)
+                         wait=START_WAIT, stateful=stateful, intent=intent.id)
     except BadRequest as exc:
         if not stateful:
             raise
         log.warning("%s did not restore from its checkpoint (%s); booting it afresh",
                     name, exc)
         await agent_step(lease, uid, "instance.action", name=name, action="start",
-                         intent=intent.id)
+                         wait=START_WAIT, intent=intent.id)
 
 
 async def roll_forward(lease: Lease, intent: Intent) -> None:
