@@ -213,3 +213,34 @@ def test_a_cold_move_when_the_leader_dies_ends_done_or_undone(
         if members[leader].process is None:
             _restart(members[leader])
     members[target].corral("delete", "--force", "cold")
+
+
+def test_cancelling_a_move_before_its_switch_undoes_it(members: list[DaemonProcess]) -> None:
+    """DELETE /1.0/operations/<id> (on any member) commits intent.cancel: a move not yet
+    at its switch is undone, the instance running where it was; past the switch the
+    cancel is refused and the move completes."""
+    leader, source, target = _roles(members)
+    members[leader].corral("launch", "busybox", "cancelled", "--target", _name(source))
+    members[leader].corral("exec", "cancelled", "--", "sh", "-c",
+                           "dd if=/dev/urandom of=/root/blob bs=1M count=40 2>/dev/null")
+    status, doc = Api(str(members[source].socket)).call(
+        "POST", f"/1.0/instances/cancelled?target={_name(target)}",
+        {"name": "cancelled", "migration": True})
+    assert status == 202, doc
+    op_id = doc["metadata"]["id"]
+    refused, _ = Api(str(members[target].socket)).call(
+        "PUT", "/1.0/instances/cancelled/state", {"action": "stop"})
+    assert refused == 409  # the move holds the instance
+    cancelled, answer = Api(str(members[target].socket)).call(
+        "DELETE", f"/1.0/operations/{op_id}")
+    op = _wait_op(members[leader], op_id)
+    where = _instances(members[leader])["cancelled"]
+    print(f"cancel answered {cancelled}; the move ended {op['status']} on {where['location']}")
+    if cancelled == 200:
+        assert (op["status"], op["err"]) == ("Cancelled", "Operation cancelled"), op
+        assert where["location"] == _name(source)
+    else:
+        assert op["status"] == "Success" and where["location"] == _name(target), (answer, op)
+    assert where["status"] == "Running"
+    assert _copies(members, "cancelled") == [where["location"]]
+    members[leader].corral("delete", "--force", "cancelled")
