@@ -25,7 +25,10 @@ from cluster.api.events import EventHub
 from cluster.api.handlers.images import cleanup_uploads
 from cluster.api.listener import start_runner
 from cluster.api.operations import Operations
+from cluster.controllers.evacuation import EvacuationController
+from cluster.controllers.live_moves import LiveMovesController
 from cluster.controllers.liveness import LivenessController
+from cluster.controllers.moves import MovesController
 from cluster.controllers.runtime import LeaderRuntime
 from cluster.controllers.voters import VotersController
 from cluster.https import HTTPS, VM_ACCELERATOR_KEY, HttpsListener, Identity
@@ -100,7 +103,9 @@ async def serve(paths: Paths, ready: asyncio.Event | None = None) -> None:
     await agent.start(host_rebooted=_host_rebooted(paths))
     partners_task = asyncio.create_task(track_partners(ctx))
     controllers = LeaderRuntime(store, lambda: ctx.member,
-                                [LivenessController(), VotersController()], ctx.peer_client)
+                                [LivenessController(), VotersController(), MovesController(),
+                                 LiveMovesController(), EvacuationController()],
+                                ctx.peer_client)
     controllers.start()
     way_back_task = asyncio.create_task(find_way_back(ctx))
     app = build_app(ctx)

@@ -19,7 +19,7 @@ from typing import Any
 
 from aiohttp import web
 
-from cluster.api import proxy
+from cluster.api import intent_ops, proxy
 from cluster.api.context import CTX, Context
 from cluster.api.response import ApiError
 from cluster.state.model import State
@@ -96,7 +96,8 @@ def forward_if_elsewhere(handler: Handler) -> Handler:
     async def wrapper(request: web.Request) -> web.StreamResponse:
         ctx = request.app[CTX]
         op_id = request.match_info["id"]
-        if not proxy.is_forwarded(request) and ctx.ops.get(op_id) is None:
+        if (not proxy.is_forwarded(request) and ctx.ops.get(op_id) is None
+                and intent_ops.find(ctx.store, op_id) is None):  # intents: any member
             address = await locate_operation(request, ctx, op_id)
             if address is not None:
                 return await _relay(request, address, ctx)

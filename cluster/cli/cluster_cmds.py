@@ -10,6 +10,7 @@ from urllib.parse import quote
 
 from cluster.cli import format as fmt
 from cluster.cli.client import Client, UsageError
+from cluster.cli.progress import Progress
 
 
 def usage(member: dict[str, Any], dimension: str) -> str:
@@ -115,7 +116,11 @@ async def get(client: Client, args: argparse.Namespace) -> int:
 
 async def _member_state(client: Client, args: argparse.Namespace, action: str) -> int:
     body = {"action": action, "mode": args.action if action == "evacuate" else ""}
-    await client.call("POST", _path(args.name) + "/state", body)
+    progress = Progress(f"{action.capitalize()}: {{}}", quiet=getattr(args, "quiet", False))
+    try:
+        await client.call("POST", _path(args.name) + "/state", body, progress=progress)
+    finally:
+        progress.done()
     return 0
 
 

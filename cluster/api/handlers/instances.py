@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import secrets
-import time
 import uuid
 from typing import Any
 
@@ -22,7 +21,7 @@ from cluster.api.handlers.common import (
     until_replica,
 )
 from cluster.api.handlers.state import instance_states
-from cluster.api.moves import move_instance
+from cluster.api.intent_ops import start_move
 from cluster.api.placement import (
     PLAN_ATTEMPTS,
     chosen_member,
@@ -31,7 +30,7 @@ from cluster.api.placement import (
     plan_instance,
 )
 from cluster.api.reads import instance_names, render_each
-from cluster.api.response import ApiError, async_operation, bad_request, not_found, sync
+from cluster.api.response import ApiError, bad_request, not_found, sync
 from cluster.state import etags, validate
 from cluster.state.apply_instances import expanded
 from cluster.state.commands import command
@@ -295,23 +294,4 @@ async def _move(request: web.Request, name: str, body: dict[str, Any]) -> web.Re
                                  profiles=inst.profiles, target=requested,
                                  exclude=[inst.location])
         target = chosen_member(plan)
-    if target == inst.location:
-        raise bad_request(f"Instance {name} is already on member {target}")
-
-    async def run(op: Any) -> None:
-        started = time.monotonic()
-
-        def progress(done: int) -> None:
-            rate = done / max(time.monotonic() - started, 1e-3)
-            ctx.ops.update(op, fs_progress=f"{done / 1e6:.1f}MB ({rate / 1e6:.1f}MB/s)",
-                           bytes_transferred=done)
-
-        figures = await move_instance(ctx, name, target, requested=requested or target,
-                                      progress=progress)
-        if figures is not None:  # a live migration: QEMU's total, downtime, bytes
-            ctx.ops.update(op, live_migration=figures)
-        ctx.events.lifecycle("instance-migrated", f"/1.0/instances/{name}", target=target)
-
-    op = ctx.ops.start(f"Migrating instance to {target}", run,
-                       {"instances": [f"/1.0/instances/{name}"]})
-    return async_operation(op.to_dict())
+    return await start_move(ctx, name, target, requested=requested or target)

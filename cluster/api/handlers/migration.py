@@ -1,5 +1,5 @@
 """``/internal/instances/<name>/migration/...``: the two members' halves of a VM's live
-migration, over the cluster's mutual TLS (``cluster/api/live_moves.py`` drives them).
+migration, over the cluster's mutual TLS (``cluster/controllers/live_moves.py`` drives them).
 
 As with volumes, every call is checked against the replicated state: the target half
 runs only on the target of a live move of that very instance (by uid), the source half
@@ -28,6 +28,7 @@ from cluster.api.bodies import json_body
 from cluster.api.context import Context
 from cluster.api.handlers.common import ctx_of, until_replica
 from cluster.api.response import ApiError, empty, sync
+from cluster.controllers.move_request import migration_downtime
 from cluster.state.model import Instance
 from node_agent.facade import InstanceSpec, MigrationCredentials, NodeFacade
 
@@ -163,13 +164,6 @@ async def drop_source(request: web.Request) -> web.Response:
     paused QEMU and delete the VM's files here."""
     return await _on_vm(request, False, NodeFacade.drop_source)
 
-
-def migration_downtime(config: dict[str, str]) -> int:
-    """``migration.downtime`` in milliseconds (QEMU's default 300 ms when unset)."""
-    return int(config.get("migration.downtime", "") or DEFAULT_DOWNTIME_MS)
-
-
-DEFAULT_DOWNTIME_MS = 300
 
 ROUTES = [
     ("POST", "/internal/instances/{name}/migration/incoming", prepare),

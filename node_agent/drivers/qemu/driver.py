@@ -94,7 +94,7 @@ class QemuDriver:
 
     name: ClassVar[str] = "qemu"
     instance_type: ClassVar[str] = "virtual-machine"
-    supports_live_migration: ClassVar[bool] = True  # migration/, cluster/api/live_moves.py
+    supports_live_migration: ClassVar[bool] = True  # migration/, cluster/controllers/live_moves.py
 
     def __init__(self, vmpath: Path, accel: str | None = None, qemu: str = QEMU,
                  start_timeout: float = 30.0, find_guest: GuestFinder | None = None) -> None:
