@@ -240,8 +240,12 @@ def _unlock(state: State, intent: Intent, names: list[str]) -> None:
 
 
 def _forget_old(state: State) -> None:
-    """Keep the newest ``KEEP_FINISHED`` finished intents (dicts keep creation order)."""
-    finished = [key for key, intent in state.intents.items() if intent.finished]
+    """Keep the newest ``KEEP_FINISHED`` finished intents (dicts keep creation order),
+    and every child (``<parent>.<...>``) of an intent still running: a new leader that
+    resumes a large evacuation finds its finished moves instead of starting them again."""
+    running = {key for key, intent in state.intents.items() if not intent.finished}
+    finished = [key for key, intent in state.intents.items()
+                if intent.finished and key.split(".", 1)[0] not in running]
     for key in finished[:max(0, len(finished) - KEEP_FINISHED)]:
         del state.intents[key]
 

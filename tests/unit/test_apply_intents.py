@@ -202,6 +202,25 @@ def test_finished_intents_are_forgotten_past_the_kept_number() -> None:
     assert "x4" not in state.intents and f"x{KEEP_FINISHED + 4}" in state.intents
 
 
+
+def test_the_finished_children_of_a_running_intent_are_kept() -> None:
+    from cluster.state.apply_intents import KEEP_FINISHED
+    state = State()
+    epoch = claim(state, "m1")
+    assert apply(state, cmd("intent.create", intent="evac", kind="evacuate")).ok
+    children = [f"evac.c{n}.1" for n in range(KEEP_FINISHED + 10)]
+    for child in children:
+        assert apply(state, cmd("intent.create", intent=child, kind="move")).ok
+        assert apply(state, cmd("intent.finish", intent=child, epoch=epoch,
+                                from_phase="new", status="done")).ok
+    assert set(children) <= set(state.intents)  # a new leader finds every one of them
+    assert apply(state, cmd("intent.finish", intent="evac", epoch=epoch,
+                            from_phase="new", status="done")).ok
+    assert apply(state, cmd("intent.create", intent="later", kind="noop")).ok
+    assert apply(state, cmd("intent.finish", intent="later", epoch=epoch,
+                            from_phase="new", status="done")).ok
+    assert len(state.intents) == KEEP_FINISHED
+
 # Property: whatever the interleaving of claims and steps from two controllers, a step
 # applies only under the epoch current at that moment and from the phase the intent is
 # in, so the phases applied form one chain with no step taken twice.
