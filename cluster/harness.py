@@ -28,6 +28,7 @@ class DaemonProcess:
     address: str  # the bridge's own CIDR, e.g. 10.231.7.1/24
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
     netns: str | None = None  # run inside /run/netns/<netns> (see cluster.netns)
+    extra_env: dict[str, str] = field(default_factory=dict)  # e.g. a test clock offset
 
     @property
     def socket(self) -> Path:
@@ -35,7 +36,7 @@ class DaemonProcess:
 
     @property
     def env(self) -> dict[str, str]:
-        return {**os.environ, "CORRAL_DIR": str(self.root)}
+        return {**os.environ, **self.extra_env, "CORRAL_DIR": str(self.root)}
 
     def corral(self, *args: str, check: bool = True, timeout: float = 120.0,
                input: bytes | None = None) -> subprocess.CompletedProcess[bytes]:

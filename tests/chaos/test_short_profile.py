@@ -1,8 +1,11 @@
-"""The chaos suite's short profile, in CI: 3 members, 3 clients hopping between them, at
-least 200 operations and 10 faults (kill -9 of leader and followers, SIGSTOP, the leader
-and a follower cut off) while they write; then every acknowledged write must be on every
-member, every key's history linearizable, the replicas equal, and writes accepted again
-within 10 s of the last heal. The long profile: ``make chaos``."""
+"""The chaos suite: a real dev cluster, clients hopping between its members (profiles,
+config, containers) while a nemesis injects every kind of fault of ``faults.py``; then
+every acknowledged write must be on every member, every key's history linearizable, the
+replicas equal, and writes accepted again within 10 s of the last heal.
+
+Short profile (CI, ``make test``): 3 members, at least 200 operations and 10 faults.
+Long profile (``make chaos``, ``CORRAL_CHAOS=long``): 3 and 5 members, at least 1,000
+operations and 50 faults each."""
 
 from __future__ import annotations
 
@@ -18,21 +21,27 @@ from tests.cluster.conftest import namespace_cluster
 
 pytestmark = pytest.mark.real
 
+LONG_RUN = os.environ.get("CORRAL_CHAOS") == "long"
+SIZES = [3, 5] if LONG_RUN else [3]
 
-def test_no_acknowledged_write_is_lost_and_every_key_is_linearizable() -> None:
-    profile = LONG if os.environ.get("CORRAL_CHAOS") == "long" else SHORT
+
+@pytest.mark.parametrize("size", SIZES)
+def test_no_acknowledged_write_is_lost_and_every_key_is_linearizable(size: int) -> None:
+    profile = LONG if LONG_RUN else SHORT
     started = time.monotonic()
-    with namespace_cluster(3) as members:
+    with namespace_cluster(size) as members:
         run = play(members, profile)
         convergence = converge(run)
         history = run.recorder.history(final={m.root.name: final_state(m) for m in members})
         logs = Path("/tmp/corral-cluster-logs")
         logs.mkdir(exist_ok=True)
-        history.dump(logs / "chaos-history.json")
+        history.dump(logs / f"chaos-history-{size}.json")
         agree = replicas_agree(members[0])
     summary = summarize(check(history), run.faults, agree, convergence)
+    assert run.nemesis is not None
     print("\n" + "\n".join(run.log))
-    print(summary.line(), f"({time.monotonic() - started:.0f} s)")
+    print(f"fault kinds: {dict(sorted(run.nemesis.done.items()))}")
+    print(f"{size} members:", summary.line(), f"({time.monotonic() - started:.0f} s)")
     assert summary.report.operations >= profile.min_ops
     assert run.faults >= profile.min_faults
     assert summary.ok, "\n".join(summary.failures)
