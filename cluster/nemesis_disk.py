@@ -75,6 +75,11 @@ def _stopped(directory: Path, name: str, what: str) -> Member:
     return _member(directory, name)
 
 
+def has_file(directory: Path, name: str, file: str) -> bool:
+    """Whether member ``name`` has a ``journal`` or ``snapshot`` file to damage."""
+    return (_member(directory, name).root / "raft" / FILES[file]).is_file()
+
+
 def corrupt(directory: Path, name: str, file: str = "journal", how: str = "flip") -> str:
     """Damage a stopped member's journal or snapshot (see the module docstring);
     returns what was done, e.g. ``flipped 4096 bytes at 81920 of m2/raft/journal``."""

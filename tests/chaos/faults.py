@@ -13,6 +13,8 @@ injected ``len(KINDS)`` faults, and the long one each kind several times.
   leader, so the minority left behind has no leader) cut off.
 - ``corrupt``: a stopped member's journal or snapshot flipped or truncated (see
   ``nemesis_disk.corrupt``), then started again: it must rebuild, not serve damage.
+  A snapshot exists only once a member has compacted its log (after 60 s of uptime,
+  or 20,000 entries): a member that has one is chosen, else the journal is damaged.
 - ``disk``: a loop file system under one member's Raft directory (attached once, the
   member restarted on it), filled for 3-6 s, then freed; detached at the end
   (``restore``).
@@ -130,8 +132,9 @@ class Nemesis:
         return self._cut_off(names, False, "majority with the leader cut off:")
 
     def _corrupt(self, kind: str) -> str:
-        name = self.rng.choice(self.names)
         file = "snapshot" if kind == "corrupt-snapshot" else "journal"
+        having = [n for n in self.names if nemesis_disk.has_file(self.directory, n, file)]
+        name = self.rng.choice(having or self.names)
         how = kind.split("-")[-1] if file == "journal" else self.rng.choice(nemesis_disk.HOWS)
         nemesis.kill(self.directory, name, "KILL")
         try:

@@ -32,7 +32,7 @@ from cluster import nemesis
 from cluster.harness import DaemonProcess
 from tests.chaos import instances
 from tests.chaos.api import Answer, request
-from tests.chaos.faults import Nemesis
+from tests.chaos.faults import KINDS, Nemesis
 from tests.chaos.history import Kind, Recorder, Value
 
 REGISTERS = 3
@@ -52,7 +52,7 @@ class Profile:
     clients: int = 3
 
 
-SHORT = Profile(seconds=80, min_ops=200, min_faults=10, fault_every=2.0)
+SHORT = Profile(seconds=80, min_ops=200, min_faults=len(KINDS), fault_every=2.0)
 LONG = Profile(seconds=420, min_ops=1000, min_faults=50, fault_every=2.0, instances=0.06)
 
 

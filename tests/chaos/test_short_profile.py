@@ -25,6 +25,7 @@ LONG_RUN = os.environ.get("CORRAL_CHAOS") == "long"
 SIZES = [3, 5] if LONG_RUN else [3]
 
 
+@pytest.mark.timeout(1200 if LONG_RUN else 300)  # the short one: 5 minutes in CI at most
 @pytest.mark.parametrize("size", SIZES)
 def test_no_acknowledged_write_is_lost_and_every_key_is_linearizable(size: int) -> None:
     profile = LONG if LONG_RUN else SHORT
