@@ -35,6 +35,7 @@ from cluster.state.journal import (
     install,
 )
 from cluster.state.model import State
+from cluster.state.policy import compaction_seconds
 from cluster.state.resent import ResentCheck, ResentEntries
 from cluster.state.store import Change
 
@@ -282,6 +283,7 @@ def raft_conf(journal_dir: Path, password: str, bind_address: str,
         dynamicMembershipChange=True,
         useFork=False,  # pysyncobj's own fork would keep every fd; ForkingDump closes them
         logCompactionMinEntries=20000,
+        logCompactionMinTime=compaction_seconds(),
         logCompactionBatchSize=2**20,  # a dump sent to a lagging follower, 1 MiB a message
         commandsQueueSize=200000,
         **hooks,

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from cluster.state.policy import COMPACTION_SECONDS_ENV
 from tests.chaos.checker import check, summarize
 from tests.chaos.run import LONG, SHORT, converge, final_state, play, replicas_agree
 from tests.cluster.conftest import namespace_cluster
@@ -23,12 +24,17 @@ pytestmark = pytest.mark.real
 
 LONG_RUN = os.environ.get("CORRAL_CHAOS") == "long"
 SIZES = [3, 5] if LONG_RUN else [3]
+COMPACTION_SECONDS = 20
 
 
 @pytest.mark.timeout(1200 if LONG_RUN else 300)  # the short one: 5 minutes in CI at most
 @pytest.mark.parametrize("size", SIZES)
-def test_no_acknowledged_write_is_lost_and_every_key_is_linearizable(size: int) -> None:
+def test_no_acknowledged_write_is_lost_and_every_key_is_linearizable(
+        size: int, monkeypatch: pytest.MonkeyPatch) -> None:
     profile = LONG if LONG_RUN else SHORT
+    # Members compact their logs every 20 s (not 300 s), so that snapshots exist to be
+    # damaged and sent while the nemesis restarts members (cluster/state/policy.py).
+    monkeypatch.setenv(COMPACTION_SECONDS_ENV, str(COMPACTION_SECONDS))
     started = time.monotonic()
     with namespace_cluster(size) as members:
         run = play(members, profile)

@@ -15,6 +15,7 @@ from cluster.nemesis import NemesisError, side
 from cluster.nemesis_disk import FLIP_BYTES, damage
 from cluster.state.errors import ReplicaDamaged
 from cluster.state.journal import MAGIC, encode, replay
+from cluster.state.policy import COMPACTION_SECONDS_ENV, compaction_seconds
 from tests.chaos.faults import KINDS, Nemesis
 
 NAMES5 = ["m1", "m2", "m3", "m4", "m5"]
@@ -75,3 +76,10 @@ def test_the_nemesis_draws_every_kind_once_per_round(tmp_path: Path) -> None:
     first = [nemesis.next_kind() for _ in KINDS]
     second = [nemesis.next_kind() for _ in KINDS]
     assert sorted(first) == sorted(second) == sorted(KINDS) and first != second
+
+
+def test_the_compaction_time_is_300_s_unless_a_test_shortens_it() -> None:
+    assert compaction_seconds({}) == 300.0
+    assert compaction_seconds({COMPACTION_SECONDS_ENV: "20"}) == 20.0
+    for bad in ("", "soon", "0", "-5"):
+        assert compaction_seconds({COMPACTION_SECONDS_ENV: bad}) == 300.0
