@@ -199,22 +199,45 @@ def nemesis_loop(run: Run) -> None:
         run.log.append(f"{time.monotonic():.1f} {what}")
 
 
-def final_state(member: DaemonProcess) -> dict[str, Value]:
+def _get(member: DaemonProcess, path: str, timeout: float) -> dict[str, Any]:
+    """GET ``path`` until it answers 200 (a member that is catching up answers 503 for
+    a while); AssertionError with the last answer after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        answer = request(member, "GET", path)
+        if answer.status == 200:
+            return answer.doc
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{member.root.name} GET {path}: {answer.status} "
+                                 f"{answer.doc.get('error', '')}")
+        time.sleep(0.5)
+
+
+def final_state(member: DaemonProcess, timeout: float = 30.0) -> dict[str, Value]:
     """Every key the suite touches, as this member's replica has it (a fresh read)."""
     state: dict[str, Value] = {}
-    profiles = request(member, "GET", "/1.0/profiles?recursion=1")
-    assert profiles.status == 200, profiles.doc
-    for profile in profiles.doc["metadata"]:
+    for profile in _get(member, "/1.0/profiles?recursion=1", timeout)["metadata"]:
         state[f"profile/{profile['name']}"] = profile.get("description", "")
-    server = request(member, "GET", "/1.0")
-    assert server.status == 200, server.doc
-    for key, value in server.doc.get("metadata", {}).get("config", {}).items():
+    server = _get(member, "/1.0", timeout)
+    for key, value in server.get("metadata", {}).get("config", {}).items():
         if key.startswith("user.chaos"):
             state[f"config/{key}"] = value
-    listing = request(member, "GET", "/1.0/instances?recursion=1")
-    assert listing.status == 200, listing.doc
-    state.update(instances.final_instances(listing.doc["metadata"]))
+    listing = _get(member, "/1.0/instances?recursion=1", timeout)
+    state.update(instances.final_instances(listing["metadata"]))
     return state
+
+
+def final_states(members: list[DaemonProcess]) -> tuple[dict[str, dict[str, Value]],
+                                                         list[str]]:
+    """Each member's final state, and why a member gave none (it then fails the run,
+    but the history of the others is still judged and kept)."""
+    states, problems = {}, []
+    for member in members:
+        try:
+            states[member.root.name] = final_state(member)
+        except AssertionError as exc:
+            problems.append(f"{member.root.name} did not serve its state: {exc}")
+    return states, problems
 
 
 def converge(run: Run, timeout: float = 30.0) -> float | None:
@@ -229,6 +252,21 @@ def converge(run: Run, timeout: float = 30.0) -> float | None:
         else:
             time.sleep(0.1)
     return None if pending else time.monotonic() - started
+
+
+def roll_call(run: Run) -> list[str]:
+    """How each member sees the cluster (for the log of a run that did not converge):
+    its answer to ``GET /1.0/cluster/members``, roles and statuses."""
+    seen = []
+    for member in run.members:
+        answer = request(member, "GET", "/1.0/cluster/members?recursion=1")
+        if answer.status != 200:
+            seen.append(f"{member.root.name}: {answer.status} {answer.doc.get('error', '')}")
+            continue
+        view = ", ".join(f"{m['server_name']} {m.get('status')} {'/'.join(m.get('roles', []))}"
+                         for m in answer.doc.get("metadata", []))
+        seen.append(f"{member.root.name} sees: {view}")
+    return seen
 
 
 def replicas_agree(member: DaemonProcess) -> bool:

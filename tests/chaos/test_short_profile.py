@@ -17,7 +17,15 @@ import pytest
 
 from cluster.state.policy import COMPACTION_SECONDS_ENV
 from tests.chaos.checker import check, summarize
-from tests.chaos.run import LONG, SHORT, converge, final_state, play, replicas_agree
+from tests.chaos.run import (
+    LONG,
+    SHORT,
+    converge,
+    final_states,
+    play,
+    replicas_agree,
+    roll_call,
+)
 from tests.cluster.conftest import namespace_cluster
 
 pytestmark = pytest.mark.real
@@ -38,17 +46,20 @@ def test_no_acknowledged_write_is_lost_and_every_key_is_linearizable(
     started = time.monotonic()
     with namespace_cluster(size) as members:
         run = play(members, profile)
+        print("\n" + "\n".join(run.log))
         convergence = converge(run)
-        history = run.recorder.history(final={m.root.name: final_state(m) for m in members})
+        if convergence is None:
+            print("no convergence:\n" + "\n".join(roll_call(run)))
+        final, unserved = final_states(members)
+        history = run.recorder.history(final=final)
         logs = Path("/tmp/corral-cluster-logs")
         logs.mkdir(exist_ok=True)
         history.dump(logs / f"chaos-history-{size}.json")
         agree = replicas_agree(members[0])
     summary = summarize(check(history), run.faults, agree, convergence)
     assert run.nemesis is not None
-    print("\n" + "\n".join(run.log))
     print(f"fault kinds: {dict(sorted(run.nemesis.done.items()))}")
     print(f"{size} members:", summary.line(), f"({time.monotonic() - started:.0f} s)")
     assert summary.report.operations >= profile.min_ops
     assert run.faults >= profile.min_faults
-    assert summary.ok, "\n".join(summary.failures)
+    assert summary.ok and not unserved, "\n".join(unserved + summary.failures)
