@@ -294,7 +294,7 @@ def play(members: list[DaemonProcess], profile: Profile) -> Run:
         while time.monotonic() < deadline or (
                 (run.faults < profile.min_faults
                  or run.recorder.invoked < profile.min_ops)
-                and time.monotonic() < deadline + 120):
+                and time.monotonic() < deadline + max(120.0, profile.seconds / 2)):
             time.sleep(0.5)
     finally:
         run.stop.set()
