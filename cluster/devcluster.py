@@ -164,6 +164,7 @@ def down(directory: Path = DEFAULT_DIR) -> list[str]:
     removed: list[str] = []
     for root, member in sorted(roots.items()):
         _stop_daemon(member.get("pid"), root)
+        _detach_disk(member.get("disk"))
         _teardown_member(root, member.get("netns"))
         removed.append(f"member {root}")
     removed += teardown_prefix(str(state.get("prefix") or dev_prefix(directory)))
@@ -171,6 +172,14 @@ def down(directory: Path = DEFAULT_DIR) -> list[str]:
     if directory.is_dir() and not any(directory.iterdir()):
         directory.rmdir()
     return removed
+
+
+def _detach_disk(disk: dict[str, str] | None) -> None:
+    """Unmount (lazily) and delete a disk that ``nemesis_disk.attach_disk`` left."""
+    if not disk:
+        return
+    subprocess.run(["umount", "-l", disk["mount"]], capture_output=True, check=False)
+    Path(disk["image"]).unlink(missing_ok=True)
 
 
 def _stop_daemon(pid: int | None, root: Path, timeout: float = 20.0) -> None:

@@ -15,8 +15,15 @@ state directory and daemon pid.
   ``one_way`` INPUT only (the rest cannot reach them; their own packets still leave).
   Rules are inserted first in the chain, so no ACCEPT of the daemon's own firewall
   (``node_agent/network/firewall.py``) lets established traffic past them.
+  ``side`` picks the members for a *minority* or a *majority* partition (the side that
+  is cut off, holding a given member, e.g. the leader).
 - ``heal``: every rule tagged ``TAG``, in every member's namespace, found by its
   comment (never by position), so the daemon's own rules stay.
+- ``start(..., clock_offset=S)``: the daemon with ``CORRAL_TEST_CLOCK_OFFSET=S`` in its
+  environment, a test-only shift of that daemon's wall clock (time namespaces do not
+  shift CLOCK_REALTIME, so a per-process offset is the only way on one machine).
+
+On-disk faults (a damaged journal or snapshot, a full disk) are in ``nemesis_disk``.
 
 Raises ``NemesisError`` with a message that says what to do.
 """
@@ -24,6 +31,7 @@ Raises ``NemesisError`` with a message that says what to do.
 from __future__ import annotations
 
 import os
+import random
 import shlex
 import signal
 import time
@@ -42,6 +50,8 @@ from cluster.harness import DaemonProcess
 from cluster.netns import NetnsError, enter_argv, netns_path, run
 
 TAG = "corral-nemesis"
+CLOCK_OFFSET_ENV = "CORRAL_TEST_CLOCK_OFFSET"
+SIDES = ("minority", "majority")
 SIGNALS = {"KILL": signal.SIGKILL, "STOP": signal.SIGSTOP, "CONT": signal.SIGCONT,
            "TERM": signal.SIGTERM}
 
@@ -106,6 +116,26 @@ def partition_rules(isolated: list[Member], rest: list[Member],
     return rules
 
 
+def side(names: list[str], which: str, anchor: str | None = None,
+         rng: random.Random | None = None) -> list[str]:
+    """The members to cut off for a ``minority`` or ``majority`` partition of ``names``:
+    the most members that are not a majority, or the fewest that are, always including
+    ``anchor`` (e.g. the leader) when given, the rest chosen by ``rng`` (sorted order
+    without it). With 3 members a minority is 1 member and a majority 2."""
+    if which not in SIDES:
+        raise NemesisError(f"unknown side {which!r}: minority or majority")
+    if len(names) < 3:
+        raise NemesisError("a minority/majority partition needs at least 3 members")
+    if anchor is not None and anchor not in names:
+        raise NemesisError(f"no member {anchor}; members: {', '.join(sorted(names))}")
+    size = (len(names) - 1) // 2 if which == "minority" else len(names) // 2 + 1
+    others = sorted(n for n in names if n != anchor)
+    if rng is not None:
+        rng.shuffle(others)
+    chosen = ([anchor] if anchor is not None else []) + others
+    return chosen[:size]
+
+
 def tagged_deletions(listing: str) -> list[list[str]]:
     """``iptables -S`` output -> the argv that delete each rule tagged TAG."""
     deletions = []
@@ -145,17 +175,27 @@ def kill(directory: Path, name: str, sig: str = "KILL", timeout: float = 10.0) -
     return member.pid
 
 
-def start(directory: Path, name: str, timeout: float = 60.0) -> int:
+def running(directory: Path, name: str) -> bool:
+    """Whether member ``name``'s daemon is running (stopped by SIGSTOP counts)."""
+    member = pick(members_of(read_state(directory.resolve())), [name])[0]
+    return member.pid is not None and is_daemon_of(member.pid, member.root)
+
+
+def start(directory: Path, name: str, timeout: float = 60.0,
+          clock_offset: float | None = None) -> int:
     """Start member ``name``'s daemon again on its existing state; wait until it
-    answers, record its pid and return it. NemesisError if it is already running."""
+    answers, record its pid and return it. NemesisError if it is already running.
+    ``clock_offset``: seconds added to that daemon's wall clock (``CLOCK_OFFSET_ENV``)."""
     directory = directory.resolve()
     state = read_state(directory)
     member = pick(members_of(state), [name])[0]
     if member.pid is not None and is_daemon_of(member.pid, member.root):
         raise NemesisError(f"{name}'s daemon is already running (pid {member.pid})")
     index = [m["name"] for m in state["members"]].index(name) + 1
+    extra = {} if clock_offset is None else {CLOCK_OFFSET_ENV: f"{clock_offset:g}"}
     daemon = DaemonProcess(root=member.root, bridge=container_bridge(index),
-                           address=container_network(index), netns=member.netns)
+                           address=container_network(index), netns=member.netns,
+                           extra_env=extra)
     daemon.spawn()
     assert daemon.process is not None
     state["members"][index - 1]["pid"] = daemon.process.pid
@@ -183,6 +223,15 @@ def partition(directory: Path, names: list[str], one_way: bool = False) -> int:
         heal(directory)
         raise NemesisError(f"partition failed: {exc}") from exc
     return added
+
+
+def partition_side(directory: Path, which: str, anchor: str | None = None,
+                   one_way: bool = False, rng: random.Random | None = None) -> list[str]:
+    """A ``minority`` or ``majority`` partition (see ``side``); returns who was cut off."""
+    names = side([m.name for m in members_of(read_state(directory.resolve()))], which,
+                 anchor, rng)
+    partition(directory, names, one_way)
+    return names
 
 
 def heal(directory: Path) -> int:

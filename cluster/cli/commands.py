@@ -359,12 +359,30 @@ def _dev_cluster(subs: argparse._SubParsersAction) -> None:
     p.add_argument("--dir", default="/var/lib/corral-dev")
     p = _leaf(dev, "start", "devcluster:start", "Start a member's daemon on its existing state")
     p.add_argument("member", metavar="MEMBER")
+    p.add_argument("--clock-offset", type=float, default=None, metavar="SECONDS",
+                   help="shift that daemon's wall clock (CORRAL_TEST_CLOCK_OFFSET)")
     p.add_argument("--dir", default="/var/lib/corral-dev")
     p = _leaf(dev, "partition", "devcluster:partition",
               "Cut members off from the rest (iptables DROP in their namespaces)")
-    p.add_argument("members", metavar="MEMBER[,MEMBER...]")
+    p.add_argument("members", metavar="MEMBER[,MEMBER...]", nargs="?", default="")
+    p.add_argument("--side", choices=["minority", "majority"],
+                   help="cut off a minority or a majority (holding MEMBER if given)")
     p.add_argument("--one-way", action="store_true",
                    help="drop only what the rest sends to them")
+    p.add_argument("--dir", default="/var/lib/corral-dev")
+    p = _leaf(dev, "corrupt", "devcluster:corrupt",
+              "Damage a stopped member's Raft journal or snapshot")
+    p.add_argument("member", metavar="MEMBER")
+    p.add_argument("--file", choices=["journal", "snapshot"], default="journal")
+    p.add_argument("--how", choices=["flip", "truncate"], default="flip",
+                   help="flip: invert up to 4 KiB in the middle; truncate: cut at the middle")
+    p.add_argument("--dir", default="/var/lib/corral-dev")
+    p = _leaf(dev, "disk", "devcluster:disk",
+              "A small loop file system under a member's Raft directory, to fill and free")
+    p.add_argument("member", metavar="MEMBER")
+    p.add_argument("action", choices=["attach", "fill", "free", "detach"],
+                   help="attach/detach need the member stopped")
+    p.add_argument("--size", type=int, default=32, help="MiB (attach; default 32)")
     p.add_argument("--dir", default="/var/lib/corral-dev")
     p = _leaf(dev, "heal", "devcluster:heal", "Remove every partition rule")
     p.add_argument("--dir", default="/var/lib/corral-dev")

@@ -24,7 +24,7 @@ from cluster.cli.client import Client, CliError
 # Handlers that run without a connection to the daemon (they start it or set it up).
 LOCAL_HANDLERS = {"server:daemon", "server:init_cluster", "devcluster:up", "devcluster:down",
                   "devcluster:kill", "devcluster:start", "devcluster:partition",
-                  "devcluster:heal"}
+                  "devcluster:heal", "devcluster:corrupt", "devcluster:disk"}
 # ``corral remote ...`` edits $CORRAL_CONF (and talks to the remote itself).
 LOCAL_HANDLERS |= {"remote:add", "remote:list_", "remote:remove", "remote:switch",
                    "remote:get_default"}

@@ -185,10 +185,14 @@ def replace_file(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically and durably: a temporary file, fsync,
     rename, fsync of the directory. A crash leaves the old file or the new one."""
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as out:
-        out.write(data)
-        out.flush()
-        os.fsync(out.fileno())
+    try:
+        with open(tmp, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+    except OSError:  # e.g. ENOSPC: the old file stays, and no half-written copy
+        tmp.unlink(missing_ok=True)
+        raise
     os.replace(tmp, path)
     fsync_directory(path.parent)
 
@@ -310,10 +314,22 @@ class DurableJournal(pysyncobj_journal.Journal):  # type: ignore[misc]
         self.durable_index = entries[-1][1] if entries else 0
 
     def add(self, command: bytes, idx: int, term: int) -> None:
-        """Append one record (durable at the next ``sync``)."""
+        """Append one record (durable at the next ``sync``).
+
+        A write that fails (ENOSPC on a full disk) may have put part of the record in
+        the file: it is cut off again before the error goes up, so the entry is neither
+        in the log nor on disk, and the next append, once there is space, starts at
+        the right offset. Without the cut, the records synced after it would follow a
+        bad one and replay would refuse the whole journal. The error itself reaches
+        pysyncobj: a follower then sends no reply (the leader sends the entries
+        again), a leader leaves the command unacknowledged."""
         command = bytes(command)
         record = encode(command, idx, term)
-        _write_all(self._fd, record)
+        try:
+            _write_all(self._fd, record)
+        except OSError:
+            os.ftruncate(self._fd, self._end)  # shrinking needs no space
+            raise
         self._entries.append((command, idx, term))
         self._offsets.append(self._end)
         self._end += len(record)

@@ -31,7 +31,7 @@ from pysyncobj.syncobj import _RAFT_STATE
 
 from cluster.state.apply import BARRIER, apply
 from cluster.state.commands import Command, Result, command
-from cluster.state.compaction import NEVER_ENTRIES, NEVER_SECONDS, SizedCompaction
+from cluster.state.compaction import NEVER_ENTRIES, SizedCompaction
 from cluster.state.digest import MARK, Mark, MarkBook
 from cluster.state.dump_transfer import RESTART, DumpTransfer
 from cluster.state.dumps import ForkingDump
@@ -45,6 +45,7 @@ from cluster.state.journal import (
 )
 from cluster.state.leadership import LeadershipSyncObj
 from cluster.state.model import State
+from cluster.state.policy import compaction_seconds
 from cluster.state.resent import ResentCheck, ResentEntries
 from cluster.state.store import Change
 
@@ -359,10 +360,10 @@ def raft_conf(journal_dir: Path, password: str, bind_address: str,
         useFork=False,  # pysyncobj's own fork would keep every fd; ForkingDump closes them
         # Compaction goes by the journal's size, not by entries or a timer
         # (cluster/state/compaction.py): pysyncobj's own thresholds are out of reach,
-        # except where a test lowers the entry count (COMPACTION_ENV) to get dumps
-        # after a few hundred writes.
+        # except where a test lowers the entry count (COMPACTION_ENV) or the time
+        # (state/policy.py) to get dumps after a few hundred writes or seconds.
         logCompactionMinEntries=int(os.environ.get(COMPACTION_ENV, NEVER_ENTRIES)),
-        logCompactionMinTime=NEVER_SECONDS,
+        logCompactionMinTime=compaction_seconds(),
         logCompactionBatchSize=2**20,  # a dump sent to a lagging follower, 1 MiB a message
         commandsQueueSize=200000,
         **hooks,

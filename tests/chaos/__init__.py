@@ -26,6 +26,9 @@ How the suite uses it::
     summary = summarize(check(history), faults=n, replicas_agree=agree, convergence=secs)
     print(summary.line()); assert summary.ok, "\n".join(summary.failures)
 
-Nothing here imports ``cluster``, ``node_agent`` or ``scheduler``: the checker must judge the
-cluster from the outside, as a client sees it.
+The checker (history, durability, linearizability, checker) imports nothing of
+``cluster``, ``node_agent`` or ``scheduler``: it must judge the cluster from the outside, as
+a client sees it. The driver does: ``run.py`` (clients, the run), ``instances.py``
+(container operations), ``faults.py`` (the nemesis, over ``cluster.nemesis`` and
+``cluster.nemesis_disk``) and ``api.py`` (requests to a member's socket).
 """

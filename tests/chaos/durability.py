@@ -6,6 +6,12 @@ mutation that may have taken effect after A. B may follow A unless B returned be
 invoked; an ``unknown`` B never returns, so it may always follow. Otherwise A was lost: a
 *lost write*, or a *resurrected* key when A was a delete.
 
+Instance starts and stops (``STATE_CHANGES``) are judged the same way on their
+``status/NAME`` key: the status a member reports at the end must be what the last
+acknowledged start or stop left, or what a start or stop that may follow it left. A
+member on which the instance is gone is skipped there: whether that deletion was
+acknowledged is judged on the ``instance/NAME`` key.
+
 This is weaker than the linearizability check with final reads (it trusts any later
 mutation, even a CAS that could never have succeeded), but it names the acknowledged op that
 was lost and the member that lost it, which is what a post-mortem starts from.
@@ -18,7 +24,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 
-from .history import MUTATIONS, History, Kind, Op, Outcome, Value, canonical
+from .history import MUTATIONS, STATE_CHANGES, History, Kind, Op, Outcome, Value, canonical
 
 
 class LossKind(StrEnum):
@@ -26,6 +32,7 @@ class LossKind(StrEnum):
 
     LOST_WRITE = "lost write"
     RESURRECTED = "resurrected"
+    LOST_STATE = "lost start/stop"
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,11 +58,14 @@ def check_durability(history: History) -> list[Loss]:
     """
     losses = []
     for ops in history.by_key().values():
-        mutations = [op for op in ops if op.kind in MUTATIONS and op.outcome is not Outcome.FAIL]
+        mutations = [op for op in ops if op.kind in MUTATIONS | STATE_CHANGES
+                     and op.outcome is not Outcome.FAIL]
         latest = _latest_writers(mutations)
         for acked in (op for op in mutations if op.outcome is Outcome.OK):
             for member, state in history.final.items():
                 found = state.get(acked.key)
+                if acked.kind in STATE_CHANGES and found is None:
+                    continue  # the instance is gone there (judged on its own key)
                 if not _explained(canonical(found), acked, latest):
                     losses.append(Loss(_loss_kind(acked), member, acked, found))
     return losses
@@ -79,4 +89,6 @@ def _explained(found: str | None, acked: Op, latest: dict[str | None, float]) ->
 
 
 def _loss_kind(acked: Op) -> LossKind:
+    if acked.kind in STATE_CHANGES:
+        return LossKind.LOST_STATE
     return LossKind.RESURRECTED if acked.kind is Kind.DELETE else LossKind.LOST_WRITE

@@ -24,6 +24,9 @@ Each key is a register whose value is any JSON value; ``null`` means *absent*. K
   should write a unique value per write (``f"{client}-{seq}"``): then a value also names the
   one write that produced it, which keeps the reports unambiguous.
 - ``delete``: DELETE, which succeeds only if the key exists (404 otherwise).
+- ``start`` / ``stop``: an instance started or stopped, on the key ``status/NAME``
+  (``value`` is the status it leaves); see ``STATE_CHANGES``. The instance itself is the
+  register ``instance/NAME`` (``create`` and ``delete``, its value its description).
 
 Outcomes: ``ok`` (acknowledged), ``fail`` (definitely not applied: a 4xx such as 404, 409 or
 412) and ``unknown`` (timeout, connection lost, leader change, 5xx: it may take effect, even
@@ -61,9 +64,16 @@ class Kind(StrEnum):
     CREATE = "create"
     CAS = "cas"
     DELETE = "delete"
+    START = "start"
+    STOP = "stop"
 
 
 MUTATIONS = frozenset({Kind.WRITE, Kind.CREATE, Kind.CAS, Kind.DELETE})
+STATE_CHANGES = frozenset({Kind.START, Kind.STOP})
+"""Instance start and stop, on a ``status/NAME`` key whose value is the status they
+leave (``Running``, ``Stopped``). Not a register: a start or stop of the same instance
+repeats a value, and the status comes from the hosting member's report. So they are
+checked for durability alone (``durability.py``), not for linearizability."""
 
 
 class Outcome(StrEnum):
@@ -233,6 +243,11 @@ class Recorder:
                                   Outcome.UNKNOWN, value, expected, member)
         return op_id
 
+    @property
+    def invoked(self) -> int:
+        """How many ops were invoked so far."""
+        return self._next_id
+
     def ok(self, op_id: int, *, value: Value | _Missing = MISSING,
            etag: str | None = None) -> None:
         """The request was acknowledged; a read passes the ``value`` it got (None: 404)."""
@@ -244,6 +259,16 @@ class Recorder:
     def fail(self, op_id: int, error: str) -> None:
         """The request was refused and definitely not applied (a 4xx)."""
         self._finish(op_id, Outcome.FAIL, error)
+
+    def absent(self, op_id: int, key: str | None = None) -> None:
+        """The request was refused because its key is absent (a 404 to a delete, or to
+        a start or stop of an instance): an acknowledged read of *absent*, of ``key``
+        when given (the instance's own key for a start or stop), so that the checker
+        sees what the member claimed."""
+        op = self._pending.pop(op_id)
+        self._done.append(replace(op, kind=Kind.READ, key=key or op.key, value=None,
+                                  expected=None, complete=self.clock(),
+                                  outcome=Outcome.OK, error="404: read as absent"))
 
     def unknown(self, op_id: int, error: str) -> None:
         """The client cannot tell whether the request took effect (timeout, 5xx, ...)."""

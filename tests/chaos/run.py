@@ -3,10 +3,12 @@ dev cluster while a nemesis injects faults, all recorded for the checker (``chec
 
 ::
 
-    clients (threads, one per member, hopping)      nemesis (a thread)
+    clients (threads, hopping between members)     nemesis (a thread, faults.py)
       profiles as registers: read, CAS (If-Match)     kill -9 + start, SIGSTOP/CONT,
-      profiles created and deleted                    leader isolated, a minority cut off
-      server config keys written                      (cluster/nemesis.py)
+      profiles created and deleted                    partitions (leader, follower,
+      server config keys written                      one-way, minority, majority),
+      containers created, started, stopped,           journal/snapshot damaged, a full
+        deleted (instances.py)                        disk, a clock 30 s off
                \\                                     /
                 Recorder (history.py) --> final state of every member --> check()
                           cluster check (replicas agree), convergence after the last heal
@@ -18,65 +20,40 @@ still commit, and the checker lets it go either way.
 
 from __future__ import annotations
 
-import http.client
 import json
 import random
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from cluster import nemesis
 from cluster.harness import DaemonProcess
+from tests.chaos import instances
+from tests.chaos.api import Answer, request
+from tests.chaos.faults import KINDS, Nemesis
 from tests.chaos.history import Kind, Recorder, Value
-from tests.integration.api import UnixHTTPConnection
 
 REGISTERS = 3
-REQUEST_TIMEOUT = 8.0
 
 
 @dataclass
 class Profile:
-    """How long and how hard a run is."""
+    """How long and how hard a run is; ``instances``: the share of client steps that
+    are container operations (slow on 2 cores: a create unpacks an image)."""
 
     seconds: float
     min_ops: int
     min_faults: int
     fault_every: float = 4.0
     seed: int = 7
+    instances: float = 0.02
+    clients: int = 3
 
 
-SHORT = Profile(seconds=75, min_ops=200, min_faults=10)
-LONG = Profile(seconds=600, min_ops=1000, min_faults=50)
-
-
-@dataclass
-class Answer:
-    status: int  # 0: no answer
-    doc: dict[str, Any]
-    etag: str = ""
-    refused: bool = False  # the connection was refused: nothing reached the member
-
-
-def request(member: DaemonProcess, method: str, path: str, body: Any = None,
-            headers: dict[str, str] | None = None) -> Answer:
-    conn = UnixHTTPConnection(str(member.socket), timeout=REQUEST_TIMEOUT)
-    try:
-        data = json.dumps(body).encode() if body is not None else None
-        conn.request(method, path, body=data,
-                     headers={"Content-Type": "application/json", **(headers or {})})
-        resp = conn.getresponse()
-        raw = resp.read()
-        doc = json.loads(raw) if raw.startswith(b"{") else {}
-        return Answer(resp.status, doc, resp.getheader("ETag") or "")
-    except (ConnectionRefusedError, FileNotFoundError):
-        return Answer(0, {"error": "connection refused"}, refused=True)
-    except (OSError, http.client.HTTPException, ValueError) as exc:
-        return Answer(0, {"error": f"{type(exc).__name__}: {exc}"})
-    finally:
-        conn.close()
+SHORT = Profile(seconds=80, min_ops=200, min_faults=len(KINDS), fault_every=2.0)
+LONG = Profile(seconds=420, min_ops=1000, min_faults=50, fault_every=2.0, instances=0.06)
 
 
 @dataclass
@@ -85,6 +62,7 @@ class Run:
     profile: Profile
     recorder: Recorder = field(default_factory=Recorder)
     faults: int = 0
+    nemesis: Nemesis | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
     stop: threading.Event = field(default_factory=threading.Event)
     log: list[str] = field(default_factory=list)
@@ -98,10 +76,14 @@ class Run:
         with self.lock:
             return self.recorder.invoke(client, kind, key, member=member.root.name, **kw)
 
-    def settle(self, op: int, answer: Answer, *, value: Any = ..., etag: str = "") -> None:
-        """Record the outcome of ``op`` from ``answer`` (see the module docstring)."""
+    def settle(self, op: int, answer: Answer, *, value: Any = ..., etag: str = "",
+               absent: str | None = None) -> None:
+        """Record the outcome of ``op`` from ``answer`` (see the module docstring).
+        ``absent``: the key of which a 404 is a read of *absent* (``Recorder.absent``)."""
         with self.lock:
-            if 200 <= answer.status < 300:
+            if answer.status == 404 and absent is not None:
+                self.recorder.absent(op, absent)
+            elif 200 <= answer.status < 300:
                 if value is ...:
                     self.recorder.ok(op, etag=etag or None)
                 else:
@@ -117,8 +99,11 @@ def register(n: int) -> str:
 
 
 def setup(run: Run) -> None:
-    """The registers, made before the clients start (their initial values recorded)."""
+    """The registers, made before the clients start (their initial values recorded), and
+    the container image when the profile runs containers."""
     first = run.members[0]
+    if run.profile.instances:
+        first.corral("image", "build", instances.IMAGE, timeout=300)
     for n in range(REGISTERS):
         answer = request(first, "POST", "/1.0/profiles",
                          {"name": register(n), "description": "v0"})
@@ -127,14 +112,18 @@ def setup(run: Run) -> None:
 
 
 def client(run: Run, index: int) -> None:
-    """One client: hops between members, mixes reads, CAS, creates, deletes and writes."""
+    """One client: hops between members, mixes reads, CAS, creates, deletes and writes,
+    and now and then a container operation."""
     rng = random.Random(run.profile.seed * 100 + index)
     name, seq, mine = f"c{index}", 0, []
+    containers = instances.Instances(name)
     while not run.stop.is_set():
         seq += 1
         member = run.members[(index + seq) % len(run.members)]
         choice = rng.random()
-        if choice < 0.55:
+        if rng.random() < run.profile.instances:
+            instances.step(run, containers, seq, member, rng)
+        elif choice < 0.55:
             _read_then_cas(run, name, seq, member, rng)
         elif choice < 0.75 or not mine:
             mine.append(_create(run, name, seq, member))
@@ -173,7 +162,8 @@ def _create(run: Run, client: str, seq: int, member: DaemonProcess) -> str:
 
 def _delete(run: Run, client: str, member: DaemonProcess, name: str) -> None:
     op = run.invoke(client, Kind.DELETE, f"profile/{name}", member)
-    run.settle(op, request(member, "DELETE", f"/1.0/profiles/{name}"))
+    run.settle(op, request(member, "DELETE", f"/1.0/profiles/{name}"),
+               absent=f"profile/{name}")
 
 
 def _write_config(run: Run, client: str, seq: int, member: DaemonProcess,
@@ -195,59 +185,59 @@ def leader(run: Run) -> str | None:
 
 
 def nemesis_loop(run: Run) -> None:
-    """A fault every ``fault_every`` s, each undone before the next."""
+    """A fault every ``fault_every`` s (at most), each undone before the next."""
     rng = random.Random(run.profile.seed)
-    names = [m.root.name for m in run.members]
-    faults: list[Callable[[], str]] = [
-        lambda: _kill_and_start(run, rng.choice(names), rng),
-        lambda: _kill_and_start(run, leader(run) or rng.choice(names), rng),
-        lambda: _pause(run, rng.choice(names), rng),
-        lambda: _cut_off(run, [leader(run) or rng.choice(names)], rng),
-        lambda: _cut_off(run, [rng.choice(names)], rng),
-    ]
+    assert run.nemesis is not None
     while not run.stop.wait(run.profile.fault_every * rng.uniform(0.5, 1.0)):
+        kind = run.nemesis.next_kind()
         try:
-            what = rng.choice(faults)()
+            what = run.nemesis.inject(kind)
         except nemesis.NemesisError as exc:
-            run.log.append(f"{time.monotonic():.1f} fault not injected: {exc}")
+            run.log.append(f"{time.monotonic():.1f} {kind} not injected: {exc}")
             continue
         run.faults += 1
         run.log.append(f"{time.monotonic():.1f} {what}")
 
 
-def _kill_and_start(run: Run, name: str, rng: random.Random) -> str:
-    nemesis.kill(run.directory, name, "KILL")
-    time.sleep(rng.uniform(1.0, 3.0))
-    nemesis.start(run.directory, name)
-    return f"kill -9 {name}, started again"
+def _get(member: DaemonProcess, path: str, timeout: float) -> dict[str, Any]:
+    """GET ``path`` until it answers 200 (a member that is catching up answers 503 for
+    a while); AssertionError with the last answer after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        answer = request(member, "GET", path)
+        if answer.status == 200:
+            return answer.doc
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{member.root.name} GET {path}: {answer.status} "
+                                 f"{answer.doc.get('error', '')}")
+        time.sleep(0.5)
 
 
-def _pause(run: Run, name: str, rng: random.Random) -> str:
-    nemesis.kill(run.directory, name, "STOP")
-    time.sleep(rng.uniform(3.0, 6.0))
-    nemesis.kill(run.directory, name, "CONT")
-    return f"SIGSTOP {name}, CONT"
-
-
-def _cut_off(run: Run, names: list[str], rng: random.Random) -> str:
-    nemesis.partition(run.directory, names)
-    time.sleep(rng.uniform(3.0, 6.0))
-    nemesis.heal(run.directory)
-    return f"partition {','.join(names)}, healed"
-
-
-def final_state(member: DaemonProcess) -> dict[str, Value]:
+def final_state(member: DaemonProcess, timeout: float = 30.0) -> dict[str, Value]:
     """Every key the suite touches, as this member's replica has it (a fresh read)."""
     state: dict[str, Value] = {}
-    profiles = request(member, "GET", "/1.0/profiles?recursion=1")
-    assert profiles.status == 200, profiles.doc
-    for profile in profiles.doc["metadata"]:
+    for profile in _get(member, "/1.0/profiles?recursion=1", timeout)["metadata"]:
         state[f"profile/{profile['name']}"] = profile.get("description", "")
-    server = request(member, "GET", "/1.0")
-    for key, value in server.doc.get("metadata", {}).get("config", {}).items():
+    server = _get(member, "/1.0", timeout)
+    for key, value in server.get("metadata", {}).get("config", {}).items():
         if key.startswith("user.chaos"):
             state[f"config/{key}"] = value
+    listing = _get(member, "/1.0/instances?recursion=1", timeout)
+    state.update(instances.final_instances(listing["metadata"]))
     return state
+
+
+def final_states(members: list[DaemonProcess]) -> tuple[dict[str, dict[str, Value]],
+                                                         list[str]]:
+    """Each member's final state, and why a member gave none (it then fails the run,
+    but the history of the others is still judged and kept)."""
+    states, problems = {}, []
+    for member in members:
+        try:
+            states[member.root.name] = final_state(member)
+        except AssertionError as exc:
+            problems.append(f"{member.root.name} did not serve its state: {exc}")
+    return states, problems
 
 
 def converge(run: Run, timeout: float = 30.0) -> float | None:
@@ -264,33 +254,52 @@ def converge(run: Run, timeout: float = 30.0) -> float | None:
     return None if pending else time.monotonic() - started
 
 
+def roll_call(run: Run) -> list[str]:
+    """How each member sees the cluster (for the log of a run that did not converge):
+    its answer to ``GET /1.0/cluster/members``, roles and statuses."""
+    seen = []
+    for member in run.members:
+        answer = request(member, "GET", "/1.0/cluster/members?recursion=1")
+        if answer.status != 200:
+            seen.append(f"{member.root.name}: {answer.status} {answer.doc.get('error', '')}")
+            continue
+        view = ", ".join(f"{m['server_name']} {m.get('status')} {'/'.join(m.get('roles', []))}"
+                         for m in answer.doc.get("metadata", []))
+        seen.append(f"{member.root.name} sees: {view}")
+    return seen
+
+
 def replicas_agree(member: DaemonProcess) -> bool:
     out = member.corral("cluster", "check", "--format", "json", "--timeout", "30",
                         check=False, timeout=60)
     return out.returncode == 0 and bool(json.loads(out.stdout or b"{}").get("agree"))
 
 
-def play(members: list[DaemonProcess], profile: Profile, clients: int = 3) -> Run:
+def play(members: list[DaemonProcess], profile: Profile) -> Run:
     """Run the clients and the nemesis for ``profile.seconds`` (and until its minimum
-    ops and faults), then stop, heal, and start every member again."""
+    ops and faults), then stop and undo every fault (also when this fails)."""
     run = Run(members, profile)
-    setup(run)
-    threads = [threading.Thread(target=client, args=(run, i), daemon=True)
-               for i in range(clients)]
-    chaos = threading.Thread(target=nemesis_loop, args=(run,), daemon=True)
-    for thread in (*threads, chaos):
-        thread.start()
-    deadline = time.monotonic() + profile.seconds
-    while time.monotonic() < deadline or (
-            run.faults < profile.min_faults and time.monotonic() < deadline + 120):
-        time.sleep(0.5)
-    run.stop.set()
-    for thread in (*threads, chaos):
-        thread.join(60)
-    nemesis.heal(run.directory)
-    for member in members:
-        try:
-            nemesis.kill(run.directory, member.root.name, "CONT")
-        except nemesis.NemesisError:  # killed, not yet started
-            nemesis.start(run.directory, member.root.name)
+    run.nemesis = Nemesis(run.directory, [m.root.name for m in members],
+                          lambda: leader(run), random.Random(profile.seed))
+    try:
+        setup(run)
+        threads = [threading.Thread(target=client, args=(run, i), daemon=True,
+                                    name=f"chaos-client-{i}")
+                   for i in range(profile.clients)]
+        chaos = threading.Thread(target=nemesis_loop, args=(run,), daemon=True,
+                                 name="chaos-nemesis")
+        for thread in (*threads, chaos):
+            thread.start()
+        deadline = time.monotonic() + profile.seconds
+        while time.monotonic() < deadline or (
+                (run.faults < profile.min_faults
+                 or run.recorder.invoked < profile.min_ops)
+                and time.monotonic() < deadline + max(120.0, profile.seconds / 2)):
+            time.sleep(0.5)
+    finally:
+        run.stop.set()
+        for thread in threading.enumerate():
+            if thread.name.startswith(("chaos-client", "chaos-nemesis")):
+                thread.join(90)
+        run.log += [f"restore: {what}" for what in run.nemesis.restore()]
     return run

@@ -97,3 +97,56 @@ def test_replicas_agree_after_kills_stops_and_partitions() -> None:
         _assert_agree(by_name[victim])
         assert _has_profile(by_name[victim], "during-one-way")
     print(f"nemesis scenario: {time.monotonic() - started:.1f} s")
+
+
+def _dev(member: DaemonProcess, *args: str) -> str:
+    """``corral dev-cluster ARGS --dir DIR`` of ``member``'s cluster; its output."""
+    out = member.corral("dev-cluster", *args, "--dir", str(member.root.parent), timeout=120)
+    return out.stdout.decode()
+
+
+def test_sides_corruption_full_disk_and_clock_offset_through_the_cli() -> None:
+    started = time.monotonic()
+    with namespace_cluster(3) as members:
+        by_name = {m.root.name: m for m in members}
+        leader = _leader(by_name["m1"])
+        assert leader in by_name
+        follower, other = sorted(n for n in by_name if n != leader)
+        cli = by_name[other]
+
+        # A minority holding the leader: the other two elect one and take writes.
+        assert f"partitioned {leader} from the rest" in _dev(cli, "partition", leader,
+                                                              "--side", "minority")
+        _until(lambda: _leader(by_name[other]) in (follower, other), 20, "a new leader")
+        _dev(cli, "heal")
+        _assert_agree(cli)
+
+        # A flipped journal on a stopped follower: it rebuilds from the leader.
+        _dev(cli, "kill", follower)
+        assert "flipped" in _dev(cli, "corrupt", follower, "--file", "journal")
+        _dev(cli, "start", follower)
+        _assert_agree(by_name[follower])
+        log = (by_name[follower].root / "corral.log").read_text(errors="replace")
+        assert "is damaged at offset" in log
+
+        # A full disk under the follower's Raft directory: the rest go on, and once it
+        # is freed the follower catches up; detached, its state is back on its own disk.
+        raft = by_name[follower].root / "raft"
+        _dev(cli, "kill", follower)
+        _dev(cli, "disk", follower, "attach", "--size", "16")
+        _dev(cli, "start", follower)
+        assert "filled" in _dev(cli, "disk", follower, "fill")
+        by_name[other].corral("profile", "create", "while-full")
+        assert "freed" in _dev(cli, "disk", follower, "free")
+        _until(lambda: _has_profile(by_name[follower], "while-full"), 30, "catch-up")
+        _dev(cli, "kill", follower)
+        _dev(cli, "disk", follower, "detach")
+        assert not any(line.split()[4] == str(raft.resolve())
+                       for line in Path("/proc/self/mountinfo").read_text().splitlines())
+        _dev(cli, "start", follower, "--clock-offset", "30")
+        _assert_agree(by_name[follower])
+        assert _has_profile(by_name[follower], "while-full")
+        pid = json.loads((by_name[follower].root.parent / "devcluster.json").read_text())
+        pid = next(m["pid"] for m in pid["members"] if m["name"] == follower)
+        assert b"CORRAL_TEST_CLOCK_OFFSET=30" in Path(f"/proc/{pid}/environ").read_bytes()
+    print(f"on-disk nemeses: {time.monotonic() - started:.1f} s")
