@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -232,6 +233,9 @@ def test_exec_streams_and_returns_the_command_status(
     # the control socket may only close after the operation was waited for
     waited = fake.methods("/1.0/operations/op0/wait")
     events = fake.exec_events
+    deadline = time.monotonic() + 10  # the fake server notes the close in its own thread
+    while "control closed" not in events and time.monotonic() < deadline:
+        time.sleep(0.01)
     assert waited and events.index("operation waited") < events.index("control closed")
 
 
