@@ -21,10 +21,10 @@ from aiohttp import web
 from cluster.api import outcomes
 from cluster.api.app import build_app
 from cluster.api.context import Context
-from cluster.api.events import EventHub
+from cluster.api.event_hub import EventHub
 from cluster.api.handlers.images import cleanup_uploads
 from cluster.api.listener import start_runner
-from cluster.api.operations import Operations
+from cluster.api.op_registry import Operations
 from cluster.controllers.evacuation import EvacuationController
 from cluster.controllers.live_moves import LiveMovesController
 from cluster.controllers.liveness import LivenessController

@@ -12,8 +12,8 @@ from typing import Any
 from aiohttp import web
 
 from cluster import peers
-from cluster.api.events import EventHub
-from cluster.api.operations import Operations
+from cluster.api.event_hub import EventHub
+from cluster.api.op_registry import Operations
 from cluster.api.response import ApiError
 from cluster.local_config import LocalConfig
 from cluster.local_config import save_async as save_local_config

@@ -25,7 +25,7 @@ from cluster.api.response import ApiError
 from cluster.state.model import State
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-OPERATION_CACHE_SECONDS = 300.0  # as long as a finished operation is kept (operations.py)
+OPERATION_CACHE_SECONDS = 300.0  # as long as a finished operation is kept (op_registry.py)
 OPERATIONS_PREFIX = "/1.0/operations/"
 
 _INSTANCE = "/1.0/instances/{name}"

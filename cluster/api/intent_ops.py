@@ -15,7 +15,7 @@ from typing import Any
 from aiohttp import web
 
 from cluster.api.context import Context
-from cluster.api.operations import STATUS_CODES, rfc3339
+from cluster.api.op_registry import STATUS_CODES, rfc3339
 from cluster.api.response import async_operation, bad_request
 from cluster.controllers.move_request import MoveRefused, move_request
 from cluster.state.commands import command

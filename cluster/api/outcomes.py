@@ -15,7 +15,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from cluster.api.operations import Operation, Operations
+from cluster.api.op_registry import Operation, Operations
 from cluster.state.apply import RETRY_HORIZON
 from cluster.state.clock import wall_time
 from cluster.state.commands import Result

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from cluster.api.operations import rfc3339
+from cluster.api.op_registry import rfc3339
 from cluster.state.apply_instances import expanded
 from cluster.state.model import Image, Instance, Profile, Snapshot, State
 from corral_shared.codes import code_of

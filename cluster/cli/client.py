@@ -28,7 +28,7 @@ from cluster.cli.progress import Progress
 if TYPE_CHECKING:
     import aiohttp
 
-    from cluster.cli.remotes import Remote
+    from cluster.cli.remote_config import Remote
 
 HOST = "http://unix.socket"  # the host name lxc uses for its unix-socket transport
 FINAL_OK = 200

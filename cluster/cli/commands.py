@@ -408,19 +408,19 @@ def _trust(config: argparse._SubParsersAction) -> None:
 
 def _remote(subs: argparse._SubParsersAction) -> None:
     remote = _group(subs, "remote", "Manage remote corral (or LXD) servers reached over HTTPS")
-    p = _leaf(remote, "add", "remote:add", "Add a remote from a trust token or an https URL")
+    p = _leaf(remote, "add", "remote_cmds:add", "Add a remote from a trust token or an https URL")
     p.add_argument("remote_name", metavar="NAME")
     p.add_argument("address", metavar="TOKEN|https://ADDR[:PORT]")
     p.add_argument("--accept-certificate", action="store_true",
                    help="trust the server certificate presented at the URL")
     p.add_argument("--password", default="", help="trust password or token secret")
-    p = _leaf(remote, "list", "remote:list_", "List remotes", aliases=["ls"])
+    p = _leaf(remote, "list", "remote_cmds:list_", "List remotes", aliases=["ls"])
     _format(p)
-    p = _leaf(remote, "remove", "remote:remove", "Remove a remote", aliases=["rm"])
+    p = _leaf(remote, "remove", "remote_cmds:remove", "Remove a remote", aliases=["rm"])
     p.add_argument("remote_name", metavar="NAME")
-    p = _leaf(remote, "switch", "remote:switch", "Set the default remote")
+    p = _leaf(remote, "switch", "remote_cmds:switch", "Set the default remote")
     p.add_argument("remote_name", metavar="NAME")
-    _leaf(remote, "get-default", "remote:get_default", "Show the default remote")
+    _leaf(remote, "get-default", "remote_cmds:get_default", "Show the default remote")
 
 
 def build_parser() -> Parser:

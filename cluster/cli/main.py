@@ -26,8 +26,8 @@ LOCAL_HANDLERS = {"server:daemon", "server:init_cluster", "devcluster:up", "devc
                   "devcluster:kill", "devcluster:start", "devcluster:partition",
                   "devcluster:heal", "devcluster:corrupt", "devcluster:disk"}
 # ``corral remote ...`` edits $CORRAL_CONF (and talks to the remote itself).
-LOCAL_HANDLERS |= {"remote:add", "remote:list_", "remote:remove", "remote:switch",
-                   "remote:get_default"}
+LOCAL_HANDLERS |= {"remote_cmds:add", "remote_cmds:list_", "remote_cmds:remove",
+                   "remote_cmds:switch", "remote_cmds:get_default"}
 
 
 def resolve(handler: str) -> Callable[..., Any]:
@@ -39,7 +39,7 @@ def resolve(handler: str) -> Callable[..., Any]:
 
 
 async def _run_with_client(func: Callable[..., Any], args: argparse.Namespace) -> int:
-    from cluster.cli.remotes import resolve
+    from cluster.cli.remote_config import resolve
 
     async with Client(remote=resolve(args)) as client:  # REMOTE:NAME arguments, over HTTPS
         return int(await func(client, args) or 0)

@@ -25,9 +25,9 @@ from aiohttp import web
 from cluster import tls
 from cluster.api.app import build_app
 from cluster.api.context import Context
-from cluster.api.events import EventHub
+from cluster.api.event_hub import EventHub
 from cluster.api.listener import start_runner
-from cluster.api.operations import Operations
+from cluster.api.op_registry import Operations
 from cluster.https import HTTPS, HttpsListener, Identity
 from cluster.state.commands import command
 from cluster.state.raft import RaftStore

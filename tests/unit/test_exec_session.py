@@ -21,7 +21,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from cluster.api.handlers import exec_session
 from cluster.api.handlers.exec import run_detached
 from cluster.api.handlers.exec_session import ExecError, ExecSession
-from cluster.api.operations import Operation
+from cluster.api.op_registry import Operation
 
 Serve = Callable[[ExecSession], Awaitable[TestClient[web.Request, web.Application]]]
 

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from cluster.api import outcomes
-from cluster.api.operations import Operations
+from cluster.api.op_registry import Operations
 from cluster.state.commands import Result, fail
 from cluster.state.errors import OutcomeUnknown, Unavailable
 

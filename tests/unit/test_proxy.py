@@ -27,7 +27,7 @@ from cluster.api import forwarding, proxy
 from cluster.api.context import CTX
 from cluster.api.handlers import operations
 from cluster.api.middleware import error_middleware
-from cluster.api.operations import Operations
+from cluster.api.op_registry import Operations
 from cluster.api.response import ApiError, sync
 from cluster.state.model import Instance, Member, State
 

@@ -9,7 +9,7 @@ import yaml
 
 from cluster.cli.client import UsageError
 from cluster.cli.parser import parse_args
-from cluster.cli.remotes import Remote, resolve
+from cluster.cli.remote_config import Remote, resolve
 
 
 @pytest.fixture

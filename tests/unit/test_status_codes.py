@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from cluster.api import operations, views
+from cluster.api import op_registry, views
 from corral_shared import codes
 from node_agent.drivers import lxc_state
 from node_agent.drivers.qemu import driver as qemu_driver
@@ -27,5 +27,5 @@ def test_driver_tables_pair_each_status_with_its_code() -> None:
 
 
 def test_api_renders_the_shared_codes() -> None:
-    assert operations.STATUS_CODES is codes.CODES
+    assert op_registry.STATUS_CODES is codes.CODES
     assert views.code_of("Frozen") == 110 and views.code_of("Bogus") == 112

@@ -27,7 +27,7 @@ from cluster.api import queries, schemas
 from cluster.api.bodies import json_body
 from cluster.api.context import Context
 from cluster.api.handlers.common import ctx_of
-from cluster.api.operations import Operation, rfc3339
+from cluster.api.op_registry import Operation, rfc3339
 from cluster.api.response import ApiError, async_operation, bad_request, not_found
 from cluster.api.response import sync as sync_response
 from cluster.https import HTTPS, is_trusted, listen_addresses, token_lifetime

@@ -18,7 +18,7 @@ from cluster.api import schemas
 from cluster.api.bodies import json_body
 from cluster.api.context import Context
 from cluster.api.handlers.common import ctx_of, instance_copy, live_statuses
-from cluster.api.operations import Operation
+from cluster.api.op_registry import Operation
 from cluster.api.response import ApiError, async_operation, bad_request, empty
 
 CHUNK = 1 << 16

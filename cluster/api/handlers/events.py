@@ -8,7 +8,7 @@ import json
 from aiohttp import WSMsgType, web
 
 from cluster.api import fanout
-from cluster.api.events import EVENT_TYPES
+from cluster.api.event_hub import EVENT_TYPES
 from cluster.api.handlers.common import ctx_of
 from cluster.api.response import bad_request
 

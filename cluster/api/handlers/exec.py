@@ -24,7 +24,7 @@ from cluster.api.bodies import json_body
 from cluster.api.handlers.common import ctx_of, live_statuses
 from cluster.api.handlers.exec_session import ExecError, ExecSession, exit_code
 from cluster.api.handlers.files import local_spec
-from cluster.api.operations import Operation
+from cluster.api.op_registry import Operation
 from cluster.api.response import async_operation, bad_request
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"

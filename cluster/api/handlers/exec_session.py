@@ -31,7 +31,7 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
-from cluster.api.operations import Operation
+from cluster.api.op_registry import Operation
 from cluster.api.response import ApiError
 
 CONNECT_TIMEOUT = 10.0  # LXD waits 5 s for the websockets of an exec

@@ -22,7 +22,7 @@ from cluster.api.handlers.common import (
 )
 from cluster.api.handlers.state import instance_states
 from cluster.api.intent_ops import start_move
-from cluster.api.placement import (
+from cluster.api.plan_adapter import (
     PLAN_ATTEMPTS,
     chosen_member,
     explain_response,

@@ -1,6 +1,6 @@
 """``/1.0/operations``: list, get, wait, cancel, and the websocket of an operation.
 
-An operation is either this member's (``api/operations.py``, in memory) or an intent's
+An operation is either this member's (``api/op_registry.py``, in memory) or an intent's
 (a move, an evacuation: ``api/intent_ops.py``), which every member renders from its
 replica."""
 
@@ -13,7 +13,7 @@ from aiohttp import web
 
 from cluster.api import fanout, intent_ops, queries
 from cluster.api.handlers.common import ctx_of
-from cluster.api.operations import Operation
+from cluster.api.op_registry import Operation
 from cluster.api.response import ApiError, empty, not_found, sync
 
 

@@ -7,7 +7,7 @@ from aiohttp import web
 from cluster.api import queries, schemas, views
 from cluster.api.bodies import json_body
 from cluster.api.handlers.common import ctx_of, instance_copy, tracked_operation
-from cluster.api.operations import rfc3339
+from cluster.api.op_registry import rfc3339
 from cluster.api.response import bad_request, not_found, sync
 from cluster.state.commands import command
 

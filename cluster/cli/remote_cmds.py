@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 
 from cluster.cli import format as fmt
 from cluster.cli.client import ApiError, Client, CliError, Unreachable, UsageError
-from cluster.cli.remotes import (
+from cluster.cli.remote_config import (
     LOCAL,
     Remote,
     conf_dir,

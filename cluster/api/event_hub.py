@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from cluster.api.operations import rfc3339
+from cluster.api.op_registry import rfc3339
 from cluster.state.clock import wall_time
 
 EVENT_TYPES = ("lifecycle", "operation", "logging")
