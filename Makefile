@@ -37,17 +37,17 @@ demo: deps
 
 demo-clean: deps
 	@$(VENV)/bin/corral dev-cluster down --dir "$${CORRAL_DEV_DIR:-/var/lib/corral-dev}" || true
-	@$(PY) -m cluster.teardown "$(CORRAL_DIR)"
+	@$(PY) -m devtools.teardown "$(CORRAL_DIR)"
 
 # lint-imports checks the import contracts in pyproject.toml ([tool.importlinter]).
 lint: deps
-	$(VENV)/bin/ruff check cluster node_agent scheduler simulator corral_shared tests bench
-	$(VENV)/bin/mypy cluster node_agent scheduler simulator corral_shared
+	$(VENV)/bin/ruff check cluster node_agent scheduler simulator corral_shared devtools tests bench
+	$(VENV)/bin/mypy cluster node_agent scheduler simulator corral_shared devtools
 	$(VENV)/bin/lint-imports --no-cache
 
 test: deps
-	$(VENV)/bin/ruff check cluster node_agent scheduler simulator corral_shared tests bench
-	$(VENV)/bin/mypy cluster node_agent scheduler simulator corral_shared
+	$(VENV)/bin/ruff check cluster node_agent scheduler simulator corral_shared devtools tests bench
+	$(VENV)/bin/mypy cluster node_agent scheduler simulator corral_shared devtools
 	$(VENV)/bin/lint-imports --no-cache
 	$(PY) -m pytest -q -p no:cacheprovider --timeout=600 tests
 

@@ -26,10 +26,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cluster import devcluster  # noqa: E402
-from cluster.harness import DaemonProcess  # noqa: E402
 from cluster.state.commands import command  # noqa: E402
 from cluster.state.raft import RaftStore  # noqa: E402
+from devtools import devcluster  # noqa: E402
+from devtools.harness import DaemonProcess  # noqa: E402
 
 
 def _ports(count: int) -> list[int]:

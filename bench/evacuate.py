@@ -26,8 +26,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cluster import devcluster  # noqa: E402
-from cluster.harness import DaemonProcess  # noqa: E402
+from devtools import devcluster  # noqa: E402
+from devtools.harness import DaemonProcess  # noqa: E402
 from node_agent.storage.topdir import spread_subdirectories  # noqa: E402
 
 LXD_EVACUATE, LXD_RESTORE = 7.1, 7.3  # seconds, quoted from the issue (see docstring)

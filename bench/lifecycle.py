@@ -27,7 +27,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cluster.harness import DaemonProcess  # noqa: E402
+from devtools.harness import DaemonProcess  # noqa: E402
 from node_agent.network.bridge import host_ipv4_networks, pick_subnet  # noqa: E402
 
 

@@ -1,8 +1,8 @@
 """The dev-cluster parts of ``bench/state.py``: failover trials and steady leadership.
 
-Both run on one real 3-member cluster in network namespaces (``cluster.devcluster``,
+Both run on one real 3-member cluster in network namespaces (``devtools.devcluster``,
 as ``corral dev-cluster up`` and the cluster tests make it); faults go through
-``cluster.nemesis`` (kill -9 checks the pid is that member's daemon; start restarts
+``devtools.nemesis`` (kill -9 checks the pid is that member's daemon; start restarts
 it on its own state). Leader changes are counted two ways: every member's Raft term
 (``journal.meta``, raised by every election any member starts, won or not) before and
 after, and the leader each member names, asked every 0.2 s.
@@ -23,9 +23,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from cluster import devcluster, nemesis
-from cluster.harness import DaemonProcess
 from cluster.state.journal import MetaFile
+from devtools import devcluster, nemesis
+from devtools.harness import DaemonProcess
 from tests.integration.api import UnixHTTPConnection
 
 HOG = "while True: pass"

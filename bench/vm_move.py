@@ -28,8 +28,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cluster import devcluster  # noqa: E402
-from cluster.harness import DaemonProcess  # noqa: E402
+from devtools import devcluster  # noqa: E402
+from devtools.harness import DaemonProcess  # noqa: E402
 
 AGENT_TIMEOUT = 120.0
 

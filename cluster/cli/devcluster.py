@@ -1,10 +1,10 @@
 """``corral dev-cluster up|down|kill|start|partition|heal``: run without a daemon
-connection (they make, break and mend the daemons; ``cluster.nemesis`` for the faults).
+connection (they make, break and mend the daemons; ``devtools.nemesis`` for the faults).
 
 Coroutines like every other handler, though they block: no other task runs, and Ctrl-C
 must interrupt ``up`` itself so that it removes what it made.
 
-``cluster.devcluster`` is imported by name, as ``server.py`` imports the daemon, so that
+``devtools.devcluster`` is imported by name, as ``server.py`` imports the daemon, so that
 client commands never load the harness.
 """
 
@@ -20,7 +20,7 @@ from cluster.cli.client import CliError
 
 async def up(args: argparse.Namespace) -> int:
     """``corral dev-cluster up --nodes N [--dir DIR]``; prints how to reach each member."""
-    dev = importlib.import_module("cluster.devcluster")
+    dev = importlib.import_module("devtools.devcluster")
     try:
         dev.up(args.nodes, Path(args.dir))  # blocking on purpose: Ctrl-C must reach it
     except (dev.DevClusterError, AssertionError, OSError, RuntimeError) as exc:
@@ -30,14 +30,14 @@ async def up(args: argparse.Namespace) -> int:
 
 async def down(args: argparse.Namespace) -> int:
     """``corral dev-cluster down [--dir DIR]``: removes everything ``up`` made."""
-    dev = importlib.import_module("cluster.devcluster")
+    dev = importlib.import_module("devtools.devcluster")
     for item in dev.down(Path(args.dir)):
         print(f"removed {item}")
     return 0
 
 
 def _nemesis() -> Any:
-    return importlib.import_module("cluster.nemesis")
+    return importlib.import_module("devtools.nemesis")
 
 
 async def kill(args: argparse.Namespace) -> int:
@@ -97,14 +97,14 @@ async def heal(args: argparse.Namespace) -> int:
 
 
 def _read_state(directory: str) -> dict[str, Any]:
-    state: dict[str, Any] = importlib.import_module("cluster.devcluster").read_state(
+    state: dict[str, Any] = importlib.import_module("devtools.devcluster").read_state(
         Path(directory).resolve())
     return state
 
 
 async def corrupt(args: argparse.Namespace) -> int:
     """``corral dev-cluster corrupt MEMBER --file journal|snapshot --how flip|truncate``."""
-    disk = importlib.import_module("cluster.nemesis_disk")
+    disk = importlib.import_module("devtools.nemesis_disk")
     try:
         done = disk.corrupt(Path(args.dir), args.member, args.file, args.how)
     except disk.NemesisError as exc:
@@ -115,7 +115,7 @@ async def corrupt(args: argparse.Namespace) -> int:
 
 async def disk(args: argparse.Namespace) -> int:
     """``corral dev-cluster disk MEMBER attach|fill|free|detach [--size MIB]``."""
-    module = importlib.import_module("cluster.nemesis_disk")
+    module = importlib.import_module("devtools.nemesis_disk")
     directory = Path(args.dir)
     try:
         if args.action == "attach":

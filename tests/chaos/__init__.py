@@ -29,6 +29,6 @@ How the suite uses it::
 The checker (history, durability, linearizability, checker) imports nothing of
 ``cluster``, ``node_agent`` or ``scheduler``: it must judge the cluster from the outside, as
 a client sees it. The driver does: ``run.py`` (clients, the run), ``instances.py``
-(container operations), ``faults.py`` (the nemesis, over ``cluster.nemesis`` and
-``cluster.nemesis_disk``) and ``api.py`` (requests to a member's socket).
+(container operations), ``faults.py`` (the nemesis, over ``devtools.nemesis`` and
+``devtools.nemesis_disk``) and ``api.py`` (requests to a member's socket).
 """

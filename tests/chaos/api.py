@@ -7,7 +7,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from cluster.harness import DaemonProcess
+from devtools.harness import DaemonProcess
 from tests.integration.api import UnixHTTPConnection
 
 REQUEST_TIMEOUT = 8.0

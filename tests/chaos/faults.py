@@ -1,6 +1,6 @@
 """The chaos suite's nemesis: which faults, in what order, each undone before the next.
 
-Every fault is a ``cluster.nemesis`` / ``cluster.nemesis_disk`` call, so what a run did
+Every fault is a ``devtools.nemesis`` / ``devtools.nemesis_disk`` call, so what a run did
 can be replayed by hand with ``corral dev-cluster``. Kinds are drawn in shuffled rounds
 (each kind once per round), so even the short profile meets every kind once it has
 injected ``len(KINDS)`` faults, and the long one each kind several times.
@@ -31,7 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cluster import nemesis, nemesis_disk
+from devtools import nemesis, nemesis_disk
 
 KINDS = ("kill-follower", "kill-leader", "pause", "isolate", "cut", "one-way-leader",
          "one-way-follower", "minority", "majority", "corrupt-journal-flip",

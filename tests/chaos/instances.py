@@ -28,7 +28,7 @@ from tests.chaos.api import Answer, request
 from tests.chaos.history import Kind, Value
 
 if TYPE_CHECKING:
-    from cluster.harness import DaemonProcess
+    from devtools.harness import DaemonProcess
     from tests.chaos.run import Run
 
 IMAGE = "busybox"

@@ -28,8 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cluster import nemesis
-from cluster.harness import DaemonProcess
+from devtools import nemesis
+from devtools.harness import DaemonProcess
 from tests.chaos import instances
 from tests.chaos.api import Answer, request
 from tests.chaos.faults import KINDS, Nemesis

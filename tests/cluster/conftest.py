@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from cluster import devcluster
-from cluster.harness import DaemonProcess
+from devtools import devcluster
+from devtools.harness import DaemonProcess
 from tests.integration.conftest import real_prerequisites
 
 

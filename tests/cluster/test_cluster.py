@@ -13,7 +13,7 @@ import aiohttp
 import pytest
 import yaml
 
-from cluster.harness import DaemonProcess
+from devtools.harness import DaemonProcess
 from tests.integration.api import Api
 from tests.raft_probe import ask_status, listeners_of, send_file_creating_pickle
 

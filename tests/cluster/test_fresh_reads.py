@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from cluster import nemesis
+from devtools import nemesis
 from tests.cluster.conftest import namespace_cluster
 from tests.cluster.test_nemesis import _leader, _until
 from tests.integration.api import Api

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from cluster.harness import DaemonProcess
+from devtools.harness import DaemonProcess
 from tests.cluster.conftest import namespace_cluster
 from tests.integration.api import Api
 

@@ -18,9 +18,9 @@ from typing import Any
 
 import pytest
 
-from cluster import nemesis
-from cluster.harness import DaemonProcess
 from cluster.state.raft import raft_conf
+from devtools import nemesis
+from devtools.harness import DaemonProcess
 from tests.cluster.conftest import namespace_cluster
 from tests.integration.api import Api
 

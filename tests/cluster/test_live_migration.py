@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from cluster.harness import DaemonProcess
-from cluster.netns import enter_argv
+from devtools.harness import DaemonProcess
+from devtools.netns import enter_argv
 from tests.cluster.conftest import namespace_cluster
 from tests.integration.api import Api
 

@@ -11,8 +11,8 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from cluster.harness import DaemonProcess
 from cluster.state.clock import TEST_CLOCK_OFFSET_ENV
+from devtools.harness import DaemonProcess
 from tests.cluster.conftest import namespace_cluster
 
 pytestmark = pytest.mark.real

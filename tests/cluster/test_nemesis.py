@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from cluster import nemesis
-from cluster.harness import DaemonProcess
+from devtools import nemesis
+from devtools.harness import DaemonProcess
 from tests.cluster.conftest import namespace_cluster
 
 pytestmark = pytest.mark.real

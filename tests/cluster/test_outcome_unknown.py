@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from cluster import nemesis
 from cluster.state.raft import SUBMIT_SECONDS
+from devtools import nemesis
 from tests.cluster.conftest import namespace_cluster
 from tests.cluster.test_nemesis import _leader, _until
 from tests.integration.api import Api

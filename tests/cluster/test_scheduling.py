@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from cluster.harness import DaemonProcess
+from devtools.harness import DaemonProcess
 from tests.integration.api import Api
 from tests.integration.guest_counter import count, counter_pid, start_counter
 

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from cluster import nemesis
-from cluster.harness import DaemonProcess
 from cluster.state.raft import COMPACTION_ENV
+from devtools import nemesis
+from devtools.harness import DaemonProcess
 from tests.cluster.conftest import namespace_cluster
 from tests.integration.api import Api
 

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from cluster.harness import DaemonProcess
+from devtools.harness import DaemonProcess
 from tests.cluster.conftest import namespace_cluster
 
 pytestmark = pytest.mark.real

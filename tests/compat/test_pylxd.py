@@ -7,7 +7,7 @@ import secrets
 import pylxd
 import pytest
 
-from cluster.harness import DaemonProcess
+from devtools.harness import DaemonProcess
 
 pytestmark = pytest.mark.real
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from cluster.harness import DaemonProcess
+from devtools.harness import DaemonProcess
 from node_agent.network.bridge import host_ipv4_networks, pick_subnet
 from tests.integration.api import Api
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from cluster.harness import DaemonProcess
+from devtools.harness import DaemonProcess
 
 # In its own session (setsid): CRIU refuses a session led from outside the container,
 # which is what a process left behind by lxc-attach would be in.

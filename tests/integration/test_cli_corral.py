@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from cluster.harness import DaemonProcess
+from devtools.harness import DaemonProcess
 from tests.integration import test_cli_lxd_anchor as scenarios
 from tests.integration.test_cli_lxd_anchor import (  # noqa: F401, F811 - collected here too
     instance,

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from cluster.harness import DaemonProcess
+from devtools.harness import DaemonProcess
 from tests.integration.api import Api
 
 pytestmark = pytest.mark.real

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from cluster import devcluster
-from cluster.harness import DaemonProcess
-from cluster.netns import (
+from devtools import devcluster
+from devtools.harness import DaemonProcess
+from devtools.netns import (
     HostNetwork,
     enter_argv,
     host_routes,

@@ -9,7 +9,7 @@ import secrets
 import aiohttp
 import pytest
 
-from cluster.harness import DaemonProcess
+from devtools.harness import DaemonProcess
 from tests.integration.api import Api
 
 pytestmark = pytest.mark.real

@@ -12,7 +12,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from cluster.harness import DaemonProcess
+from devtools.harness import DaemonProcess
 from tests.integration.api import Api
 
 pytestmark = pytest.mark.real

@@ -27,7 +27,7 @@ import pytest
 import yaml
 
 from cluster import tls
-from cluster.harness import DaemonProcess
+from devtools.harness import DaemonProcess
 from tests.integration.api import Api
 from tests.integration.conftest import new_daemon, real_prerequisites
 

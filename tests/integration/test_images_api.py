@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from cluster.harness import DaemonProcess
+from devtools.harness import DaemonProcess
 from tests.integration.api import Api
 
 pytestmark = pytest.mark.real

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cluster.harness import DaemonProcess
+from devtools.harness import DaemonProcess
 from node_agent.network import firewall
 from tests.integration.api import Api
 from tests.raft_probe import ask_status, listeners_of, send_file_creating_pickle

@@ -6,7 +6,7 @@ import concurrent.futures as cf
 
 import pytest
 
-from cluster.harness import DaemonProcess
+from devtools.harness import DaemonProcess
 from tests.integration.api import Api
 
 pytestmark = pytest.mark.real

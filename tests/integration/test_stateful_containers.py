@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from cluster.harness import DaemonProcess
+from devtools.harness import DaemonProcess
 from node_agent.drivers.lxc_checkpoint import criu_missing
 from tests.integration.api import Api
 from tests.integration.guest_counter import count, counter_pid, start_counter

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from cluster.harness import DaemonProcess
+from devtools.harness import DaemonProcess
 from node_agent.drivers.qemu.snapshots import guest_sync
 from tests.integration.api import Api
 

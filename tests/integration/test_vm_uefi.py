@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cluster.harness import DaemonProcess
+from devtools.harness import DaemonProcess
 from node_agent.drivers.qemu import cmdline as cl
 from node_agent.images.busybox_vm import build_busybox_vm_image
 from node_agent.images.vm_guest import READY_MARKER

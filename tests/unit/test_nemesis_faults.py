@@ -11,12 +11,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cluster.nemesis import NemesisError, side
-from cluster.nemesis_disk import FLIP_BYTES, damage
 from cluster.state.compaction import NEVER_SECONDS
 from cluster.state.errors import ReplicaDamaged
 from cluster.state.journal import MAGIC, encode, replay
 from cluster.state.policy import COMPACTION_SECONDS_ENV, compaction_seconds
+from devtools.nemesis import NemesisError, side
+from devtools.nemesis_disk import FLIP_BYTES, damage
 from tests.chaos.faults import KINDS, Nemesis
 
 NAMES5 = ["m1", "m2", "m3", "m4", "m5"]

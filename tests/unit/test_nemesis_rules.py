@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from cluster.cli.parser import parse_args
-from cluster.nemesis import (
+from devtools.nemesis import (
     TAG,
     Member,
     NemesisError,

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from cluster import devcluster
-from cluster.netns import (
+from devtools import devcluster
+from devtools.netns import (
     NetnsError,
     bridge_name,
     enter_argv,

@@ -1,7 +1,7 @@
 """Remove everything one corral daemon made: its process, containers, VMs, bridges,
 dnsmasq, firewall rules and state. Used by ``make demo-clean`` and by tests.
 
-``python -m cluster.teardown DIR`` -- only processes whose pid files live in
+``python -m devtools.teardown DIR`` -- only processes whose pid files live in
 DIR are signalled, and only after their command line is checked.
 """
 
@@ -104,7 +104,7 @@ def teardown(root: Path) -> None:
 
 def main() -> int:
     if len(sys.argv) != 2:
-        print("usage: python -m cluster.teardown CORRAL_DIR", file=sys.stderr)
+        print("usage: python -m devtools.teardown CORRAL_DIR", file=sys.stderr)
         return 2
     teardown(Path(sys.argv[1]))
     print(f"removed corral state, containers and networks of {sys.argv[1]}")

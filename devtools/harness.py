@@ -3,7 +3,7 @@
 Each daemon gets its own ``CORRAL_DIR``, bridge name and subnet, so daemons
 never collide with each other or with a demo daemon on the same machine.
 With ``netns`` set, the daemon runs inside that network namespace (a "host" of
-``cluster.netns``); its unix socket is still a file under ``CORRAL_DIR``, so the
+``devtools.netns``); its unix socket is still a file under ``CORRAL_DIR``, so the
 CLI and API helpers work unchanged from the root namespace.
 """
 
@@ -17,8 +17,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cluster.netns import enter_argv, netns_path
-from cluster.teardown import teardown
+from devtools.netns import enter_argv, netns_path
+from devtools.teardown import teardown
 
 
 @dataclass
@@ -27,7 +27,7 @@ class DaemonProcess:
     bridge: str
     address: str  # the bridge's own CIDR, e.g. 10.231.7.1/24
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
-    netns: str | None = None  # run inside /run/netns/<netns> (see cluster.netns)
+    netns: str | None = None  # run inside /run/netns/<netns> (see devtools.netns)
     # Extra environment of the daemon and its CLI, e.g. the test-only clock offset
     # (``cluster.state.clock.TEST_CLOCK_OFFSET_ENV``) that plays a member with a wrong clock.
     extra_env: dict[str, str] = field(default_factory=dict)
@@ -107,7 +107,7 @@ class DaemonProcess:
         if self.netns is not None and Path(netns_path(self.netns)).exists():
             # lxc-stop reaches a container's monitor over an abstract unix socket, which
             # belongs to the network namespace: tear down from inside it.
-            subprocess.run(enter_argv(self.netns, [sys.executable, "-m", "cluster.teardown",
+            subprocess.run(enter_argv(self.netns, [sys.executable, "-m", "devtools.teardown",
                                                    str(self.root)]),
                            capture_output=True, timeout=300, check=False)
         teardown(self.root)

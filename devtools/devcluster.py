@@ -10,7 +10,7 @@
       form_cluster(members)                     the first bootstraps, the others join with tokens
       DIR/devcluster.json                       what down() removes (written before any daemon)
 
-The same harness (``cluster.netns`` + ``DaemonProcess``) runs the multi-host tests, so what
+The same harness (``devtools.netns`` + ``DaemonProcess``) runs the multi-host tests, so what
 a developer pokes at is what the tests exercise (DESIGN §7).
 """
 
@@ -29,8 +29,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from cluster.harness import DaemonProcess
-from cluster.netns import (
+from devtools.harness import DaemonProcess
+from devtools.netns import (
     HostNetwork,
     enter_argv,
     host_routes,
@@ -39,7 +39,7 @@ from cluster.netns import (
     pick_subnet,
     teardown_prefix,
 )
-from cluster.teardown import teardown
+from devtools.teardown import teardown
 
 DEFAULT_DIR = Path("/var/lib/corral-dev")
 STATE_FILE = "devcluster.json"
@@ -208,9 +208,9 @@ def is_daemon_of(pid: int, root: Path) -> bool:
 
 
 def _teardown_member(root: Path, netns: str | None) -> None:
-    """``cluster.teardown`` of one CORRAL_DIR, from inside its namespace when it exists
+    """``devtools.teardown`` of one CORRAL_DIR, from inside its namespace when it exists
     (lxc-stop talks to the monitor over an abstract socket of that namespace)."""
-    argv = [sys.executable, "-m", "cluster.teardown", str(root)]
+    argv = [sys.executable, "-m", "devtools.teardown", str(root)]
     if netns and Path(netns_path(netns)).exists():
         subprocess.run(enter_argv(netns, argv), capture_output=True, timeout=300, check=False)
     teardown(root)

@@ -1,6 +1,6 @@
 """On-disk faults for a dev cluster member (``corral dev-cluster corrupt|disk``).
 
-Companion of ``cluster.nemesis`` (network and process faults); same rules: members are
+Companion of ``devtools.nemesis`` (network and process faults); same rules: members are
 found through ``devcluster.json``, errors are ``NemesisError`` with a message that says
 what to do, and the functions serve both people and the chaos suite.
 
@@ -13,7 +13,7 @@ what to do, and the functions serve both people and the chaos suite.
   system in a loop device, mounted over one member's Raft directory, so that the
   member's journal and snapshot writes meet ENOSPC when it is full. Attach and detach
   need the member stopped: its daemon runs in a mount namespace of its own, copied from
-  the host's when it starts (``cluster.netns.enter_argv``), so only a mount made before
+  the host's when it starts (``devtools.netns.enter_argv``), so only a mount made before
   the start is seen by it, and the journal's file descriptors must not straddle the
   swap. Attach copies the directory's contents into the new file system; detach copies
   them back. Fill and free work on a running member (the file system is the same one in
@@ -34,9 +34,9 @@ import os
 import shutil
 from pathlib import Path
 
-from cluster.devcluster import read_state, write_state
-from cluster.nemesis import Member, NemesisError, members_of, pick, running
-from cluster.netns import NetnsError, run
+from devtools.devcluster import read_state, write_state
+from devtools.nemesis import Member, NemesisError, members_of, pick, running
+from devtools.netns import NetnsError, run
 
 FILES = {"journal": "journal", "snapshot": "snapshot"}
 HOWS = ("flip", "truncate")

@@ -2,7 +2,7 @@
 
 The same functions serve people poking at a dev cluster and the chaos tests, so a
 fault seen in a test can be replayed by hand. Everything is found through the cluster's
-``devcluster.json`` (``cluster.devcluster``): each member's namespace, host address,
+``devcluster.json`` (``devtools.devcluster``): each member's namespace, host address,
 state directory and daemon pid.
 
 - ``kill``: a signal to one member's daemon, only after checking that the pid is still
@@ -39,15 +39,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cluster.devcluster import (
+from devtools.devcluster import (
     container_bridge,
     container_network,
     is_daemon_of,
     read_state,
     write_state,
 )
-from cluster.harness import DaemonProcess
-from cluster.netns import NetnsError, enter_argv, netns_path, run
+from devtools.harness import DaemonProcess
+from devtools.netns import NetnsError, enter_argv, netns_path, run
 
 TAG = "corral-nemesis"
 CLOCK_OFFSET_ENV = "CORRAL_TEST_CLOCK_OFFSET"
