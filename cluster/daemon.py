@@ -31,11 +31,11 @@ from cluster.controllers.liveness import LivenessController
 from cluster.controllers.moves import MovesController
 from cluster.controllers.runtime import LeaderRuntime
 from cluster.controllers.voters import VotersController
-from cluster.https import HTTPS, VM_ACCELERATOR_KEY, HttpsListener, Identity
 from cluster.local_config import load_or_create
-from cluster.raft_secret import member_raft_password
+from cluster.membership.raft_role import find_way_back, track_partners
 from cluster.state.raft import RaftStore
-from cluster.voters import find_way_back, track_partners
+from cluster.transport.https import HTTPS, VM_ACCELERATOR_KEY, HttpsListener, Identity
+from cluster.transport.raft_secret import member_raft_password
 from node_agent.agent import NodeAgent
 from node_agent.facade import NodeFacade
 from node_agent.idmap import ensure_root_idmap
@@ -53,15 +53,6 @@ def _setup_logging(paths: Paths, debug: bool) -> None:
         handler.setFormatter(fmt)
         root.addHandler(handler)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
-
-
-async def open_local_parts(ctx: Context) -> None:
-    """Make this member's pools and bridges match the replicated state."""
-    with ctx.store.read() as state:
-        pools = [(p.name, p.config.get("source")) for p in state.storage_pools.values()]
-        nets = [(n.name, n.config.get("ipv4.address", "")) for n in state.networks.values()
-                if n.type == "bridge"]
-    await ctx.host.open_local_parts(pools, nets)
 
 
 def _host_rebooted(paths: Paths) -> bool:
@@ -98,7 +89,7 @@ async def serve(paths: Paths, ready: asyncio.Event | None = None) -> None:
     agent = NodeAgent(local.member, store, node)
     ctx = Context(paths=paths, member=local.member, store=store,
                   host=NodeFacade(node, agent), ops=ops, events=events, local=local)
-    await open_local_parts(ctx)
+    await ctx.open_local_parts()
     accel_task = asyncio.create_task(asyncio.to_thread(node.probe_accelerator))
     await agent.start(host_rebooted=_host_rebooted(paths))
     partners_task = asyncio.create_task(track_partners(ctx))
@@ -109,7 +100,7 @@ async def serve(paths: Paths, ready: asyncio.Event | None = None) -> None:
     controllers.start()
     way_back_task = asyncio.create_task(find_way_back(ctx))
     app = build_app(ctx)
-    https = app[HTTPS] = HttpsListener(identity)
+    https = app[HTTPS] = HttpsListener(identity, ctx)
     runner = await start_runner(app, access_log=None, handle_signals=False)
     https.attach(runner)
     if paths.socket.exists():
@@ -118,7 +109,7 @@ async def serve(paths: Paths, ready: asyncio.Event | None = None) -> None:
     await site.start()
     os.chmod(paths.socket, 0o600)
     try:
-        await https.reconcile(app)  # core.https_address, if set
+        await https.reconcile()  # core.https_address, if set
     except Exception as exc:  # noqa: BLE001 - the unix socket keeps serving; a PUT retries
         log.error("HTTPS listener not started: %s", exc)
     log.info("corral daemon ready: member %s, socket %s", local.member, paths.socket)

@@ -3,7 +3,9 @@
 ::
 
     CorralError(code, message)   any refusal or failure a client may be shown
-     +-- ApiError                cluster.api.response: (status, message)
+     +-- ApiError                (status, message): a refusal of what a client sent, raised
+                                 by the API and by the layers below it that check a
+                                 request's parts (join tokens, addresses, listen config)
      +-- CodedError              message first, the class's code unless told
           +-- StateError         cluster.state.errors
           +-- DriverError        node_agent.drivers.base
@@ -37,3 +39,26 @@ class CodedError(CorralError):
 
     def __init__(self, message: str = "", code: int | None = None) -> None:
         super().__init__(code, message)
+
+
+class ApiError(CorralError):
+    """A refusal to show the client: ``status`` is the HTTP status and LXD's error_code.
+
+    It lives here, not in the API, because membership and transport check parts of a
+    request too (a join token, a member address) and must not import the API for that.
+    """
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(status, message)
+
+    @property
+    def status(self) -> int:
+        return self.code
+
+
+def bad_request(message: str) -> ApiError:
+    return ApiError(400, message)
+
+
+def not_found(message: str = "Not Found") -> ApiError:
+    return ApiError(404, message)

@@ -16,6 +16,10 @@ import sys
 import time
 from pathlib import Path
 
+from node_agent.drivers.qemu import QemuDriver
+from node_agent.idmap import IdMap
+from node_agent.network.bridge import BridgeNetwork
+from node_agent.node import LocalNode
 from node_agent.paths import Paths
 
 PLACEHOLDER_ADDRESS = "10.0.0.1/24"  # teardown finds what to remove by name, pid file and tag
@@ -56,8 +60,6 @@ def stop_containers(paths: Paths) -> None:
 def stop_vms(paths: Paths) -> None:
     """Kill this daemon's QEMU processes (found by pid file and checked command line by
     the driver) and remove their taps."""
-    from node_agent.drivers.qemu import QemuDriver
-
     if not paths.vms.is_dir():
         return
     driver = QemuDriver(paths.vms, accel="tcg")
@@ -69,9 +71,6 @@ def stop_vms(paths: Paths) -> None:
 
 def remove_cgroups(paths: Paths) -> None:
     """Drop this daemon's cgroup prefix once its containers have stopped."""
-    from node_agent.idmap import IdMap
-    from node_agent.node import LocalNode
-
     driver = LocalNode.open(paths, IdMap(0, 0, 0, 0)).driver
     for _ in range(20):
         driver.remove_cgroup_prefix()
@@ -81,8 +80,6 @@ def remove_cgroups(paths: Paths) -> None:
 
 
 def remove_networks(paths: Paths) -> None:
-    from node_agent.network.bridge import BridgeNetwork
-
     if not paths.networks.is_dir():
         return
     for entry in sorted(paths.networks.iterdir()):

@@ -14,11 +14,11 @@ import copy
 import logging
 from typing import Any
 
-from cluster.peers import download_image
 from cluster.state.apply_instances import expanded
 from cluster.state.commands import command
 from cluster.state.model import Action, Instance
 from cluster.state.store import Store
+from cluster.transport.peers import download_image
 from node_agent.actions import perform
 from node_agent.capacity import host_capacity
 from node_agent.node import InstanceSpec, LocalNode

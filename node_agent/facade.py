@@ -177,9 +177,10 @@ class NodeFacade:
     def host_interfaces() -> list[dict[str, Any]]:
         return list_host_interfaces()
 
-    def capacity(self) -> dict[str, float]:
-        """This host's CPUs, memory and pool size, before it joins a cluster."""
-        return host_capacity(self._node.paths.storage_pools)
+    def capacity(self, pool_source: Path | None = None) -> dict[str, float]:
+        """This host's CPUs, memory and pool size (of ``pool_source`` when the default
+        pool lives elsewhere), before it joins a cluster."""
+        return host_capacity(pool_source or self._node.paths.storage_pools)
 
     async def open_local_parts(self, pools: list[tuple[str, str | None]],
                                networks: list[tuple[str, str]]) -> None:

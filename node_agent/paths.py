@@ -6,16 +6,12 @@ one machine without touching each other's files.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
-DEFAULT_DIR = "/var/lib/corral"
-
-
-def corral_dir() -> Path:
-    """The state directory named by ``CORRAL_DIR`` (as ``LXD_DIR`` for ``lxc``)."""
-    return Path(os.environ.get("CORRAL_DIR") or DEFAULT_DIR)
+# The default directory is the CLI's knowledge too: it lives in the shared vocabulary.
+from corral_shared.paths import DEFAULT_DIR as DEFAULT_DIR
+from corral_shared.paths import corral_dir as corral_dir
 
 
 @dataclass(frozen=True)

@@ -19,29 +19,40 @@ from typing import Any
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from cluster import tls
 from cluster.api.context import CTX, Context
 from cluster.api.forwarding import wrap_routes
 from cluster.api.handlers import (
     aliases,
+    bootstrap,
     certificates,
+    cluster_join,
+    console,
+    evacuation,
     events,
+    files,
     images,
     infra,
     instances,
+    logs,
+    members,
+    migration,
     operations,
     profiles,
+    replicas,
     server,
     snapshots,
     state,
+    volumes,
 )
+from cluster.api.handlers import exec as exec_
 from cluster.api.handlers.common import REPLICA_LAG
 from cluster.api.middleware import error_middleware
 from cluster.api.proxy import setup_proxy
-from cluster.api.response import ApiError
-from cluster.https import HTTPS
-from cluster.peers import APPLIED_HEADER
+from cluster.api.response import ApiError, sync
 from cluster.state.errors import Unavailable
+from cluster.transport import tls
+from cluster.transport.https import HTTPS, is_trusted
+from cluster.transport.peers import APPLIED_HEADER
 
 log = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -60,20 +71,6 @@ def _members(routes: Sequence[tuple[str, str, Any]]) -> list[tuple[str, str, Any
 
 
 def route_table() -> list[tuple[str, str, Any, str]]:
-    from cluster import bootstrap
-    from cluster.api.handlers import (
-        cluster_join,
-        console,
-        evacuation,
-        files,
-        logs,
-        members,
-        migration,
-        replicas,
-        volumes,
-    )
-    from cluster.api.handlers import exec as exec_
-
     table = [
         ("GET", "/", _root, UNTRUSTED),
         ("GET", "/1.0", server.get_server, UNTRUSTED),
@@ -122,17 +119,13 @@ def route_table() -> list[tuple[str, str, Any, str]]:
 
 
 async def _root(request: web.Request) -> web.Response:
-    from cluster.api.response import sync
-
     return sync(["/1.0"])
 
 
 def _is_trusted(request: web.Request) -> bool:
     """The unix socket is root-only, so its clients are trusted (as LXD's); over TLS,
-    clients whose certificate is in the trust store (``cluster.https``)."""
-    from cluster.https import is_trusted
-
-    return is_trusted(request)
+    clients whose certificate is in the trust store (``cluster.transport.https``)."""
+    return is_trusted(request, request.app[CTX].store)
 
 
 def access_middleware() -> Middleware:

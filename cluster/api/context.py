@@ -11,7 +11,6 @@ from typing import Any
 
 from aiohttp import web
 
-from cluster import peers
 from cluster.api.event_hub import EventHub
 from cluster.api.op_registry import Operations
 from cluster.api.response import ApiError
@@ -21,6 +20,7 @@ from cluster.state import waiters
 from cluster.state.commands import Command
 from cluster.state.raft import RaftStore
 from cluster.state.store import Change
+from cluster.transport import peers
 from node_agent.facade import NodeFacade
 from node_agent.paths import Paths
 
@@ -56,6 +56,15 @@ class Context:
         them this member's commit index: each applies the log that far before it acts
         (``peers.APPLIED_HEADER``)."""
         yield self.peer_client.session(timeout, applied=self.store.commit_index())
+
+    async def open_local_parts(self) -> None:
+        """Make this member's pools and bridges match the replicated state (at start, and
+        after ``init --auto`` or a join has committed them)."""
+        with self.store.read() as state:
+            pools = [(p.name, p.config.get("source")) for p in state.storage_pools.values()]
+            nets = [(n.name, n.config.get("ipv4.address", "")) for n in state.networks.values()
+                    if n.type == "bridge"]
+        await self.host.open_local_parts(pools, nets)
 
     async def save_local(self) -> None:
         if self.local is not None:

@@ -25,7 +25,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from cluster.api.response import ApiError
-from cluster.peers import APPLIED_HEADER, ClusterTLS
+from cluster.transport.peers import APPLIED_HEADER, ClusterTLS
 
 FORWARDED_HEADER = "X-Corral-Forwarded"
 CHUNK = 256 * 1024

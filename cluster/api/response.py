@@ -11,27 +11,11 @@ from typing import Any
 
 from aiohttp import web
 
-from corral_shared.errors import CorralError
-
-
-class ApiError(CorralError):
-    """A refusal to show the client: ``status`` is the HTTP status and LXD's error_code."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(status, message)
-
-    @property
-    def status(self) -> int:
-        return self.code
-
-
-def bad_request(message: str) -> ApiError:
-    return ApiError(400, message)
-
-
-def not_found(message: str = "Not Found") -> ApiError:
-    return ApiError(404, message)
-
+# The error type lives in the shared vocabulary (membership and transport raise it too);
+# the API's modules and handlers keep importing it from here.
+from corral_shared.errors import ApiError as ApiError
+from corral_shared.errors import bad_request as bad_request
+from corral_shared.errors import not_found as not_found
 
 SEPARATORS = (",", ":")
 DUMP_CHUNK = 100  # list items encoded per json.dumps call

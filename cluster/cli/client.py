@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from cluster.cli.http1 import Connection, ProtocolError, request_target
 from cluster.cli.progress import Progress
+from corral_shared.paths import corral_dir
 
 if TYPE_CHECKING:
     import aiohttp
@@ -66,8 +67,6 @@ def socket_path() -> str:
     explicit = os.environ.get("CORRAL_SOCKET")
     if explicit:
         return explicit
-    from node_agent.paths import corral_dir
-
     return str(corral_dir() / "unix.socket")
 
 

@@ -20,6 +20,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from cluster.cli.client import Client, CliError
+from cluster.cli.parser import parse_args
+from cluster.cli.remote_config import resolve as resolve_remote
 
 # Handlers that run without a connection to the daemon (they start it or set it up).
 LOCAL_HANDLERS = {"server:daemon", "server:init_cluster", "devcluster:up", "devcluster:down",
@@ -39,9 +41,7 @@ def resolve(handler: str) -> Callable[..., Any]:
 
 
 async def _run_with_client(func: Callable[..., Any], args: argparse.Namespace) -> int:
-    from cluster.cli.remote_config import resolve
-
-    async with Client(remote=resolve(args)) as client:  # REMOTE:NAME arguments, over HTTPS
+    async with Client(remote=resolve_remote(args)) as client:  # REMOTE:NAME arguments, over HTTPS
         return int(await func(client, args) or 0)
 
 
@@ -62,8 +62,6 @@ async def _await(awaitable: Any) -> Any:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Console entry point: exit codes are 0, 1 for errors, or the exec'd command's code."""
-    from cluster.cli.parser import parse_args
-
     try:
         args = parse_args(sys.argv[1:] if argv is None else argv)
         return dispatch(args)

@@ -46,7 +46,8 @@ class Remote:
 
     def ssl_context(self) -> ssl.SSLContext:
         """Present our client certificate; accept only the pinned server certificate."""
-        from cluster import tls
+        # CLI start-up: cryptography (~100 ms) loads only for an HTTPS remote.
+        from cluster.transport import tls  # CLI start-up: only when a certificate is made
 
         crt, key = ensure_client_cert()
         try:
@@ -59,7 +60,7 @@ class Remote:
 
 def ensure_client_cert() -> tuple[Path, Path]:
     """``client.crt``/``client.key`` in ``$CORRAL_CONF``, generated on first use (as lxc)."""
-    from cluster import tls
+    from cluster.transport import tls  # CLI start-up: only when a certificate is made
 
     root = conf_dir()
     crt, key = root / "client.crt", root / "client.key"

@@ -1,9 +1,9 @@
 """Commands about the daemon itself: run it, set it up, wait for it, ask its version.
 
-``daemon`` and ``init --auto``/``init --join`` hand the parsed namespace to code in
-``cluster.daemon`` and ``cluster.bootstrap``, imported only here so that client commands
-never pay for loading the server (and by name, so type-checking the client does not
-type-check the server).
+``daemon`` hands the parsed namespace to ``cluster.daemon``, imported only here and by
+name, so that client commands never pay for loading the server (and the client's import
+contracts do not see the server). ``init --auto``/``init --join`` is a client call
+(``POST /internal/init``).
 """
 
 from __future__ import annotations
@@ -22,9 +22,17 @@ def daemon(args: argparse.Namespace) -> object:
     return importlib.import_module("cluster.daemon").main(args)
 
 
-def init_cluster(args: argparse.Namespace) -> object:
-    """``corral init --auto|--join``: ``cluster.bootstrap.init_auto(args)`` sets up this member."""
-    return importlib.import_module("cluster.bootstrap").init_auto(args)
+INIT_OPTIONS = ("network_address", "bridge_name", "storage_path", "address", "join",
+                "member_name")
+
+
+async def init_cluster(args: argparse.Namespace) -> int:
+    """``corral init --auto|--join``: the running daemon sets up this member
+    (``POST /internal/init`` on its unix socket, ``cluster.api.handlers.bootstrap``)."""
+    options = {key: getattr(args, key, None) for key in INIT_OPTIONS}
+    async with Client() as client:
+        await client.call("POST", "/internal/init", {k: v for k, v in options.items() if v})
+    return 0
 
 
 async def waitready(client: Client, args: argparse.Namespace) -> int:

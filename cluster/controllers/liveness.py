@@ -1,4 +1,4 @@
-"""The controller that commits members' liveness transitions (see ``cluster.liveness``).
+"""The controller that commits members' liveness transitions (see ``cluster.membership.liveness``).
 
 Each leadership starts a fresh ``LivenessTracker`` (every member gets a threshold of grace
 on this leader's clock), so a new leader never demotes members on deadlines another
@@ -14,7 +14,7 @@ import logging
 import time
 
 from cluster.controllers.runtime import Lease
-from cluster.liveness.tracker import Committed, LivenessTracker, Transition
+from cluster.membership.liveness.tracker import Committed, LivenessTracker, Transition
 from cluster.state.apply_members import offline_threshold
 from cluster.state.model import State
 

@@ -17,12 +17,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from cluster.peers import PeerClient, PeerSession
 from cluster.state import waiters
 from cluster.state.apply_intents import CLAIM
 from cluster.state.commands import Command, command
 from cluster.state.raft import RaftStore
 from cluster.state.store import Change
+from cluster.transport.peers import PeerClient, PeerSession
 
 log = logging.getLogger(__name__)
 PERIOD = 0.25  # seconds between looks at leadership and the epoch

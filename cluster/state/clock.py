@@ -5,7 +5,7 @@ suite and the clock-skew tests start one daemon with it to play a member whose c
 off, because a time namespace does not shift ``CLOCK_REALTIME``. It is read once per
 process and added to every wall-clock time the daemon stamps (commands, operations,
 events, tokens). Never set it in production: nothing about liveness depends on it
-(liveness is judged on the leader's own monotonic clock, ``cluster.liveness``), but
+(liveness is judged on the leader's own monotonic clock, ``cluster.membership.liveness``), but
 token expiry and displayed times do.
 """
 

@@ -26,7 +26,7 @@ import pylxd
 import pytest
 import yaml
 
-from cluster import tls
+from cluster.transport import tls
 from devtools.harness import DaemonProcess
 from tests.integration.api import Api
 from tests.integration.conftest import new_daemon, real_prerequisites

@@ -21,9 +21,9 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from cluster import tls
 from cluster.api import proxy
 from cluster.api.middleware import error_middleware
+from cluster.transport import tls
 from devtools.harness import DaemonProcess
 from tests.integration.api import Api
 from tests.integration.test_https_trust import free_port, tls_call

@@ -22,15 +22,15 @@ from pathlib import Path
 
 from aiohttp import web
 
-from cluster import tls
 from cluster.api.app import build_app
 from cluster.api.context import Context
 from cluster.api.event_hub import EventHub
 from cluster.api.listener import start_runner
 from cluster.api.op_registry import Operations
-from cluster.https import HTTPS, HttpsListener, Identity
 from cluster.state.commands import command
 from cluster.state.raft import RaftStore
+from cluster.transport import tls
+from cluster.transport.https import HTTPS, HttpsListener, Identity
 from node_agent.agent import NodeAgent
 from node_agent.facade import NodeFacade
 from node_agent.idmap import IdMap
@@ -110,7 +110,7 @@ async def _serve(root: Path, served: list[Served], ready: threading.Event) -> No
                   events=events)
     app = build_app(ctx)
     identity = Identity.load(paths.root)
-    app[HTTPS] = HttpsListener(identity)
+    app[HTTPS] = HttpsListener(identity, ctx)
     runner = await start_runner(app, access_log=None, handle_signals=False)
     await web.UnixSite(runner, str(paths.socket)).start()
     https = web.TCPSite(runner, "127.0.0.1", 0,

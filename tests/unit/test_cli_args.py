@@ -33,7 +33,7 @@ def test_every_command_names_an_existing_coroutine_or_local_function() -> None:
     for name in names:
         module, func = name.split(":")
         target = getattr(importlib.import_module(f"cluster.cli.{module}"), func)
-        if name in ("server:daemon", "server:init_cluster"):
+        if name == "server:daemon":
             assert not inspect.iscoroutinefunction(target)
         else:
             assert inspect.iscoroutinefunction(target), name

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cluster.liveness.tracker import Committed, LivenessTracker, Transition
+from cluster.membership.liveness.tracker import Committed, LivenessTracker, Transition
 
 THRESHOLD = 3.0
 

@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from cluster import tls
 from cluster.api.app import MEMBER, build_app, route_table
+from cluster.transport import tls
 from tests.unit.served_api import Served, served_api
 
 MARK = "/internal/replica/marks/nothing?timeout=0.2"

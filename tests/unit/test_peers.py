@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from cluster import tls
-from cluster.peers import APPLIED_HEADER, PeerClient
+from cluster.transport import tls
+from cluster.transport.peers import APPLIED_HEADER, PeerClient
 
 
 @pytest.fixture

@@ -22,7 +22,6 @@ import pytest
 from aiohttp import WSMsgType, web
 from aiohttp.test_utils import TestClient, TestServer
 
-from cluster import tls
 from cluster.api import forwarding, proxy
 from cluster.api.context import CTX
 from cluster.api.handlers import operations
@@ -30,6 +29,7 @@ from cluster.api.middleware import error_middleware
 from cluster.api.op_registry import Operations
 from cluster.api.response import ApiError, sync
 from cluster.state.model import Instance, Member, State
+from cluster.transport import tls
 
 Client = TestClient[web.Request, web.Application]
 

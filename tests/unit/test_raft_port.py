@@ -11,8 +11,8 @@ from pathlib import Path
 
 from pysyncobj import SyncObj, SyncObjConf
 
-from cluster.raft_secret import local_raft_password
 from cluster.state.raft import RaftStore
+from cluster.transport.raft_secret import local_raft_password
 from tests.raft_probe import ask_status, listeners_of, send_file_creating_pickle
 
 

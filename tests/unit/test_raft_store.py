@@ -129,7 +129,7 @@ def test_the_replica_middleware_applies_a_trusted_peers_index_first(tmp_path: Pa
 
     from cluster.api.app import replica_middleware
     from cluster.api.context import CTX
-    from cluster.peers import APPLIED_HEADER
+    from cluster.transport.peers import APPLIED_HEADER
 
     waited: list[tuple[int, float]] = []
 

@@ -8,10 +8,10 @@ import hashlib
 import pickle
 from typing import Any
 
-from cluster import tls
 from cluster.state.apply import apply
 from cluster.state.commands import Command
 from cluster.state.model import State
+from cluster.transport import tls
 
 SECRET = "s" * 64
 HASH = hashlib.sha256(SECRET.encode()).hexdigest()

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from cluster.api.handlers.common import REPLICA_LAG, until_replica
 from cluster.api.response import ApiError
-from cluster.peers import APPLIED_HEADER
+from cluster.transport.peers import APPLIED_HEADER
 from tests.unit.served_api import served_api
 
 

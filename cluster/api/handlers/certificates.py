@@ -22,7 +22,6 @@ from typing import Any
 
 from aiohttp import web
 
-from cluster import tls
 from cluster.api import queries, schemas
 from cluster.api.bodies import json_body
 from cluster.api.context import Context
@@ -30,10 +29,11 @@ from cluster.api.handlers.common import ctx_of
 from cluster.api.op_registry import Operation, rfc3339
 from cluster.api.response import ApiError, async_operation, bad_request, not_found
 from cluster.api.response import sync as sync_response
-from cluster.https import HTTPS, is_trusted, listen_addresses, token_lifetime
 from cluster.state.clock import wall_time
 from cluster.state.commands import command
 from cluster.state.model import Certificate
+from cluster.transport import tls
+from cluster.transport.https import HTTPS, is_trusted, listen_addresses, token_lifetime
 
 
 def certificate_view(cert: Certificate) -> dict[str, Any]:
@@ -133,7 +133,7 @@ def _created(fingerprint: str) -> web.Response:
 async def add_certificate(request: web.Request) -> web.Response:
     ctx = ctx_of(request)
     body = await json_body(request, schemas.CertificatesPost)
-    trusted = is_trusted(request)
+    trusted = is_trusted(request, ctx.store)
     if body.get("token"):
         if not trusted:
             raise ApiError(403, "not authorized")

@@ -1,4 +1,4 @@
-"""Joining members to the cluster (see cluster/membership.py for the protocol)."""
+"""Joining members to the cluster (see cluster/membership/joining.py for the protocol)."""
 
 from __future__ import annotations
 
@@ -15,21 +15,21 @@ from cluster.api.bodies import json_body
 from cluster.api.context import Context
 from cluster.api.handlers.common import ctx_of
 from cluster.api.response import ApiError, bad_request, empty, sync
-from cluster.https import HTTPS, Identity
-from cluster.membership import (
+from cluster.controllers.voters import add_voter
+from cluster.membership.joining import (
     JoinToken,
     accept_reply,
     check_accept_body,
     new_secret,
-    raft_address_for,
-    raft_password,
     secret_hash,
     token_expiry,
 )
+from cluster.membership.raft_role import background
 from cluster.state.apply_members import VOTER
 from cluster.state.clock import wall_time
 from cluster.state.commands import command
-from cluster.voters import add_voter, background
+from cluster.transport.https import HTTPS, Identity, raft_address_for
+from cluster.transport.raft_secret import raft_password
 
 log = logging.getLogger(__name__)
 JOIN_TIMEOUT = 60.0
@@ -83,7 +83,7 @@ async def accept_member(request: web.Request) -> web.Response:
     if voter:
         # The change may need the new member's vote to commit (two voters), and that
         # member starts Raft only after this reply: add it in the background.
-        background(add_voter(ctx, raft))
+        background(add_voter(ctx.store, raft))  # at once: the controller would within a round
     identity = _identity(request)
     with ctx.store.read() as state:
         members = [{"name": m.name, "address": m.address, "raft_address": m.raft_address,
@@ -112,8 +112,6 @@ async def remove_member(request: web.Request) -> web.Response:
 
 async def join_cluster(request: web.Request, body: dict[str, Any]) -> None:
     """``corral init --join TOKEN --address ADDR`` on this (uninitialised) member."""
-    from cluster.daemon import open_local_parts
-
     ctx = ctx_of(request)
     token = JoinToken.decode(str(body["join"]))
     address = str(body.get("address") or "")
@@ -137,8 +135,8 @@ async def join_cluster(request: web.Request, body: dict[str, Any]) -> None:
     await ctx.store.rebind(raft, partners, raft_password(key_bytes), fresh=True,
                            voter=voter)
     await _wait_for_own_record(ctx)
-    await open_local_parts(ctx)
-    await request.app[HTTPS].set_identity(request.app, identity)
+    await ctx.open_local_parts()
+    await request.app[HTTPS].set_identity(identity)
 
 
 async def _ask_to_join(token: JoinToken, address: str,

@@ -22,7 +22,6 @@ from typing import Any
 
 from aiohttp import web
 
-from cluster import tls
 from cluster.api import schemas
 from cluster.api.bodies import json_body
 from cluster.api.context import Context
@@ -30,6 +29,7 @@ from cluster.api.handlers.common import ctx_of, until_replica
 from cluster.api.response import ApiError, empty, sync
 from cluster.controllers.move_request import migration_downtime
 from cluster.state.model import Instance
+from cluster.transport import tls
 from node_agent.facade import InstanceSpec, MigrationCredentials, NodeFacade
 
 PROGRESS_EVERY = 0.5  # seconds between progress lines to the orchestrator

@@ -15,7 +15,8 @@ from cluster.api.bodies import json_body
 from cluster.api.context import Context
 from cluster.api.handlers.common import ctx_of
 from cluster.api.response import bad_request, sync
-from cluster.https import (
+from cluster.state.commands import Command, command
+from cluster.transport.https import (
     ADDRESS_KEY,
     HTTPS,
     MEMBER_LOCAL_KEYS,
@@ -24,8 +25,7 @@ from cluster.https import (
     is_trusted,
     listen_addresses,
 )
-from cluster.https import reconcile as https_reconcile
-from cluster.state.commands import Command, command
+from cluster.transport.https import reconcile as https_reconcile
 
 # Only extensions whose behaviour corral really implements.
 API_EXTENSIONS = [
@@ -91,7 +91,7 @@ def server_info(ctx: Context, identity: Any = None, address: str = "") -> dict[s
 
 
 async def get_server(request: web.Request) -> web.Response:
-    if not is_trusted(request):
+    if not is_trusted(request, ctx_of(request).store):
         return sync(untrusted_info())
     listener = request.app.get(HTTPS)
     identity, address = (listener.identity, listener.address) if listener else (None, "")

@@ -17,11 +17,11 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from cluster import peers
 from cluster.api.context import Context
 from cluster.api.handlers.common import ctx_of, until_replica
 from cluster.api.response import ApiError, empty
 from cluster.state.model import Instance
+from cluster.transport import peers
 from node_agent.facade import InstanceSpec
 
 FORWARDED = {"X-Corral-Forwarded": "1"}

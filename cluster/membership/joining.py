@@ -27,11 +27,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from cluster.api.response import ApiError, bad_request
 from cluster.state.clock import wall_time
+from corral_shared.errors import ApiError, bad_request
 
 DEFAULT_JOIN_TOKEN_SECONDS = 3 * 3600.0
-RAFT_PORT_OFFSET = 1  # Raft listens next to the member's HTTPS port
 
 
 @dataclass(frozen=True)
@@ -71,19 +70,6 @@ def secret_hash(secret: str) -> str:
 
 def new_secret() -> str:
     return secrets.token_hex(32)
-
-
-def raft_password(cluster_key_pem: bytes) -> str:
-    """The Raft encryption password every member derives from the cluster key."""
-    return hashlib.sha256(b"corral-raft\0" + cluster_key_pem).hexdigest()
-
-
-def raft_address_for(https_address: str) -> str:
-    """``HOST:PORT`` of Raft for a member whose API listens on ``https_address``."""
-    host, _, port = https_address.rpartition(":")
-    if not host or not port.isdigit():
-        raise bad_request(f"Invalid member address {https_address!r}: want HOST:PORT")
-    return f"{host}:{int(port) + RAFT_PORT_OFFSET}"
 
 
 def token_expiry(config: dict[str, str], now: float) -> float:

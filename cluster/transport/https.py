@@ -18,16 +18,19 @@ import ssl
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from aiohttp import web
 
-from cluster import tls
-from cluster.api.context import CTX
-from cluster.api.response import bad_request
+from cluster.local_config import LocalConfig
+from cluster.state.raft import RaftStore
+from cluster.transport import tls
+from corral_shared.errors import bad_request
 
 log = logging.getLogger(__name__)
 
 DEFAULT_PORT = 8443
+RAFT_PORT_OFFSET = 1  # Raft listens next to the member's HTTPS port
 ADDRESS_KEY = "core.https_address"
 # Server keys each member keeps for itself (in cluster.yaml), as LXD's member-local keys.
 VM_ACCELERATOR_KEY = "core.vm_accelerator"  # auto | kvm | tcg (node_agent accel_choice)
@@ -144,11 +147,34 @@ def listen_addresses(value: str) -> list[str]:
     return [join_address(a, port) for a in _host_addresses(ipv4_only=host == "0.0.0.0")]
 
 
+def raft_address_for(https_address: str) -> str:
+    """``HOST:PORT`` of Raft for a member whose API listens on ``https_address``."""
+    host, _, port = https_address.rpartition(":")
+    if not host or not port.isdigit():
+        raise bad_request(f"Invalid member address {https_address!r}: want HOST:PORT")
+    return f"{host}:{int(port) + RAFT_PORT_OFFSET}"
+
+
+class ListenerHost(Protocol):
+    """What the listener reads of its member to know where to listen (the API's Context
+    is one; the listener does not import the API)."""
+
+    @property
+    def member(self) -> str: ...
+
+    @property
+    def store(self) -> RaftStore: ...
+
+    @property
+    def local(self) -> LocalConfig | None: ...
+
+
 class HttpsListener:
     """Owns the TLS site of the app's runner and keeps it on ``core.https_address``."""
 
-    def __init__(self, identity: Identity) -> None:
+    def __init__(self, identity: Identity, host: ListenerHost) -> None:
         self.identity = identity
+        self.host = host
         self._runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None
         self._address = ""
@@ -162,14 +188,14 @@ class HttpsListener:
     def address(self) -> str:
         return self._address
 
-    async def reconcile(self, app: web.Application) -> None:
+    async def reconcile(self) -> None:
         """Listen on the configured address (or stop listening); raises ``ApiError`` (400)
         when the address is invalid or cannot be bound."""
-        ctx = app[CTX]
-        wanted = ctx.local.config.get(ADDRESS_KEY, "").strip() if ctx.local else ""
-        if ctx.local is not None and ctx.local.clustered:
-            with ctx.store.read() as state:
-                member = state.members.get(ctx.member)
+        me = self.host
+        wanted = me.local.config.get(ADDRESS_KEY, "").strip() if me.local else ""
+        if me.local is not None and me.local.clustered:
+            with me.store.read() as state:
+                member = state.members.get(me.member)
                 if member is None:
                     return  # the replica is being rebuilt (joining): keep what listens
                 wanted = member.address  # each member listens on its own address
@@ -194,7 +220,7 @@ class HttpsListener:
             self._site, self._address = site, wanted
             log.info("HTTPS listener on %s (fingerprint %s)", wanted, self.identity.fingerprint)
 
-    async def set_identity(self, app: web.Application, identity: Identity) -> None:
+    async def set_identity(self, identity: Identity) -> None:
         """Serve a new certificate (a joining member adopts the cluster's)."""
         async with self._lock:
             self.identity = identity
@@ -202,7 +228,7 @@ class HttpsListener:
             if self._site is not None:
                 await self._site.stop()
                 self._site, self._address = None, ""
-        await self.reconcile(app)
+        await self.reconcile()
 
     async def close(self) -> None:
         async with self._lock:
@@ -218,12 +244,13 @@ async def reconcile(request: web.Request) -> None:
     """After a config change: bring the HTTPS listener in line (no-op without one)."""
     listener = request.app.get(HTTPS)
     if listener is not None:
-        await listener.reconcile(request.app)
+        await listener.reconcile()
 
 
-def is_trusted(request: web.Request) -> bool:
+def is_trusted(request: web.Request, store: RaftStore) -> bool:
     """The unix socket is root-only, so trusted (as LXD's); a TLS client is trusted when
-    its certificate's fingerprint is in the trust store; anything else is not."""
+    its certificate's fingerprint is in the trust store (``store``'s replica); anything
+    else is not."""
     transport = request.transport
     sockname = transport.get_extra_info("sockname") if transport else None
     if isinstance(sockname, str) or sockname is None:
@@ -234,5 +261,5 @@ def is_trusted(request: web.Request) -> bool:
     listener = request.app.get(HTTPS)
     if listener is not None and fingerprint == listener.identity.fingerprint:
         return True  # another member: members share the cluster certificate
-    with request.app[CTX].store.read() as state:
+    with store.read() as state:
         return fingerprint in state.certificates

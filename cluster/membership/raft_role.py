@@ -13,15 +13,17 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Coroutine
-from typing import Any
+from pathlib import Path
+from typing import Any, Protocol
 
 import aiohttp
 
-from cluster.api.context import Context
-from cluster.controllers import voters as controller_voters
-from cluster.membership import raft_address_for, raft_password
-from cluster.peers import peer_session
+from cluster.local_config import LocalConfig
 from cluster.state.apply_members import VOTER
+from cluster.state.raft import RaftStore
+from cluster.transport.https import raft_address_for
+from cluster.transport.peers import peer_session
+from cluster.transport.raft_secret import raft_password
 
 log = logging.getLogger(__name__)
 ROLE_CHANGES = ("member.join", "member.remove", "member.roles", "member.update",
@@ -30,18 +32,37 @@ ROLE_CHANGES = ("member.join", "member.remove", "member.roles", "member.update",
 _BACKGROUND: set[asyncio.Task[None]] = set()
 
 
+class _Rooted(Protocol):
+    @property
+    def root(self) -> Path: ...
+
+
+class MemberHost(Protocol):
+    """What these loops read and change of their member (the API's Context is one; this
+    module does not import the API)."""
+
+    @property
+    def member(self) -> str: ...
+
+    @property
+    def store(self) -> RaftStore: ...
+
+    @property
+    def local(self) -> LocalConfig | None: ...
+
+    @property
+    def paths(self) -> _Rooted: ...
+
+    async def save_local(self) -> None: ...
+
+
 def background(coro: Coroutine[Any, Any, None]) -> None:
     task = asyncio.create_task(coro)
     _BACKGROUND.add(task)
     task.add_done_callback(_BACKGROUND.discard)
 
 
-async def add_voter(ctx: Context, raft: str) -> None:
-    """Add a joining voter to Raft at once (the voters controller would within a round)."""
-    await controller_voters.add_voter(ctx.store, raft)
-
-
-async def _switch(ctx: Context, partners: list[str], voter: bool) -> None:
+async def _switch(ctx: MemberHost, partners: list[str], voter: bool) -> None:
     """Restart Raft on this member as a voter or follower, from the leader's state."""
     assert ctx.local is not None
     ctx.local.partners, ctx.local.voter = partners, voter
@@ -53,7 +74,7 @@ async def _switch(ctx: Context, partners: list[str], voter: bool) -> None:
                                voter=voter)
 
 
-async def _follow_own_roles(ctx: Context) -> None:
+async def _follow_own_roles(ctx: MemberHost) -> None:
     """Switch when the roles say so. A replica that is still catching up passes through
     old roles, so the switch happens only when the leader confirms it (or is this member)."""
     with ctx.store.read() as state:
@@ -82,7 +103,7 @@ def _voters_of(view: dict[str, dict[str, Any]], me: str) -> list[str]:
                   for name, m in view.items() if name != me and VOTER in m["roles"])
 
 
-async def track_partners(ctx: Context, period: float = 5.0) -> None:
+async def track_partners(ctx: MemberHost, period: float = 5.0) -> None:
     """Keep cluster.yaml's Raft partners (the voters) in line with the members, and
     switch this member between voter and follower when its roles change."""
     queue = ctx.store.subscribe()
@@ -99,7 +120,7 @@ async def track_partners(ctx: Context, period: float = 5.0) -> None:
         ctx.store.unsubscribe(queue)
 
 
-async def find_way_back(ctx: Context, period: float = 3.0) -> None:
+async def find_way_back(ctx: MemberHost, period: float = 3.0) -> None:
     """A clustered member that sees no leader for two rounds asks the other members how
     the cluster sees it: demoted or promoted while it was down, it switches itself."""
     lonely = 0
@@ -124,7 +145,7 @@ async def find_way_back(ctx: Context, period: float = 3.0) -> None:
             lonely = 0
 
 
-async def _ask_the_cluster(ctx: Context, addresses: list[str] | None = None,
+async def _ask_the_cluster(ctx: MemberHost, addresses: list[str] | None = None,
                            ) -> dict[str, dict[str, Any]] | None:
     """Members by name as a member that knows the leader reports them, or None."""
     if not addresses:

@@ -2,7 +2,7 @@
 
 pysyncobj unpickles whatever reaches its port unless a password is set; with one,
 every message carries a MAC that is checked before anything is parsed. A clustered
-member derives the password from the cluster key (``membership.raft_password``), so
+member derives the password from the cluster key (``raft_password``), so
 only holders of that key talk to it. A member that is not clustered has nobody to
 share a key with: it keeps a random secret in a root-only file, so that not even a
 local user who reaches its loopback port can send it a message.
@@ -10,14 +10,19 @@ local user who reaches its loopback port can send it a message.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import secrets
 from pathlib import Path
 
-from cluster.membership import raft_password
 from cluster.state.journal import fsync_directory
 
 SECRET_FILE = "secret"
+
+
+def raft_password(cluster_key_pem: bytes) -> str:
+    """The Raft encryption password every member derives from the cluster key."""
+    return hashlib.sha256(b"corral-raft\0" + cluster_key_pem).hexdigest()
 
 
 def local_raft_password(raft_dir: Path) -> str:

@@ -1,7 +1,8 @@
-"""``corral init --auto``: make this daemon a one-member cluster.
+"""``POST /internal/init`` (``corral init --auto|--join``): make this daemon a one-member
+cluster, or join one.
 
-The CLI side posts the options to the running daemon's unix socket
-(``POST /internal/init``); the daemon creates the storage pool and the bridge
+The CLI (``cluster.cli.server.init_cluster``) posts the options to the running daemon's
+unix socket; this handler creates the storage pool and the bridge
 (with dnsmasq and NAT) and commits ``cluster.bootstrap``. Doing it twice is
 refused with a clear error and changes nothing.
 """
@@ -11,9 +12,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import platform
-import sys
 from pathlib import Path
-from typing import Any
 
 from aiohttp import web
 
@@ -23,12 +22,18 @@ from cluster.api.context import Context
 from cluster.api.handlers.cluster_join import join_cluster
 from cluster.api.handlers.common import ctx_of
 from cluster.api.response import ApiError, bad_request, sync
-from cluster.https import ADDRESS_KEY, HTTPS, check_https_config, join_address, parse_address
-from cluster.https import reconcile as https_reconcile
-from cluster.membership import raft_address_for, raft_password
 from cluster.state import validate
 from cluster.state.commands import command
-from node_agent.capacity import host_capacity
+from cluster.transport.https import (
+    ADDRESS_KEY,
+    HTTPS,
+    check_https_config,
+    join_address,
+    parse_address,
+    raft_address_for,
+)
+from cluster.transport.https import reconcile as https_reconcile
+from cluster.transport.raft_secret import raft_password
 
 DEFAULT_BRIDGE = "corralbr0"
 DEFAULT_ADDRESS = "10.190.72.1/24"
@@ -46,8 +51,6 @@ def _check_address(address: str) -> str:
 
 
 async def init_handler(request: web.Request) -> web.Response:
-    from cluster.daemon import open_local_parts
-
     ctx = ctx_of(request)
     body = await json_body(request, schemas.Init)
     with ctx.store.read() as state:
@@ -78,12 +81,12 @@ async def init_handler(request: web.Request) -> web.Response:
         member={"name": ctx.member, "address": member_address,
                 "architecture": platform.machine(), "raft_address": ctx.store.address,
                 "capacity": await asyncio.to_thread(
-                    host_capacity, Path(pool_config.get("source") or ctx.paths.storage_pools))},
+                    ctx.host.capacity, Path(pool_config.get("source") or ctx.paths.storage_pools))},
         pool={"name": "default", "driver": "dir", "config": pool_config},
         network={"name": bridge, "config": {"ipv4.address": address, "ipv4.nat": "true",
                                             "ipv6.address": "none"}},
         config={}))
-    await open_local_parts(ctx)
+    await ctx.open_local_parts()
     await https_reconcile(request)
     return sync({})
 
@@ -107,30 +110,3 @@ async def _enable_clustering(ctx: Context, request: web.Request, address: str) -
 
 
 ROUTES = [("POST", "/internal/init", init_handler)]
-
-
-async def _post_init(options: dict[str, Any]) -> None:
-    import aiohttp
-
-    from node_agent.paths import Paths, corral_dir
-
-    paths = Paths(corral_dir())
-    connector = aiohttp.UnixConnector(path=str(paths.socket))
-    async with aiohttp.ClientSession(connector=connector) as session:
-        async with session.post("http://corral/internal/init", json=options) as resp:
-            body = await resp.json()
-            if resp.status >= 400:
-                raise RuntimeError(body.get("error") or f"HTTP {resp.status}")
-
-
-def init_auto(args: Any) -> int:
-    """CLI entry: returns the exit code."""
-    options = {key: getattr(args, key, None)
-               for key in ("network_address", "bridge_name", "storage_path", "address",
-                           "join", "member_name")}
-    try:
-        asyncio.run(_post_init({k: v for k, v in options.items() if v}))
-    except (OSError, RuntimeError) as exc:
-        print(f"Error: {exc}", file=sys.stderr)
-        return 1
-    return 0
