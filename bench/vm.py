@@ -12,7 +12,7 @@ paths on this machine. Prints medians of ``--reps``:
   mirrored over NBD): total ms of ``migrate_out`` (disk mirror + RAM), QEMU's downtime, the
   bytes of RAM and disk sent, and the target's prepare and resume (``finish_incoming``).
   Each repetition moves the same guest on (A -> B -> A -> ...). Both streams are TLS, as
-  between members: each side a fresh leaf of one generated CA (``cluster.transport.tls.issue``).
+  between members: each side a fresh leaf of one generated CA (``corral_shared.tls.issue``).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cluster.transport import tls  # noqa: E402
+from corral_shared import tls  # noqa: E402
 from node_agent.drivers.base import InstanceDefinition  # noqa: E402
 from node_agent.drivers.qemu import QemuDriver, host  # noqa: E402
 from node_agent.drivers.qemu import migration as mig  # noqa: E402

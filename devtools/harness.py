@@ -42,7 +42,7 @@ class DaemonProcess:
 
     def corral(self, *args: str, check: bool = True, timeout: float = 120.0,
                input: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
-        result = subprocess.run([sys.executable, "-m", "cluster.cli.main", *args],
+        result = subprocess.run([sys.executable, "-m", "corral_cli.main", *args],
                                 env=self.env, capture_output=True, timeout=timeout,
                                 input=input, check=False)
         if check and result.returncode != 0:
@@ -60,7 +60,7 @@ class DaemonProcess:
         self.root.chmod(0o711)
         log = (self.root / "daemon.stderr").open("ab")
         self.process = subprocess.Popen(
-            self.in_netns([sys.executable, "-m", "cluster.cli.main", "daemon"]), env=self.env,
+            self.in_netns([sys.executable, "-m", "corral_cli.main", "daemon"]), env=self.env,
             stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True)
         log.close()
 

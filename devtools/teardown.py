@@ -38,7 +38,7 @@ def stop_daemon(paths: Paths, timeout: float = 15.0) -> None:
     except (OSError, ValueError):
         return
     cmdline = _cmdline(pid)
-    if not ("corral" in cmdline or "cluster.cli.main" in cmdline) or "daemon" not in cmdline:
+    if not ("corral" in cmdline or "corral_cli.main" in cmdline) or "daemon" not in cmdline:
         return
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout

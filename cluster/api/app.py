@@ -50,9 +50,9 @@ from cluster.api.middleware import error_middleware
 from cluster.api.proxy import setup_proxy
 from cluster.api.response import ApiError, sync
 from cluster.state.errors import Unavailable
-from cluster.transport import tls
 from cluster.transport.https import HTTPS, is_trusted
 from cluster.transport.peers import APPLIED_HEADER
+from corral_shared import tls
 
 log = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

@@ -24,7 +24,7 @@ from aiohttp import web
 
 from cluster.local_config import LocalConfig
 from cluster.state.raft import RaftStore
-from cluster.transport import tls
+from corral_shared import tls
 from corral_shared.errors import bad_request
 
 log = logging.getLogger(__name__)

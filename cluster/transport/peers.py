@@ -17,7 +17,7 @@ from typing import Any
 
 import aiohttp
 
-from cluster.transport import tls
+from corral_shared import tls
 
 CHUNK = 1 << 20
 # The Raft index the sending member has seen committed: the receiver applies as much before

@@ -53,7 +53,7 @@ def test_interactive_exec_through_a_terminal(daemon: DaemonProcess) -> None:
 def _interactive(daemon: DaemonProcess, name: str) -> None:
     master, slave = pty.openpty()
     env = {**os.environ, "CORRAL_SOCKET": str(daemon.socket), "TERM": "xterm"}
-    proc = subprocess.Popen([sys.executable, "-m", "cluster.cli.main", "exec", name,
+    proc = subprocess.Popen([sys.executable, "-m", "corral_cli.main", "exec", name,
                              "--", "sh"], stdin=slave, stdout=slave, stderr=slave, env=env,
                             start_new_session=True)
     os.close(slave)

@@ -34,7 +34,7 @@ def corral(*args: str, stdin: str | bytes | None = None,
     env = dict(os.environ, CORRAL_SOCKET=SOCKET)
     env.pop("TERM", None)
     data = stdin.encode() if isinstance(stdin, str) else stdin
-    proc = subprocess.run([sys.executable, "-m", "cluster.cli.main", *args], env=env,
+    proc = subprocess.run([sys.executable, "-m", "corral_cli.main", *args], env=env,
                           input=data if data is not None else b"", capture_output=True,
                           timeout=180)
     if check and proc.returncode != 0:

@@ -26,7 +26,7 @@ import pylxd
 import pytest
 import yaml
 
-from cluster.transport import tls
+from corral_shared import tls
 from devtools.harness import DaemonProcess
 from tests.integration.api import Api
 from tests.integration.conftest import new_daemon, real_prerequisites
@@ -73,7 +73,7 @@ def client_pair(tmp: Path) -> tuple[Path, Path]:
 def remote_cli(conf: Path, *args: str) -> subprocess.CompletedProcess[str]:
     """``corral`` with its own $CORRAL_CONF and no usable unix socket: HTTPS or nothing."""
     env = {**os.environ, "CORRAL_CONF": str(conf), "CORRAL_DIR": str(conf / "no-daemon")}
-    return subprocess.run([sys.executable, "-m", "cluster.cli.main", *args], env=env,
+    return subprocess.run([sys.executable, "-m", "corral_cli.main", *args], env=env,
                           capture_output=True, text=True, timeout=180, check=False)
 
 

@@ -23,7 +23,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from cluster.api import proxy
 from cluster.api.middleware import error_middleware
-from cluster.transport import tls
+from corral_shared import tls
 from devtools.harness import DaemonProcess
 from tests.integration.api import Api
 from tests.integration.test_https_trust import free_port, tls_call

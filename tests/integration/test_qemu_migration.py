@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 
-from cluster.transport import tls
+from corral_shared import tls
 from node_agent.drivers.base import InstanceDefinition, InvalidState
 from node_agent.drivers.qemu import QemuDriver, host
 from node_agent.drivers.qemu import cmdline as cl

@@ -29,8 +29,8 @@ from cluster.api.listener import start_runner
 from cluster.api.op_registry import Operations
 from cluster.state.commands import command
 from cluster.state.raft import RaftStore
-from cluster.transport import tls
 from cluster.transport.https import HTTPS, HttpsListener, Identity
+from corral_shared import tls
 from node_agent.agent import NodeAgent
 from node_agent.facade import NodeFacade
 from node_agent.idmap import IdMap

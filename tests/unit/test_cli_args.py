@@ -8,11 +8,11 @@ import inspect
 
 import pytest
 
-from cluster.cli.client import UsageError
-from cluster.cli.config import split_set_args
-from cluster.cli.exec import exec_body, is_interactive
-from cluster.cli.main import main
-from cluster.cli.parser import build_parser, parse_args
+from corral_cli.client import UsageError
+from corral_cli.config import split_set_args
+from corral_cli.exec import exec_body, is_interactive
+from corral_cli.main import main
+from corral_cli.parser import build_parser, parse_args
 
 
 def handlers(parser: argparse.ArgumentParser) -> set[str]:
@@ -32,7 +32,7 @@ def test_every_command_names_an_existing_coroutine_or_local_function() -> None:
     assert len(names) > 50
     for name in names:
         module, func = name.split(":")
-        target = getattr(importlib.import_module(f"cluster.cli.{module}"), func)
+        target = getattr(importlib.import_module(f"corral_cli.{module}"), func)
         if name == "server:daemon":
             assert not inspect.iscoroutinefunction(target)
         else:

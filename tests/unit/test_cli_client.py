@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from aiohttp import WSMsgType, web
 
-from cluster.cli.main import main
+from corral_cli.main import main
 
 
 def sync(metadata: Any, status: int = 200, etag: str | None = None) -> web.Response:

@@ -1,4 +1,4 @@
-"""cluster.cli.format: the output details scripts rely on, checked against real lxc output."""
+"""corral_cli.format: the output details scripts rely on, checked against real lxc output."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cluster.cli import format as fmt
+from corral_cli import format as fmt
 
 # Captured from `lxc list` (LXD 5.0.2) on the anchor daemon.
 LXC_LIST = """\

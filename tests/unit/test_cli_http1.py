@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from cluster.cli.http1 import (
+from corral_cli.http1 import (
     Connection,
     Headers,
     ProtocolError,

@@ -10,11 +10,11 @@ from typing import Any
 
 import pytest
 
-from cluster.cli.client import UsageError, error_from
-from cluster.cli.images import alias_cell, image_matches, image_row
-from cluster.cli.listing import info_lines, instance_rows, parse_columns, should_show
-from cluster.cli.operations import flatten, operation_row, render_event
-from cluster.cli.progress import Progress, operation_progress
+from corral_cli.client import UsageError, error_from
+from corral_cli.images import alias_cell, image_matches, image_row
+from corral_cli.listing import info_lines, instance_rows, parse_columns, should_show
+from corral_cli.operations import flatten, operation_row, render_event
+from corral_cli.progress import Progress, operation_progress
 
 
 @pytest.fixture(autouse=True)

@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = ("cluster", "node_agent", "scheduler", "simulator", "corral_shared", "devtools")
+PACKAGES = ("corral_cli", "cluster", "node_agent", "scheduler", "simulator", "corral_shared",
+            "devtools")
 LINT_IMPORTS = Path(sys.executable).with_name("lint-imports")
 
 
@@ -74,23 +75,25 @@ BREACHES = [
      "from scheduler import keys", False),
     ("node_agent never imports the API", "node_agent/paths.py",
      "from cluster.api import response", False),
-    ("Nothing imports the CLI", "cluster/state/model.py", "from cluster.cli import format",
+    ("Nothing imports the CLI", "cluster/state/model.py", "from corral_cli import format",
      True),
     ("cluster.api reaches the host only through node_agent.facade", "cluster/api/views.py",
      "from node_agent.drivers import base", False),
-    ("The layers: CLI > API", "cluster/state/placement.py",
+    ("The layers: CLI > daemon > API", "cluster/state/placement.py",
      "from cluster.controllers import runtime", True),
     ("The product never imports the dev-cluster tooling", "cluster/daemon.py",
      "from devtools import harness", True),
-    ("The layers: CLI > API", "cluster/transport/peers.py",
+    ("The layers: CLI > daemon > API", "cluster/transport/peers.py",
      "from cluster.membership import joining", False),
     ("Membership, transport, controllers and state never import the API",
      "cluster/membership/raft_role.py", "from cluster.api.context import Context", True),
+    ("The CLI is only a client of the API", "corral_cli/remote_config.py",
+     "from cluster.transport import peers", True),
     ("cluster.state imports nothing of the host", "cluster/state/validate.py",
      "from node_agent import paths", False),
     ("Membership, transport, controllers and state never import the API",
      "cluster/transport/peers.py", "from cluster.api import response", False),
-    ("The CLI is only a client of the API", "cluster/cli/format.py",
+    ("The CLI is only a client of the API", "corral_cli/format.py",
      "from cluster.state import model", True),
 ]
 

@@ -15,7 +15,7 @@ import pytest
 from aiohttp import web
 
 from cluster.api.app import MEMBER, build_app, route_table
-from cluster.transport import tls
+from corral_shared import tls
 from tests.unit.served_api import Served, served_api
 
 MARK = "/internal/replica/marks/nothing?timeout=0.2"

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from cluster.api.handlers.members import member_status, member_view, offline_threshold
-from cluster.cli.cluster_cmds import usage
 from cluster.state.model import Member, State
+from corral_cli.cluster_cmds import usage
 from corral_shared.resources import GiB, MiB, Resources
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from cluster.cli.parser import parse_args
+from corral_cli.parser import parse_args
 from devtools.nemesis import (
     TAG,
     Member,

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from cluster.transport import tls
 from cluster.transport.peers import APPLIED_HEADER, PeerClient
+from corral_shared import tls
 
 
 @pytest.fixture

@@ -29,7 +29,7 @@ from cluster.api.middleware import error_middleware
 from cluster.api.op_registry import Operations
 from cluster.api.response import ApiError, sync
 from cluster.state.model import Instance, Member, State
-from cluster.transport import tls
+from corral_shared import tls
 
 Client = TestClient[web.Request, web.Application]
 

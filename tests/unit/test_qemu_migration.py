@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from cryptography import x509
 
-from cluster.transport import tls
+from corral_shared import tls
 from node_agent.drivers.base import InstanceDefinition, InvalidState
 from node_agent.drivers.qemu import QemuDriver
 from node_agent.drivers.qemu import cmdline as cl

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cluster.cli.client import UsageError
-from cluster.cli.parser import parse_args
-from cluster.cli.remote_config import Remote, resolve
+from corral_cli.client import UsageError
+from corral_cli.parser import parse_args
+from corral_cli.remote_config import Remote, resolve
 
 
 @pytest.fixture

@@ -10,11 +10,11 @@ import threading
 from pathlib import Path
 
 from cluster.api.replica_check import Report, compare
-from cluster.cli.cluster_cmds import describe_verdict
 from cluster.state.apply import apply
 from cluster.state.commands import Command
 from cluster.state.digest import KEPT_MARKS, MARK, MarkBook, state_digest
 from cluster.state.model import Action, Instance, State
+from corral_cli.cluster_cmds import describe_verdict
 
 
 def _state(suffix: str = "") -> State:

@@ -11,7 +11,7 @@ from typing import Any
 from cluster.state.apply import apply
 from cluster.state.commands import Command
 from cluster.state.model import State
-from cluster.transport import tls
+from corral_shared import tls
 
 SECRET = "s" * 64
 HASH = hashlib.sha256(SECRET.encode()).hexdigest()

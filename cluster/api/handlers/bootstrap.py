@@ -1,7 +1,7 @@
 """``POST /internal/init`` (``corral init --auto|--join``): make this daemon a one-member
 cluster, or join one.
 
-The CLI (``cluster.cli.server.init_cluster``) posts the options to the running daemon's
+The CLI (``corral_cli.server.init_cluster``) posts the options to the running daemon's
 unix socket; this handler creates the storage pool and the bridge
 (with dnsmasq and NAT) and commits ``cluster.bootstrap``. Doing it twice is
 refused with a clear error and changes nothing.

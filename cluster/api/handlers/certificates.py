@@ -32,8 +32,8 @@ from cluster.api.response import sync as sync_response
 from cluster.state.clock import wall_time
 from cluster.state.commands import command
 from cluster.state.model import Certificate
-from cluster.transport import tls
 from cluster.transport.https import HTTPS, is_trusted, listen_addresses, token_lifetime
+from corral_shared import tls
 
 
 def certificate_view(cert: Certificate) -> dict[str, Any]:

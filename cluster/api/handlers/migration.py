@@ -29,7 +29,7 @@ from cluster.api.handlers.common import ctx_of, until_replica
 from cluster.api.response import ApiError, empty, sync
 from cluster.controllers.move_request import migration_downtime
 from cluster.state.model import Instance
-from cluster.transport import tls
+from corral_shared import tls
 from node_agent.facade import InstanceSpec, MigrationCredentials, NodeFacade
 
 PROGRESS_EVERY = 0.5  # seconds between progress lines to the orchestrator

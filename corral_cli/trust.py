@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from cluster.cli import format as fmt
-from cluster.cli.client import Client, CliError, UsageError
-from cluster.cli.operations import flatten
+from corral_cli import format as fmt
+from corral_cli.client import Client, CliError, UsageError
+from corral_cli.operations import flatten
 
 TOKEN_FIELDS = ("client_name", "fingerprint", "addresses", "secret", "expires_at")
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cluster.cli.client import UsageError
+from corral_cli.client import UsageError
 
 LOCAL = "local"
 # Namespace attributes that may carry a REMOTE: prefix (never exec's command line).
@@ -47,7 +47,7 @@ class Remote:
     def ssl_context(self) -> ssl.SSLContext:
         """Present our client certificate; accept only the pinned server certificate."""
         # CLI start-up: cryptography (~100 ms) loads only for an HTTPS remote.
-        from cluster.transport import tls  # CLI start-up: only when a certificate is made
+        from corral_shared import tls  # CLI start-up: only when a certificate is made
 
         crt, key = ensure_client_cert()
         try:
@@ -60,7 +60,7 @@ class Remote:
 
 def ensure_client_cert() -> tuple[Path, Path]:
     """``client.crt``/``client.key`` in ``$CORRAL_CONF``, generated on first use (as lxc)."""
-    from cluster.transport import tls  # CLI start-up: only when a certificate is made
+    from corral_shared import tls  # CLI start-up: only when a certificate is made
 
     root = conf_dir()
     crt, key = root / "client.crt", root / "client.key"

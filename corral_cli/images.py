@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from cluster.cli import format as fmt
-from cluster.cli.client import ApiError, Client, CliError, error_from
-from cluster.cli.progress import CHUNK, Progress, stream_file
+from corral_cli import format as fmt
+from corral_cli.client import ApiError, Client, CliError, error_from
+from corral_cli.progress import CHUNK, Progress, stream_file
 
 IMAGE_SHOW_FIELDS = ("auto_update", "properties", "public", "expires_at", "profiles")
 IMAGE_HEADER = ["ALIAS", "FINGERPRINT", "PUBLIC", "DESCRIPTION", "ARCHITECTURE", "TYPE",

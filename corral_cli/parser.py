@@ -10,9 +10,9 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from cluster.cli import VERSION
-from cluster.cli.client import UsageError
-from cluster.cli.commands import build_parser
+from corral_cli import VERSION
+from corral_cli.client import UsageError
+from corral_cli.commands import build_parser
 
 __all__ = ["VERSION", "build_parser", "parse_args"]
 

@@ -11,7 +11,7 @@ import time
 from collections.abc import AsyncIterator, Mapping
 from typing import Any, BinaryIO, TextIO
 
-from cluster.cli.format import byte_size_si
+from corral_cli.format import byte_size_si
 
 CHUNK = 256 * 1024
 

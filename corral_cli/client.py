@@ -22,14 +22,14 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from cluster.cli.http1 import Connection, ProtocolError, request_target
-from cluster.cli.progress import Progress
+from corral_cli.http1 import Connection, ProtocolError, request_target
+from corral_cli.progress import Progress
 from corral_shared.paths import corral_dir
 
 if TYPE_CHECKING:
     import aiohttp
 
-    from cluster.cli.remote_config import Remote
+    from corral_cli.remote_config import Remote
 
 HOST = "http://unix.socket"  # the host name lxc uses for its unix-socket transport
 FINAL_OK = 200

@@ -3,7 +3,7 @@
 Flow::
 
     argv --parser.parse_args--> Namespace(handler="module:function", ...)
-         --dispatch--> cluster.cli.<module>.<function>(client, args) -> exit code
+         --dispatch--> corral_cli.<module>.<function>(client, args) -> exit code
                        (server:daemon and server:init --auto run without a client)
 
 Handlers raise ``CliError``; it is printed here, once, as ``Error: <message>``.
@@ -19,9 +19,9 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from cluster.cli.client import Client, CliError
-from cluster.cli.parser import parse_args
-from cluster.cli.remote_config import resolve as resolve_remote
+from corral_cli.client import Client, CliError
+from corral_cli.parser import parse_args
+from corral_cli.remote_config import resolve as resolve_remote
 
 # Handlers that run without a connection to the daemon (they start it or set it up).
 LOCAL_HANDLERS = {"server:daemon", "server:init_cluster", "devcluster:up", "devcluster:down",
@@ -33,9 +33,9 @@ LOCAL_HANDLERS |= {"remote_cmds:add", "remote_cmds:list_", "remote_cmds:remove",
 
 
 def resolve(handler: str) -> Callable[..., Any]:
-    """Import ``cluster.cli.<module>`` and return its handler function."""
+    """Import ``corral_cli.<module>`` and return its handler function."""
     module_name, func_name = handler.split(":")
-    module = importlib.import_module(f"cluster.cli.{module_name}")
+    module = importlib.import_module(f"corral_cli.{module_name}")
     func: Callable[..., Any] = getattr(module, func_name)
     return func
 

@@ -13,8 +13,8 @@ import asyncio
 import importlib
 import time
 
-from cluster.cli import VERSION
-from cluster.cli.client import ApiError, Client, CliError, Unreachable
+from corral_cli import VERSION
+from corral_cli.client import ApiError, Client, CliError, Unreachable
 
 
 def daemon(args: argparse.Namespace) -> object:

@@ -11,8 +11,8 @@ from urllib.parse import quote
 
 from aiohttp import WSMsgType
 
-from cluster.cli.client import Client, error_from
-from cluster.cli.exec import StdinReader, raw_terminal
+from corral_cli.client import Client, error_from
+from corral_cli.exec import StdinReader, raw_terminal
 
 DETACH = b"\x01q"  # ctrl+a q, as lxc console
 

@@ -32,7 +32,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-from cluster.cli.client import ApiError, Client, CliError, UsageError
+from corral_cli.client import ApiError, Client, CliError, UsageError
 
 if TYPE_CHECKING:
     import aiohttp

@@ -8,8 +8,8 @@ import sys
 from typing import Any
 from urllib.parse import quote, urlencode
 
-from cluster.cli import format as fmt
-from cluster.cli.client import Client
+from corral_cli import format as fmt
+from corral_cli.client import Client
 
 OPERATION_HEADER = ["ID", "TYPE", "DESCRIPTION", "STATUS", "CANCELABLE", "CREATED"]
 

@@ -8,9 +8,9 @@ import sys
 from typing import Any
 from urllib.parse import quote
 
-from cluster.cli import format as fmt
-from cluster.cli.client import Client, CliError
-from cluster.cli.config import (
+from corral_cli import format as fmt
+from corral_cli.client import Client, CliError
+from corral_cli.config import (
     Target,
     add_device,
     apply_settings,
@@ -18,7 +18,7 @@ from cluster.cli.config import (
     set_device,
     update,
 )
-from cluster.cli.instances import parse_pairs
+from corral_cli.instances import parse_pairs
 
 PROFILE_SHOW_FIELDS = ("config", "description", "devices", "name", "used_by")
 

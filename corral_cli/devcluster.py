@@ -15,7 +15,7 @@ import importlib
 from pathlib import Path
 from typing import Any
 
-from cluster.cli.client import CliError
+from corral_cli.client import CliError
 
 
 async def up(args: argparse.Namespace) -> int:

@@ -8,9 +8,9 @@ import sys
 from typing import Any
 from urllib.parse import quote
 
-from cluster.cli import format as fmt
-from cluster.cli.client import Client, UsageError
-from cluster.cli.progress import Progress
+from corral_cli import format as fmt
+from corral_cli.client import Client, UsageError
+from corral_cli.progress import Progress
 
 
 def usage(member: dict[str, Any], dimension: str) -> str:

@@ -103,7 +103,7 @@ def render_json(data: Any) -> str:
 def render_yaml(data: Any, sort_keys: bool = False) -> str:
     """Block-style YAML, keys in the server's order unless ``sort_keys``. (PyYAML is
     imported here, by the commands that print YAML: ~25 ms of every other command.)"""
-    from cluster.cli.yaml_format import render_yaml as render  # CLI start-up speed
+    from corral_cli.yaml_format import render_yaml as render  # CLI start-up speed
 
     return render(data, sort_keys)
 

@@ -18,9 +18,9 @@ import time
 from typing import Any, BinaryIO
 from urllib.parse import quote
 
-from cluster.cli import format as fmt
-from cluster.cli.client import Client, CliError, UsageError, error_from
-from cluster.cli.progress import CHUNK, Progress, stream_file
+from corral_cli import format as fmt
+from corral_cli.client import Client, CliError, UsageError, error_from
+from corral_cli.progress import CHUNK, Progress, stream_file
 
 
 def split_target(spec: str) -> tuple[str, str]:

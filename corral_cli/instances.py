@@ -11,8 +11,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 from urllib.parse import quote
 
-from cluster.cli.client import ApiError, Client, CliError, UsageError
-from cluster.cli.progress import Progress
+from corral_cli.client import ApiError, Client, CliError, UsageError
+from corral_cli.progress import Progress
 
 STOPPED_CODES = (102, 112)  # Stopped, Error: what lxc's IsActive() treats as not running
 FROZEN = 110

@@ -1,7 +1,7 @@
 """The ``corral`` command tree, shaped like ``lxc``'s: verbs, flags and their defaults.
 
 Every leaf command records the handler that runs it as ``handler="module:function"``
-(a module of ``cluster.cli``), so only the module a command needs is imported.
+(a module of ``corral_cli``), so only the module a command needs is imported.
 """
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
-from cluster.cli import VERSION
-from cluster.cli.client import UsageError
-from cluster.cli.format import FORMATS
+from corral_cli import VERSION
+from corral_cli.client import UsageError
+from corral_cli.format import FORMATS
 
 
 class Parser(argparse.ArgumentParser):

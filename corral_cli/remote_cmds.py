@@ -15,9 +15,9 @@ import base64
 import sys
 from urllib.parse import urlsplit
 
-from cluster.cli import format as fmt
-from cluster.cli.client import ApiError, Client, CliError, Unreachable, UsageError
-from cluster.cli.remote_config import (
+from corral_cli import format as fmt
+from corral_cli.client import ApiError, Client, CliError, Unreachable, UsageError
+from corral_cli.remote_config import (
     LOCAL,
     Remote,
     conf_dir,
@@ -25,7 +25,7 @@ from cluster.cli.remote_config import (
     load_config,
     save_config,
 )
-from cluster.cli.trust import decode_token
+from corral_cli.trust import decode_token
 
 DEFAULT_PORT = 8443
 CONNECT_TIMEOUT = 10.0
@@ -47,7 +47,7 @@ def url_of(address: str) -> tuple[str, str, int]:
 
 async def fetch_certificate(host: str, port: int) -> bytes:
     """The DER certificate the server at host:port presents (not verified: callers pin it)."""
-    from cluster.transport import tls  # cryptography: loaded by the verbs that use it
+    from corral_shared import tls  # cryptography: loaded by the verbs that use it
 
     crt, key = ensure_client_cert()
     context = tls.client_context(crt, key)
@@ -68,7 +68,7 @@ async def fetch_certificate(host: str, port: int) -> bytes:
 
 async def _from_token(token: str) -> tuple[str, bytes, str]:
     """URL, pinned certificate and secret of the first token address that proves itself."""
-    from cluster.transport import tls  # cryptography: loaded by the verbs that use it
+    from corral_shared import tls  # cryptography: loaded by the verbs that use it
 
     fields = decode_token(token)
     problems = []
@@ -87,7 +87,7 @@ async def _from_token(token: str) -> tuple[str, bytes, str]:
 
 
 async def _from_url(address: str, accept: bool, password: str) -> tuple[str, bytes, str]:
-    from cluster.transport import tls  # cryptography: loaded by the verbs that use it
+    from corral_shared import tls  # cryptography: loaded by the verbs that use it
 
     url, host, port = url_of(address)
     der = await fetch_certificate(host, port)
@@ -112,7 +112,7 @@ async def _trust_me(remote: Remote, secret: str) -> None:
             raise CliError("The remote does not trust this client: use a trust token "
                            "(corral config trust add) or --password")
         crt, _ = ensure_client_cert()
-        from cluster.transport import tls  # cryptography: loaded by the verbs that use it
+        from corral_shared import tls  # cryptography: loaded by the verbs that use it
 
         der = tls.pem_to_der(crt.read_text())
         body = {"type": "client", "certificate": base64.b64encode(der).decode(),
@@ -123,7 +123,7 @@ async def _trust_me(remote: Remote, secret: str) -> None:
 
 
 async def add(args: argparse.Namespace) -> int:
-    from cluster.transport import tls  # cryptography: loaded by the verbs that use it
+    from corral_shared import tls  # cryptography: loaded by the verbs that use it
 
     name = args.remote_name
     if not name or any(c in name for c in ":/ ") or name == LOCAL:

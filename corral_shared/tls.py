@@ -1,5 +1,9 @@
 """Certificates and TLS contexts for corral's HTTPS API (LXD's model).
 
+Shared vocabulary because both sides use it: the daemon's listener and member-to-member
+client (``cluster.transport``) and the CLI's remotes (``corral_cli``, which imports
+nothing of ``cluster``). Imports nothing of corral.
+
 The server and every client own a self-signed certificate. Clients are
 authorised by the SHA-256 fingerprint of their certificate in the replicated
 trust store, not by a CA; clients pin the server's certificate (or its

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
-from cluster.cli import format as fmt
-from cluster.cli.client import Client, UsageError
-from cluster.cli.instances import is_active
+from corral_cli import format as fmt
+from corral_cli.client import Client, UsageError
+from corral_cli.instances import is_active
 
 Instance = dict[str, Any]
 

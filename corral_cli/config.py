@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
-from cluster.cli import format as fmt
-from cluster.cli.client import Client, CliError, UsageError
-from cluster.cli.instances import parse_pairs, split_snapshot
+from corral_cli import format as fmt
+from corral_cli.client import Client, CliError, UsageError
+from corral_cli.instances import parse_pairs, split_snapshot
 
 INSTANCE_FIELDS = ("architecture", "config", "devices", "ephemeral", "profiles", "stateful",
                    "description")

@@ -1,3 +1,0 @@
-"""cluster/cli: the ``corral`` command-line client (see README.md)."""
-
-VERSION = "0.1.0"
