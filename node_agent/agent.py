@@ -45,7 +45,8 @@ def created_uids(cmd: Any, member: str) -> list[str]:
 
 
 class NodeAgent:
-    def __init__(self, member: str, store: Store, node: LocalNode) -> None:
+    def __init__(self, member: str, store: Store, node: LocalNode,
+                 boot_id: str | None = None) -> None:
         self.member = member
         self.store = store
         self.node = node
@@ -55,6 +56,7 @@ class NodeAgent:
         self._heartbeat_task: asyncio.Task[None] | None = None
         self._restocking: set[tuple[str, str, bool]] = set()
         self._background: set[asyncio.Task[None]] = set()
+        self._boot_id = boot_id  # the host's, read from /proc unless given (tests)
         self._host_cache = ""
 
     async def start(self) -> None:
@@ -241,7 +243,7 @@ class NodeAgent:
     @property
     def _host(self) -> str:
         if not self._host_cache:
-            self._host_cache = host_token(self.member, _boot_id())
+            self._host_cache = host_token(self.member, self._boot_id or _boot_id())
         return self._host_cache
 
     async def _report(self, spec: InstanceSpec, generation: int, error: str, status: str,
