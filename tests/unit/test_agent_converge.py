@@ -4,6 +4,7 @@ queue of power actions to replay, the same end state after a restart."""
 from __future__ import annotations
 
 import asyncio
+import pickle
 from collections.abc import Callable
 from contextlib import contextmanager
 from types import SimpleNamespace
@@ -13,7 +14,7 @@ import pytest
 
 from cluster.state.apply import apply
 from cluster.state.commands import Command
-from cluster.state.model import Action, State
+from cluster.state.model import Action, Instance, Observed, State
 from cluster.state.store import Change
 from node_agent import agent as agent_module
 from node_agent.agent import NodeAgent
@@ -87,6 +88,21 @@ async def settle(agent: NodeAgent) -> None:
         if not any(not w.done() for w in agent._workers.values()):
             return
     raise AssertionError("the agent never settled")
+
+
+class _OldPickle:
+    """Pickles as an instance of ``cls`` whose state is the plain dict ``data`` (what a
+    snapshot written before the new fields held)."""
+
+    def __init__(self, cls: type, data: dict[str, Any]) -> None:
+        self.cls, self.data = cls, data
+
+    def __reduce__(self) -> Any:
+        return (object.__new__, (self.cls,), self.data)
+
+
+def _old_pickle(cls: type, data: dict[str, Any]) -> Any:
+    return _OldPickle(cls, data)
 
 
 def run(body: Callable[[], Any]) -> None:
@@ -176,19 +192,28 @@ def test_a_stopped_instance_is_started_only_after_a_host_reboot(
 
 
 def test_a_snapshot_from_before_with_queued_power_actions_converges(host: FakeHost) -> None:
-    """An older snapshot's queue (create, start, stop stateful) runs once, in order."""
+    """An instance pickled before power was desired state (no ``boots``, ``power_args``,
+    ``observed.boots`` or ``observed.host``; a queue of create, start, stop stateful)
+    loads, and its queue runs once, in order."""
     async def body() -> None:
         state = bootstrapped()
         create(state, "c1")
-        inst = state.instances["c1"]
-        inst.pending += [Action(2, "start", {}), Action(3, "stop", {"stateful": True})]
-        inst.generation, inst.power = 3, "Stopped"
+        fields = state.instances["c1"].__getstate__()  # type: ignore[attr-defined]
+        old = {k: v for k, v in fields.items() if k not in ("boots", "power_args")}
+        old["observed"] = _old_pickle(Observed, {"generation": 0, "status": "Stopped",
+                                                 "error": ""})
+        old["pending"] = [Action(1, "create", {}), Action(2, "start", {}),
+                          Action(3, "stop", {"stateful": True})]
+        old["generation"], old["power"] = 3, "Stopped"
+        inst = pickle.loads(pickle.dumps(_old_pickle(Instance, old)))
+        state.instances["c1"] = inst
         store = MemoryStore(state)
         agent = NodeAgent("m1", store, host, boot_id="b")  # type: ignore[arg-type]
         await agent.start()
         await settle(agent)
         await agent.close()
         assert host.done == [("c1", "create"), ("c1", "start"), ("c1", "stop")]
+        assert (inst.boots, inst.power_args, inst.observed.host) == (0, None, "m1/b")
         assert inst.pending == [] and inst.stateful and not inst.busy
         assert [r["generation"] for r in store.reports()] == [3]
     run(body)
