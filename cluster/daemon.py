@@ -13,7 +13,6 @@ import os
 import signal
 import sys
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -55,18 +54,6 @@ def _setup_logging(paths: Paths, debug: bool) -> None:
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
 
 
-def _host_rebooted(paths: Paths) -> bool:
-    """Whether the host booted since this daemon last ran (its boot id changed)."""
-    marker = paths.root / "boot_id"
-    current = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    try:
-        previous = marker.read_text().strip()
-    except OSError:
-        previous = ""
-    marker.write_text(current + "\n")
-    return previous != current
-
-
 async def serve(paths: Paths, ready: asyncio.Event | None = None) -> None:
     paths.ensure()
     local = await asyncio.to_thread(load_or_create, paths.cluster_file)
@@ -91,7 +78,7 @@ async def serve(paths: Paths, ready: asyncio.Event | None = None) -> None:
                   host=NodeFacade(node, agent), ops=ops, events=events, local=local)
     await ctx.open_local_parts()
     accel_task = asyncio.create_task(asyncio.to_thread(node.probe_accelerator))
-    await agent.start(host_rebooted=_host_rebooted(paths))
+    await agent.start()
     partners_task = asyncio.create_task(track_partners(ctx))
     controllers = LeaderRuntime(store, lambda: ctx.member,
                                 [LivenessController(), VotersController(), MovesController(),

@@ -98,7 +98,10 @@ def _restart(node: LocalNode, spec: InstanceSpec, args: dict[str, Any]) -> None:
 
 
 def _freeze(node: LocalNode, spec: InstanceSpec, args: dict[str, Any]) -> None:
-    if node.status(spec.name, spec.type) == "Running":
+    status = node.status(spec.name, spec.type)
+    if status == "Stopped":  # an error, so the desired state settles on Stopped (LXD refuses)
+        raise DriverError(f"The instance {spec.name!r} is not running")
+    if status == "Running":
         node.driver_for(spec.type).freeze(spec.name)
 
 

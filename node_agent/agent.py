@@ -1,10 +1,14 @@
 """The node agent: converge this member's instances to the replicated desired state.
 
-It is woken by the store's change feed (push, not polling). Each instance has
-at most one worker at a time; a worker runs the instance's pending actions in
-generation order and reports each one back with an ``instance.observed``
-command. After a restart the pending actions are simply run again (actions
-are idempotent), and instances that should run but do not are started.
+It is woken by the store's change feed (push, not polling) and looks at every local
+instance again every ``RESYNC_SECONDS`` (a safety net). Each instance has at most one
+worker at a time; a worker runs convergence passes (``converge``): the queued one-shot
+changes in generation order (create, update, rename, snapshots, restore, delete), then
+the power steps that ``converge.plan_power`` finds between the desired power state and
+what the host shows, and one ``instance.observed`` report for the whole pass. After a
+restart, a crash or a host reboot the agent does the same thing: it converges every
+local instance (steps are idempotent), with no special case and no queue of power
+actions to replay.
 """
 
 from __future__ import annotations
@@ -12,6 +16,8 @@ from __future__ import annotations
 import asyncio
 import copy
 import logging
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from cluster.state.apply_instances import expanded
@@ -21,6 +27,7 @@ from cluster.state.store import Store
 from cluster.transport.peers import download_image
 from node_agent.actions import perform
 from node_agent.capacity import host_capacity
+from node_agent.converge import Seen, Want, host_token, plan_power
 from node_agent.node import InstanceSpec, LocalNode
 from node_agent.vm_guard import guard_vms
 
@@ -38,7 +45,8 @@ def created_uids(cmd: Any, member: str) -> list[str]:
 
 
 class NodeAgent:
-    def __init__(self, member: str, store: Store, node: LocalNode) -> None:
+    def __init__(self, member: str, store: Store, node: LocalNode,
+                 boot_id: str | None = None) -> None:
         self.member = member
         self.store = store
         self.node = node
@@ -48,10 +56,12 @@ class NodeAgent:
         self._heartbeat_task: asyncio.Task[None] | None = None
         self._restocking: set[tuple[str, str, bool]] = set()
         self._background: set[asyncio.Task[None]] = set()
+        self._boot_id = boot_id  # the host's, read from /proc unless given (tests)
+        self._host_cache = ""
 
-    async def start(self, host_rebooted: bool = False) -> None:
+    async def start(self) -> None:
         queue = self.store.subscribe()
-        await self._boot(host_rebooted)
+        self._boot()
         self._task = asyncio.create_task(self._watch(queue))
         self._heartbeat_task = asyncio.create_task(self._heartbeat())
         if self.node.vm_driver is not None:
@@ -105,35 +115,10 @@ class NodeAgent:
         pool = self.node.pools.get("default") or next(iter(self.node.pools.values()), None)
         return host_capacity(pool.path if pool is not None else None)
 
-    async def _boot(self, host_rebooted: bool) -> None:
-        """Re-attach after a restart. After a host reboot, start again what ran before
-        (as LXD does); after a mere daemon restart, what stopped meanwhile stopped by
-        itself (a poweroff inside) and is only reported."""
-        with self.store.read() as state:
-            mine = [i.uid for i in state.instances.values() if i.location == self.member]
-        if host_rebooted:
-            for spec in await self._stopped_but_wanted():
-                await self._run_action(spec, Action(0, "start"), report=False)
-        await self._report_self_stops()
-        for uid in mine:
-            self.kick(uid)
-
-    async def _stopped_but_wanted(self) -> list[InstanceSpec]:
-        """Local instances that should run, have no pending work, and do not run."""
-        with self.store.read() as state:
-            specs = [self._spec_of(state, i) for i in state.instances.values()
-                     if i.location == self.member and i.power in ("Running", "Frozen")
-                     and not i.pending]
-        statuses = await asyncio.to_thread(
-            lambda: [self.node.status(s.name, s.type) for s in specs])
-        return [s for s, status in zip(specs, statuses, strict=True) if status == "Stopped"]
-
-    async def _report_self_stops(self) -> None:
-        """Record instances that stopped on their own; ephemeral ones are deleted (LXD)."""
-        for spec in await self._stopped_but_wanted():
-            await self.store.submit(command("instance.observe_status", uid=spec.uid,
-                                            status="Stopped"))
-            await self._delete_if_ephemeral(spec)
+    def _boot(self) -> None:
+        """Re-attach after a restart: converge every local instance. Whether its host
+        rebooted meanwhile is the plan's to see (``converge.rebooted``)."""
+        self._resync()
 
     async def _delete_if_ephemeral(self, spec: InstanceSpec) -> None:
         with self.store.read() as state:
@@ -160,10 +145,6 @@ class NodeAgent:
 
     async def _resync_now(self) -> None:
         self._resync()
-        try:
-            await self._report_self_stops()
-        except Exception as exc:  # noqa: BLE001 - the next resync tries again
-            log.info("could not report self-stopped instances: %s", exc)
 
     def _uids_of(self, cmd: Any) -> list[str]:
         if cmd.type in ("instance.create", "instance.create_many"):
@@ -176,9 +157,9 @@ class NodeAgent:
         return []
 
     def _resync(self) -> None:
+        """Converge every local instance (a pass with nothing to do commits nothing)."""
         with self.store.read() as state:
-            uids = [i.uid for i in state.instances.values()
-                    if i.location == self.member and i.pending]
+            uids = [i.uid for i in state.instances.values() if i.location == self.member]
         for uid in uids:
             self.kick(uid)
 
@@ -193,25 +174,85 @@ class NodeAgent:
         try:
             while uid in self._dirty:
                 self._dirty.discard(uid)
-                while True:
-                    found = self._next_action(uid)
-                    if found is None:
-                        break
-                    await self._run_action(*found)
+                if await self.converge(uid):
+                    self._dirty.add(uid)  # a failed step ended the pass early
         finally:
             self._workers.pop(uid, None)
 
-    def _next_action(self, uid: str) -> tuple[InstanceSpec, Action] | None:
+    def _read(self, uid: str) -> _Pass | None:
         with self.store.read() as state:
             inst = state.instance_by_uid(uid)
-            if inst is None or inst.location != self.member or not inst.pending:
+            if inst is None or inst.location != self.member:
                 return None
-            return self._spec_of(state, inst), copy.deepcopy(inst.pending[0])
+            seen = inst.observed
+            return _Pass(
+                self._spec_of(state, inst), copy.deepcopy(inst.pending),
+                Want(inst.power, inst.boots, inst.generation, dict(inst.power_args or {}),
+                     moving=bool(inst.moving_to)),
+                Seen(seen.generation, seen.status, seen.boots, seen.host))
 
-    def _spec(self, uid: str) -> InstanceSpec | None:
-        with self.store.read() as state:
-            inst = state.instance_by_uid(uid)
-            return self._spec_of(state, inst) if inst is not None else None
+    async def converge(self, uid: str) -> bool:
+        """One pass over ``uid``: its queued one-shot changes, then its power state, then
+        at most one report. True if a failed one-shot change left work for another pass."""
+        found = self._read(uid)
+        if found is None:
+            return False
+        spec, actions, want, seen = found.spec, found.actions, found.want, found.seen
+        for act in actions:
+            error = await self._run_action(spec, act)
+            if act.kind == "delete" and not error:
+                await self._report(spec, act.generation, "", "Stopped", want.boots)
+                return False
+            if error:
+                status = await asyncio.to_thread(self.node.status, spec.name, spec.type)
+                await self._report(spec, act.generation, error, status, seen.boots)
+                return act.generation < want.generation
+        host = self._host
+        steps, status, error, self_stopped = await asyncio.to_thread(
+            self._converge_power, spec, want, seen, host)
+        if self_stopped:
+            await self.store.submit(command("instance.observe_status", uid=spec.uid,
+                                            status="Stopped"))
+            await self._delete_if_ephemeral(spec)
+            return False
+        if not (actions or steps) and seen.generation >= want.generation:
+            return False
+        await self._report(spec, want.generation, error, status,
+                           seen.boots if error else want.boots)
+        if "stop" in steps and not error:
+            await self._delete_if_ephemeral(spec)
+        return False
+
+    def _converge_power(self, spec: InstanceSpec, want: Want, seen: Seen,
+                        host: str) -> tuple[tuple[str, ...], str, str, bool]:
+        """The power steps, carried out (blocking): (steps, status after, error,
+        stopped by itself)."""
+        status = self.node.status(spec.name, spec.type)
+        plan = plan_power(want, seen, status, host)
+        if not plan.steps:
+            return (), status, "", plan.self_stopped
+        error = ""
+        try:
+            for step in plan.steps:
+                perform(self.node, spec, step, want.args)
+        except Exception as exc:  # noqa: BLE001 - every failure is reported, not raised
+            log.warning("%s %s failed: %s", "+".join(plan.steps), spec.name, exc)
+            error = str(exc) or type(exc).__name__
+        return plan.steps, self.node.status(spec.name, spec.type), error, False
+
+    @property
+    def _host(self) -> str:
+        if not self._host_cache:
+            self._host_cache = host_token(self.member, self._boot_id or _boot_id())
+        return self._host_cache
+
+    async def _report(self, spec: InstanceSpec, generation: int, error: str, status: str,
+                      boots: int) -> None:
+        # If this commit fails the work stays unreported; the resync converges again
+        # (steps are idempotent) and reports then.
+        await self.store.submit(command("instance.observed", uid=spec.uid,
+                                        generation=generation, status=status, error=error,
+                                        boots=boots, host=self._host))
 
     @staticmethod
     def _spec_of(state: Any, inst: Instance) -> InstanceSpec:
@@ -266,7 +307,9 @@ class NodeAgent:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    async def _run_action(self, spec: InstanceSpec, act: Action, report: bool = True) -> None:
+    async def _run_action(self, spec: InstanceSpec, act: Action) -> str:
+        """Carry out one queued change; its error ("" if none). A power action queued
+        in a snapshot from before power was desired state runs once like the others."""
         error = ""
         try:
             if act.kind == "create":
@@ -277,13 +320,23 @@ class NodeAgent:
             error = str(exc) or type(exc).__name__
         if act.kind == "create" and not error and not spec.is_vm:
             self.restock(spec)
-        if not report:
-            return
-        status = "Stopped" if act.kind == "delete" else await asyncio.to_thread(
-            self.node.status, spec.name, spec.type)
-        # If this commit fails the action stays pending; the resync runs it again
-        # (actions are idempotent) and reports then.
-        await self.store.submit(command("instance.observed", uid=spec.uid,
-                                        generation=act.generation, status=status, error=error))
-        if act.kind == "stop" and not error:
+        if act.kind == "stop" and not error:  # a queued stop (older snapshot)
             await self._delete_if_ephemeral(spec)
+        return error
+
+
+@dataclass(frozen=True)
+class _Pass:
+    """What one convergence pass works from, read at once from the replica."""
+
+    spec: InstanceSpec
+    actions: list[Action]
+    want: Want
+    seen: Seen
+
+
+def _boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""

@@ -1,9 +1,11 @@
 """Apply handlers for instances and their snapshots.
 
 Each handler validates first and mutates only when everything checks out, so
-a refused command changes nothing. Work for the node agent is queued on the
-instance as numbered ``Action``s; the agent reports each generation back with
-``instance.observed``.
+a refused command changes nothing. Every change the node agent must carry out bumps the
+instance's ``generation``. Power changes are desired state (``power``, ``boots``,
+``power_args``) that the agent converges on; the one-shot kinds (create, update, rename,
+delete, snapshots, restore) are still queued as numbered ``Action``s. The agent reports
+the generation it reached with ``instance.observed``.
 """
 
 from __future__ import annotations
@@ -27,6 +29,18 @@ MAX_CREATE_MANY = 4096
 def _enqueue(inst: Instance, kind: str, **args: Any) -> int:
     inst.generation += 1
     inst.pending.append(Action(inst.generation, kind, args))
+    return inst.generation
+
+
+def _want_power(inst: Instance, kind: str, args: dict[str, Any]) -> int:
+    """Make ``kind`` (start, stop, restart, freeze, unfreeze) the desired power state: no
+    queued action, a new generation for the agent to converge on and report."""
+    inst.generation += 1
+    inst.power = POWER_AFTER[kind]
+    if kind == "restart":
+        inst.boots = max(inst.boots, inst.observed.boots) + 1
+    how = {k: v for k, v in args.items() if v not in (False, -1, -1.0, None)}
+    inst.power_args = how or None
     return inst.generation
 
 
@@ -182,8 +196,7 @@ def _create(state: State, a: dict[str, Any], now: float) -> Result:
         return fail(409, f"Placement on {inst.location} no longer fits: {problem}")
     _enqueue(inst, "create")
     if a.get("start"):
-        _enqueue(inst, "start")
-        inst.power = "Running"
+        _want_power(inst, "start", {})
     state.instances[inst.name] = inst
     reservations.add(state, inst, (inst.demand, config.get("placement.group", "")))
     state.images[inst.image].last_used_at = now
@@ -201,10 +214,9 @@ def action(state: State, cmd: Command) -> Result:
     problem = _stateful_problem(state, inst, kind) if stateful else ""
     if problem:
         return fail(400, problem)
-    extra = {"stateful": True} if stateful else {}
-    generation = _enqueue(inst, kind, force=bool(cmd.args.get("force", False)),
-                          timeout=float(cmd.args.get("timeout", -1) or -1), **extra)
-    inst.power = POWER_AFTER[kind]
+    generation = _want_power(inst, kind, {
+        "stateful": stateful, "force": bool(cmd.args.get("force", False)),
+        "timeout": float(cmd.args.get("timeout", -1) or -1)})
     if kind in ("start", "restart"):
         inst.last_used_at = cmd.time
     return ok({"generation": generation})
@@ -389,7 +401,9 @@ def restore(state: State, cmd: Command) -> Result:
 
 
 def observed(state: State, cmd: Command) -> Result:
-    """The agent's report: generation reached, status seen, error if the action failed."""
+    """The agent's report: generation reached, status seen, restarts done, the reporting
+    host, and the error if the pass failed. A failed pass that covers every change
+    settles the desired power state on what was observed, so nothing is retried."""
     a = cmd.args
     inst = state.instance_by_uid(a.get("uid", ""))
     if inst is None:
@@ -398,10 +412,13 @@ def observed(state: State, cmd: Command) -> Result:
     error = str(a.get("error", ""))
     done = [act for act in inst.pending if act.generation <= generation]
     inst.pending = [act for act in inst.pending if act.generation > generation]
-    if generation > inst.observed.generation:
-        inst.observed.generation = generation
-    inst.observed.status = str(a.get("status", inst.observed.status))
-    inst.observed.error = error
+    seen = inst.observed
+    if generation > seen.generation:
+        seen.generation = generation
+    seen.status = str(a.get("status", seen.status))
+    seen.error = error
+    seen.boots = int(a.get("boots", seen.boots))
+    seen.host = shared(str(a.get("host", seen.host)))
     for act in done:
         _settle(state, inst, act, error if act.generation == generation else "")
     if error:
@@ -410,10 +427,24 @@ def observed(state: State, cmd: Command) -> Result:
         inst.results[generation] = ""
     for old in sorted(inst.results)[:-KEEP_RESULTS]:
         del inst.results[old]
-    if error and inst.pending == [] and inst.power != "Deleted":
-        seen = inst.observed.status
-        inst.power = seen if seen in POWER_AFTER.values() else "Stopped"
+    if generation >= inst.generation and inst.power != "Deleted":
+        _settle_power(inst, error)
     return ok(None)
+
+
+def _settle_power(inst: Instance, error: str) -> None:
+    """Apply a report that covers every desired change to the power fields."""
+    seen = inst.observed
+    stateful = bool(inst.power_args and inst.power_args.get("stateful"))
+    if error:
+        inst.power = seen.status if seen.status in POWER_AFTER.values() else "Stopped"
+        inst.boots, inst.power_args = seen.boots, None
+    elif seen.status == "Running":
+        inst.stateful = False  # a start (stateful or not) used up or dropped the checkpoint
+        if stateful:
+            inst.power_args = None  # restored once; a later reboot boots afresh
+    elif inst.power == "Stopped" and stateful and seen.status == "Stopped":
+        inst.stateful = True  # the checkpoint waits in state/ for the next start
 
 
 def _settle(state: State, inst: Instance, act: Action, error: str) -> None:
@@ -435,15 +466,16 @@ def _settle(state: State, inst: Instance, act: Action, error: str) -> None:
     elif act.kind == "delete" and error:
         inst.power = inst.observed.status
     elif act.kind == "stop" and act.args.get("stateful") and not error:
-        inst.stateful = True  # the checkpoint waits in state/ for the next start
+        inst.stateful = True  # a queued stop from an older snapshot, settled as it was
     elif act.kind in ("start", "restart") and not error:
         inst.stateful = False
 
 
 def observe_status(state: State, cmd: Command) -> Result:
-    """A status change the agent saw without an action (e.g. poweroff inside)."""
+    """A status change the agent saw without an action (e.g. poweroff inside); only
+    once the agent has reported every change (else its report will say)."""
     inst = state.instance_by_uid(cmd.args.get("uid", ""))
-    if inst is not None and not inst.pending:
+    if inst is not None and not inst.busy:
         inst.observed.status = str(cmd.args.get("status", inst.observed.status))
         if inst.observed.status == "Stopped" and inst.power != "Deleted":
             inst.power = "Stopped"

@@ -39,7 +39,7 @@ def begin(state: State, cmd: Command) -> Result:
     target = str(cmd.args.get("target", ""))
     if inst.moving_to:
         return fail(409, f"Instance is already being moved to {inst.moving_to}")
-    if inst.pending:
+    if inst.busy:
         return fail(409, "Instance is busy with another action")
     if target not in state.members:
         return fail(400, f"Cluster member {target!r} not found")

@@ -47,7 +47,11 @@ class Member:
 @slotted
 @dataclass(slots=True)
 class Action:
-    """One unit of work for the node agent, numbered by the instance's generation."""
+    """A one-shot change for the node agent (create, update, rename, delete, snapshots,
+    restore), numbered by the instance's generation. Power changes are not queued: they
+    are desired state (``Instance.power``, ``boots``, ``power_args``) that the agent
+    converges on; a snapshot from before may still hold queued power actions, which the
+    agent carries out once like the others."""
 
     generation: int
     kind: str  # create|start|stop|restart|freeze|unfreeze|update|rename|snapshot|...
@@ -62,6 +66,8 @@ class Observed:
     generation: int = 0
     status: str = "Stopped"
     error: str = ""
+    boots: int = 0  # the restarts carried out (``Instance.boots``)
+    host: str = ""  # "member/boot id" of the host that reported: a reboot since is seen
 
 
 @dataclass
@@ -93,9 +99,15 @@ class Instance:
     ephemeral: bool = False
     description: str = ""
     last_used_at: float = 0.0
-    power: str = "Stopped"  # the power state wanted once every pending action ran
+    # The desired power state (Running|Stopped|Frozen|Deleted) that the agent converges
+    # on (node_agent/converge.py); ``boots`` counts the restarts asked for and
+    # ``power_args`` says how the last power change is made (stateful, force, timeout;
+    # None for the defaults). ``generation`` grows with every desired change.
+    power: str = "Stopped"
     generation: int = 0
-    pending: list[Action] = field(default_factory=list)
+    boots: int = 0
+    power_args: dict[str, Any] | None = None
+    pending: list[Action] = field(default_factory=list)  # the one-shot changes still to do
     observed: Observed = field(default_factory=Observed)
     results: dict[int, str] = field(default_factory=dict)  # generation -> error ("" = ok)
     snapshots: dict[str, Snapshot] = field(default_factory=dict)
@@ -110,7 +122,8 @@ class Instance:
 
     @property
     def busy(self) -> bool:
-        return bool(self.pending)
+        """Whether the agent has not yet reported every desired change."""
+        return bool(self.pending) or self.observed.generation < self.generation
 
 
 @dataclass

@@ -47,13 +47,14 @@ def test_bootstrap_makes_member_pool_network_and_default_profile() -> None:
                                 pool={}, network={})).ok
 
 
-def test_create_queues_create_and_start_actions() -> None:
+def test_create_queues_the_create_and_wants_it_running() -> None:
+    """The create is a queued one-shot change; the start is desired state, not queued."""
     state = bootstrapped()
     result = create(state, "c1", start=True)
     assert result.ok and result.value["generation"] == 2
     inst = state.instances["c1"]
-    assert [a.kind for a in inst.pending] == ["create", "start"]
-    assert inst.power == "Running"
+    assert [(a.generation, a.kind) for a in inst.pending] == [(1, "create")]
+    assert inst.power == "Running" and inst.busy
 
 
 def test_retried_command_is_applied_once() -> None:
@@ -105,14 +106,40 @@ def test_failed_create_report_removes_the_instance() -> None:
 
 
 def test_observed_pops_actions_in_order_and_records_errors() -> None:
+    """A failed pass that covers every change settles the desired power on what was seen
+    (nothing is retried); a report of an earlier generation does not."""
     state = bootstrapped()
     create(state, "c1", start=True)
     apply(state, cmd("instance.observed", uid="u-c1", generation=1, status="Stopped"))
     inst = state.instances["c1"]
-    assert [a.kind for a in inst.pending] == ["start"]
+    assert inst.pending == [] and inst.power == "Running" and inst.busy
     apply(state, cmd("instance.observed", uid="u-c1", generation=2, status="Stopped",
                      error="boom"))
-    assert inst.pending == [] and inst.results[2] == "boom" and inst.power == "Stopped"
+    assert inst.results[2] == "boom" and inst.power == "Stopped" and not inst.busy
+
+
+def test_power_actions_are_desired_state_with_a_restart_counter() -> None:
+    state = bootstrapped()
+    create(state, "c1", start=True)
+    apply(state, cmd("instance.observed", uid="u-c1", generation=2, status="Running",
+                     host="m1/boot"))
+    inst = state.instances["c1"]
+    assert (inst.observed.host, inst.boots, inst.power_args) == ("m1/boot", 0, None)
+    stop = apply(state, cmd("instance.action", name="c1", action="stop", force=True,
+                            timeout=5))
+    assert stop.ok and inst.pending == [] and inst.power == "Stopped"
+    assert inst.power_args == {"force": True, "timeout": 5.0}
+    start = apply(state, cmd("instance.action", name="c1", action="start", t=2.0))
+    restart = apply(state, cmd("instance.action", name="c1", action="restart", t=3.0))
+    assert restart.value["generation"] == start.value["generation"] + 1 == 5
+    assert (inst.power, inst.boots, inst.power_args, inst.pending) == ("Running", 1, None, [])
+    apply(state, cmd("instance.observed", uid="u-c1", generation=5, status="Running",
+                     boots=1))
+    assert not inst.busy and inst.observed.boots == 1
+    again = apply(state, cmd("instance.action", name="c1", action="restart", t=4.0))
+    apply(state, cmd("instance.observed", uid="u-c1", generation=again.value["generation"],
+                     status="Stopped", boots=1, error="no"))
+    assert (inst.power, inst.boots) == ("Stopped", 1)  # the failed restart is not retried
 
 
 def test_delete_of_running_instance_needs_force_and_report_removes_it() -> None:
@@ -228,7 +255,7 @@ def test_stateful_stop_and_start_of_containers() -> None:
     create(state, "plain", start=True)
     refused = apply(state, cmd("instance.action", name="plain", action="stop", stateful=True))
     assert refused.code == 400 and "migration.stateful=true" in refused.error
-    assert [a.kind for a in state.instances["plain"].pending] == ["create", "start"]
+    assert state.instances["plain"].generation == 2
 
     create(state, "c1", start=True, config={"migration.stateful": "true"})
     apply(state, cmd("instance.observed", uid="u-c1", generation=2, status="Running"))
@@ -238,16 +265,16 @@ def test_stateful_stop_and_start_of_containers() -> None:
                             stateful=True)).code == 400  # nothing saved yet
     stop = apply(state, cmd("instance.action", name="c1", action="stop", stateful=True))
     inst = state.instances["c1"]
-    assert stop.ok and inst.pending[-1].args["stateful"] is True and not inst.stateful
+    assert stop.ok and inst.power_args == {"stateful": True} and not inst.stateful
     apply(state, cmd("instance.observed", uid="u-c1", generation=stop.value["generation"],
                      status="Stopped"))
     assert inst.stateful and inst.power == "Stopped"
     start = apply(state, cmd("instance.action", name="c1", action="start", stateful=True,
                              t=2.0))  # not a retry of the refused one
-    assert start.ok and inst.pending[-1].args["stateful"] is True
+    assert start.ok and inst.power_args == {"stateful": True}
     apply(state, cmd("instance.observed", uid="u-c1", generation=start.value["generation"],
                      status="Running"))
-    assert not inst.stateful
+    assert not inst.stateful and inst.power_args is None  # restored once, not at a reboot
 
 
 def test_a_failed_stateful_stop_leaves_it_running_and_not_stateful() -> None:

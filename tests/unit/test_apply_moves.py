@@ -48,10 +48,9 @@ def launched(state: State, name: str, kind: str, running: bool) -> None:
                               start=running))
     assert result.ok, result.error
     inst = state.instances[name]
-    for action in list(inst.pending):  # the agent did the work
-        status = "Running" if running else "Stopped"
-        assert apply(state, cmd("instance.observed", uid=inst.uid,
-                                generation=action.generation, status=status, error="")).ok
+    status = "Running" if running else "Stopped"  # the agent converged and reported once
+    assert apply(state, cmd("instance.observed", uid=inst.uid, generation=inst.generation,
+                            status=status, error="")).ok
 
 
 def begin(state: State, name: str, **extra: Any) -> Any:

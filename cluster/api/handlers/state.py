@@ -61,7 +61,7 @@ async def put_state(request: web.Request) -> web.Response:
     if not isinstance(stateful, bool):
         raise bad_request("Invalid stateful: must be a boolean")
     inst = instance_copy(ctx, name)
-    if not inst.pending:
+    if not inst.busy:
         status = (await live_statuses(ctx, [inst]))[name]
         if action == "start" and status == "Frozen":
             action = "unfreeze"  # LXD: start on a frozen instance resumes it

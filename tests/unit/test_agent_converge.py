@@ -1,0 +1,219 @@
+"""NodeAgent.converge over an in-memory store and a fake host: one report per pass, no
+queue of power actions to replay, the same end state after a restart."""
+
+from __future__ import annotations
+
+import asyncio
+import pickle
+from collections.abc import Callable
+from contextlib import contextmanager
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from cluster.state.apply import apply
+from cluster.state.commands import Command
+from cluster.state.model import Action, Instance, Observed, State
+from cluster.state.store import Change
+from node_agent import agent as agent_module
+from node_agent.agent import NodeAgent
+from tests.unit.test_apply import bootstrapped, cmd, create
+
+
+class MemoryStore:
+    """Apply in process, push every change to the subscribers (what the agent uses)."""
+
+    def __init__(self, state: State) -> None:
+        self.state = state
+        self.queues: list[asyncio.Queue[Change]] = []
+        self.log: list[Command] = []
+
+    async def submit(self, command: Command, timeout: float = 10.0) -> Any:
+        result = apply(self.state, command)
+        self.log.append(command)
+        for queue in self.queues:
+            queue.put_nowait(Change(command, result))
+        return result.value
+
+    @contextmanager
+    def read(self) -> Any:
+        yield self.state
+
+    def subscribe(self) -> asyncio.Queue[Change]:
+        queue: asyncio.Queue[Change] = asyncio.Queue()
+        self.queues.append(queue)
+        return queue
+
+    def reports(self, kind: str = "instance.observed") -> list[dict[str, Any]]:
+        return [c.args for c in self.log if c.type == kind]
+
+
+class FakeHost:
+    """The statuses the host shows, changed by the steps the agent performs."""
+
+    def __init__(self) -> None:
+        self.statuses: dict[str, str] = {}
+        self.done: list[tuple[str, str]] = []
+        self.images = SimpleNamespace(has=lambda fingerprint: True)
+        self.instance_types = ["container"]
+        self.vm_driver = None
+
+    def status(self, name: str, instance_type: str = "container") -> str:
+        return self.statuses.get(name, "Stopped")
+
+    def restock_spare(self, spec: Any) -> None:
+        pass
+
+    def perform(self, node: Any, spec: Any, kind: str, args: dict[str, Any]) -> None:
+        self.done.append((spec.name, kind))
+        after: dict[str, str] = {"create": "Stopped", "start": "Running", "restart": "Running",
+                                 "stop": "Stopped", "unfreeze": "Running"}
+        if kind == "freeze":
+            self.statuses[spec.name] = "Frozen"
+        elif kind in after:
+            self.statuses[spec.name] = after[kind]
+
+
+@pytest.fixture
+def host(monkeypatch: pytest.MonkeyPatch) -> FakeHost:
+    fake = FakeHost()
+    monkeypatch.setattr(agent_module, "perform", fake.perform)
+    return fake
+
+
+async def settle(agent: NodeAgent) -> None:
+    for _ in range(200):
+        await asyncio.sleep(0.005)
+        if not any(not w.done() for w in agent._workers.values()):
+            return
+    raise AssertionError("the agent never settled")
+
+
+class _OldPickle:
+    """Pickles as an instance of ``cls`` whose state is the plain dict ``data`` (what a
+    snapshot written before the new fields held)."""
+
+    def __init__(self, cls: type, data: dict[str, Any]) -> None:
+        self.cls, self.data = cls, data
+
+    def __reduce__(self) -> Any:
+        return (object.__new__, (self.cls,), self.data)
+
+
+def _old_pickle(cls: type, data: dict[str, Any]) -> Any:
+    return _OldPickle(cls, data)
+
+
+def run(body: Callable[[], Any]) -> None:
+    asyncio.run(body())
+
+
+def test_a_launch_is_one_pass_and_one_report(host: FakeHost) -> None:
+    """create + start: the queued create, then the desired Running, reported once."""
+    async def body() -> None:
+        store = MemoryStore(bootstrapped())
+        agent = NodeAgent("m1", store, host, boot_id="b")  # type: ignore[arg-type]
+        await agent.start()
+        await store.submit(cmd("instance.create", uid="u1", name="c1", location="m1",
+                               image="a" * 64, profiles=["default"], start=True))
+        await settle(agent)
+        await agent.close()
+        assert host.done == [("c1", "create"), ("c1", "start")]
+        assert [(r["generation"], r["status"], r["host"]) for r in store.reports()] == [
+            (2, "Running", "m1/b")]
+        assert not store.state.instances["c1"].busy
+    run(body)
+
+
+def test_changes_made_while_the_agent_was_down_are_converged_not_replayed(
+        host: FakeHost) -> None:
+    """stop, start, freeze, unfreeze committed while the agent was away: the instance
+    already runs as wanted, so nothing is stopped and started again (the queue of old
+    replayed all four), and one report covers them all."""
+    async def body() -> None:
+        state = bootstrapped()
+        create(state, "c1", start=True)
+        apply(state, cmd("instance.observed", uid="u-c1", generation=2, status="Running",
+                         host="m1/b"))
+        host.statuses["c1"] = "Running"
+        for number, action in enumerate(["stop", "start", "freeze", "unfreeze"]):
+            assert apply(state, cmd("instance.action", name="c1", action=action,
+                                    t=10.0 + number)).ok
+        store = MemoryStore(state)
+        agent = NodeAgent("m1", store, host, boot_id="b")  # type: ignore[arg-type]
+        await agent.start()
+        await settle(agent)
+        await agent.close()
+        assert host.done == []
+        assert [(r["generation"], r["status"]) for r in store.reports()] == [(6, "Running")]
+        assert not state.instances["c1"].busy
+    run(body)
+
+
+def test_a_restart_is_carried_out_once_across_agent_restarts(host: FakeHost) -> None:
+    async def body() -> None:
+        state = bootstrapped()
+        create(state, "c1", start=True)
+        host.statuses["c1"] = "Running"
+        apply(state, cmd("instance.observed", uid="u-c1", generation=2, status="Running",
+                         host="m1/b"))
+        apply(state, cmd("instance.action", name="c1", action="restart"))
+        store = MemoryStore(state)
+        for _ in range(2):  # the second start finds it converged
+            agent = NodeAgent("m1", store, host, boot_id="b")  # type: ignore[arg-type]
+            await agent.start()
+            await settle(agent)
+            await agent.close()
+        assert host.done == [("c1", "restart")]
+        assert [(r["generation"], r["boots"]) for r in store.reports()] == [(3, 1)]
+    run(body)
+
+
+@pytest.mark.parametrize(("boot", "expected"), [("b", "Stopped"), ("rebooted", "Running")])
+def test_a_stopped_instance_is_started_only_after_a_host_reboot(
+        host: FakeHost, boot: str, expected: str) -> None:
+    """Wanted running, converged, now stopped: on the same host boot it powered off by
+    itself (reported, left stopped, as LXD); after a host reboot it is started again,
+    however often the daemon restarts before it gets to it."""
+    async def body() -> None:
+        state = bootstrapped()
+        create(state, "c1", start=True)
+        apply(state, cmd("instance.observed", uid="u-c1", generation=2, status="Running",
+                         host="m1/b"))
+        store = MemoryStore(state)
+        agent = NodeAgent("m1", store, host, boot_id=boot)  # type: ignore[arg-type]
+        await agent.start()
+        await settle(agent)
+        await agent.close()
+        inst = state.instances["c1"]
+        assert (host.status("c1"), inst.power) == (expected, expected)
+    run(body)
+
+
+def test_a_snapshot_from_before_with_queued_power_actions_converges(host: FakeHost) -> None:
+    """An instance pickled before power was desired state (no ``boots``, ``power_args``,
+    ``observed.boots`` or ``observed.host``; a queue of create, start, stop stateful)
+    loads, and its queue runs once, in order."""
+    async def body() -> None:
+        state = bootstrapped()
+        create(state, "c1")
+        fields = state.instances["c1"].__getstate__()  # type: ignore[attr-defined]
+        old = {k: v for k, v in fields.items() if k not in ("boots", "power_args")}
+        old["observed"] = _old_pickle(Observed, {"generation": 0, "status": "Stopped",
+                                                 "error": ""})
+        old["pending"] = [Action(1, "create", {}), Action(2, "start", {}),
+                          Action(3, "stop", {"stateful": True})]
+        old["generation"], old["power"] = 3, "Stopped"
+        inst = pickle.loads(pickle.dumps(_old_pickle(Instance, old)))
+        state.instances["c1"] = inst
+        store = MemoryStore(state)
+        agent = NodeAgent("m1", store, host, boot_id="b")  # type: ignore[arg-type]
+        await agent.start()
+        await settle(agent)
+        await agent.close()
+        assert host.done == [("c1", "create"), ("c1", "start"), ("c1", "stop")]
+        assert (inst.boots, inst.power_args, inst.observed.host) == (0, None, "m1/b")
+        assert inst.pending == [] and inst.stateful and not inst.busy
+        assert [r["generation"] for r in store.reports()] == [3]
+    run(body)
