@@ -180,13 +180,20 @@ class _PromptSyncObj(SizedCompaction, LeadershipSyncObj):  # type: ignore[misc]
         deadline: float = getattr(self, "_SyncObj__raftElectionDeadline")  # noqa: B009
         self._SyncObj__raftElectionDeadline = max(deadline, monotonic_time() + grace)
 
+    _dumps_loaded = 0  # dumps installed by this process (see _hold_unchecked_commit)
+
     def _SyncObj__loadDumpFile(self, clearJournal: bool) -> None:  # noqa: N802, N803
         self._answer()  # replies held for entries that the dump may clear go out first
+        self._dumps_loaded += 1
         super()._SyncObj__loadDumpFile(clearJournal)
         if self.transfer is not None and self.transfer.load_failed:
             # pysyncobj only logs this: the member now serves nothing (replica_loaded)
             # and asks the leader for its dump at the next message.
             self.transfer.restart_wanted = True
+        if self._resent.pending:  # applied entries were cut and a dump came instead
+            log.error("applied log entries were cut and a dump replaced them before the "
+                      "leader sent them again: this replica's divergence cannot be ruled "
+                      "out; compare it with `corral cluster check`")
         self._resent.forget()
         self._await_leader()
 
@@ -201,11 +208,30 @@ class _PromptSyncObj(SizedCompaction, LeadershipSyncObj):  # type: ignore[misc]
         if message.get("type") == RESTART:
             self._restart_dump(node)
             return
+        unchecked = message.get("type") == "append_entries" and "prevLogIdx" not in message
+        commit_before, dumps_before = self._SyncObj__raftCommitIndex, self._dumps_loaded
         super()._SyncObj__onMessageReceived(node, message)
+        if unchecked and self._dumps_loaded == dumps_before:
+            self._hold_unchecked_commit(commit_before)
         if self._resent.pending:
             self._resent.check(self._SyncObj__getEntries)
         if self.transfer is not None and self.transfer.take_restart():
             self._SyncObj__transport.send(node, {"type": RESTART})
+
+    def _hold_unchecked_commit(self, before: int) -> None:
+        """pysyncobj raises a follower's commit index to ``min(leader's commit, own last
+        index)`` after every AppendEntries from a current leader, also one that carries
+        a dump chunk (not the last) or no dump at all (``serialized: None``), which skip
+        the check that this log matches the leader's. A deposed leader still holding
+        entries of its old term then committed and applied them, and acknowledged their
+        clients, though no majority ever had them: an acknowledged write lost and a
+        stale read (chaos long profile; tests/unit/test_unchecked_commit.py). Only a
+        message that matched the log, or installed the leader's dump, may move the
+        commit index on; here it stays where it was."""
+        now: int = getattr(self, "_SyncObj__raftCommitIndex")  # noqa: B009
+        if now > before:
+            self._SyncObj__raftCommitIndex = before
+            self._SyncObj__raftLog.setRaftCommitIndex(before)
 
     # Dumps between members (state/dump_transfer.py): pysyncobj makes its Serializer in
     # __init__ and has no hook for the transfer, so the attribute it is stored in is a
