@@ -44,7 +44,7 @@ def apply(state: State, cmd: Command) -> Result:
     if cmd.type == BARRIER:  # changes nothing, remembers nothing (see RaftStore.read_barrier)
         return Result(True)
     if cmd.id in state.recent:
-        return _result(state.recent[cmd.id])
+        return kept_result(state.recent[cmd.id])
     result = _dispatch(state, cmd)
     state.recent[cmd.id] = (cmd.time, result)
     while len(state.recent) > RECENT_COMMANDS:
@@ -56,7 +56,7 @@ def apply(state: State, cmd: Command) -> Result:
     return result
 
 
-def _result(kept: object) -> Result:
+def kept_result(kept: object) -> Result:
     """A kept result: ``(time, Result)``, or a bare Result in older snapshots."""
     found = kept[1] if isinstance(kept, tuple) else kept
     assert isinstance(found, Result)

@@ -29,7 +29,7 @@ from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, SyncObjConsumer, replic
 from pysyncobj.monotonic import monotonic as monotonic_time
 from pysyncobj.syncobj import _RAFT_STATE
 
-from cluster.state.apply import BARRIER, apply
+from cluster.state.apply import BARRIER, apply, kept_result
 from cluster.state.commands import Command, Result, command
 from cluster.state.compaction import NEVER_ENTRIES, SizedCompaction
 from cluster.state.digest import MARK, Mark, MarkBook
@@ -771,11 +771,7 @@ class RaftStore:
         await self.read_barrier(timeout)
         with self._replica.lock:
             kept = self._replica.state.recent.get(command_id)
-        if kept is None:
-            return None
-        found = kept[1] if isinstance(kept, tuple) else kept
-        assert isinstance(found, Result)
-        return found
+        return None if kept is None else kept_result(kept)
 
     async def _submit_once(self, cmd: Command, timeout: float) -> tuple[Any, Any]:
         """Queue ``cmd`` for the next batch: commands submitted together (concurrent
