@@ -182,6 +182,11 @@ class NodeFacade:
         pool lives elsewhere), before it joins a cluster."""
         return host_capacity(pool_source or self._node.paths.storage_pools)
 
+    @property
+    def instance_types(self) -> list[str]:
+        """The instance types this member has a driver for (a new member's record)."""
+        return self._node.instance_types
+
     async def open_local_parts(self, pools: list[tuple[str, str | None]],
                                networks: list[tuple[str, str]]) -> None:
         """Make sure the named pools (name, source) and bridges (name, IPv4 address)

@@ -215,6 +215,7 @@ class MemberAccept(Schema):
     address: Str = None
     architecture: Str = None
     capacity: dict[str, int | float] | None = None
+    instance_types: list[str] | None = None
 
 
 class Init(Schema):

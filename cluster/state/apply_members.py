@@ -141,6 +141,9 @@ def member_join(state: State, cmd: Command) -> Result:
                                  architecture=str(a.get("architecture", "x86_64")),
                                  roles=roles, heartbeat_at=cmd.time, joined_at=cmd.time,
                                  capacity=capacity_of(a.get("capacity")))
+    types = instance_types_of(a.get("instance_types"))
+    if types is not None:
+        state.members[name].instance_types = types
     del state.join_tokens[name]
     return ok({"roles": roles})
 
@@ -151,6 +154,19 @@ def capacity_of(reported: object) -> dict[str, float]:
         return {}
     return {k: float(v) for k, v in reported.items()
             if k in ("cpu", "memory", "disk") and isinstance(v, (int, float)) and v >= 0}
+
+
+INSTANCE_TYPES = frozenset({"container", "virtual-machine"})
+
+
+def instance_types_of(reported: object) -> list[str] | None:
+    """The instance types a member reports it runs, sorted; None when the report is
+    missing or names an unknown type (the record keeps what it had)."""
+    if not isinstance(reported, list):
+        return None
+    if not all(isinstance(t, str) and t in INSTANCE_TYPES for t in reported):
+        return None
+    return sorted(set(reported))
 
 
 def member_remove(state: State, cmd: Command) -> Result:

@@ -6,7 +6,7 @@ import copy
 from typing import Any
 
 from cluster.state import etags, reservations, validate
-from cluster.state.apply_members import capacity_of
+from cluster.state.apply_members import capacity_of, instance_types_of
 from cluster.state.commands import Command, Result, fail, ok
 from cluster.state.model import Alias, Image, Member, Network, Profile, State, StoragePool
 from cluster.state.placement import growth_problem
@@ -24,6 +24,9 @@ def bootstrap(state: State, cmd: Command) -> Result:
         raft_address=member.get("raft_address", ""), roles=["database"],
         heartbeat_at=cmd.time, joined_at=cmd.time,
         capacity=capacity_of(member.get("capacity")))
+    types = instance_types_of(member.get("instance_types"))
+    if types is not None:  # known at once: a launch right after init needs no heartbeat
+        state.members[member["name"]].instance_types = types
     pool = a["pool"]
     state.storage_pools[pool["name"]] = StoragePool(pool["name"], pool["driver"],
                                                     dict(pool.get("config", {})))
@@ -262,9 +265,9 @@ def member_heartbeat(state: State, cmd: Command) -> Result:
     capacity = cmd.args.get("capacity")
     if isinstance(capacity, dict):
         member.capacity = capacity_of(capacity)
-    types = cmd.args.get("instance_types")
-    if isinstance(types, list) and set(types) <= {"container", "virtual-machine"}:
-        member.instance_types = sorted(types)
+    types = instance_types_of(cmd.args.get("instance_types"))
+    if types is not None:
+        member.instance_types = types
     return ok({"beats": member.beats})
 
 

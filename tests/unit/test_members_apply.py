@@ -168,3 +168,31 @@ def test_two_member_config_patches_made_from_one_read_both_stay() -> None:
     assert apply(state, first).ok and apply(state, second).ok
     assert state.members["m4"].config == {"scheduler.instance": "manual",
                                           "scheduler.capacity.memory": "64GiB"}
+
+
+def test_a_member_is_born_knowing_the_instance_types_it_runs() -> None:
+    """Bootstrap and join carry the new member's instance types: a VM launched right after
+    ``corral init`` must not wait for the first heartbeat to report QEMU (a CI run whose
+    image build came from cache launched before it, and was refused)."""
+    state = State()
+    assert apply(state, cmd("cluster.bootstrap", member={
+        "name": "m1", "raft_address": "a:1", "instance_types": ["virtual-machine", "container"]},
+        pool={"name": "default", "driver": "dir"}, network={"name": "br0"})).ok
+    assert state.members["m1"].instance_types == ["container", "virtual-machine"]
+    apply(state, cmd("join_token.add", t=99.0, name="m2", secret_hash="h", expires_at=9e9))
+    assert apply(state, cmd("member.join", name="m2", secret_hash="h", address="m2:8443",
+                            raft_address="m2:8444",
+                            instance_types=["container", "virtual-machine"])).ok
+    assert state.members["m2"].instance_types == ["container", "virtual-machine"]
+    assert join(state, "m3").ok  # an older joiner that reports none: containers only
+    assert state.members["m3"].instance_types == ["container"]
+
+
+def test_a_report_of_unknown_instance_types_keeps_what_the_member_had() -> None:
+    state = cluster_of_one()
+    for bad in (["container", "zone"], "virtual-machine", None, [3], [["container"]]):
+        assert apply(state, cmd("member.heartbeat", name="m1", instance_types=bad)).ok
+        assert state.members["m1"].instance_types == ["container"]
+    assert apply(state, cmd("member.heartbeat", name="m1",
+                            instance_types=["virtual-machine", "container"])).ok
+    assert state.members["m1"].instance_types == ["container", "virtual-machine"]

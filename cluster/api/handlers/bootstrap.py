@@ -80,6 +80,7 @@ async def init_handler(request: web.Request) -> web.Response:
         "cluster.bootstrap",
         member={"name": ctx.member, "address": member_address,
                 "architecture": platform.machine(), "raft_address": ctx.store.address,
+                "instance_types": ctx.host.instance_types,
                 "capacity": await asyncio.to_thread(
                     ctx.host.capacity, Path(pool_config.get("source") or ctx.paths.storage_pools))},
         pool={"name": "default", "driver": "dir", "config": pool_config},

@@ -78,7 +78,8 @@ async def accept_member(request: web.Request) -> web.Response:
     capacity = body.get("capacity") if isinstance(body.get("capacity"), dict) else {}
     joined = await ctx.store.submit(command(
         "member.join", name=name, secret_hash=secret_hash(secret), address=address,
-        raft_address=raft, architecture=architecture, capacity=capacity))
+        raft_address=raft, architecture=architecture, capacity=capacity,
+        instance_types=body.get("instance_types")))
     voter = VOTER in joined["roles"]
     if voter:
         # The change may need the new member's vote to commit (two voters), and that
@@ -120,7 +121,7 @@ async def join_cluster(request: web.Request, body: dict[str, Any]) -> None:
     if token.expires_at < wall_time():
         raise ApiError(403, "The join token has expired")
     capacity = await asyncio.to_thread(ctx.host.capacity)
-    reply = await _ask_to_join(token, address, capacity)
+    reply = await _ask_to_join(token, address, capacity, ctx.host.instance_types)
     identity = await asyncio.to_thread(_adopt_certificate, ctx, reply)
     raft = raft_address_for(address)
     partners = [m["raft_address"] for m in reply["members"]
@@ -140,9 +141,11 @@ async def join_cluster(request: web.Request, body: dict[str, Any]) -> None:
 
 
 async def _ask_to_join(token: JoinToken, address: str,
-                       capacity: dict[str, float]) -> dict[str, Any]:
+                       capacity: dict[str, float],
+                       instance_types: list[str]) -> dict[str, Any]:
     body = {"server_name": token.server_name, "secret": token.secret, "address": address,
-            "architecture": platform.machine(), "capacity": capacity}
+            "architecture": platform.machine(), "capacity": capacity,
+            "instance_types": instance_types}
     pin = aiohttp.Fingerprint(bytes.fromhex(token.fingerprint))
     errors = []
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=JOIN_TIMEOUT)) as http:
