@@ -17,6 +17,7 @@ run them in a worker thread. Async methods hop to threads themselves.
 from __future__ import annotations
 
 import asyncio
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,7 @@ from node_agent.drivers.lxc_state import stopped_state
 from node_agent.drivers.qemu import migration
 from node_agent.drivers.qemu.accel_choice import check_mode
 from node_agent.drivers.registry import CONTAINER, VM
+from node_agent.images import builds
 from node_agent.images.errors import ImageNotFound
 from node_agent.images.store import ImageInfo
 from node_agent.network.bridge import BridgeNetwork, list_host_interfaces
@@ -149,6 +151,26 @@ class NodeFacade:
     def import_image(self, metadata: Path, rootfs: Path | None,
                      expected: str | None) -> ImageInfo:
         return self._node.images.import_file(metadata, rootfs, expected=expected)
+
+    @staticmethod
+    def image_build_problem(kind: object) -> str:
+        """Why this member cannot build an image of ``kind``, or ``""`` if it can: the
+        API refuses the request (400) before it starts anything."""
+        return builds.kind_problem(kind)
+
+    def build_image(self, kind: str, vm: bool, uefi: bool,
+                    progress: Callable[[str], None]) -> ImageInfo:
+        """Build the image of ``kind`` here and store it exactly as an upload of the same
+        tarball is stored (same fingerprint; the stored one if it exists already). The
+        build runs in a scratch directory under ``images/tmp``, removed afterwards and
+        emptied at daemon start. Blocking; ImageError (400) for an unknown kind or a
+        missing tool."""
+        scratch = self._node.paths.images / "tmp"
+        scratch.mkdir(exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix="build-", dir=scratch) as tmp:
+            out = builds.build(kind, Path(tmp), vm=vm, uefi=uefi, progress=progress)
+            progress(f"storing {out.name}")
+            return self._node.images.import_file(out)
 
     def delete_image(self, fingerprint: str) -> None:
         """Drop the image's files here (none is fine) and the spares made from it."""

@@ -118,6 +118,10 @@ class SnapshotPost(Schema):
 # Images and aliases
 class ImageSource(Schema):
     type: Str = None
+    # corral's "build" source: the member builds an image of this kind itself.
+    kind: Str = None
+    vm: Bool = None
+    uefi: Bool = None
     mode: Str = None
     server: Str = None
     protocol: Str = None

@@ -2,7 +2,10 @@
 
 ::
 
+    builds.py     build(kind, vm, uefi): the images a member builds itself (the API's
+                  ``{"type": "build"}`` source), over the two recipes below
     busybox.py    build_busybox_image(): a tiny unified image from the host's busybox
+    busybox_vm.py build_busybox_vm_image(): busybox VM images (direct kernel boot, UEFI)
     store.py      ImageStore: import / list / delete / export, rootfs templates,
                   template rendering (uses the three modules below)
     tarball.py    stream reading, member-name checks, size limits

@@ -1,4 +1,18 @@
-"""``/1.0/images``: upload (unified or split), list, get, update, export, delete."""
+"""``/1.0/images``: upload (unified or split) or build, list, get, update, export, delete.
+
+A build is corral's extension of LXD's ``POST /1.0/images`` JSON body (LXD fetches from
+an image server here; none is reachable, so corral makes its own small images)::
+
+    {"source": {"type": "build", "kind": "busybox", "vm": false, "uefi": false},
+     "aliases": [{"name": "busybox", "description": ""}], "public": false}
+
+It answers with a background operation, like an upload: the member builds the image in
+a worker thread (through the node facade), stores it as an upload is stored and records
+it (``image.add``); the operation's metadata shows ``build_progress`` text while it runs
+and ends with ``fingerprint`` and ``size``. The ``aliases`` are created, or pointed at
+the built image when they exist, so building again is safe. An unknown kind or a bad
+alias name is refused (400) before anything starts.
+"""
 
 from __future__ import annotations
 
@@ -16,7 +30,9 @@ from cluster.api.bodies import json_body
 from cluster.api.context import Context
 from cluster.api.handlers.common import ctx_of
 from cluster.api.response import ApiError, async_operation, bad_request, not_found, sync
+from cluster.state import validate
 from cluster.state.commands import command
+from cluster.state.errors import Conflict
 
 MAX_IMAGE_BYTES = 16 * 2**30
 CHUNK = 1 << 20
@@ -85,8 +101,12 @@ async def upload_image(request: web.Request) -> web.Response:
     ctx = ctx_of(request)
     if request.content_type == "application/json":
         body = await json_body(request, schemas.ImagesPost)
-        raise bad_request(f"Image source {body.get('source', {}).get('type')!r} is not "
-                          "supported: upload the image file (no image server is reachable)")
+        source = body.get("source", {})
+        if source.get("type") == BUILD:
+            return _build(ctx, source, body)
+        raise bad_request(f"Image source {source.get('type')!r} is not supported: upload "
+                          "the image file, or build one with the source type 'build' (no "
+                          "image server is reachable)")
     tmp_root = ctx.paths.images / "tmp"
     tmp_root.mkdir(exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=tmp_root))
@@ -108,13 +128,62 @@ async def upload_image(request: web.Request) -> web.Response:
                                            expected or None)
         finally:
             await asyncio.to_thread(shutil.rmtree, tmp, True)
-        await ctx.store.submit(command("image.add", fingerprint=info.fingerprint,
-                                       info=info.to_dict(), public=public, member=ctx.member))
-        ctx.events.lifecycle("image-created", f"/1.0/images/{info.fingerprint}")
-        return {"fingerprint": info.fingerprint, "size": info.size}
+        return await _record(ctx, info, public)
 
     op = ctx.ops.start("Downloading image", run, {"images": []})
     return async_operation(op.to_dict())
+
+
+async def _record(ctx: Context, info: Any, public: bool) -> dict[str, Any]:
+    """The stored image into the replicated state (this member holds it), announced."""
+    await ctx.store.submit(command("image.add", fingerprint=info.fingerprint,
+                                   info=info.to_dict(), public=public, member=ctx.member))
+    ctx.events.lifecycle("image-created", f"/1.0/images/{info.fingerprint}")
+    return {"fingerprint": info.fingerprint, "size": info.size}
+
+
+BUILD = "build"
+
+
+def _build(ctx: Context, source: dict[str, Any], body: dict[str, Any]) -> web.Response:
+    """Start building ``source["kind"]`` here (see the module docstring); 400 before
+    anything starts if the kind or an alias name is bad."""
+    problem = ctx.host.image_build_problem(source.get("kind"))
+    aliases = body.get("aliases") or []
+    for alias in aliases:
+        problem = problem or validate.entity_name_error("Alias", alias.get("name"))
+    if problem:
+        raise bad_request(problem)
+    kind, uefi = str(source["kind"]), bool(source.get("uefi"))
+    vm = bool(source.get("vm")) or uefi
+    public = bool(body.get("public"))
+
+    async def run(op: Any) -> dict[str, Any]:
+        loop = asyncio.get_running_loop()
+
+        def progress(text: str) -> None:  # called in the build's thread
+            loop.call_soon_threadsafe(lambda: ctx.ops.update(op, build_progress=text))
+
+        info = await asyncio.to_thread(ctx.host.build_image, kind, vm, uefi, progress)
+        result = await _record(ctx, info, public)
+        for alias in aliases:
+            await _point_alias(ctx, alias["name"], alias.get("description", ""),
+                               info.fingerprint)
+        op.metadata.pop("build_progress", None)
+        return result
+
+    op = ctx.ops.start("Building image", run, {"images": []})
+    return async_operation(op.to_dict())
+
+
+async def _point_alias(ctx: Context, name: str, description: str, fingerprint: str) -> None:
+    """Create the alias, or point the existing one at ``fingerprint``: safe to repeat."""
+    try:
+        await ctx.store.submit(command("alias.create", name=name, target=fingerprint,
+                                       description=description))
+    except Conflict:
+        await ctx.store.submit(command("alias.update", name=name, target=fingerprint,
+                                       description=description))
 
 
 async def update_image(request: web.Request) -> web.Response:
