@@ -9,12 +9,9 @@ answers with an operation whose metadata holds the ``fingerprint``.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import hashlib
-import importlib
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -141,51 +138,43 @@ async def import_(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
-def _build_busybox(out: Path) -> None:
-    images = importlib.import_module("node_agent.images.busybox")
-    errors = importlib.import_module("node_agent.images.errors")
-    started = time.monotonic()
-    try:
-        images.build_busybox_image(out, lambda text: print(f"Building: {text}", file=sys.stderr))
-    except errors.ImageError as exc:
-        raise CliError(str(exc)) from exc
-    print(f"Built {out.name} ({fmt.byte_size_si(out.stat().st_size)}) in "
-          f"{time.monotonic() - started:.1f}s", file=sys.stderr)
+def build_aliases(kind: str, vm: bool, uefi: bool, given: list[str] | None) -> list[str]:
+    """The aliases a build gets: those given, else ``busybox``, ``busybox-vm`` for the VM
+    image, ``busybox-vm-uefi`` for the one that boots through UEFI as LXD's VM images do."""
+    if given:
+        return list(given)
+    return [f"{kind}-vm-uefi" if uefi else f"{kind}-vm" if vm else kind]
 
 
-def _build_busybox_vm(directory: Path, uefi: bool = False) -> Path:
-    images = importlib.import_module("node_agent.images.busybox_vm")
-    errors = importlib.import_module("node_agent.images.errors")
-    started = time.monotonic()
-    try:
-        out: Path = images.build_busybox_vm_image(
-            directory, progress=lambda text: print(f"Building: {text}", file=sys.stderr),
-            uefi=uefi)
-    except errors.ImageError as exc:
-        raise CliError(str(exc)) from exc
-    print(f"Built {out.name} ({fmt.byte_size_si(out.stat().st_size)}) in "
-          f"{time.monotonic() - started:.1f}s", file=sys.stderr)
-    return out
+def build_request(kind: str, vm: bool, uefi: bool, aliases: list[str],
+                  public: bool) -> dict[str, Any]:
+    """The ``POST /1.0/images`` body that has the daemon build the image (corral's
+    ``build`` source; ``uefi`` implies ``vm``) and create or move its aliases."""
+    return {"source": {"type": "build", "kind": kind, "vm": vm or uefi, "uefi": uefi},
+            "aliases": [{"name": name, "description": ""} for name in aliases],
+            "public": public}
 
 
 async def build(client: Client, args: argparse.Namespace) -> int:
-    """``corral image build busybox [--vm [--uefi]] [--alias busybox]``: build locally,
-    upload, alias (``busybox-vm`` for the VM image, ``busybox-vm-uefi`` for the one that
-    boots through UEFI as LXD's VM images do)."""
+    """``corral image build busybox [--vm [--uefi]] [--alias A]... [--public]``: the daemon
+    builds the image and stores it as an upload (one API call, an operation whose
+    ``build_progress`` is shown as ``Building: ...``), then points the aliases at it."""
     uefi = bool(getattr(args, "uefi", False))
-    vm = args.vm or uefi
-    default = f"{args.kind}-vm-uefi" if uefi else f"{args.kind}-vm" if vm else args.kind
-    aliases = args.alias or [default]
-    with tempfile.TemporaryDirectory(prefix="corral-image-") as tmp:
-        if vm:
-            out = await asyncio.to_thread(_build_busybox_vm, Path(tmp), uefi)
-        else:
-            out = Path(tmp) / f"{args.kind}.tar.gz"
-            _build_busybox(out)
-        fingerprint = await upload(client, out, None, args.public, args.quiet)
-    for alias in aliases:
-        await ensure_alias(client, alias, fingerprint)
-    print(f"Image imported with fingerprint: {fingerprint}")
+    vm = bool(args.vm) or uefi
+    body = build_request(args.kind, vm, uefi, build_aliases(args.kind, vm, uefi, args.alias),
+                         bool(args.public))
+    progress = Progress("Building: {}", quiet=args.quiet)
+    started = time.monotonic()
+    final = ""
+    try:
+        op = await client.call("POST", "/1.0/images", body, progress=progress)
+        meta = op.get("metadata") or {}
+        final = (f"Built {body['aliases'][0]['name']} "
+                 f"({fmt.byte_size_si(int(meta.get('size') or 0))}) in "
+                 f"{time.monotonic() - started:.1f}s")
+    finally:
+        progress.done(final)
+    print(f"Image imported with fingerprint: {meta.get('fingerprint', '')}")
     return 0
 
 

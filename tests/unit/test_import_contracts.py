@@ -4,11 +4,18 @@ Each case copies the source tree to a temporary directory, writes one forbidden 
 one module, runs ``lint-imports`` there and expects it to fail, naming the broken contract.
 A function-local import is caught too (grimp reads every import statement), so hiding a
 cycle inside a function no longer passes.
+
+What import-linter cannot see, an import by name (``importlib.import_module("...")``), is
+checked for the CLI here: no file under ``corral_cli/`` names ``node_agent``, and only the
+three entry points that must load another package by name do so, each only its own
+modules. That is how ``corral image build`` once built images inside the client.
 """
 
 from __future__ import annotations
 
+import ast
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -122,3 +129,76 @@ def test_an_ignored_import_that_is_gone_must_leave_the_config(tree: Path) -> Non
     result = lint_imports(tree)
     assert result.returncode != 0, result.stdout
     assert "cluster.state.model -> cluster.api.context" in result.stdout + result.stderr
+
+
+# The CLI files allowed to load a module by name, and the modules each may load: the
+# handler modules of the CLI itself (lazily, so a command pays only for its own), the
+# daemon that ``corral daemon`` runs, the dev-cluster tooling ``corral dev-cluster`` runs.
+BY_NAME = {
+    "main.py": ("corral_cli.",),
+    "server.py": ("cluster.daemon",),
+    "devcluster.py": ("devtools.devcluster", "devtools.nemesis", "devtools.nemesis_disk"),
+}
+NEVER_NAMED = re.compile(r"node_agent")
+BY_NAME_WORDS = re.compile(r"importlib|__import__|import_module|runpy|\bexec\(|SourceFileLoader")
+
+
+def _loaded_by_name(source: str) -> list[str]:
+    """The literal names passed to ``import_module(...)``; a name that is not a literal
+    (or an f-string with a literal start) is reported as ``<computed>``."""
+    names = []
+    for node in ast.walk(ast.parse(source)):
+        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                and node.func.attr == "import_module"):
+            continue
+        arg = node.args[0] if node.args else None
+        if isinstance(arg, ast.Constant) and isinstance(arg.value, str):
+            names.append(arg.value)
+        elif (isinstance(arg, ast.JoinedStr) and arg.values
+              and isinstance(arg.values[0], ast.Constant)):
+            names.append(str(arg.values[0].value))
+        else:
+            names.append("<computed>")
+    return names
+
+
+def cli_by_name_breaches(cli: Path) -> list[str]:
+    """Every way a file under ``cli`` reaches past the client contract by name."""
+    breaches = []
+    for path in sorted(p for p in cli.rglob("*") if p.is_file() and "__pycache__" not in p.parts):
+        text = path.read_text(errors="replace")
+        rel = path.relative_to(cli).as_posix()
+        if NEVER_NAMED.search(text):
+            breaches.append(f"{rel} names node_agent")
+        allowed = BY_NAME.get(rel)
+        if allowed is None:
+            if BY_NAME_WORDS.search(text):
+                breaches.append(f"{rel} imports by name")
+            continue
+        for name in _loaded_by_name(text):
+            if not any(name == a or (a.endswith(".") and name.startswith(a)) for a in allowed):
+                breaches.append(f"{rel} loads {name} by name")
+    return breaches
+
+
+def test_the_cli_loads_nothing_of_the_daemon_by_name() -> None:
+    assert cli_by_name_breaches(ROOT / "corral_cli") == []
+
+
+CLI_DODGES = [
+    ("images.py", 'importlib.import_module("node_agent.images.busybox")'),
+    ("images.py", '__import__("cluster.state")'),
+    ("format.py", "# builds with node_agent.images"),
+    ("server.py", 'importlib.import_module("node_agent.images.busybox_vm")'),
+    ("main.py", 'importlib.import_module("cluster.api.app")'),
+    ("devcluster.py", "importlib.import_module(name)"),
+]
+
+
+@pytest.mark.parametrize(("module", "line"), CLI_DODGES, ids=[f"{m}:{x}" for m, x in CLI_DODGES])
+def test_an_import_by_name_in_the_cli_is_caught(tmp_path: Path, module: str, line: str) -> None:
+    cli = tmp_path / "corral_cli"
+    shutil.copytree(ROOT / "corral_cli", cli, ignore=shutil.ignore_patterns("__pycache__"))
+    (cli / module).write_text((cli / module).read_text() + f"\n\ndef _dodge() -> None:\n"
+                              f"    {line}\n")
+    assert any(b.startswith(module) for b in cli_by_name_breaches(cli))
