@@ -22,6 +22,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -97,11 +98,11 @@ def run(server: Server, image: str, reps: int, running: int, prefix: str,
     for i, name in enumerate(names):
         src = {"type": "image", "alias": image}
         if i < reps:
-            server.timed("create", lambda n=name, s=src: server.op(
-                "POST", "/1.0/instances", {"name": n, "source": s}))
-            server.timed("start", lambda n=name: server.op(
-                "PUT", f"/1.0/instances/{n}/state", {"action": "start", "timeout": 30}))
-            server.timed("state", lambda n=name: server.req("GET", f"/1.0/instances/{n}/state"))
+            server.timed("create", partial(server.op, "POST", "/1.0/instances",
+                                           {"name": name, "source": src}))
+            server.timed("start", partial(server.op, "PUT", f"/1.0/instances/{name}/state",
+                                          {"action": "start", "timeout": 30}))
+            server.timed("state", partial(server.req, "GET", f"/1.0/instances/{name}/state"))
         else:
             server.op("POST", "/1.0/instances", {"name": name, "source": src, "start": True}
                       if server.label == "corral" else {"name": name, "source": src})
@@ -112,14 +113,14 @@ def run(server: Server, image: str, reps: int, running: int, prefix: str,
         server.timed("list recursion=2", lambda: server.req("GET", "/1.0/instances?recursion=2"))
     pss = monitor_pss_kb(lxcpath, set(names))
     for name in names[:reps]:  # a clean stop (the halt signal), then running again
-        server.timed("stop (clean)", lambda n=name: server.op(
-            "PUT", f"/1.0/instances/{n}/state", {"action": "stop", "timeout": 30}))
+        server.timed("stop (clean)", partial(server.op, "PUT", f"/1.0/instances/{name}/state",
+                                             {"action": "stop", "timeout": 30}))
         server.op("PUT", f"/1.0/instances/{name}/state", {"action": "start"})
     for i, name in enumerate(names):
         if i < reps:
-            server.timed("stop --force", lambda n=name: server.op(
-                "PUT", f"/1.0/instances/{n}/state", {"action": "stop", "force": True}))
-            server.timed("delete", lambda n=name: server.op("DELETE", f"/1.0/instances/{n}"))
+            server.timed("stop --force", partial(server.op, "PUT", f"/1.0/instances/{name}/state",
+                                                 {"action": "stop", "force": True}))
+            server.timed("delete", partial(server.op, "DELETE", f"/1.0/instances/{name}"))
         else:
             server.op("PUT", f"/1.0/instances/{name}/state", {"action": "stop", "force": True})
             server.op("DELETE", f"/1.0/instances/{name}")
