@@ -353,6 +353,7 @@ def test_a_migration_whose_sender_was_killed_ends_and_the_vm_moves_again(
     mig.resume_source(source, name)
     assert source.status(name) == "Running" and not mig.outgoing_left(source, name)
     assert no_credentials_left(source, name)
+    wait_for_agent(source.vm_dir(name), BOOT_TIMEOUT)  # stopped a while: slow at first
     before = int(sh(source, name, "cat /tmp/counter"))
     time.sleep(0.5)
     assert int(sh(source, name, "cat /tmp/counter")) > before
