@@ -128,8 +128,13 @@ def _runs_exactly_once(members: list[DaemonProcess], name: str, where: str,
     for member in members:
         found = _instances(member)[name]
         assert (found["location"], found["status"]) == (where, "Running"), found
-    _until(lambda: [m for m, _ in _qemus(members, name)] == [where], 60,
-           f"exactly one QEMU of {name}, on {where}: {_qemus(members, name)}")
+    seen: list[tuple[str, int]] = []
+
+    def once_there() -> bool:
+        seen[:] = _qemus(members, name)
+        return [m for m, _ in seen] == [where]
+
+    _until(once_there, 60, f"exactly one QEMU of {name}, on {where} (found {seen})")
     here = members[int(where[1:]) - 1]
     _wait_for_agent(here, name, 120)  # TCG retranslates on a new QEMU: slow at first
     assert _sh(here, name, "cat /proc/sys/kernel/random/boot_id") == boot_id
@@ -141,6 +146,8 @@ def _runs_exactly_once(members: list[DaemonProcess], name: str, where: str,
     others = [m for i, m in enumerate(members) if _name(i) != where]
     for other in others:  # nothing of it left on the other members
         assert not (other.root / "vms" / name).exists(), other.root
+        assert not (other.root / "storage-pools" / "default" / "virtual-machines"
+                    / name).exists(), other.root
 
 
 def _launch(members: list[DaemonProcess], via: int, source: int, name: str,
