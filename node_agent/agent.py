@@ -8,7 +8,9 @@ the power steps that ``converge.plan_power`` finds between the desired power sta
 what the host shows, and one ``instance.observed`` report for the whole pass. After a
 restart, a crash or a host reboot the agent does the same thing: it converges every
 local instance (steps are idempotent), with no special case and no queue of power
-actions to replay.
+actions to replay. It also ends, as the replicated state says the move ended, the
+half of a live migration that a QEMU here holds when the daemon that followed it died
+(``migration_leftovers``).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from cluster.transport.peers import download_image
 from node_agent.actions import perform
 from node_agent.capacity import host_capacity
 from node_agent.converge import Seen, Want, host_token, plan_power
+from node_agent.migration_leftovers import Side, Step, end_step
 from node_agent.node import InstanceSpec, LocalNode
 from node_agent.vm_guard import guard_vms
 
@@ -58,6 +61,7 @@ class NodeAgent:
         self._background: set[asyncio.Task[None]] = set()
         self._boot_id = boot_id  # the host's, read from /proc unless given (tests)
         self._host_cache = ""
+        self._ending: asyncio.Task[None] | None = None  # _end_migrations_left, one at a time
 
     async def start(self) -> None:
         queue = self.store.subscribe()
@@ -142,6 +146,8 @@ class NodeAgent:
                 continue
             for uid in self._uids_of(change.command):
                 self.kick(uid)
+            if change.command.type == "intent.finish":  # a move may have left a half here
+                self._look_for_migrations_left()
 
     async def _resync_now(self) -> None:
         self._resync()
@@ -157,11 +163,47 @@ class NodeAgent:
         return []
 
     def _resync(self) -> None:
-        """Converge every local instance (a pass with nothing to do commits nothing)."""
+        """Converge every local instance (a pass with nothing to do commits nothing), and
+        end what live migrations a dead daemon left here."""
         with self.store.read() as state:
             uids = [i.uid for i in state.instances.values() if i.location == self.member]
         for uid in uids:
             self.kick(uid)
+        self._look_for_migrations_left()
+
+    def _look_for_migrations_left(self) -> None:
+        if self.node.vm_driver is not None and (self._ending is None or self._ending.done()):
+            self._ending = asyncio.create_task(self._end_migrations_left())
+            self._background.add(self._ending)
+            self._ending.add_done_callback(self._background.discard)
+
+    async def _end_migrations_left(self) -> None:
+        """End each half of a live migration that this member's QEMUs hold and nothing
+        here follows any more (this daemon was killed while it sent or received a VM),
+        the way the replicated state says the move ended (``migration_leftovers``). A
+        failure is logged; the next resync tries again."""
+        try:
+            left = await asyncio.to_thread(self.node.vm_migrations_left)
+        except Exception as exc:  # noqa: BLE001 - the next resync looks again
+            log.warning("looking for interrupted live migrations failed: %s", exc)
+            return
+        for name, side in left:
+            step = self._end_step(name, side)
+            if not step:
+                continue
+            log.warning("VM %s holds the %s half of a live migration that this member no "
+                        "longer follows: %s", name, side, step)
+            try:
+                await asyncio.to_thread(self.node.end_vm_migration, name, step)
+            except Exception as exc:  # noqa: BLE001 - the next resync tries again
+                log.error("VM %s: %s of an interrupted live migration failed: %s", name,
+                          step, exc)
+
+    def _end_step(self, name: str, side: Side) -> Step:
+        with self.store.read() as state:
+            inst = state.instances.get(name)
+            return end_step(side, lives_here=inst is not None and inst.location == self.member,
+                            held=inst is not None and bool(inst.intent))
 
     def kick(self, uid: str) -> None:
         """Make sure a worker will look at ``uid`` again."""

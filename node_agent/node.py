@@ -15,13 +15,14 @@ from typing import Any
 from node_agent.drivers.base import DriverError, InstanceDefinition, InstanceDriver, NotFound
 from node_agent.drivers.lxc import LxcDriver
 from node_agent.drivers.lxc_state import stopped_state
-from node_agent.drivers.qemu import QemuDriver
+from node_agent.drivers.qemu import QemuDriver, migration
 from node_agent.drivers.qemu.accel_choice import check_mode as check_vm_accelerator_mode
 from node_agent.drivers.qemu.driver import probe_guest
 from node_agent.drivers.registry import VM, DriverRegistry
 from node_agent.idmap import IdMap
 from node_agent.images import ImageStore
 from node_agent.images.vm_unpack import unpack_vm_image
+from node_agent.migration_leftovers import Side, Step
 from node_agent.network.bridge import BridgeNetwork
 from node_agent.paths import Paths
 from node_agent.storage.dir import DirPool
@@ -166,6 +167,37 @@ class LocalNode:
             return self.driver_for(instance_type).status(name)
         except NotFound:
             return "Stopped"
+
+    def vm_migrations_left(self) -> list[tuple[str, Side]]:
+        """The VMs that hold half of a live migration that nothing of this member follows
+        any more, and which half (``migration_leftovers``). Only stats."""
+        driver = self.vm_driver
+        if driver is None:
+            return []
+        left: list[tuple[str, Side]] = []
+        for name in driver.names():
+            if migration.outgoing_left(driver, name):
+                left.append((name, "outgoing"))
+            elif migration.incoming_left(driver, name):
+                left.append((name, "incoming"))
+        return left
+
+    def end_vm_migration(self, name: str, step: Step) -> None:
+        """Carry out ``step`` (``migration_leftovers.end_step``) on VM ``name``. Raises
+        DriverError (InvalidState: e.g. a source whose migration never completed is
+        not dropped)."""
+        driver = self.qemu()
+        if step == "resume_source":
+            migration.resume_source(driver, name)
+        elif step == "drop_source":
+            migration.finish_source(driver, name)
+            driver.delete(name)
+        elif step == "finish_incoming" and driver.status(name) != "Stopped":
+            migration.finish_incoming(driver, name)
+        elif step == "finish_incoming":  # its QEMU died: the power plan reports it stopped
+            migration.keep_incoming(driver, name)
+        elif step == "abort_incoming":
+            migration.abort_incoming(driver, name)
 
     def state(self, name: str, instance_type: str = "container") -> dict[str, Any]:
         try:

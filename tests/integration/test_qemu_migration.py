@@ -18,6 +18,7 @@ import signal
 import socket
 import struct
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -308,6 +309,71 @@ def test_a_peer_with_the_wrong_certificate_gets_nothing_and_the_vm_runs_on(
     mig.finish_source(source, name)
     source.delete(name)
     assert int(sh(target, name, "cat /tmp/counter")) > 0
+    target.stop(name, force=True, timeout=0)
+    target.delete(name)
+
+
+def die_sending(source: QemuDriver, name: str, incoming: mig.Incoming,
+                credentials: mig.Credentials, at: str) -> None:
+    """``migrate_out`` in a process killed -9 at ``at`` (``dying_migration``): what a
+    member's daemon killed while it sends the VM leaves in QEMU."""
+    doc = {"vmpath": str(source.vmpath), "name": name, "incoming": incoming.to_json(),
+           "at": at, "credentials": [pem.decode() for pem in (
+               credentials.ca_pem, credentials.cert_pem, credentials.key_pem)]}
+    child = subprocess.run([sys.executable, "-m", "tests.integration.dying_migration"],
+                           input=json.dumps(doc).encode(), capture_output=True, timeout=180,
+                           check=False)
+    assert child.returncode == -signal.SIGKILL, child.stderr.decode(errors="replace")
+
+
+def test_a_migration_whose_sender_was_killed_ends_and_the_vm_moves_again(
+        hosts: tuple[QemuDriver, QemuDriver], image: Path, bridge: str,
+        cluster_ca: tuple[bytes, bytes]) -> None:
+    """The process following the migration dies (kill -9 of the source member's daemon).
+    At the switch-over QEMU has stopped the guest and waits for ever; mid-mirror it goes on
+    mirroring. Either way the mark says so, and once the target is dropped (the move is
+    undone) ``resume_source`` runs the same guest again (what the agent does), or the next
+    ``migrate_out`` does it first, and the VM migrates."""
+    source, target = hosts
+    vm = definition(image, bridge)
+    name = vm.name
+    source.define(on(source, vm))
+    boot(source, name)
+    sh(source, name, COUNTER)
+    boot_id = sh(source, name, "cat /proc/sys/kernel/random/boot_id")
+    vm = on(target, vm)
+
+    incoming = mig.prepare_incoming(target, vm, "127.0.0.1", leaf(cluster_ca))
+    die_sending(source, name, incoming, leaf(cluster_ca), "switchover")
+    assert mig.outgoing_left(source, name)
+    time.sleep(1)
+    assert source.status(name) == "Frozen"  # the guest waits for a continue never sent
+    mig.abort_incoming(target, name)  # the undo drops the target first
+    assert source.status(name) == "Frozen"  # QEMU does not resume it by itself
+    mig.resume_source(source, name)
+    assert source.status(name) == "Running" and not mig.outgoing_left(source, name)
+    assert no_credentials_left(source, name)
+    wait_for_agent(source.vm_dir(name), BOOT_TIMEOUT)  # stopped a while: slow at first
+    before = int(sh(source, name, "cat /tmp/counter"))
+    time.sleep(0.5)
+    assert int(sh(source, name, "cat /tmp/counter")) > before
+    assert sh(source, name, "cat /proc/sys/kernel/random/boot_id") == boot_id
+
+    incoming = mig.prepare_incoming(target, vm, "127.0.0.1", leaf(cluster_ca))
+    die_sending(source, name, incoming, leaf(cluster_ca), "disk")
+    assert mig.outgoing_left(source, name)
+    mig.abort_incoming(target, name)
+    # Nobody resumed it: the next migration clears the dead one's mirror and NBD node.
+    incoming = mig.prepare_incoming(target, vm, "127.0.0.1", leaf(cluster_ca))
+    assert mig.migrate_out(source, name, incoming, leaf(cluster_ca), timeout=120).tls
+    assert mig.incoming_left(target, name)  # paused until told: the mark says so
+    mig.finish_incoming(target, name)
+    assert not mig.incoming_left(target, name)
+    mig.finish_source(source, name)
+    assert not mig.outgoing_left(source, name)
+    source.delete(name)
+    wait_for_agent(target.vm_dir(name), BOOT_TIMEOUT)
+    assert sh(target, name, "cat /proc/sys/kernel/random/boot_id") == boot_id
     target.stop(name, force=True, timeout=0)
     target.delete(name)
 

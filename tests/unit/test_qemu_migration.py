@@ -216,6 +216,48 @@ def test_only_a_running_vm_migrates_and_only_a_migrated_source_is_dropped(
     assert vm.process is not None and vm.process.poll() is None
 
 
+def test_a_migration_whose_daemon_died_is_marked_until_it_is_ended(
+        source: tuple[QemuDriver, SourceVm]) -> None:
+    """QEMU carries a migration on when the daemon following it dies: stopped at the
+    switch-over, its NBD node, mirror job and TLS object still there. The mark that
+    ``migrate_out`` leaves says so; ``resume_source`` ends it all and runs the guest."""
+    driver, vm = source
+    vm.start()
+    mig.migrate_out(driver, "vm1", INCOMING, CREDENTIALS)
+    assert mig.outgoing_left(driver, "vm1")  # completed, neither resumed nor dropped
+    mig.resume_source(driver, "vm1")
+    assert not mig.outgoing_left(driver, "vm1") and driver.status("vm1") == "Running"
+
+    # What a daemon killed at the switch-over leaves (migrate_out never returned).
+    (driver.vm_dir("vm1") / cl.OUTGOING_MARK).touch()
+    vm.job = {"id": mig.MIRROR_JOB, "type": "mirror", "status": "ready"}
+    vm.migration, vm.run_state = "pre-switchover", "finish-migrate"
+    assert mig.outgoing_left(driver, "vm1") and driver.status("vm1") == "Frozen"
+    mig.resume_source(driver, "vm1")
+    assert driver.status("vm1") == "Running" and vm.job is None
+    assert not mig.outgoing_left(driver, "vm1")
+    assert {"migrate_cancel", "block-job-cancel", "blockdev-del", "object-del",
+            "cont"} <= set(vm.commands())
+
+
+def test_the_next_migration_first_ends_one_a_dead_daemon_left(
+        source: tuple[QemuDriver, SourceVm]) -> None:
+    """Even before the agent got to it: the stopped guest is not refused as Frozen, and
+    the node names are free again before they are used."""
+    driver, vm = source
+    vm.start()
+    (driver.vm_dir("vm1") / cl.OUTGOING_MARK).touch()
+    vm.job = {"id": mig.MIRROR_JOB, "type": "mirror", "status": "ready"}
+    vm.migration, vm.run_state = "pre-switchover", "finish-migrate"
+    mig.migrate_out(driver, "vm1", INCOMING, CREDENTIALS)
+    commands = vm.commands()
+    assert commands.index("cont") < commands.index("blockdev-add")
+    assert commands.index("blockdev-del") < commands.index("blockdev-add")
+    assert driver.status("vm1") == "Frozen"  # postmigrate, the caller decides
+    vm.exit()
+    assert not mig.outgoing_left(driver, "vm1")  # no QEMU, nothing held
+
+
 def test_the_credentials_directory_holds_what_tls_creds_x509_reads(tmp_path: Path) -> None:
     for endpoint in ("server", "client"):
         directory = mig.write_credentials(tmp_path, endpoint, CREDENTIALS)

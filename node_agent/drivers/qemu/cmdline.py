@@ -43,6 +43,8 @@ CONSOLE = "console.sock"
 CONSOLE_LOG = "console.log"
 PIDFILE = "qemu.pid"
 QEMU_LOG = "qemu.log"  # QEMU's own messages once daemonised (-D keeps stderr there)
+OUTGOING_MARK = "migrating-out"  # an outgoing migration began here (migration/source.py)
+INCOMING_MARK = "migrating-in"  # a paused QEMU waits for one (migration/target.py)
 ACCEL = "accel"  # the accelerator the running QEMU was started under ("kvm" or "tcg")
 # ... and of its volume directory (with snapshots.NAMES).
 DISK = "root.qcow2"

@@ -265,6 +265,7 @@ class QemuDriver:
             raise InvalidState(f"cannot start VM {name!r}: it is running")
         directory = self._dir(name)
         self._cleanup(self._spec(name, running=True))
+        (directory / cl.OUTGOING_MARK).unlink(missing_ok=True)  # a new QEMU migrates nothing
         log = directory / cl.CONSOLE_LOG  # QEMU appends to it: rotate it past 4 MiB
         if log.exists() and log.stat().st_size > 4 << 20:
             os.replace(log, directory / f"{cl.CONSOLE_LOG}.old")

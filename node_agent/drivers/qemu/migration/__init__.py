@@ -84,11 +84,14 @@ from node_agent.drivers.qemu.migration.source import (
     finish_source,
     migrate_out,
     nbd_client_args,
+    outgoing_left,
     resume_source,
 )
 from node_agent.drivers.qemu.migration.target import (
     abort_incoming,
     finish_incoming,
+    incoming_left,
+    keep_incoming,
     nbd_server_args,
     prepare_incoming,
 )
@@ -103,7 +106,7 @@ __all__ = [
     "ACTIVE", "DRIVE", "EXPORT", "EXPORT_ID", "FFDHE2048_PEM", "MAX_BANDWIDTH", "MIRROR_JOB",
     "NBD_NODE", "POLL", "PROGRESS_POLL", "STEP_TIMEOUT", "TLS_CREDS", "TLS_DIR", "TLS_HOSTNAME",
     "Credentials", "Incoming", "MigrationError", "MigrationStats", "Progress",
-    "abort_incoming", "finish_incoming", "finish_source", "migrate_out", "nbd_client_args",
-    "nbd_server_args", "parse_stats", "prepare_incoming", "resume_source", "tls_object",
-    "write_credentials",
+    "abort_incoming", "finish_incoming", "finish_source", "incoming_left", "keep_incoming",
+    "migrate_out", "nbd_client_args", "nbd_server_args", "outgoing_left", "parse_stats",
+    "prepare_incoming", "resume_source", "tls_object", "write_credentials",
 ]

@@ -1,10 +1,19 @@
 """The source's side: mirror the disk to the target's export, migrate the RAM, and
 afterwards either drop the source (``finish_source``) or run it again
-(``resume_source``)."""
+(``resume_source``).
+
+From its first QMP step until ``resume_source`` or ``finish_source``, ``migrate_out``
+leaves a mark (``cmdline.OUTGOING_MARK``) in the VM's directory. QEMU carries the mirror
+and the migration on by itself when the process that drives them dies (kill -9 of the
+member's daemon): the mark tells whoever comes next (the agent, ``migration_leftovers``;
+the next ``migrate_out``) that this QEMU holds an outgoing migration nobody follows, whose
+NBD node, mirror job and TLS object would refuse the next migration, and whose guest
+stays stopped for ever if it had reached the switch-over (``outgoing_left``)."""
 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 from node_agent.drivers.base import DriverError, InvalidState
@@ -45,6 +54,15 @@ def nbd_client_args(incoming: Incoming) -> dict[str, Any]:
                        "port": str(incoming.nbd_port)},
             "tls-creds": TLS_CREDS, "tls-hostname": TLS_HOSTNAME}
 
+def _mark(driver: QemuDriver, name: str) -> Path:
+    return driver.vm_dir(name) / cl.OUTGOING_MARK
+
+def outgoing_left(driver: QemuDriver, name: str) -> bool:
+    """Whether the VM's running QEMU holds (or may hold) what an outgoing migration left:
+    ``migrate_out`` began and neither ``resume_source`` nor ``finish_source`` ended it.
+    Only a stat (and the pid file): cheap enough for every pass of the agent."""
+    return _mark(driver, name).exists() and bool(driver._pid(name))
+
 def migrate_out(driver: QemuDriver, name: str, incoming: Incoming, credentials: Credentials,
                 downtime_ms: int = 300, progress: Progress | None = None,
                 timeout: float = 600) -> MigrationStats:
@@ -62,6 +80,8 @@ def migrate_out(driver: QemuDriver, name: str, incoming: Incoming, credentials: 
         schedule = DowntimeSchedule(downtime_ms)  # low first, up to downtime_ms (downtime.py)
     except ValueError as exc:
         raise MigrationError(str(exc)) from exc
+    if outgoing_left(driver, name):  # a dead daemon's migration: its node names are ours
+        resume_source(driver, name)
     status = driver.status(name)
     if status != "Running":
         raise InvalidState(f"cannot migrate VM {name!r}: it is {status}")
@@ -69,6 +89,7 @@ def migrate_out(driver: QemuDriver, name: str, incoming: Incoming, credentials: 
     started = time.monotonic()
     deadline = started + timeout
     report = progress or (lambda _: None)
+    _mark(driver, name).touch()
     try:
         load_credentials(driver, name, "client", credentials)
         _mirror_disk(driver, name, incoming, deadline, report)
@@ -139,6 +160,7 @@ def resume_source(driver: QemuDriver, name: str, timeout: float = STEP_TIMEOUT) 
     drop_credentials(driver, name)
     if call_qmp(driver, name, "query-status", "query-status").get("status") != "running":
         call_qmp(driver, name, "resuming", "cont")
+    _mark(driver, name).unlink(missing_ok=True)  # kept if it failed: tried again later
 
 def _undo_source(driver: QemuDriver, name: str) -> None:
     """resume_source on a failure path: its own failure must not hide the first one."""
@@ -160,3 +182,4 @@ def finish_source(driver: QemuDriver, name: str) -> None:
                                    f"is {status or 'not started'}")
             driver._kill(name)
         driver._cleanup(spec)
+        _mark(driver, name).unlink(missing_ok=True)

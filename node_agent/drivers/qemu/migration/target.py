@@ -1,6 +1,11 @@
 """The target's side: a paused QEMU waiting for the migration, its disk exported over NBD
 for the source's mirror; then run it (``finish_incoming``) or undo it all
-(``abort_incoming``)."""
+(``abort_incoming``).
+
+Until one of those two, the VM's directory holds a mark (``cmdline.INCOMING_MARK``): if
+this member's daemon dies and misses the call, whoever comes next knows that this paused
+QEMU waits for a word nobody will send, or that its files are left over from a QEMU that
+exited when the source gave up (``incoming_left``)."""
 
 from __future__ import annotations
 
@@ -50,6 +55,7 @@ def prepare_incoming(driver: QemuDriver, definition: InstanceDefinition,
         driver.define(definition)
         with driver._lock(name):
             driver._start(name, incoming=True)
+        (driver.vm_dir(name) / cl.INCOMING_MARK).touch()
         load_credentials(driver, name, "server", credentials)
         call_qmp(driver, name, "setting migration parameters", "migrate-set-parameters",
                  {"tls-creds": TLS_CREDS})
@@ -91,7 +97,6 @@ def _export_disk(driver: QemuDriver, name: str, host: str) -> int:
 
 LOADING = ACTIVE - {"setup"}  # an incoming migration's states once the source has connected
 
-
 def finish_incoming(driver: QemuDriver, name: str, timeout: float = STEP_TIMEOUT) -> None:
     """Stop the NBD server and run the migrated VM; from now on it is an ordinary VM of
     this driver. Call it only after ``migrate_out`` returned on the source: QEMU here may
@@ -120,6 +125,20 @@ def finish_incoming(driver: QemuDriver, name: str, timeout: float = STEP_TIMEOUT
     wait_until(f"VM {name!r} to run", deadline,
                lambda: call_qmp(driver, name, "query-status", "query-status")
                .get("status") == "running")
+    (driver.vm_dir(name) / cl.INCOMING_MARK).unlink(missing_ok=True)
+
+def incoming_left(driver: QemuDriver, name: str) -> bool:
+    """Whether the VM was made here for an incoming migration that neither
+    ``finish_incoming`` nor ``abort_incoming`` ended (a stat). Its QEMU may have gone:
+    an incoming QEMU exits when the source cancels, leaving the VM's files behind."""
+    return (driver.vm_dir(name) / cl.INCOMING_MARK).exists()
+
+def keep_incoming(driver: QemuDriver, name: str) -> None:
+    """Keep a VM whose incoming QEMU is gone as an ordinary, stopped VM of this driver
+    (the migration had been committed: its disk and definition are the VM's now)."""
+    if driver._pid(name):
+        raise InvalidState(f"VM {name!r} still waits for its migration: finish it")
+    (driver.vm_dir(name) / cl.INCOMING_MARK).unlink(missing_ok=True)
 
 def abort_incoming(driver: QemuDriver, name: str, volume: Path | None = None) -> None:
     """Undo ``prepare_incoming``: kill its QEMU, remove its taps, its volume (the one its
