@@ -115,7 +115,7 @@ def client(run: Run, index: int) -> None:
     """One client: hops between members, mixes reads, CAS, creates, deletes and writes,
     and now and then a container operation."""
     rng = random.Random(run.profile.seed * 100 + index)
-    name, seq, mine = f"c{index}", 0, []
+    name, seq, mine = f"c{index}", 0, list[str]()
     containers = instances.Instances(name)
     while not run.stop.is_set():
         seq += 1

@@ -180,9 +180,11 @@ def test_state_without_intents_loads_and_digests() -> None:
     assert state_digest(copy) != state_digest(state)  # the digest covers intents
     older = two_members()
     launched(older, "c2", "container", running=False)
-    fields = older.instances["c2"].__getstate__()  # an Instance pickled before the field
+    # an Instance pickled before the field (slotted records keep a dict state)
+    record: Any = older.instances["c2"]
+    fields: dict[str, Any] = record.__getstate__()
     del fields["intent"]
-    before = Instance.__new__(Instance)
+    before: Any = Instance.__new__(Instance)
     before.__setstate__(fields)
     older.instances["c2"] = before
     older = pickle.loads(pickle.dumps(older))

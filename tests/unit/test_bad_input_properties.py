@@ -93,7 +93,7 @@ def _send(served: Served, method: str, path: str, raw: bytes) -> tuple[int, dict
     path = path.replace("IMAGE", served.image)
     status, _, answer = served.api.raw(method, path, raw, {"Content-Type": "application/json"})
     doc = json.loads(answer) if answer.startswith(b"{") else {"error": answer[:200]}
-    assert status < 500, f"{method} {path} {raw[:200]!r}: {status} {doc.get('error')}"
+    assert status < 500, f"{method} {path} {raw[:200]!r}: {status} {doc.get('error')!r}"
     if status >= 400:
         assert served.digest() == before, f"{method} {path}: refused but changed the state"
     return status, doc

@@ -7,6 +7,7 @@ command the old controller submits under its old epoch is refused once the cut h
 from __future__ import annotations
 
 import asyncio
+from functools import partial
 from pathlib import Path
 
 from cluster.controllers.runtime import LeaderRuntime, Lease
@@ -57,7 +58,7 @@ def test_controllers_follow_leadership_and_a_deposed_leaders_commands_are_refuse
     async def run() -> None:
         async with _cluster(tmp_path) as (_, stores):
             recorders = [Recorder(f"m{i}") for i in range(3)]
-            runtimes = [LeaderRuntime(store, lambda i=i: f"m{i}", [recorders[i]], period=0.05)
+            runtimes = [LeaderRuntime(store, partial(str, f"m{i}"), [recorders[i]], period=0.05)
                         for i, store in enumerate(stores)]
             for runtime in runtimes:
                 runtime.start()

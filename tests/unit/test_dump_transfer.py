@@ -47,6 +47,7 @@ def _chunks(leader: DumpTransfer) -> list[Any]:
     chunks = []
     while True:
         chunk = leader.getTransmissionData(NODE)
+        assert chunk is not None
         chunks.append(chunk)
         if chunk[2]:
             return chunks

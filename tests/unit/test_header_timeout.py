@@ -37,7 +37,8 @@ async def endpoints(tmp_path: Path) -> AsyncIterator[dict[str, object]]:
 async def _connect(where: object) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     if isinstance(where, str):
         return await asyncio.open_unix_connection(where)
-    host, port = where  # type: ignore[misc]
+    assert isinstance(where, tuple)
+    host, port = where
     return await asyncio.open_connection(host, port)
 
 

@@ -119,7 +119,7 @@ def test_member_update_sets_roles_config_groups_and_description() -> None:
 def test_member_update_refuses_bad_input_and_changes_nothing() -> None:
     state = four_members()
     before = pickle.dumps(state.members)
-    bad = [
+    bad: list[dict[str, Any]] = [
         dict(name="m9", roles=[]),  # unknown member
         dict(name="m4", roles=["database"]),  # a fourth voter past cluster.max_voters
         dict(name="m4", roles=["admin"]),

@@ -306,8 +306,9 @@ async def member(root: Path, target: tuple[str, web.Application]) -> AsyncIterat
 
     ops = Operations("m1", lambda op: None)
     app = web.Application(middlewares=[error_middleware()])
-    app[CTX] = SimpleNamespace(member="m1", store=StaticStore(_state(target[0])), ops=ops,
-                               paths=SimpleNamespace(root=root))  # type: ignore[assignment]
+    context: Any = SimpleNamespace(member="m1", store=StaticStore(_state(target[0])), ops=ops,
+                                   paths=SimpleNamespace(root=root))
+    app[CTX] = context
     for method, path, handler, _ in forwarding.wrap_routes([
             ("GET", "/1.0/instances/{name}/state", local_state, "trusted"),
             ("POST", "/1.0/instances/{name}/exec", local_state, "trusted"),
@@ -340,12 +341,17 @@ async def test_a_forwarded_request_is_never_forwarded_again(member: Client) -> N
     assert (await _metadata(resp))["metadata"] == {"served_by": "m1"}
 
 
+def _app(member: Client) -> web.Application:
+    assert isinstance(member.server, TestServer)
+    return member.server.app
+
+
 async def test_an_operation_of_another_member_is_found_and_cached(member: Client) -> None:
     resp = await member.get("/1.0/operations/op-on-target")
     doc = await _metadata(resp)
     assert resp.status == 200 and doc["metadata"]["served_by"] == "target"
     assert doc["metadata"]["forwarded"] == "1"
-    cache = member.server.app[proxy.PROXY].operations
+    cache = _app(member)[proxy.PROXY].operations
     assert cache["op-on-target"][0] == "m2"
     resp = await member.get("/1.0/operations/unknown")
     assert resp.status == 404 and "unknown" not in cache
@@ -355,6 +361,6 @@ async def test_an_operation_started_through_the_relay_needs_no_probe(
         member: Client, target: tuple[str, web.Application]) -> None:
     resp = await member.post("/1.0/instances/there/exec", json={"command": ["true"]})
     assert resp.status == 202
-    assert member.server.app[proxy.PROXY].operations["op-on-target"][0] == "m2"
+    assert _app(member)[proxy.PROXY].operations["op-on-target"][0] == "m2"
     resp = await member.get("/1.0/operations/op-on-target")
     assert resp.status == 200 and target[1][PROBES] == ["op-on-target"]  # the GET itself

@@ -184,7 +184,8 @@ def test_the_downtime_limit_rises_pass_by_pass_up_to_the_configured_one(
     vm.passes = 8
     vm.start()
     mig.migrate_out(driver, "vm1", INCOMING, CREDENTIALS, downtime_ms=250)
-    limits = [r["arguments"]["downtime-limit"] for r in vm.qmp.seen  # type: ignore[union-attr]
+    seen: list[Any] = vm.qmp.seen  # type: ignore[union-attr]
+    limits = [r["arguments"]["downtime-limit"] for r in seen
               if r["execute"] == "migrate-set-parameters" and "downtime-limit" in r["arguments"]]
     assert limits == [20, 40, 80, 160, 250]
 

@@ -144,8 +144,9 @@ def test_threads_share_the_single_client_socket(serve: Callable[..., FakeQmp]) -
 
 def test_a_held_monitor_keeps_events_for_whoever_waits_for_them(
         serve: Callable[..., FakeQmp]) -> None:
-    job = {"event": "JOB_STATUS_CHANGE", "data": {"id": "mirror", "status": "ready"}}
-    active = {"event": "MIGRATION", "data": {"status": "active"}}
+    job: dict[str, object] = {"event": "JOB_STATUS_CHANGE",
+                              "data": {"id": "mirror", "status": "ready"}}
+    active: dict[str, object] = {"event": "MIGRATION", "data": {"status": "active"}}
 
     def handler(request: dict[str, object]) -> list[dict[str, object]]:
         if request["execute"] == "migrate":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+from typing import Any
 from pathlib import Path
 
 import pytest
@@ -143,7 +144,8 @@ def test_the_replica_middleware_applies_a_trusted_peers_index_first(tmp_path: Pa
 
     async def scenario() -> list[str]:
         app = web.Application(middlewares=[replica_middleware()])
-        app[CTX] = SimpleNamespace(store=Store())  # type: ignore[assignment]
+        context: Any = SimpleNamespace(store=Store())
+        app[CTX] = context
         app.router.add_get("/x", handler)
         runner = web.AppRunner(app)
         await runner.setup()

@@ -27,7 +27,8 @@ class _OldPickle:
         self.cls, self.state = cls, state
 
     def __reduce_ex__(self, protocol: Any) -> tuple[Any, ...]:
-        return copyreg._reconstructor, (self.cls, object, None), self.state
+        rebuild = copyreg._reconstructor  # type: ignore[attr-defined]  # what old pickles name
+        return rebuild, (self.cls, object, None), self.state
 
 
 def _instance() -> Instance:
@@ -67,7 +68,9 @@ def test_a_frozen_result_loads_from_a_dict_state() -> None:
 
 def test_new_pickles_hold_plain_dicts_that_old_code_can_load() -> None:
     inst = _instance()
-    _, _, state, *_ = inst.__reduce_ex__(pickle.HIGHEST_PROTOCOL)
+    reduced = inst.__reduce_ex__(pickle.HIGHEST_PROTOCOL)
+    assert isinstance(reduced, tuple)
+    state = reduced[2]
     assert isinstance(state, dict) and state["name"] == "c1"
     assert pickle.loads(pickle.dumps(inst)) == inst
 
@@ -100,7 +103,7 @@ def _placed_state(count: int) -> State:
             assert apply(state, cmd).ok
     specs = list(driver.instances(count))
     for spec in specs:  # one command per instance, each unpickled as from the log
-        cmd: Command = pickle.loads(pickle.dumps(create_many_command([(spec, hosts[0].name)])))
+        cmd = pickle.loads(pickle.dumps(create_many_command([(spec, hosts[0].name)])))
         assert apply(state, cmd).ok
     return state
 
