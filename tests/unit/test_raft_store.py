@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 import pytest
 

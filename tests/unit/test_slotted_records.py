@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from cluster.state.apply import apply
-from cluster.state.commands import Command, Result, command
+from cluster.state.commands import Result, command
 from cluster.state.model import Action, Instance, Observed, State
 from cluster.state.slotted import slotted
 from simulator.fake_driver import FakeDriver
