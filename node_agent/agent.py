@@ -131,10 +131,14 @@ class NodeAgent:
         loop = asyncio.get_running_loop()
         next_resync = loop.time() + RESYNC_SECONDS
         while True:
+            # asyncio.timeout, not wait_for: on 3.11 wait_for loses a cancel that comes as
+            # the queue yields an item, and close() then waited for this loop forever.
+            change = None
             try:
-                change = await asyncio.wait_for(queue.get(), max(0.0, next_resync - loop.time()))
+                async with asyncio.timeout(max(0.0, next_resync - loop.time())):
+                    change = await queue.get()
             except TimeoutError:
-                change = None
+                pass
             if loop.time() >= next_resync:  # by the clock: heartbeats keep the feed busy
                 next_resync = loop.time() + RESYNC_SECONDS
                 await self._resync_now()
