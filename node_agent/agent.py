@@ -2,13 +2,13 @@
 
 It is woken by the store's change feed (push, not polling) and looks at every local
 instance again every ``RESYNC_SECONDS`` (a safety net). Each instance has at most one
-worker at a time; a worker runs convergence passes (``converge``): the queued one-shot
-changes in generation order (create, update, rename, snapshots, restore, delete), then
-the power steps that ``converge.plan_power`` finds between the desired power state and
-what the host shows, and one ``instance.observed`` report for the whole pass. After a
-restart, a crash or a host reboot the agent does the same thing: it converges every
-local instance (steps are idempotent), with no special case and no queue of power
-actions to replay.
+worker at a time; a worker runs convergence passes (``converge``): the steps that
+``desired.plan_instance`` finds between the record (exists here, name, spec revision,
+deleted) and the last report (rename, create, update, delete), then the queued snapshot
+changes, then the power steps that ``converge.plan_power`` finds between the desired power
+state and what the host shows, and one ``instance.observed`` report for the whole pass.
+After a restart, a crash or a host reboot the agent does the same thing: it converges every
+local instance (steps are idempotent), with no special case and no queue to replay.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import asyncio
 import copy
 import logging
 from dataclasses import dataclass
+from dataclasses import replace as dc_replace
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from cluster.transport.peers import download_image
 from node_agent.actions import perform
 from node_agent.capacity import host_capacity
 from node_agent.converge import Seen, Want, host_token, plan_power
+from node_agent.desired import MISSING, Record, Reported, Step, local_name, plan_instance, reached
 from node_agent.node import InstanceSpec, LocalNode
 from node_agent.vm_guard import guard_vms
 
@@ -189,43 +191,107 @@ class NodeAgent:
             if inst is None or inst.location != self.member:
                 return None
             seen = inst.observed
+            record, reported, queue = _desired_of_queue(
+                Record(inst.name, inst.generation, inst.power == "Deleted", inst.spec_gen,
+                       inst.name_gen, moving=bool(inst.moving_to)),
+                Reported(seen.created, seen.name, seen.spec_gen), inst.pending)
             return _Pass(
-                self._spec_of(state, inst), copy.deepcopy(inst.pending),
+                self._spec_of(state, inst), copy.deepcopy(queue),
                 Want(inst.power, inst.boots, inst.generation, dict(inst.power_args or {}),
                      moving=bool(inst.moving_to)),
-                Seen(seen.generation, seen.status, seen.boots, seen.host))
+                Seen(seen.generation, seen.status, seen.boots, seen.host),
+                record, reported, seen.error)
 
     async def converge(self, uid: str) -> bool:
-        """One pass over ``uid``: its queued one-shot changes, then its power state, then
-        at most one report. True if a failed one-shot change left work for another pass."""
+        """One pass over ``uid``: the steps that bring its existence, name and spec to
+        the record (``desired.plan_instance``), the queued one-shot changes, then its power
+        state, then at most one report. True if a failed step left other changes for
+        another pass."""
         found = self._read(uid)
         if found is None:
             return False
-        spec, actions, want, seen = found.spec, found.actions, found.want, found.seen
-        for act in actions:
-            error = await self._run_action(spec, act)
-            if act.kind == "delete" and not error:
-                await self._report(spec, act.generation, "", "Stopped", want.boots)
-                return False
+        spec, want, seen = found.spec, found.want, found.seen
+        local = dc_replace(spec, name=local_name(found.record, found.reported))
+        present = await asyncio.to_thread(self._present, spec, local)
+        steps = plan_instance(found.record, found.reported, present)
+        done: list[Step] = []
+        for step in steps:
+            if step.kind == "delete" and not done:  # after the queued changes (``Action``)
+                retry = await self._run_queue(found, tuple(done))
+                if retry is not None:
+                    return retry
+            error = MISSING if step.kind == "missing" else await self._step(spec, step)
             if error:
-                status = await asyncio.to_thread(self.node.status, spec.name, spec.type)
-                await self._report(spec, act.generation, error, status, seen.boots)
-                return act.generation < want.generation
+                return await self._failed(found, step, tuple(done), error)
+            done.append(step)
+        after = reached(found.record, found.reported, tuple(done))
+        if found.record.deleted:
+            await self._report(spec, want.generation, "", "Stopped", want.boots, after)
+            return False
+        retry = await self._run_queue(found, tuple(done))
+        if retry is not None:
+            return retry
         host = self._host
-        steps, status, error, self_stopped = await asyncio.to_thread(
+        power, status, error, self_stopped = await asyncio.to_thread(
             self._converge_power, spec, want, seen, host)
         if self_stopped:
+            if done:
+                await self._report(spec, seen.generation, "", status, seen.boots, after)
             await self.store.submit(command("instance.observe_status", uid=spec.uid,
                                             status="Stopped"))
             await self._delete_if_ephemeral(spec)
             return False
-        if not (actions or steps) and seen.generation >= want.generation:
+        if not (done or power or found.actions) and seen.generation >= want.generation:
             return False
         await self._report(spec, want.generation, error, status,
-                           seen.boots if error else want.boots)
-        if "stop" in steps and not error:
+                           seen.boots if error else want.boots, after)
+        if "stop" in power and not error:
             await self._delete_if_ephemeral(spec)
         return False
+
+    def _present(self, spec: InstanceSpec, local: InstanceSpec) -> bool:
+        """Whether the host has the instance, under its local or its record's name."""
+        return self.node.has_volume(local) or (
+            local.name != spec.name and self.node.has_volume(spec))
+
+    async def _step(self, spec: InstanceSpec, step: Step) -> str:
+        """Carry out one step of ``plan_instance``; its error ("" if none)."""
+        if step.kind == "delete":
+            return await self._run_action(dc_replace(spec, name=step.old),
+                                          Action(step.generation, "delete"))
+        args = {"old": step.old, "new": spec.name} if step.kind == "rename" else {}
+        return await self._run_action(spec, Action(step.generation, step.kind, args))
+
+    async def _failed(self, found: _Pass, step: Step, done: tuple[Step, ...],
+                      error: str) -> bool:
+        """Report ``step``'s failure against the generation that asked for it."""
+        spec, want, seen = found.spec, found.want, found.seen
+        if step.kind == "missing" and found.error == error and (
+                seen.generation >= want.generation):
+            return False  # reported already
+        after = reached(found.record, found.reported, done, step)
+        if step.kind == "create":
+            after = dc_replace(after, created=False)  # apply drops the record
+        status = await asyncio.to_thread(self.node.status, spec.name, spec.type)
+        await self._report(spec, step.generation, error, status, seen.boots, after)
+        return step.generation < want.generation
+
+    async def _run_queue(self, found: _Pass, done: tuple[Step, ...]) -> bool | None:
+        """Carry out the queued one-shot changes in generation order. None if all went
+        well, else (the failure reported) whether other changes are left for another
+        pass."""
+        spec, want, seen = found.spec, found.want, found.seen
+        for act in found.actions:
+            error = await self._run_action(spec, act)
+            if act.kind == "delete" and not error:  # queued in a snapshot from before
+                await self._report(spec, act.generation, "", "Stopped", want.boots)
+                return False
+            if error:
+                status = await asyncio.to_thread(self.node.status, spec.name, spec.type)
+                await self._report(spec, act.generation, error, status, seen.boots,
+                                   reached(found.record, found.reported, done))
+                return act.generation < want.generation
+        return None
 
     def _converge_power(self, spec: InstanceSpec, want: Want, seen: Seen,
                         host: str) -> tuple[tuple[str, ...], str, str, bool]:
@@ -251,12 +317,15 @@ class NodeAgent:
         return self._host_cache
 
     async def _report(self, spec: InstanceSpec, generation: int, error: str, status: str,
-                      boots: int) -> None:
+                      boots: int, after: Reported | None = None) -> None:
         # If this commit fails the work stays unreported; the resync converges again
         # (steps are idempotent) and reports then.
+        extra: dict[str, Any] = {} if after is None else {
+            "created": after.created, "name": after.name or spec.name,
+            "spec_gen": after.spec_gen}
         await self.store.submit(command("instance.observed", uid=spec.uid,
                                         generation=generation, status=status, error=error,
-                                        boots=boots, host=self._host))
+                                        boots=boots, host=self._host, **extra))
 
     @staticmethod
     def _spec_of(state: Any, inst: Instance) -> InstanceSpec:
@@ -334,9 +403,35 @@ class _Pass:
     """What one convergence pass works from, read at once from the replica."""
 
     spec: InstanceSpec
-    actions: list[Action]
+    actions: list[Action]  # queued in a snapshot from before (see ``Action``)
     want: Want
     seen: Seen
+    record: Record
+    reported: Reported
+    error: str  # the last report's
+
+
+def _desired_of_queue(record: Record, reported: Reported, queue: list[Action]
+                      ) -> tuple[Record, Reported, list[Action]]:
+    """A queue from a snapshot of before, read as desired state: a queued create is an
+    instance not yet created, a queued rename a host name behind the record's, a queued
+    update a spec revision behind, a queued delete is ``power == "Deleted"`` already. What
+    is left (power actions, snapshots, restore) runs once, in order."""
+    left = []
+    for act in queue:
+        if act.kind == "create":
+            reported = dc_replace(reported, created=False)
+        elif act.kind == "rename":
+            if not reported.name:
+                reported = dc_replace(reported, name=str(act.args.get("old", "")))
+            record = dc_replace(record, name_gen=max(record.name_gen, act.generation))
+        elif act.kind == "update":
+            record = dc_replace(record, spec_gen=max(record.spec_gen, act.generation))
+        elif act.kind != "delete":
+            left.append(act)
+    if reported.name == record.name:
+        reported = dc_replace(reported, name="")
+    return record, reported, left
 
 
 def _boot_id() -> str:

@@ -17,6 +17,7 @@ from node_agent.drivers.lxc import LxcDriver
 from node_agent.drivers.lxc_state import stopped_state
 from node_agent.drivers.qemu import QemuDriver
 from node_agent.drivers.qemu.accel_choice import check_mode as check_vm_accelerator_mode
+from node_agent.drivers.qemu.cmdline import DISK as VM_DISK
 from node_agent.drivers.qemu.driver import probe_guest
 from node_agent.drivers.registry import VM, DriverRegistry
 from node_agent.idmap import IdMap
@@ -166,6 +167,16 @@ class LocalNode:
             return self.driver_for(instance_type).status(name)
         except NotFound:
             return "Stopped"
+
+    def has_volume(self, spec: InstanceSpec) -> bool:
+        """Whether this member has the instance's volume (its rootfs, or its VM disk):
+        what a created instance cannot be without."""
+        pool = self.pools.get(spec.pool)
+        if pool is None:
+            return False
+        if spec.is_vm:
+            return (pool.vm_volume_path(spec.name) / VM_DISK).is_file()
+        return pool.exists(spec.name)
 
     def state(self, name: str, instance_type: str = "container") -> dict[str, Any]:
         try:

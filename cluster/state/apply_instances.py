@@ -2,10 +2,11 @@
 
 Each handler validates first and mutates only when everything checks out, so
 a refused command changes nothing. Every change the node agent must carry out bumps the
-instance's ``generation``. Power changes are desired state (``power``, ``boots``,
-``power_args``) that the agent converges on; the one-shot kinds (create, update, rename,
-delete, snapshots, restore) are still queued as numbered ``Action``s. The agent reports
-the generation it reached with ``instance.observed``.
+instance's ``generation``. Changes are desired state that the agent converges on: power
+(``power``, ``boots``, ``power_args``; node_agent/converge.py), and existence, name and spec
+(``observed.created``, ``observed.name``, ``spec_gen``, ``power == "Deleted"``;
+node_agent/desired.py). Snapshots and restore are still queued as numbered ``Action``s.
+The agent reports the generation it reached with ``instance.observed``.
 """
 
 from __future__ import annotations
@@ -55,6 +56,8 @@ def _get(state: State, cmd: Command) -> Instance | Result:
     problem = lock_problem(inst, cmd.args)
     if problem:
         return fail(409, problem)
+    if inst.power == "Deleted":  # nothing may bring it back while the agent deletes it
+        return fail(409, "The instance is being deleted")
     return inst
 
 
@@ -194,7 +197,8 @@ def _create(state: State, a: dict[str, Any], now: float) -> Result:
         placement_group=config.get("placement.group", ""))
     if problem:
         return fail(409, f"Placement on {inst.location} no longer fits: {problem}")
-    _enqueue(inst, "create")
+    inst.generation = 1
+    inst.observed.created = False  # the agent creates it (node_agent/desired.py)
     if a.get("start"):
         _want_power(inst, "start", {})
     state.instances[inst.name] = inst
@@ -298,7 +302,9 @@ def _replace(state: State, inst: Instance, a: dict[str, Any]) -> Result:
     if "ephemeral" in a:
         inst.ephemeral = bool(a["ephemeral"])
     reservations.refresh(state, inst)
-    return ok({"generation": _enqueue(inst, "update")})
+    inst.generation += 1
+    inst.spec_gen = inst.generation
+    return ok({"generation": inst.generation})
 
 
 def rename(state: State, cmd: Command) -> Result:
@@ -314,10 +320,15 @@ def rename(state: State, cmd: Command) -> Result:
     if inst.power != "Stopped" or inst.observed.status != "Stopped":
         return fail(400, "Renaming of running instance not allowed")
     del state.instances[inst.name]
-    generation = _enqueue(inst, "rename", old=inst.name, new=new)
+    if not inst.observed.name:  # the host has it under this name until the agent renames
+        inst.observed.name = inst.name
+    inst.generation += 1
+    inst.name_gen = inst.generation
     inst.name = str(new)
+    if inst.observed.name == inst.name:  # renamed back before the agent came to it
+        inst.observed.name = ""
     state.instances[inst.name] = inst
-    return ok({"generation": generation})
+    return ok({"generation": inst.generation})
 
 
 def delete(state: State, cmd: Command) -> Result:
@@ -327,7 +338,8 @@ def delete(state: State, cmd: Command) -> Result:
     if not cmd.args.get("force") and (inst.power != "Stopped"):
         return fail(400, "Instance is running")
     inst.power = "Deleted"
-    return ok({"generation": _enqueue(inst, "delete")})
+    inst.generation += 1
+    return ok({"generation": inst.generation})
 
 
 def snapshot(state: State, cmd: Command) -> Result:
@@ -421,15 +433,51 @@ def observed(state: State, cmd: Command) -> Result:
     seen.host = shared(str(a.get("host", seen.host)))
     for act in done:
         _settle(state, inst, act, error if act.generation == generation else "")
-    if error:
-        inst.results[generation] = error
-    else:
-        inst.results[generation] = ""
+    inst.results[generation] = error
     for old in sorted(inst.results)[:-KEEP_RESULTS]:
         del inst.results[old]
-    if generation >= inst.generation and inst.power != "Deleted":
-        _settle_power(inst, error)
+    if state.instances.get(inst.name) is not inst:
+        return ok(None)  # a queued create failed or a queued delete was done
+    _settle_desired(state, inst, a, generation, error)
     return ok(None)
+
+
+def _settle_desired(state: State, inst: Instance, a: dict[str, Any], generation: int,
+                    error: str) -> None:
+    """Apply what the report says of the instance's existence, name and spec
+    (node_agent/desired.py): a failed create drops the record (nothing half-created
+    stays), a done delete purges it, a failed delete keeps it as it is, a failed rename
+    gives it its old name back (when still free), and a report that covers every
+    change settles the power fields."""
+    seen = inst.observed
+    if "created" in a or not seen.created:
+        # An agent from before the field says nothing: its first report follows its create.
+        seen.created = bool(a.get("created", seen.created or not error))
+        if not seen.created and error:
+            _remove(state, inst)
+            return
+    if "spec_gen" in a:
+        seen.spec_gen = max(seen.spec_gen, int(a["spec_gen"]))
+    if "name" in a:
+        _settle_name(state, inst, str(a["name"]), error)
+    if inst.power == "Deleted":
+        if generation >= inst.generation and not error:
+            _remove(state, inst)
+        elif error and generation >= inst.generation:
+            inst.power = seen.status
+        return
+    if generation >= inst.generation:
+        _settle_power(inst, error)
+
+
+def _settle_name(state: State, inst: Instance, local: str, error: str) -> None:
+    """The host has the instance as ``local`` ("" = its record's name)."""
+    seen = inst.observed
+    seen.name = "" if local == inst.name else shared(local)
+    if error and seen.name and seen.name not in state.instances:
+        del state.instances[inst.name]  # the rename failed: the record follows the host
+        inst.name, seen.name = seen.name, ""
+        state.instances[inst.name] = inst
 
 
 def _settle_power(inst: Instance, error: str) -> None:

@@ -47,11 +47,12 @@ class Member:
 @slotted
 @dataclass(slots=True)
 class Action:
-    """A one-shot change for the node agent (create, update, rename, delete, snapshots,
-    restore), numbered by the instance's generation. Power changes are not queued: they
-    are desired state (``Instance.power``, ``boots``, ``power_args``) that the agent
-    converges on; a snapshot from before may still hold queued power actions, which the
-    agent carries out once like the others."""
+    """A one-shot change for the node agent, numbered by the instance's generation.
+    Only snapshots, snapshot deletes and renames, and restores are still queued; every
+    other change is desired state that the agent converges on (power:
+    node_agent/converge.py; existence, name and spec: node_agent/desired.py). A snapshot
+    from before may hold queued creates, power actions, updates, renames and deletes:
+    the agent reads those as desired state and carries the rest out once."""
 
     generation: int
     kind: str  # create|start|stop|restart|freeze|unfreeze|update|rename|snapshot|...
@@ -68,6 +69,12 @@ class Observed:
     error: str = ""
     boots: int = 0  # the restarts carried out (``Instance.boots``)
     host: str = ""  # "member/boot id" of the host that reported: a reboot since is seen
+    # Whether the agent created the instance (node_agent/desired.py). True by default: a
+    # record from before the field existed was created, or a queued create (``pending``)
+    # does it; ``instance.create`` sets False.
+    created: bool = True
+    name: str = ""  # the name the instance has on its host ("" = the record's)
+    spec_gen: int = 0  # the spec revision (``Instance.spec_gen``) the host has
 
 
 @dataclass
@@ -107,7 +114,12 @@ class Instance:
     generation: int = 0
     boots: int = 0
     power_args: dict[str, Any] | None = None
-    pending: list[Action] = field(default_factory=list)  # the one-shot changes still to do
+    # The rest of the desired state (node_agent/desired.py): the generations of the last
+    # spec change (update, patch, restore) and of the last rename.
+    spec_gen: int = 0
+    name_gen: int = 0
+    # The snapshot changes and restores still to do, in generation order (``Action``).
+    pending: list[Action] = field(default_factory=list)
     observed: Observed = field(default_factory=Observed)
     results: dict[int, str] = field(default_factory=dict)  # generation -> error ("" = ok)
     snapshots: dict[str, Snapshot] = field(default_factory=dict)

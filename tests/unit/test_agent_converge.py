@@ -18,6 +18,7 @@ from cluster.state.model import Action, Instance, Observed, State
 from cluster.state.store import Change
 from node_agent import agent as agent_module
 from node_agent.agent import NodeAgent
+from node_agent.desired import MISSING
 from tests.unit.test_apply import bootstrapped, cmd, create
 
 
@@ -54,6 +55,7 @@ class FakeHost:
 
     def __init__(self) -> None:
         self.statuses: dict[str, str] = {}
+        self.volumes: set[str] = set()
         self.done: list[tuple[str, str]] = []
         self.images = SimpleNamespace(has=lambda fingerprint: True)
         self.instance_types = ["container"]
@@ -65,8 +67,20 @@ class FakeHost:
     def restock_spare(self, spec: Any) -> None:
         pass
 
+    def has_volume(self, spec: Any) -> bool:
+        """A volume made by a create, or one a test shows a status for."""
+        return spec.name in self.volumes or spec.name in self.statuses
+
     def perform(self, node: Any, spec: Any, kind: str, args: dict[str, Any]) -> None:
         self.done.append((spec.name, kind))
+        if kind == "create":
+            self.volumes.add(spec.name)
+        elif kind == "delete":
+            self.volumes.discard(spec.name)
+            self.statuses.pop(spec.name, None)
+        elif kind == "rename" and args["old"] in self.volumes:
+            self.volumes.remove(args["old"])
+            self.volumes.add(args["new"])
         after: dict[str, str] = {"create": "Stopped", "start": "Running", "restart": "Running",
                                  "stop": "Stopped", "unfreeze": "Running"}
         if kind == "freeze":
@@ -181,6 +195,7 @@ def test_a_stopped_instance_is_started_only_after_a_host_reboot(
         create(state, "c1", start=True)
         apply(state, cmd("instance.observed", uid="u-c1", generation=2, status="Running",
                          host="m1/b"))
+        host.volumes.add("c1")
         store = MemoryStore(state)
         agent = NodeAgent("m1", store, host, boot_id=boot)  # type: ignore[arg-type]
         await agent.start()
@@ -216,4 +231,77 @@ def test_a_snapshot_from_before_with_queued_power_actions_converges(host: FakeHo
         assert (inst.boots, inst.power_args, inst.observed.host) == (0, None, "m1/b")
         assert inst.pending == [] and inst.stateful and not inst.busy
         assert [r["generation"] for r in store.reports()] == [3]
+    run(body)
+
+
+def test_update_rename_and_delete_are_converged_not_replayed(host: FakeHost) -> None:
+    """Two renames and an update committed while the agent was away: one rename to the
+    last name and one update, reported once; then a delete removes it under that name
+    and the record is purged."""
+    async def body() -> None:
+        state = bootstrapped()
+        create(state, "c1")
+        apply(state, cmd("instance.observed", uid="u-c1", generation=1, status="Stopped",
+                         created=True))
+        host.volumes.add("c1")
+        inst = state.instances["c1"]
+        assert apply(state, cmd("instance.rename", name="c1", new_name="c2")).ok
+        assert apply(state, cmd("instance.update", name="c2", config={"limits.cpu": "1"},
+                                devices={}, profiles=["default"])).ok
+        assert apply(state, cmd("instance.rename", name="c2", new_name="c3")).ok
+        store = MemoryStore(state)
+        agent = NodeAgent("m1", store, host, boot_id="b")  # type: ignore[arg-type]
+        await agent.start()
+        await settle(agent)
+        assert host.done == [("c3", "rename"), ("c3", "update")]
+        assert host.volumes == {"c3"} and not inst.busy and inst.observed.name == ""
+        assert [r["generation"] for r in store.reports()] == [4]
+        await store.submit(cmd("instance.delete", name="c3"))
+        await settle(agent)
+        await agent.close()
+        assert host.done[-1] == ("c3", "delete") and host.volumes == set()
+        assert "c3" not in state.instances
+    run(body)
+
+
+def test_a_lost_volume_is_reported_once_and_never_recreated(host: FakeHost) -> None:
+    async def body() -> None:
+        state = bootstrapped()
+        create(state, "pet")
+        apply(state, cmd("instance.observed", uid="u-pet", generation=1, status="Stopped",
+                         created=True))
+        start = apply(state, cmd("instance.action", name="pet", action="start"))
+        store = MemoryStore(state)
+        for _ in range(2):  # a restarted agent does not report it again
+            agent = NodeAgent("m1", store, host, boot_id="b")  # type: ignore[arg-type]
+            await agent.start()
+            await settle(agent)
+            await agent.close()
+        assert host.done == []
+        reports = store.reports()
+        assert [(r["generation"], r["error"]) for r in reports] == [
+            (start.value["generation"], MISSING)]
+        assert state.instances["pet"].power == "Stopped"
+    run(body)
+
+
+def test_a_queued_rename_and_update_from_before_are_read_as_desired_state(
+        host: FakeHost) -> None:
+    """A snapshot from before queued a rename and an update: the agent renames the volume
+    it has under the old name and updates it, once, and the queue is gone."""
+    async def body() -> None:
+        state = bootstrapped()
+        create(state, "c1")
+        inst = state.instances["c1"]
+        inst.observed.generation, inst.generation, inst.observed.created = 1, 3, True
+        inst.pending = [Action(2, "rename", {"old": "c0", "new": "c1"}), Action(3, "update")]
+        host.volumes.add("c0")
+        store = MemoryStore(state)
+        agent = NodeAgent("m1", store, host, boot_id="b")  # type: ignore[arg-type]
+        await agent.start()
+        await settle(agent)
+        await agent.close()
+        assert host.done == [("c1", "rename"), ("c1", "update")]
+        assert host.volumes == {"c1"} and inst.pending == [] and not inst.busy
+        assert (inst.name, inst.observed.name) == ("c1", "")
     run(body)

@@ -47,14 +47,18 @@ def test_bootstrap_makes_member_pool_network_and_default_profile() -> None:
                                 pool={}, network={})).ok
 
 
-def test_create_queues_the_create_and_wants_it_running() -> None:
-    """The create is a queued one-shot change; the start is desired state, not queued."""
+def test_create_wants_it_made_and_running() -> None:
+    """The create and the start are desired state (not yet created, Running), not
+    queued; the agent's report of creating it settles both."""
     state = bootstrapped()
     result = create(state, "c1", start=True)
     assert result.ok and result.value["generation"] == 2
     inst = state.instances["c1"]
-    assert [(a.generation, a.kind) for a in inst.pending] == [(1, "create")]
+    assert inst.pending == [] and not inst.observed.created
     assert inst.power == "Running" and inst.busy
+    apply(state, cmd("instance.observed", uid="u-c1", generation=2, status="Running",
+                     created=True))
+    assert inst.observed.created and not inst.busy
 
 
 def test_retried_command_is_applied_once() -> None:
