@@ -38,7 +38,7 @@ class Record:
     name: str
     generation: int
     deleted: bool = False  # power == "Deleted"
-    spec_gen: int = 0  # generation of the last spec change (update, patch, restore)
+    spec_gen: int = 0  # generation of the last spec change (update, patch)
     name_gen: int = 0  # generation of the last rename
     moving: bool = False
 
