@@ -42,12 +42,12 @@ demo-clean: deps
 # lint-imports checks the import contracts in pyproject.toml ([tool.importlinter]).
 lint: deps
 	$(VENV)/bin/ruff check corral_cli cluster node_agent scheduler simulator corral_shared devtools tests bench
-	$(VENV)/bin/mypy corral_cli cluster node_agent scheduler simulator corral_shared devtools
+	$(VENV)/bin/mypy corral_cli cluster node_agent scheduler simulator corral_shared devtools tests bench
 	$(VENV)/bin/lint-imports --no-cache
 
 test: deps
 	$(VENV)/bin/ruff check corral_cli cluster node_agent scheduler simulator corral_shared devtools tests bench
-	$(VENV)/bin/mypy corral_cli cluster node_agent scheduler simulator corral_shared devtools
+	$(VENV)/bin/mypy corral_cli cluster node_agent scheduler simulator corral_shared devtools tests bench
 	$(VENV)/bin/lint-imports --no-cache
 	$(PY) -m pytest -q -p no:cacheprovider --timeout=600 tests
 

@@ -1,4 +1,4 @@
-"""Carry out one queued action on the real world (blocking; runs in a thread).
+"""Carry out one step on the real world (blocking; runs in a thread).
 
 Every action is idempotent: after a crash the agent may perform an action a
 second time before its report commits, and that must do no harm.
@@ -198,16 +198,23 @@ def _snapshot_rename(node: LocalNode, spec: InstanceSpec, args: dict[str, Any]) 
 
 
 def _restore(node: LocalNode, spec: InstanceSpec, args: dict[str, Any]) -> None:
-    if args["snapshot"] not in _snapshots_of(node, spec).list_snapshots(spec.name):
+    """Restore the snapshot the host has as ``old`` (its rename not yet reported) or as
+    ``snapshot``. With ``gone_ok`` (its delete is asked after the restore) a host that
+    has it under neither name restored it before a crash, then deleted it."""
+    have = _snapshots_of(node, spec).list_snapshots(spec.name)
+    snap = next((n for n in (args.get("old"), args["snapshot"]) if n and n in have), "")
+    if not snap and args.get("gone_ok"):
+        return
+    if not snap:
         raise NotFound(f"Snapshot {args['snapshot']!r} of {spec.name!r} not found")
     if spec.is_vm:  # the driver stops, reverts and restarts a running VM itself
         node.define(spec)  # the snapshot's config, effective at the (re)start
-        _vm_driver(node, spec).restore_snapshot(spec.name, args["snapshot"])
+        _vm_driver(node, spec).restore_snapshot(spec.name, snap)
         return
     was_running = node.status(spec.name, spec.type) in ("Running", "Frozen")
     if was_running:
         node.driver_for(spec.type).stop(spec.name, True, 10.0)
-    node.pool(spec.pool).restore(spec.name, args["snapshot"])
+    node.pool(spec.pool).restore(spec.name, snap)
     node.define(spec)
     if was_running:
         node.driver_for(spec.type).start(spec.name)

@@ -2,15 +2,17 @@
 
 It is woken by the store's change feed (push, not polling) and looks at every local
 instance again every ``RESYNC_SECONDS`` (a safety net). Each instance has at most one
-worker at a time; a worker runs convergence passes (``converge``): the queued one-shot
-changes in generation order (create, update, rename, snapshots, restore, delete), then
-the power steps that ``converge.plan_power`` finds between the desired power state and
-what the host shows, and one ``instance.observed`` report for the whole pass. After a
-restart, a crash or a host reboot the agent does the same thing: it converges every
-local instance (steps are idempotent), with no special case and no queue of power
-actions to replay. It also ends, as the replicated state says the move ended, the
-half of a live migration that a QEMU here holds when the daemon that followed it died
-(``migration_leftovers``).
+worker at a time; a worker runs convergence passes (``converge``): the steps that
+``desired.plan_instance`` finds between the record (exists here, name, spec revision,
+deleted) and the last report (rename, create, update, delete), then the steps that
+``desired_snapshots.plan_snapshots`` finds in the desired snapshot set and restore (take,
+delete, rename, restore), then the power steps that ``converge.plan_power`` finds between
+the desired power state and what the host shows, and one ``instance.observed`` report for
+the whole pass, which says which snapshot steps it carried out.
+After a restart, a crash or a host reboot the agent does the same thing: it converges every
+local instance (steps are idempotent), with no special case and no queue to replay.
+It also ends, as the replicated state says the move ended, the half of a live migration
+that a QEMU here holds when the daemon that followed it died (``migration_leftovers``).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import asyncio
 import copy
 import logging
 from dataclasses import dataclass
+from dataclasses import replace as dc_replace
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +33,9 @@ from cluster.transport.peers import download_image
 from node_agent.actions import perform
 from node_agent.capacity import host_capacity
 from node_agent.converge import Seen, Want, host_token, plan_power
-from node_agent.migration_leftovers import Side, Step, end_step
+from node_agent.desired import MISSING, Record, Reported, Step, local_name, plan_instance, reached
+from node_agent.desired_snapshots import SnapStep, SnapWant, plan_snapshots
+from node_agent.migration_leftovers import EndStep, Side, end_step
 from node_agent.node import InstanceSpec, LocalNode
 from node_agent.vm_guard import guard_vms
 
@@ -135,10 +140,14 @@ class NodeAgent:
         loop = asyncio.get_running_loop()
         next_resync = loop.time() + RESYNC_SECONDS
         while True:
+            # asyncio.timeout, not wait_for: on 3.11 wait_for loses a cancel that comes as
+            # the queue yields an item, and close() then waited for this loop forever.
+            change = None
             try:
-                change = await asyncio.wait_for(queue.get(), max(0.0, next_resync - loop.time()))
+                async with asyncio.timeout(max(0.0, next_resync - loop.time())):
+                    change = await queue.get()
             except TimeoutError:
-                change = None
+                pass
             if loop.time() >= next_resync:  # by the clock: heartbeats keep the feed busy
                 next_resync = loop.time() + RESYNC_SECONDS
                 await self._resync_now()
@@ -199,7 +208,7 @@ class NodeAgent:
                 log.error("VM %s: %s of an interrupted live migration failed: %s", name,
                           step, exc)
 
-    def _end_step(self, name: str, side: Side) -> Step:
+    def _end_step(self, name: str, side: Side) -> EndStep:
         with self.store.read() as state:
             inst = state.instances.get(name)
             return end_step(side, lives_here=inst is not None and inst.location == self.member,
@@ -227,43 +236,137 @@ class NodeAgent:
             if inst is None or inst.location != self.member:
                 return None
             seen = inst.observed
+            record, reported, queue = _desired_of_queue(
+                Record(inst.name, inst.generation, inst.power == "Deleted", inst.spec_gen,
+                       inst.name_gen, moving=bool(inst.moving_to)),
+                Reported(seen.created, seen.name, seen.spec_gen), inst.pending)
+            entries, restore, queue = _snapshots_of_queue(
+                {s.name: SnapWant(s.name, s.generation, s.ready, s.deleted, s.local)
+                 for s in inst.snapshots.values()},
+                (inst.restore_gen, inst.restore_snap), queue)
+            snaps = () if inst.moving_to else plan_snapshots(
+                tuple(entries.values()), *restore, seen.restore_gen)
             return _Pass(
-                self._spec_of(state, inst), copy.deepcopy(inst.pending),
+                self._spec_of(state, inst), copy.deepcopy(queue), snaps,
                 Want(inst.power, inst.boots, inst.generation, dict(inst.power_args or {}),
                      moving=bool(inst.moving_to)),
-                Seen(seen.generation, seen.status, seen.boots, seen.host))
+                Seen(seen.generation, seen.status, seen.boots, seen.host),
+                record, reported, seen.error)
 
     async def converge(self, uid: str) -> bool:
-        """One pass over ``uid``: its queued one-shot changes, then its power state, then
-        at most one report. True if a failed one-shot change left work for another pass."""
+        """One pass over ``uid``: the steps that bring its existence, name and spec to
+        the record (``desired.plan_instance``), then its snapshots and restore
+        (``desired_snapshots.plan_snapshots``), then power actions queued in a snapshot
+        from before, then its power state, then at most one report. True if a failed step
+        left other changes for another pass."""
         found = self._read(uid)
         if found is None:
             return False
-        spec, actions, want, seen = found.spec, found.actions, found.want, found.seen
-        for act in actions:
-            error = await self._run_action(spec, act)
-            if act.kind == "delete" and not error:
-                await self._report(spec, act.generation, "", "Stopped", want.boots)
-                return False
+        spec, want, seen = found.spec, found.want, found.seen
+        local = dc_replace(spec, name=local_name(found.record, found.reported))
+        present = await asyncio.to_thread(self._present, spec, local)
+        steps = plan_instance(found.record, found.reported, present)
+        done: list[Step] = []
+        for step in steps:
+            error = MISSING if step.kind == "missing" else await self._step(spec, step)
+            if error:
+                return await self._failed(found, step, tuple(done), error)
+            done.append(step)
+        after = reached(found.record, found.reported, tuple(done))
+        if found.record.deleted:
+            await self._report(spec, want.generation, "", "Stopped", want.boots, after)
+            return False
+        snaps: list[SnapStep] = []
+        for snap in found.snaps:
+            error = await self._snap_step(spec, snap)
             if error:
                 status = await asyncio.to_thread(self.node.status, spec.name, spec.type)
-                await self._report(spec, act.generation, error, status, seen.boots)
-                return act.generation < want.generation
+                await self._report(spec, snap.generation, error, status, seen.boots, after,
+                                   tuple(snaps), snap)
+                return snap.generation < want.generation
+            snaps.append(snap)
+        retry = await self._run_queue(found, after, tuple(snaps))
+        if retry is not None:
+            return retry
         host = self._host
-        steps, status, error, self_stopped = await asyncio.to_thread(
+        power, status, error, self_stopped = await asyncio.to_thread(
             self._converge_power, spec, want, seen, host)
         if self_stopped:
+            if done or snaps:
+                await self._report(spec, seen.generation, "", status, seen.boots, after,
+                                   tuple(snaps))
             await self.store.submit(command("instance.observe_status", uid=spec.uid,
                                             status="Stopped"))
             await self._delete_if_ephemeral(spec)
             return False
-        if not (actions or steps) and seen.generation >= want.generation:
+        if not (done or snaps or power or found.actions) and (
+                seen.generation >= want.generation):
             return False
         await self._report(spec, want.generation, error, status,
-                           seen.boots if error else want.boots)
-        if "stop" in steps and not error:
+                           seen.boots if error else want.boots, after, tuple(snaps))
+        if "stop" in power and not error:
             await self._delete_if_ephemeral(spec)
         return False
+
+    def _present(self, spec: InstanceSpec, local: InstanceSpec) -> bool:
+        """Whether the host has the instance, under its local or its record's name."""
+        return self.node.has_volume(local) or (
+            local.name != spec.name and self.node.has_volume(spec))
+
+    async def _step(self, spec: InstanceSpec, step: Step) -> str:
+        """Carry out one step of ``plan_instance``; its error ("" if none)."""
+        if step.kind == "delete":
+            return await self._run_action(dc_replace(spec, name=step.old),
+                                          Action(step.generation, "delete"))
+        args = {"old": step.old, "new": spec.name} if step.kind == "rename" else {}
+        return await self._run_action(spec, Action(step.generation, step.kind, args))
+
+    async def _snap_step(self, spec: InstanceSpec, step: SnapStep) -> str:
+        """Carry out one step of ``plan_snapshots``; its error ("" if none). A delete
+        removes the snapshot under both names, a restore finds it under either (a rename
+        may be done and not reported)."""
+        if step.kind == "snapshot_delete":
+            for name in step.names:
+                error = await self._run_action(spec, Action(
+                    step.generation, step.kind, {"snapshot": name}))
+                if error:
+                    return error
+            return ""
+        args: dict[str, Any] = {"snapshot": step.snapshot}
+        if step.kind == "snapshot_rename":
+            args = {"old": step.old, "new": step.snapshot}
+        elif step.kind == "restore":
+            args = {"snapshot": step.snapshot, "old": step.old, "gone_ok": step.gone_ok}
+        return await self._run_action(spec, Action(step.generation, step.kind, args))
+
+    async def _failed(self, found: _Pass, step: Step, done: tuple[Step, ...],
+                      error: str) -> bool:
+        """Report ``step``'s failure against the generation that asked for it."""
+        spec, want, seen = found.spec, found.want, found.seen
+        if step.kind == "missing" and found.error == error and (
+                seen.generation >= want.generation):
+            return False  # reported already
+        after = reached(found.record, found.reported, done, step)
+        if step.kind == "create":
+            after = dc_replace(after, created=False)  # apply drops the record
+        status = await asyncio.to_thread(self.node.status, spec.name, spec.type)
+        await self._report(spec, step.generation, error, status, seen.boots, after)
+        return step.generation < want.generation
+
+    async def _run_queue(self, found: _Pass, after: Reported,
+                         snaps: tuple[SnapStep, ...]) -> bool | None:
+        """Carry out the power actions queued in a snapshot from before, once, in
+        generation order. None if all went well, else (the failure reported) whether
+        other changes are left for another pass."""
+        spec, want, seen = found.spec, found.want, found.seen
+        for act in found.actions:
+            error = await self._run_action(spec, act)
+            if error:
+                status = await asyncio.to_thread(self.node.status, spec.name, spec.type)
+                await self._report(spec, act.generation, error, status, seen.boots, after,
+                                   snaps)
+                return act.generation < want.generation
+        return None
 
     def _converge_power(self, spec: InstanceSpec, want: Want, seen: Seen,
                         host: str) -> tuple[tuple[str, ...], str, str, bool]:
@@ -289,12 +392,21 @@ class NodeAgent:
         return self._host_cache
 
     async def _report(self, spec: InstanceSpec, generation: int, error: str, status: str,
-                      boots: int) -> None:
+                      boots: int, after: Reported | None = None,
+                      snaps: tuple[SnapStep, ...] = (), failed: SnapStep | None = None
+                      ) -> None:
         # If this commit fails the work stays unreported; the resync converges again
         # (steps are idempotent) and reports then.
+        extra: dict[str, Any] = {} if after is None else {
+            "created": after.created, "name": after.name or spec.name,
+            "spec_gen": after.spec_gen}
+        if snaps:
+            extra["snapshots"] = [_wire(step) for step in snaps]
+        if failed is not None:
+            extra["snapshot_failed"] = _wire(failed)
         await self.store.submit(command("instance.observed", uid=spec.uid,
                                         generation=generation, status=status, error=error,
-                                        boots=boots, host=self._host))
+                                        boots=boots, host=self._host, **extra))
 
     @staticmethod
     def _spec_of(state: Any, inst: Instance) -> InstanceSpec:
@@ -350,8 +462,8 @@ class NodeAgent:
         task.add_done_callback(self._background.discard)
 
     async def _run_action(self, spec: InstanceSpec, act: Action) -> str:
-        """Carry out one queued change; its error ("" if none). A power action queued
-        in a snapshot from before power was desired state runs once like the others."""
+        """Carry out one step; its error ("" if none). A power action queued in a
+        snapshot from before power was desired state runs once this way too."""
         error = ""
         try:
             if act.kind == "create":
@@ -372,9 +484,75 @@ class _Pass:
     """What one convergence pass works from, read at once from the replica."""
 
     spec: InstanceSpec
-    actions: list[Action]
+    actions: list[Action]  # power actions queued in a snapshot from before (``Action``)
+    snaps: tuple[SnapStep, ...]  # plan_snapshots: the record's snapshot changes
     want: Want
     seen: Seen
+    record: Record
+    reported: Reported
+    error: str  # the last report's
+
+
+def _desired_of_queue(record: Record, reported: Reported, queue: list[Action]
+                      ) -> tuple[Record, Reported, list[Action]]:
+    """A queue from a snapshot of before, read as desired state: a queued create is an
+    instance not yet created, a queued rename a host name behind the record's, a queued
+    update a spec revision behind, a queued delete is ``power == "Deleted"`` already. What
+    is left (power actions, snapshot changes, restore) goes on to
+    ``_snapshots_of_queue``."""
+    left = []
+    for act in queue:
+        if act.kind == "create":
+            reported = dc_replace(reported, created=False)
+        elif act.kind == "rename":
+            if not reported.name:
+                reported = dc_replace(reported, name=str(act.args.get("old", "")))
+            record = dc_replace(record, name_gen=max(record.name_gen, act.generation))
+        elif act.kind == "update":
+            record = dc_replace(record, spec_gen=max(record.spec_gen, act.generation))
+        elif act.kind != "delete":
+            left.append(act)
+    if reported.name == record.name:
+        reported = dc_replace(reported, name="")
+    return record, reported, left
+
+
+def _snapshots_of_queue(entries: dict[str, SnapWant], restore: tuple[int, str],
+                        queue: list[Action]
+                        ) -> tuple[dict[str, SnapWant], tuple[int, str], list[Action]]:
+    """Queued snapshot changes and restores from a snapshot of before, read as desired
+    state: a queued take is an entry not yet taken (it is not ``ready`` already), a
+    queued delete an entry to delete (then hidden by ``ready`` False), a queued rename
+    an entry the host has under its first name, a queued restore the last restore
+    asked (following the renames after it). What is left (power actions) runs once."""
+    left: list[Action] = []
+    hosts: dict[str, str] = {}  # the record's name -> the name the host has it under
+    for act in queue:
+        name, gen = str(act.args.get("snapshot", "")), act.generation
+        if act.kind == "snapshot" and name in entries:
+            entries[name] = dc_replace(entries[name], generation=gen, ready=False)
+        elif act.kind == "snapshot_delete" and name in entries:
+            entries[name] = dc_replace(entries[name], generation=gen, deleted=True)
+        elif act.kind == "snapshot_rename":
+            old, new = str(act.args.get("old", "")), str(act.args.get("new", ""))
+            hosts[new] = hosts.pop(old, old)
+            if new in entries:
+                entries[new] = dc_replace(entries[new], generation=gen)
+            if restore[1] == old:
+                restore = (restore[0], new)
+        elif act.kind == "restore":
+            restore = (gen, name)
+        else:
+            left.append(act)
+    for new, host in hosts.items():
+        if new in entries and host != new:
+            entries[new] = dc_replace(entries[new], local=host)
+    return entries, restore, left
+
+
+def _wire(step: SnapStep) -> list[Any]:
+    """A snapshot step as the report carries it (``apply_snapshots``)."""
+    return [step.kind, step.generation, step.snapshot, step.old]
 
 
 def _boot_id() -> str:

@@ -25,10 +25,10 @@ from __future__ import annotations
 from typing import Literal
 
 Side = Literal["outgoing", "incoming"]
-Step = Literal["resume_source", "drop_source", "finish_incoming", "abort_incoming", ""]
+EndStep = Literal["resume_source", "drop_source", "finish_incoming", "abort_incoming", ""]
 
 
-def end_step(side: Side, *, lives_here: bool, held: bool) -> Step:
+def end_step(side: Side, *, lives_here: bool, held: bool) -> EndStep:
     """The driver step that ends a ``side`` half left on this member ("" to wait).
 
     ``lives_here``: the instance of that name is located on this member; ``held``: an

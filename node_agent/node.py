@@ -17,12 +17,13 @@ from node_agent.drivers.lxc import LxcDriver
 from node_agent.drivers.lxc_state import stopped_state
 from node_agent.drivers.qemu import QemuDriver, migration
 from node_agent.drivers.qemu.accel_choice import check_mode as check_vm_accelerator_mode
+from node_agent.drivers.qemu.cmdline import DISK as VM_DISK
 from node_agent.drivers.qemu.driver import probe_guest
 from node_agent.drivers.registry import VM, DriverRegistry
 from node_agent.idmap import IdMap
 from node_agent.images import ImageStore
 from node_agent.images.vm_unpack import unpack_vm_image
-from node_agent.migration_leftovers import Side, Step
+from node_agent.migration_leftovers import EndStep, Side
 from node_agent.network.bridge import BridgeNetwork
 from node_agent.paths import Paths
 from node_agent.storage.dir import DirPool
@@ -182,7 +183,7 @@ class LocalNode:
                 left.append((name, "incoming"))
         return left
 
-    def end_vm_migration(self, name: str, step: Step) -> None:
+    def end_vm_migration(self, name: str, step: EndStep) -> None:
         """Carry out ``step`` (``migration_leftovers.end_step``) on VM ``name``. Raises
         DriverError (InvalidState: e.g. a source whose migration never completed is
         not dropped)."""
@@ -198,6 +199,16 @@ class LocalNode:
             migration.keep_incoming(driver, name)
         elif step == "abort_incoming":
             migration.abort_incoming(driver, name)
+
+    def has_volume(self, spec: InstanceSpec) -> bool:
+        """Whether this member has the instance's volume (its rootfs, or its VM disk):
+        what a created instance cannot be without."""
+        pool = self.pools.get(spec.pool)
+        if pool is None:
+            return False
+        if spec.is_vm:
+            return (pool.vm_volume_path(spec.name) / VM_DISK).is_file()
+        return pool.exists(spec.name)
 
     def state(self, name: str, instance_type: str = "container") -> dict[str, Any]:
         try:

@@ -2,10 +2,13 @@
 
 Each handler validates first and mutates only when everything checks out, so
 a refused command changes nothing. Every change the node agent must carry out bumps the
-instance's ``generation``. Power changes are desired state (``power``, ``boots``,
-``power_args``) that the agent converges on; the one-shot kinds (create, update, rename,
-delete, snapshots, restore) are still queued as numbered ``Action``s. The agent reports
-the generation it reached with ``instance.observed``.
+instance's ``generation``. Changes are desired state that the agent converges on: power
+(``power``, ``boots``, ``power_args``; node_agent/converge.py), and existence, name and spec
+(``observed.created``, ``observed.name``, ``spec_gen``, ``power == "Deleted"``;
+node_agent/desired.py), and the snapshot set and restores (``Snapshot.ready``,
+``deleted``, ``local``; ``restore_gen``; node_agent/desired_snapshots.py, settled by
+``apply_snapshots``). Nothing is queued. The agent reports the generation it reached with
+``instance.observed``.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from typing import Any
 
 from cluster.state import etags, reservations, validate
 from cluster.state.apply_intents import lock_problem
+from cluster.state.apply_snapshots import settle_snapshots, snapshot_name_taken
 from cluster.state.commands import Command, Result, fail, ok
 from cluster.state.model import Action, Instance, Snapshot, State
 from cluster.state.placement import placement_problem, resize_problem
@@ -24,12 +28,6 @@ POWER_AFTER = {"start": "Running", "restart": "Running", "stop": "Stopped",
                "freeze": "Frozen", "unfreeze": "Running"}
 KEEP_RESULTS = 32
 MAX_CREATE_MANY = 4096
-
-
-def _enqueue(inst: Instance, kind: str, **args: Any) -> int:
-    inst.generation += 1
-    inst.pending.append(Action(inst.generation, kind, args))
-    return inst.generation
 
 
 def _want_power(inst: Instance, kind: str, args: dict[str, Any]) -> int:
@@ -55,6 +53,8 @@ def _get(state: State, cmd: Command) -> Instance | Result:
     problem = lock_problem(inst, cmd.args)
     if problem:
         return fail(409, problem)
+    if inst.power == "Deleted":  # nothing may bring it back while the agent deletes it
+        return fail(409, "The instance is being deleted")
     return inst
 
 
@@ -194,7 +194,8 @@ def _create(state: State, a: dict[str, Any], now: float) -> Result:
         placement_group=config.get("placement.group", ""))
     if problem:
         return fail(409, f"Placement on {inst.location} no longer fits: {problem}")
-    _enqueue(inst, "create")
+    inst.generation = 1
+    inst.observed.created = False  # the agent creates it (node_agent/desired.py)
     if a.get("start"):
         _want_power(inst, "start", {})
     state.instances[inst.name] = inst
@@ -298,7 +299,9 @@ def _replace(state: State, inst: Instance, a: dict[str, Any]) -> Result:
     if "ephemeral" in a:
         inst.ephemeral = bool(a["ephemeral"])
     reservations.refresh(state, inst)
-    return ok({"generation": _enqueue(inst, "update")})
+    inst.generation += 1
+    inst.spec_gen = inst.generation
+    return ok({"generation": inst.generation})
 
 
 def rename(state: State, cmd: Command) -> Result:
@@ -314,10 +317,15 @@ def rename(state: State, cmd: Command) -> Result:
     if inst.power != "Stopped" or inst.observed.status != "Stopped":
         return fail(400, "Renaming of running instance not allowed")
     del state.instances[inst.name]
-    generation = _enqueue(inst, "rename", old=inst.name, new=new)
+    if not inst.observed.name:  # the host has it under this name until the agent renames
+        inst.observed.name = inst.name
+    inst.generation += 1
+    inst.name_gen = inst.generation
     inst.name = str(new)
+    if inst.observed.name == inst.name:  # renamed back before the agent came to it
+        inst.observed.name = ""
     state.instances[inst.name] = inst
-    return ok({"generation": generation})
+    return ok({"generation": inst.generation})
 
 
 def delete(state: State, cmd: Command) -> Result:
@@ -327,10 +335,13 @@ def delete(state: State, cmd: Command) -> Result:
     if not cmd.args.get("force") and (inst.power != "Stopped"):
         return fail(400, "Instance is running")
     inst.power = "Deleted"
-    return ok({"generation": _enqueue(inst, "delete")})
+    inst.generation += 1
+    return ok({"generation": inst.generation})
 
 
 def snapshot(state: State, cmd: Command) -> Result:
+    """Add an entry to the desired snapshot set; the agent takes it at once (woken by
+    this commit) and its report makes it ``ready`` (shown) or drops it (failed)."""
     inst = _get(state, cmd)
     if isinstance(inst, Result):
         return inst
@@ -338,39 +349,44 @@ def snapshot(state: State, cmd: Command) -> Result:
     problem = validate.entity_name_error("Snapshot", snap)
     if problem:
         return fail(400, problem)
-    if snap in inst.snapshots:
+    if snapshot_name_taken(inst, snap):
         return fail(409, "Snapshot already exists")
     if cmd.args.get("stateful"):
         return fail(400, "Stateful snapshots are not supported")
+    inst.generation += 1
     inst.snapshots[str(snap)] = Snapshot(
         name=str(snap), created_at=cmd.time, config=dict(inst.config),
         devices=copy.deepcopy(inst.devices), profiles=list(inst.profiles),
         description=str(cmd.args.get("description", "")),
-        expires_at=float(cmd.args.get("expires_at", 0) or 0))
-    return ok({"generation": _enqueue(inst, "snapshot", snapshot=snap)})
+        expires_at=float(cmd.args.get("expires_at", 0) or 0), generation=inst.generation)
+    return ok({"generation": inst.generation})
 
 
-def _ready_snapshot(state: State, cmd: Command) -> tuple[Instance, Snapshot] | Result:
+def _shown_snapshot(state: State, cmd: Command) -> tuple[Instance, Snapshot] | Result:
     inst = _get(state, cmd)
     if isinstance(inst, Result):
         return inst
     snap = inst.snapshots.get(cmd.args.get("snapshot", ""))
-    if snap is None or not snap.ready:
+    if snap is None or not snap.shown:
         return fail(404, "Snapshot not found")
     return inst, snap
 
 
 def snapshot_delete(state: State, cmd: Command) -> Result:
-    found = _ready_snapshot(state, cmd)
+    found = _shown_snapshot(state, cmd)
     if isinstance(found, Result):
         return found
     inst, snap = found
-    snap.ready = False  # hidden at once; removed when the agent reports the deletion
-    return ok({"generation": _enqueue(inst, "snapshot_delete", snapshot=snap.name)})
+    snap.deleted = True  # hidden at once; removed when the agent reports the deletion
+    inst.generation += 1
+    snap.generation = inst.generation
+    return ok({"generation": inst.generation})
 
 
 def snapshot_rename(state: State, cmd: Command) -> Result:
-    found = _ready_snapshot(state, cmd)
+    """Rename the entry; it keeps the name the host has it under (``local``) until the
+    agent reports the rename, so renames that pile up are one."""
+    found = _shown_snapshot(state, cmd)
     if isinstance(found, Result):
         return found
     inst, snap = found
@@ -378,17 +394,23 @@ def snapshot_rename(state: State, cmd: Command) -> Result:
     problem = validate.entity_name_error("Snapshot", new)
     if problem:
         return fail(400, problem)
-    if new in inst.snapshots:
+    if new != snap.local and snapshot_name_taken(inst, new):
         return fail(409, "Snapshot already exists")
     del inst.snapshots[snap.name]
-    generation = _enqueue(inst, "snapshot_rename", old=snap.name, new=new)
+    if inst.restore_snap == snap.name:  # a restore not yet carried out follows it
+        inst.restore_snap = str(new)
+    snap.local = "" if snap.local == new else snap.local or snap.name
     snap.name = str(new)
     inst.snapshots[snap.name] = snap
-    return ok({"generation": generation})
+    inst.generation += 1
+    snap.generation = inst.generation
+    return ok({"generation": inst.generation})
 
 
 def restore(state: State, cmd: Command) -> Result:
-    found = _ready_snapshot(state, cmd)
+    """Give the instance the snapshot's config at once, and ask the agent to restore
+    its files (a counter, as a restart is: ``restore_gen`` against the report's)."""
+    found = _shown_snapshot(state, cmd)
     if isinstance(found, Result):
         return found
     inst, snap = found
@@ -397,7 +419,9 @@ def restore(state: State, cmd: Command) -> Result:
     inst.devices = copy.deepcopy(snap.devices)
     inst.profiles = list(snap.profiles)
     reservations.refresh(state, inst)
-    return ok({"generation": _enqueue(inst, "restore", snapshot=snap.name)})
+    inst.generation += 1
+    inst.restore_gen, inst.restore_snap = inst.generation, snap.name
+    return ok({"generation": inst.generation})
 
 
 def observed(state: State, cmd: Command) -> Result:
@@ -421,15 +445,52 @@ def observed(state: State, cmd: Command) -> Result:
     seen.host = shared(str(a.get("host", seen.host)))
     for act in done:
         _settle(state, inst, act, error if act.generation == generation else "")
-    if error:
-        inst.results[generation] = error
-    else:
-        inst.results[generation] = ""
+    settle_snapshots(inst, a.get("snapshots"), a.get("snapshot_failed"))
+    inst.results[generation] = error
     for old in sorted(inst.results)[:-KEEP_RESULTS]:
         del inst.results[old]
-    if generation >= inst.generation and inst.power != "Deleted":
-        _settle_power(inst, error)
+    if state.instances.get(inst.name) is not inst:
+        return ok(None)  # a queued create failed or a queued delete was done
+    _settle_desired(state, inst, a, generation, error)
     return ok(None)
+
+
+def _settle_desired(state: State, inst: Instance, a: dict[str, Any], generation: int,
+                    error: str) -> None:
+    """Apply what the report says of the instance's existence, name and spec
+    (node_agent/desired.py): a failed create drops the record (nothing half-created
+    stays), a done delete purges it, a failed delete keeps it as it is, a failed rename
+    gives it its old name back (when still free), and a report that covers every
+    change settles the power fields."""
+    seen = inst.observed
+    if "created" in a or not seen.created:
+        # An agent from before the field says nothing: its first report follows its create.
+        seen.created = bool(a.get("created", seen.created or not error))
+        if not seen.created and error:
+            _remove(state, inst)
+            return
+    if "spec_gen" in a:
+        seen.spec_gen = max(seen.spec_gen, int(a["spec_gen"]))
+    if "name" in a:
+        _settle_name(state, inst, str(a["name"]), error)
+    if inst.power == "Deleted":
+        if generation >= inst.generation and not error:
+            _remove(state, inst)
+        elif error and generation >= inst.generation:
+            inst.power = seen.status
+        return
+    if generation >= inst.generation:
+        _settle_power(inst, error)
+
+
+def _settle_name(state: State, inst: Instance, local: str, error: str) -> None:
+    """The host has the instance as ``local`` ("" = its record's name)."""
+    seen = inst.observed
+    seen.name = "" if local == inst.name else shared(local)
+    if error and seen.name and seen.name not in state.instances:
+        del state.instances[inst.name]  # the rename failed: the record follows the host
+        inst.name, seen.name = seen.name, ""
+        state.instances[inst.name] = inst
 
 
 def _settle_power(inst: Instance, error: str) -> None:
@@ -448,21 +509,12 @@ def _settle_power(inst: Instance, error: str) -> None:
 
 
 def _settle(state: State, inst: Instance, act: Action, error: str) -> None:
-    snap_name = act.args.get("snapshot", "")
+    """A queued action from a snapshot of before, reported (the snapshot kinds settle
+    through the report's ``snapshots``: ``apply_snapshots``)."""
     if act.kind == "create" and error:
         _remove(state, inst)  # nothing half-created stays behind
     elif act.kind == "delete" and not error:
         _remove(state, inst)
-    elif act.kind == "snapshot":
-        if error:
-            inst.snapshots.pop(snap_name, None)
-        elif snap_name in inst.snapshots:
-            inst.snapshots[snap_name].ready = True
-    elif act.kind == "snapshot_delete":
-        if error and snap_name in inst.snapshots:
-            inst.snapshots[snap_name].ready = True
-        else:
-            inst.snapshots.pop(snap_name, None)
     elif act.kind == "delete" and error:
         inst.power = inst.observed.status
     elif act.kind == "stop" and act.args.get("stateful") and not error:

@@ -47,11 +47,13 @@ class Member:
 @slotted
 @dataclass(slots=True)
 class Action:
-    """A one-shot change for the node agent (create, update, rename, delete, snapshots,
-    restore), numbered by the instance's generation. Power changes are not queued: they
-    are desired state (``Instance.power``, ``boots``, ``power_args``) that the agent
-    converges on; a snapshot from before may still hold queued power actions, which the
-    agent carries out once like the others."""
+    """A one-shot change once queued for the node agent, numbered by the instance's
+    generation. Nothing queues any more: every change is desired state that the agent
+    converges on (power: node_agent/converge.py; existence, name and spec:
+    node_agent/desired.py; snapshots and restores: node_agent/desired_snapshots.py). A
+    snapshot from before may hold queued actions: the agent reads creates, renames,
+    updates, deletes, snapshot changes and restores as desired state and carries queued
+    power actions out once."""
 
     generation: int
     kind: str  # create|start|stop|restart|freeze|unfreeze|update|rename|snapshot|...
@@ -68,10 +70,24 @@ class Observed:
     error: str = ""
     boots: int = 0  # the restarts carried out (``Instance.boots``)
     host: str = ""  # "member/boot id" of the host that reported: a reboot since is seen
+    # Whether the agent created the instance (node_agent/desired.py). True by default: a
+    # record from before the field existed was created, or a queued create (``pending``)
+    # does it; ``instance.create`` sets False.
+    created: bool = True
+    name: str = ""  # the name the instance has on its host ("" = the record's)
+    spec_gen: int = 0  # the spec revision (``Instance.spec_gen``) the host has
+    restore_gen: int = 0  # the last restore (``Instance.restore_gen``) carried out
 
 
 @dataclass
 class Snapshot:
+    """One entry of an instance's desired snapshot set (node_agent/desired_snapshots.py):
+    ``ready`` once the agent reports it taken, ``deleted`` while its removal is asked and
+    not yet reported, ``local`` the name the host has it under while a rename is not yet
+    reported ("" = ``name``: an identity that survives renames), ``generation`` that of
+    its last change (a failure is reported there). A snapshot from before the last three
+    fields reads their class defaults."""
+
     name: str
     created_at: float
     config: dict[str, str] = field(default_factory=dict)
@@ -81,6 +97,14 @@ class Snapshot:
     stateful: bool = False
     expires_at: float = 0.0
     ready: bool = False
+    deleted: bool = False
+    local: str = ""
+    generation: int = 0
+
+    @property
+    def shown(self) -> bool:
+        """Whether clients see it: taken, and no removal asked."""
+        return self.ready and not self.deleted
 
 
 @slotted
@@ -107,7 +131,17 @@ class Instance:
     generation: int = 0
     boots: int = 0
     power_args: dict[str, Any] | None = None
-    pending: list[Action] = field(default_factory=list)  # the one-shot changes still to do
+    # The rest of the desired state (node_agent/desired.py): the generations of the last
+    # spec change (update, patch) and of the last rename.
+    spec_gen: int = 0
+    name_gen: int = 0
+    # The last restore asked (node_agent/desired_snapshots.py): its generation and the
+    # snapshot's name, which follows the snapshot's renames.
+    restore_gen: int = 0
+    restore_snap: str = ""
+    # Only in snapshots from before: the one-shot changes queued then (``Action``), read
+    # by the agent as desired state; nothing queues any more.
+    pending: list[Action] = field(default_factory=list)
     observed: Observed = field(default_factory=Observed)
     results: dict[int, str] = field(default_factory=dict)  # generation -> error ("" = ok)
     snapshots: dict[str, Snapshot] = field(default_factory=dict)

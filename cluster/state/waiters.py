@@ -1,6 +1,6 @@
-"""Waiting, on the caller's side, for a node agent to carry out what a command queued.
+"""Waiting, on the caller's side, for a node agent to carry out what a command asked.
 
-A command that queues work for an agent returns the instance's new ``generation``; the
+A command that asks an agent for work returns the instance's new ``generation``; the
 agent reports ``instance.observed`` once it has reached it. The API's operations and the
 leader's controllers both wait for that report, so the waiting lives here, beside the
 store, and raises the state's own typed errors (an API handler maps them like any other).

@@ -47,14 +47,18 @@ def test_bootstrap_makes_member_pool_network_and_default_profile() -> None:
                                 pool={}, network={})).ok
 
 
-def test_create_queues_the_create_and_wants_it_running() -> None:
-    """The create is a queued one-shot change; the start is desired state, not queued."""
+def test_create_wants_it_made_and_running() -> None:
+    """The create and the start are desired state (not yet created, Running), not
+    queued; the agent's report of creating it settles both."""
     state = bootstrapped()
     result = create(state, "c1", start=True)
     assert result.ok and result.value["generation"] == 2
     inst = state.instances["c1"]
-    assert [(a.generation, a.kind) for a in inst.pending] == [(1, "create")]
+    assert inst.pending == [] and not inst.observed.created
     assert inst.power == "Running" and inst.busy
+    apply(state, cmd("instance.observed", uid="u-c1", generation=2, status="Running",
+                     created=True))
+    assert inst.observed.created and not inst.busy
 
 
 def test_retried_command_is_applied_once() -> None:
@@ -67,7 +71,7 @@ def test_retried_command_is_applied_once() -> None:
     assert len(state.instances) == 1
 
 
-BAD_CREATES = [
+BAD_CREATES: list[tuple[dict[str, Any], int]] = [
     ({"name": "1abc"}, 400), ({"name": "-x"}, 400), ({"name": "x" * 64}, 400),
     ({"name": "a_b"}, 400), ({"name": "ok", "config": {"limits.memory": "lots"}}, 400),
     ({"name": "ok", "config": {"bogus.key": "1"}}, 400),
@@ -83,7 +87,7 @@ def test_invalid_creates_are_refused_and_change_nothing() -> None:
     for overrides, code in BAD_CREATES:
         state = bootstrapped()
         before = pickle.dumps((state.instances, state.images, state.profiles))
-        args = {"uid": "u", "name": "ok", "location": "m1", "image": FP,
+        args: dict[str, Any] = {"uid": "u", "name": "ok", "location": "m1", "image": FP,
                 "profiles": ["default"], **overrides}
         result = apply(state, cmd("instance.create", **args))
         assert not result.ok and result.code == code, (overrides, result)
@@ -159,11 +163,67 @@ def test_snapshot_lifecycle() -> None:
     gen = apply(state, cmd("instance.snapshot", name="c1", snapshot="s0")).value["generation"]
     assert not state.instances["c1"].snapshots["s0"].ready
     assert apply(state, cmd("instance.restore", name="c1", snapshot="s0")).code == 404
-    apply(state, cmd("instance.observed", uid="u-c1", generation=gen, status="Stopped"))
+    apply(state, cmd("instance.observed", uid="u-c1", generation=gen, status="Stopped",
+                     snapshots=[["snapshot", gen, "s0", ""]]))
     assert state.instances["c1"].snapshots["s0"].ready
     assert apply(state, cmd("instance.snapshot", id_="dup", name="c1", snapshot="s0")).code == 409
     assert apply(state, cmd("instance.snapshot", name="c1", snapshot="a/b")).code == 400
     assert apply(state, cmd("instance.restore", t=2.0, name="c1", snapshot="s0")).ok
+
+
+def _report(state: State, generation: int, error: str = "", **steps: Any) -> None:
+    apply(state, cmd("instance.observed", uid="u-c1", generation=generation,
+                     status="Stopped", error=error, created=True, **steps))
+
+
+def test_a_failed_snapshot_step_settles_as_lxd_leaves_a_failed_operation() -> None:
+    """A take that failed leaves no record, a delete that failed shows the snapshot
+    again, a rename that failed gives it back its old name (kept free meanwhile), and a
+    restore asked follows its snapshot's rename."""
+    state = bootstrapped()
+    create(state, "c1")
+    inst = state.instances["c1"]
+    take = apply(state, cmd("instance.snapshot", name="c1", snapshot="s0")).value["generation"]
+    _report(state, take, "disk full", snapshot_failed=["snapshot", take, "s0", ""])
+    assert inst.snapshots == {} and inst.results[take] == "disk full"
+    take = apply(state, cmd("instance.snapshot", name="c1", snapshot="a")).value["generation"]
+    _report(state, take, snapshots=[["snapshot", take, "a", ""]])
+    restore = apply(state, cmd("instance.restore", name="c1", snapshot="a")).value[
+        "generation"]
+    rename = apply(state, cmd("instance.snapshot_rename", name="c1", snapshot="a",
+                              new_name="b")).value["generation"]
+    assert (inst.restore_gen, inst.restore_snap, inst.snapshots["b"].local) == (
+        restore, "b", "a")
+    assert apply(state, cmd("instance.snapshot", id_="a2", name="c1", snapshot="a")).code == 409
+    _report(state, rename, "busy", snapshots=[["restore", restore, "b", "a"]],
+            snapshot_failed=["snapshot_rename", rename, "b", "a"])
+    assert list(inst.snapshots) == ["a"] and inst.snapshots["a"].local == ""
+    assert inst.observed.restore_gen == restore and inst.restore_snap == "a"
+    delete = apply(state, cmd("instance.snapshot_delete", name="c1", snapshot="a")).value[
+        "generation"]
+    assert not inst.snapshots["a"].shown
+    assert apply(state, cmd("instance.restore", id_="r2", name="c1", snapshot="a")).code == 404
+    _report(state, delete, "in use", snapshot_failed=["snapshot_delete", delete, "a", ""])
+    assert inst.snapshots["a"].shown
+    delete = apply(state, cmd("instance.snapshot_delete", id_="d2", name="c1",
+                              snapshot="a")).value["generation"]
+    _report(state, delete, snapshots=[["snapshot_delete", delete, "a", ""], "junk"])
+    assert inst.snapshots == {} and not inst.busy
+
+
+def test_renames_of_a_snapshot_pile_up_into_one_and_back_to_none() -> None:
+    state = bootstrapped()
+    create(state, "c1")
+    inst = state.instances["c1"]
+    take = apply(state, cmd("instance.snapshot", name="c1", snapshot="a")).value["generation"]
+    _report(state, take, snapshots=[["snapshot", take, "a", ""]])
+    for old, new in (("a", "b"), ("b", "c")):
+        assert apply(state, cmd("instance.snapshot_rename", name="c1", snapshot=old,
+                                new_name=new)).ok
+    assert list(inst.snapshots) == ["c"] and inst.snapshots["c"].local == "a"
+    assert apply(state, cmd("instance.snapshot_rename", name="c1", snapshot="c",
+                            new_name="a")).ok
+    assert list(inst.snapshots) == ["a"] and inst.snapshots["a"].local == ""
 
 
 def test_rename_requires_stopped_and_free_name() -> None:
@@ -199,6 +259,7 @@ def test_apply_never_raises_on_garbage() -> None:
 
 
 names = st.sampled_from(["c1", "c2", "c3"])
+snaps = st.sampled_from(["s0", "s1", "s2"])
 commands = st.one_of(
     st.builds(lambda n, s: ("instance.create", {"uid": f"u-{n}", "name": n, "location": "m1",
                                                 "image": FP, "profiles": ["default"],
@@ -212,6 +273,19 @@ commands = st.one_of(
     st.builds(lambda n, s: ("instance.snapshot", {"name": n, "snapshot": s}), names,
               st.sampled_from(["s0", "s1", "bad/name"])),
     st.builds(lambda n, m: ("instance.rename", {"name": n, "new_name": m}), names, names),
+    st.builds(lambda n, s, m: ("instance.snapshot_rename", {"name": n, "snapshot": s,
+                                                            "new_name": m}),
+              names, snaps, snaps),
+    st.builds(lambda n, s: ("instance.snapshot_delete", {"name": n, "snapshot": s}), names,
+              snaps),
+    st.builds(lambda n, s: ("instance.restore", {"name": n, "snapshot": s}), names, snaps),
+    st.builds(lambda n, g, steps, e: ("instance.observed", {
+        "uid": f"u-{n}", "generation": g, "status": "Stopped", "error": e,
+        "snapshots": steps[1:], "snapshot_failed": steps[0] if e else None}),
+        names, st.integers(0, 9), st.lists(st.tuples(
+            st.sampled_from(["snapshot", "snapshot_delete", "snapshot_rename", "restore"]),
+            st.integers(0, 9), snaps, st.sampled_from(["", "s0", "s1"])).map(list),
+            min_size=1, max_size=3), st.sampled_from(["", "err"])),
 )
 
 

@@ -132,11 +132,12 @@ def test_totals_equal_a_fresh_sum_after_any_commands(ops: list[tuple[Any, ...]],
                              devices=inst.devices, profiles=inst.profiles))
         elif kind == "delete" and inst is not None:
             apply(state, cmd("instance.delete", name=name, force=True))
-        elif kind in ("deleted", "create-failed") and inst is not None and inst.pending:
-            act = inst.pending[-1] if kind == "deleted" else inst.pending[0]
-            apply(state, cmd("instance.observed", uid=inst.uid, generation=act.generation,
-                             status="Stopped",
-                             error="boom" if kind == "create-failed" else ""))
+        elif kind == "deleted" and inst is not None and inst.power == "Deleted":
+            apply(state, cmd("instance.observed", uid=inst.uid, generation=inst.generation,
+                             status="Stopped"))
+        elif kind == "create-failed" and inst is not None and not inst.observed.created:
+            apply(state, cmd("instance.observed", uid=inst.uid, generation=1,
+                             status="Stopped", error="boom", created=False))
         elif kind == "profile":
             apply(state, cmd("profile.update", name="big", config=config, devices={}))
         again = fresh(state)

@@ -68,7 +68,7 @@ async def list_instances(request: web.Request) -> web.Response:
         if recursion >= 2:
             obj["state"] = found[probe.name]
             obj["snapshots"] = [views.snapshot(inst, s) for s in inst.snapshots.values()
-                                if s.ready] or None
+                                if s.shown] or None
             obj["backups"] = None
         return obj
 
@@ -189,7 +189,7 @@ async def get_instance(request: web.Request) -> web.Response:
     if queries.recursion(request) >= 1:  # lxc info: state and snapshots inline
         obj["state"] = (await instance_states(ctx, [inst]))[0]
         obj["snapshots"] = [views.snapshot(inst, s) for s in inst.snapshots.values()
-                            if s.ready] or None
+                            if s.shown] or None
     return sync(obj, etag=etag)
 
 

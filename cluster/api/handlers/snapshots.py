@@ -18,7 +18,7 @@ def _url(name: str, snap: str) -> str:
 
 async def list_snapshots(request: web.Request) -> web.Response:
     inst = instance_copy(ctx_of(request), request.match_info["name"])
-    ready = [s for s in inst.snapshots.values() if s.ready]
+    ready = [s for s in inst.snapshots.values() if s.shown]
     if queries.recursion(request):
         return sync([views.snapshot(inst, s) for s in ready])
     return sync([_url(inst.name, s.name) for s in ready])
@@ -58,7 +58,7 @@ async def create_snapshot(request: web.Request) -> web.Response:
 def _snapshot_or_404(request: web.Request):  # type: ignore[no-untyped-def]
     inst = instance_copy(ctx_of(request), request.match_info["name"])
     snap = inst.snapshots.get(request.match_info["snap"])
-    if snap is None or not snap.ready:
+    if snap is None or not snap.shown:
         raise not_found("Snapshot not found")
     return inst, snap
 
