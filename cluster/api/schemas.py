@@ -216,6 +216,7 @@ class MemberAccept(Schema):
     architecture: Str = None
     capacity: dict[str, int | float] | None = None
     instance_types: list[str] | None = None
+    witness: Bool = None
 
 
 class Init(Schema):
@@ -227,6 +228,7 @@ class Init(Schema):
     network_address: Str = None
     storage_path: Str = None
     address: Str = None
+    witness: Bool = None  # with ``join``: a voter that holds no instances and no storage
 
 
 class MigrationSend(Schema):
