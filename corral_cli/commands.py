@@ -77,6 +77,9 @@ def _instances(subs: argparse._SubParsersAction) -> None:
     p.add_argument("--auto", action="store_true", help="initialise this member non-interactively")
     p.add_argument("--join", metavar="TOKEN",
                    help="join a cluster with a token from `corral cluster add`")
+    p.add_argument("--witness", action="store_true",
+                   help="with --join: a voter that holds no instances and no storage "
+                        "(two hosts and a witness survive the loss of either host)")
     p.add_argument("--network-address",
                    help="the container bridge's own address, e.g. 10.190.72.1/24")
     p.add_argument("--network-port", type=int, help="port of the network API")
@@ -349,6 +352,8 @@ def _dev_cluster(subs: argparse._SubParsersAction) -> None:
     dev = _group(subs, "dev-cluster", "Run several members on this machine, in namespaces")
     p = _leaf(dev, "up", "devcluster:up", "Start N members, each in a network namespace")
     p.add_argument("--nodes", type=int, default=3)
+    p.add_argument("--witness", action="store_true",
+                   help="the last of the --nodes members joins as a witness")
     p.add_argument("--dir", default="/var/lib/corral-dev", help="state of all members")
     p = _leaf(dev, "down", "devcluster:down", "Remove every member and namespace of --dir")
     p.add_argument("--dir", default="/var/lib/corral-dev")

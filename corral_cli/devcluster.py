@@ -19,10 +19,12 @@ from corral_cli.client import CliError
 
 
 async def up(args: argparse.Namespace) -> int:
-    """``corral dev-cluster up --nodes N [--dir DIR]``; prints how to reach each member."""
+    """``corral dev-cluster up --nodes N [--witness] [--dir DIR]``; prints how to reach
+    each member (with ``--witness`` the last one joins as a witness)."""
     dev = importlib.import_module("devtools.devcluster")
     try:
-        dev.up(args.nodes, Path(args.dir))  # blocking on purpose: Ctrl-C must reach it
+        # Blocking on purpose: Ctrl-C must reach it.
+        dev.up(args.nodes, Path(args.dir), witness=args.witness)
     except (dev.DevClusterError, AssertionError, OSError, RuntimeError) as exc:
         raise CliError(str(exc)) from exc
     return 0

@@ -23,7 +23,7 @@ def daemon(args: argparse.Namespace) -> object:
 
 
 INIT_OPTIONS = ("network_address", "bridge_name", "storage_path", "address", "join",
-                "member_name")
+                "member_name", "witness")
 
 
 async def init_cluster(args: argparse.Namespace) -> int:

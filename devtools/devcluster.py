@@ -8,6 +8,7 @@
         m2: netns <prefix>-m2  eth0 10.77.x.3   corral daemon, CORRAL_DIR=DIR/m2, c2br0 10.78.2.1/24
         ...
       form_cluster(members)                     the first bootstraps, the others join with tokens
+                                                (with witness=True the last joins --witness)
       DIR/devcluster.json                       what down() removes (written before any daemon)
 
 The same harness (``devtools.netns`` + ``DaemonProcess``) runs the multi-host tests, so what
@@ -77,9 +78,10 @@ API_PORT = 8443
 
 
 def form_cluster(members: list[DaemonProcess], addresses: list[str],
-                 join_seconds: list[float] | None = None) -> None:
+                 join_seconds: list[float] | None = None, witness: bool = False) -> None:
     """One cluster: the first member starts it on its host address, every other one
-    joins it with a single-use token from ``corral cluster add`` (as a user would)."""
+    joins it with a single-use token from ``corral cluster add`` (as a user would); with
+    ``witness`` the last one joins as a witness (``init --join TOKEN --witness``)."""
     first = members[0]
     first.corral("init", "--auto", "--bridge-name", first.bridge, "--network-address",
                  first.address, "--address", f"{addresses[0]}:{API_PORT}",
@@ -89,19 +91,24 @@ def form_cluster(members: list[DaemonProcess], addresses: list[str],
         out = first.corral("cluster", "add", member_name(index)).stdout.decode()
         token = out.strip().splitlines()[-1]
         started = time.monotonic()
-        member.corral("init", "--join", token, "--address", f"{address}:{API_PORT}")
+        as_witness = ["--witness"] if witness and index == len(members) else []
+        member.corral("init", "--join", token, "--address", f"{address}:{API_PORT}",
+                      *as_witness)
         if join_seconds is not None:
             join_seconds.append(time.monotonic() - started)
 
 
 def up(nodes: int, directory: Path = DEFAULT_DIR,
-       join_seconds: list[float] | None = None) -> list[DaemonProcess]:
+       join_seconds: list[float] | None = None, witness: bool = False) -> list[DaemonProcess]:
     """Start ``nodes`` members under ``directory``; on any failure remove what was made.
+    With ``witness`` the last member joins as a witness (it holds no instances).
 
     Raises DevClusterError if a dev cluster already lives in ``directory``.
     """
     if not 1 <= nodes <= MAX_NODES:
         raise DevClusterError(f"--nodes must be 1-{MAX_NODES}")
+    if witness and nodes < 2:
+        raise DevClusterError("--witness needs at least 2 nodes: a witness joins a cluster")
     directory = directory.resolve()
     if (directory / STATE_FILE).exists():
         raise DevClusterError(f"a dev cluster already runs in {directory}: "
@@ -134,7 +141,7 @@ def up(nodes: int, directory: Path = DEFAULT_DIR,
         for member in members:
             member.wait_ready()
         form_cluster(members, [m["address"].split("/")[0] for m in state["members"]],
-                     join_seconds)
+                     join_seconds, witness)
     except BaseException:
         down(directory)
         raise

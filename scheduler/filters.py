@@ -33,6 +33,12 @@ def exclude(member: MemberView, request: PlacementRequest, view: ClusterView) ->
     return "is excluded (the instance is leaving it)" if member.name in request.exclude else None
 
 
+def witness(member: MemberView, request: PlacementRequest, view: ClusterView) -> str | None:
+    """A witness only votes: it has no storage pool and no bridge, so it takes nothing,
+    not even an instance targeted at it by name."""
+    return "is a witness: it holds no instances" if member.witness else None
+
+
 def mode(member: MemberView, request: PlacementRequest, view: ClusterView) -> str | None:
     """LXD's ``scheduler.instance``: ``manual`` members take only instances targeted at them
     by name; ``group`` members also those targeted at one of their cluster groups."""
@@ -135,6 +141,7 @@ disk = _resource("disk", RESOURCE_NOUNS["disk"])
 FILTERS: tuple[tuple[str, Filter], ...] = (
     ("target", target),
     ("exclude", exclude),
+    ("witness", witness),
     ("mode", mode),
     ("online", online),
     ("architecture", architecture),

@@ -56,6 +56,7 @@ def summary(stage: str, request: PlacementRequest, view: ClusterView,
         "target": f"no cluster member is in group {request.target_group}",
         "exclude": f"no member is left once {', '.join(sorted(request.exclude))} "
                    f"{'is' if len(request.exclude) == 1 else 'are'} excluded",
+        "witness": "only witnesses are left, and a witness holds no instances",
         "mode": "no member takes untargeted instances (scheduler.instance is manual or group "
                 "on all of them)",
         "online": "no online member",

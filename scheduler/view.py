@@ -23,7 +23,8 @@ class MemberView:
     cluster's allocation ratios (``ClusterView.ratios``), so every filter and scorer
     compares reservations with it directly. ``unknown`` lists the capacity dimensions
     neither reported by the agent nor set with ``scheduler.capacity.*``: such a member
-    takes no instance until it reports them.
+    takes no instance until it reports them. A ``witness`` votes in the cluster's quorum
+    and takes no instance at all.
     """
 
     name: str
@@ -36,6 +37,7 @@ class MemberView:
     reserved: Resources = ZERO
     instances: int = 0
     unknown: tuple[str, ...] = ()
+    witness: bool = False
 
     @property
     def free(self) -> Resources:

@@ -3,8 +3,8 @@
 Two structures, updated by ``commit``/``release``/``update_member``:
 
 * *classes*: the members a search may return (online, capacity known, not in manual
-  mode) by architecture, instance types and mode. The architecture, instance type and
-  mode filters run once per class and request shape, not once per member.
+  mode, not a witness) by architecture, instance types and mode. The architecture,
+  instance type and mode filters run once per class and request shape, not once per member.
 * *shelves* (``simulator.walk``): per class, members sorted by a load fraction and grouped
   by dimension and capacity tier, which bounds each member's load after placement from
   below (spread) or above (binpack). Re-keying a member is a bisect and a list insert.
@@ -41,7 +41,7 @@ EXACT_BELOW = 64
 TIGHT = 1 / 16  # binpack: a dimension with less than this fraction free is "full"
 KEEP_SCORES = 3  # scored candidates listed in an indexed plan's explanation
 # Filters run once per class (on a member of it): they read only the class key, given that
-# shelved members are online, of known capacity, and not in manual mode.
+# shelved members are online, of known capacity, not in manual mode and not witnesses.
 CLASS_FILTERS = frozenset({"mode", "architecture", "instance_type"})
 
 ClassKey = tuple[str, frozenset[str], str, frozenset[str]]
@@ -58,11 +58,13 @@ def candidate_limit(members: int) -> int | None:
 
 def _searchable(member: MemberView) -> bool:
     """Only online members of known capacity that take untargeted or group-targeted
-    instances can come out of a search; the others are never shelved, so that a walk never
-    steps over them (spread would leave them least loaded, first in every walk)."""
+    instances (so no witness) can come out of a search; the others are never shelved, so
+    that a walk never steps over them (spread would leave them least loaded, first in
+    every walk)."""
     c = member.capacity
     return (member.status == "ONLINE" and member.mode in ("all", "group")
-            and not member.unknown and c.cpu > 0 and c.memory > 0 and c.disk > 0)
+            and not member.witness and not member.unknown
+            and c.cpu > 0 and c.memory > 0 and c.disk > 0)
 
 
 def _class_key(member: MemberView) -> ClassKey:

@@ -17,6 +17,7 @@ from cluster.api.response import ApiError
 from cluster.local_config import LocalConfig
 from cluster.local_config import save_async as save_local_config
 from cluster.state import waiters
+from cluster.state.apply_members import is_witness
 from cluster.state.commands import Command
 from cluster.state.raft import RaftStore
 from cluster.state.store import Change
@@ -59,8 +60,12 @@ class Context:
 
     async def open_local_parts(self) -> None:
         """Make this member's pools and bridges match the replicated state (at start, and
-        after ``init --auto`` or a join has committed them)."""
+        after ``init --auto`` or a join has committed them). A witness has none: it holds
+        no instances."""
         with self.store.read() as state:
+            me = state.members.get(self.member)
+            if me is not None and is_witness(me):
+                return
             pools = [(p.name, p.config.get("source")) for p in state.storage_pools.values()]
             nets = [(n.name, n.config.get("ipv4.address", "")) for n in state.networks.values()
                     if n.type == "bridge"]

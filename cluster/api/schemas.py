@@ -220,6 +220,7 @@ class MemberAccept(Schema):
     architecture: Str = None
     capacity: dict[str, int | float] | None = None
     instance_types: list[str] | None = None
+    witness: Bool = None
 
 
 class Init(Schema):
@@ -231,6 +232,7 @@ class Init(Schema):
     network_address: Str = None
     storage_path: Str = None
     address: Str = None
+    witness: Bool = None  # with ``join``: a voter that holds no instances and no storage
 
 
 class MigrationSend(Schema):

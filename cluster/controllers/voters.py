@@ -2,8 +2,9 @@
 
 On the leader: replace voters offline past the threshold by online followers (so the
 quorum keeps its configured size), then bring Raft's own configuration in line with the
-roles. The role changes carry the lease's epoch; Raft's configuration changes can only
-be made by the leader anyway. (Each member switching itself between voter and follower
+roles. A witness is never swapped out or in (``plan_promotions``): it always votes.
+The role changes carry the lease's epoch; Raft's configuration changes can only be made
+by the leader anyway. (Each member switching itself between voter and follower
 is not leader work: ``cluster.membership.raft_role.track_partners``.)
 """
 

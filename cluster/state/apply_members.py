@@ -3,6 +3,15 @@
 Voters are members with the ``database`` role; at most ``cluster.max_voters`` (default 3)
 hold it, as in LXD. A join token is single-use and expires by the time carried in the
 command, never by a clock read inside apply.
+
+A **witness** (``corral init --join TOKEN --witness``) has the ``witness`` role besides
+``database``: it votes and holds no instances and no storage, so two hosts and a witness
+keep a quorum (2 of 3) when either host is lost. Its rule: a witness is always a voter
+and counts toward ``cluster.max_voters``. When the voter seats are full as it joins it
+takes the seat of a host voter (an offline one first, else the one that joined last),
+which the voters controller then moves in Raft; only when every seat is a witness's is
+the join refused. The witness role is given at join only, and a witness is never
+demoted, by a user or by the voters controller (remove the member to drop it).
 """
 
 from __future__ import annotations
@@ -14,7 +23,8 @@ from cluster.state.commands import Command, Result, fail, ok
 from cluster.state.model import JoinToken, Member, State
 
 VOTER = "database"
-ROLES = {VOTER, "database-standby"}
+WITNESS = "witness"
+ROLES = {VOTER, "database-standby"}  # what a user may set; WITNESS is given at join only
 DEFAULT_MAX_VOTERS = 3
 
 
@@ -44,10 +54,13 @@ def member_status(member: Member) -> str:
 
 
 def plan_promotions(state: State) -> list[tuple[str, str]]:
-    """``(offline voter, online follower)`` pairs: who should hand over its vote."""
-    lost = sorted(m.name for m in voters(state) if member_status(m) == OFFLINE)
+    """``(offline voter, online follower)`` pairs: who should hand over its vote. A
+    witness keeps its vote while it is offline, and is never a follower to promote."""
+    lost = sorted(m.name for m in voters(state)
+                  if member_status(m) == OFFLINE and not is_witness(m))
     ready = sorted(m.name for m in state.members.values()
-                   if VOTER not in m.roles and member_status(m) == ONLINE)
+                   if VOTER not in m.roles and member_status(m) == ONLINE
+                   and not is_witness(m))
     return list(zip(lost, ready, strict=False))
 
 
@@ -91,6 +104,25 @@ def voters(state: State) -> list[Member]:
     return [m for m in state.members.values() if VOTER in m.roles]
 
 
+def is_witness(member: Member) -> bool:
+    """A voter that holds no instances and no storage (joined with ``--witness``)."""
+    return WITNESS in member.roles
+
+
+def seat_for_witness(state: State) -> tuple[str | None, str]:
+    """``(host voter to demote or None, problem)`` for a witness joining now: None while a
+    voter seat is free; else the host voter whose seat it takes (an offline one first,
+    then the one that joined last); a problem when every seat is a witness's."""
+    if len(voters(state)) < max_voters(state):
+        return None, ""
+    hosts = [m for m in voters(state) if not is_witness(m)]
+    if not hosts:
+        return None, (f"Every voter seat (cluster.max_voters={max_voters(state)}) is held by "
+                      f"a witness; raise cluster.max_voters to add another")
+    seat = max(hosts, key=lambda m: (member_status(m) == OFFLINE, m.joined_at, m.name))
+    return seat.name, ""
+
+
 def _name_error(name: object) -> str:
     return validate.instance_name_error(name).replace("Instance", "Member")
 
@@ -120,7 +152,8 @@ def join_token_delete(state: State, cmd: Command) -> Result:
 
 
 def member_join(state: State, cmd: Command) -> Result:
-    """Consume the new member's token and add it; a voter while voters are short."""
+    """Consume the new member's token and add it; a voter while voters are short, and
+    always with ``witness`` (see the module docstring for the seat a witness takes)."""
     a = cmd.args
     name = str(a.get("name", ""))
     token = state.join_tokens.get(name)
@@ -136,7 +169,16 @@ def member_join(state: State, cmd: Command) -> Result:
         if address in (member.address, member.raft_address) or raft in (
                 member.address, member.raft_address):
             return fail(409, f"Address already in use by member {member.name!r}")
-    roles = [VOTER] if len(voters(state)) < max_voters(state) else []
+    witness = a.get("witness") is True
+    demoted, problem = seat_for_witness(state) if witness else (None, "")
+    if problem:
+        return fail(409, problem)
+    if witness:
+        roles = [VOTER, WITNESS]
+    else:
+        roles = [VOTER] if len(voters(state)) < max_voters(state) else []
+    if demoted is not None:
+        state.members[demoted].roles = [r for r in state.members[demoted].roles if r != VOTER]
     state.members[name] = Member(name=name, address=address, raft_address=raft,
                                  architecture=str(a.get("architecture", "x86_64")),
                                  roles=roles, heartbeat_at=cmd.time, joined_at=cmd.time,
@@ -185,8 +227,15 @@ def member_remove(state: State, cmd: Command) -> Result:
 
 
 def _roles_error(state: State, member: Member, roles: object) -> str:
-    if not isinstance(roles, list) or not set(roles) <= ROLES:
+    if not isinstance(roles, list):
         return f"Roles must be a subset of {sorted(ROLES)}"
+    if WITNESS in roles and not is_witness(member):
+        return ("The witness role is given only when a member joins "
+                "(corral init --join TOKEN --witness)")
+    if not set(roles) - {WITNESS} <= ROLES:
+        return f"Roles must be a subset of {sorted(ROLES)}"
+    if is_witness(member) and VOTER not in roles:
+        return f"Member {member.name!r} is a witness: it always votes (remove it instead)"
     if VOTER in roles and VOTER not in member.roles and len(voters(state)) >= max_voters(state):
         return "The cluster already has its maximum number of voters (cluster.max_voters)"
     if VOTER in member.roles and VOTER not in roles and len(voters(state)) == 1:
@@ -202,8 +251,14 @@ def member_roles(state: State, cmd: Command) -> Result:
     problem = _roles_error(state, member, roles)
     if problem or not isinstance(roles, list):
         return fail(400, problem)
-    member.roles = [r for r in roles if r in ROLES]
+    member.roles = _kept_roles(member, roles)
     return ok(None)
+
+
+def _kept_roles(member: Member, roles: list[str]) -> list[str]:
+    """The roles a user set, with a witness's own role kept (the API may leave it out)."""
+    kept = [r for r in roles if r in ROLES]
+    return [*kept, WITNESS] if is_witness(member) else kept
 
 
 def member_update(state: State, cmd: Command) -> Result:
@@ -233,7 +288,7 @@ def member_update(state: State, cmd: Command) -> Result:
         problem = problem or "Description must be a string"
     if problem or not isinstance(roles, list):
         return fail(400, problem)
-    member.roles = [r for r in roles if r in ROLES]
+    member.roles = _kept_roles(member, roles)
     member.config = {str(k): str(v) for k, v in config.items() if v != ""}
     member.groups = sorted(set(groups))
     member.description = description

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 
 from cluster.state import reservations
-from cluster.state.apply_members import member_status
+from cluster.state.apply_members import is_witness, member_status
 from cluster.state.model import Instance, Member, State
 from corral_shared.resources import DIMENSIONS, ZERO, AllocationRatios, Resources
 from scheduler import keys
@@ -79,7 +79,7 @@ def member_view(member: Member, status: str, reserved: Resources, instances: int
         instance_types=frozenset(member.instance_types),
         mode=mode if mode in keys.MODES else "all", groups=frozenset(member.groups),
         capacity=ratios.schedulable(capacity), reserved=reserved, instances=instances,
-        unknown=unknown)
+        unknown=unknown, witness=is_witness(member))
 
 
 def view_from_state(state: State, *,

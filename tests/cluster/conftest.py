@@ -16,14 +16,15 @@ from tests.integration.conftest import real_prerequisites
 
 
 @contextmanager
-def namespace_cluster(nodes: int) -> Iterator[list[DaemonProcess]]:
-    """A formed cluster of ``nodes`` members; their logs are kept in /tmp/corral-cluster-logs."""
+def namespace_cluster(nodes: int, witness: bool = False) -> Iterator[list[DaemonProcess]]:
+    """A formed cluster of ``nodes`` members (with ``witness`` the last one joins as a
+    witness); their logs are kept in /tmp/corral-cluster-logs."""
     problem = real_prerequisites()
     if problem:
         pytest.skip(problem)
     directory = Path("/tmp") / f"corral-cluster-{secrets.token_hex(3)}"
     try:
-        yield devcluster.up(nodes, directory)
+        yield devcluster.up(nodes, directory, witness=witness)
     finally:
         keep = Path("/tmp/corral-cluster-logs")
         keep.mkdir(exist_ok=True)

@@ -86,6 +86,9 @@ def test_init_auto_goes_to_bootstrap_with_its_options_and_unknown_flags() -> Non
     assert args.extra == ["--some-future-flag=v"] and args.image is None
     joined = parse_args(["init", "--join", "10.0.0.1:8443", "--token", "t"])
     assert joined.handler == "server:init_cluster" and joined.join == "10.0.0.1:8443"
+    assert joined.witness is False
+    witness = parse_args(["init", "--join", "TOKEN", "--witness"])
+    assert witness.handler == "server:init_cluster" and witness.witness is True
 
 
 def test_daemon_passes_unknown_flags_through() -> None:

@@ -8,6 +8,7 @@ so that exact fits and ties are common.
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -48,7 +49,8 @@ def random_member(rnd: random.Random, name: str, varied: bool = True) -> MemberV
         mode=pick("all", "manual", "group"),  # type: ignore[arg-type]
         groups=frozenset(g for g in GROUPS if varied and rnd.random() < 0.4),
         capacity=Resources(cpu, memory, disk), reserved=reserved,
-        unknown=pick((), ("disk",)))  # type: ignore[arg-type]
+        unknown=pick((), ("disk",)),  # type: ignore[arg-type]
+        witness=pick(False, True))  # type: ignore[arg-type]
 
 
 def random_cluster(rnd: random.Random, count: int, varied: bool = True) -> ClusterView:
@@ -97,7 +99,7 @@ def oracle_allows(m: MemberView, r: PlacementRequest, view: ClusterView) -> bool
     group_target = r.target[1:] if r.target.startswith("@") else None
     if r.target and not by_name and (group_target is None or group_target not in m.groups):
         return False
-    if m.name in r.exclude or m.status != "ONLINE" or m.unknown:
+    if m.name in r.exclude or m.status != "ONLINE" or m.unknown or m.witness:
         return False
     if m.mode == "manual" and not by_name:
         return False
@@ -139,6 +141,25 @@ def test_placement_honours_every_rule_and_errs_exactly_when_nothing_fits(
         assert plan.member in allowed and plan.error == ""
         assert recheck(view, r, plan.member) == ""
         view.commit(plan.member, r.demand, r.placement_group)
+
+
+@SETTINGS
+@given(scenarios(max_requests=20))
+def test_no_placement_ever_lands_on_a_witness(scenario: Scenario) -> None:
+    """Whatever the request (targeted at a witness by name included), and whether the
+    plan is accepted or not, a witness is never chosen and the apply check refuses it."""
+    view, reqs = scenario
+    harness = Harness(view)
+    witnesses = [n for n, m in view.members.items() if m.witness]
+    for r in reqs:
+        chosen = harness.place(r)
+        assert chosen not in witnesses
+        for name in witnesses:
+            assert recheck(harness.view, r, name) != ""
+            aimed = place(harness.view, replace(r, target=name))
+            assert aimed.member is None
+            if name not in r.exclude:
+                assert aimed.error == f"member {name} is a witness: it holds no instances"
 
 
 @SETTINGS

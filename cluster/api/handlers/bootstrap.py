@@ -59,6 +59,9 @@ async def init_handler(request: web.Request) -> web.Response:
     if body.get("join"):
         await join_cluster(request, body)
         return sync({})
+    if body.get("witness"):
+        raise bad_request("A witness joins an existing cluster: corral init --join TOKEN "
+                          "--witness")
     if body.get("member_name"):
         problem = validate.instance_name_error(body["member_name"]).replace("Instance", "Member")
         if problem:

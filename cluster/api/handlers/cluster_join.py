@@ -79,7 +79,7 @@ async def accept_member(request: web.Request) -> web.Response:
     joined = await ctx.store.submit(command(
         "member.join", name=name, secret_hash=secret_hash(secret), address=address,
         raft_address=raft, architecture=architecture, capacity=capacity,
-        instance_types=body.get("instance_types")))
+        instance_types=body.get("instance_types"), witness=body.get("witness") is True))
     voter = VOTER in joined["roles"]
     if voter:
         # The change may need the new member's vote to commit (two voters), and that
@@ -112,7 +112,9 @@ async def remove_member(request: web.Request) -> web.Response:
 
 
 async def join_cluster(request: web.Request, body: dict[str, Any]) -> None:
-    """``corral init --join TOKEN --address ADDR`` on this (uninitialised) member."""
+    """``corral init --join TOKEN --address ADDR [--witness]`` on this (uninitialised)
+    member. A witness votes and holds nothing: ``open_local_parts`` makes no pool or
+    bridge on it, and the scheduler places nothing on it."""
     ctx = ctx_of(request)
     token = JoinToken.decode(str(body["join"]))
     address = str(body.get("address") or "")
@@ -121,7 +123,8 @@ async def join_cluster(request: web.Request, body: dict[str, Any]) -> None:
     if token.expires_at < wall_time():
         raise ApiError(403, "The join token has expired")
     capacity = await asyncio.to_thread(ctx.host.capacity)
-    reply = await _ask_to_join(token, address, capacity, ctx.host.instance_types)
+    reply = await _ask_to_join(token, address, capacity, ctx.host.instance_types,
+                               witness=body.get("witness") is True)
     identity = await asyncio.to_thread(_adopt_certificate, ctx, reply)
     raft = raft_address_for(address)
     partners = [m["raft_address"] for m in reply["members"]
@@ -142,10 +145,10 @@ async def join_cluster(request: web.Request, body: dict[str, Any]) -> None:
 
 async def _ask_to_join(token: JoinToken, address: str,
                        capacity: dict[str, float],
-                       instance_types: list[str]) -> dict[str, Any]:
+                       instance_types: list[str], witness: bool) -> dict[str, Any]:
     body = {"server_name": token.server_name, "secret": token.secret, "address": address,
             "architecture": platform.machine(), "capacity": capacity,
-            "instance_types": instance_types}
+            "instance_types": instance_types, "witness": witness}
     pin = aiohttp.Fingerprint(bytes.fromhex(token.fingerprint))
     errors = []
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=JOIN_TIMEOUT)) as http:
