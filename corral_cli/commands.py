@@ -361,6 +361,8 @@ def _dev_cluster(subs: argparse._SubParsersAction) -> None:
     p.add_argument("member", metavar="MEMBER")
     p.add_argument("--signal", default="KILL", type=str.upper,
                    choices=["KILL", "STOP", "CONT", "TERM"], help="default KILL")
+    p.add_argument("--host", action="store_true",
+                   help="kill the whole host: the daemon and every container and VM it runs")
     p.add_argument("--dir", default="/var/lib/corral-dev")
     p = _leaf(dev, "start", "devcluster:start", "Start a member's daemon on its existing state")
     p.add_argument("member", metavar="MEMBER")

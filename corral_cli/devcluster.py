@@ -43,12 +43,16 @@ def _nemesis() -> Any:
 
 
 async def kill(args: argparse.Namespace) -> int:
-    """``corral dev-cluster kill MEMBER [--signal KILL|STOP|CONT]``."""
+    """``corral dev-cluster kill MEMBER [--signal KILL|STOP|CONT] [--host]``."""
     nemesis = _nemesis()
     try:
-        pid = nemesis.kill(Path(args.dir), args.member, args.signal)
+        pid = nemesis.kill(Path(args.dir), args.member, args.signal, host=args.host)
     except nemesis.NemesisError as exc:
         raise CliError(str(exc)) from exc
+    if args.host:
+        print(f"killed {args.member}'s whole host (daemon pid {pid or 'not running'}, "
+              "its containers and VMs)")
+        return 0
     print(f"sent SIG{args.signal.upper().removeprefix('SIG')} to {args.member} (pid {pid})")
     return 0
 

@@ -8,6 +8,8 @@ state directory and daemon pid.
 - ``kill``: a signal to one member's daemon, only after checking that the pid is still
   that member's daemon (``devcluster.is_daemon_of``): pids are reused, and nothing the
   dev cluster did not start is ever signalled.
+- ``kill(..., host=True)``: the whole host at once, daemon, containers and VMs
+  (``host_kill``), as a power cut.
 - ``start``: the member's daemon again, on its existing ``CORRAL_DIR`` (its journal and
   snapshot), in its namespace; the new pid is written back to ``devcluster.json``.
 - ``partition``: iptables DROP rules inside the *named* members' namespaces, against
@@ -39,6 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from devtools import host_kill
 from devtools.devcluster import (
     container_bridge,
     container_network,
@@ -156,12 +159,19 @@ def signal_of(name: str) -> signal.Signals:
 
 # ---- the faults --------------------------------------------------------------------------
 
-def kill(directory: Path, name: str, sig: str = "KILL", timeout: float = 10.0) -> int:
+def kill(directory: Path, name: str, sig: str = "KILL", timeout: float = 10.0,
+         host: bool = False) -> int:
     """Send ``sig`` to member ``name``'s daemon; after KILL or TERM wait (at most
     ``timeout`` s) until it is gone, so that ``start`` may follow at once. Returns the pid.
-    NemesisError if the member's daemon is not running."""
+    NemesisError if the member's daemon is not running.
+
+    ``host``: the whole host dies (KILL only): every process of the member, its
+    containers' monitors and processes, its VMs' QEMU, its dnsmasq (``host_kill``); the
+    instances are then stopped when ``start`` brings the daemon back, as after a reboot."""
     member = pick(members_of(read_state(directory.resolve())), [name])[0]
     chosen = signal_of(sig)
+    if host:
+        return _kill_host(member, chosen, timeout)
     if member.pid is None or not is_daemon_of(member.pid, member.root):
         raise NemesisError(f"{name}'s daemon is not running: "
                            f"corral dev-cluster start {name}")
@@ -173,6 +183,21 @@ def kill(directory: Path, name: str, sig: str = "KILL", timeout: float = 10.0) -
                 raise NemesisError(f"{name}'s daemon (pid {member.pid}) is still running")
             time.sleep(0.02)
     return member.pid
+
+
+def _kill_host(member: Member, chosen: signal.Signals, timeout: float) -> int:
+    """SIGKILL the daemon first (it would restart what dies), then everything else of
+    the member; the daemon's pid (0 if it was not running)."""
+    if chosen != signal.SIGKILL:
+        raise NemesisError("--host kills a whole host: only with --signal KILL")
+    pid = member.pid if member.pid is not None and is_daemon_of(member.pid, member.root) else 0
+    if pid:
+        os.kill(pid, signal.SIGKILL)
+    try:
+        host_kill.kill_host(member.root, timeout)
+    except TimeoutError as exc:
+        raise NemesisError(f"{member.name}'s host did not die: {exc}") from exc
+    return pid
 
 
 def running(directory: Path, name: str) -> bool:

@@ -5,7 +5,6 @@ Everything here is blocking; callers run it in worker threads.
 
 from __future__ import annotations
 
-import hashlib
 import secrets
 import shutil
 from dataclasses import dataclass, field
@@ -78,8 +77,7 @@ class LocalNode:
 
     @classmethod
     def open(cls, paths: Paths, idmap: IdMap) -> LocalNode:
-        prefix = "corral-" + hashlib.sha256(str(paths.root).encode()).hexdigest()[:8]
-        node = cls(paths, idmap, LxcDriver(paths.containers, idmap, prefix),
+        node = cls(paths, idmap, LxcDriver(paths.containers, idmap, paths.cgroup_prefix),
                    ImageStore(paths.images))
         qemu = QemuDriver(paths.vms, find_guest=lambda: probe_guest(paths.images))
         info = qemu.probe()

@@ -6,6 +6,7 @@ one machine without touching each other's files.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +18,12 @@ from corral_shared.paths import corral_dir as corral_dir
 @dataclass(frozen=True)
 class Paths:
     root: Path
+
+    @property
+    def cgroup_prefix(self) -> str:
+        """The cgroup under which this daemon's containers live (one per CORRAL_DIR, so
+        daemons sharing a machine never share one)."""
+        return "corral-" + hashlib.sha256(str(self.root).encode()).hexdigest()[:8]
 
     @property
     def socket(self) -> Path:

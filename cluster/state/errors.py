@@ -9,6 +9,7 @@
      +-- PreconditionFailed 412: the record's ETag is not the client's ``If-Match``
      +-- Unavailable      503: no leader, no quorum, replica not ready
           +-- OutcomeUnknown   a command neither committed nor refused after its retries
+          +-- NoQuorum         refused before it was sent: no quorum within reach (not applied)
           +-- ReplicaDamaged   this member's Raft journal or dump does not check: it serves nothing
 
 ``apply`` never raises (an exception inside a replicated method blocks the
@@ -70,6 +71,17 @@ class OutcomeUnknown(Unavailable):
         self.command_type = command_type
         self.command_id = command_id
         self.command_time = command_time
+
+
+class NoQuorum(Unavailable):
+    """A command refused before it was sent, because this member can tell that no
+    quorum is within reach (``state/quorum.py``): its outcome is known, it was not
+    applied, and a retry once the cluster has a quorum again is safe."""
+
+    def __init__(self, reachable: int, voters: int) -> None:
+        super().__init__(f"cluster has no quorum: {reachable} of {voters} voters reachable")
+        self.reachable = reachable
+        self.voters = voters
 
 
 class ReplicaDamaged(Unavailable):

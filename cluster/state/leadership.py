@@ -15,8 +15,10 @@ raft.py does elsewhere):
   is noted as the last contact with a leader, and ends any pre-vote round.
 
 Check-quorum (an isolated leader stepping down) is pysyncobj's ``leaderFallbackTimeout``,
-set in ``raft.raft_conf``. Not supported: ``transferLeadership`` (corral does not call
-it), since followers that hear the old leader drop the target's RequestVote.
+set in ``raft.raft_conf``. Every message also records when its sender was last heard
+from, for ``reachability`` (the no-quorum judgement of ``quorum.py``). Not supported:
+``transferLeadership`` (corral does not call it), since followers that hear the old
+leader drop the target's RequestVote.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from cluster.state.prevote import (
     parse_request,
     parse_response,
 )
+from cluster.state.quorum import Reachability, reachability
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +58,33 @@ class LeadershipSyncObj(SyncObj):  # type: ignore[misc]
     pre_vote_rounds = 0
     elections_started = 0
     votes_ignored = 0
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # Before SyncObj.__init__: its tick thread starts in there. Written by the tick
+        # thread only (one key per voter, a float each); read from the event loop.
+        self._heard: dict[str, float] = {}
+        self._started_at = monotonic_time()
+        super().__init__(*args, **kwargs)
+
+    def reachability(self, grace: float) -> Reachability:
+        """Whether this member can tell that the cluster has no quorum (``quorum.py``):
+        read from another thread, without stopping the tick."""
+        now = monotonic_time()
+        for _ in range(3):  # the tick thread may change the voter set while it is copied
+            try:
+                partners = [str(n.id) for n in list(self._SyncObj__otherNodes)]
+                heard = dict(self._heard)
+                break
+            except RuntimeError:
+                continue
+        else:
+            return Reachability(0, 0, False)  # cannot tell: never refuse on a guess
+        leader_heard = self._leader_heard_at
+        leader_known = self._SyncObj__raftState == _RAFT_STATE.LEADER or (
+            getattr(self, "_SyncObj__raftLeader") is not None  # noqa: B009
+            and leader_heard is not None and now - leader_heard <= grace)
+        return reachability(now, self._SyncObj__selfNode is not None, partners, heard,
+                            self._started_at, leader_known, grace)
 
     def _onTick(self, timeToWait: float = 0.0) -> None:  # noqa: N802, N803 - pysyncobj's names
         self._pre_vote_tick()
@@ -106,6 +136,9 @@ class LeadershipSyncObj(SyncObj):  # type: ignore[misc]
 
     def _SyncObj__onMessageReceived(self, node: Any, message: Any) -> None:  # noqa: N802
         kind = message.get("type") if isinstance(message, dict) else None
+        node_id = getattr(node, "id", None)
+        if node_id is not None:
+            self._heard[str(node_id)] = monotonic_time()
         if kind == PRE_VOTE:
             self._on_pre_vote(node, message)
             return

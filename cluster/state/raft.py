@@ -35,7 +35,13 @@ from cluster.state.compaction import NEVER_ENTRIES, SizedCompaction
 from cluster.state.digest import MARK, Mark, MarkBook
 from cluster.state.dump_transfer import RESTART, DumpTransfer
 from cluster.state.dumps import ForkingDump
-from cluster.state.errors import OutcomeUnknown, ReplicaDamaged, Unavailable, error_for
+from cluster.state.errors import (
+    NoQuorum,
+    OutcomeUnknown,
+    ReplicaDamaged,
+    Unavailable,
+    error_for,
+)
 from cluster.state.journal import (
     DurableJournal,
     JournalPath,
@@ -46,6 +52,7 @@ from cluster.state.journal import (
 from cluster.state.leadership import LeadershipSyncObj
 from cluster.state.model import State
 from cluster.state.policy import compaction_seconds
+from cluster.state.quorum import Reachability
 from cluster.state.resent import ResentCheck, ResentEntries
 from cluster.state.store import Change
 
@@ -62,7 +69,12 @@ log = logging.getLogger(__name__)
 # ``commandsWaitLeader`` stays True (its default): a command submitted while there is no
 # leader waits in the local queue for the next one instead of failing at once, so a
 # write during a failover commits about an election later rather than bouncing.
+# Except when this member can tell that no quorum is within reach (state/quorum.py):
+# then a submit is refused before it is sent (NoQuorum, not applied), so a member cut
+# off from the majority answers at once. QUORUM_GRACE: two election timeouts, so a
+# normal election never refuses a write (see quorum.py).
 ATTEMPT_SECONDS = 5.0
+QUORUM_GRACE = 2.0
 SUBMIT_SECONDS = 20.0
 BACKOFF_FIRST = 0.05
 BACKOFF_MAX = 0.8
@@ -662,16 +674,31 @@ class RaftStore:
         an empty command goes through the log (with the other commands queued now, in
         one entry) and its result comes back only once applied here. A member that is
         not in a quorum cannot commit it: ``Unavailable`` after ``timeout`` s, never a
-        read of stale state (a follower behind, or a leader that lost its quorum)."""
+        read of stale state (a follower behind, or a leader that lost its quorum); at
+        once (``NoQuorum``) when this member can tell that no quorum is within reach
+        (``quorum.py``): a barrier changes nothing, so refusing it is always safe."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while (left := deadline - loop.time()) > 0:
+            self._refuse_without_quorum()
             _, error = await self._submit_once(command(BARRIER), left)
             if error == FAIL_REASON.SUCCESS:
                 return
             await asyncio.sleep(min(0.05, max(0.0, deadline - loop.time())))  # no leader yet
         raise Unavailable("Cannot confirm that this member's replica is current "
                           f"(no quorum within {timeout:g} s); retry")
+
+    def reachability(self) -> Reachability | None:
+        """This member's judgement of quorum (``state/quorum.py``); None while Raft is
+        not running."""
+        sync = self._sync
+        return sync.reachability(QUORUM_GRACE) if isinstance(sync, _PromptSyncObj) else None
+
+    def _refuse_without_quorum(self) -> None:
+        """``NoQuorum`` when this member can tell that no quorum is within reach."""
+        judged = self.reachability()
+        if judged is not None and judged.no_quorum:
+            raise NoQuorum(judged.reachable, judged.voters)
 
     def leader(self) -> str | None:
         leader = self._sync._getLeader() if self._sync else None
@@ -681,17 +708,24 @@ class RaftStore:
         """This member's own view of Raft, read without a barrier (an isolated member
         must still say what it believes): its role, the leader it knows, its term, and
         its commit and applied indexes, and since Raft started, how many pre-vote rounds
-        it asked for and how many RequestVotes it dropped (state/leadership.py)."""
+        it asked for and how many RequestVotes it dropped (state/leadership.py); how many
+        voters it reached lately and whether it refuses writes for want of a quorum
+        (state/quorum.py)."""
         sync = self._sync
         if sync is None:
             return {"address": self._address, "role": "stopped", "leader": None, "term": 0,
                     "commit_index": 0, "applied_index": 0, "pre_vote_rounds": 0,
-                    "votes_ignored": 0}
+                    "votes_ignored": 0, "voters_reachable": None, "voters": None,
+                    "no_quorum": False}
         role = "leader" if sync._isLeader() else "follower" if self.voter else "non-voter"
+        judged = self.reachability()
         return {"address": self._address, "role": role, "leader": self.leader(),
                 "term": int(sync._getTerm()), "commit_index": self.commit_index(),
                 "applied_index": self.applied_index(),
-                "pre_vote_rounds": sync.pre_vote_rounds, "votes_ignored": sync.votes_ignored}
+                "pre_vote_rounds": sync.pre_vote_rounds, "votes_ignored": sync.votes_ignored,
+                "voters_reachable": judged.reachable if judged else None,
+                "voters": judged.voters if judged else None,
+                "no_quorum": judged.no_quorum if judged else False}
 
     @property
     def address(self) -> str:
@@ -738,7 +772,9 @@ class RaftStore:
         """Commit ``cmd`` and return its result. A try whose outcome is unknown (a
         timeout, a leader change, a command discarded by a new leader) is retried with
         the same id, which apply takes once, after a growing pause (see ATTEMPT_SECONDS);
-        after ``timeout`` s ``OutcomeUnknown``."""
+        after ``timeout`` s ``OutcomeUnknown``. ``NoQuorum`` at once, before anything is
+        sent, when this member can tell that no quorum is within reach (``quorum.py``)."""
+        self._refuse_without_quorum()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         pause, tries = BACKOFF_FIRST, 0

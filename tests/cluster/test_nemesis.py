@@ -16,6 +16,7 @@ import pytest
 from devtools import nemesis
 from devtools.harness import DaemonProcess
 from tests.cluster.conftest import namespace_cluster
+from tests.integration.api import Api
 
 pytestmark = pytest.mark.real
 
@@ -48,6 +49,16 @@ def _until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
     while not predicate():
         assert time.monotonic() < deadline, f"not within {timeout:g} s: {what}"
         time.sleep(0.2)
+
+
+def _quorate(member: DaemonProcess, timeout: float = 20.0) -> None:
+    """Wait until ``member`` no longer judges that the cluster has no quorum: a member
+    cut off refuses writes at once (NoQuorum, cluster/state/quorum.py) until it has heard
+    from a majority again, about a reconnect and an election timeout after a heal."""
+    def quorate() -> bool:
+        status, doc = Api(str(member.socket)).call("GET", "/1.0/cluster/raft")
+        return status == 200 and doc["metadata"]["no_quorum"] is False
+    _until(quorate, timeout, f"{member.root.name} hears a quorum again")
 
 
 def _has_profile(member: DaemonProcess, name: str) -> bool:
@@ -84,6 +95,7 @@ def test_replicas_agree_after_kills_stops_and_partitions() -> None:
         code, verdict = _check(by_name[other], timeout=1)
         assert code == 1 and not verdict["agree"] and verdict["missing"] == [leader], verdict
         assert nemesis.heal(directory) == 4
+        _quorate(by_name[leader])  # until it hears the others again, it refuses at once
         _assert_agree(by_name[leader])
         assert _has_profile(by_name[leader], "during-partition")
 
@@ -94,6 +106,7 @@ def test_replicas_agree_after_kills_stops_and_partitions() -> None:
         assert nemesis.partition(directory, [victim], one_way=True) == 2
         by_name[new_leader].corral("profile", "create", "during-one-way")
         assert nemesis.heal(directory) == 2
+        _quorate(by_name[victim])
         _assert_agree(by_name[victim])
         assert _has_profile(by_name[victim], "during-one-way")
     print(f"nemesis scenario: {time.monotonic() - started:.1f} s")

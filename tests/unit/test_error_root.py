@@ -17,7 +17,7 @@ import cluster
 import node_agent
 from cluster.api.middleware import error_middleware
 from cluster.api.response import ApiError
-from cluster.state.errors import ReplicaDamaged, StateError
+from cluster.state.errors import NoQuorum, ReplicaDamaged, StateError
 from corral_shared.errors import CorralError
 from node_agent.drivers.base import DriverError
 from node_agent.drivers.qemu.qmp import QmpError
@@ -31,6 +31,7 @@ SAMPLES: dict[type[CorralError], CorralError] = {
     ApiError: ApiError(418, "short and stout"),
     QmpError: QmpError("cont", "GenericError", "no"),
     ReplicaDamaged: ReplicaDamaged("/x/journal", 12, "bad record"),
+    NoQuorum: NoQuorum(1, 3),
 }
 SKIPPED = {"OutcomeUnknown"}  # answered with the operation that settles it: its own test
 
