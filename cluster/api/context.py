@@ -61,7 +61,7 @@ class Context:
         """Make this member's pools and bridges match the replicated state (at start, and
         after ``init --auto`` or a join has committed them)."""
         with self.store.read() as state:
-            pools = [(p.name, p.config.get("source")) for p in state.storage_pools.values()]
+            pools = [(p.name, p.driver, dict(p.config)) for p in state.storage_pools.values()]
             nets = [(n.name, n.config.get("ipv4.address", "")) for n in state.networks.values()
                     if n.type == "bridge"]
         await self.host.open_local_parts(pools, nets)
