@@ -111,3 +111,22 @@ def test_containers_on_a_btrfs_loop_pool(bare: DaemonProcess) -> None:
     listing = btrfs_cli.run(["btrfs", "subvolume", "list", str(mount)], "list")
     assert "containers/c1" not in listing and "containers-snapshots/c1" not in listing
     assert not volume.exists()
+
+
+def test_a_vm_on_a_btrfs_pool_keeps_its_overlay_there(bare: DaemonProcess) -> None:
+    """A VM's volume is a plain directory in the pool (its qcow2 overlay), as on dir."""
+    if "qemu" not in bare.corral("version").stdout.decode() and not shutil.which(
+            "qemu-system-x86_64"):
+        pytest.skip("needs qemu")
+    bare.corral("init", "--auto", "--bridge-name", bare.bridge, "--network-address",
+                bare.address, "--storage-backend", "btrfs", "--storage-create-loop", "12")  # sparse; a VM disk is 10 GiB
+    bare.corral("image", "build", "busybox", "--vm", timeout=300)
+    bare.corral("launch", "busybox-vm", "v1", "--vm", "-c", "limits.memory=256MiB",
+                timeout=300)
+    api = Api(str(bare.socket))
+    assert api.get("/1.0/instances/v1")["status"] == "Running"
+    volume = bare.root / "storage-pools" / "default" / "virtual-machines" / "v1"
+    assert (volume / "root.qcow2").is_file() and btrfs_cli.is_btrfs(volume)
+    assert _exec(bare, "v1", "echo", "up").strip() == "up"
+    bare.corral("delete", "--force", "v1", timeout=120)
+    assert not volume.exists()
