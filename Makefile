@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 APT_PACKAGES := lxc lxc-dev busybox-static dnsmasq-base iptables iproute2 pkg-config \
 	squashfs-tools uidmap gcc python3 python3-venv python3-dev \
 	qemu-system-x86 qemu-utils e2fsprogs cpio \
-	ovmf systemd-boot-efi binutils fdisk dosfstools mtools
+	ovmf systemd-boot-efi binutils fdisk dosfstools mtools btrfs-progs
 export CORRAL_DIR ?= /var/lib/corral
 
 .PHONY: deps demo demo-clean test lint bench chaos

@@ -86,7 +86,15 @@ def _instances(subs: argparse._SubParsersAction) -> None:
     p.add_argument("--address", metavar="ADDR[:PORT]",
                    help="serve the API over HTTPS there (core.https_address; port 8443)")
     p.add_argument("--bridge-name", help="name of the instance bridge")
-    p.add_argument("--storage-path", help="directory of the default storage pool")
+    p.add_argument("--storage-path", help="directory of the default storage pool (dir), or "
+                   "its block device or btrfs directory (btrfs)")
+    p.add_argument("--storage-backend", metavar="DRIVER",
+                   help="driver of the default storage pool: dir (default) or btrfs")
+    p.add_argument("--storage-create-loop", type=int, metavar="SIZE_GB",
+                   help="size in GiB of a btrfs pool's loop file (default: 20%% of the free "
+                   "space, 5-30 GiB)")
+    p.add_argument("--storage-create-device", metavar="DEVICE",
+                   help="block device holding the btrfs pool (instead of a loop file)")
     p.add_argument("--member-name", help="name of this cluster member")
     p.add_argument("--token", help="join token")
 

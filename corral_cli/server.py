@@ -22,17 +22,28 @@ def daemon(args: argparse.Namespace) -> object:
     return importlib.import_module("cluster.daemon").main(args)
 
 
-INIT_OPTIONS = ("network_address", "bridge_name", "storage_path", "address", "join",
-                "member_name", "witness")
+INIT_OPTIONS = ("network_address", "bridge_name", "storage_path", "storage_backend", "address",
+                "join", "member_name", "witness")
 
 
 async def init_cluster(args: argparse.Namespace) -> int:
     """``corral init --auto|--join``: the running daemon sets up this member
     (``POST /internal/init`` on its unix socket, ``cluster.api.handlers.bootstrap``)."""
-    options = {key: getattr(args, key, None) for key in INIT_OPTIONS}
     async with Client() as client:
-        await client.call("POST", "/internal/init", {k: v for k, v in options.items() if v})
+        await client.call("POST", "/internal/init", init_body(args))
     return 0
+
+
+def init_body(args: argparse.Namespace) -> dict[str, object]:
+    """The options of ``corral init`` given, as the init request names them; lxd init's
+    ``--storage-create-loop GB`` and ``--storage-create-device DEV`` become the pool's
+    ``storage_size`` and ``storage_path``."""
+    options = {key: getattr(args, key, None) for key in INIT_OPTIONS}
+    if getattr(args, "storage_create_loop", None) is not None:
+        options["storage_size"] = f"{args.storage_create_loop}GiB"
+    if getattr(args, "storage_create_device", None):
+        options["storage_path"] = args.storage_create_device
+    return {key: value for key, value in options.items() if value}
 
 
 async def waitready(client: Client, args: argparse.Namespace) -> int:

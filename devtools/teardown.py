@@ -21,6 +21,8 @@ from node_agent.idmap import IdMap
 from node_agent.network.bridge import BridgeNetwork
 from node_agent.node import LocalNode
 from node_agent.paths import Paths
+from node_agent.storage.btrfs_cli import mounts_below, unmount
+from node_agent.storage.errors import StorageError
 
 PLACEHOLDER_ADDRESS = "10.0.0.1/24"  # teardown finds what to remove by name, pid file and tag
 
@@ -79,6 +81,16 @@ def remove_cgroups(paths: Paths) -> None:
         time.sleep(0.1)
 
 
+def unmount_pools(paths: Paths) -> None:
+    """Unmount the storage pools mounted under the daemon's root (a btrfs loop file's
+    device goes with its last mount), so removing the root never reaches into them."""
+    if not paths.storage_pools.is_dir():
+        return
+    for mount in mounts_below(paths.storage_pools):
+        with contextlib.suppress(StorageError):
+            unmount(mount)
+
+
 def remove_networks(paths: Paths) -> None:
     if not paths.networks.is_dir():
         return
@@ -96,6 +108,7 @@ def teardown(root: Path) -> None:
     stop_vms(paths)
     remove_cgroups(paths)
     remove_networks(paths)
+    unmount_pools(paths)
     shutil.rmtree(root, ignore_errors=True)
 
 

@@ -37,6 +37,7 @@ from node_agent.images.store import ImageInfo
 from node_agent.network.bridge import BridgeNetwork, list_host_interfaces
 from node_agent.node import InstanceSpec, LocalNode
 from node_agent.paths import Paths
+from node_agent.storage import pools as storage_pools
 from node_agent.volume_moves import Listing, VolumeMoves
 
 __all__ = ["FileTarget", "InstanceSpec", "Listing", "NodeFacade"]
@@ -187,6 +188,12 @@ class NodeFacade:
 
     # Pools, networks and capacity (blocking unless async).
 
+    @staticmethod
+    def pool_config_problem(driver: str, config: dict[str, str]) -> str:
+        """Why a pool of ``driver`` with ``config`` cannot be made here, or ``""``
+        (blocking: stats the source, probes the tools)."""
+        return storage_pools.config_problem(driver, config)
+
     def pool_usage(self, name: str) -> dict[str, Any]:
         return self._node.pool(name).usage()
 
@@ -209,13 +216,13 @@ class NodeFacade:
         """The instance types this member has a driver for (a new member's record)."""
         return self._node.instance_types
 
-    async def open_local_parts(self, pools: list[tuple[str, str | None]],
+    async def open_local_parts(self, pools: list[tuple[str, str, dict[str, str]]],
                                networks: list[tuple[str, str]]) -> None:
-        """Make sure the named pools (name, source) and bridges (name, IPv4 address)
-        exist here; those that do already are left alone."""
-        for name, source in pools:
+        """Make sure the named pools (name, driver, config) and bridges (name, IPv4
+        address) exist here; those that do already are left alone."""
+        for name, driver, config in pools:
             if name not in self._node.pools:
-                await asyncio.to_thread(self._node.add_pool, name, source)
+                await asyncio.to_thread(self._node.add_pool, name, None, driver, config)
         for name, address in networks:
             if name not in self._node.networks:
                 network = BridgeNetwork(name, address, self._node.paths.networks / name)

@@ -25,7 +25,8 @@ from node_agent.images.vm_unpack import unpack_vm_image
 from node_agent.migration_leftovers import EndStep, Side
 from node_agent.network.bridge import BridgeNetwork
 from node_agent.paths import Paths
-from node_agent.storage.dir import DirPool
+from node_agent.storage.base import StoragePool
+from node_agent.storage.pools import open_pool
 
 __all__ = ["InstanceSpec", "LocalNode", "check_vm_accelerator_mode"]
 
@@ -66,7 +67,7 @@ class LocalNode:
     idmap: IdMap
     driver: LxcDriver
     images: ImageStore
-    pools: dict[str, DirPool] = field(default_factory=dict)
+    pools: dict[str, StoragePool] = field(default_factory=dict)
     networks: dict[str, BridgeNetwork] = field(default_factory=dict)
     drivers: DriverRegistry = field(default_factory=DriverRegistry)
     vm_version: str = ""
@@ -134,13 +135,19 @@ class LocalNode:
         assert isinstance(driver, QemuDriver)
         return driver
 
-    def add_pool(self, name: str, source: str | None = None) -> DirPool:
-        pool = DirPool(name, Path(source) if source else self.paths.storage_pools / name)
-        pool.ensure()
+    def add_pool(self, name: str, source: str | None = None, driver: str = "dir",
+                 config: dict[str, str] | None = None) -> StoragePool:
+        """Open pool ``name`` of ``driver`` (``storage.pools``: a btrfs one is mounted,
+        its loop file made on first use); ``source`` overrides ``config["source"]``."""
+        config = dict(config or {})
+        if source:
+            config["source"] = source
+        pool = open_pool(name, driver, config, self.paths.storage_pools / name,
+                         self.paths.disks)
         self.pools[name] = pool
         return pool
 
-    def pool(self, name: str) -> DirPool:
+    def pool(self, name: str) -> StoragePool:
         pool = self.pools.get(name)
         if pool is None:
             raise DriverError(f"Storage pool {name!r} is not available on this member")

@@ -66,6 +66,12 @@ class Paths:
         return self.root / "storage-pools"
 
     @property
+    def disks(self) -> Path:
+        """Loop files of storage pools (``<pool>.img``, as LXD's ``disks``); made when a
+        pool needs one."""
+        return self.root / "disks"
+
+    @property
     def networks(self) -> Path:
         return self.root / "networks"
 

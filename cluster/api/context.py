@@ -66,7 +66,7 @@ class Context:
             me = state.members.get(self.member)
             if me is not None and is_witness(me):
                 return
-            pools = [(p.name, p.config.get("source")) for p in state.storage_pools.values()]
+            pools = [(p.name, p.driver, dict(p.config)) for p in state.storage_pools.values()]
             nets = [(n.name, n.config.get("ipv4.address", "")) for n in state.networks.values()
                     if n.type == "bridge"]
         await self.host.open_local_parts(pools, nets)

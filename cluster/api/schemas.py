@@ -231,6 +231,8 @@ class Init(Schema):
     bridge_name: Str = None
     network_address: Str = None
     storage_path: Str = None
+    storage_backend: Str = None  # the default pool's driver: "dir" (default) or "btrfs"
+    storage_size: Str = None  # of a btrfs pool's loop file, e.g. "5GiB"
     address: Str = None
     witness: Bool = None  # with ``join``: a voter that holds no instances and no storage
 

@@ -15,7 +15,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from node_agent.storage.dir import _RENAME_NOREPLACE, DirPool, _remove_tree, _rename
+from node_agent.storage.base import StoragePool
+from node_agent.storage.dir import _RENAME_NOREPLACE, _remove_tree, _rename
 from node_agent.storage.errors import StorageError, VolumeNotFound
 
 DISK = "root.qcow2"  # as node_agent.drivers.qemu.cmdline.DISK
@@ -25,7 +26,7 @@ class VmVolumes:
     """Pool-like access to the VM volumes of ``pool`` (all methods block). Paths in a
     transfer are relative to the pool: ``virtual-machines/<name>``."""
 
-    def __init__(self, pool: DirPool) -> None:
+    def __init__(self, pool: StoragePool) -> None:
         self.pool = pool
         self.path = pool.path
 

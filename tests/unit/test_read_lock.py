@@ -55,15 +55,23 @@ def test_a_list_renders_few_records_per_hold_of_the_lock(
 
 def test_apply_does_not_wait_for_a_list_of_ten_thousand(tmp_path: Path) -> None:
     """Commands applied from another thread while 10,000 instances are listed three
-    times: before the fix apply waited about 100 ms (the whole render); now about 1 ms.
-    The bound is generous for a loaded 2-core machine, far under the 88-114 ms seen."""
+    times: before the fix apply waited for the whole render (88-114 ms here); now about
+    1 ms. Judged against the list's own duration, not a clock bound, so that a loaded
+    machine (which slows both) does not fail it: no wait may reach a fifth of a list
+    (the whole render, which apply waited for before, is about a third of one)."""
     with served_api(tmp_path) as served:
         lock = _seeded(served, INSTANCES)
         with Applier(served.store, MEMBER) as applier:
             time.sleep(0.2)
             lock.apply_waits.clear()
+            lists = []
             for _ in range(3):
+                started = time.monotonic()
                 assert len(served.api.get("/1.0/instances?recursion=1")) == INSTANCES
+                lists.append(time.monotonic() - started)
             waits = sorted(lock.apply_waits)
         assert applier.applied >= 3 and waits, "nothing was applied during the lists"
-        assert waits[-1] < 0.04, f"apply waited {waits[-1] * 1000:.0f} ms for a reader"
+        shortest = min(lists)
+        assert waits[-1] < shortest / 5, (
+            f"apply waited {waits[-1] * 1000:.0f} ms for a reader; a list took "
+            f"{shortest * 1000:.0f} ms")

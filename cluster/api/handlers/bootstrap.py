@@ -62,6 +62,10 @@ async def init_handler(request: web.Request) -> web.Response:
     if body.get("witness"):
         raise bad_request("A witness joins an existing cluster: corral init --join TOKEN "
                           "--witness")
+    driver, pool_config = _pool_choice(body)
+    problem = await asyncio.to_thread(ctx.host.pool_config_problem, driver, pool_config)
+    if problem:
+        raise bad_request(problem)
     if body.get("member_name"):
         problem = validate.instance_name_error(body["member_name"]).replace("Instance", "Member")
         if problem:
@@ -72,7 +76,6 @@ async def init_handler(request: web.Request) -> web.Response:
     if not 0 < len(bridge) <= 15 or "/" in bridge or " " in bridge:
         raise bad_request(f"Invalid bridge name {bridge!r}")
     address = _check_address(str(body.get("network_address") or DEFAULT_ADDRESS))
-    pool_config = {"source": str(body["storage_path"])} if body.get("storage_path") else {}
     config = {ADDRESS_KEY: str(body["address"])} if body.get("address") else {}
     check_https_config(config)
     member_address = await _enable_clustering(ctx, request, str(body.get("address") or ""))
@@ -85,14 +88,35 @@ async def init_handler(request: web.Request) -> web.Response:
                 "architecture": platform.machine(), "raft_address": ctx.store.address,
                 "instance_types": ctx.host.instance_types,
                 "capacity": await asyncio.to_thread(
-                    ctx.host.capacity, Path(pool_config.get("source") or ctx.paths.storage_pools))},
-        pool={"name": "default", "driver": "dir", "config": pool_config},
+                    ctx.host.capacity, _capacity_path(ctx, driver, pool_config))},
+        pool={"name": "default", "driver": driver, "config": pool_config},
         network={"name": bridge, "config": {"ipv4.address": address, "ipv4.nat": "true",
                                             "ipv6.address": "none"}},
         config={}))
     await ctx.open_local_parts()
     await https_reconcile(request)
     return sync({})
+
+
+def _pool_choice(body: dict[str, object]) -> tuple[str, dict[str, str]]:
+    """The default pool's driver and config from ``storage_backend``, ``storage_path``
+    (a dir pool's directory; a btrfs pool's block device or btrfs directory) and
+    ``storage_size`` (a btrfs loop file's; checked by the host, with the rest)."""
+    driver = str(body.get("storage_backend") or "dir")
+    config = {"source": str(body["storage_path"])} if body.get("storage_path") else {}
+    if body.get("storage_size"):
+        if driver != "btrfs":
+            raise bad_request(f"storage_size applies to a btrfs pool, not to {driver!r}")
+        config["size"] = str(body["storage_size"])
+    return driver, config
+
+
+def _capacity_path(ctx: Context, driver: str, config: dict[str, str]) -> Path:
+    """Where the pool's space is measured before it exists: its source, else the pools'
+    directory (a loop file's size is reported once the pool is open)."""
+    if driver == "dir" and config.get("source"):
+        return Path(config["source"])
+    return ctx.paths.storage_pools
 
 
 async def _enable_clustering(ctx: Context, request: web.Request, address: str) -> str:
