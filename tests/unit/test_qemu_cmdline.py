@@ -97,7 +97,7 @@ def test_argv_daemonises_with_qmp_console_agent_and_taps() -> None:
     text = " ".join(argv)
     assert "-daemonize" in argv and "-pidfile" in argv
     assert argv[argv.index("-accel") + 1] == "tcg"
-    assert argv[argv.index("-m") + 1] == "256M" and argv[argv.index("-smp") + 1] == "2"
+    assert argv[argv.index("-m") + 1] == "262136K" and argv[argv.index("-smp") + 1] == "2"
     assert argv[argv.index("-kernel") + 1] == "/img/kernel"
     assert argv[argv.index("-append") + 1] == "console=ttyS0 quiet"
     assert "unix:/var/lib/vms/vm1/qmp.sock,server=on,wait=off" in argv
@@ -109,9 +109,10 @@ def test_argv_daemonises_with_qmp_console_agent_and_taps() -> None:
     assert argv[argv.index("-display") + 1] == "none"
 
 
-def test_kvm_uses_the_host_cpu() -> None:
-    argv = cl.qemu_argv("qemu", spec(), "kvm")
+def test_kvm_uses_the_host_cpu_and_the_whole_memory() -> None:
+    argv = cl.qemu_argv("qemu", spec({"limits.memory": "256MiB"}), "kvm")
     assert argv[argv.index("-cpu") + 1] == "host"
+    assert argv[argv.index("-m") + 1] == "256M"
 
 
 def test_exec_env_and_cwd_are_applied_in_the_guest() -> None:

@@ -84,6 +84,7 @@ class SourceVm(FakeVm):
         self.passes = 1  # RAM passes before the switchover (dirty-sync-count)
         self.sync_count = 0
         self.loaded: dict[str, bytes] = {}  # the TLS files as object-add found them
+        self.ram = (256 << 20) - 8192  # as cmdline gives a TCG VM of 256 MiB (tcg_ram.py)
 
     def handle(self, request: dict[str, Any]) -> list[dict[str, Any]]:
         command, args = request["execute"], request.get("arguments", {})
@@ -112,6 +113,10 @@ class SourceVm(FakeVm):
             self.migration = "continuing"  # QEMU's thread moves on a moment later
         elif command == "migrate_cancel":
             self.migration = "cancelled"
+        elif command == "query-version":
+            return [{"return": {"qemu": {"major": 7, "minor": 2, "micro": 22}}}]
+        elif command == "query-memory-size-summary":
+            return [{"return": {"base-memory": self.ram}}]
         return super().handle(request)
 
     def _advance_job(self) -> dict[str, Any]:
@@ -315,3 +320,22 @@ def test_a_migration_across_accelerators_is_refused_before_anything_moves() -> N
     INCOMING.check_accelerator("v1", "tcg")  # a target that did not say: QEMU decides
     with pytest.raises(mig.MigrationError):
         mig.Incoming.from_json({**INCOMING.to_json(), "accel": "xen"})
+
+
+@pytest.mark.parametrize(("ram", "refused"), [(256 << 20, True), ((256 << 20) - 8192, False)])
+def test_a_tcg_vm_whose_qemu_would_lose_guest_writes_is_not_migrated_live(
+        source: tuple[QemuDriver, SourceVm], ram: int, refused: bool) -> None:
+    """QEMU 7.2 under TCG, RAM a multiple of 256 KiB (a VM started before the trim):
+    refused before anything moves, the guest runs on; a trimmed one migrates."""
+    driver, vm = source
+    (driver.vm_dir("vm1") / cl.ACCEL).write_text("tcg\n")
+    vm.ram = ram
+    vm.start()
+    if not refused:
+        mig.migrate_out(driver, "vm1", INCOMING, CREDENTIALS)
+        assert "migrate" in vm.commands()
+        return
+    with pytest.raises(mig.MigrationError, match="would lose some of the guest's memory"):
+        mig.migrate_out(driver, "vm1", INCOMING, CREDENTIALS)
+    assert vm.commands() == ["query-version", "query-memory-size-summary"]
+    assert driver.status("vm1") == "Running" and not mig.outgoing_left(driver, "vm1")

@@ -25,6 +25,7 @@ from typing import Any
 from corral_shared.units import UnitError, parse_memory_limit
 from node_agent.drivers.base import DriverError, InstanceDefinition
 from node_agent.drivers.lxc_config import ConfigError, parse_cpuset
+from node_agent.drivers.qemu.tcg_ram import ram_option
 
 DEFAULT_MEMORY = 1 << 30
 DEFAULT_CMDLINE = "console=ttyS0"
@@ -202,6 +203,8 @@ def build_spec(definition: InstanceDefinition, directory: Path, host_memory: int
 
 def qemu_argv(qemu: str, spec: VmSpec, accel: str, incoming: bool = False) -> list[str]:
     """The full command line; QEMU daemonises itself once its devices are set up.
+    Under TCG the guest's RAM is a few KiB short of ``spec.memory`` (tcg_ram.py: a QEMU
+    bug would otherwise corrupt it when it migrates live).
     ``incoming``: paused, waiting for a live migration (``migrate-incoming``, see
     migration/; pflash contents travel with the RAM, the target's VARS file just has to
     exist with the same size)."""
@@ -222,7 +225,7 @@ def qemu_argv(qemu: str, spec: VmSpec, accel: str, incoming: bool = False) -> li
             "-nodefaults", "-no-user-config", "-display", "none",
             "-machine", "q35", "-accel", accel,
             "-cpu", "host" if accel == "kvm" else "max",
-            "-m", f"{max(1, spec.memory >> 20)}M", "-smp", str(spec.cpus),
+            "-m", ram_option(spec.memory, accel), "-smp", str(spec.cpus),
             *boot,
             "-qmp", f"unix:{vm / QMP},server=on,wait=off",
             "-qmp", f"unix:{vm / MIGRATION_QMP},server=on,wait=off",

@@ -18,6 +18,7 @@ from typing import Any
 
 from node_agent.drivers.base import DriverError, InvalidState
 from node_agent.drivers.qemu import cmdline as cl
+from node_agent.drivers.qemu import tcg_ram
 from node_agent.drivers.qemu.driver import QemuDriver
 from node_agent.drivers.qemu.migration.common import (
     ACTIVE,
@@ -85,7 +86,10 @@ def migrate_out(driver: QemuDriver, name: str, incoming: Incoming, credentials: 
     status = driver.status(name)
     if status != "Running":
         raise InvalidState(f"cannot migrate VM {name!r}: it is {status}")
-    incoming.check_accelerator(name, driver.running_under(name))
+    accel = driver.running_under(name)
+    incoming.check_accelerator(name, accel)
+    if accel == "tcg":
+        _check_dirty_tracking(driver, name)
     started = time.monotonic()
     deadline = started + timeout
     report = progress or (lambda _: None)
@@ -116,6 +120,20 @@ def migrate_out(driver: QemuDriver, name: str, incoming: Incoming, credentials: 
         raise
     return parse_stats(reply, round((time.monotonic() - started) * 1000), disk_bytes,
                        tls=parameters.get("tls-creds") == TLS_CREDS)
+
+def _check_dirty_tracking(driver: QemuDriver, name: str) -> None:
+    """Refuse, before anything moves, a TCG VM whose QEMU would lose guest writes in a
+    live migration (tcg_ram.py: started before corral trimmed its RAM)."""
+    version = call_qmp(driver, name, "query-version", "query-version").get("qemu", {})
+    ram = call_qmp(driver, name, "query-memory-size-summary", "query-memory-size-summary")
+    if tcg_ram.loses_writes(int(ram.get("base-memory", 0)), "tcg",
+                            (int(version.get("major", 0)), int(version.get("minor", 0)))):
+        raise MigrationError(
+            f"cannot live-migrate VM {name!r}: its QEMU (TCG, {version.get('major')}."
+            f"{version.get('minor')}) would lose some of the guest's memory writes on the "
+            f"way (a QEMU bug fixed in 9.0; VMs started since corral works around it): "
+            f"restart it here first, or stop it and move it cold")
+
 
 def _mirror_disk(driver: QemuDriver, name: str, incoming: Incoming, deadline: float,
                  report: Progress) -> None:
