@@ -97,7 +97,10 @@ class StdinReader:
                 chunk = os.read(fd, 65536)
             except OSError:
                 chunk = b""
-            loop.call_soon_threadsafe(self.queue.put_nowait, chunk)
+            try:
+                loop.call_soon_threadsafe(self.queue.put_nowait, chunk)
+            except RuntimeError:
+                return  # the session ended (its loop is closed) before stdin did
             if not chunk:
                 return
 
