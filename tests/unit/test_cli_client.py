@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from typing import Any
 import pytest
 from aiohttp import WSMsgType, web
 
+from corral_cli.exec import StdinReader
 from corral_cli.main import main
 
 
@@ -241,6 +243,27 @@ def test_exec_streams_and_returns_the_command_status(
     events = fake.exec_events
     assert fake.methods("/1.0/operations/op0/wait")
     assert events.index("operation waited") < events.index("control closed")
+
+
+def test_stdin_arriving_after_the_session_ended_is_dropped_quietly(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The command may end before its stdin does; the reader thread outlives the loop."""
+    errors: list[threading.ExceptHookArgs] = []
+    monkeypatch.setattr(threading, "excepthook", errors.append)
+    read_fd, write_fd = os.pipe()
+
+    async def session() -> StdinReader:
+        return StdinReader(read_fd)
+
+    reader = asyncio.run(session())  # returns with the loop closed
+    try:
+        os.write(write_fd, b"late input")
+    finally:
+        os.close(write_fd)
+    assert reader.thread is not None
+    reader.thread.join(30)
+    os.close(read_fd)
+    assert not reader.thread.is_alive() and errors == []
 
 
 def test_file_push_sends_lxd_headers(fake: FakeLXD, tmp_path: Path) -> None:
