@@ -85,11 +85,13 @@ class StdinReader:
 
     def __init__(self, fd: int | None) -> None:
         self.queue: asyncio.Queue[bytes] = asyncio.Queue()
+        self.thread: threading.Thread | None = None
         if fd is None:
             self.queue.put_nowait(b"")
             return
         loop = asyncio.get_running_loop()
-        threading.Thread(target=self._pump, args=(fd, loop), daemon=True).start()
+        self.thread = threading.Thread(target=self._pump, args=(fd, loop), daemon=True)
+        self.thread.start()
 
     def _pump(self, fd: int, loop: asyncio.AbstractEventLoop) -> None:
         while True:
@@ -97,7 +99,10 @@ class StdinReader:
                 chunk = os.read(fd, 65536)
             except OSError:
                 chunk = b""
-            loop.call_soon_threadsafe(self.queue.put_nowait, chunk)
+            try:
+                loop.call_soon_threadsafe(self.queue.put_nowait, chunk)
+            except RuntimeError:
+                return  # the session ended (its loop is closed) before stdin did
             if not chunk:
                 return
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 from aiohttp import WSMsgType, web
 
+from corral_cli.exec import StdinReader
 from corral_cli.main import main
 
 
@@ -43,6 +44,11 @@ class FakeLXD:
     ops: dict[str, dict[str, Any]] = field(default_factory=dict)
     exec_stdin: bytearray = field(default_factory=bytearray)
     exec_events: list[str] = field(default_factory=list)
+    # The fake exec's command reads all its stdin before it writes (as ``cat`` does):
+    # a command that exits first may lose its input, and the CLI rightly stops sending.
+    exec_stdin_ended: asyncio.Event = field(default_factory=asyncio.Event)
+    # Set by the server's thread once it has seen the control socket close.
+    exec_control_closed: threading.Event = field(default_factory=threading.Event)
     instance_status: str = "Running"
 
     def operation(self, metadata: Any = None, resources: Any = None, *, fail: str = "",
@@ -122,15 +128,16 @@ def build_app(fake: FakeLXD) -> web.Application:
                     fake.exec_events.append(f"stdin barrier {msg.data!r}")
                     break
                 fake.exec_stdin.extend(msg.data)
+            fake.exec_stdin_ended.set()
         elif secret in ("s1", "s2"):
-            while len(fake.exec_events) < 4:  # all four sockets connected
-                await asyncio.sleep(0.01)
+            await fake.exec_stdin_ended.wait()
             await ws.send_bytes(b"out\n" if secret == "s1" else b"err\n")
             await ws.send_str("")  # LXD's end-of-stream barrier
         else:
             async for _ in ws:
                 pass
             fake.exec_events.append("control closed")
+            fake.exec_control_closed.set()
         await ws.close()
         return ws
 
@@ -231,12 +238,32 @@ def test_exec_streams_and_returns_the_command_status(
     body = json.loads(next(c for c in fake.calls if c[1].endswith("/exec"))[3])
     assert body["wait-for-websocket"] is True and body["interactive"] is False
     # the control socket may only close after the operation was waited for
-    waited = fake.methods("/1.0/operations/op0/wait")
+    # (the fake server notes the close in its own thread, maybe after main() returned)
+    assert fake.exec_control_closed.wait(30)
     events = fake.exec_events
-    deadline = time.monotonic() + 10  # the fake server notes the close in its own thread
-    while "control closed" not in events and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert waited and events.index("operation waited") < events.index("control closed")
+    assert fake.methods("/1.0/operations/op0/wait")
+    assert events.index("operation waited") < events.index("control closed")
+
+
+def test_stdin_arriving_after_the_session_ended_is_dropped_quietly(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The command may end before its stdin does; the reader thread outlives the loop."""
+    errors: list[threading.ExceptHookArgs] = []
+    monkeypatch.setattr(threading, "excepthook", errors.append)
+    read_fd, write_fd = os.pipe()
+
+    async def session() -> StdinReader:
+        return StdinReader(read_fd)
+
+    reader = asyncio.run(session())  # returns with the loop closed
+    try:
+        os.write(write_fd, b"late input")
+    finally:
+        os.close(write_fd)
+    assert reader.thread is not None
+    reader.thread.join(30)
+    os.close(read_fd)
+    assert not reader.thread.is_alive() and errors == []
 
 
 def test_file_push_sends_lxd_headers(fake: FakeLXD, tmp_path: Path) -> None:

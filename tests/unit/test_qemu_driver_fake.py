@@ -31,8 +31,15 @@ class FakeVm:
 
     def start(self, answers: bool = True) -> None:
         qmp_path = self.directory / cl.QMP
-        self.process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)",
-                                         str(qmp_path)])
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", "import time; print(flush=True); time.sleep(60)",
+             str(qmp_path)], stdout=subprocess.PIPE)
+        # Popen returns once exec has begun, but the kernel sets the new argv (what
+        # /proc/PID/cmdline shows, and what the driver checks the pid against) a moment
+        # later: on a loaded host the driver read an empty cmdline and took the VM for
+        # stopped. The child's first line proves it runs with its argv, as a real QEMU
+        # does by the time it writes its pid file.
+        assert self.process.stdout is not None and self.process.stdout.readline() == b"\n"
         (self.directory / cl.PIDFILE).write_text(f"{self.process.pid}\n")
         if answers:
             self.qmp = FakeQmp(qmp_path, self.handle)
@@ -51,6 +58,8 @@ class FakeVm:
         if self.process is not None:
             self.process.kill()
             self.process.wait()
+            if self.process.stdout is not None:
+                self.process.stdout.close()
 
     def commands(self) -> list[object]:
         return [r["execute"] for r in (self.qmp.seen if self.qmp else [])
