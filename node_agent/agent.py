@@ -37,6 +37,7 @@ from node_agent.desired import MISSING, Record, Reported, Step, local_name, plan
 from node_agent.desired_snapshots import SnapStep, SnapWant, plan_snapshots
 from node_agent.migration_leftovers import EndStep, Side, end_step
 from node_agent.node import InstanceSpec, LocalNode
+from node_agent.old_queues import desired_of_queue, snapshots_of_queue
 from node_agent.vm_guard import guard_vms
 
 log = logging.getLogger(__name__)
@@ -236,11 +237,11 @@ class NodeAgent:
             if inst is None or inst.location != self.member:
                 return None
             seen = inst.observed
-            record, reported, queue = _desired_of_queue(
+            record, reported, queue = desired_of_queue(
                 Record(inst.name, inst.generation, inst.power == "Deleted", inst.spec_gen,
                        inst.name_gen, moving=bool(inst.moving_to)),
                 Reported(seen.created, seen.name, seen.spec_gen), inst.pending)
-            entries, restore, queue = _snapshots_of_queue(
+            entries, restore, queue = snapshots_of_queue(
                 {s.name: SnapWant(s.name, s.generation, s.ready, s.deleted, s.local)
                  for s in inst.snapshots.values()},
                 (inst.restore_gen, inst.restore_snap), queue)
@@ -491,63 +492,6 @@ class _Pass:
     record: Record
     reported: Reported
     error: str  # the last report's
-
-
-def _desired_of_queue(record: Record, reported: Reported, queue: list[Action]
-                      ) -> tuple[Record, Reported, list[Action]]:
-    """A queue from a snapshot of before, read as desired state: a queued create is an
-    instance not yet created, a queued rename a host name behind the record's, a queued
-    update a spec revision behind, a queued delete is ``power == "Deleted"`` already. What
-    is left (power actions, snapshot changes, restore) goes on to
-    ``_snapshots_of_queue``."""
-    left = []
-    for act in queue:
-        if act.kind == "create":
-            reported = dc_replace(reported, created=False)
-        elif act.kind == "rename":
-            if not reported.name:
-                reported = dc_replace(reported, name=str(act.args.get("old", "")))
-            record = dc_replace(record, name_gen=max(record.name_gen, act.generation))
-        elif act.kind == "update":
-            record = dc_replace(record, spec_gen=max(record.spec_gen, act.generation))
-        elif act.kind != "delete":
-            left.append(act)
-    if reported.name == record.name:
-        reported = dc_replace(reported, name="")
-    return record, reported, left
-
-
-def _snapshots_of_queue(entries: dict[str, SnapWant], restore: tuple[int, str],
-                        queue: list[Action]
-                        ) -> tuple[dict[str, SnapWant], tuple[int, str], list[Action]]:
-    """Queued snapshot changes and restores from a snapshot of before, read as desired
-    state: a queued take is an entry not yet taken (it is not ``ready`` already), a
-    queued delete an entry to delete (then hidden by ``ready`` False), a queued rename
-    an entry the host has under its first name, a queued restore the last restore
-    asked (following the renames after it). What is left (power actions) runs once."""
-    left: list[Action] = []
-    hosts: dict[str, str] = {}  # the record's name -> the name the host has it under
-    for act in queue:
-        name, gen = str(act.args.get("snapshot", "")), act.generation
-        if act.kind == "snapshot" and name in entries:
-            entries[name] = dc_replace(entries[name], generation=gen, ready=False)
-        elif act.kind == "snapshot_delete" and name in entries:
-            entries[name] = dc_replace(entries[name], generation=gen, deleted=True)
-        elif act.kind == "snapshot_rename":
-            old, new = str(act.args.get("old", "")), str(act.args.get("new", ""))
-            hosts[new] = hosts.pop(old, old)
-            if new in entries:
-                entries[new] = dc_replace(entries[new], generation=gen)
-            if restore[1] == old:
-                restore = (restore[0], new)
-        elif act.kind == "restore":
-            restore = (gen, name)
-        else:
-            left.append(act)
-    for new, host in hosts.items():
-        if new in entries and host != new:
-            entries[new] = dc_replace(entries[new], local=host)
-    return entries, restore, left
 
 
 def _wire(step: SnapStep) -> list[Any]:
