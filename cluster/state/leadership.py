@@ -42,7 +42,7 @@ from cluster.state.prevote import (
     parse_request,
     parse_response,
 )
-from cluster.state.quorum import Reachability, reachability
+from cluster.state.quorum import Reachability, leader_known, reachability
 
 log = logging.getLogger(__name__)
 
@@ -79,12 +79,10 @@ class LeadershipSyncObj(SyncObj):  # type: ignore[misc]
                 continue
         else:
             return Reachability(0, 0, False)  # cannot tell: never refuse on a guess
-        leader_heard = self._leader_heard_at
-        leader_known = self._SyncObj__raftState == _RAFT_STATE.LEADER or (
-            getattr(self, "_SyncObj__raftLeader") is not None  # noqa: B009
-            and leader_heard is not None and now - leader_heard <= grace)
+        known = leader_known(self._SyncObj__raftState == _RAFT_STATE.LEADER,
+                             self._leader_heard_at, now, grace)
         return reachability(now, self._SyncObj__selfNode is not None, partners, heard,
-                            self._started_at, leader_known, grace)
+                            self._started_at, known, grace)
 
     def _onTick(self, timeToWait: float = 0.0) -> None:  # noqa: N802, N803 - pysyncobj's names
         self._pre_vote_tick()

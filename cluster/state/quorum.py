@@ -13,10 +13,11 @@ before the command is sent, so its outcome is known (not applied)::
   election timeout (0.6-1 s), and every reachable voter answers, yes or no; a leader
   hears every follower's replies every 50 ms. So a reachable voter is heard within an
   election timeout; one not heard for ``grace`` (two of them) is not reachable.
-- *A leader is known*: this member leads (check-quorum deposes a leader that has not
-  heard from a majority for ``leaderFallbackTimeout``, 1 s), or it heard a current
-  leader's AppendEntries within ``grace``. The leader then speaks for the quorum, which
-  this member cannot see (a follower in a 5-member cluster hears only the leader).
+- *A leader is known* (``leader_known``): this member leads (check-quorum deposes a leader
+  that has not heard from a majority for ``leaderFallbackTimeout``, 1 s), or it heard a
+  leader's AppendEntries within ``grace``, even if a pre-vote round has begun since. The
+  leader then speaks for the quorum, which this member cannot see (a follower in a
+  5-member cluster hears only the leader).
 - The grace keeps a normal election from refusing writes: the old leader is still
   "known" for ``grace`` after its last message, by which time the pre-vote round has
   made every reachable voter answer.
@@ -49,6 +50,17 @@ class Reachability:
 def majority(voters: int) -> int:
     """The fewest voters that form a quorum of ``voters``."""
     return voters // 2 + 1
+
+
+def leader_known(is_leader: bool, leader_heard_at: float | None, now: float,
+                 grace: float) -> bool:
+    """Whether this member knows a leader: it leads, or it heard a leader's AppendEntries
+    within ``grace``. Not pysyncobj's leader field: a pre-vote round clears that the
+    moment the election timeout passes (0.6-1 s after the last message), before the other
+    voters' answers arrive, and a follower has heard nothing from the other followers
+    while a leader lived; a write in that moment was refused though two of three voters
+    were up (a CI run's leader kill -9)."""
+    return is_leader or (leader_heard_at is not None and now - leader_heard_at <= grace)
 
 
 def reachability(now: float, self_votes: bool, partners: Iterable[str],

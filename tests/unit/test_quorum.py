@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from cluster.state.commands import command
 from cluster.state.errors import NoQuorum, OutcomeUnknown, Unavailable
-from cluster.state.quorum import majority, reachability
+from cluster.state.quorum import leader_known, majority, reachability
 from cluster.state.raft import QUORUM_GRACE, RaftStore
 from tests.unit.test_raft_cluster import _cluster, _leader_index, _profiles, _until
 
@@ -111,3 +111,20 @@ def _no_quorum(store: RaftStore) -> bool:
     judged = store.reachability()
     assert judged is not None, "Raft is not running"
     return judged.no_quorum
+
+
+def test_a_leader_heard_within_the_grace_is_known_while_a_pre_vote_round_runs() -> None:
+    """The leader died 0.8 s ago: the election timeout has passed and a pre-vote round
+    cleared pysyncobj's leader, but the other follower's answer has not come yet (it was
+    never heard while the leader lived). Two of three voters are up: no refusal."""
+    now, killed_at = 100.0, 99.2
+    assert leader_known(False, killed_at, now, QUORUM_GRACE)
+    judged = reachability(now, True, ["b", "c"], {"b": killed_at, "c": 10.0}, 0.0,
+                          leader_known(False, killed_at, now, QUORUM_GRACE), QUORUM_GRACE)
+    assert not judged.no_quorum
+    later = killed_at + QUORUM_GRACE + 0.1  # nobody answered for the whole grace: refused
+    assert not leader_known(False, killed_at, later, QUORUM_GRACE)
+    assert reachability(later, True, ["b", "c"], {"b": killed_at, "c": 10.0}, 0.0,
+                        False, QUORUM_GRACE).no_quorum
+    assert leader_known(True, None, now, QUORUM_GRACE)
+    assert not leader_known(False, None, now, QUORUM_GRACE)
