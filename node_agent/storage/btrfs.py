@@ -43,6 +43,7 @@ from node_agent.storage import btrfs_cli as cli
 from node_agent.storage.dir import (
     _RENAME_EXCHANGE,
     _RENAME_NOREPLACE,
+    VolumeLayout,
     _check_name,
     _copy,
     _names,
@@ -56,7 +57,7 @@ _LAYOUT = ("containers", "containers-snapshots", "virtual-machines", "images", "
            "replicas")
 
 
-class BtrfsPool:
+class BtrfsPool(VolumeLayout):
     """One ``btrfs`` pool. All methods block; callers run them in worker threads.
 
     ``config``: ``source`` (a block device, or a directory on btrfs; none: a loop file in
@@ -83,21 +84,6 @@ class BtrfsPool:
             self.loop_file = Path(disks or Path(path).parent) / f"{name}.img"
 
     # layout ------------------------------------------------------------------
-
-    def instance_path(self, name: str) -> Path:
-        return self.path / "containers" / _check_name(name)
-
-    def rootfs_path(self, name: str) -> Path:
-        return self.instance_path(name) / "rootfs"
-
-    def snapshots_path(self, name: str) -> Path:
-        return self.path / "containers-snapshots" / _check_name(name)
-
-    def snapshot_path(self, name: str, snap: str) -> Path:
-        return self.snapshots_path(name) / _check_name(snap)
-
-    def vm_volume_path(self, name: str) -> Path:
-        return self.path / "virtual-machines" / _check_name(name)
 
     def replication_path(self, name: str) -> Path:
         return self.path / "replication" / _check_name(name)

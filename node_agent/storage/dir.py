@@ -39,17 +39,11 @@ _AT_FDCWD = -100
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
-class DirPool:
-    """One ``dir`` pool. All methods block; callers run them in worker threads."""
+class VolumeLayout:
+    """Where a pool keeps each volume under its ``path``: the same for every driver, so
+    the drivers and the transfers that read a pool's trees agree on it."""
 
-    driver = "dir"
-
-    def __init__(self, name: str, path: Path, description: str = "") -> None:
-        self.name = name
-        self.path = Path(path)
-        self.description = description
-
-    # layout ------------------------------------------------------------------
+    path: Path
 
     def instance_path(self, name: str) -> Path:
         return self.path / "containers" / _check_name(name)
@@ -66,6 +60,17 @@ class DirPool:
     def vm_volume_path(self, name: str) -> Path:
         """Where the QEMU driver keeps a VM's disk (its snapshots are inside it)."""
         return self.path / "virtual-machines" / _check_name(name)
+
+
+class DirPool(VolumeLayout):
+    """One ``dir`` pool. All methods block; callers run them in worker threads."""
+
+    driver = "dir"
+
+    def __init__(self, name: str, path: Path, description: str = "") -> None:
+        self.name = name
+        self.path = Path(path)
+        self.description = description
 
     def ensure(self) -> None:
         """Create the layout (0711: an unprivileged container's root must traverse it)
