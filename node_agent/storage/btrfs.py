@@ -381,9 +381,8 @@ class BtrfsPool(VolumeLayout):
         return [snap for snap in _names(holder) if cli.is_readonly(holder / snap)]
 
     def replica_uids(self) -> list[str]:
-        """Uids of the instances with anything received here, sorted."""
-        return [uid for uid in _names(self.path / "replicas")
-                if _names(self.replicas_path(uid))]
+        """Uids of the instances with a complete snapshot received here, sorted."""
+        return [uid for uid in _names(self.path / "replicas") if self.list_replicas(uid)]
 
     def drop_replica(self, uid: str, snap: str) -> None:
         _remove(self.replicas_path(uid) / _check_name(snap))
