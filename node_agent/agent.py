@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from dataclasses import replace as dc_replace
 from pathlib import Path
@@ -27,6 +28,7 @@ from typing import Any
 
 from cluster.state.apply_instances import expanded
 from cluster.state.commands import command
+from cluster.state.ha import ha_enabled
 from cluster.state.model import Action, Instance
 from cluster.state.store import Store
 from cluster.transport.peers import download_image
@@ -38,6 +40,9 @@ from node_agent.desired_snapshots import SnapStep, SnapWant, plan_snapshots
 from node_agent.migration_leftovers import EndStep, Side, end_step
 from node_agent.node import InstanceSpec, LocalNode
 from node_agent.old_queues import desired_of_queue, snapshots_of_queue
+from node_agent.replication.holding import HeldReplicas
+from node_agent.replication.shipper import Shipper, never_fenced
+from node_agent.stale_copies import Sweeper
 from node_agent.vm_guard import guard_vms
 
 log = logging.getLogger(__name__)
@@ -68,6 +73,13 @@ class NodeAgent:
         self._boot_id = boot_id  # the host's, read from /proc unless given (tests)
         self._host_cache = ""
         self._ending: asyncio.Task[None] | None = None  # _end_migrations_left, one at a time
+        # HA: replicas held here (shared with the API's facade); the shipper's fencing
+        # hook (SelfFence.fenced once node_agent/fencing is wired; never fenced until
+        # then); stale copies and replicas are swept, and HA instances converged, only
+        # once a heartbeat has committed since start (the replica is current then).
+        self.replicas = HeldReplicas(node)
+        self.fenced: Callable[[], bool] = never_fenced
+        self.sweeper = Sweeper(node, store, lambda: self.member, self.replicas)
 
     async def start(self) -> None:
         queue = self.store.subscribe()
@@ -76,6 +88,8 @@ class NodeAgent:
         self._heartbeat_task = asyncio.create_task(self._heartbeat())
         if self.node.vm_driver is not None:
             self._background.add(asyncio.create_task(guard_vms(self.node.vm_driver)))
+        shipper = Shipper(lambda: self.member, self.store, self.node, lambda: self.fenced())
+        self._background.add(asyncio.create_task(shipper.run()))
 
     async def close(self) -> None:
         tasks = [t for t in [self._task, self._heartbeat_task, *self._workers.values(),
@@ -83,6 +97,7 @@ class NodeAgent:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await self.sweeper.close()
 
     async def _heartbeat(self) -> None:
         """Tell the cluster this member is alive (the Raft leader commits OFFLINE once it
@@ -103,6 +118,7 @@ class NodeAgent:
                 try:
                     await self.store.submit(command("member.heartbeat", name=self.member,
                                                     **extra), timeout=HEARTBEAT_SECONDS)
+                    self.sweeper.heartbeat_committed()
                 except Exception as exc:  # noqa: BLE001 - a missed beat is retried
                     log.info("heartbeat not committed: %s", exc)
             due = max(due + HEARTBEAT_SECONDS, loop.time())
@@ -180,6 +196,7 @@ class NodeAgent:
         for uid in uids:
             self.kick(uid)
         self._look_for_migrations_left()
+        self.sweeper.soon()
 
     def _look_for_migrations_left(self) -> None:
         if self.node.vm_driver is not None and (self._ending is None or self._ending.done()):
@@ -224,12 +241,19 @@ class NodeAgent:
 
     async def _work(self, uid: str) -> None:
         try:
+            if not self.sweeper.caught_up.is_set() and self._is_ha(uid):
+                await self.sweeper.caught_up.wait()  # it may have failed over away meanwhile
             while uid in self._dirty:
                 self._dirty.discard(uid)
                 if await self.converge(uid):
                     self._dirty.add(uid)  # a failed step ended the pass early
         finally:
             self._workers.pop(uid, None)
+
+    def _is_ha(self, uid: str) -> bool:
+        with self.store.read() as state:
+            inst = state.instance_by_uid(uid)
+            return inst is not None and ha_enabled(state, inst)
 
     def _read(self, uid: str) -> _Pass | None:
         with self.store.read() as state:
@@ -413,7 +437,7 @@ class NodeAgent:
     def _spec_of(state: Any, inst: Instance) -> InstanceSpec:
         config, devices = expanded(state, inst.config, inst.devices, inst.profiles)
         return InstanceSpec(inst.uid, inst.name, inst.image, dict(config),
-                            copy.deepcopy(devices), inst.type)
+                            copy.deepcopy(devices), inst.type, inst.epoch, inst.from_replica)
 
     async def ensure_image(self, fingerprint: str) -> None:
         """Fetch an image this member lacks from a member that has it (over the network)."""
@@ -467,13 +491,13 @@ class NodeAgent:
         snapshot from before power was desired state runs once this way too."""
         error = ""
         try:
-            if act.kind == "create":
+            if act.kind == "create" and not spec.from_replica:  # a failover needs no image
                 await self.ensure_image(spec.image)
             await asyncio.to_thread(perform, self.node, spec, act.kind, act.args)
         except Exception as exc:  # noqa: BLE001 - every failure is reported, not raised
             log.warning("%s %s failed: %s", act.kind, spec.name, exc)
             error = str(exc) or type(exc).__name__
-        if act.kind == "create" and not error and not spec.is_vm:
+        if act.kind == "create" and not error and not spec.is_vm and not spec.from_replica:
             self.restock(spec)
         if act.kind == "stop" and not error:  # a queued stop (older snapshot)
             await self._delete_if_ephemeral(spec)

@@ -41,6 +41,8 @@ class InstanceSpec:
     config: dict[str, str]
     devices: dict[str, dict[str, str]]
     type: str = "container"  # or "virtual-machine"
+    epoch: int = 0  # the placement epoch (``Instance.epoch``): a failover raises it
+    from_replica: str = ""  # set while a failover's create is to start it from a replica
 
     @property
     def is_vm(self) -> bool:
