@@ -62,20 +62,30 @@ def parse_offer(uid: str, query: dict[str, str]) -> Offer:
     return Offer(uid, snapshot, parent or None, source, int(epoch))
 
 
-def _admit(ctx: Context, offer: Offer, name: str = "") -> tuple[str, str]:
+def _admit(ctx: Context, offer: Offer) -> tuple[str, str]:
     """(instance name, pool of its root volume) if this member may take ``offer`` now,
-    on this member's replica; ApiError 404 or 409 with the reason otherwise. With
-    ``name`` (known from the first check) the lookup is by name, in O(1)."""
+    on this member's replica; ApiError 404 or 409 with the reason otherwise."""
     with ctx.store.read() as state:
-        inst = state.instances.get(name) if name else state.instance_by_uid(offer.uid)
-        if inst is None or inst.uid != offer.uid:
-            if name:
-                raise ApiError(409, f"Instance {name} was renamed or deleted meanwhile")
+        inst = state.instance_by_uid(offer.uid)
+        if inst is None:
             raise ApiError(404, "Instance not found")
         problem = shipment_problem(inst, ctx.member, offer.source, offer.placement_epoch)
         if problem:
             raise ApiError(409, problem)
         return inst.name, ctx.host.spec_of(state, inst).pool
+
+
+def _still(ctx: Context, offer: Offer, name: str) -> None:
+    """``_admit`` again during the stream, by name (O(1)): 409 once a failover, a holder
+    change or a rename has been applied here."""
+    with ctx.store.read() as state:
+        inst = state.instances.get(name)
+        if inst is None or inst.uid != offer.uid:
+            problem = f"Instance {name} was renamed or deleted meanwhile"
+        else:
+            problem = shipment_problem(inst, ctx.member, offer.source, offer.placement_epoch)
+    if problem:
+        raise ApiError(409, problem)
 
 
 async def held(request: web.Request) -> web.Response:
@@ -112,7 +122,7 @@ async def receive(request: web.Request) -> web.Response:
                 return
             except TimeoutError as exc:
                 raise ApiError(408, f"The source sent nothing for {IDLE_TIMEOUT:g} s") from exc
-            _admit(ctx, offer, name)  # a failover meanwhile: nothing of it is kept
+            _still(ctx, offer, name)  # a failover meanwhile: nothing of it is kept
             yield chunk
 
     received = await ctx.host.replicas.receive(pool, offer.uid, offer.parent,
