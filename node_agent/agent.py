@@ -76,7 +76,7 @@ class NodeAgent:
         # HA: replicas held here (shared with the API's facade); the shipper's fencing
         # hook (SelfFence.fenced once node_agent/fencing is wired; never fenced until
         # then); stale copies and replicas are swept, and HA instances converged, only
-        # once a heartbeat has committed since start (the replica is current then).
+        # once a read barrier has committed since start (the replica is current then).
         self.replicas = HeldReplicas(node)
         self.fenced: Callable[[], bool] = never_fenced
         self.sweeper = Sweeper(node, store, lambda: self.member, self.replicas)
@@ -118,7 +118,6 @@ class NodeAgent:
                 try:
                     await self.store.submit(command("member.heartbeat", name=self.member,
                                                     **extra), timeout=HEARTBEAT_SECONDS)
-                    self.sweeper.heartbeat_committed()
                 except Exception as exc:  # noqa: BLE001 - a missed beat is retried
                     log.info("heartbeat not committed: %s", exc)
             due = max(due + HEARTBEAT_SECONDS, loop.time())

@@ -5,8 +5,8 @@ may still have a container and volume of an instance whose record now lives on a
 member; it must never start it again (canonical/lxd#12517), and it is removed, stopped
 first if it runs. A holder drops the replicas of instances it no longer holds (another
 holder was chosen, or the instance is gone). Both act only on a current desired state:
-the agent sweeps after its first committed heartbeat (so its replica has applied
-everything committed before), then at every resync.
+the agent sweeps once a read barrier has committed after its start (so its replica has
+applied everything committed before), then at every resync.
 
 What is never touched: a copy whose record the state does not know (it may be an
 instance whose create this member has not yet seen), a copy of an instance that lives
@@ -31,6 +31,8 @@ from node_agent.replication.holding import HeldReplicas
 from node_agent.volume_owner import read_owner
 
 log = logging.getLogger(__name__)
+BARRIER_TIMEOUT = 5.0  # s for the read barrier that says this replica is current
+RETRY = 1.0  # s between barriers until one commits
 
 
 @dataclass(frozen=True)
@@ -141,8 +143,9 @@ async def sweep(node: LocalNode, store: Store, member: str, replicas: HeldReplic
 
 
 class Sweeper:
-    """Runs ``sweep`` in the background, one at a time, and only once the agent has
-    caught up (``caught_up``: set by its first committed heartbeat)."""
+    """Runs ``sweep`` in the background, one at a time, and only once this agent's
+    replica has caught up: the first sweep waits for a read barrier to commit (retried
+    every ``RETRY`` s), which also sets ``caught_up``."""
 
     def __init__(self, node: LocalNode, store: Store, member: Callable[[], str],
                  replicas: HeldReplicas) -> None:
@@ -150,16 +153,22 @@ class Sweeper:
         self.caught_up = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
-    def heartbeat_committed(self) -> None:
-        if not self.caught_up.is_set():
-            self.caught_up.set()
-            self.soon()
-
     def soon(self) -> None:
-        if self.caught_up.is_set() and (self._task is None or self._task.done()):
-            self._task = asyncio.create_task(self._sweep())
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._run())
 
-    async def _sweep(self) -> None:
+    async def _run(self) -> None:
+        said = False
+        while not self.caught_up.is_set():
+            try:
+                await self._store.read_barrier(BARRIER_TIMEOUT)
+                self.caught_up.set()
+            except Exception as exc:  # noqa: BLE001 - no quorum yet: try again
+                if not said:
+                    log.info("not caught up with the cluster yet (%s): HA instances and "
+                             "stale copies wait", exc)
+                    said = True
+                await asyncio.sleep(RETRY)
         try:
             await sweep(self._node, self._store, self._member(), self._replicas)
         except Exception as exc:  # noqa: BLE001 - the next resync sweeps again
