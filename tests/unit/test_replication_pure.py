@@ -221,3 +221,10 @@ def test_every_name_of_a_hard_linked_file_goes_with_it() -> None:
     after = [Entry(b"a", b"f", 7, old, 2), Entry(b"sub", b"d", 8, S + 1),
              Entry(b"sub/b", b"f", 7, old, 2)]  # b moved into a new directory
     assert manifest.to_send(after, _parent(before), S) == [b"a", b"sub", b"sub/b"]
+
+
+@pytest.mark.parametrize("bad", [b"f/etc/passwd", b"frootfs/../../x", b"d.", b"frootfs//x",
+                                 b"xrootfs/a", b"frootfs/./a", b"f"])
+def test_a_removal_that_could_leave_the_volume_is_refused(bad: bytes) -> None:
+    with pytest.raises(ValueError):
+        manifest.split_removed(b"drootfs/ok\0" + bad)
