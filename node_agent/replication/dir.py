@@ -8,16 +8,16 @@
                                                    volume's tree (rootfs/ inside)
             <pool>/.tmp/<pid>-in-<token>/          one being received
 
-The source walks the volume, sends the list of every path (the holder prunes what is
-gone) and a tar of what the manifest of the parent says changed (``manifest.to_send``).
-The holder copies its parent snapshot as hard links (``cp -al``: owners, modes and xattrs
-are the inodes' own, so they are kept by construction), prunes it to the list, and
-unpacks the tar into it. GNU tar unlinks a file before it writes one in its place (it
-is not run with ``--overwrite``), so the inodes the copy shares with the parent are
-never written: every snapshot stays as it was received. The copy is renamed into
-``replicas/`` only once the stream ended with its end mark; a cut or bad stream leaves
-only the scratch directory, which is removed at once (or by ``DirPool.ensure`` after a
-crash).
+The source walks the volume and sends the paths gone since the parent
+(``manifest.removed``) and a tar of what the manifest of the parent says changed
+(``manifest.to_send``). The holder copies its parent snapshot as hard links (``cp -al``:
+owners, modes and xattrs are the inodes' own, so they are kept by construction), deletes
+the gone paths from the copy, and unpacks the tar into it. GNU tar unlinks a file before
+it writes one in its place (it is not run with ``--overwrite``), so the inodes the copy
+shares with the parent are never written: every snapshot stays as it was received. The
+copy is renamed into ``replicas/`` only once the stream ended with its end mark; a cut
+or bad stream leaves only the scratch directory, which is removed at once (or by
+``DirPool.ensure`` after a crash).
 
 Promotion renames the snapshot to the instance volume; the holder's older snapshots of
 it are deleted first, because they share inodes with what is about to become writable.
@@ -29,12 +29,13 @@ import asyncio
 import contextlib
 import os
 import secrets
+import stat
 import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 from node_agent.replication import manifest
-from node_agent.replication.errors import ParentNotHeld
+from node_agent.replication.errors import BadStream, ParentNotHeld
 from node_agent.replication.framing import FrameWriter, Header
 from node_agent.replication.names import (
     KEEP_RECEIVED,
@@ -44,9 +45,16 @@ from node_agent.replication.names import (
     to_drop,
 )
 from node_agent.storage.baseline import clear_baseline
-from node_agent.storage.dir import _RENAME_NOREPLACE, DirPool, _check_name, _names, _rename
+from node_agent.storage.dir import (
+    _RENAME_NOREPLACE,
+    DirPool,
+    _check_name,
+    _names,
+    _remove_tree,
+    _rename,
+)
 from node_agent.storage.errors import StorageError, VolumeExists, VolumeNotFound
-from node_agent.storage.transfer import CHUNK, TAR_FLAGS, _untar, prune_to_listing
+from node_agent.storage.transfer import CHUNK, TAR_FLAGS, _untar
 
 LINK_COPY_TIMEOUT = 600.0
 # tar exits 1 when a file changed while it read it: a running instance's volume does.
@@ -78,7 +86,8 @@ class DirReplicas:
         base = parent if held is not None else None
         entries = await asyncio.to_thread(manifest.scan, volume)
         members = manifest.to_send(entries, held, None if base is None else moment_ns(base))
-        await out.header(Header(self.kind, uid, base, snapshot, manifest.listing(entries)))
+        gone = b"" if held is None else manifest.removed(entries, held)
+        await out.header(Header(self.kind, uid, base, snapshot, gone))
         await _tar(volume, members, out.payload)
         await out.end()
         await asyncio.to_thread(self._remember, name, snapshot, manifest.encode(entries), parent)
@@ -134,7 +143,7 @@ class DirReplicas:
                 volume.mkdir(mode=0o711)
             else:
                 await asyncio.to_thread(_link_copy, parent, volume)
-            await asyncio.to_thread(prune_to_listing, volume, header.listing)
+            await asyncio.to_thread(_prune, volume, header.removed)
             await _untar(volume, payload, lambda _: None)
             await asyncio.to_thread(self._place, volume, target)
         finally:
@@ -180,6 +189,44 @@ class DirReplicas:
             self.pool.replicas_path(uid).rmdir()
 
 
+def _prune(volume: Path, removed: bytes) -> None:
+    """Delete from ``volume`` each listed path that is there with the listed kind; a
+    path below a symlink is never touched (nothing outside the volume is)."""
+    try:
+        doomed = manifest.split_removed(removed)
+    except ValueError as exc:
+        raise BadStream(str(exc)) from exc
+    root = os.fsencode(volume)
+    for kind, path in doomed:
+        parent, _, _ = path.rpartition(b"/")
+        if parent and not _plain_directory(root, parent):
+            continue
+        full = root + b"/" + path
+        try:
+            mode = os.lstat(full).st_mode
+        except FileNotFoundError:
+            continue
+        if manifest.kind_of(mode) != kind:
+            continue
+        if kind == b"d":
+            _remove_tree(Path(os.fsdecode(full)))
+        else:
+            os.unlink(full)
+
+
+def _plain_directory(root: bytes, path: bytes) -> bool:
+    """Whether every component of ``path`` under ``root`` is a directory, not a link."""
+    at = root
+    for part in path.split(b"/"):
+        at += b"/" + part
+        try:
+            if not stat.S_ISDIR(os.lstat(at).st_mode):
+                return False
+        except FileNotFoundError:
+            return False
+    return True
+
+
 def _link_copy(src: Path, dst: Path) -> None:
     """``cp -al``: new directories (owners, modes, xattrs, times kept), every other entry
     a hard link to ``src``'s."""
@@ -199,7 +246,8 @@ async def _tar(volume: Path, members: list[bytes],
     A member that vanished meanwhile is left out. StorageError if tar fails."""
     proc = await asyncio.create_subprocess_exec(
         "tar", *TAR_FLAGS, "--no-recursion", "--null", "--verbatim-files-from",
-        "--ignore-failed-read", "-C", str(volume), "-cf", "-", "-T", "-",
+        "--ignore-failed-read", "--blocking-factor=1",  # no padding to 10 KiB records
+        "-C", str(volume), "-cf", "-", "-T", "-",
         stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE)
     assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None

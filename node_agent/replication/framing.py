@@ -2,8 +2,8 @@
 
 ::
 
-    "CRPL" | u32 n | n bytes of JSON {"v", "kind", "uid", "parent", "snapshot", "listing"}
-           | listing bytes (dir: every path of the volume, for the holder's prune)
+    "CRPL" | u32 n | n bytes of JSON {"v", "kind", "uid", "parent", "snapshot", "removed"}
+           | removed bytes (dir: the paths a delta deletes, ``manifest.removed``)
     then   | u32 len | len payload bytes          (len > 0; repeated)
            | u32 0   | u64 total payload bytes    (the end mark)
 
@@ -28,7 +28,7 @@ from node_agent.replication.errors import BadStream
 MAGIC = b"CRPL"
 VERSION = 1
 MAX_META = 64 << 10
-MAX_LISTING = 1 << 30
+MAX_REMOVED = 1 << 30
 MAX_FRAME = 64 << 20
 _U32 = struct.Struct(">I")
 _U64 = struct.Struct(">Q")
@@ -40,14 +40,14 @@ class Header:
     uid: str
     parent: str | None  # None: the payload is the whole volume
     snapshot: str
-    listing: bytes = b""
+    removed: bytes = b""
 
 
 def encode_header(header: Header) -> bytes:
     meta = json.dumps({"v": VERSION, "kind": header.kind, "uid": header.uid,
                        "parent": header.parent, "snapshot": header.snapshot,
-                       "listing": len(header.listing)}).encode()
-    return MAGIC + _U32.pack(len(meta)) + meta + header.listing
+                       "removed": len(header.removed)}).encode()
+    return MAGIC + _U32.pack(len(meta)) + meta + header.removed
 
 
 def encode_frame(data: bytes) -> bytes:
@@ -90,7 +90,7 @@ class Decoder:
         if self._meta is None:
             return self._read_meta()
         if self.header is None:
-            return self._read_listing()
+            return self._read_removed()
         if len(self._buf) < 4:
             return None
         (size,) = _U32.unpack_from(self._buf)
@@ -132,9 +132,9 @@ class Decoder:
         self._meta = meta
         return b""
 
-    def _read_listing(self) -> bytes | None:
+    def _read_removed(self) -> bytes | None:
         assert self._meta is not None
-        size = self._meta["listing"]
+        size = self._meta["removed"]
         assert isinstance(size, int)
         if len(self._buf) < size:
             return None
@@ -152,9 +152,9 @@ def _check_meta(meta: object) -> None:
         raise BadStream(f"unsupported replica stream header {str(meta)[:200]}")
     strings = all(isinstance(meta.get(k), str) for k in ("kind", "uid", "snapshot"))
     parent_ok = meta.get("parent") is None or isinstance(meta.get("parent"), str)
-    size = meta.get("listing")
+    size = meta.get("removed")
     if not (strings and parent_ok and isinstance(size, int) and not isinstance(size, bool)
-            and 0 <= size <= MAX_LISTING):
+            and 0 <= size <= MAX_REMOVED):
         raise BadStream(f"malformed replica stream header {str(meta)[:200]}")
 
 

@@ -12,6 +12,8 @@ change time is within ``SLACK_NS`` of the parent's moment or later (a write begu
 before the walk may still have been under way while tar read the file), plus every
 other name of a hard-linked file it carries, so links stay links.
 
+The holder deletes what the source's walk no longer finds (``removed``): it holds no
+path its parent's manifest lacks, so that list is all it needs, not every path again.
 ``scan`` walks the volume (blocking); the rest is pure.
 """
 
@@ -39,7 +41,7 @@ class Entry:
 
     @property
     def key(self) -> bytes:
-        """The entry as ``transfer.prune_to_listing`` lists it: kind, then path."""
+        """Kind, then path: a path whose kind changed is another entry."""
         return self.kind + self.path
 
 
@@ -74,9 +76,26 @@ def _walk(directory: bytes, prefix: bytes) -> Iterator[Entry]:
             yield from _walk(child.path, path + b"/")
 
 
-def listing(entries: Iterable[Entry]) -> bytes:
-    """The holder's prune list: every entry but the root, NUL-separated."""
-    return b"\0".join(e.key for e in entries if e.path != ROOT)
+def removed(entries: Iterable[Entry], parent: Mapping[bytes, tuple[int, int]]) -> bytes:
+    """The keys of ``parent`` that are gone (or changed kind), NUL-separated, each
+    directory before what was in it: what the holder deletes from its copy of the parent
+    (it holds no path its parent's manifest lacks)."""
+    now = {e.key for e in entries}
+    gone = sorted((k for k in parent if k not in now and k[1:] != ROOT), key=lambda k: k[1:])
+    return b"\0".join(gone)
+
+
+def split_removed(data: bytes) -> list[tuple[bytes, bytes]]:
+    """``removed`` as (kind, path) pairs. ValueError for a path that could leave the
+    volume (absolute, empty parts, ``.`` or ``..``)."""
+    out = []
+    for key in data.split(b"\0") if data else []:
+        kind, path = key[:1], key[1:]
+        parts = path.split(b"/")
+        if kind not in (b"d", b"l", b"f") or any(p in (b"", b".", b"..") for p in parts):
+            raise ValueError(f"bad path to remove: {key[:200]!r}")
+        out.append((kind, path))
+    return out
 
 
 def to_send(entries: list[Entry], parent: Mapping[bytes, tuple[int, int]] | None,

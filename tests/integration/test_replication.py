@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import subprocess
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ import pytest
 
 from node_agent.replication import manifest
 from node_agent.replication.errors import BadStream, ParentNotHeld
-from node_agent.replication.framing import Header, encode_end, encode_header
+from node_agent.replication.framing import Header, encode_end, encode_frame, encode_header
 from node_agent.replication.names import new_snapshot_name
 from node_agent.replication.volumes import (
     ReplicaSent,
@@ -281,3 +282,22 @@ def test_ensure_clears_what_a_crash_left_half_received(
     holder.ensure()
     assert not os.path.lexists(_snap(holder, snap))
     assert os.listdir(holder.path / ".tmp") == []
+
+
+def test_a_dir_delta_never_deletes_through_a_symlink(tmp_path: Path, template: Path) -> None:
+    source, holder = DirPool("s", tmp_path / "s"), DirPool("h", tmp_path / "h")
+    source.ensure()
+    holder.ensure()
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "precious").write_text("keep")
+    (source.create_from_template("c1", template) / "escape").symlink_to(outside)
+    first, _ = asyncio.run(_ship(source, holder, None))
+    tar = subprocess.run(["tar", "--no-recursion", "-C", str(source.instance_path("c1")),
+                          "-cf", "-", "."], capture_output=True, check=True).stdout
+    snap = new_snapshot_name()
+    header = Header("dir", UID, first.snapshot, snap, b"frootfs/escape/precious")
+    asyncio.run(receive_replica(holder, UID, first.snapshot, snap, _chunks(
+        encode_header(header), encode_frame(tar), encode_end(len(tar)))))
+    assert (outside / "precious").read_text() == "keep"
+    assert list_replica_snapshots(holder, UID) == [first.snapshot, snap]

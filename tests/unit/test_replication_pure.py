@@ -73,7 +73,7 @@ def test_to_drop_keeps_the_newest_and_the_asked_for(snaps: list[str], keep: int,
 # framing -------------------------------------------------------------------------------
 
 headers = st.builds(Header, kind=st.sampled_from(["dir", "btrfs"]), uid=st.text(max_size=40),
-                    parent=st.none() | names, snapshot=names, listing=st.binary(max_size=300))
+                    parent=st.none() | names, snapshot=names, removed=st.binary(max_size=300))
 payloads = st.lists(st.binary(min_size=1, max_size=200), max_size=6)
 
 
@@ -203,7 +203,9 @@ def test_a_delta_carries_changed_new_and_replaced_paths_but_not_unchanged_ones()
     chosen = manifest.to_send(after, _parent(before), S)
     assert chosen == [b".", b"a", b"moved", b"moved/x", b"swap", b"swap/y"]
     assert manifest.to_send(after, None, None) == [e.path for e in after]
-    assert manifest.listing(after).split(b"\0") == [e.key for e in after[1:]]
+    assert manifest.removed(after, _parent(before)).split(b"\0") == [b"dd", b"fd/x"]
+    assert manifest.split_removed(manifest.removed(after, _parent(before))) == [
+        (b"d", b"d"), (b"f", b"d/x")]
 
 
 def test_a_change_just_before_the_parent_moment_is_sent_again() -> None:
@@ -219,3 +221,10 @@ def test_every_name_of_a_hard_linked_file_goes_with_it() -> None:
     after = [Entry(b"a", b"f", 7, old, 2), Entry(b"sub", b"d", 8, S + 1),
              Entry(b"sub/b", b"f", 7, old, 2)]  # b moved into a new directory
     assert manifest.to_send(after, _parent(before), S) == [b"a", b"sub", b"sub/b"]
+
+
+@pytest.mark.parametrize("bad", [b"f/etc/passwd", b"frootfs/../../x", b"d.", b"frootfs//x",
+                                 b"xrootfs/a", b"frootfs/./a", b"f"])
+def test_a_removal_that_could_leave_the_volume_is_refused(bad: bytes) -> None:
+    with pytest.raises(ValueError):
+        manifest.split_removed(b"drootfs/ok\0" + bad)
