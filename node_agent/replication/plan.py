@@ -57,7 +57,7 @@ def local_sources(state: State, member: str) -> list[Source]:
         devices = expanded(state, inst.config, inst.devices, inst.profiles)[1]
         found.append(Source(inst.uid, inst.name, root_pool(devices) or DEFAULT_POOL,
                             inst.epoch, settings(state, inst).interval,
-                            tuple(sorted(inst.replicas))))
+                            tuple(sorted(m for m in inst.replicas if m != member))))
     return found
 
 

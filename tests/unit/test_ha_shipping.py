@@ -14,7 +14,7 @@ from cluster.api.handlers.ha_replicas import parse_offer
 from cluster.api.response import ApiError
 from cluster.state.apply import apply
 from cluster.state.ha import shipment_problem
-from cluster.state.model import State
+from cluster.state.model import Replica, State
 from node_agent.replication import plan
 from node_agent.stale_copies import LocalCopy, copies_to_drop, replicas_to_drop
 from tests.unit.test_apply_ha import cluster, cmd, controller, ha_running, launch, synced
@@ -51,6 +51,8 @@ def test_a_local_ha_instance_with_a_holder_ships_to_it() -> None:
     found = plan.local_sources(state, "m1")
     assert found == [plan.Source("u-c1", "c1", "default", 0, 2.0, ("m2",))]
     assert plan.local_sources(state, "m2") == []
+    (state.instances["c1"].replicas or {})["m1"] = Replica("m1")  # a move made it local
+    assert plan.local_sources(state, "m1")[0].holders == ("m2",)  # never to itself
 
 
 def test_nothing_ships_without_holders_or_ha() -> None:
