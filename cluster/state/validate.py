@@ -7,6 +7,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+from corral_shared.liveness import MIN_OFFLINE_THRESHOLD
 from corral_shared.units import parse_size
 from scheduler import keys
 
@@ -145,9 +146,6 @@ def cluster_config_error(config: dict[str, str]) -> str:
         if problem:
             return problem
     return ""
-
-
-MIN_OFFLINE_THRESHOLD = 3.0  # seconds (apply_members.offline_threshold clamps to it too)
 
 
 def _cluster_key_error(key: str, value: str) -> str:
