@@ -25,6 +25,7 @@ from cluster.api.handlers.images import cleanup_uploads
 from cluster.api.listener import start_runner
 from cluster.api.op_registry import Operations
 from cluster.controllers.evacuation import EvacuationController
+from cluster.controllers.ha import HaController
 from cluster.controllers.live_moves import LiveMovesController
 from cluster.controllers.liveness import LivenessController
 from cluster.controllers.moves import MovesController
@@ -82,7 +83,7 @@ async def serve(paths: Paths, ready: asyncio.Event | None = None) -> None:
     partners_task = asyncio.create_task(track_partners(ctx))
     controllers = LeaderRuntime(store, lambda: ctx.member,
                                 [LivenessController(), VotersController(), MovesController(),
-                                 LiveMovesController(), EvacuationController()],
+                                 LiveMovesController(), EvacuationController(), HaController()],
                                 ctx.peer_client)
     controllers.start()
     way_back_task = asyncio.create_task(find_way_back(ctx))

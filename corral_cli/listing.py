@@ -223,6 +223,7 @@ def info_lines(inst: Instance) -> list[str]:
     if pid:
         lines += ["", "Resources:", f"  Processes: {state.get('processes', 0)}"]
         lines += _resource_lines(state)
+    lines += ha_lines(inst.get("ha"))
     snaps = inst.get("snapshots") or []
     if snaps:
         rows = sorted([str(s.get("name", "")).rsplit("/", 1)[-1],
@@ -231,6 +232,31 @@ def info_lines(inst: Instance) -> list[str]:
                         "YES" if s.get("stateful") else "NO"] for s in snaps)
         table = fmt.render_table(["Name", "Taken at", "Expires at", "Stateful"], rows)
         lines += ["", "Snapshots:", table.rstrip("\n")]
+    return lines
+
+
+def ha_lines(ha: Any) -> list[str]:
+    """The ``HA:`` section of ``corral info`` (a corral extension): the mode, each
+    replica's holder and age, a failover that waits and the last one."""
+    if not isinstance(ha, dict):
+        return []
+    lines = ["", "HA:", f"  Mode: {ha.get('mode', 'none')}",
+             f"  Placement epoch: {ha.get('epoch', 0)}"]
+    for replica in ha.get("replicas") or []:
+        lag = replica.get("lag")
+        age = "no complete replica yet" if lag is None else f"{lag:.1f}s behind"
+        lines.append(f"  Replica on {replica.get('member')}: {age}")
+    if ha.get("waiting"):
+        lines.append(f"  Waiting: {ha['waiting']}")
+    last = ha.get("last_failover") or {}
+    if last:
+        lag = last.get("lag")
+        age = "" if lag is None else f", replica {lag:.1f}s old"
+        lines.append(f"  Last failover: {last.get('from')} -> {last.get('to')} "
+                     f"(epoch {last.get('epoch')}{age})")
+        if last.get("snapshots_left"):
+            lines.append("  Snapshots left on the old member: "
+                         + ", ".join(last["snapshots_left"]))
     return lines
 
 

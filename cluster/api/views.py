@@ -5,14 +5,21 @@ from __future__ import annotations
 from typing import Any
 
 from cluster.api.op_registry import rfc3339
+from cluster.state import ha_keys
 from cluster.state.apply_instances import expanded
 from cluster.state.model import Image, Instance, Profile, Snapshot, State
 from corral_shared.codes import code_of
 
 
-def instance(state: State, inst: Instance, status: str) -> dict[str, Any]:
+def instance(state: State, inst: Instance, status: str,
+             now: float | None = None) -> dict[str, Any]:
+    """LXD's Instance, plus ``ha`` (a corral extension) for an HA instance: replica
+    ages are judged at ``now`` (this member's clock; none without it). An HA instance
+    whose failover waits shows status Error, the reason in ``ha.waiting``."""
     config, devices = expanded(state, inst.config, inst.devices, inst.profiles)
-    return {
+    if inst.ha_waiting and status != "Running":
+        status = "Error"
+    found = {
         "name": inst.name, "type": inst.type, "architecture": inst.architecture,
         "config": dict(inst.config), "devices": dict(inst.devices),
         "profiles": list(inst.profiles), "ephemeral": inst.ephemeral, "stateful": inst.stateful,
@@ -22,6 +29,24 @@ def instance(state: State, inst: Instance, status: str) -> dict[str, Any]:
         "status_code": code_of(status), "location": inst.location,
         "project": "default",
     }
+    if inst.replicas or inst.ha_waiting or inst.failover or ha_keys.settings_of(config).enabled:
+        found["ha"] = ha_view(inst, config, now)
+    return found
+
+
+def ha_view(inst: Instance, config: dict[str, str], now: float | None) -> dict[str, Any]:
+    """The instance's HA state: its placement epoch, each replica and its age (``lag``,
+    seconds; None when never synced or no ``now``), why a failover waits, the last one."""
+    replicas = [{"member": r.member, "snapshot": r.snapshot, "epoch": r.epoch,
+                 "synced_at": rfc3339(r.synced_at) if r.synced_at else "",
+                 "lag": None if now is None or not r.synced_at
+                 else round(max(0.0, now - r.synced_at), 3), "bytes": r.bytes}
+                for r in (inst.replicas or {}).values()]
+    wanted = ha_keys.settings_of(config)
+    return {"mode": "restart" if wanted.enabled else "none", "epoch": inst.epoch,
+            "replicas_wanted": wanted.replicas if wanted.enabled else 0,
+            "replication_interval": wanted.interval, "replicas": replicas,
+            "waiting": inst.ha_waiting, "last_failover": dict(inst.failover or {})}
 
 
 def snapshot(inst: Instance, snap: Snapshot) -> dict[str, Any]:

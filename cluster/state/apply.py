@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from cluster.state import (
+    apply_ha,
     apply_instances,
     apply_intents,
     apply_members,
@@ -29,7 +30,7 @@ Handler = Callable[[State, Command], Result]
 HANDLERS: dict[str, Handler] = {**apply_instances.HANDLERS, **apply_misc.HANDLERS,
                                 **apply_trust.HANDLERS, **apply_members.HANDLERS,
                                 **apply_moves.HANDLERS, **apply_intents.HANDLERS,
-                                **digest.HANDLERS}
+                                **digest.HANDLERS, **apply_ha.HANDLERS}
 
 
 def apply(state: State, cmd: Command) -> Result:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from cluster.state import etags, reservations, validate
+from cluster.state import etags, ha, reservations, validate
 from cluster.state.apply_intents import lock_problem
 from cluster.state.apply_snapshots import settle_snapshots, snapshot_name_taken
 from cluster.state.commands import Command, Result, fail, ok
@@ -178,6 +178,9 @@ def _create(state: State, a: dict[str, Any], now: float) -> Result:
     if isinstance(spec, str):
         return fail(400, spec)
     config, devices = spec
+    problem = ha.ha_problem(state, kind, a["location"], config, devices)
+    if problem:
+        return fail(400, problem)
     inst = Instance(
         uid=a["uid"], name=a["name"], type=shared(str(kind)), location=shared(a["location"]),
         architecture=shared(a.get("architecture", "x86_64")), image=shared(a["image"]),
@@ -284,6 +287,9 @@ def _replace(state: State, inst: Instance, a: dict[str, Any]) -> Result:
     spec = _spec_error(state, a)
     if isinstance(spec, str):
         return fail(400, spec)
+    problem = ha.ha_problem(state, inst.type, inst.location, *spec)
+    if problem:
+        return fail(400, problem)
     volatile = {k: v for k, v in inst.config.items() if k.startswith("volatile.")}
     grown = copy.copy(inst)
     grown.config, grown.devices = {**volatile, **a.get("config", {})}, a.get("devices", {})
@@ -466,9 +472,13 @@ def _settle_desired(state: State, inst: Instance, a: dict[str, Any], generation:
     if "created" in a or not seen.created:
         # An agent from before the field says nothing: its first report follows its create.
         seen.created = bool(a.get("created", seen.created or not error))
-        if not seen.created and error:
+        if seen.created:
+            inst.from_replica = ""  # the failover's new member has made it
+        elif error and not inst.from_replica:
             _remove(state, inst)
             return
+        # A failover's create that failed keeps the record: the pet is not dropped for
+        # want of a replica; its error shows, and the next failover or the operator acts.
     if "spec_gen" in a:
         seen.spec_gen = max(seen.spec_gen, int(a["spec_gen"]))
     if "name" in a:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from cluster.state import etags, reservations, validate
+from cluster.state import etags, ha, reservations, validate
 from cluster.state.apply_members import capacity_of, instance_types_of
 from cluster.state.commands import Command, Result, fail, ok
 from cluster.state.model import Alias, Image, Member, Network, Profile, State, StoragePool
@@ -194,6 +194,8 @@ def _profile_replace(state: State, profile: Profile, a: dict[str, Any]) -> Resul
     for inst in users:
         reservations.refresh(state, inst)
     problem = next((p for m in sorted(before) if (p := growth_problem(state, m, before[m]))), "")
+    problem = problem or next((f"instance {i.name}: {p}" for i in users
+                               if (p := ha.instance_ha_problem(state, i))), "")
     if problem:  # limits raised past a member's capacity: put everything back
         profile.config, profile.devices, profile.description = old
         for inst in users:

@@ -107,6 +107,25 @@ class Snapshot:
         return self.ready and not self.deleted
 
 
+@dataclass
+class Replica:
+    """A copy of an HA instance's root volume on another member (``cluster/state/ha.py``).
+
+    ``snapshot``: the newest complete replica snapshot that member holds ("" = none yet);
+    ``synced_at``: when the source began reading it (the source's clock, carried in the
+    command); ``epoch``: the instance's placement epoch it was shipped under; ``bytes``:
+    the size of the last shipment."""
+
+    member: str
+    snapshot: str = ""
+    synced_at: float = 0.0
+    epoch: int = 0
+    bytes: int = 0
+
+    def __setstate__(self, data: dict[str, Any]) -> None:
+        self.__dict__.update(Replica("").__dict__ | data)
+
+
 @slotted
 @dataclass(slots=True)
 class Instance:
@@ -153,6 +172,18 @@ class Instance:
     # refused until that intent finishes (``apply_intents.lock_problem``). A snapshot from
     # before the field existed reads the class default "" (unlocked).
     intent: str = ""
+    # HA (``cluster/state/ha.py``, ``apply_ha.py``). ``epoch``: the placement epoch, raised
+    # by each failover; a member acts on the instance, and accepts replica data for it,
+    # only under the current one. ``replicas``: its replica holders, by member (None
+    # while it has none: no empty dict per instance).
+    # ``from_replica``: the replica snapshot a failover started it from, until its new
+    # member created it. ``ha_waiting``: why a failover found no member yet ("" = none).
+    # ``failover``: the last failover (from, at, lag, snapshot, epoch).
+    epoch: int = 0
+    replicas: dict[str, Replica] | None = None
+    from_replica: str = ""
+    ha_waiting: str = ""
+    failover: dict[str, Any] | None = None
 
     @property
     def busy(self) -> bool:

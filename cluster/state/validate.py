@@ -7,6 +7,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+from cluster.state.ha_keys import CONFIG_KEYS as HA_CONFIG_KEYS
 from corral_shared.liveness import MIN_OFFLINE_THRESHOLD
 from corral_shared.units import parse_size
 from scheduler import keys
@@ -99,6 +100,7 @@ CONFIG_KEYS: dict[str, Callable[[str], str]] = {
     "migration.stateful": _bool,  # containers: checkpointable by CRIU (no console)
     "placement.group": lambda value: entity_name_error("Placement group", value),
 }
+CONFIG_KEYS.update(HA_CONFIG_KEYS)
 FREE_PREFIXES = ("user.", "environment.", "image.", "volatile.")
 
 

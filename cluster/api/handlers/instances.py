@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+import time
 import uuid
 from typing import Any
 
@@ -59,12 +60,13 @@ async def list_instances(request: web.Request) -> web.Response:
 
     probes = await render_each(ctx.store, names, probe)
     found = await probe_instances(ctx, probes, full=recursion >= 2)
+    now = time.time()
 
     def render(state: State, probe: Probe) -> dict[str, Any] | None:
         inst = state.instances.get(probe.name)
         if inst is None:
             return None
-        obj = views.instance(state, inst, found[probe.name]["status"])
+        obj = views.instance(state, inst, found[probe.name]["status"], now)
         if recursion >= 2:
             obj["state"] = found[probe.name]
             obj["snapshots"] = [views.snapshot(inst, s) for s in inst.snapshots.values()
@@ -184,7 +186,7 @@ async def get_instance(request: web.Request) -> web.Response:
         return sync(explain_response(plan))
     statuses = await live_statuses(ctx, [inst])
     with ctx.store.read() as state:
-        obj = views.instance(state, inst, statuses[inst.name])
+        obj = views.instance(state, inst, statuses[inst.name], time.time())
     etag = etags.instance(inst)
     if queries.recursion(request) >= 1:  # lxc info: state and snapshots inline
         obj["state"] = (await instance_states(ctx, [inst]))[0]
