@@ -27,6 +27,7 @@ from typing import Any
 
 from cluster.state.apply_instances import expanded
 from cluster.state.commands import command
+from cluster.state.ha import ha_enabled
 from cluster.state.model import Action, Instance
 from cluster.state.store import Store
 from cluster.transport.peers import download_image
@@ -36,7 +37,6 @@ from node_agent.converge import Seen, Want, host_token, plan_power
 from node_agent.desired import MISSING, Record, Reported, Step, local_name, plan_instance, reached
 from node_agent.desired_snapshots import SnapStep, SnapWant, plan_snapshots
 from node_agent.fencing.guard import FenceGuard
-from node_agent.fencing.ha import ha_enabled
 from node_agent.fencing.timing import HEARTBEAT_PERIOD, HEARTBEAT_SUBMIT_TIMEOUT
 from node_agent.migration_leftovers import EndStep, Side, end_step
 from node_agent.node import InstanceSpec, LocalNode
@@ -70,7 +70,7 @@ class NodeAgent:
         self._boot_id = boot_id  # the host's, read from /proc unless given (tests)
         self._host_cache = ""
         self._ending: asyncio.Task[None] | None = None  # _end_migrations_left, one at a time
-        self.fencing = FenceGuard(member, store, node, node.paths.root)
+        self.fencing = FenceGuard(lambda: self.member, store, node, node.paths.root)
         self.fencing.on_lift = self._resync  # start what the fence held back or stopped
 
     async def start(self) -> None:

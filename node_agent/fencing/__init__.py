@@ -10,7 +10,6 @@ Raft leader can judge it OFFLINE and fail them over, so an instance never runs t
     watchdog.py    a separate process that enforces the lease file, even when the
                    daemon is frozen or dead; ensure_watchdog starts it detached
     guard.py       FenceGuard: what the node agent calls (beat, holds, refresh)
-    ha.py          which instances are HA
 
 ``lease_file``, ``proc``, ``timing`` and ``watchdog`` import only the standard library,
 ``corral_shared`` and each other: the watchdog stays a small process (and this

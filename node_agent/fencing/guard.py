@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from cluster.state.apply_members import offline_threshold
+from cluster.state.ha import ha_enabled
 from cluster.state.store import Store
 from node_agent.fencing import proc
 from node_agent.fencing.fence import (
@@ -42,7 +43,6 @@ from node_agent.fencing.fence import (
     listed_process,
     write_member_lease,
 )
-from node_agent.fencing.ha import ha_enabled
 from node_agent.fencing.lease_file import Listed, lease_path, read_lease
 from node_agent.fencing.timing import CHECK_PERIOD, DEFAULT_OFFLINE_THRESHOLD, fencing_lease
 from node_agent.fencing.watchdog import ensure_watchdog
@@ -61,9 +61,9 @@ class FenceGuard:
     """One member's self-fence. ``state_dir`` None: no lease file and no watchdog (the
     gate and the daemon's own kill still work; for tests of the agent alone)."""
 
-    def __init__(self, member: str, store: Store, host: Host, state_dir: Path | None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self.member, self.store, self.host = member, store, host
+    def __init__(self, member: Callable[[], str], store: Store, host: Host,
+                 state_dir: Path | None, clock: Callable[[], float] = time.monotonic) -> None:
+        self.member, self.store, self.host = member, store, host  # member(): joins rename
         self.state_dir = state_dir
         self.clock = clock
         self.on_lift: Callable[[], None] = lambda: None
@@ -86,7 +86,7 @@ class FenceGuard:
     async def beat(self, submit: Awaitable[Any]) -> None:
         """Send one heartbeat (await ``submit``): renew the lease if it is acknowledged,
         then rewrite the lease file; ``on_lift`` when that ended a fence."""
-        was_fenced = self.fence.fenced()
+        was_fenced, first = self.fence.fenced(), not self.fence.acknowledged
         sent = self.clock()
         try:
             await submit
@@ -96,8 +96,9 @@ class FenceGuard:
             self.fence.renewed(sent)
         await self.refresh()
         if was_fenced and not self.fence.fenced():
-            log.warning("fencing lease held (%.2f s left): HA instances may run here",
-                        self.fence.remaining())
+            log.log(logging.INFO if first else logging.WARNING,
+                    "fencing lease held%s (%.2f s left): HA instances may run here",
+                    "" if first else " again", self.fence.remaining())
             self.on_lift()
 
     def holds(self, ha: bool) -> bool:
@@ -118,19 +119,18 @@ class FenceGuard:
             with self.store.read() as state:
                 threshold = offline_threshold(state)
                 wanted = [(i.name, i.type) for i in state.instances.values()
-                          if i.location == self.member and ha_enabled(state, i)]
+                          if i.location == self.member() and ha_enabled(state, i)]
             self.fence.set_lease(fencing_lease(threshold))
             self.fenced &= {name for name, _ in wanted}  # failed over: not ours to start
-            self.listed = await asyncio.to_thread(self._processes, wanted)
-            if self.fence.expired():
-                self.fenced |= set(self.listed)
-            if self.state_dir is None or not (self.listed or self._keep_file):
-                return
             try:
-                await asyncio.to_thread(self._write, self.fence.deadline,
-                                        list(self.listed.values()), set(self.fenced))
-            except OSError as exc:
-                log.error("fencing lease file not written: %s", exc)
+                self.listed = await asyncio.to_thread(self._processes, wanted)
+                if self.fence.expired():
+                    self.fenced |= set(self.listed)
+                if self.state_dir is not None and (self.listed or self._keep_file):
+                    await asyncio.to_thread(self._write, self.fence.deadline,
+                                            list(self.listed.values()), set(self.fenced))
+            except Exception:  # noqa: BLE001 - the heartbeats must go on; the next retries
+                log.exception("fencing lease file not written")
 
     def _processes(self, wanted: list[tuple[str, str]]) -> dict[str, Listed]:
         """The running ones among ``wanted`` (name, instance type), by name (blocking)."""

@@ -154,12 +154,16 @@ def _write_pid(path: Path) -> None:
     os.replace(tmp, path)
 
 
-def running_watchdog(state_dir: Path) -> int:
-    """The pid of the watchdog that guards ``state_dir``, 0 if none runs."""
+def _read_pid(path: Path) -> int:
     try:
-        pid = int(pid_file(state_dir).read_text().strip() or 0)
+        return int(path.read_text().strip() or 0)
     except (OSError, ValueError):
         return 0
+
+
+def running_watchdog(state_dir: Path) -> int:
+    """The pid of the watchdog that guards ``state_dir``, 0 if none runs."""
+    pid = _read_pid(pid_file(state_dir))
     if proc.starttime(pid) is None:
         return 0
     try:
@@ -178,6 +182,7 @@ def ensure_watchdog(state_dir: Path) -> int:
     if pid:
         return pid
     fencing_dir(state_dir).mkdir(parents=True, exist_ok=True)
+    before = _read_pid(pid_file(state_dir))
     root = str(Path(__file__).resolve().parents[2])  # where node_agent is importable
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         p for p in (root, os.environ.get("PYTHONPATH", "")) if p))
@@ -190,8 +195,10 @@ def ensure_watchdog(state_dir: Path) -> int:
         raise OSError(f"could not start the fencing watchdog: {exc}") from exc
     deadline = time.monotonic() + SPAWN_TIMEOUT
     while time.monotonic() < deadline:
-        pid = running_watchdog(state_dir)
-        if pid:
+        # Ours (or one that beat it to the lock); a new pid that exited already had
+        # nothing left to guard: its work was done before we looked.
+        pid = running_watchdog(state_dir) or _read_pid(pid_file(state_dir))
+        if pid and pid != before:
             return pid
         time.sleep(0.02)
     raise OSError(f"the fencing watchdog for {state_dir} did not start "

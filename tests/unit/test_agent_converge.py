@@ -64,6 +64,7 @@ class FakeHost:
         self.instance_types = ["container"]
         self.vm_driver = None
         self.paths = SimpleNamespace(root=None)  # no fencing lease file, no watchdog
+        self.pools: dict[str, Any] = {}  # heartbeats report the host's capacity
         self.pids: dict[str, int] = {}
 
     def instance_pid(self, name: str, instance_type: str = "container") -> int:

@@ -37,7 +37,7 @@ def test_member_view_marks_the_leader() -> None:
     assert view["status"] == "Online" and view["url"] == "https://a:8443"
     member.liveness = "OFFLINE"
     offline = member_view(state, member, "b:8444")
-    assert offline["status"] == "Offline" and "10s" in offline["message"]
+    assert offline["status"] == "Offline" and "4s" in offline["message"]
 
 
 def test_member_view_shows_capacity_ratio_schedulable_and_used() -> None:
