@@ -16,13 +16,15 @@ from devtools.host_kill import Proc, read_procs
 def hosts_running(procs: list[Proc], roots: Mapping[str, Path], name: str) -> list[str]:
     """The members (by name, from ``roots``: member -> CORRAL_DIR) whose host runs
     container ``name`` according to ``procs`` (pure)."""
-    found = []
+    found = set()
     for proc in procs:
         if proc.state == "Z" or "[lxc monitor]" not in proc.cmdline:
             continue
         for member, root in roots.items():
             if proc.cmdline.rstrip().endswith(f"{root}/containers {name}"):
-                found.append(member)
+                found.add(member)
+    # A member counts once: while a container starts, its init is a fork of the monitor
+    # with the monitor's command line until it execs (two processes, one host).
     return sorted(found)
 
 

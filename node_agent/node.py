@@ -176,6 +176,13 @@ class LocalNode:
         except NotFound:
             return "Stopped"
 
+    def instance_pid(self, name: str, instance_type: str = "container") -> int:
+        """The pid a fence kills (a container's init, a VM's QEMU); 0 if not running."""
+        try:
+            return self.driver_for(instance_type).pid(name)
+        except DriverError:
+            return 0
+
     def vm_migrations_left(self) -> list[tuple[str, Side]]:
         """The VMs that hold half of a live migration that nothing of this member follows
         any more, and which half (``migration_leftovers``). Only stats."""

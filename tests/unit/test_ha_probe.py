@@ -28,3 +28,9 @@ def test_two_monitors_are_two_hosts() -> None:
     procs = [proc(1, "[lxc monitor] /tmp/c/m1/containers ha1"),
              proc(2, "[lxc monitor] /tmp/c/m2/containers ha1")]
     assert hosts_running(procs, ROOTS, "ha1") == ["m1", "m2"]
+
+
+def test_a_starting_containers_forked_init_is_the_same_host() -> None:
+    procs = [proc(1, "[lxc monitor] /tmp/c/m2/containers ha1"),
+             proc(2, "[lxc monitor] /tmp/c/m2/containers ha1")]
+    assert hosts_running(procs, ROOTS, "ha1") == ["m2"]
