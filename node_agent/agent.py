@@ -242,19 +242,12 @@ class NodeAgent:
 
     async def _work(self, uid: str) -> None:
         try:
-            if not self.sweeper.caught_up.is_set() and self._is_ha(uid):
-                await self.sweeper.caught_up.wait()  # it may have failed over away meanwhile
             while uid in self._dirty:
                 self._dirty.discard(uid)
                 if await self.converge(uid):
                     self._dirty.add(uid)  # a failed step ended the pass early
         finally:
             self._workers.pop(uid, None)
-
-    def _is_ha(self, uid: str) -> bool:
-        with self.store.read() as state:
-            inst = state.instance_by_uid(uid)
-            return inst is not None and ha_enabled(state, inst)
 
     def _read(self, uid: str) -> _Pass | None:
         with self.store.read() as state:
