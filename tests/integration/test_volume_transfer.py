@@ -201,6 +201,85 @@ def test_a_precopy_on_a_spare_of_the_image_sends_only_what_the_container_changed
     assert _tree(target.instance_path("c1")) == _tree(source.instance_path("c1"))
 
 
+def _moves_and_replacements(rootfs: Path) -> None:
+    """Directories and files that exist before a pre-copy, for ``_move_and_replace``."""
+    (rootfs / "d1" / "sub" / "deeper").mkdir(parents=True)
+    (rootfs / "d1" / "a").write_text("a\n")
+    (rootfs / "d1" / "sub" / "b").write_text("b\n")
+    (rootfs / "d1" / "sub" / "deeper" / "c").write_text("c" * 5000)
+    os.symlink("../a", rootfs / "d1" / "sub" / "to-a")
+    (rootfs / "was-file").write_text("x")
+    (rootfs / "elsewhere" / "inner").mkdir(parents=True)
+    (rootfs / "elsewhere" / "inner" / "f").write_text("moved in\n")
+    (rootfs / "swap").mkdir()
+    (rootfs / "swap" / "f").write_text("old\n")
+    (rootfs / "swap.new").mkdir()
+    (rootfs / "swap.new" / "f").write_text("new\n")
+
+
+def _move_and_replace(rootfs: Path) -> None:
+    """What ``tar --newer`` misses: the files of a moved directory keep their ctimes."""
+    os.rename(rootfs / "d1", rootfs / "d2")  # mv d1 d2: its files, nested ones too
+    (rootfs / "was-file").unlink()  # a file replaced by a directory moved in
+    os.rename(rootfs / "elsewhere", rootfs / "was-file")
+    shutil.rmtree(rootfs / "swap")  # a directory replaced by another of the same names
+    os.rename(rootfs / "swap.new", rootfs / "swap")
+
+
+def test_a_delta_carries_the_files_of_directories_moved_since_the_precopy(
+        tmp_path: Path) -> None:
+    """The files below a directory moved (or put in place of a file) between the
+    pre-copy and the delta arrive, though their ctimes are older than the pre-copy."""
+    source, target = DirPool("a", tmp_path / "a"), DirPool("b", tmp_path / "b")
+    source.ensure()
+    target.ensure()
+    _make_volume(source, "c1")
+    rootfs = source.rootfs_path("c1")
+    _moves_and_replacements(rootfs)
+    time.sleep(2 * CLOCK_SLACK + 0.1)  # older than the pre-copy and any slack
+    began = moment()
+    start_precopy(target, "uid1")
+    asyncio.run(precopy_volume(target, "uid1", _pipe(source, "c1")))
+    _move_and_replace(rootfs)
+    listing = volume_listing(source, "c1")
+    asyncio.run(receive_volume(target, "c1", _pipe(source, "c1", newer=began),
+                               precopied=("uid1", listing)))
+    assert (target.rootfs_path("c1") / "d2" / "sub" / "deeper" / "c").read_text() == "c" * 5000
+    assert (target.rootfs_path("c1") / "was-file" / "inner" / "f").read_text() == "moved in\n"
+    assert (target.rootfs_path("c1") / "swap" / "f").read_text() == "new\n"
+    assert _tree(target.instance_path("c1")) == _tree(source.instance_path("c1"))
+
+
+def test_a_precopy_on_a_spare_carries_the_image_directories_the_container_moved(
+        tmp_path: Path) -> None:
+    """A directory of the image moved in the container keeps the spare's ctimes below
+    it: the target's spare has its files under the old path only."""
+    template = tmp_path / "image" / "rootfs"
+    _moves_and_replacements(template)
+    source, target = DirPool("a", tmp_path / "a"), DirPool("b", tmp_path / "b")
+    for pool in (source, target):
+        pool.ensure()
+        pool.prepare_spare(template)
+    time.sleep(2 * CLOCK_SLACK + 0.1)  # the spares are older than the baseline and slack
+    made = moment()
+    source.create_from_template("c1", template)
+    write_baseline(source.instance_path("c1"), Baseline("fp", "1000000", made))
+    rootfs = source.rootfs_path("c1")
+    _move_and_replace(rootfs)
+
+    precopy = start_precopy(target, "uid1")
+    (precopy / "containers").mkdir()
+    assert target.take_spare(template, precopy / "containers" / "c1")
+    began = moment()
+    asyncio.run(precopy_volume(target, "uid1", _pipe(source, "c1", newer=made),
+                               volume_listing(source, "c1")))
+    asyncio.run(receive_volume(target, "c1", _pipe(source, "c1", newer=began),
+                               precopied=("uid1", volume_listing(source, "c1"))))
+    assert (target.rootfs_path("c1") / "d2" / "sub" / "deeper" / "c").read_text() == "c" * 5000
+    assert (target.rootfs_path("c1") / "was-file" / "inner" / "f").read_text() == "moved in\n"
+    assert _tree(target.instance_path("c1")) == _tree(source.instance_path("c1"))
+
+
 def _make_vm_volume(pool: DirPool, name: str) -> VmVolumes:
     volume = pool.vm_volume_path(name)
     volume.mkdir()
