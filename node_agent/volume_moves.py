@@ -30,13 +30,18 @@ from node_agent.storage.baseline import (
 from node_agent.storage.dir import DirPool
 from node_agent.storage.errors import StorageError
 from node_agent.storage.transfer import (
+    Basis,
     VolumeHolder,
+    baseline_basis,
     discard_precopy,
+    keep_sent,
     precopy_dir,
     precopy_volume,
     receive_volume,
+    send_precopy,
     send_volume,
     start_precopy,
+    take_sent,
     volume_listing,
 )
 from node_agent.storage.vm_volumes import VmVolumes
@@ -85,24 +90,40 @@ class VolumeMoves:
         tag = "" if baseline is None else f"{baseline.image}:{baseline.shift}"
         return Listing(paths, tag)
 
-    async def baseline_since(self, spec: InstanceSpec, tag: str) -> float | None:
-        """When the volume's baseline was made, if it is the receiver's ``tag``: the
-        pre-copy then sends only what changed since."""
-        image, _, shift = tag.partition(":")
-        pool = self.holder(spec)
-        baseline = await asyncio.to_thread(read_baseline, pool.instance_path(spec.name))
-        return baseline.since if baseline is not None and baseline.matches(image, shift) \
-            else None
-
     async def send(self, spec: InstanceSpec, write: Callable[[bytes], Awaitable[None]],
-                   newer: float | None) -> bool:
-        """Write the volume as a tar stream (only files newer than ``newer``); False if
-        the pool failed half-way (the caller cuts the stream short)."""
+                   began: float, *, precopy: bool = False, baseline: str = "",
+                   since: float | None = None) -> bool:
+        """Write the volume as a tar stream; False if the pool failed half-way (the
+        caller cuts the stream short). ``began``: now, as ``moment``.
+
+        ``precopy``: the container runs; only what a spare of its image on the receiver
+        lacks if the receiver starts from one (``baseline``: its ``image:shift`` tag)
+        and the volume has that baseline. What was sent is kept for the delta.
+        ``since``: the delta on the pre-copy that began then (whole if this member
+        keeps no such pre-copy)."""
+        pool = self.holder(spec)
         try:
-            await send_volume(self.holder(spec), spec.name, write, newer)
+            if precopy:
+                basis = await self._baseline_basis(spec, baseline) if baseline else None
+                _, sent = await send_precopy(pool, spec.name, write, began, basis)
+                await asyncio.to_thread(keep_sent, pool, spec.uid, sent)
+            else:
+                basis = None if since is None else await asyncio.to_thread(
+                    take_sent, pool, spec.uid, since)
+                await send_volume(pool, spec.name, write, basis)
         except (StorageError, OSError):
             return False
         return True
+
+    async def _baseline_basis(self, spec: InstanceSpec, tag: str) -> Basis | None:
+        """What the receiver's spare holds of the volume, if the volume's baseline is
+        the receiver's ``tag``."""
+        image, _, shift = tag.partition(":")
+        pool = self.holder(spec)
+        baseline = await asyncio.to_thread(read_baseline, pool.instance_path(spec.name))
+        if baseline is None or not baseline.matches(image, shift):
+            return None
+        return await asyncio.to_thread(baseline_basis, pool, spec.name, baseline.since)
 
     # The target's side.
 

@@ -34,7 +34,6 @@ import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
-from node_agent.replication import manifest
 from node_agent.replication.errors import BadStream, ParentNotHeld
 from node_agent.replication.framing import FrameWriter, Header
 from node_agent.replication.names import (
@@ -44,6 +43,7 @@ from node_agent.replication.names import (
     moment_ns,
     to_drop,
 )
+from node_agent.storage import manifest
 from node_agent.storage.baseline import clear_baseline
 from node_agent.storage.dir import (
     _RENAME_NOREPLACE,

@@ -9,7 +9,8 @@
     <pool>/replication/<instance>/<snap>              manifests of replicas sent from here
     <pool>/replicas/<uid>/<snap>/                     replicas received (node_agent/replication)
     <pool>/.tmp/<pid>-<token>/                        copies in flight, trees being deleted
-    <pool>/.spares/<template key>/<token>/rootfs/     ready-made copies of a template
+    <pool>/.spares/<template key>/<token>/rootfs/     ready-made copies of a template (each
+                                                      with its ``.baseline-manifest``)
 
 Each change is built in ``.tmp`` and then put in place with one rename
 (``renameat2``: NOREPLACE so a name is never clobbered, EXCHANGE so a restore
@@ -31,6 +32,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from node_agent.storage.baseline import write_baseline_manifest
 from node_agent.storage.errors import StorageError, VolumeExists, VolumeNotFound
 from node_agent.storage.topdir import spread_subdirectories
 
@@ -251,6 +253,7 @@ class DirPool(VolumeLayout):
         with self._scratch() as scratch:
             scratch.chmod(0o711)
             _copy(Path(template_rootfs), scratch / "rootfs", background=True)
+            write_baseline_manifest(scratch)  # what a move may take from a spare
             spare = shelf / scratch.name
             _rename(scratch, spare, _RENAME_NOREPLACE, what="spare")
         return spare

@@ -61,11 +61,21 @@ def test_move_a_running_container_keeps_its_files(members: list[DaemonProcess]) 
     m1 = members[0]
     m1.corral("launch", "busybox", "mover", "--target", "m1")
     m1.corral("exec", "mover", "--", "sh", "-c", "echo precious > /root/keep")
+    # A directory of the image moved in the container: its files keep the ctimes of the
+    # spare the volume may come from (a copy stays at the old path for DHCP).
+    script = "/usr/share/udhcpc/default.script"
+    original = m1.corral("exec", "mover", "--", "cat", script).stdout
+    m1.corral("exec", "mover", "--", "sh", "-c",
+              "mv /usr/share/udhcpc /usr/share/udhcpc.moved && mkdir /usr/share/udhcpc"
+              " && cp -p /usr/share/udhcpc.moved/default.script /usr/share/udhcpc/")
     m1.corral("snapshot", "mover", "before")
     m1.corral("move", "mover", "--target", "m2")
     assert _where(m1)["mover"] == "m2" and _status(members[1], "mover") == "Running"
     out = members[2].corral("exec", "mover", "--", "cat", "/root/keep").stdout
     assert out.decode().strip() == "precious"
+    moved = members[2].corral("exec", "mover", "--", "cat",
+                              "/usr/share/udhcpc.moved/default.script").stdout
+    assert moved == original and original
     assert not (m1.root / "storage-pools" / "default" / "containers" / "mover").exists()
     assert (members[1].root / "storage-pools" / "default" / "containers-snapshots" /
             "mover" / "before").is_dir()

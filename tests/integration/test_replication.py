@@ -14,7 +14,6 @@ from typing import Any
 
 import pytest
 
-from node_agent.replication import manifest
 from node_agent.replication.errors import BadStream, ParentNotHeld
 from node_agent.replication.framing import Header, encode_end, encode_frame, encode_header
 from node_agent.replication.names import new_snapshot_name
@@ -27,7 +26,7 @@ from node_agent.replication.volumes import (
     replica_uids,
     send_replica,
 )
-from node_agent.storage import btrfs_cli
+from node_agent.storage import btrfs_cli, manifest
 from node_agent.storage.base import StoragePool
 from node_agent.storage.btrfs import BtrfsPool
 from node_agent.storage.dir import DirPool

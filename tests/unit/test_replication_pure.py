@@ -10,7 +10,6 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from node_agent.replication import manifest
 from node_agent.replication.errors import BadStream
 from node_agent.replication.framing import (
     MAGIC,
@@ -22,7 +21,6 @@ from node_agent.replication.framing import (
     encode_frame,
     encode_header,
 )
-from node_agent.replication.manifest import Entry
 from node_agent.replication.names import (
     is_snapshot_name,
     moment_ns,
@@ -30,6 +28,8 @@ from node_agent.replication.names import (
     snapshot_name,
     to_drop,
 )
+from node_agent.storage import manifest
+from node_agent.storage.manifest import Entry
 
 moments = st.integers(min_value=0, max_value=10**20 - 1)
 names = moments.map(snapshot_name)

@@ -26,6 +26,7 @@ from node_agent.facade import InstanceSpec
 
 FORWARDED = {"X-Corral-Forwarded": "1"}
 PRECOPY_TIME = "X-Corral-Precopy-Time"
+LISTING_TIME = "X-Corral-Listing-Time"  # a moment before the listing's walk began
 BASELINE = "X-Corral-Baseline"  # image:shift of the volume's baseline (storage/baseline.py)
 
 
@@ -49,8 +50,10 @@ def _instance(ctx: Context, request: web.Request) -> tuple[Instance, InstanceSpe
 async def send(request: web.Request) -> web.StreamResponse:
     """GET: the volume as a tar stream, from the member it lives on, during its move;
     ``?precopy=1``: the whole volume of a running container before its move (header
-    PRECOPY_TIME: when it began, on this member's clock); ``?newer=T``: only what
-    changed since T; ``?listing=1``: its paths (``transfer.volume_listing``)."""
+    PRECOPY_TIME: when it began, on this member's clock; ``&baseline=TAG&listed=T``:
+    only what a spare of its image lacks, on a spare pruned to the listing of T);
+    ``?since=T``: only what changed since the pre-copy that began at T; ``?listing=1``:
+    its paths (``transfer.volume_listing``; header LISTING_TIME)."""
     ctx = ctx_of(request)
     volumes = ctx.host.volumes
     precopy = bool(request.query.get("precopy"))
@@ -60,23 +63,29 @@ async def send(request: web.Request) -> web.StreamResponse:
     if inst.location != ctx.member or not (inst.moving_to or precopy):
         raise ApiError(409, "This instance is not being moved away from this member")
     if request.query.get("listing"):
+        walked = volumes.moment()
         listing = await volumes.listing(spec)
-        headers = {BASELINE: listing.baseline} if listing.baseline else {}
+        headers = {LISTING_TIME: f"{walked:.6f}"}
+        if listing.baseline:
+            headers[BASELINE] = listing.baseline
         return web.Response(body=listing.paths, content_type="application/octet-stream",
                             headers=headers)
     try:
-        newer = float(request.query["newer"]) if "newer" in request.query else None
+        since = float(request.query["since"]) if "since" in request.query else None
+        listed = float(request.query["listed"]) if "listed" in request.query else None
     except ValueError as exc:
-        raise ApiError(400, "Invalid newer") from exc
-    if precopy and "baseline" in request.query:  # the receiver starts from a spare
-        since = await volumes.baseline_since(spec, request.query["baseline"])
-        if since is not None:
-            newer = since
+        raise ApiError(400, "Invalid since or listed") from exc
     began = volumes.moment()  # a file changed just before the pre-copy began is sent again
+    if precopy and listed is not None:
+        # The spare was pruned to that listing: what changed since counts as changed
+        # (a directory moved away and back meanwhile lost its files there).
+        began = min(began, listed)
     response = web.StreamResponse(headers={"Content-Type": "application/x-tar",
                                            PRECOPY_TIME: f"{began:.6f}"})
     await response.prepare(request)
-    if not await volumes.send(spec, response.write, newer):
+    baseline = request.query.get("baseline", "") if precopy else ""
+    if not await volumes.send(spec, response.write, began, precopy=precopy,
+                              baseline=baseline, since=None if precopy else since):
         if request.transport is not None:
             request.transport.abort()  # a short stream: the receiver's tar fails
         return response
@@ -117,7 +126,7 @@ async def receive(request: web.Request) -> web.StreamResponse:
                     if listed.status != 200:
                         raise SourceFailed(f"the source member answered {listed.status}")
                     precopied = (inst.uid, await listed.read())
-                url += f"&newer={float(since):.6f}"
+                url += f"&since={float(since):.6f}"
             async with session.get(url, headers=FORWARDED) as upstream:
                 if upstream.status != 200:
                     raise SourceFailed(f"the source member answered {upstream.status}")
@@ -152,7 +161,7 @@ async def _precopy(ctx: Context, inst: Instance, spec: InstanceSpec,
     try:
         async with ctx.peer_session() as session:
             listing: bytes | None = None
-            baseline = ""
+            baseline, listed_at = "", ""
             # The source walks the whole volume for its listing: worth it only if a spare
             # here could stand in for the files the volume has from its image.
             if await volumes.spare_ready(spec):
@@ -161,11 +170,13 @@ async def _precopy(ctx: Context, inst: Instance, spec: InstanceSpec,
                         raise ApiError(502, f"the source member answered {listed.status}")
                     listing = await listed.read()
                     baseline = listed.headers.get(BASELINE, "")
+                    listed_at = listed.headers.get(LISTING_TIME, "")
             # Only a volume made from a spare has files a spare here can stand in for;
             # untarring over a spare is slower than into an empty directory.
-            spare = baseline == volumes.baseline_tag(spec) and await volumes.base_on_spare(spec)
+            spare = (baseline == volumes.baseline_tag(spec) and bool(listed_at)
+                     and await volumes.base_on_spare(spec))
             if spare:
-                url += f"&baseline={baseline}"
+                url += f"&baseline={baseline}&listed={listed_at}"
             else:
                 listing = None
             async with session.get(url, headers=FORWARDED) as upstream:

@@ -1,5 +1,6 @@
-"""What a dir pool's source remembers of each replica it sent, and what the next delta
-must carry.
+"""What a sender of a volume remembers of what it sent, and what the next delta must
+carry: for the replicas of a dir pool (``replication/dir.py``) and for the pre-copy of a
+move (``storage/transfer.py``).
 
 A delta cannot be chosen by change time alone (``tar --newer``): moving a directory
 changes the change time of the directory only, so the files below it would never reach
@@ -14,6 +15,9 @@ other name of a hard-linked file it carries, so links stay links.
 
 The holder deletes what the source's walk no longer finds (``removed``): it holds no
 path its parent's manifest lacks, so that list is all it needs, not every path again.
+
+A tree read while it changes (a running container's) is known to have been read as a
+walk before the read saw it only where ``settled`` says so: see there.
 ``scan`` walks the volume (blocking); the rest is pure.
 """
 
@@ -23,7 +27,7 @@ import os
 import stat
 import struct
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 SLACK_NS = 1_000_000_000
@@ -116,6 +120,59 @@ def to_send(entries: list[Entry], parent: Mapping[bytes, tuple[int, int]] | None
               if c and e.kind == b"f" and e.nlink > 1}
     return [e.path for e, c in zip(entries, chosen, strict=True)
             if c or (e.kind == b"f" and e.ino in linked)]
+
+
+def under(entries: Iterable[Entry], prefix: bytes) -> list[Entry]:
+    """``entries`` of a tree seen from the directory above it, in which the tree is
+    ``prefix``: the root becomes ``prefix``, every other path ``prefix/path``."""
+    return [replace(e, path=_under(e.path, prefix)) for e in entries]
+
+
+def held_under(held: Mapping[bytes, tuple[int, int]], prefix: bytes,
+               ) -> dict[bytes, tuple[int, int]]:
+    """A decoded manifest seen from above its tree, as ``under``."""
+    return {key[:1] + _under(key[1:], prefix): value for key, value in held.items()}
+
+
+def _under(path: bytes, prefix: bytes) -> bytes:
+    return prefix if path == ROOT else prefix + b"/" + path
+
+
+def settled(before: list[Entry], after: Iterable[Entry], moment_ns: int) -> list[Entry]:
+    """The entries of ``before`` that a read of the tree between two walks (``before``
+    begun after ``moment_ns``, ``after`` once the read ended) is known to have read as
+    ``before`` has them, while the tree changed meanwhile.
+
+    An entry is settled when it is the same in both walks (kind, inode, change time), and
+    so is every directory above it that ``before`` holds, each changed before
+    ``moment_ns - SLACK_NS`` as well. Then no name was added to, removed from or renamed
+    in any of those directories while the tree was read (each would change a
+    directory's change time to a moment after ``moment_ns``), so the read found this
+    very inode at this path. An entry of a directory moved away and back, replaced by a
+    symlink for a while, or that vanished while it was read, is not settled. ``before``
+    must hold each directory before what is in it (as ``scan``)."""
+    now = {e.key: (e.ino, e.ctime_ns) for e in after}
+    walked = {e.path for e in before if e.kind == b"d"}
+    steady: set[bytes] = set()  # directories whose names did not change during the read
+    since = moment_ns - SLACK_NS
+    out = []
+    for e in before:
+        parent = _parent(e.path)
+        if parent is not None and parent in walked and parent not in steady:
+            continue
+        if now.get(e.key) != (e.ino, e.ctime_ns):
+            continue
+        out.append(e)
+        if e.kind == b"d" and e.ctime_ns < since:
+            steady.add(e.path)
+    return out
+
+
+def _parent(path: bytes) -> bytes | None:
+    if path == ROOT:
+        return None
+    parent = path.rpartition(b"/")[0]
+    return parent or ROOT
 
 
 def encode(entries: Iterable[Entry]) -> bytes:
