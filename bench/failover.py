@@ -40,8 +40,10 @@ from devtools import devcluster  # noqa: E402
 from devtools.ha_probe import running_on  # noqa: E402
 from devtools.harness import DaemonProcess  # noqa: E402
 
-COUNTER = ("setsid sh -c 'i=0; while true; do i=$((i+1)); echo $i > /counter.new; "
-           "mv /counter.new /counter; sleep 0.1; done' </dev/null >/dev/null 2>&1 &")
+# Counts on from the value on disk, so a restarted counter (after a move back) goes on.
+COUNTER = ("setsid sh -c 'i=$(cat /counter 2>/dev/null || echo 0); while true; do "
+           "i=$((i+1)); echo $i > /counter.new; mv /counter.new /counter; sleep 0.1; done' "
+           "</dev/null >/dev/null 2>&1 &")
 
 
 def instance(daemon: DaemonProcess, name: str) -> dict[str, Any]:
@@ -64,9 +66,13 @@ def member_status(daemon: DaemonProcess, name: str) -> str:
                  if m["server_name"] == name), "")
 
 
-def synced(daemon: DaemonProcess, name: str, epoch: int) -> bool:
+def synced(daemon: DaemonProcess, name: str, epoch: int, since: float = 0.0) -> bool:
+    """Whether a replica of ``name`` was shipped under ``epoch``, after ``since`` (time
+    of day) when given: its age is less than the time since then."""
     ha = instance(daemon, name).get("ha") or {}
-    return any(r.get("snapshot") and r.get("epoch") == epoch for r in ha.get("replicas", []))
+    return any(r.get("snapshot") and r.get("epoch") == epoch and r.get("lag") is not None
+               and (not since or r["lag"] < time.time() - since)
+               for r in ha.get("replicas", []))
 
 
 def until(predicate: Any, timeout: float, what: str) -> None:
@@ -83,11 +89,13 @@ def counter_on_disk(root: Path, name: str) -> int:
 
 
 def trial(members: dict[str, DaemonProcess], victim: str, names: list[str],
-          cli: DaemonProcess) -> dict[str, Any]:
+          cli: DaemonProcess, since: float) -> dict[str, Any]:
+    """One kill of ``victim``; ``since``: when its containers last started there (a
+    replica shipped from there after that is waited for)."""
     roots = {m: d.root for m, d in members.items()}
     epochs = {n: int((instance(cli, n).get("ha") or {}).get("epoch", 0)) for n in names}
     for name in names:
-        until(lambda n=name: synced(cli, n, epochs[n]), 60, f"{name} replicated")
+        until(lambda n=name: synced(cli, n, epochs[n], since), 60, f"{name} replicated")
     killed = time.monotonic()
     cli.corral("dev-cluster", "kill", victim, "--host", "--dir", str(cli.root.parent),
                timeout=120)
@@ -124,7 +132,7 @@ def trial(members: dict[str, DaemonProcess], victim: str, names: list[str],
         cli.corral("move", name, "--target", victim, "--quiet", timeout=300)
         cli.corral("start", name, timeout=60)
         cli.corral("exec", name, "--", "sh", "-c", COUNTER)
-    return {"times": back, "offline": offline, "lost": lost}
+    return {"times": back, "offline": offline, "lost": lost, "since": time.time()}
 
 
 def daemon_cpu(members: dict[str, DaemonProcess]) -> float:
@@ -182,8 +190,10 @@ def main() -> None:
         times: list[float] = []
         offline: list[float] = []
         lost: list[float] = []
+        since = time.time()
         for number in range(args.trials):
-            found = trial(members, victim, names, cli)
+            found = trial(members, victim, names, cli, since)
+            since = found["since"]
             times += found["times"].values()
             offline.append(found["offline"])
             lost += found["lost"].values()
