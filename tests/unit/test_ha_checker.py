@@ -226,6 +226,7 @@ def test_every_run_broken_once_fails_that_check(run: Run, seed: int, broken: str
     elif broken == COUNTER:
         i = rng.randrange(len(run.failovers))
         f = run.failovers[i]
+        assert f.last_written is not None
         run.failovers[i] = replace(f, resumed_from=f.last_written - f.bound()
                                    - rng.randint(1, 100))
     else:
