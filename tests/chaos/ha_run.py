@@ -64,11 +64,14 @@ while :; do
     sleep 0.1
 done
 """
-SETUP = ("cat > /counter.sh && chmod 755 /counter.sh && "
+SETUP = ("printf '%s' \"$1\" > /counter.sh && chmod 755 /counter.sh && "
          "{ grep -v '^exit 0$' /etc/init.d/rcS; "
          "echo '/counter.sh </dev/null >/dev/null 2>&1 &'; echo 'exit 0'; } > /tmp/rcS && "
-         "cat /tmp/rcS > /etc/init.d/rcS && "
+         "cat /tmp/rcS > /etc/init.d/rcS || exit 1; "
          "setsid /counter.sh </dev/null >/dev/null 2>&1 &")
+"""Run as ``sh -c SETUP sh COUNTER`` in the container: the script, its line in the boot
+script, and the first run now (a command sent to the background reads no stdin, so
+the script comes as an argument)."""
 
 
 # ---- pure parts ------------------------------------------------------------------------
@@ -233,8 +236,7 @@ def launch(run: HaRun) -> None:
     for i, name in enumerate(run.instances):
         first.corral("launch", IMAGE, name, "--target", hosts[i % len(hosts)],
                      "-c", "cluster.ha=restart", timeout=180)
-        first.corral("exec", name, "--", "sh", "-c", SETUP, input=COUNTER.encode(),
-                     timeout=60)
+        first.corral("exec", name, "--", "sh", "-c", SETUP, "sh", COUNTER, timeout=60)
     counting = time.monotonic()
     missing = until(lambda: fresh_replicas(run, counting) == [] or None, REPLICA_TIMEOUT)
     if missing is None:
