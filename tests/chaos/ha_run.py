@@ -328,8 +328,11 @@ def follow(run: HaRun, name: str, old: str, injected: float, interval: float) ->
         run.problems.append(f"{name}'s old copy still runs on {old} after its failover")
     last = read_int(run.members[old], name, "counter")
     first = read_int(run.members[new], name, "counter")
-    until(lambda: read_int(run.members[new], name, "counter") != first, 10.0, 0.05)
-    resumed = read_int(run.members[new], name, "starts", last_line=True)
+    resumed = None  # the new copy's boot line in /starts is written before it counts
+    if until(lambda: read_int(run.members[new], name, "counter") != first, 10.0, 0.05):
+        resumed = read_int(run.members[new], name, "starts", last_line=True)
+    else:
+        run.problems.append(f"{name}'s counter does not advance on {new} after its failover")
     stopped = detection(run.seen(), name, old, injected)
     record = Failover(name, old, last, resumed, interval,
                       took if stopped is None else stopped)
