@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from node_agent.drivers.qemu import QemuDriver
+from node_agent.fencing.watchdog import running_watchdog
 from node_agent.idmap import IdMap
 from node_agent.network.bridge import BridgeNetwork
 from node_agent.node import LocalNode
@@ -48,6 +49,15 @@ def stop_daemon(paths: Paths, timeout: float = 15.0) -> None:
         time.sleep(0.05)
     if _cmdline(pid):
         os.kill(pid, signal.SIGKILL)
+
+
+def stop_watchdog(paths: Paths) -> None:
+    """Kill the daemon's fencing watchdog (its pid file and command line checked): it
+    would outlive the daemon until the HA instances it guards are gone."""
+    pid = running_watchdog(paths.root)
+    if pid:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
 
 
 def stop_containers(paths: Paths) -> None:
@@ -104,6 +114,7 @@ def teardown(root: Path) -> None:
     if not root.exists():
         return
     stop_daemon(paths)
+    stop_watchdog(paths)
     stop_containers(paths)
     stop_vms(paths)
     remove_cgroups(paths)

@@ -15,8 +15,10 @@ from typing import Any, Protocol
 from node_agent.drivers.base import DriverError, NotFound
 from node_agent.drivers.qemu import QemuDriver
 from node_agent.node import InstanceSpec, LocalNode
+from node_agent.replication.promote import create_from_replica
 from node_agent.storage.baseline import Baseline, moment, shift_tag, write_baseline
 from node_agent.storage.vm_volumes import VmVolumes
+from node_agent.volume_owner import Owner, write_owner
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +32,9 @@ def perform(node: LocalNode, spec: InstanceSpec, kind: str, args: dict[str, Any]
 
 
 def _create(node: LocalNode, spec: InstanceSpec, args: dict[str, Any]) -> None:
+    if spec.from_replica:  # a failover's create: from the replica here, never the image
+        create_from_replica(node, spec, _remove)
+        return
     if spec.is_vm:  # the disk is a qcow2 overlay the driver makes on the image's disk
         try:
             node.define(spec)
@@ -54,6 +59,7 @@ def _create(node: LocalNode, spec: InstanceSpec, args: dict[str, Any]) -> None:
             pool.create_from_template(spec.name, template, spare=False)
         node.images.render_templates(spec.image, pool.rootfs_path(spec.name), spec.name,
                                      "create", shift)
+        write_owner(pool, spec.name, Owner(spec.uid, spec.epoch))
         node.define(spec)
     except Exception:
         _remove(node, spec)

@@ -27,6 +27,7 @@ from typing import Any
 
 from cluster.state.apply_instances import expanded
 from cluster.state.commands import command
+from cluster.state.ha import ha_enabled
 from cluster.state.model import Action, Instance
 from cluster.state.store import Store
 from cluster.transport.peers import download_image
@@ -35,14 +36,18 @@ from node_agent.capacity import host_capacity
 from node_agent.converge import Seen, Want, host_token, plan_power
 from node_agent.desired import MISSING, Record, Reported, Step, local_name, plan_instance, reached
 from node_agent.desired_snapshots import SnapStep, SnapWant, plan_snapshots
+from node_agent.fencing.guard import FenceGuard
+from node_agent.fencing.timing import HEARTBEAT_PERIOD, HEARTBEAT_SUBMIT_TIMEOUT
 from node_agent.migration_leftovers import EndStep, Side, end_step
 from node_agent.node import InstanceSpec, LocalNode
 from node_agent.old_queues import desired_of_queue, snapshots_of_queue
+from node_agent.replication.holding import HeldReplicas
+from node_agent.replication.shipper import Shipper
+from node_agent.stale_copies import Sweeper
 from node_agent.vm_guard import guard_vms
 
 log = logging.getLogger(__name__)
 RESYNC_SECONDS = 10.0
-HEARTBEAT_SECONDS = 2.5
 
 
 def created_uids(cmd: Any, member: str) -> list[str]:
@@ -68,14 +73,26 @@ class NodeAgent:
         self._boot_id = boot_id  # the host's, read from /proc unless given (tests)
         self._host_cache = ""
         self._ending: asyncio.Task[None] | None = None  # _end_migrations_left, one at a time
+        # HA: replicas held here (shared with the API's facade); stale copies and
+        # replicas are swept, and HA instances converged, only once a read barrier has
+        # committed since start (the replica is current then). The self-fence
+        # (node_agent/fencing) holds HA instances back and stops the shipper while the
+        # lease is not held.
+        self.replicas = HeldReplicas(node)
+        self.sweeper = Sweeper(node, store, lambda: self.member, self.replicas)
+        self.fencing = FenceGuard(lambda: self.member, store, node, node.paths.root)
+        self.fencing.on_lift = self._resync  # start what the fence held back or stopped
 
     async def start(self) -> None:
         queue = self.store.subscribe()
         self._boot()
         self._task = asyncio.create_task(self._watch(queue))
         self._heartbeat_task = asyncio.create_task(self._heartbeat())
+        self._background.add(self.fencing.start())
         if self.node.vm_driver is not None:
             self._background.add(asyncio.create_task(guard_vms(self.node.vm_driver)))
+        shipper = Shipper(lambda: self.member, self.store, self.node, self.fencing.fence.fenced)
+        self._background.add(asyncio.create_task(shipper.run()))
 
     async def close(self) -> None:
         tasks = [t for t in [self._task, self._heartbeat_task, *self._workers.values(),
@@ -83,11 +100,13 @@ class NodeAgent:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await self.sweeper.close()
 
     async def _heartbeat(self) -> None:
         """Tell the cluster this member is alive (the Raft leader commits OFFLINE once it
         has heard none for longer than ``cluster.offline_threshold`` on its own clock).
-        Beats keep a fixed cadence: a slow commit does not stretch the gap to the next."""
+        Each acknowledged beat renews this member's fencing lease (``fencing``). Beats
+        keep a fixed cadence: a slow commit does not stretch the gap to the next."""
         loop = asyncio.get_running_loop()
         due = loop.time()
         while True:
@@ -100,12 +119,10 @@ class NodeAgent:
                 extra: dict[str, Any] = {"capacity": capacity} if capacity != listed else {}
                 if types != self.node.instance_types:
                     extra["instance_types"] = self.node.instance_types
-                try:
-                    await self.store.submit(command("member.heartbeat", name=self.member,
-                                                    **extra), timeout=HEARTBEAT_SECONDS)
-                except Exception as exc:  # noqa: BLE001 - a missed beat is retried
-                    log.info("heartbeat not committed: %s", exc)
-            due = max(due + HEARTBEAT_SECONDS, loop.time())
+                await self.fencing.beat(self.store.submit(
+                    command("member.heartbeat", name=self.member, **extra),
+                    timeout=HEARTBEAT_SUBMIT_TIMEOUT))
+            due = max(due + HEARTBEAT_PERIOD, loop.time())
             await asyncio.sleep(due - loop.time())
 
     async def forget_local_copy(self, name: str, pool: Any) -> None:
@@ -180,6 +197,7 @@ class NodeAgent:
         for uid in uids:
             self.kick(uid)
         self._look_for_migrations_left()
+        self.sweeper.soon()
 
     def _look_for_migrations_left(self) -> None:
         if self.node.vm_driver is not None and (self._ending is None or self._ending.done()):
@@ -224,12 +242,19 @@ class NodeAgent:
 
     async def _work(self, uid: str) -> None:
         try:
+            if not self.sweeper.caught_up.is_set() and self._is_ha(uid):
+                await self.sweeper.caught_up.wait()  # it may have failed over away meanwhile
             while uid in self._dirty:
                 self._dirty.discard(uid)
                 if await self.converge(uid):
                     self._dirty.add(uid)  # a failed step ended the pass early
         finally:
             self._workers.pop(uid, None)
+
+    def _is_ha(self, uid: str) -> bool:
+        with self.store.read() as state:
+            inst = state.instance_by_uid(uid)
+            return inst is not None and ha_enabled(state, inst)
 
     def _read(self, uid: str) -> _Pass | None:
         with self.store.read() as state:
@@ -252,7 +277,7 @@ class NodeAgent:
                 Want(inst.power, inst.boots, inst.generation, dict(inst.power_args or {}),
                      moving=bool(inst.moving_to)),
                 Seen(seen.generation, seen.status, seen.boots, seen.host),
-                record, reported, seen.error)
+                record, reported, seen.error, ha_enabled(state, inst))
 
     async def converge(self, uid: str) -> bool:
         """One pass over ``uid``: the steps that bring its existence, name and spec to
@@ -261,7 +286,7 @@ class NodeAgent:
         from before, then its power state, then at most one report. True if a failed step
         left other changes for another pass."""
         found = self._read(uid)
-        if found is None:
+        if found is None or self.fencing.holds(found.ha):  # on_lift kicks it again
             return False
         spec, want, seen = found.spec, found.want, found.seen
         local = dc_replace(spec, name=local_name(found.record, found.reported))
@@ -289,9 +314,15 @@ class NodeAgent:
         retry = await self._run_queue(found, after, tuple(snaps))
         if retry is not None:
             return retry
-        host = self._host
+        if self.fencing.holds(found.ha):
+            return False
+        again = self.fencing.stopped_by_fence(spec.name)
         power, status, error, self_stopped = await asyncio.to_thread(
-            self._converge_power, spec, want, seen, host)
+            self._converge_power, spec, want, seen, self._host, again)
+        if again and not error:
+            self.fencing.restarted(spec.name)
+        if found.ha and "start" in power:  # in the lease file at once, for the watchdog
+            await self.fencing.refresh()
         if self_stopped:
             if done or snaps:
                 await self._report(spec, seen.generation, "", status, seen.boots, after,
@@ -369,12 +400,12 @@ class NodeAgent:
                 return act.generation < want.generation
         return None
 
-    def _converge_power(self, spec: InstanceSpec, want: Want, seen: Seen,
-                        host: str) -> tuple[tuple[str, ...], str, str, bool]:
+    def _converge_power(self, spec: InstanceSpec, want: Want, seen: Seen, host: str,
+                        fenced: bool) -> tuple[tuple[str, ...], str, str, bool]:
         """The power steps, carried out (blocking): (steps, status after, error,
-        stopped by itself)."""
+        stopped by itself). ``fenced``: a fence stopped it here (start it again)."""
         status = self.node.status(spec.name, spec.type)
-        plan = plan_power(want, seen, status, host)
+        plan = plan_power(want, seen, status, host, fenced)
         if not plan.steps:
             return (), status, "", plan.self_stopped
         error = ""
@@ -413,7 +444,7 @@ class NodeAgent:
     def _spec_of(state: Any, inst: Instance) -> InstanceSpec:
         config, devices = expanded(state, inst.config, inst.devices, inst.profiles)
         return InstanceSpec(inst.uid, inst.name, inst.image, dict(config),
-                            copy.deepcopy(devices), inst.type)
+                            copy.deepcopy(devices), inst.type, inst.epoch, inst.from_replica)
 
     async def ensure_image(self, fingerprint: str) -> None:
         """Fetch an image this member lacks from a member that has it (over the network)."""
@@ -467,13 +498,13 @@ class NodeAgent:
         snapshot from before power was desired state runs once this way too."""
         error = ""
         try:
-            if act.kind == "create":
+            if act.kind == "create" and not spec.from_replica:  # a failover needs no image
                 await self.ensure_image(spec.image)
             await asyncio.to_thread(perform, self.node, spec, act.kind, act.args)
         except Exception as exc:  # noqa: BLE001 - every failure is reported, not raised
             log.warning("%s %s failed: %s", act.kind, spec.name, exc)
             error = str(exc) or type(exc).__name__
-        if act.kind == "create" and not error and not spec.is_vm:
+        if act.kind == "create" and not error and not spec.is_vm and not spec.from_replica:
             self.restock(spec)
         if act.kind == "stop" and not error:  # a queued stop (older snapshot)
             await self._delete_if_ephemeral(spec)
@@ -492,6 +523,7 @@ class _Pass:
     record: Record
     reported: Reported
     error: str  # the last report's
+    ha: bool  # cluster.ha=restart: never started while this member is fenced
 
 
 def _wire(step: SnapStep) -> list[Any]:

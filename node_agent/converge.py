@@ -11,7 +11,8 @@ Three cases are told apart when the host shows a wanted-running instance stopped
 - a change not yet carried out (``Seen.generation`` behind, or a restart not yet done):
   start it;
 - the host rebooted since the last report (``Seen.host`` names this member with another
-  boot id): start it again, as LXD starts what ran before a reboot;
+  boot id), or this member's self-fence killed it (``fenced``): start it again, as LXD
+  starts what ran before a reboot;
 - otherwise it stopped by itself (a poweroff inside): that is reported, not undone
   (``self_stopped``), as in LXD.
 A converged instance that runs while it should be stopped is left alone: only the
@@ -68,13 +69,15 @@ def rebooted(seen_host: str, host: str) -> bool:
     return seen_host != host and seen_host.split("/", 1)[0] == member and "/" in seen_host
 
 
-def plan_power(want: Want, seen: Seen, actual: str, host: str) -> PowerPlan:
-    """The steps that take an instance whose host shows ``actual`` to ``want``."""
+def plan_power(want: Want, seen: Seen, actual: str, host: str,
+               fenced: bool = False) -> PowerPlan:
+    """The steps that take an instance whose host shows ``actual`` to ``want``;
+    ``fenced``: the member's self-fence stopped it (not the instance itself)."""
     if want.power == "Deleted" or actual not in ("Running", "Stopped", "Frozen"):
         return NOTHING
     changed = seen.generation < want.generation or want.boots > seen.boots
     restart = want.boots > seen.boots
-    again = rebooted(seen.host, host) and not want.moving
+    again = (fenced or rebooted(seen.host, host)) and not want.moving
     if want.power == "Running":
         if actual == "Stopped":
             if changed or again:

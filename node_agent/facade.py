@@ -5,7 +5,9 @@
     cluster/api handlers ──> NodeFacade ──> LocalNode (drivers by type, pools, images,
                                 │            bridges) and NodeAgent (images from peers,
                                 │            spares, a moved copy's removal)
-                                └─────────> VolumeMoves (volume_moves.py)
+                                ├─────────> VolumeMoves (volume_moves.py)
+                                └─────────> HeldReplicas (replication/holding.py: HA
+                                             replicas this member holds)
 
 The API never imports a driver, storage, network or image module: it asks the facade.
 What it gets back is plain data (dicts, paths, ``InstanceSpec``) or a typed
@@ -37,15 +39,22 @@ from node_agent.images.store import ImageInfo
 from node_agent.network.bridge import BridgeNetwork, list_host_interfaces
 from node_agent.node import InstanceSpec, LocalNode
 from node_agent.paths import Paths
+from node_agent.replication.holding import HeldReplicas
+from node_agent.replication.names import is_snapshot_name
 from node_agent.storage import pools as storage_pools
 from node_agent.volume_moves import Listing, VolumeMoves
 
-__all__ = ["FileTarget", "InstanceSpec", "Listing", "NodeFacade"]
+__all__ = ["FileTarget", "InstanceSpec", "Listing", "NodeFacade", "is_replica_snapshot"]
 
 LXC_LOG = "lxc.log"
 CONSOLE_LOG = "console.log"
 # (ca_pem, cert_pem, key_pem) of this member's leaf for QEMU's migration streams.
 MigrationCredentials = tuple[bytes, bytes, bytes]
+
+
+def is_replica_snapshot(name: object) -> bool:
+    """Whether ``name`` is an HA replica snapshot's (``r`` and 20 digits of ns)."""
+    return is_snapshot_name(name)
 
 
 @dataclass(frozen=True)
@@ -67,6 +76,7 @@ class NodeFacade:
         self._node = node
         self._agent = agent
         self.volumes = VolumeMoves(node, agent)
+        self.replicas: HeldReplicas = agent.replicas  # shared with the agent's sweep
 
     @property
     def paths(self) -> Paths:

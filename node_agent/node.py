@@ -41,6 +41,8 @@ class InstanceSpec:
     config: dict[str, str]
     devices: dict[str, dict[str, str]]
     type: str = "container"  # or "virtual-machine"
+    epoch: int = 0  # the placement epoch (``Instance.epoch``): a failover raises it
+    from_replica: str = ""  # set while a failover's create is to start it from a replica
 
     @property
     def is_vm(self) -> bool:
@@ -173,6 +175,13 @@ class LocalNode:
             return self.driver_for(instance_type).status(name)
         except NotFound:
             return "Stopped"
+
+    def instance_pid(self, name: str, instance_type: str = "container") -> int:
+        """The pid a fence kills (a container's init, a VM's QEMU); 0 if not running."""
+        try:
+            return self.driver_for(instance_type).pid(name)
+        except DriverError:
+            return 0
 
     def vm_migrations_left(self) -> list[tuple[str, Side]]:
         """The VMs that hold half of a live migration that nothing of this member follows

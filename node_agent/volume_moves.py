@@ -40,8 +40,9 @@ from node_agent.storage.transfer import (
     volume_listing,
 )
 from node_agent.storage.vm_volumes import VmVolumes
+from node_agent.volume_owner import RECEIVED_FOR
 
-MARKER = ".received-for"  # next to rootfs: which instance uid a received volume belongs to
+MARKER = RECEIVED_FOR  # next to rootfs: which instance uid a received volume belongs to
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,8 @@ daemon at start-up instead of being served open. The policies, checked once in
 - ``UNTRUSTED``: anyone (``GET /1.0``, adding a certificate with a trust token, joining);
 - ``TRUSTED``: the unix socket, or a TLS client whose certificate is in the trust store;
 - ``MEMBER``: only a peer presenting the cluster certificate, over TLS (the
-  ``/internal/`` routes members call on each other during moves and replica checks).
+  ``/internal/`` routes members call on each other during moves, replica checks and
+  HA replication).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from cluster.api.handlers import (
     evacuation,
     events,
     files,
+    ha_replicas,
     images,
     infra,
     instances,
@@ -112,6 +114,7 @@ def route_table() -> list[tuple[str, str, Any, str]]:
         *_members(volumes.ROUTES),
         *_members(migration.ROUTES),
         *_members(replicas.ROUTES_MEMBERS),
+        *_members(ha_replicas.ROUTES),
         # A joining member proves itself with its join token's secret.
         *[(m, p, h, UNTRUSTED) for m, p, h in cluster_join.ROUTES_UNTRUSTED],
     ]

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from cluster.state import reservations
 from cluster.state.commands import Command, Result, fail, ok
-from cluster.state.ha import can_hold
+from cluster.state.ha import can_hold, shipment_problem
 from cluster.state.model import Instance, Observed, Replica, State
 from cluster.state.placement import placement_problem
 
@@ -72,14 +72,11 @@ def replica_synced(state: State, cmd: Command) -> Result:
     if isinstance(inst, Result):
         return inst
     a = cmd.args
-    problem = _epoch_problem(inst, cmd)
+    member = str(a.get("member", ""))
+    problem = shipment_problem(inst, member, a.get("source"), a.get("placement_epoch"))
     if problem:
         return fail(409, problem)
-    if a.get("source") != inst.location:
-        return fail(409, f"Instance {inst.name} lives on {inst.location}, not {a.get('source')}")
-    replica = (inst.replicas or {}).get(str(a.get("member", "")))
-    if replica is None:
-        return fail(409, f"Member {a.get('member')!r} holds no replica of {inst.name}")
+    replica = inst.replicas[member]  # type: ignore[index]  # shipment_problem found it
     snapshot, synced_at = a.get("snapshot"), a.get("synced_at")
     if not isinstance(snapshot, str) or not snapshot or not isinstance(synced_at, int | float):
         return fail(400, "snapshot (a name) and synced_at (seconds) are required")

@@ -21,6 +21,7 @@ import hmac
 from cluster.state import validate
 from cluster.state.commands import Command, Result, fail, ok
 from cluster.state.model import JoinToken, Member, State
+from corral_shared.liveness import DEFAULT_OFFLINE_THRESHOLD, MIN_OFFLINE_THRESHOLD
 
 VOTER = "database"
 WITNESS = "witness"
@@ -28,12 +29,9 @@ ROLES = {VOTER, "database-standby"}  # what a user may set; WITNESS is given at 
 DEFAULT_MAX_VOTERS = 3
 
 
-DEFAULT_OFFLINE_THRESHOLD = 10.0
-MIN_OFFLINE_THRESHOLD = 3.0
-
-
 def offline_threshold(state: State) -> float:
-    """``cluster.offline_threshold`` in seconds (default 10, at least 3)."""
+    """``cluster.offline_threshold`` in seconds (default 4, at least 3: the figures
+    that members' fencing leases are built on, ``corral_shared.liveness``)."""
     value = state.config.get("cluster.offline_threshold", "")
     try:
         seconds = float(value) if value else DEFAULT_OFFLINE_THRESHOLD

@@ -95,3 +95,20 @@ def instance_ha_problem(state: State, inst: Instance) -> str:
 def lag(replica_synced_at: float, now: float) -> float | None:
     """How old a replica is at ``now`` (None: never synced)."""
     return None if replica_synced_at <= 0 else max(0.0, now - replica_synced_at)
+
+
+def shipment_problem(inst: Instance, holder: str, source: object,
+                     placement_epoch: object) -> str:
+    """Why replica data of ``inst`` that ``source`` read under ``placement_epoch`` must
+    neither reach holder ``holder`` nor be reported as held there, or ``""``. The holder
+    asks this on fresh state before it accepts a byte, and apply asks it again of the
+    report (``instance.replica_synced``): a source that a failover fenced (another
+    member, a raised epoch) or a member no longer chosen as holder is refused."""
+    if type(placement_epoch) is not int or placement_epoch != inst.epoch:
+        return (f"Stale placement epoch {placement_epoch!r}: instance {inst.name} is under "
+                f"epoch {inst.epoch} on {inst.location}")
+    if source != inst.location:
+        return f"Instance {inst.name} lives on {inst.location}, not {source}"
+    if holder not in (inst.replicas or {}):
+        return f"Member {holder!r} holds no replica of {inst.name}"
+    return ""

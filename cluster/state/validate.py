@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 from cluster.state.ha_keys import CONFIG_KEYS as HA_CONFIG_KEYS
+from corral_shared.liveness import MIN_OFFLINE_THRESHOLD
 from corral_shared.units import parse_size
 from scheduler import keys
 
@@ -147,9 +148,6 @@ def cluster_config_error(config: dict[str, str]) -> str:
         if problem:
             return problem
     return ""
-
-
-MIN_OFFLINE_THRESHOLD = 3.0  # seconds (apply_members.offline_threshold clamps to it too)
 
 
 def _cluster_key_error(key: str, value: str) -> str:

@@ -438,6 +438,11 @@ class LxcDriver:
         """LXD's status string: Running, Stopped, Frozen, ... (Error if unknown)."""
         return st.STATUS.get(self._reader(name)[1], st.ERROR_STATUS)[0]
 
+    def pid(self, name: str) -> int:
+        """The host pid of the container's init (killing it ends the container), 0 when
+        it does not run."""
+        return max(0, int(self._reader(name)[0].init_pid))
+
     def state(self, name: str) -> dict[str, Any]:
         """LXD's InstanceState, from cgroup and /proc files (no fork, well under 1 ms)."""
         container, lxc_state = self._reader(name)

@@ -8,8 +8,9 @@
     <pool>/images/<template key>/              an image's rootfs template (rootfs/ in a
                                                subvolume): every create snapshots it
     <pool>/virtual-machines/<instance>/        a VM's volume: a plain directory, as on dir
-    <pool>/replication/<instance>/<snap>/      read-only snapshots sent to a replica
-    <pool>/replicas/<instance>/<snap>/         read-only snapshots received from a source
+    <pool>/replication/<instance>/<snap>/      read-only snapshots sent to a replica holder
+    <pool>/replicas/<uid>/<snap>/              read-only snapshots received from a source,
+                                               by instance uid (node_agent/replication)
     <pool>/.tmp/<pid>-<token>/                 volumes in the making
 
 ``<pool>`` is a btrfs mount: by default a sparse loop file ``<CORRAL_DIR>/disks/<pool>.img``
@@ -85,12 +86,6 @@ class BtrfsPool(VolumeLayout):
 
     # layout ------------------------------------------------------------------
 
-    def replication_path(self, name: str) -> Path:
-        return self.path / "replication" / _check_name(name)
-
-    def replicas_path(self, name: str) -> Path:
-        return self.path / "replicas" / _check_name(name)
-
     def ensure(self) -> None:
         """Mount the pool if it is not (making its loop file on first use), create the
         layout and delete what crashed operations left in ``.tmp`` and half-received
@@ -107,10 +102,10 @@ class BtrfsPool(VolumeLayout):
             pid = entry.name.split("-", 1)[0]
             if not pid.isdigit() or not Path(f"/proc/{pid}").exists():
                 _remove(entry)
-        for name in _names(self.path / "replicas"):
-            for snap in _names(self.replicas_path(name)):
-                if not cli.is_readonly(self.replicas_path(name) / snap):
-                    _remove(self.replicas_path(name) / snap)  # a receive that was cut
+        for uid in _names(self.path / "replicas"):
+            for snap in _names(self.replicas_path(uid)):
+                if not cli.is_readonly(self.replicas_path(uid) / snap):
+                    _remove(self.replicas_path(uid) / snap)  # a receive that was cut
 
     def _mount(self) -> None:
         if self.device is None and self.loop_file is None:
@@ -177,13 +172,13 @@ class BtrfsPool(VolumeLayout):
         return target / "rootfs"
 
     def delete(self, name: str, missing_ok: bool = False) -> None:
-        """Remove the instance volume, its snapshots and its replication snapshots."""
+        """Remove the instance volume, its snapshots and its replication snapshots (not
+        replicas received here: those are by uid, ``drop_replicas``)."""
         target = self.instance_path(name)
         if not os.path.lexists(target) and not missing_ok:
             raise VolumeNotFound(f"instance volume {name} not found")
         _remove(target)
-        for holder in (self.snapshots_path(name), self.replication_path(name),
-                       self.replicas_path(name)):
+        for holder in (self.snapshots_path(name), self.replication_path(name)):
             _remove_holder(holder)
 
     def rename(self, old: str, new: str) -> None:
@@ -322,11 +317,13 @@ class BtrfsPool(VolumeLayout):
 
     # send/receive (replication) ------------------------------------------------
 
-    def send(self, name: str, parent: str | None, out: int | IO[bytes]) -> str:
-        """Take a new read-only replication snapshot of ``name``'s volume and write it to
-        ``out`` as a ``btrfs send`` stream: only what changed since replication snapshot
-        ``parent`` (which the receiver must hold) when given, else whole. Returns the new
-        snapshot's name (the parent of the next send); on failure it is deleted."""
+    def send(self, name: str, parent: str | None, out: int | IO[bytes],
+             snap: str | None = None) -> str:
+        """Take a new read-only replication snapshot of ``name``'s volume (named ``snap``,
+        else ``r<ns now>``) and write it to ``out`` as a ``btrfs send`` stream: only what
+        changed since replication snapshot ``parent`` (which the receiver must hold) when
+        given, else whole. Returns the new snapshot's name (the parent of the next send);
+        on failure it is deleted."""
         source = self.instance_path(name)
         if not source.is_dir():
             raise VolumeNotFound(f"instance volume {name} not found")
@@ -335,8 +332,10 @@ class BtrfsPool(VolumeLayout):
             base = self.replication_path(name) / _check_name(parent)
             if not base.is_dir():
                 raise VolumeNotFound(f"replication snapshot {name}/{parent} not found")
-        snap = f"r{time.time_ns():020d}"
+        snap = _check_name(snap or f"r{time.time_ns():020d}")
         target = self.replication_path(name) / snap
+        if os.path.lexists(target):
+            raise VolumeExists(f"replication snapshot {name}/{snap} already exists")
         target.parent.mkdir(mode=0o700, exist_ok=True)
         cli.snapshot(source, target, readonly=True)
         try:
@@ -353,12 +352,13 @@ class BtrfsPool(VolumeLayout):
     def drop_replication_snapshot(self, name: str, snap: str) -> None:
         _remove(self.replication_path(name) / _check_name(snap))
 
-    def receive(self, name: str, stream: int | IO[bytes]) -> str:
-        """Receive a ``send`` stream into ``replicas/<name>/`` (an incremental one needs
+    def receive(self, uid: str, stream: int | IO[bytes]) -> str:
+        """Receive a ``send`` stream into ``replicas/<uid>/`` (an incremental one needs
         its parent received there before); returns the snapshot's name. Raises
-        StorageError on a bad or cut stream, leaving nothing of it behind."""
-        holder = self.replicas_path(name)
-        holder.mkdir(mode=0o700, exist_ok=True)
+        StorageError on a bad or cut stream, leaving nothing of it behind (``ensure``
+        deletes what a crash in the middle left)."""
+        holder = self.replicas_path(uid)
+        holder.mkdir(mode=0o700, parents=True, exist_ok=True)
         before = set(_names(holder))
         try:
             cli.receive(holder, stream)
@@ -370,23 +370,34 @@ class BtrfsPool(VolumeLayout):
         if len(new) != 1 or not cli.received_uuid(holder / new[0]):
             for snap in new:
                 _remove(holder / snap)
-            raise StorageError(f"the stream for {name} held {len(new)} complete subvolumes, "
+            raise StorageError(f"the stream for {uid} held {len(new)} complete subvolumes, "
                                "expected one")
         return new[0]
 
-    def list_replicas(self, name: str) -> list[str]:
-        """Snapshots of ``name`` received here, oldest first."""
-        return _names(self.replicas_path(name))
+    def list_replicas(self, uid: str) -> list[str]:
+        """Complete snapshots of instance ``uid`` received here, oldest first (one still
+        being received is writable until its stream ends)."""
+        holder = self.replicas_path(uid)
+        return [snap for snap in _names(holder) if cli.is_readonly(holder / snap)]
 
-    def drop_replica(self, name: str, snap: str) -> None:
-        _remove(self.replicas_path(name) / _check_name(snap))
+    def replica_uids(self) -> list[str]:
+        """Uids of the instances with a complete snapshot received here, sorted."""
+        return [uid for uid in _names(self.path / "replicas") if self.list_replicas(uid)]
 
-    def promote_replica(self, name: str, snap: str) -> Path:
-        """Make received snapshot ``snap`` the instance volume of ``name`` (a writable
-        snapshot of it: instant); returns the rootfs. VolumeExists if there is one."""
-        source = self.replicas_path(name) / _check_name(snap)
+    def drop_replica(self, uid: str, snap: str) -> None:
+        _remove(self.replicas_path(uid) / _check_name(snap))
+
+    def drop_replicas(self, uid: str) -> None:
+        """Delete every snapshot of ``uid`` received here (none: nothing to do)."""
+        _remove_holder(self.replicas_path(uid))
+
+    def promote_replica(self, uid: str, snap: str, name: str) -> Path:
+        """Make received snapshot ``snap`` of ``uid`` the instance volume ``name`` (a
+        writable snapshot of it: instant); returns the rootfs. VolumeExists if there is
+        one, VolumeNotFound without the snapshot."""
+        source = self.replicas_path(uid) / _check_name(snap)
         if not source.is_dir():
-            raise VolumeNotFound(f"replica {name}/{snap} not found")
+            raise VolumeNotFound(f"replica {uid}/{snap} not found")
         target = self.instance_path(name)
         if os.path.lexists(target):
             raise VolumeExists(f"instance volume {name} already exists")

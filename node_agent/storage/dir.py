@@ -6,6 +6,8 @@
     <pool>/containers-snapshots/<instance>/<snap>/    a full copy of it
     <pool>/virtual-machines/<instance>/               a VM's volume: its qcow2 overlay
                                                       and snapshot names (drivers/qemu)
+    <pool>/replication/<instance>/<snap>              manifests of replicas sent from here
+    <pool>/replicas/<uid>/<snap>/                     replicas received (node_agent/replication)
     <pool>/.tmp/<pid>-<token>/                        copies in flight, trees being deleted
     <pool>/.spares/<template key>/<token>/rootfs/     ready-made copies of a template
 
@@ -61,6 +63,17 @@ class VolumeLayout:
         """Where the QEMU driver keeps a VM's disk (its snapshots are inside it)."""
         return self.path / "virtual-machines" / _check_name(name)
 
+    def replication_path(self, name: str) -> Path:
+        """What this member keeps of the replicas it sends of ``name``'s volume (btrfs:
+        read-only snapshots, dir: manifests); by instance name, so it is renamed and
+        deleted with the volume."""
+        return self.path / "replication" / _check_name(name)
+
+    def replicas_path(self, uid: str) -> Path:
+        """Replica snapshots received here of instance ``uid``'s volume; by uid, because
+        the instance can be renamed on the member that runs it."""
+        return self.path / "replicas" / _check_name(uid)
+
 
 class DirPool(VolumeLayout):
     """One ``dir`` pool. All methods block; callers run them in worker threads."""
@@ -78,7 +91,8 @@ class DirPool(VolumeLayout):
         for sub in ("", "containers", "containers-snapshots", "virtual-machines"):
             (self.path / sub).mkdir(parents=True, exist_ok=True)
             (self.path / sub).chmod(0o711)
-        for private in (self.path / ".tmp", self.path / ".spares"):
+        for private in (self.path / ".tmp", self.path / ".spares", self.path / "replication",
+                        self.path / "replicas"):
             private.mkdir(mode=0o700, exist_ok=True)
         spread_subdirectories(self.path / ".tmp")  # every new tree starts there
         for entry in (self.path / ".tmp").iterdir():
@@ -114,28 +128,36 @@ class DirPool(VolumeLayout):
         return target / "rootfs"
 
     def delete(self, name: str, missing_ok: bool = False) -> None:
-        """Remove the instance volume and all its snapshots."""
+        """Remove the instance volume, all its snapshots and its replication manifests."""
         target = self.instance_path(name)
         if not target.exists() and not missing_ok:
             raise VolumeNotFound(f"instance volume {name} not found")
         self._discard(target)
         self._discard(self.snapshots_path(name))
+        self._discard(self.replication_path(name))
 
     def rename(self, old: str, new: str) -> None:
-        """Rename the volume and its snapshots; on failure neither is renamed."""
-        src, dst = self.instance_path(old), self.instance_path(new)
-        snaps_src, snaps_dst = self.snapshots_path(old), self.snapshots_path(new)
+        """Rename the volume, its snapshots and its replication manifests; on failure
+        none is renamed."""
+        src = self.instance_path(old)
         if not src.is_dir():
             raise VolumeNotFound(f"instance volume {old} not found")
-        if snaps_dst.exists():
-            raise VolumeExists(f"snapshots of {new} already exist")
-        _rename(src, dst, _RENAME_NOREPLACE, what=f"instance volume {new}")
-        if snaps_src.exists():
-            try:
-                _rename(snaps_src, snaps_dst, _RENAME_NOREPLACE, what=f"snapshots of {new}")
-            except BaseException:
-                _rename(dst, src, _RENAME_NOREPLACE, what=f"instance volume {old}")
-                raise
+        moves = [(self.snapshots_path(old), self.snapshots_path(new)),
+                 (self.replication_path(old), self.replication_path(new))]
+        for _, dst in moves:
+            if os.path.lexists(dst):
+                raise VolumeExists(f"{dst} already exists")
+        _rename(src, self.instance_path(new), _RENAME_NOREPLACE, what=f"instance volume {new}")
+        done: list[tuple[Path, Path]] = [(src, self.instance_path(new))]
+        try:
+            for before, after in moves:
+                if before.exists():
+                    _rename(before, after, _RENAME_NOREPLACE, what=str(after))
+                    done.append((before, after))
+        except BaseException:
+            for before, after in reversed(done):
+                _rename(after, before, _RENAME_NOREPLACE, what=str(before))
+            raise
 
     def incoming_scratch(self) -> Path:
         """A directory in ``.tmp`` to unpack a volume arriving from another member into

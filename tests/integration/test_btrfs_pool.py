@@ -153,6 +153,9 @@ def test_adopt_turns_an_unpacked_tar_into_subvolumes(pool: BtrfsPool, template: 
     assert os.listdir(pool.path / ".tmp") == []
 
 
+UID = "6f1c0d2e-replica-uid"
+
+
 def _send(pool: BtrfsPool, name: str, parent: str | None) -> tuple[str, Path]:
     out = Path(tempfile.mkstemp(prefix="send-", dir=pool.path.parent.parent)[1])
     with open(out, "wb") as stream:
@@ -160,9 +163,9 @@ def _send(pool: BtrfsPool, name: str, parent: str | None) -> tuple[str, Path]:
     return snap, out
 
 
-def _receive(pool: BtrfsPool, name: str, stream_file: Path) -> str:
+def _receive(pool: BtrfsPool, uid: str, stream_file: Path) -> str:
     with open(stream_file, "rb") as stream:
-        return pool.receive(name, stream)
+        return pool.receive(uid, stream)
 
 
 def test_full_then_incremental_send_reproduces_the_volume(pool: BtrfsPool, other: BtrfsPool,
@@ -170,23 +173,28 @@ def test_full_then_incremental_send_reproduces_the_volume(pool: BtrfsPool, other
     rootfs = pool.create_from_template("c1", template)
     (rootfs / "big").write_bytes(os.urandom(4 << 20))
     first, full = _send(pool, "c1", None)
-    assert _receive(other, "c1", full) == first
-    replica = other.replicas_path("c1") / first
+    assert _receive(other, UID, full) == first
+    replica = other.replicas_path(UID) / first
     assert tree_state(replica / "rootfs") == tree_state(rootfs)
     (rootfs / "etc/hostname").write_text("changed on the source\n")
     (rootfs / "bin/cat").unlink()
     second, delta = _send(pool, "c1", first)
     assert delta.stat().st_size * 20 < full.stat().st_size, (delta.stat(), full.stat())
-    assert _receive(other, "c1", delta) == second
-    assert other.list_replicas("c1") == [first, second]
+    assert _receive(other, UID, delta) == second
+    assert other.list_replicas(UID) == [first, second]
     assert pool.list_replication_snapshots("c1") == [first, second]
-    assert tree_state(other.replicas_path("c1") / second / "rootfs") == tree_state(rootfs)
-    promoted = other.promote_replica("c1", second)
+    assert tree_state(other.replicas_path(UID) / second / "rootfs") == tree_state(rootfs)
+    promoted = other.promote_replica(UID, second, "c7")
     assert tree_state(promoted) == tree_state(rootfs)
     (promoted / "writable").write_text("yes")
+    assert other.list_instances() == ["c7"] and other.replica_uids() == [UID]
+    with pytest.raises(VolumeExists):
+        other.promote_replica(UID, first, "c7")
     pool.drop_replication_snapshot("c1", first)
-    other.drop_replica("c1", first)
-    assert other.list_replicas("c1") == [second]
+    other.drop_replica(UID, first)
+    assert other.list_replicas(UID) == [second]
+    other.drop_replicas(UID)
+    assert other.list_replicas(UID) == [] and other.replica_uids() == []
 
 
 def test_a_cut_or_orphan_stream_leaves_nothing_behind(pool: BtrfsPool, other: BtrfsPool,
@@ -197,12 +205,12 @@ def test_a_cut_or_orphan_stream_leaves_nothing_behind(pool: BtrfsPool, other: Bt
     with open(full, "r+b") as stream:
         stream.truncate(full.stat().st_size // 2)
     with pytest.raises(StorageError, match="receiv"):
-        _receive(other, "c1", full)
-    assert other.list_replicas("c1") == []
+        _receive(other, UID, full)
+    assert other.list_replicas(UID) == []
     (rootfs / "more").write_text("x")
     _, delta = _send(pool, "c1", first)
     with pytest.raises(StorageError):  # its parent was never received here
-        _receive(other, "c1", delta)
-    assert other.list_replicas("c1") == []
+        _receive(other, UID, delta)
+    assert other.list_replicas(UID) == []
     with pytest.raises(VolumeNotFound):
         pool.send("c1", "r-unknown", open(os.devnull, "wb"))

@@ -157,6 +157,22 @@ def test_rename_moves_the_volume_and_its_snapshots(pool: DirPool, template: Path
         pool.rename("c1", "c3")
 
 
+def test_replication_manifests_follow_a_rename_and_go_with_a_delete(
+        pool: DirPool, template: Path) -> None:
+    pool.create_from_template("c1", template)
+    pool.replication_path("c1").mkdir()
+    (pool.replication_path("c1") / "r1").write_text("manifest")
+    pool.replication_path("taken").mkdir()
+    with pytest.raises(VolumeExists):  # nothing moves when one part cannot
+        pool.rename("c1", "taken")
+    assert pool.exists("c1") and (pool.replication_path("c1") / "r1").exists()
+    pool.rename("c1", "c2")
+    assert (pool.replication_path("c2") / "r1").read_text() == "manifest"
+    assert not pool.replication_path("c1").exists()
+    pool.delete("c2")
+    assert not pool.replication_path("c2").exists()
+
+
 def test_delete_removes_snapshots_and_never_follows_symlinks_out(
         pool: DirPool, template: Path, tmp_path: Path) -> None:
     outside = tmp_path / "outside"

@@ -220,7 +220,8 @@ def test_a_vm_volume_arrives_in_the_target_pool_alone(tmp_path: Path) -> None:
     assert received.exists("v1")
     assert _tree(target.vm_volume_path("v1")) == _tree(source.vm_volume_path("v1"))
     assert sorted(p.name for p in target.path.iterdir()) == [
-        ".spares", ".tmp", "containers", "containers-snapshots", "virtual-machines"]
+        ".spares", ".tmp", "containers", "containers-snapshots", "replicas", "replication",
+        "virtual-machines"]
     with pytest.raises(VolumeExists):
         asyncio.run(receive_volume(received, "v1", _pipe(sent, "v1")))
     assert list((tmp_path / "b" / ".tmp").iterdir()) == []

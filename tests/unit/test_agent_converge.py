@@ -63,6 +63,12 @@ class FakeHost:
         self.images = SimpleNamespace(has=lambda fingerprint: True)
         self.instance_types = ["container"]
         self.vm_driver = None
+        self.paths = SimpleNamespace(root=None)  # no fencing lease file, no watchdog
+        self.pools: dict[str, Any] = {}  # heartbeats report the host's capacity
+        self.pids: dict[str, int] = {}
+
+    def instance_pid(self, name: str, instance_type: str = "container") -> int:
+        return self.pids.get(name, 0)
 
     def status(self, name: str, instance_type: str = "container") -> str:
         return self.statuses.get(name, "Stopped")

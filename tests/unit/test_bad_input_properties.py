@@ -24,7 +24,8 @@ from tests.unit.served_api import MEMBER, Served, served_api
 
 PARAMS = {"name": None, "fp": "IMAGE",  # the fingerprint, known once served
            "fingerprint": "cd" * 32, "id": "no-such-operation",
-          "snap": "snap0", "file": "exec-output.log", "mark": "no-such-mark"}
+          "snap": "snap0", "file": "exec-output.log", "mark": "no-such-mark",
+          "uid": "no-such-uid"}
 NAMES = [("/1.0/instances/", "c1"), ("/1.0/profiles/", "default"),
          ("/1.0/cluster/members/", MEMBER), ("/1.0/images/aliases/", "busybox"),
          ("/1.0/networks/", "corralbr0"), ("/1.0/storage-pools/", "default"),

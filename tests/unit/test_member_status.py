@@ -8,15 +8,15 @@ from corral_cli.cluster_cmds import usage
 from corral_shared.resources import GiB, MiB, Resources
 
 
-def test_offline_threshold_defaults_to_10s_and_is_at_least_3s() -> None:
+def test_offline_threshold_defaults_to_4s_and_is_at_least_3s() -> None:
     state = State()
-    assert offline_threshold(state) == 10.0
+    assert offline_threshold(state) == 4.0
     state.config["cluster.offline_threshold"] = "1"
     assert offline_threshold(state) == 3.0
     state.config["cluster.offline_threshold"] = "20"
     assert offline_threshold(state) == 20.0
     state.config["cluster.offline_threshold"] = "junk"
-    assert offline_threshold(state) == 10.0
+    assert offline_threshold(state) == 4.0
 
 
 def test_member_status_is_what_the_leader_committed_whatever_the_heartbeat_stamp() -> None:
@@ -37,7 +37,7 @@ def test_member_view_marks_the_leader() -> None:
     assert view["status"] == "Online" and view["url"] == "https://a:8443"
     member.liveness = "OFFLINE"
     offline = member_view(state, member, "b:8444")
-    assert offline["status"] == "Offline" and "10s" in offline["message"]
+    assert offline["status"] == "Offline" and "4s" in offline["message"]
 
 
 def test_member_view_shows_capacity_ratio_schedulable_and_used() -> None:

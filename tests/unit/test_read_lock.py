@@ -40,11 +40,12 @@ def test_a_list_renders_few_records_per_hold_of_the_lock(
         unlocked: list[str] = []
         render = views.instance
 
-        def counted(state: Any, inst: Any, status: str) -> dict[str, Any]:
+        def counted(state: Any, inst: Any, status: str,
+                    now: float | None = None) -> dict[str, Any]:
             if not lock.held:
                 unlocked.append(inst.name)
             per_hold[lock.hold] += 1
-            return render(state, inst, status)
+            return render(state, inst, status, now)
 
         monkeypatch.setattr(views, "instance", counted)
         listed = served.api.get("/1.0/instances?recursion=1")

@@ -520,6 +520,10 @@ class QemuDriver:
         self._spec(name)
         return self._status(name)[0][0]
 
+    def pid(self, name: str) -> int:
+        """The pid of the VM's QEMU (the process a fence kills), 0 when it does not run."""
+        return self._pid(name)
+
     def state(self, name: str) -> dict[str, Any]:
         """LXD's InstanceState: memory is QEMU's resident set, CPU its CPU time, network
         the taps' counters (seen from the guest)."""

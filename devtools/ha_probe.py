@@ -1,0 +1,33 @@
+"""Where a container really runs, read from /proc: the HA tests' and benchmark's eyes.
+
+Corral's own view (the API's ``location`` and ``status``) is what is being tested, so the
+double-running check must not trust it: a container runs on a member when that member's
+``[lxc monitor] <root>/containers <name>`` process is alive.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+from devtools.host_kill import Proc, read_procs
+
+
+def hosts_running(procs: list[Proc], roots: Mapping[str, Path], name: str) -> list[str]:
+    """The members (by name, from ``roots``: member -> CORRAL_DIR) whose host runs
+    container ``name`` according to ``procs`` (pure)."""
+    found = set()
+    for proc in procs:
+        if proc.state == "Z" or "[lxc monitor]" not in proc.cmdline:
+            continue
+        for member, root in roots.items():
+            if proc.cmdline.rstrip().endswith(f"{root}/containers {name}"):
+                found.add(member)
+    # A member counts once: while a container starts, its init is a fork of the monitor
+    # with the monitor's command line until it execs (two processes, one host).
+    return sorted(found)
+
+
+def running_on(roots: Mapping[str, Path], name: str) -> list[str]:
+    """``hosts_running`` on this machine's /proc now."""
+    return hosts_running(read_procs(), roots, name)
