@@ -195,6 +195,11 @@ def member_statuses(run: HaRun, avoid: str = "") -> dict[str, str]:
             for m in get(run, "/1.0/cluster/members?recursion=1", avoid) or []}
 
 
+def leader(run: HaRun) -> str:
+    return next((m["server_name"] for m in get(run, "/1.0/cluster/members?recursion=1") or []
+                 if "database-leader" in m.get("roles", [])), "")
+
+
 def rootfs(member: DaemonProcess, name: str) -> Path | None:
     found = sorted(member.root.glob(f"storage-pools/*/containers/{name}/rootfs"))
     return found[0] if found else None
@@ -275,12 +280,13 @@ def fault(run: HaRun, kind: str) -> None:
     view = instances_view(run)
     interval = {n: float((view.get(n, {}).get("ha") or {}).get("replication_interval", 5.0))
                 for n in moving}
+    role = "leader" if host == leader(run) else "follower"
     injected = time.monotonic()
     if run.returns:  # the previous returned host is judged until this fault
         run.returns[-1] = replace(run.returns[-1], until=injected)
     inject(run, kind, host)
     run.faults += 1
-    run.note(f"{kind} {host}, which runs {', '.join(moving)}")
+    run.note(f"{kind} {host} ({role}), which runs {', '.join(moving)}")
     try:
         for name in moving:
             run.failovers.append(follow(run, name, host, injected, interval[name]))
@@ -342,9 +348,9 @@ def follow(run: HaRun, name: str, old: str, injected: float, interval: float) ->
     return record
 
 
-def play(members: list[DaemonProcess], seed: int = 15) -> HaRun:
-    """Launch the HA containers, inject each of FAULTS in turn, then stop sampling;
-    every fault undone in the end, also on failure."""
+def play(members: list[DaemonProcess], rounds: int = 1, seed: int = 15) -> HaRun:
+    """Launch the HA containers, inject each of FAULTS in turn (``rounds`` times), then
+    stop sampling; every fault undone in the end, also on failure."""
     run = HaRun({m.root.name: m for m in members},
                 [f"ha{i + 1}" for i in range(INSTANCES)], random.Random(seed))
     sampler = threading.Thread(target=sample_loop, args=(run,), daemon=True,
@@ -352,7 +358,7 @@ def play(members: list[DaemonProcess], seed: int = 15) -> HaRun:
     sampler.start()
     try:
         launch(run)
-        for kind in FAULTS:
+        for kind in FAULTS * rounds:
             fault(run, kind)
         time.sleep(2.0)  # a last look at the returned host
     finally:
