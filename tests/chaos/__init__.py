@@ -31,4 +31,10 @@ The checker (history, durability, linearizability, checker) imports nothing of
 a client sees it. The driver does: ``run.py`` (clients, the run), ``instances.py``
 (container operations), ``faults.py`` (the nemesis, over ``devtools.nemesis`` and
 ``devtools.nemesis_disk``) and ``api.py`` (requests to a member's socket).
+
+HA has a checker and a driver of its own: ``ha_checker.py`` (pure: no instance on two
+hosts in any /proc sample, a failover's counter loss within one replication interval
+plus the detection time, no returned host running an instance that left it) and
+``ha_run.py`` (HA containers counting in their rootfs while a host is killed whole,
+cut off or frozen), run by ``test_ha_profile.py``.
 """

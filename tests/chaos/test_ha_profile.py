@@ -1,0 +1,42 @@
+"""The HA chaos profile: 3 HA containers counting in their rootfs on a real 3-member
+cluster, and a host running some of them killed whole (then started again), cut off
+both ways (then healed) and its daemon frozen with SIGSTOP (then continued), each held
+until its HA containers run elsewhere (``ha_run.py``). Then ``ha_checker``: no container
+ever on two hosts in /proc, each failover's counter within one replication interval plus
+the detection time of the old copy's last write, no returned host running a container
+that left it. One round of the three faults (about a minute); three with
+``CORRAL_CHAOS=long`` (``make chaos``).
+
+The issue also asks for an HA VM among the workload: VM replication (QEMU's dirty-bitmap
+backups) is not built yet and ``cluster.ha=restart`` is refused on a VM, so the VM is
+left out until it is.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+from tests.chaos.ha_checker import check
+from tests.chaos.ha_run import FAULTS, play
+from tests.cluster.conftest import namespace_cluster
+
+pytestmark = pytest.mark.real
+
+ROUNDS = 3 if os.environ.get("CORRAL_CHAOS") == "long" else 1  # make chaos: 3 rounds
+
+
+@pytest.mark.timeout(300 * ROUNDS)  # a round: about 1 minute on 2 cores
+def test_ha_containers_never_run_twice_lose_at_most_an_interval_and_never_come_back() -> None:
+    started = time.monotonic()
+    with namespace_cluster(3) as members:
+        run = play(members, ROUNDS)
+        print("\n" + "\n".join(run.log))
+    report = check(run.samples, run.failovers, run.returns)
+    print("3 members:", report.line(run.faults), f"({time.monotonic() - started:.0f} s)")
+    failures = run.problems + [f"{v.check}: {v.detail}" for v in report.violations]
+    assert run.faults == len(FAULTS) * ROUNDS, failures
+    assert report.failovers == len(run.failovers) >= run.faults, failures
+    assert report.samples > 0 and not failures, "\n".join(failures)
