@@ -78,14 +78,19 @@ API_PORT = 8443
 
 
 def form_cluster(members: list[DaemonProcess], addresses: list[str],
-                 join_seconds: list[float] | None = None, witness: bool = False) -> None:
+                 join_seconds: list[float] | None = None, witness: bool = False,
+                 storage_backend: str = "dir") -> None:
     """One cluster: the first member starts it on its host address, every other one
     joins it with a single-use token from ``corral cluster add`` (as a user would); with
-    ``witness`` the last one joins as a witness (``init --join TOKEN --witness``)."""
+    ``witness`` the last one joins as a witness (``init --join TOKEN --witness``). The
+    default pool is ``storage_backend``'s (a btrfs pool on a 4 GiB sparse loop file per
+    member), as every member's pool is the cluster's pool."""
     first = members[0]
+    storage = (["--storage-backend", "btrfs", "--storage-create-loop", "4"]
+               if storage_backend == "btrfs" else [])
     first.corral("init", "--auto", "--bridge-name", first.bridge, "--network-address",
                  first.address, "--address", f"{addresses[0]}:{API_PORT}",
-                 "--member-name", member_name(1))
+                 "--member-name", member_name(1), *storage)
     for index, (member, address) in enumerate(zip(members[1:], addresses[1:],
                                                   strict=True), start=2):
         out = first.corral("cluster", "add", member_name(index)).stdout.decode()
@@ -99,7 +104,8 @@ def form_cluster(members: list[DaemonProcess], addresses: list[str],
 
 
 def up(nodes: int, directory: Path = DEFAULT_DIR,
-       join_seconds: list[float] | None = None, witness: bool = False) -> list[DaemonProcess]:
+       join_seconds: list[float] | None = None, witness: bool = False,
+       storage_backend: str = "dir") -> list[DaemonProcess]:
     """Start ``nodes`` members under ``directory``; on any failure remove what was made.
     With ``witness`` the last member joins as a witness (it holds no instances).
 
@@ -141,7 +147,7 @@ def up(nodes: int, directory: Path = DEFAULT_DIR,
         for member in members:
             member.wait_ready()
         form_cluster(members, [m["address"].split("/")[0] for m in state["members"]],
-                     join_seconds, witness)
+                     join_seconds, witness, storage_backend)
     except BaseException:
         down(directory)
         raise

@@ -16,7 +16,8 @@ from tests.integration.conftest import real_prerequisites
 
 
 @contextmanager
-def namespace_cluster(nodes: int, witness: bool = False) -> Iterator[list[DaemonProcess]]:
+def namespace_cluster(nodes: int, witness: bool = False,
+                      storage_backend: str = "dir") -> Iterator[list[DaemonProcess]]:
     """A formed cluster of ``nodes`` members (with ``witness`` the last one joins as a
     witness); their logs are kept in /tmp/corral-cluster-logs."""
     problem = real_prerequisites()
@@ -24,7 +25,8 @@ def namespace_cluster(nodes: int, witness: bool = False) -> Iterator[list[Daemon
         pytest.skip(problem)
     directory = Path("/tmp") / f"corral-cluster-{secrets.token_hex(3)}"
     try:
-        yield devcluster.up(nodes, directory, witness=witness)
+        yield devcluster.up(nodes, directory, witness=witness,
+                            storage_backend=storage_backend)
     finally:
         keep = Path("/tmp/corral-cluster-logs")
         keep.mkdir(exist_ok=True)

@@ -17,12 +17,16 @@ outside corral:
 from __future__ import annotations
 
 import json
+import subprocess
+import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from devtools import devcluster
 from devtools.ha_probe import running_on as _running_on
 from devtools.harness import DaemonProcess
 from tests.cluster.conftest import namespace_cluster
@@ -52,18 +56,43 @@ def running_on(members: dict[str, DaemonProcess], name: str) -> list[str]:
     return _running_on({m: d.root for m, d in members.items()}, name)
 
 
+def _has_copy(daemon: DaemonProcess) -> bool:
+    """Whether the member's pool still has the container's volume (looked at in the
+    daemon's mount namespace: a btrfs pool is mounted there only)."""
+    state = devcluster.read_state(daemon.root.parent)
+    pid = next(m["pid"] for m in state["members"] if m["corral_dir"] == str(daemon.root))
+    path = daemon.root / "storage-pools" / "default" / "containers" / NAME
+    found = subprocess.run(["nsenter", "-t", str(pid), "-m", "stat", "-c", "%n",
+                            str(path)], check=False, timeout=30, capture_output=True)
+    assert b"No such file" in found.stderr or found.returncode == 0, found.stderr
+    return found.returncode == 0
+
+
 def _instance(member: DaemonProcess) -> dict[str, Any]:
     status, doc = Api(str(member.socket)).call("GET", f"/1.0/instances/{NAME}")
     return doc.get("metadata") or {} if status == 200 else {}
 
 
 def _counter_on_disk(daemon: DaemonProcess) -> int:
-    path = daemon.root / "storage-pools" / "default" / "containers" / NAME / "rootfs" / "counter"
-    return int(path.read_text().strip())
+    """The counter the dead host's copy wrote last, read from its disk. A btrfs pool was
+    mounted in the daemon's own mount namespace, gone with the host: its loop file is
+    mounted read-only here for the read (as one would read a dead host's disk)."""
+    inside = Path("containers") / NAME / "rootfs" / "counter"
+    loop = daemon.root / "disks" / "default.img"
+    if not loop.exists():
+        return int((daemon.root / "storage-pools" / "default" / inside).read_text().strip())
+    with tempfile.TemporaryDirectory() as mountpoint:
+        subprocess.run(["mount", "-o", "ro,loop", str(loop), mountpoint], check=True,
+                       timeout=60)
+        try:
+            return int((Path(mountpoint) / inside).read_text().strip())
+        finally:
+            subprocess.run(["umount", mountpoint], check=True, timeout=60)
 
 
-def test_a_killed_hosts_ha_container_runs_again_elsewhere_with_its_data() -> None:
-    with namespace_cluster(3) as started:
+@pytest.mark.parametrize("backend", ["dir", "btrfs"])
+def test_a_killed_hosts_ha_container_runs_again_elsewhere_with_its_data(backend: str) -> None:
+    with namespace_cluster(3, storage_backend=backend) as started:
         members = {m.root.name: m for m in started}
         leader = _leader(members["m1"])
         assert leader in members
@@ -98,8 +127,8 @@ def test_a_killed_hosts_ha_container_runs_again_elsewhere_with_its_data() -> Non
         after = int(members[target].corral("exec", NAME, "--", "cat", "/counter")
                     .stdout.strip())
         failover = inst["ha"]["last_failover"]
-        print(f"failover {victim} -> {target} in {took:.1f} s; counter {before} before the "
-              f"kill, {after} from the replica; {json.dumps(failover)}")
+        print(f"{backend}: failover {victim} -> {target} in {took:.1f} s; counter {before} "
+              f"before the kill, {after} from the replica; {json.dumps(failover)}")
         assert running_on(members, NAME) == [target]
         assert double == []
         assert inst["ha"]["epoch"] == 1 and failover["from"] == victim
@@ -109,8 +138,8 @@ def test_a_killed_hosts_ha_container_runs_again_elsewhere_with_its_data() -> Non
 
         _dev(cli, "start", victim)
         came_back = members[victim]
-        copy = came_back.root / "storage-pools" / "default" / "containers" / NAME
-        _until(lambda: not copy.exists(), 60, f"{victim} drops its stale copy", sample)
+        _until(lambda: not _has_copy(came_back), 60, f"{victim} drops its stale copy",
+               sample)
         assert running_on(members, NAME) == [target] and double == []
         _until(lambda: [r for r in (_instance(cli).get("ha") or {}).get("replicas", [])
                         if r.get("snapshot") and r.get("epoch") == 1], 60,
