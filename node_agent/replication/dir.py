@@ -19,6 +19,16 @@ copy is renamed into ``replicas/`` only once the stream ended with its end mark;
 or bad stream leaves only the scratch directory, which is removed at once (or by
 ``DirPool.ensure`` after a crash).
 
+The instance runs while its volume is read and may turn any directory in it into a
+symlink to anywhere between the walk and the tar, so tar is never given a path below
+the volume's root to open: it recurses from the root (never following a symlink) and
+leaves out the unchanged files by exact name (``transfer.skippable``). It may so find
+paths made after the walk; the manifest kept of the snapshot names them as well (tar
+lists what it archives: ``manifest.with_archived``), so the next delta deletes them from
+the holder once they are gone. A send fails, and the holder keeps nothing of it, if tar
+warns of more than the volume changing under it: a file it could not read would be
+missing from the replica (``tar_output.unexpected_warnings``).
+
 Promotion renames the snapshot to the instance volume; the holder's older snapshots of
 it are deleted first, because they share inodes with what is about to become writable.
 """
@@ -54,7 +64,8 @@ from node_agent.storage.dir import (
     _rename,
 )
 from node_agent.storage.errors import StorageError, VolumeExists, VolumeNotFound
-from node_agent.storage.transfer import CHUNK, TAR_FLAGS, _untar
+from node_agent.storage.tar_output import split_listing, unexpected_warnings
+from node_agent.storage.transfer import CHUNK, TAR_FLAGS, Basis, _untar, skippable
 
 LINK_COPY_TIMEOUT = 600.0
 # tar exits 1 when a file changed while it read it: a running instance's volume does.
@@ -85,12 +96,15 @@ class DirReplicas:
         held = await asyncio.to_thread(self._manifest, name, parent)
         base = parent if held is not None else None
         entries = await asyncio.to_thread(manifest.scan, volume)
-        members = manifest.to_send(entries, held, None if base is None else moment_ns(base))
-        gone = b"" if held is None else manifest.removed(entries, held)
+        skip, gone = [], b""
+        if held is not None and base is not None:
+            skip = skippable(entries, Basis(held, moment_ns(base)))
+            gone = manifest.removed(entries, held)
         await out.header(Header(self.kind, uid, base, snapshot, gone))
-        await _tar(volume, members, out.payload)
+        archived = await _tar(volume, skip, out.payload)
         await out.end()
-        await asyncio.to_thread(self._remember, name, snapshot, manifest.encode(entries), parent)
+        kept = manifest.encode(manifest.with_archived(entries, archived))
+        await asyncio.to_thread(self._remember, name, snapshot, kept, parent)
         return held is None
 
     def _manifest(self, name: str, parent: str | None) -> dict[bytes, tuple[int, int]] | None:
@@ -240,27 +254,37 @@ def _link_copy(src: Path, dst: Path) -> None:
         raise StorageError(f"linking a copy of {src} failed: {proc.stderr.strip()[-2000:]}")
 
 
-async def _tar(volume: Path, members: list[bytes],
-               emit: Callable[[bytes], Awaitable[None]]) -> None:
-    """Write a tar of ``members`` (paths in ``volume``, no recursion) through ``emit``.
-    A member that vanished meanwhile is left out. StorageError if tar fails."""
+async def _tar(volume: Path, skip: list[bytes],
+               emit: Callable[[bytes], Awaitable[None]]) -> list[tuple[bytes, bool]]:
+    """Write a tar of ``volume`` but the files in ``skip`` (paths in it, each one that
+    ``transfer.exact_pattern`` accepts) through ``emit``; returns what it archived (path,
+    whether a directory). tar recurses from the root, so it never opens a path through
+    a symlink. StorageError if tar fails or warns of more than the volume changing under
+    it."""
     proc = await asyncio.create_subprocess_exec(
-        "tar", *TAR_FLAGS, "--no-recursion", "--null", "--verbatim-files-from",
-        "--ignore-failed-read", "--blocking-factor=1",  # no padding to 10 KiB records
-        "-C", str(volume), "-cf", "-", "-T", "-",
+        "tar", *TAR_FLAGS, "--ignore-failed-read", "--blocking-factor=1",  # no padding
+        "--verbose", "--quoting-style=escape",  # the listing goes to stderr
+        "--anchored", "--no-wildcards", "--exclude-from=-",
+        "-C", str(volume), "-cf", "-", ".",
         stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE)
+        stderr=asyncio.subprocess.PIPE, env={**os.environ, "LC_ALL": "C"})
     assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
-    feeder = asyncio.create_task(_feed(proc.stdin, b"".join(m + b"\0" for m in members)))
+    feeder = asyncio.create_task(_feed(proc.stdin, b"".join(b"./" + p + b"\n" for p in skip)))
     errors = asyncio.create_task(proc.stderr.read())  # read meanwhile: a full pipe blocks tar
     try:
         while chunk := await proc.stdout.read(CHUNK):
             await emit(chunk)
         await feeder
         rc = await proc.wait()
-        if rc not in _TAR_OK:
+        stderr = await errors
+        try:
+            archived, said = split_listing(stderr)
+        except ValueError as exc:
+            raise StorageError(f"reading the volume at {volume}: {exc}") from exc
+        odd = unexpected_warnings(said)
+        if rc not in _TAR_OK or odd:
             raise StorageError(f"reading the volume at {volume} failed: "
-                               f"{(await errors).decode(errors='replace')[-400:]}")
+                               f"{b' '.join(odd or [said]).decode(errors='replace')[-400:]}")
     finally:
         for task in (feeder, errors):
             task.cancel()
@@ -269,6 +293,7 @@ async def _tar(volume: Path, members: list[bytes],
         if proc.returncode is None:
             proc.kill()
             await proc.communicate()  # drain the pipes: wait() alone hangs on a full one
+    return archived
 
 
 async def _feed(stdin: asyncio.StreamWriter, data: bytes) -> None:

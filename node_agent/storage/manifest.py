@@ -15,6 +15,8 @@ other name of a hard-linked file it carries, so links stay links.
 
 The holder deletes what the source's walk no longer finds (``removed``): it holds no
 path its parent's manifest lacks, so that list is all it needs, not every path again.
+A tar of a running instance's volume may find a path made after the walk, so that
+manifest holds what the tar archived as well (``with_archived``).
 
 A tree read while it changes (a running container's) is known to have been read as a
 walk before the read saw it only where ``settled`` says so: see there.
@@ -120,6 +122,24 @@ def to_send(entries: list[Entry], parent: Mapping[bytes, tuple[int, int]] | None
               if c and e.kind == b"f" and e.nlink > 1}
     return [e.path for e, c in zip(entries, chosen, strict=True)
             if c or (e.kind == b"f" and e.ino in linked)]
+
+
+def with_archived(entries: list[Entry], archived: Iterable[tuple[bytes, bool]],
+                  ) -> list[Entry]:
+    """The manifest of what a holder has once it unpacked a tar read after the walk that
+    found ``entries``: those, and each path the tar archived (with whether it is a
+    directory) that the walk did not find, as made between the walk and the read. Such
+    a path is kept under each kind it may have (a directory; else a file or a symlink)
+    with inode 0, which no file has: the next delta sends it again if it is still
+    there, and deletes it from the holder if it is gone (``removed``)."""
+    keys = {e.key for e in entries}
+    extra = []
+    for path, directory in archived:
+        for kind in (b"d",) if directory else (b"f", b"l"):
+            if kind + path not in keys:
+                keys.add(kind + path)
+                extra.append(Entry(path, kind, 0, 0))
+    return [*entries, *extra]
 
 
 def under(entries: Iterable[Entry], prefix: bytes) -> list[Entry]:

@@ -37,7 +37,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import re
 import secrets
 import stat
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -49,16 +48,11 @@ from node_agent.storage import manifest
 from node_agent.storage.baseline import MANIFEST, read_baseline_manifest
 from node_agent.storage.dir import _remove_tree
 from node_agent.storage.errors import StorageError, VolumeExists, VolumeNotFound
+from node_agent.storage.tar_output import unexpected_warnings
 
 CHUNK = 1 << 20
 TAR_FLAGS = ["--numeric-owner", "--xattrs", "--xattrs-include=*", "--acls"]
 SAME_PRECOPY_S = 1e-3  # a delta names its pre-copy by the moment it began
-# What tar reports of a tree that changes while it reads it (LC_ALL=C). Each such path
-# differs between the walks before and after, so ``manifest.settled`` leaves it out.
-_HARMLESS = re.compile(
-    rb"tar: .*: (?:file changed as we read it|File removed before we read it"
-    rb"|socket ignored|File shrank by \d+ bytes?; padding with zeros"
-    rb"|Warning: Cannot \w+: (?:No such file or directory|Not a directory))")
 
 
 @dataclass(frozen=True)
@@ -283,12 +277,6 @@ async def send_precopy(pool: VolumeHolder, name: str,
     after = await asyncio.to_thread(volume_entries, pool, name)
     kept = manifest.settled(before, after, moment_ns)
     return sent, Basis({e.key: (e.ino, e.ctime_ns) for e in kept}, moment_ns)
-
-
-def unexpected_warnings(stderr: bytes) -> list[bytes]:
-    """The lines of tar's ``stderr`` that say more than that the tree changed while it
-    was read (an unreadable file would be missing from the receiver's copy)."""
-    return [line for line in stderr.splitlines() if not _HARMLESS.fullmatch(line)]
 
 
 def _unchanged(pool: VolumeHolder, name: str, basis: Basis) -> list[bytes]:

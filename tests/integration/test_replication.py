@@ -5,17 +5,25 @@ snapshots never change, cut streams leave nothing, and a replica promotes to a v
 from __future__ import annotations
 
 import asyncio
+import io
 import os
 import shutil
 import subprocess
-from collections.abc import AsyncIterator, Iterator
+import tarfile
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from node_agent.replication.errors import BadStream, ParentNotHeld
-from node_agent.replication.framing import Header, encode_end, encode_frame, encode_header
+from node_agent.replication.framing import (
+    Header,
+    StreamReader,
+    encode_end,
+    encode_frame,
+    encode_header,
+)
 from node_agent.replication.names import new_snapshot_name
 from node_agent.replication.volumes import (
     ReplicaSent,
@@ -300,3 +308,157 @@ def test_a_dir_delta_never_deletes_through_a_symlink(tmp_path: Path, template: P
         encode_header(header), encode_frame(tar), encode_end(len(tar)))))
     assert (outside / "precious").read_text() == "keep"
     assert list_replica_snapshots(holder, UID) == [first.snapshot, snap]
+
+
+def _dir_pools(tmp_path: Path) -> tuple[DirPool, DirPool]:
+    source, holder = DirPool("s", tmp_path / "s"), DirPool("h", tmp_path / "h")
+    source.ensure()
+    holder.ensure()
+    return source, holder
+
+
+async def _send_into(chunks: list[bytes], source: StoragePool, parent: str | None,
+                     snapshot: str) -> ReplicaSent:
+    async def write(data: bytes) -> None:
+        chunks.append(data)
+
+    return await send_replica(source, "c1", UID, parent, write, snapshot=snapshot)
+
+
+def _tar_members(chunks: list[bytes]) -> dict[str, tuple[bytes, bytes]]:
+    """The members of the tar in a whole replica stream: {name without "./": (type,
+    data of a regular file)}."""
+    async def payload() -> bytes:
+        reader = StreamReader(_chunks(*chunks))
+        await reader.header()
+        return b"".join([piece async for piece in reader.payload()])
+
+    members: dict[str, tuple[bytes, bytes]] = {}
+    with tarfile.open(fileobj=io.BytesIO(asyncio.run(payload()))) as tar:
+        for info in tar:
+            f = tar.extractfile(info) if info.isreg() else None
+            data = f.read() if f is not None else b""
+            members[info.name.removeprefix("./")] = (info.type, data)
+    return members
+
+
+def _walk_then(monkeypatch: pytest.MonkeyPatch, act: Callable[[], None]) -> None:
+    """Make the container ``act`` once a dir source's walk of the volume is over, before
+    its tar reads it."""
+    walk = manifest.scan
+
+    def walk_then_act(root: Path) -> list[manifest.Entry]:
+        entries = walk(root)
+        act()
+        return entries
+
+    monkeypatch.setattr(manifest, "scan", walk_then_act)
+
+
+def test_a_dir_send_never_reads_through_a_directory_the_container_swapped_for_a_symlink(
+        tmp_path: Path, template: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Between the walk and the tar the container replaces a directory it made with a
+    symlink to a host directory holding files of the same names: the stream holds the
+    symlink and nothing read through it, and the replica ends as the volume is."""
+    source, holder = _dir_pools(tmp_path)
+    rootfs = source.create_from_template("c1", template)
+    first, _ = asyncio.run(_ship(source, holder, None))
+    host = tmp_path / "host"
+    (host / "etc").mkdir(parents=True)
+    (host / "etc/shadow").write_text("HOST SECRET\n")
+    x = rootfs / "x"
+    (x / "etc").mkdir(parents=True)
+    (x / "etc/shadow").write_text("the container's\n")
+
+    def swap() -> None:
+        shutil.rmtree(x)
+        x.symlink_to(host)
+
+    _walk_then(monkeypatch, swap)
+    chunks: list[bytes] = []
+    asyncio.run(_send_into(chunks, source, first.snapshot, new_snapshot_name()))
+    members = _tar_members(chunks)
+    assert members["rootfs/x"][0] == tarfile.SYMTYPE
+    assert not [n for n in members if n.startswith("rootfs/x/")]
+    assert not [n for n, (_, data) in members.items() if b"HOST" in data]
+
+    monkeypatch.undo()
+    second, _ = asyncio.run(_ship(source, holder, first.snapshot))
+    replica = _snap(holder, second.snapshot)
+    assert os.readlink(replica / "rootfs/x") == str(host)
+    assert tree_state(replica) == tree_state(source.instance_path("c1"))
+    assert (host / "etc/shadow").read_text() == "HOST SECRET\n"
+
+
+def test_paths_made_between_the_walk_and_the_tar_leave_the_replica_with_the_volume(
+        tmp_path: Path, template: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What tar finds that the walk did not (odd names too) reaches the holder, and the
+    next delta deletes it there once it is gone from the volume: the source remembers
+    what tar said it archived, not only what it walked."""
+    source, holder = _dir_pools(tmp_path)
+    rootfs = source.create_from_template("c1", template)
+    first, _ = asyncio.run(_ship(source, holder, None))
+    odd = [b"nl\nx", b"back\\slash", b"caf\xc3\xa9", b"\xff raw", b"trailing ", b"\x01ctl",
+           b"tab\tq?\"*[x]", b"-> arrow"]
+
+    def make() -> None:
+        (rootfs / "late").mkdir()
+        (rootfs / "late/inner").write_text("late\n")
+        (rootfs / "late.lnk").symlink_to("late")
+        for name in odd:
+            with open(os.path.join(os.fsencode(rootfs / "tmp"), name), "wb") as f:
+                f.write(name)
+
+    _walk_then(monkeypatch, make)
+    second, _ = asyncio.run(_ship(source, holder, first.snapshot))
+    monkeypatch.undo()
+    replica = _snap(holder, second.snapshot) / "rootfs"
+    assert (replica / "late/inner").read_text() == "late\n"
+    assert sorted(os.listdir(os.fsencode(replica / "tmp"))) == sorted(odd)
+    shutil.rmtree(rootfs / "late")
+    (rootfs / "late.lnk").unlink()
+    for name in odd:
+        os.unlink(os.path.join(os.fsencode(rootfs / "tmp"), name))
+    third, _ = asyncio.run(_ship(source, holder, second.snapshot))
+    assert tree_state(_snap(holder, third.snapshot)) == tree_state(source.instance_path("c1"))
+
+
+def _write_only_attribute() -> Path | None:
+    """A sysfs file that even root cannot open for reading (a write-only attribute), of
+    a size tar would read."""
+    for path in [Path("/sys/bus/pci/rescan"), *sorted(Path("/sys/bus").glob("*/uevent"))]:
+        try:
+            with open(path, "rb"):
+                continue
+        except PermissionError:
+            return path
+        except OSError:
+            continue
+    return None
+
+
+def test_a_file_tar_cannot_read_fails_the_send_and_the_holder_keeps_nothing(
+        tmp_path: Path, template: Path) -> None:
+    attribute = _write_only_attribute()
+    if attribute is None:
+        pytest.skip("no write-only sysfs attribute to make an unreadable file of")
+    source, holder = _dir_pools(tmp_path)
+    rootfs = source.create_from_template("c1", template)
+    first, _ = asyncio.run(_ship(source, holder, None))
+    unreadable = rootfs / "etc/unreadable"
+    unreadable.touch()
+    subprocess.run(["mount", "--bind", str(attribute), str(unreadable)], check=True)
+    try:
+        for parent in (first.snapshot, None):
+            chunks: list[bytes] = []
+            snap = new_snapshot_name()
+            with pytest.raises(StorageError, match="unreadable: .*Permission denied"):
+                asyncio.run(_send_into(chunks, source, parent, snap))
+            with pytest.raises(BadStream, match="cut short"):
+                asyncio.run(receive_replica(holder, UID, parent, snap, _chunks(*chunks)))
+            assert list_replica_snapshots(holder, UID) == [first.snapshot]
+            assert _sent(source) == [first.snapshot]
+    finally:
+        subprocess.run(["umount", str(unreadable)], check=True)
+    second, _ = asyncio.run(_ship(source, holder, first.snapshot))  # the next round
+    assert tree_state(_snap(holder, second.snapshot)) == tree_state(source.instance_path("c1"))

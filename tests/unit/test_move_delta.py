@@ -9,13 +9,8 @@ from hypothesis import strategies as st
 
 from node_agent.storage import manifest
 from node_agent.storage.manifest import SLACK_NS, Entry
-from node_agent.storage.transfer import (
-    Basis,
-    exact_pattern,
-    is_private,
-    skippable,
-    unexpected_warnings,
-)
+from node_agent.storage.tar_output import unexpected_warnings
+from node_agent.storage.transfer import Basis, exact_pattern, is_private, skippable
 
 S = 10**9 * 1000  # the moment the read began: 1000 s
 OLD = S - 60 * 10**9

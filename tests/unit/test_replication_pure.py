@@ -1,5 +1,5 @@
-"""The pure parts of volume replication: snapshot names, the stream framing, and the
-dir manifest's choice of what a delta carries."""
+"""The pure parts of volume replication: snapshot names, the stream framing, the dir
+manifest's choice of what a delta carries, and what tar's listing says it archived."""
 
 from __future__ import annotations
 
@@ -30,6 +30,7 @@ from node_agent.replication.names import (
 )
 from node_agent.storage import manifest
 from node_agent.storage.manifest import Entry
+from node_agent.storage.tar_output import split_listing, unquote
 
 moments = st.integers(min_value=0, max_value=10**20 - 1)
 names = moments.map(snapshot_name)
@@ -228,3 +229,64 @@ def test_every_name_of_a_hard_linked_file_goes_with_it() -> None:
 def test_a_removal_that_could_leave_the_volume_is_refused(bad: bytes) -> None:
     with pytest.raises(ValueError):
         manifest.split_removed(b"drootfs/ok\0" + bad)
+
+
+def test_what_tar_found_but_the_walk_did_not_is_sent_again_or_deleted_next_time() -> None:
+    old = S - 60 * 10**9
+    walked = [Entry(b".", b"d", 1, old), Entry(b"a", b"f", 2, old), Entry(b"l", b"l", 3, old)]
+    archived = [(b"a", False), (b"l", False), (b"late", True), (b"late/x", False),
+                (b"gone", False)]
+    kept = manifest.with_archived(walked, archived)
+    assert kept[:3] == walked  # the walk's own entries stay as they were
+    # what tar archived may have changed kind since the walk (but for a directory)
+    assert {e.key for e in kept[3:]} == {b"la", b"fl", b"dlate", b"flate/x", b"llate/x",
+                                         b"fgone", b"lgone"}
+    assert all(e.ino == 0 for e in kept[3:])
+    parent = _parent(kept)
+    now = [Entry(b".", b"d", 1, old), Entry(b"a", b"f", 2, old), Entry(b"l", b"l", 3, old),
+           Entry(b"late", b"d", 4, old), Entry(b"late/x", b"f", 5, old)]
+    assert manifest.to_send(now, parent, S) == [b".", b"late", b"late/x"]
+    assert manifest.split_removed(manifest.removed(now, parent)) == [
+        (b"l", b"a"), (b"f", b"gone"), (b"l", b"gone"), (b"f", b"l"), (b"l", b"late/x")]
+
+
+names_in_a_volume = st.lists(st.binary(min_size=1, max_size=4).filter(
+    lambda n: b"\0" not in n and b"/" not in n and n not in (b".", b"..")),
+    min_size=1, max_size=3).map(b"/".join)
+
+
+@given(st.lists(st.tuples(names_in_a_volume, st.booleans()), max_size=8),
+       st.lists(names_in_a_volume, unique=True, max_size=8))
+def test_a_path_tar_archived_is_deleted_once_the_walk_lacks_it_whatever_its_kind(
+        archived: list[tuple[bytes, bool]], later: list[bytes]) -> None:
+    kept = manifest.with_archived([Entry(b".", b"d", 1, S)], archived)
+    now = [Entry(b".", b"d", 1, S), *(Entry(p, b"f", 9, S) for p in later)]
+    doomed = set(manifest.removed(now, _parent(kept)).split(b"\0"))
+    for path, directory in archived:
+        for kind in (b"d",) if directory else (b"f", b"l"):
+            assert kind + path in doomed or (kind == b"f" and path in later)
+
+
+# tar's listing -------------------------------------------------------------------------
+
+
+def test_tar_s_listing_gives_the_archived_paths_and_keeps_its_diagnostics_apart() -> None:
+    # as GNU tar 1.34 wrote it (--verbose --quoting-style=escape, LC_ALL=C)
+    stderr = (b"./\n./rootfs/\n./rootfs/etc/b\n./rootfs/l\n"
+              b"tar: ./rootfs/sock: socket ignored\n./rootfs/d/\n./rootfs/d/nl\\nx\n"
+              b"./rootfs/d/\\001ctl\n./rootfs/d/\\303\\251\n./rootfs/d/sp \n"
+              b"./rootfs/d/q?\"*[\n./rootfs/d/back\\\\sl\n./rootfs/d/tail\\\\/\n")
+    archived, said = split_listing(stderr)
+    assert archived == [(b"rootfs", True), (b"rootfs/etc/b", False), (b"rootfs/l", False),
+                        (b"rootfs/d", True), (b"rootfs/d/nl\nx", False),
+                        (b"rootfs/d/\x01ctl", False), (b"rootfs/d/\xc3\xa9", False),
+                        (b"rootfs/d/sp ", False), (b"rootfs/d/q?\"*[", False),
+                        (b"rootfs/d/back\\sl", False), (b"rootfs/d/tail\\", True)]
+    assert said == b"tar: ./rootfs/sock: socket ignored"
+    assert unquote(b"\\a\\b\\f\\r\\t\\v\\377") == b"\a\b\f\r\t\v\xff"
+
+
+@pytest.mark.parametrize("bad", [b"./x\\", b"./x\\q", b"./x\\400", b"./x\\4"])
+def test_a_listed_name_tar_would_not_have_written_is_refused(bad: bytes) -> None:
+    with pytest.raises(ValueError):
+        split_listing(b"./\n" + bad + b"\n")
