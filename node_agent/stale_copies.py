@@ -165,8 +165,8 @@ class Sweeper:
                 self.caught_up.set()
             except Exception as exc:  # noqa: BLE001 - no quorum yet: try again
                 if not said:
-                    log.info("not caught up with the cluster yet (%s): HA instances and "
-                             "stale copies wait", exc)
+                    log.info("not caught up with the cluster yet (%s): the sweep of stale "
+                             "copies and replicas waits", exc)
                     said = True
                 await asyncio.sleep(RETRY)
         try:
