@@ -16,7 +16,13 @@ snapshot's place. ``flatten`` makes a snapshot's disk whole without copying the 
 
 The cost is the size of the deltas above ROOT, not of the disk. A crash at any point
 leaves every snapshot that is still listed readable, and ``flatten`` can simply run
-again. Errors: StorageError (BadStream for a received file that is no plain qcow2).
+again.
+
+A disk that becomes a VM's (``allocate_zeroes``) gets an explicit zero cluster wherever
+it has none: an unallocated cluster reads as zeroes only while the file has no backing
+file, and a live migration's target is an overlay on the image, filled by a mirror of
+the allocated clusters only. Errors: StorageError (BadStream for a received file that is
+no plain qcow2).
 """
 
 from __future__ import annotations
@@ -142,3 +148,24 @@ def flatten(disk: Path, within: Path) -> bool:
     except OSError as exc:
         raise StorageError(f"making {disk} whole: {exc}") from exc
     return True
+
+
+ZERO_WRITES_PER_RUN = 512
+
+
+def allocate_zeroes(disk: Path) -> int:
+    """Mark every unallocated range of ``disk`` (which has no backing file: they read as
+    zeroes) as zero clusters, so that it reads the same over any backing file; the
+    number of ranges marked. Metadata only: no data is written."""
+    out = qemu_img(["qemu-img", "map", "-f", "qcow2", "--output=json", str(disk)],
+                   f"mapping {disk}")
+    try:
+        ranges = [(int(r["start"]), int(r["length"])) for r in json.loads(out)
+                  if not r.get("present")]
+    except (ValueError, TypeError, KeyError) as exc:
+        raise StorageError(f"qemu-img map {disk}: unexpected output: {exc}") from exc
+    for at in range(0, len(ranges), ZERO_WRITES_PER_RUN):
+        commands = [arg for start, length in ranges[at:at + ZERO_WRITES_PER_RUN]
+                    for arg in ("-c", f"write -z {start} {length}")]
+        qemu_img(["qemu-io", "-f", "qcow2", *commands, str(disk)], f"zeroing {disk}")
+    return len(ranges)

@@ -26,9 +26,11 @@ backs a delta by its parent's disk (``qcow2_chain``) and renames it into place: 
 stream leaves nothing. A delta must build on the newest snapshot held, so chains are
 linear. After each receive the newest 2 are kept: the older ones are marked, the
 oldest kept one is made whole (``qcow2_chain.flatten``: a commit of one delta, no copy
-of the disk), and the marked ones go. Promotion makes the chosen snapshot whole and
-renames its directory to the VM's volume: a disk with no backing file, which the QEMU
-driver runs as it is (never the image).
+of the disk), and the marked ones go. Promotion makes the chosen snapshot whole, every
+cluster allocated (``qcow2_chain.allocate_zeroes``: it then reads the same over the
+image, as a live migration's target puts it), and renames its directory to the VM's
+volume: a disk with no backing file, which the QEMU driver runs as it is (never the
+image).
 """
 
 from __future__ import annotations
@@ -248,6 +250,7 @@ class VmReplicas:
             if other != snapshot:
                 _mark_dropping(holder / other)
         qcow2_chain.flatten(holder / snapshot / DISK, holder)
+        qcow2_chain.allocate_zeroes(holder / snapshot / DISK)
         target.parent.mkdir(mode=0o711, parents=True, exist_ok=True)
         _rename(holder / snapshot, target, _RENAME_NOREPLACE, what=f"VM volume {name}")
         with contextlib.suppress(OSError, StorageError):  # the volume is made: the promise

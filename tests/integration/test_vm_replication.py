@@ -206,6 +206,9 @@ def test_a_running_vm_replicates_whole_then_deltas_while_writing_and_promotes(
     assert promote_replica(holder.pool, UID, None, "v1") == third.snapshot
     assert replica_uids(holder.pool) == [] and list_replica_snapshots(holder.pool, UID) == []
     assert backing_file(holder.disk("v1")) is None
+    mapped = subprocess.run(["qemu-img", "map", "--output=json", str(holder.disk("v1"))],
+                            capture_output=True, text=True, check=True).stdout
+    assert '"present": false' not in mapped  # it reads the same over any backing file
     holder.define(image, "v1")
     assert backing_file(holder.disk("v1")) is None  # not put back on the image
     boot(holder.driver, "v1")
@@ -254,6 +257,9 @@ def test_cut_streams_keep_nothing_and_a_stopped_vm_goes_whole_then_empty(
 
     # Stopped: a whole copy (bitmaps went with QEMU), then empty deltas while unchanged.
     source.driver.stop("v2", force=True, timeout=0)
+    # zeroes over what the image has there (its first cluster: the ext4 superblock)
+    subprocess.run(["qemu-io", "-f", "qcow2", "-c", "write -P 0 0 64k", str(source.disk("v2"))],
+                   check=True, capture_output=True)
     third = ship(source, holder, "v2", second.snapshot)
     assert third.full
     fourth = ship(source, holder, "v2", third.snapshot)
@@ -263,6 +269,17 @@ def test_cut_streams_keep_nothing_and_a_stopped_vm_goes_whole_then_empty(
     with pytest.raises(ParentNotHeld):
         asyncio.run(_ship(source, holder, "v2", third.snapshot))
     assert list_replica_snapshots(holder.pool, UID) == [third.snapshot, fourth.snapshot]
+
+    # Promoted, the copy made while stopped (where it read zeroes it had no clusters)
+    # reads the same even over the image: a live migration's target disk is an overlay
+    # on it that the mirror fills with the allocated clusters only.
+    assert promote_replica(holder.pool, UID, None, "v2") == fourth.snapshot
+    over_image = holder.disk("v2").with_name("over-image.qcow2")
+    subprocess.run(["cp", "--sparse=always", str(holder.disk("v2")), str(over_image)],
+                   check=True)
+    subprocess.run(["qemu-img", "rebase", "-u", "-f", "qcow2", "-F", "qcow2", "-b",
+                    str(image / "rootfs.img"), str(over_image)], check=True)
+    assert identical(over_image, source.disk("v2"))
 
 
 def _stream(snapshot: str, parent: str | None, disk: Path) -> list[bytes]:
