@@ -24,8 +24,9 @@ correct delta on P next time. Each sent snapshot keeps its own bitmap, as a btrf
 source keeps its read-only snapshots; the caller drops old ones (``drop_bitmaps``).
 
 The bitmaps are not persistent: a QEMU that stops, restarts or moves has none, and the
-next replica is whole. One backup per VM at a time (QEMU refuses a bitmap a job uses):
-``backup`` takes a per-socket lock. The target node and job are named ``crepl-S``;
+next replica is whole. One backup per VM at a time (QEMU refuses a bitmap a job uses),
+and none while the VM migrates out (its disk mirror is a block job too): both hold the
+VM's lock (``lock_for``: one per QMP socket). The target node and job are named ``crepl-S``;
 what a crashed daemon left of them (a job, a node) is cleared before the next backup.
 Errors: ``BackupError`` (a DriverError).
 """
@@ -96,14 +97,14 @@ def virtual_size(run: Qmp) -> int:
     return int(_node_of_drive(run)["image"]["virtual-size"])
 
 
-def backup(run: Qmp, key: str, target: Path, snapshot: str, since: str | None,
+def backup(run: Qmp, lock: threading.Lock, target: Path, snapshot: str, since: str | None,
            stop: threading.Event | None = None, timeout: float = JOB_TIMEOUT) -> bool:
     """Copy the disk as it is now into a new qcow2 file ``target`` and start bitmap
     ``snapshot``; only what changed since snapshot ``since`` if its bitmap is here, else
     all of it. Whether it was all of it. ``stop`` set: the job is cancelled. On failure
     the new bitmap is removed again and BackupError raised (the target is left to the
-    caller). ``key``: the VM's QMP socket (one backup per VM at a time)."""
-    with lock_for(key):
+    caller). ``lock``: the VM's (``lock_for``), held throughout."""
+    with lock:
         _clear_leftovers(run)
         held = snapshots_held(run)
         if snapshot in held:

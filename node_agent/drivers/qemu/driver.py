@@ -517,6 +517,11 @@ class QemuDriver:
             self._spec(name)
             yield not self._pid(name)
 
+    def disk_job_lock(self, name: str) -> threading.Lock:
+        """Held by a replica backup and by an outgoing live migration of the VM: neither
+        starts its block job while the other's runs (QEMU would refuse it)."""
+        return backup.lock_for(str(self._dir(name) / cl.QMP))
+
     def replica_snapshots(self, name: str) -> list[str]:
         """The replica snapshots the running VM has a dirty bitmap of ([] if stopped)."""
         if not self._pid(name):
@@ -531,7 +536,7 @@ class QemuDriver:
         BackupError."""
         if not self._pid(name):
             raise InvalidState(f"cannot back up VM {name!r} live: it is stopped")
-        return backup.backup(self._run_qmp(name), str(self._dir(name) / cl.QMP), target,
+        return backup.backup(self._run_qmp(name), self.disk_job_lock(name), target,
                              snapshot, since, stop)
 
     def drop_replica_snapshots(self, name: str, snapshots: Iterable[str]) -> None:
