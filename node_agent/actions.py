@@ -38,6 +38,7 @@ def _create(node: LocalNode, spec: InstanceSpec, args: dict[str, Any]) -> None:
     if spec.is_vm:  # the disk is a qcow2 overlay the driver makes on the image's disk
         try:
             node.define(spec)
+            write_owner(VmVolumes(node.pool(spec.pool)), spec.name, Owner(spec.uid, spec.epoch))
         except Exception:
             _remove(node, spec)
             raise

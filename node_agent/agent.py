@@ -78,7 +78,7 @@ class NodeAgent:
         # committed since start (the replica is current then). The self-fence
         # (node_agent/fencing) holds HA instances back and stops the shipper while the
         # lease is not held.
-        self.replicas = HeldReplicas(node)
+        self.replicas = HeldReplicas(node, self.ensure_image)
         self.sweeper = Sweeper(node, store, lambda: self.member, self.replicas)
         self.fencing = FenceGuard(lambda: self.member, store, node, node.paths.root)
         self.fencing.on_lift = self._resync  # start what the fence held back or stopped
@@ -491,7 +491,8 @@ class NodeAgent:
         snapshot from before power was desired state runs once this way too."""
         error = ""
         try:
-            if act.kind == "create" and not spec.from_replica:  # a failover needs no image
+            # a failover needs no image, but a VM boots from the image's kernel
+            if act.kind == "create" and (not spec.from_replica or spec.is_vm):
                 await self.ensure_image(spec.image)
             await asyncio.to_thread(perform, self.node, spec, act.kind, act.args)
         except Exception as exc:  # noqa: BLE001 - every failure is reported, not raised

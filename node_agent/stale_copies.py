@@ -11,23 +11,28 @@ applied everything committed before), then at every resync.
 What is never touched: a copy whose record the state does not know (it may be an
 instance whose create this member has not yet seen), a copy of an instance that lives
 here, is moving here or is held by an intent (a move's controller owns it), and a copy
-whose name belongs to an instance of this member. Containers only (HA and cold moves of
-VMs clean up on their own). A volume names its instance in its owner file
+whose name belongs to an instance of this member. Containers and VMs alike (an HA VM
+fails over as a container does). A volume names its instance in its owner file
 (``volume_owner``); one without is known by name.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 import shutil
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 from cluster.state.model import Instance, State
 from cluster.state.store import Store
+from node_agent.drivers.base import NotFound
 from node_agent.node import LocalNode
 from node_agent.replication.holding import HeldReplicas
+from node_agent.storage.vm_volumes import VmVolumes
 from node_agent.volume_owner import read_owner
 
 log = logging.getLogger(__name__)
@@ -37,12 +42,13 @@ RETRY = 1.0  # s between barriers until one commits
 
 @dataclass(frozen=True)
 class LocalCopy:
-    """A container this member has: its volume's pool ("" for a container defined
-    without a volume) and name, and the uid its owner file names ("" if none)."""
+    """A container or VM this member has: its volume's pool ("" for one defined without
+    a volume) and name, and the uid its owner file names ("" if none)."""
 
     pool: str
     name: str
     uid: str = ""
+    vm: bool = False
 
 
 def _by_uid(state: State) -> dict[str, Instance]:
@@ -84,7 +90,7 @@ def replicas_to_drop(state: State, member: str,
 
 
 def local_copies(node: LocalNode) -> list[LocalCopy]:
-    """The containers this member has, with their volumes' owners (blocking)."""
+    """The containers and VMs this member has, with their volumes' owners (blocking)."""
     found: list[LocalCopy] = []
     for pool_name, pool in node.pools.items():
         for name in pool.list_instances():
@@ -92,18 +98,43 @@ def local_copies(node: LocalNode) -> list[LocalCopy]:
             found.append(LocalCopy(pool_name, name, owner.uid if owner else ""))
     with_volume = {copy.name for copy in found}
     found.extend(LocalCopy("", name) for name in node.driver.names() if name not in with_volume)
-    return found
+    vms: list[LocalCopy] = []
+    for pool_name, pool in node.pools.items():
+        volumes = VmVolumes(pool)
+        for name in _names(pool.path / "virtual-machines"):  # as vm_volume_path
+            owner = read_owner(volumes, name)
+            vms.append(LocalCopy(pool_name, name, owner.uid if owner else "", vm=True))
+    with_volume = {copy.name for copy in vms}
+    driver = node.vm_driver
+    names = driver.names() if driver is not None else []
+    vms.extend(LocalCopy("", name, vm=True) for name in names if name not in with_volume)
+    return found + vms
 
 
 def remove_copy(node: LocalNode, copy: LocalCopy) -> None:
-    """Stop the container if it runs, then delete it and its volume (blocking)."""
-    if node.status(copy.name) in ("Running", "Frozen"):
-        node.driver.stop(copy.name, True, 10.0)
-    if (node.paths.containers / copy.name).exists():
-        node.driver.delete(copy.name)
-    if copy.pool in node.pools:
-        node.pools[copy.pool].delete(copy.name, missing_ok=True)
+    """Stop the container or VM if it runs, then delete it and its volume (blocking)."""
+    kind = "virtual-machine" if copy.vm else "container"
+    if node.status(copy.name, kind) in ("Running", "Frozen"):
+        node.driver_for(kind).stop(copy.name, True, 10.0)
+    if copy.vm:
+        with contextlib.suppress(NotFound):  # a volume whose VM is not defined here
+            node.qemu().delete(copy.name)
+        if copy.pool in node.pools:
+            VmVolumes(node.pools[copy.pool]).delete(copy.name, missing_ok=True)
+    else:
+        if (node.paths.containers / copy.name).exists():
+            node.driver.delete(copy.name)
+        if copy.pool in node.pools:
+            node.pools[copy.pool].delete(copy.name, missing_ok=True)
     shutil.rmtree(node.paths.exec_output / copy.name, ignore_errors=True)
+
+
+def _names(directory: Path) -> list[str]:
+    try:
+        return sorted(e.name for e in os.scandir(directory)
+                      if not e.name.startswith(".") and e.is_dir(follow_symlinks=False))
+    except FileNotFoundError:
+        return []
 
 
 async def sweep(node: LocalNode, store: Store, member: str, replicas: HeldReplicas) -> None:
@@ -123,8 +154,8 @@ async def sweep(node: LocalNode, store: Store, member: str, replicas: HeldReplic
 
         try:
             if await asyncio.to_thread(remove):
-                log.warning("removed container %s: its instance lives on another member "
-                            "now", copy.name)
+                log.warning("removed %s %s: its instance lives on another member now",
+                            "VM" if copy.vm else "container", copy.name)
         except Exception as exc:  # noqa: BLE001 - the next sweep tries again
             log.error("removing the stale copy of %s failed: %s", copy.name, exc)
     held = await replicas.uids()

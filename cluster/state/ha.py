@@ -8,8 +8,8 @@ OFFLINE the failover controller starts it on a holder of a fresh enough replica
 ``maximum_lag_on_failover`` decides which replica may be promoted.
 
 The keys are validated with the other config keys (``validate.CONFIG_KEYS``); what needs
-the cluster (enough other members to hold the replicas, a pool that can replicate, an
-instance type whose volume is replicated) is ``ha_problem``, checked by apply when an
+the cluster (enough other members that run the instance's type to hold the replicas, a
+pool that can replicate) is ``ha_problem``, checked by apply when an
 instance is created or changed and when a profile it uses changes.
 """
 
@@ -70,9 +70,6 @@ def ha_problem(state: State, kind: str, location: str, config: Mapping[str, str]
     wanted = settings_of(config)
     if not wanted.enabled:
         return ""
-    if kind != "container":
-        return ("cluster.ha=restart is not supported for virtual machines yet: their disks "
-                "are not replicated")
     pool = state.storage_pools.get(root_pool(devices))
     if pool is not None and pool.driver not in REPLICATING_DRIVERS:
         return (f"cluster.ha=restart needs a storage pool that can replicate "

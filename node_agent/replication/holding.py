@@ -16,18 +16,28 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from node_agent.node import LocalNode
 from node_agent.replication import volumes
 
+log = logging.getLogger(__name__)
+
+
+async def _no_images(fingerprint: str) -> None:
+    raise RuntimeError(f"this member cannot fetch image {fingerprint[:12]}")
+
 
 class HeldReplicas:
     """Replicas held on this member's pools, by instance uid."""
 
-    def __init__(self, node: LocalNode) -> None:
+    def __init__(self, node: LocalNode,
+                 ensure_image: Callable[[str], Awaitable[None]] = _no_images) -> None:
+        """``ensure_image``: fetch an image this member lacks (``NodeAgent.ensure_image``)."""
         self._node = node
+        self._ensure_image = ensure_image
         self._locks: dict[str, asyncio.Lock] = {}
         self._users: dict[str, int] = {}
 
@@ -39,10 +49,17 @@ class HeldReplicas:
         return await asyncio.to_thread(volumes.list_replica_snapshots, self._pool(pool), uid)
 
     async def receive(self, pool: str, uid: str, parent: str | None, snapshot: str,
-                      chunks: AsyncIterator[bytes]) -> int:
+                      chunks: AsyncIterator[bytes], vm_image: str = "") -> int:
         """Keep ``snapshot`` of ``uid`` from a replica stream (a delta on ``parent``); the
         bytes read. It is held only once the whole stream arrived and checked out;
-        otherwise the storage error is raised and nothing of it stays."""
+        otherwise the storage error is raised and nothing of it stays. ``vm_image``: the
+        instance is a VM of that image, fetched here first if missing (a VM promoted here
+        boots from its kernel; failing that is logged, the replica still taken)."""
+        if vm_image:
+            try:
+                await self._ensure_image(vm_image)
+            except Exception as exc:  # noqa: BLE001 - the failover's create tries again
+                log.warning("the image of VM replica %s is not here: %s", uid, exc)
         async with self._lock(uid):
             return await volumes.receive_replica(self._pool(pool), uid, parent, snapshot,
                                                  chunks)

@@ -20,6 +20,7 @@ from cluster.state.model import State
 
 DEFAULT_POOL = "default"
 Key = tuple[str, str]  # (instance uid, holder member)
+REPLICATED_TYPES = ("container", "virtual-machine")
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,7 @@ class Source:
     epoch: int  # the placement epoch the holder checks
     interval: float
     holders: tuple[str, ...]
+    vm: bool = False  # a virtual machine: its disk is sent (``vm.VmReplicas``)
 
 
 @dataclass(frozen=True)
@@ -51,13 +53,14 @@ def local_sources(state: State, member: str) -> list[Source]:
     found = []
     for inst in state.instances.values():
         if (inst.location != member or not inst.replicas or not inst.observed.created
-                or inst.from_replica or inst.power == "Deleted" or inst.type != "container"
-                or not ha_enabled(state, inst)):
+                or inst.from_replica or inst.power == "Deleted"
+                or inst.type not in REPLICATED_TYPES or not ha_enabled(state, inst)):
             continue
         devices = expanded(state, inst.config, inst.devices, inst.profiles)[1]
         found.append(Source(inst.uid, inst.name, root_pool(devices) or DEFAULT_POOL,
                             inst.epoch, settings(state, inst).interval,
-                            tuple(sorted(m for m in inst.replicas if m != member))))
+                            tuple(sorted(m for m in inst.replicas if m != member)),
+                            inst.type == "virtual-machine"))
     return found
 
 

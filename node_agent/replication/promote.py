@@ -9,18 +9,23 @@ consumes the replica, and the volume it became is recognised by its owner file
 after the promote, by the replica being gone. A copy this member kept from an earlier
 stay (it failed over away and back, and its sweep has not dropped it yet) is older than
 the replica: it is removed and the replica promoted.
+
+A VM's replica becomes its volume directory (a whole ``root.qcow2`` with no backing
+file, and its UEFI variable store if it has one) and the VM is defined on it: the QEMU
+driver runs that disk as it is, and the image only lends its kernel.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import Protocol
 
 from node_agent.drivers.base import DriverError
 from node_agent.node import InstanceSpec, LocalNode
 from node_agent.replication import volumes
-from node_agent.storage.base import StoragePool
-from node_agent.volume_owner import Owner, read_owner, write_owner
+from node_agent.storage.vm_volumes import VmVolumes
+from node_agent.volume_owner import Layout, Owner, read_owner, write_owner
 
 log = logging.getLogger(__name__)
 
@@ -31,16 +36,17 @@ class NoReplica(DriverError):
 
 def create_from_replica(node: LocalNode, spec: InstanceSpec,
                         remove: Callable[[LocalNode, InstanceSpec], None]) -> str:
-    """Make ``spec``'s volume from its newest replica here and define the container;
-    the snapshot promoted ("" when the volume was made by an earlier try). ``remove``
-    deletes an older copy of the same name (container and volume). Raises NoReplica."""
+    """Make ``spec``'s volume from its newest replica here and define the container or
+    VM; the snapshot promoted ("" when the volume was made by an earlier try). ``remove``
+    deletes an older copy of the same name (instance and volume). Raises NoReplica."""
     pool = node.pool(spec.pool)
+    layout: _Volumes = VmVolumes(pool) if spec.is_vm else pool
     held = volumes.list_replica_snapshots(pool, spec.uid)
-    if pool.exists(spec.name):
-        owner = read_owner(pool, spec.name)
+    if layout.exists(spec.name):
+        owner = read_owner(layout, spec.name)
         ours = owner is None or owner.uid == spec.uid
         if ours and ((owner is not None and owner.epoch == spec.epoch) or not held):
-            _finish(node, pool, spec)  # promoted by an earlier try
+            _finish(node, layout, spec)  # promoted by an earlier try
             return ""
         if not held:
             raise NoReplica(f"Instance {spec.name}: the volume here belongs to another "
@@ -56,10 +62,16 @@ def create_from_replica(node: LocalNode, spec: InstanceSpec,
     promoted = volumes.promote_replica(pool, spec.uid, None, spec.name)
     log.info("%s: promoted replica %s (failover asked for %s or newer)", spec.name,
              promoted, spec.from_replica)
-    _finish(node, pool, spec)
+    _finish(node, layout, spec)
     return promoted
 
 
-def _finish(node: LocalNode, pool: StoragePool, spec: InstanceSpec) -> None:
-    write_owner(pool, spec.name, Owner(spec.uid, spec.epoch))
+class _Volumes(Layout, Protocol):
+    """Where the instance's volume is: the pool (a container's) or ``VmVolumes``."""
+
+    def exists(self, name: str) -> bool: ...
+
+
+def _finish(node: LocalNode, layout: _Volumes, spec: InstanceSpec) -> None:
+    write_owner(layout, spec.name, Owner(spec.uid, spec.epoch))
     node.define(spec)

@@ -14,6 +14,9 @@ so a source that a failover fenced off can neither overwrite a replica nor claim
 ``synced_at`` is the moment the snapshot's name records (taken before the source began
 reading): everything written before it is in the replica.
 
+A VM's replica is its disk, copied by QEMU's backup job with a dirty bitmap per
+snapshot (``vm.py``): the same shipment, another payload.
+
 A member that fenced itself (``fenced()``, the node agent's fencing hook) ships nothing.
 One shipment per (instance, holder) runs at a time; a failure is logged and the pair is
 tried again one interval after the failed try began. Blocking pool calls run in threads.
@@ -122,6 +125,7 @@ class Shipper:
         address = self._address(holder)
         url = f"https://{address}/internal/ha-replicas/{source.uid}"
         pool = self._node.pool(source.pool)
+        vm = self._node.qemu() if source.vm else None  # DriverError if QEMU is not here
         held = await self._held(url)
         parent = plan.parent_for(held)
         snapshot = new_snapshot_name(held)
@@ -132,7 +136,7 @@ class Shipper:
 
         async def produce(write: Callable[[bytes], Awaitable[None]]) -> volumes.ReplicaSent:
             return await volumes.send_replica(pool, source.name, source.uid, parent, write,
-                                              snapshot=snapshot)
+                                              snapshot=snapshot, vm=vm)
 
         result = await put_stream(self._session(), url, params, produce)
         await self._store.submit(command(

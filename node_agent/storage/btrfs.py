@@ -11,6 +11,8 @@
     <pool>/replication/<instance>/<snap>/      read-only snapshots sent to a replica holder
     <pool>/replicas/<uid>/<snap>/              read-only snapshots received from a source,
                                                by instance uid (node_agent/replication)
+    <pool>/vm-replicas/<uid>/<snap>/           VMs' replicas: qcow2 files in plain
+                                               directories (node_agent/replication/vm.py)
     <pool>/.tmp/<pid>-<token>/                 volumes in the making
 
 ``<pool>`` is a btrfs mount: by default a sparse loop file ``<CORRAL_DIR>/disks/<pool>.img``

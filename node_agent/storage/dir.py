@@ -8,6 +8,7 @@
                                                       and snapshot names (drivers/qemu)
     <pool>/replication/<instance>/<snap>              manifests of replicas sent from here
     <pool>/replicas/<uid>/<snap>/                     replicas received (node_agent/replication)
+    <pool>/vm-replicas/<uid>/<snap>/root.qcow2        VMs' replicas received (replication/vm.py)
     <pool>/.tmp/<pid>-<token>/                        copies in flight, trees being deleted
     <pool>/.spares/<template key>/<token>/rootfs/     ready-made copies of a template (each
                                                       with its ``.baseline-manifest``)

@@ -89,6 +89,35 @@ def test_bad_ha_config_is_refused_and_changes_nothing(config: dict[str, str],
     assert pickle.dumps(state.instances) == before
 
 
+def test_an_ha_vm_is_replicated_to_members_that_run_vms() -> None:
+    state = cluster()
+    vm_image = "d" * 64
+    assert apply(state, cmd("image.add", fingerprint=vm_image,
+                            info={"type": "virtual-machine"}, member="m1")).ok
+    for name, types in (("m1", ["container", "virtual-machine"]),
+                        ("m2", ["container", "virtual-machine"]), ("m3", ["container"])):
+        state.members[name].instance_types = types
+
+    def vm(name: str, **config: str) -> Any:
+        return apply(state, cmd("instance.create", uid=f"u-{name}", name=name,
+                                type="virtual-machine", location="m1", image=vm_image,
+                                profiles=["default"], config=config, start=True))
+
+    before = pickle.dumps(state.instances)
+    refused = vm("v1", **{"cluster.ha": "restart", "cluster.ha.replicas": "2"})
+    assert not refused.ok and ("cluster.ha.replicas=2 needs as many other members that can "
+                               "run a virtual-machine; this cluster has 1") in refused.error
+    assert pickle.dumps(state.instances) == before
+    result = vm("v2", **{"cluster.ha": "restart"})
+    assert result.ok, result.error
+    assert ha_enabled(state, state.instances["v2"])
+    epoch = controller(state)
+    wrong = apply(state, cmd("instance.ha_replicas", uid="u-v2", members=["m3"], epoch=epoch))
+    assert not wrong.ok and "cannot hold a replica of a virtual-machine" in wrong.error
+    assert apply(state, cmd("instance.ha_replicas", uid="u-v2", members=["m2"],
+                            epoch=epoch)).ok
+
+
 def test_a_witness_is_not_counted_as_a_replica_holder() -> None:
     state = cluster(3, witness=True)
     result = launch(state, **{"cluster.ha": "restart", "cluster.ha.replicas": "2"})

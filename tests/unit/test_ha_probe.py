@@ -1,5 +1,6 @@
 """``devtools.ha_probe.hosts_running``: a container runs where its ``[lxc monitor]`` lives,
-whatever corral says; zombies and other members' containers of the same name differ."""
+a VM where its QEMU does, whatever corral says; zombies and other members' instances of
+the same name differ."""
 
 from __future__ import annotations
 
@@ -34,3 +35,14 @@ def test_a_starting_containers_forked_init_is_the_same_host() -> None:
     procs = [proc(1, "[lxc monitor] /tmp/c/m2/containers ha1"),
              proc(2, "[lxc monitor] /tmp/c/m2/containers ha1")]
     assert hosts_running(procs, ROOTS, "ha1") == ["m2"]
+
+
+def test_a_vm_runs_where_its_qemu_names_the_members_pid_file() -> None:
+    procs = [proc(1, "/usr/bin/qemu-system-x86_64 -name v1 -daemonize -pidfile "
+                     "/tmp/c/m1/vms/v1/qemu.pid -D /tmp/c/m1/vms/v1/qemu.log"),
+             proc(2, "qemu-system-x86_64 -name v1 -pidfile /tmp/c/m10/vms/v1/qemu.pid",
+                  state="Z"),
+             proc(3, "qemu-system-x86_64 -name v10 -pidfile /tmp/c/m2/vms/v10/qemu.pid"),
+             proc(4, "cat /tmp/c/m2/vms/v1/qemu.pid")]
+    assert hosts_running(procs, ROOTS, "v1") == ["m1"]
+    assert hosts_running(procs, ROOTS, "v10") == ["m2"]

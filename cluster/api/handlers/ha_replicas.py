@@ -13,7 +13,8 @@ shipper.py). Members only (the ``MEMBER`` route policy, ``cluster/api/app.py``).
   while a stream runs leaves nothing of it here.
 
 What is done to the pools is ``node_agent/replication``'s, reached through the host
-facade (``ctx.host.replicas``).
+facade (``ctx.host.replicas``). A holder of a VM's replica fetches the VM's image first
+if it lacks it: a VM promoted there boots from the image's kernel.
 """
 
 from __future__ import annotations
@@ -62,9 +63,10 @@ def parse_offer(uid: str, query: dict[str, str]) -> Offer:
     return Offer(uid, snapshot, parent or None, source, int(epoch))
 
 
-def _admit(ctx: Context, offer: Offer) -> tuple[str, str]:
-    """(instance name, pool of its root volume) if this member may take ``offer`` now,
-    on this member's replica; ApiError 404 or 409 with the reason otherwise."""
+def _admit(ctx: Context, offer: Offer) -> tuple[str, str, str]:
+    """(instance name, pool of its root volume, its image if it is a VM) if this member
+    may take ``offer`` now, on this member's replica; ApiError 404 or 409 with the
+    reason otherwise."""
     with ctx.store.read() as state:
         inst = state.instance_by_uid(offer.uid)
         if inst is None:
@@ -72,7 +74,8 @@ def _admit(ctx: Context, offer: Offer) -> tuple[str, str]:
         problem = shipment_problem(inst, ctx.member, offer.source, offer.placement_epoch)
         if problem:
             raise ApiError(409, problem)
-        return inst.name, ctx.host.spec_of(state, inst).pool
+        spec = ctx.host.spec_of(state, inst)
+        return inst.name, spec.pool, spec.image if spec.is_vm else ""
 
 
 def _still(ctx: Context, offer: Offer, name: str) -> None:
@@ -110,7 +113,7 @@ async def receive(request: web.Request) -> web.Response:
         await ctx.store.read_barrier(FRESH_TIMEOUT)
     except Unavailable as exc:
         raise ApiError(503, f"Cannot confirm this member's state is current: {exc}") from exc
-    name, pool = _admit(ctx, offer)
+    name, pool, vm_image = _admit(ctx, offer)
 
     async def chunks() -> AsyncIterator[bytes]:
         stream = request.content.iter_chunked(peers.CHUNK).__aiter__()
@@ -126,7 +129,7 @@ async def receive(request: web.Request) -> web.Response:
             yield chunk
 
     received = await ctx.host.replicas.receive(pool, offer.uid, offer.parent,
-                                               offer.snapshot, chunks())
+                                               offer.snapshot, chunks(), vm_image)
     return sync({"snapshot": offer.snapshot, "bytes": received})
 
 

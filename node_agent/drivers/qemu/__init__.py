@@ -6,6 +6,8 @@
     cmdline.py  definition -> VmSpec -> QEMU argv (pure)
     qmp.py      a small synchronous QMP client (one connection per call; a held Monitor)
     snapshots.py qcow2 internal snapshots of the disk, LXD names in snapshots.json
+    backup.py   point-in-time copies of a running disk for HA replicas (backup job,
+                dirty bitmaps)
     migration/  live migration to another host: NBD disk mirror + QMP migrate (common,
                 tls, target, source, switchover)
     agent.py    host side of the in-guest exec agent (virtio-serial line protocol)

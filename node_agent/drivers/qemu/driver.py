@@ -11,6 +11,7 @@
     state ---> /proc/<pid> (RSS, CPU) and the taps' counters (no fork, one QMP call)
     exec ----> agent.exec_in_vm over agent.sock (virtio-serial), see agent.py
     snapshot/restore/... ---> qcow2 internal snapshots of root.qcow2, see snapshots.py
+    replica_backup ---> QMP backup job + dirty bitmaps (HA replicas), see backup.py
 
 A VM has two directories, as in LXD. Its runtime directory ``<vmpath>/<name>/``
 (``$CORRAL_DIR/vms``) holds its specs, the QMP, agent and console sockets (kept short: a
@@ -30,6 +31,7 @@ blocks and is safe to run in worker threads; lifecycle calls on one VM are seria
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -40,7 +42,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -56,8 +58,8 @@ from node_agent.drivers.base import (
 )
 from node_agent.drivers.lxc_state import read_text, stopped_state
 from node_agent.drivers.qemu import accel as accel_probe
+from node_agent.drivers.qemu import backup, host, qcow2, qmp
 from node_agent.drivers.qemu import cmdline as cl
-from node_agent.drivers.qemu import host, qcow2, qmp
 from node_agent.drivers.qemu import snapshots as snaps
 from node_agent.drivers.qemu.accel_choice import AcceleratorChoice, GuestFinder
 from node_agent.drivers.qemu.agent import ExecResult, exec_in_vm
@@ -187,7 +189,8 @@ class QemuDriver:
     def define(self, definition: InstanceDefinition) -> None:
         """(Re)write the VM's spec (effective at the next start) and create its disk overlay
         in its volume on first definition; a disk already there (moved from another
-        member) is repointed at this member's image. ``definition.rootfs`` is an unpacked
+        member) is repointed at this member's image, unless it has no backing file (an
+        HA replica promoted here: the whole disk in one file). ``definition.rootfs`` is an unpacked
         VM image directory: ``rootfs.img`` (qcow2), optionally ``metadata.yaml``, and
         ``kernel`` and ``initrd`` (direct kernel boot) or neither (UEFI boot, through
         OVMF: its VARS template is copied into the volume once). A first definition
@@ -216,8 +219,9 @@ class QemuDriver:
             disk = Path(spec.volume) / cl.DISK
             if not disk.exists():
                 _create_overlay(Path(spec.backing), disk)
-            else:  # moved here from another member: its image copy is ours now
-                qcow2.repoint(disk, Path(spec.backing))
+            elif qcow2.backing_file(disk) is not None:  # moved here from another member:
+                qcow2.repoint(disk, Path(spec.backing))  # its image copy is ours now
+            # (a disk without one, an HA replica promoted here, is whole and stays so)
             nvram = Path(spec.volume) / cl.VARS
             if spec.firmware == cl.UEFI_BOOT and not nvram.exists():  # kept once there
                 shutil.copyfile(spec.ovmf_vars, nvram.with_name(f".{cl.VARS}.new"))
@@ -502,6 +506,46 @@ class QemuDriver:
             finally:
                 if running:
                     self._start(name)
+
+    # -- HA replicas of the disk (backup.py; the store is replication/vm.py) -------------
+
+    @contextlib.contextmanager
+    def while_stopped(self, name: str) -> Iterator[bool]:
+        """Whether the VM is stopped; if it is, it stays so (its lifecycle calls wait)
+        until the block ends: a copy of its disk made then is consistent."""
+        with self._lock(name):
+            self._spec(name)
+            yield not self._pid(name)
+
+    def disk_job_lock(self, name: str) -> threading.Lock:
+        """Held by a replica backup and by an outgoing live migration of the VM: neither
+        starts its block job while the other's runs (QEMU would refuse it)."""
+        return backup.lock_for(str(self._dir(name) / cl.QMP))
+
+    def replica_snapshots(self, name: str) -> list[str]:
+        """The replica snapshots the running VM has a dirty bitmap of ([] if stopped)."""
+        if not self._pid(name):
+            return []
+        return backup.snapshots_held(self._run_qmp(name))
+
+    def replica_backup(self, name: str, target: Path, snapshot: str, since: str | None,
+                       stop: threading.Event | None = None) -> bool:
+        """Copy the running VM's disk now into the new qcow2 file ``target`` (all of it,
+        or what changed since replica snapshot ``since`` if its bitmap is here: see
+        backup.py); whether it was all of it. Raises InvalidState if the VM is stopped,
+        BackupError."""
+        if not self._pid(name):
+            raise InvalidState(f"cannot back up VM {name!r} live: it is stopped")
+        return backup.backup(self._run_qmp(name), self.disk_job_lock(name), target,
+                             snapshot, since, stop)
+
+    def drop_replica_snapshots(self, name: str, snapshots: Iterable[str]) -> None:
+        """Forget the bitmaps of ``snapshots`` (nothing to do if the VM is stopped)."""
+        if self._pid(name):
+            backup.drop_bitmaps(self._run_qmp(name), snapshots)
+
+    def _run_qmp(self, name: str) -> backup.Qmp:
+        return lambda command, arguments: self._qmp(name, command, arguments)
 
     # -- observation ---------------------------------------------------------------------
 

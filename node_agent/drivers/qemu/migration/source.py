@@ -90,9 +90,16 @@ def migrate_out(driver: QemuDriver, name: str, incoming: Incoming, credentials: 
     incoming.check_accelerator(name, accel)
     if accel == "tcg":
         _check_dirty_tracking(driver, name)
+    report = progress or (lambda _: None)
+    with driver.disk_job_lock(name):  # no HA replica backup (a block job) meanwhile
+        return _migrate_out(driver, name, incoming, credentials, schedule, report, timeout)
+
+
+def _migrate_out(driver: QemuDriver, name: str, incoming: Incoming, credentials: Credentials,
+                 schedule: DowntimeSchedule, report: Progress, timeout: float,
+                 ) -> MigrationStats:
     started = time.monotonic()
     deadline = started + timeout
-    report = progress or (lambda _: None)
     _mark(driver, name).touch()
     try:
         load_credentials(driver, name, "client", credentials)
