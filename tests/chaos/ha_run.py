@@ -230,11 +230,16 @@ def has_copy(member: DaemonProcess, name: str) -> bool:
 
 def vm_file(disk: Path, file: str) -> str:
     """``file`` of the ext4 inside the qcow2 ``disk`` (its QEMU gone: read without the
-    lock, through a raw copy in a scratch directory)."""
+    lock, through a raw copy in a scratch directory whose journal ``e2fsck`` replays
+    first: the guest's last synced writes may be in the journal only)."""
     with tempfile.TemporaryDirectory(prefix="ha-chaos-") as scratch:
         raw = Path(scratch) / "root.raw"
         subprocess.run(["qemu-img", "convert", "-U", "-O", "raw", str(disk), str(raw)],
                        check=True, capture_output=True, timeout=120)
+        fsck = subprocess.run(["e2fsck", "-fy", str(raw)], check=False, capture_output=True,
+                              timeout=120)
+        if fsck.returncode & ~3:  # 1, 2: corrected (a replayed journal among them)
+            raise subprocess.SubprocessError(f"e2fsck {fsck.returncode}: {fsck.stdout!r}")
         done = subprocess.run(["debugfs", "-R", f"cat /{file}", str(raw)], check=True,
                               capture_output=True, timeout=60)
         return done.stdout.decode(errors="replace")
@@ -255,13 +260,13 @@ def read_int(member: DaemonProcess, name: str, file: str, last_line: bool = Fals
         return None
 
 
-def vm_exec(run: HaRun, script: str, *args: str, timeout: float = VM_BOOT_TIMEOUT) -> str | None:
-    """``sh -c script sh args``'s output in the VM once its exec agent answers (None: it
-    never did)."""
-    first = next(iter(run.members.values()))
+def vm_exec(run: HaRun, via: str, script: str, *args: str,
+            timeout: float = VM_BOOT_TIMEOUT) -> str | None:
+    """``sh -c script sh args``'s output in the VM once its exec agent answers, asked
+    through member ``via`` (not a faulted one); None if it never did."""
     deadline = time.monotonic() + timeout
     while True:
-        done = first.corral("exec", VM, "--", "sh", "-c", script, "sh", *args,
+        done = run.members[via].corral("exec", VM, "--", "sh", "-c", script, "sh", *args,
                              check=False, timeout=60)
         if done.returncode == 0:
             return done.stdout.decode().strip()
@@ -272,8 +277,8 @@ def vm_exec(run: HaRun, script: str, *args: str, timeout: float = VM_BOOT_TIMEOU
         time.sleep(0.5)
 
 
-def vm_int(run: HaRun, file: str, last_line: bool = False) -> int | None:
-    text = vm_exec(run, f"cat /mnt/root/{file}")
+def vm_int(run: HaRun, via: str, file: str, last_line: bool = False) -> int | None:
+    text = vm_exec(run, via, f"cat /mnt/root/{file}")
     lines = (text or "").split()
     try:
         return int(lines[-1] if last_line else lines[0]) if lines else None
@@ -313,7 +318,7 @@ def launch(run: HaRun) -> None:
         first.corral("launch", VM_IMAGE, VM, "--vm", "--target", hosts[0],
                      "-c", "limits.memory=256MiB", "-d", "root,size=1GiB",  # small pools
                      "-c", "cluster.ha=restart", timeout=300)
-        if vm_exec(run, VM_SETUP, VM_COUNTER) is None:
+        if vm_exec(run, hosts[0], VM_SETUP, VM_COUNTER) is None:
             raise AssertionError(f"{VM}'s counter could not be started: {run.problems}")
     counting = time.monotonic()
     missing = until(lambda: fresh_replicas(run, counting) == [] or None, REPLICA_TIMEOUT)
@@ -430,13 +435,13 @@ def vm_resume(run: HaRun, new: str) -> int | None:
     """The VM's counter as its promoted replica holds it (nothing counts in the new copy
     yet: its guest runs nothing of the disk at boot), then its loop started again there;
     None if it could not be read or does not advance."""
-    resumed = vm_int(run, "counter")
-    if vm_exec(run, VM_RESTART) is None:
+    resumed = vm_int(run, new, "counter")
+    if vm_exec(run, new, VM_RESTART) is None:
         return None
-    if until(lambda: vm_int(run, "counter") not in (None, resumed), 20.0, 0.5) is None:
+    if until(lambda: vm_int(run, new, "counter") not in (None, resumed), 20.0, 0.5) is None:
         run.problems.append(f"{VM}'s counter does not advance on {new} after its failover")
         return None
-    started = vm_int(run, "starts", last_line=True)
+    started = vm_int(run, new, "starts", last_line=True)
     if started != resumed:
         run.problems.append(f"{VM} on {new}: read {resumed} before its loop started, "
                             f"which started from {started}")
