@@ -30,12 +30,13 @@ The VM (``VM``, TCG here) runs the same loop on its root disk (``/mnt/root``, sy
 tick: ``VM_COUNTER``). Its guest boots from an initramfs that runs nothing of the disk, so
 the driver starts the loop again after each failover (through the exec agent), once it has
 read the value the promoted replica holds. The old copy's last write is read from its
-qcow2 on the old host's disk (``qemu-img convert`` + ``debugfs``, once the old QEMU is
-gone). The first round's faults all hit the VM's host, so each fault kind moves it.
+qcow2 on the old host's disk (``qemu-img convert``, ``e2fsck`` to replay its journal,
+``debugfs``; once the old QEMU is gone). The first round's faults all hit the VM's host,
+so each fault kind moves it.
 
-After each fault the driver waits until the host is
-ONLINE again, has removed its stale copies and every HA container has a replica shipped
-under its current placement epoch, so the next fault finds a replica to promote.
+After each fault the driver waits until the host is ONLINE again, has removed its stale
+copies and every HA instance has a replica shipped under its current placement epoch, so
+the next fault finds a replica to promote.
 """
 
 from __future__ import annotations
