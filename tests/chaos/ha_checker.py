@@ -1,12 +1,14 @@
 """The HA chaos checker: the issue's three checks over plain records (no cluster needed).
 
 The HA driver (``ha_run.py``) records, while a nemesis kills, cuts off or freezes hosts
-that run HA containers whose counter ticks every ``TICK`` s in their rootfs:
+that run HA instances (containers, and a VM) whose counter ticks every ``TICK`` s on their
+disk:
 
 - ``Sample``: every ~100 ms, for each HA instance, the hosts whose ``/proc`` shows it
-  running (its ``[lxc monitor]``), read from the processes, not from corral's view;
+  running (a container's ``[lxc monitor]``, a VM's QEMU), read from the processes, not
+  from corral's view;
 - ``Failover``: per instance that a fault moved, the last counter value its old copy
-  wrote (read from the old host's rootfs once that copy was gone), the value the new
+  wrote (read from the old host's rootfs or VM disk once that copy was gone), the value the new
   copy started from (the promoted replica's), the replication interval and the
   detection time (fault to the old copy's last sighting: its writes until then may
   not have been shipped);
