@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from cluster.state.model import Instance
+from corral_shared.instance_metrics import Sample
 from node_agent.agent import NodeAgent
 from node_agent.capacity import host_capacity
 from node_agent.drivers.base import DriverError
@@ -100,6 +101,11 @@ class NodeFacade:
 
     def status(self, name: str, instance_type: str = CONTAINER) -> str:
         return self._node.status(name, instance_type)
+
+    def metric_samples(self, name: str, instance_type: str = CONTAINER) -> list[Sample]:
+        """LXD's instance metrics of a running instance (``corral_shared.instance_metrics``):
+        [] when it does not run here."""
+        return self._node.metric_samples(name, instance_type)
 
     @staticmethod
     def stopped_state() -> dict[str, Any]:

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from corral_shared.instance_metrics import Sample
 from node_agent.drivers.base import DriverError, InstanceDefinition, InstanceDriver, NotFound
 from node_agent.drivers.lxc import LxcDriver
 from node_agent.drivers.lxc_state import stopped_state
@@ -229,6 +230,13 @@ class LocalNode:
             return self.driver_for(instance_type).state(name)
         except NotFound:
             return stopped_state()
+
+    def metric_samples(self, name: str, instance_type: str = "container") -> list[Sample]:
+        """LXD's metrics of a running instance; [] when it is not defined or not running."""
+        try:
+            return self.driver_for(instance_type).metric_samples(name)
+        except NotFound:
+            return []
 
     def define(self, spec: InstanceSpec) -> None:
         if spec.is_vm:

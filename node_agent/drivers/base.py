@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
 from corral_shared.errors import CodedError
+from corral_shared.instance_metrics import Sample
 
 
 class DriverError(CodedError):
@@ -78,6 +79,11 @@ class InstanceDriver(Protocol):
     def state(self, name: str) -> dict[str, Any]: ...
 
     def pid(self, name: str) -> int: ...
+
+    def metric_samples(self, name: str) -> list[Sample]:
+        """LXD's instance metrics of a running instance (``corral_shared.instance_metrics``),
+        those the driver can read; NotFound if it is not defined, [] if it is not running."""
+        ...
 
     def exec_argv(self, name: str, command: list[str], env: dict[str, str], cwd: str,
                   uid: int, gid: int) -> list[str]: ...

@@ -31,6 +31,7 @@ from typing import Any, ClassVar
 
 import lxc  # type: ignore[import-not-found]
 
+from corral_shared.instance_metrics import Sample
 from node_agent.drivers import lxc_checkpoint as ckpt
 from node_agent.drivers import lxc_config as cfg
 from node_agent.drivers import lxc_state as st
@@ -437,6 +438,10 @@ class LxcDriver:
     def status(self, name: str) -> str:
         """LXD's status string: Running, Stopped, Frozen, ... (Error if unknown)."""
         return st.STATUS.get(self._reader(name)[1], st.ERROR_STATUS)[0]
+
+    def metric_samples(self, name: str) -> list[Sample]:
+        """LXD's instance metrics (none read yet)."""
+        return []
 
     def pid(self, name: str) -> int:
         """The host pid of the container's init (killing it ends the container), 0 when

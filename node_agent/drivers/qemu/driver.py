@@ -49,6 +49,7 @@ from typing import Any, ClassVar
 import yaml
 
 from corral_shared.codes import status_pair
+from corral_shared.instance_metrics import Sample
 from node_agent.drivers.base import (
     DriverError,
     DriverInfo,
@@ -563,6 +564,10 @@ class QemuDriver:
         """LXD's status string: Running, Stopped, Frozen, ... (Error if QMP fails)."""
         self._spec(name)
         return self._status(name)[0][0]
+
+    def metric_samples(self, name: str) -> list[Sample]:
+        """LXD's instance metrics (none read yet)."""
+        return []
 
     def pid(self, name: str) -> int:
         """The pid of the VM's QEMU (the process a fence kills), 0 when it does not run."""
