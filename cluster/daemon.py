@@ -34,7 +34,14 @@ from cluster.controllers.voters import VotersController
 from cluster.local_config import load_or_create
 from cluster.membership.raft_role import find_way_back, track_partners
 from cluster.state.raft import RaftStore
-from cluster.transport.https import HTTPS, VM_ACCELERATOR_KEY, HttpsListener, Identity
+from cluster.transport.https import (
+    HTTPS,
+    METRICS_LISTENER,
+    VM_ACCELERATOR_KEY,
+    HttpsListener,
+    Identity,
+    MetricsListener,
+)
 from cluster.transport.raft_secret import member_raft_password
 from node_agent.agent import NodeAgent
 from node_agent.facade import NodeFacade
@@ -89,8 +96,10 @@ async def serve(paths: Paths, ready: asyncio.Event | None = None) -> None:
     way_back_task = asyncio.create_task(find_way_back(ctx))
     app = build_app(ctx)
     https = app[HTTPS] = HttpsListener(identity, ctx)
+    metrics_listener = app[METRICS_LISTENER] = MetricsListener(identity, ctx)
     runner = await start_runner(app, access_log=None, handle_signals=False)
     https.attach(runner)
+    metrics_listener.attach(runner)
     if paths.socket.exists():
         paths.socket.unlink()
     site = web.UnixSite(runner, str(paths.socket))
@@ -100,6 +109,10 @@ async def serve(paths: Paths, ready: asyncio.Event | None = None) -> None:
         await https.reconcile()  # core.https_address, if set
     except Exception as exc:  # noqa: BLE001 - the unix socket keeps serving; a PUT retries
         log.error("HTTPS listener not started: %s", exc)
+    try:
+        await metrics_listener.reconcile()  # core.metrics_address, if set
+    except Exception as exc:  # noqa: BLE001 - as above
+        log.error("metrics listener not started: %s", exc)
     log.info("corral daemon ready: member %s, socket %s", local.member, paths.socket)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -112,6 +125,7 @@ async def serve(paths: Paths, ready: asyncio.Event | None = None) -> None:
     finally:
         log.info("corral daemon stopping (instances keep running)")
         await https.close()
+        await metrics_listener.close()
         await runner.cleanup()
         await ops.close()
         await controllers.close()  # cancels and awaits every controller

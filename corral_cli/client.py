@@ -226,6 +226,17 @@ class Client:
             raise self._unreachable(exc) from exc
         return reply.status, reply.headers, reply.body.decode("utf-8", errors="replace")
 
+    async def get_text(self, path: str, params: Mapping[str, str] | None = None,
+                       accept: str = "text/plain") -> str:
+        """The body of a GET that answers text, not LXD's envelope (``/1.0/metrics``);
+        errors still come as the envelope and raise ``ApiError``."""
+        status, _, text = await self._plain_request("GET", path, body=None, data=None,
+                                                    headers={"Accept": accept},
+                                                    params=params)
+        if status >= 300:
+            raise error_from(status, text)
+        return text
+
     async def get(self, path: str, params: Mapping[str, str] | None = None) -> Any:
         """The metadata of a sync GET."""
         return (await self.request("GET", path, params=params)).metadata

@@ -144,6 +144,11 @@ def _instances(subs: argparse._SubParsersAction) -> None:
     _format(p)
     p.add_argument("-c", "--columns", default="ns46tS", help="columns (default ns46tS)")
 
+    p = _leaf(subs, "metrics", "metrics:show", "Print the Prometheus metrics of /1.0/metrics")
+    p.add_argument("target_remote", nargs="?", metavar="REMOTE:")
+    p.add_argument("--scope", default="member", choices=["member", "cluster"],
+                   help="member (this one) or cluster (every member, labelled)")
+
     p = _leaf(subs, "info", "listing:info", "Show instance or server information")
     p.add_argument("name", nargs="?")
     p.add_argument("--show-log", action="store_true")
@@ -409,6 +414,9 @@ def _trust(config: argparse._SubParsersAction) -> None:
               "Issue a trust token for client NAME, or trust a certificate FILE")
     p.add_argument("name", metavar="[REMOTE:]NAME|FILE")
     p.add_argument("--name", dest="cert_name", default="", help="name for a certificate FILE")
+    p.add_argument("--type", dest="cert_type", default="client", choices=["client", "metrics"],
+                   help="client (the whole API) or metrics (reads /1.0/metrics only; a "
+                        "certificate FILE)")
     p = _leaf(trust, "list", "trust:list_", "List trusted certificates", aliases=["ls"])
     p.add_argument("target_remote", nargs="?", metavar="REMOTE:")
     _format(p)

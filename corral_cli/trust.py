@@ -43,11 +43,14 @@ async def add(client: Client, args: argparse.Namespace) -> int:
     if not args.name:
         raise UsageError("A client name (or a certificate file) is required")
     path = Path(args.name)
+    cert_type = getattr(args, "cert_type", "client")
     if path.is_file():
-        body = {"type": "client", "certificate": path.read_text(),
+        body = {"type": cert_type, "certificate": path.read_text(),
                 "name": args.cert_name or path.stem}
         await client.request("POST", "/1.0/certificates", body=body)
         return 0
+    if cert_type != "client":
+        raise UsageError(f"A {cert_type} certificate is added from its FILE, not a token")
     resp = await client.request("POST", "/1.0/certificates",
                                 body={"type": "client", "token": True, "name": args.name})
     op = resp.metadata if isinstance(resp.metadata, dict) else {}

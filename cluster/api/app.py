@@ -8,7 +8,12 @@ daemon at start-up instead of being served open. The policies, checked once in
 - ``TRUSTED``: the unix socket, or a TLS client whose certificate is in the trust store;
 - ``MEMBER``: only a peer presenting the cluster certificate, over TLS (the
   ``/internal/`` routes members call on each other during moves, replica checks and
-  HA replication).
+  HA replication);
+- ``METRICS``: ``TRUSTED`` callers, clients with a ``metrics`` certificate, and anyone
+  when ``core.metrics_authentication`` is ``false`` (``GET /1.0/metrics``).
+
+A ``metrics`` certificate is trusted nowhere else, and the ``core.metrics_address``
+listener serves ``/1.0/metrics`` only (403 for anything else, whoever asks).
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ from cluster.api.handlers import (
     instances,
     logs,
     members,
+    metrics,
     migration,
     operations,
     profiles,
@@ -52,15 +58,15 @@ from cluster.api.middleware import error_middleware
 from cluster.api.proxy import setup_proxy
 from cluster.api.response import ApiError, sync
 from cluster.state.errors import Unavailable
-from cluster.transport.https import HTTPS, is_trusted
+from cluster.transport.https import HTTPS, METRICS_LISTENER, is_trusted, may_read_metrics
 from cluster.transport.peers import APPLIED_HEADER
 from corral_shared import tls
 
 log = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 MAX_BODY_BYTES = 4 * 2**20  # JSON bodies; file and image uploads stream with their own caps
-UNTRUSTED, TRUSTED, MEMBER = "untrusted", "trusted", "member"
-POLICIES = (UNTRUSTED, TRUSTED, MEMBER)
+UNTRUSTED, TRUSTED, MEMBER, METRICS = "untrusted", "trusted", "member", "metrics"
+POLICIES = (UNTRUSTED, TRUSTED, MEMBER, METRICS)
 ACCESS_KEY: web.AppKey[dict[str, str]] = web.AppKey("access", dict)
 
 
@@ -98,6 +104,7 @@ def route_table() -> list[tuple[str, str, Any, str]]:
         # Authorised by the operation's per-fd secret, as in LXD.
         ("GET", "/1.0/operations/{id}/websocket", operations.operation_websocket, UNTRUSTED),
         ("GET", "/1.0/events", events.events, TRUSTED),
+        *[(m, p, h, METRICS) for m, p, h in metrics.ROUTES],
         *_trusted(aliases.ROUTES),
         *_trusted(images.ROUTES),
         *_trusted(profiles.ROUTES),
@@ -140,9 +147,15 @@ def access_middleware() -> Middleware:
         route = request.match_info.route
         key = f"{request.method} {route.resource.canonical}" if route.resource else ""
         policy = request.app[ACCESS_KEY].get(key, TRUSTED)
+        listener = request.app.get(METRICS_LISTENER)
+        if listener is not None and listener.serves(request) and policy != METRICS:
+            raise ApiError(403, "Only /1.0/metrics is served on core.metrics_address")
         if policy == MEMBER:
             if not _from_member(request):
                 raise ApiError(403, "Only cluster members may call this")
+        elif policy == METRICS:
+            if not may_read_metrics(request, request.app[CTX].store):
+                raise ApiError(403, "not authorized")
         elif policy != UNTRUSTED and not _is_trusted(request):
             raise ApiError(403, "not authorized")
         return await handler(request)
@@ -195,8 +208,9 @@ def loaded_middleware() -> Middleware:
 
 FRESH_READ_TIMEOUT = 5.0  # s a read waits to confirm its replica is current
 # Reads that do not come from the replicated state, or must answer without a quorum:
-# server info (waitready), events, and operations (each member's own, in memory).
-LOCAL_READS = ("/1.0/events", "/1.0/operations", "/1.0/cluster/raft")
+# server info (waitready), events, operations (each member's own, in memory), and
+# metrics (a scrape answers while the cluster is failing: that is when it matters).
+LOCAL_READS = ("/1.0/events", "/1.0/operations", "/1.0/cluster/raft", "/1.0/metrics")
 
 
 def _from_member(request: web.Request) -> bool:
@@ -239,10 +253,11 @@ def build_app(ctx: Context,
               routes: Sequence[tuple[str, str, Any, str]] | None = None) -> web.Application:
     """The API app serving ``routes`` (the daemon's ``route_table()`` unless told);
     RuntimeError if a route names no known access policy."""
-    app = web.Application(middlewares=[error_middleware(), access_middleware(),
-                                       loaded_middleware(), replica_middleware(),
-                                       fresh_reads_middleware()],
-                          client_max_size=MAX_BODY_BYTES)
+    app = web.Application(client_max_size=MAX_BODY_BYTES)
+    stats = metrics.setup(app, ctx)
+    app.middlewares.extend([stats.middleware(), error_middleware(), access_middleware(),
+                            loaded_middleware(), replica_middleware(),
+                            fresh_reads_middleware()])
     app[CTX] = ctx
     access: dict[str, str] = {}
     for method, path, handler, policy in route_table() if routes is None else routes:

@@ -34,7 +34,10 @@ RAFT_PORT_OFFSET = 1  # Raft listens next to the member's HTTPS port
 ADDRESS_KEY = "core.https_address"
 # Server keys each member keeps for itself (in cluster.yaml), as LXD's member-local keys.
 VM_ACCELERATOR_KEY = "core.vm_accelerator"  # auto | kvm | tcg (node_agent accel_choice)
-MEMBER_LOCAL_KEYS = frozenset({ADDRESS_KEY, VM_ACCELERATOR_KEY})
+METRICS_ADDRESS_KEY = "core.metrics_address"
+MEMBER_LOCAL_KEYS = frozenset({ADDRESS_KEY, VM_ACCELERATOR_KEY, METRICS_ADDRESS_KEY})
+METRICS_AUTH_KEY = "core.metrics_authentication"
+CLIENT, METRICS_TYPE = "client", "metrics"  # certificate types, as LXD's
 EXPIRY_KEY = "core.remote_token_expiry"
 DEFAULT_TOKEN_SECONDS = 3600.0
 _EXPIRY_UNITS = {"S": 1, "M": 60, "H": 3600, "d": 86400, "w": 7 * 86400, "m": 30 * 86400,
@@ -109,12 +112,20 @@ def check_https_config(config: object) -> None:
     """Refuse (400) a server config whose HTTPS keys are malformed, before it is committed."""
     if not isinstance(config, dict):
         return
-    address = config.get(ADDRESS_KEY)
-    if address:
-        try:
-            parse_address(str(address))
-        except ValueError as exc:
-            raise bad_request(str(exc)) from exc
+    for key in (ADDRESS_KEY, METRICS_ADDRESS_KEY):
+        address = config.get(key)
+        if address:
+            try:
+                parse_address(str(address))
+            except ValueError as exc:
+                raise bad_request(f"{key}: {exc}") from exc
+    metrics = str(config.get(METRICS_ADDRESS_KEY) or "")
+    if metrics and parse_address(metrics) == parse_address(str(config.get(ADDRESS_KEY) or
+                                                                "")):
+        raise bad_request(f"{METRICS_ADDRESS_KEY} must differ from {ADDRESS_KEY}")
+    auth = str(config.get(METRICS_AUTH_KEY, "")).strip().lower()
+    if auth not in ("", "true", "false"):
+        raise bad_request(f"{METRICS_AUTH_KEY} must be true or false")
     token_lifetime({EXPIRY_KEY: str(config.get(EXPIRY_KEY, ""))})
 
 
@@ -172,6 +183,8 @@ class ListenerHost(Protocol):
 class HttpsListener:
     """Owns the TLS site of the app's runner and keeps it on ``core.https_address``."""
 
+    what = "https"
+
     def __init__(self, identity: Identity, host: ListenerHost) -> None:
         self.identity = identity
         self.host = host
@@ -188,24 +201,40 @@ class HttpsListener:
     def address(self) -> str:
         return self._address
 
-    async def reconcile(self) -> None:
-        """Listen on the configured address (or stop listening); raises ``ApiError`` (400)
-        when the address is invalid or cannot be bound."""
+    def wanted(self) -> str | None:
+        """Where to listen ("" = nowhere), or None to keep what listens."""
         me = self.host
-        wanted = me.local.config.get(ADDRESS_KEY, "").strip() if me.local else ""
         if me.local is not None and me.local.clustered:
             with me.store.read() as state:
                 member = state.members.get(me.member)
                 if member is None:
-                    return  # the replica is being rebuilt (joining): keep what listens
-                wanted = member.address  # each member listens on its own address
+                    return None  # the replica is being rebuilt (joining): keep what listens
+                return member.address  # each member listens on its own address
+        return me.local.config.get(ADDRESS_KEY, "").strip() if me.local else ""
+
+    def serves(self, request: web.Request) -> bool:
+        """Whether ``request`` came in through this listener's socket."""
+        transport = request.transport
+        site = self._site
+        if transport is None or site is None or site._server is None:
+            return False
+        here = transport.get_extra_info("sockname")
+        sockets = getattr(site._server, "sockets", None) or []
+        return any(here == sock.getsockname() for sock in sockets)
+
+    async def reconcile(self) -> None:
+        """Listen on the configured address (or stop listening); raises ``ApiError`` (400)
+        when the address is invalid or cannot be bound."""
+        wanted = self.wanted()
+        if wanted is None:
+            return
         async with self._lock:
             if wanted == self._address or self._runner is None:
                 return
             if self._site is not None:
                 await self._site.stop()
                 self._site, self._address = None, ""
-                log.info("HTTPS listener stopped")
+                log.info("%s listener stopped", self.what)
             if not wanted:
                 return
             try:
@@ -216,9 +245,10 @@ class HttpsListener:
                                    reuse_address=True)
                 await site.start()
             except (ValueError, OSError, RuntimeError) as exc:
-                raise bad_request(f"Cannot listen on https socket {wanted!r}: {exc}") from exc
+                raise bad_request(f"Cannot listen on {self.what} socket {wanted!r}: {exc}") from exc
             self._site, self._address = site, wanted
-            log.info("HTTPS listener on %s (fingerprint %s)", wanted, self.identity.fingerprint)
+            log.info("%s listener on %s (fingerprint %s)", self.what, wanted,
+                     self.identity.fingerprint)
 
     async def set_identity(self, identity: Identity) -> None:
         """Serve a new certificate (a joining member adopts the cluster's)."""
@@ -237,29 +267,66 @@ class HttpsListener:
                 self._site, self._address = None, ""
 
 
+class MetricsListener(HttpsListener):
+    """A TLS site on ``core.metrics_address`` (member-local, as in LXD) that serves
+    ``/1.0/metrics`` and nothing else (``app.access_middleware``), so a scraper can be
+    let through a firewall to metrics without reaching the API."""
+
+    what = "metrics"
+
+    def wanted(self) -> str | None:
+        me = self.host
+        return me.local.config.get(METRICS_ADDRESS_KEY, "").strip() if me.local else ""
+
+
 HTTPS: web.AppKey[HttpsListener] = web.AppKey("https", HttpsListener)
+METRICS_LISTENER: web.AppKey[MetricsListener] = web.AppKey("metrics_listener", MetricsListener)
 
 
 async def reconcile(request: web.Request) -> None:
-    """After a config change: bring the HTTPS listener in line (no-op without one)."""
+    """After a config change: bring the HTTPS and metrics listeners in line (no-op
+    without them)."""
+    for key in (HTTPS, METRICS_LISTENER):
+        listener = request.app.get(key)
+        if listener is not None:
+            await listener.reconcile()
+
+
+UNIX, MEMBER = "unix", "member"  # callers that are not certificates of the trust store
+
+
+def caller_kind(request: web.Request, store: RaftStore) -> str:
+    """Who is calling: ``unix`` (the root-only socket), ``member`` (the cluster
+    certificate), the type of the caller's certificate in the trust store (``client``,
+    ``metrics``), or "" for an unknown or absent certificate."""
+    transport = request.transport
+    sockname = transport.get_extra_info("sockname") if transport else None
+    if isinstance(sockname, str) or sockname is None:
+        return UNIX
+    fingerprint = tls.peer_fingerprint(transport)
+    if not fingerprint:
+        return ""
     listener = request.app.get(HTTPS)
-    if listener is not None:
-        await listener.reconcile()
+    if listener is not None and fingerprint == listener.identity.fingerprint:
+        return MEMBER  # members share the cluster certificate
+    with store.read() as state:
+        cert = state.certificates.get(fingerprint)
+        return (cert.type or CLIENT) if cert is not None else ""
+
+
+def metrics_open(store: RaftStore) -> bool:
+    """``core.metrics_authentication=false``: anyone may read metrics."""
+    with store.read() as state:
+        return state.config.get(METRICS_AUTH_KEY, "true").strip().lower() == "false"
+
+
+def may_read_metrics(request: web.Request, store: RaftStore) -> bool:
+    return (caller_kind(request, store) in (UNIX, MEMBER, CLIENT, METRICS_TYPE)
+            or metrics_open(store))
 
 
 def is_trusted(request: web.Request, store: RaftStore) -> bool:
     """The unix socket is root-only, so trusted (as LXD's); a TLS client is trusted when
-    its certificate's fingerprint is in the trust store (``store``'s replica); anything
-    else is not."""
-    transport = request.transport
-    sockname = transport.get_extra_info("sockname") if transport else None
-    if isinstance(sockname, str) or sockname is None:
-        return True
-    fingerprint = tls.peer_fingerprint(transport)
-    if not fingerprint:
-        return False
-    listener = request.app.get(HTTPS)
-    if listener is not None and fingerprint == listener.identity.fingerprint:
-        return True  # another member: members share the cluster certificate
-    with store.read() as state:
-        return fingerprint in state.certificates
+    its certificate is in the trust store (``store``'s replica) as a ``client``, or is the
+    cluster's (another member). A ``metrics`` certificate is not: it reads metrics only."""
+    return caller_kind(request, store) in (UNIX, MEMBER, CLIENT)

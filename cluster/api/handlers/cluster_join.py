@@ -28,7 +28,7 @@ from cluster.membership.raft_role import background
 from cluster.state.apply_members import VOTER
 from cluster.state.clock import wall_time
 from cluster.state.commands import command
-from cluster.transport.https import HTTPS, Identity, raft_address_for
+from cluster.transport.https import HTTPS, METRICS_LISTENER, Identity, raft_address_for
 from cluster.transport.raft_secret import raft_password
 
 log = logging.getLogger(__name__)
@@ -141,6 +141,9 @@ async def join_cluster(request: web.Request, body: dict[str, Any]) -> None:
     await _wait_for_own_record(ctx)
     await ctx.open_local_parts()
     await request.app[HTTPS].set_identity(identity)
+    metrics_listener = request.app.get(METRICS_LISTENER)
+    if metrics_listener is not None:
+        await metrics_listener.set_identity(identity)
 
 
 async def _ask_to_join(token: JoinToken, address: str,
