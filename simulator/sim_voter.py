@@ -96,8 +96,8 @@ def _override_raft_conf(settings: dict[str, Any]) -> None:
     original = raft.raft_conf
 
     def conf(journal_dir: Path, password: str, bind_address: str,
-             dump: Any = None) -> SyncObjConf:
-        found = original(journal_dir, password, bind_address, dump)
+             dump: Any = None, on_fsync: Any = None) -> SyncObjConf:
+        found = original(journal_dir, password, bind_address, dump, on_fsync)
         for key, value in settings.items():
             setattr(found, key, value)
         return found

@@ -29,6 +29,7 @@ import hashlib
 import os
 import pickle
 import signal
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -52,14 +53,19 @@ class ForkingDump:
 
     ``read_state`` returns the live state (only ever called in Raft's tick thread,
     where apply also runs, so the state is consistent); ``install`` replaces it.
+    ``on_written`` hears the seconds each dump took, from the fork until the child that
+    wrote it whole was reaped (the Raft store's snapshot histogram).
     """
 
     def __init__(self, path: Path, read_state: Callable[[], State],
-                 install: Callable[[State], None]) -> None:
+                 install: Callable[[State], None],
+                 on_written: Callable[[float], None] | None = None) -> None:
         self._path = path
         self._read_state = read_state
         self._install = install
+        self._on_written = on_written
         self._pid = 0
+        self._forked_at = 0.0
         self._loaded: tuple[Path, tuple[int, int, int], State, tuple[Any, ...]] | None = None
 
     @property
@@ -77,6 +83,7 @@ class ForkingDump:
         when the dump is done."""
         if self._pid:
             return
+        self._forked_at = time.monotonic()
         pid = os.fork()
         if pid == 0:  # the child: nothing here may log, lock or return
             status = 1
@@ -101,8 +108,11 @@ class ForkingDump:
         if pid == 0:
             return SERIALIZER_STATE.SERIALIZING
         self._pid = 0
-        ok = os.waitstatus_to_exitcode(status) == 0
-        return SERIALIZER_STATE.SUCCESS if ok else SERIALIZER_STATE.FAILED
+        if os.waitstatus_to_exitcode(status) != 0:
+            return SERIALIZER_STATE.FAILED
+        if self._on_written is not None:
+            self._on_written(time.monotonic() - self._forked_at)
+        return SERIALIZER_STATE.SUCCESS
 
     def deserialize(self, file_name: str) -> tuple[Any, ...]:
         """Load the dump into the replica; pysyncobj gets its log bookkeeping back. A

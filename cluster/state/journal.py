@@ -39,7 +39,9 @@ import json
 import os
 import pickle
 import struct
+import time
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -63,8 +65,21 @@ _LEGACY_END_OFFSET = 36
 Entry = tuple[bytes, int, int]  # (command, index, term), as pysyncobj keeps them
 
 
+FsyncObserver = Callable[[float], None]  # called with the seconds of each group fdatasync
+
+
 class JournalPath(str):
-    """A ``journalFile`` setting that asks for a ``DurableJournal`` (see ``install``)."""
+    """A ``journalFile`` setting that asks for a ``DurableJournal`` (see ``install``),
+    with what to tell of each fsync: pysyncobj builds the journal inside
+    ``SyncObj.__init__``, where its tick thread starts, so the setting is the only way
+    in before the first sync."""
+
+    on_fsync: FsyncObserver | None = None
+
+    def __new__(cls, path: object, on_fsync: FsyncObserver | None = None) -> JournalPath:
+        made = super().__new__(cls, path)
+        made.on_fsync = on_fsync
+        return made
 
 
 def install() -> None:
@@ -73,7 +88,7 @@ def install() -> None:
 
     def create_journal(journal_file: str | None = None) -> pysyncobj_journal.Journal:
         if isinstance(journal_file, JournalPath):
-            return DurableJournal(journal_file)
+            return DurableJournal(journal_file, on_fsync=journal_file.on_fsync)
         return original(journal_file)
 
     if not getattr(pysyncobj_syncobj.createJournal, "corral", False):
@@ -238,10 +253,12 @@ class DurableJournal(pysyncobj_journal.Journal):  # type: ignore[misc]
     All entries stay in memory too (as in pysyncobj's ``FileJournal``); the file is
     read only at start. ``syncs`` counts the fdatasyncs and ``durable_index`` is the
     index of the last entry they covered: observable, so tests can show that nothing
-    is acknowledged before it is on disk."""
+    is acknowledged before it is on disk. ``on_fsync`` hears the seconds of each group
+    fdatasync (the Raft store's WAL fsync histogram)."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, on_fsync: FsyncObserver | None = None) -> None:
         self.path = Path(path)
+        self._on_fsync = on_fsync
         self._entries: list[Entry] = []
         self._offsets: list[int] = []
         self._fd = -1
@@ -340,7 +357,10 @@ class DurableJournal(pysyncobj_journal.Journal):  # type: ignore[misc]
         commit); whether there was anything to sync."""
         if not self._dirty:
             return False
+        started = time.perf_counter()
         os.fdatasync(self._fd)
+        if self._on_fsync is not None:
+            self._on_fsync(time.perf_counter() - started)
         self._dirty = False
         self.syncs += 1
         self.durable_index = self._entries[-1][1] if self._entries else 0

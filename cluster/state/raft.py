@@ -25,6 +25,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from prometheus_client.metrics_core import Metric
 from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, SyncObjConsumer, replicated
 from pysyncobj.monotonic import monotonic as monotonic_time
 from pysyncobj.syncobj import _RAFT_STATE
@@ -44,6 +45,7 @@ from cluster.state.errors import (
 )
 from cluster.state.journal import (
     DurableJournal,
+    FsyncObserver,
     JournalPath,
     MetaFile,
     fsync_directory,
@@ -53,6 +55,7 @@ from cluster.state.leadership import LeadershipSyncObj
 from cluster.state.model import State
 from cluster.state.policy import compaction_seconds
 from cluster.state.quorum import Reachability
+from cluster.state.raft_metrics import RaftMetrics, RaftView
 from cluster.state.resent import ResentCheck, ResentEntries
 from cluster.state.store import Change
 
@@ -103,6 +106,7 @@ class _Replica(SyncObjConsumer):
         # the last state, not an empty or half-replayed one.
         self.shown: State | None = None
         self.marks = MarkBook()  # digests at ``replica.mark`` commands (state/digest.py)
+        self.applied_commands = 0  # since the process started (a metric: raft_metrics.py)
         super().__init__()
         self.state = State()
 
@@ -113,6 +117,7 @@ class _Replica(SyncObjConsumer):
         batch = cmds if isinstance(cmds, list) else [cmds]
         with self.lock:
             results = [self._apply_one(cmd) for cmd in batch]
+            self.applied_commands += len(batch)
             self.unfrozen += sum(command_items(cmd) for cmd in batch)
             if self.unfrozen >= FREEZE_EVERY:
                 gc.freeze()
@@ -165,8 +170,14 @@ class _PromptSyncObj(SizedCompaction, LeadershipSyncObj):  # type: ignore[misc]
 
     _tick_started = 0.0
 
-    def __init__(self, *args: Any, dump: ForkingDump | None = None, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, dump: ForkingDump | None = None,
+                 on_leader_change: Callable[[], None] | None = None, **kwargs: Any) -> None:
         self._resent = ResentCheck()
+        # Told when the leader this member knows becomes another member (the metric
+        # raft_metrics.py counts), checked after every tick: a change and its reversal
+        # within one tick go unseen, as in etcd, which also looks once per Ready.
+        self._on_leader_change = on_leader_change
+        self._seen_leader: Any = None
         self._dump = dump  # the transfer of dumps between members goes through it
         self.transfer: DumpTransfer | None = None
         # Set before SyncObj.__init__: its tick thread starts in there.
@@ -336,6 +347,17 @@ class _PromptSyncObj(SizedCompaction, LeadershipSyncObj):  # type: ignore[misc]
         self._forgive_own_stall()
         super()._onTick(wait)
         self._answer()
+        self._note_leader()
+
+    def _note_leader(self) -> None:
+        """Count a change of the known leader to a member (etcd's leader_changes_seen:
+        losing the leader is no change; finding one again, even the same, is)."""
+        leader = self._SyncObj__raftLeader
+        if leader == self._seen_leader:
+            return
+        self._seen_leader = leader
+        if leader is not None and self._on_leader_change is not None:
+            self._on_leader_change()
 
     def _forgive_own_stall(self) -> None:
         """After this process stalled (a large batch applied, a dump installed, a full
@@ -352,14 +374,16 @@ class _PromptSyncObj(SizedCompaction, LeadershipSyncObj):  # type: ignore[misc]
 
 
 def raft_conf(journal_dir: Path, password: str, bind_address: str,
-              dump: ForkingDump | None = None) -> SyncObjConf:
+              dump: ForkingDump | None = None,
+              on_fsync: FsyncObserver | None = None) -> SyncObjConf:
     """Settings for throughput and steady leadership under load (see RECIPES: pysyncobj).
 
     Raft listens on ``bind_address`` alone (pysyncobj would otherwise bind every
     interface, instance bridges included) and all its traffic is encrypted and
     authenticated with ``password``: pysyncobj unpickles what arrives, so a message
     whose MAC does not check is dropped before a byte of it is parsed. ``dump`` writes
-    log-compaction dumps in a forked child (cluster/state/dumps.py)."""
+    log-compaction dumps in a forked child (cluster/state/dumps.py); ``on_fsync`` hears
+    the seconds of each journal fsync (state/journal.py)."""
     if not password:
         raise ValueError("Raft needs a password: pysyncobj unpickles what peers send")
     hooks = {} if dump is None else {
@@ -392,7 +416,7 @@ def raft_conf(journal_dir: Path, password: str, bind_address: str,
         # for good. Entries stay far below this (RaftStore batches at most BATCH_ITEMS).
         appendEntriesBatchSizeBytes=MESSAGE_BYTES,
         connectionRetryTime=1.0,
-        journalFile=JournalPath(journal_dir / "journal"),  # checksummed, fsynced
+        journalFile=JournalPath(journal_dir / "journal", on_fsync),  # checksummed, fsynced
         fullDumpFile=str(journal_dir / "snapshot"),
         dynamicMembershipChange=True,
         useFork=False,  # pysyncobj's own fork would keep every fd; ForkingDump closes them
@@ -426,6 +450,7 @@ class RaftStore:
         self._sync: SyncObj | None = None
         self._dump: ForkingDump | None = None
         self._loaded = False  # see replica_loaded
+        self._metrics = RaftMetrics()  # kept across restarts of Raft (rebind)
 
     def _live_state(self) -> State:
         return self._replica.state
@@ -480,14 +505,18 @@ class RaftStore:
         non-voter). Raises ``ReplicaDamaged`` when either does not check: the dump is
         loaded first (pysyncobj would log a failed load and replay the journal after it
         onto an empty state)."""
+        metrics = self._metrics
         dump = self._dump = ForkingDump(self._journal_dir / "snapshot", self._live_state,
-                                        self._install_state)
+                                        self._install_state,
+                                        on_written=metrics.snapshot_duration.observe)
         await asyncio.to_thread(dump.preload)
-        conf = raft_conf(self._journal_dir, self._password, self._address, dump)
+        conf = raft_conf(self._journal_dir, self._password, self._address, dump,
+                         on_fsync=metrics.wal_fsync.observe)
         if not compact:
             conf.logCompactionMinEntries = conf.logCompactionMinTime = 2**62
         sync: _PromptSyncObj = await asyncio.to_thread(
-            _PromptSyncObj, self_node, self._partners, conf, [self._replica], dump=dump)
+            _PromptSyncObj, self_node, self._partners, conf, [self._replica], dump=dump,
+            on_leader_change=metrics.leader_changes.inc)
         return sync
 
     async def _rebuild(self, damage: ReplicaDamaged, timeout: float) -> None:
@@ -698,6 +727,7 @@ class RaftStore:
         """``NoQuorum`` when this member can tell that no quorum is within reach."""
         judged = self.reachability()
         if judged is not None and judged.no_quorum:
+            self._metrics.proposals_failed.inc()
             raise NoQuorum(judged.reachable, judged.voters)
 
     def leader(self) -> str | None:
@@ -726,6 +756,27 @@ class RaftStore:
                 "voters_reachable": judged.reachable if judged else None,
                 "voters": judged.voters if judged else None,
                 "no_quorum": judged.no_quorum if judged else False}
+
+    def collect_metrics(self) -> list[Metric]:
+        """This member's Raft metric families (``state/raft_metrics.py``), without a
+        ``member`` label (the API adds it). Read without a barrier, like
+        ``raft_status``: cheap enough for every scrape."""
+        return self._metrics.collect(self._view())
+
+    def _view(self) -> RaftView:
+        sync = self._sync
+        voters = (len(self.raft_partners()) if sync is not None else len(self._partners)) \
+            + (1 if self.voter else 0)
+        # One int, read without the replica's lock, which a long apply may hold.
+        applied_commands = self._replica.applied_commands
+        if sync is None:
+            return RaftView(role="stopped", has_leader=False, term=0, commit_index=0,
+                            applied_index=0, voters=voters,
+                            applied_commands=applied_commands)
+        return RaftView(role=_role(sync, self.voter), has_leader=sync._getLeader() is not None,
+                        term=int(sync._getTerm()), commit_index=self.commit_index(),
+                        applied_index=self.applied_index(), voters=voters,
+                        applied_commands=applied_commands)
 
     @property
     def address(self) -> str:
@@ -818,7 +869,14 @@ class RaftStore:
         if not self._flush_scheduled:
             self._flush_scheduled = True
             loop.call_soon(self._flush)
-        return await future
+        started = self._metrics.proposed()
+        committed: bool | None = None  # None: the waiter went away (cancelled)
+        try:
+            answer = await future
+            committed = answer[1] == FAIL_REASON.SUCCESS
+            return answer
+        finally:
+            self._metrics.answered(started, committed)
 
 
 def quarantine(journal_dir: Path, dump: bool = False) -> Path:
@@ -833,6 +891,15 @@ def quarantine(journal_dir: Path, dump: bool = False) -> Path:
             os.replace(journal_dir / name, kept / name)
     fsync_directory(journal_dir)
     return kept
+
+
+def _role(sync: SyncObj, voter: bool) -> str:
+    """The Raft role of a running member, as ``raft_metrics.ROLES`` names it."""
+    if not voter:
+        return "non-voter"
+    state = sync._SyncObj__raftState
+    return ("leader" if state == _RAFT_STATE.LEADER
+            else "candidate" if state == _RAFT_STATE.CANDIDATE else "follower")
 
 
 def command_items(cmd: Command) -> int:
