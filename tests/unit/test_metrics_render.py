@@ -62,7 +62,7 @@ def test_merge_drops_a_family_of_another_type_under_the_same_name() -> None:
     assert cpu.type == "counter" and [s.value for s in cpu.samples] == [1.5]
 
 
-_label_values = st.text(alphabet=st.characters(codec="utf-8", exclude_categories=("Cs",)),
+_label_values = st.text(alphabet=st.characters(codec="utf-8", exclude_categories=["Cs"]),
                         max_size=12)
 
 
