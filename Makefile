@@ -7,15 +7,27 @@ APT_PACKAGES := lxc lxc-dev busybox-static dnsmasq-base iptables iproute2 pkg-co
 	squashfs-tools uidmap gcc python3 python3-venv python3-dev \
 	qemu-system-x86 qemu-utils e2fsprogs cpio \
 	ovmf systemd-boot-efi binutils fdisk dosfstools mtools btrfs-progs
+# Installed without recommends (prometheus would pull in prometheus-node-exporter): the
+# tests start their own Prometheus (devtools/prometheus.py) and use promtool.
+APT_PACKAGES_BARE := prometheus
 export CORRAL_DIR ?= /var/lib/corral
 
 .PHONY: deps demo demo-clean test lint bench chaos
 
+# Debian's prometheus package enables and starts a server on :9090 when it is installed;
+# the tests need only the binaries, so a fresh install is stopped and disabled at once.
 $(VENV)/.apt-stamp:
-	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	@set -e; missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	bare=$$(for p in $(APT_PACKAGES_BARE); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing$$bare" ]; then apt-get update -q; fi; \
 	if [ -n "$$missing" ]; then \
 		echo "installing apt packages: $$missing"; \
-		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; \
+	fi; \
+	if [ -n "$$bare" ]; then \
+		echo "installing apt packages without recommends: $$bare"; \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$bare; \
+		for s in $$bare; do systemctl disable --now $$s 2>/dev/null || true; done; \
 	fi
 	@mkdir -p $(VENV) && touch $@
 
