@@ -18,7 +18,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
-from prometheus_client.metrics_core import Metric
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from cluster.api.metrics.render import render
 
@@ -53,6 +53,7 @@ class ScrapeCache:
         self._newest: Collection | None = None
         self._refresh: asyncio.Task[Collection] | None = None
         self.refreshes = 0
+        self.last_duration = 0.0  # s the newest collection took (its own metric)
 
     async def get(self) -> Collection:
         newest = self._newest
@@ -81,6 +82,7 @@ class ScrapeCache:
         await asyncio.to_thread(collection.rendered, False)
         self._newest = collection
         self.refreshes += 1
+        self.last_duration = self._clock() - started
         return collection
 
     async def close(self) -> None:
@@ -88,3 +90,15 @@ class ScrapeCache:
             self._refresh.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._refresh
+
+
+def cache_families(cache: ScrapeCache) -> list[Metric]:
+    """How the cache itself fares: how long collecting took, and how often it ran."""
+    return [
+        GaugeMetricFamily("corral_metrics_collection_seconds",
+                          "Time the newest collection of instance metrics took.",
+                          value=cache.last_duration),
+        CounterMetricFamily("corral_metrics_collections",
+                            "Collections of instance metrics made for scrapes.",
+                            value=cache.refreshes),
+    ]
