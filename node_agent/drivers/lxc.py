@@ -6,6 +6,7 @@
     start -----> exec `lxc-start -d`  (its small C process stays as the `[lxc monitor]`)
     stop/freeze/state/limits ---> `lxc` binding (talks to the monitor's command socket)
     state -----> cgroup files + /proc/<init>/net/* (lxc_state, pure parsers; no fork)
+    metrics ---> the same files, statvfs of its disks (lxc_metrics: LXD's metric samples)
     exec ------> argv for `lxc-attach`, run by the agent with pipes or a pty
 
 Containers are never started with ``lxc.Container.start()``: that forks this (big Python)
@@ -34,6 +35,7 @@ import lxc  # type: ignore[import-not-found]
 from corral_shared.instance_metrics import Sample
 from node_agent.drivers import lxc_checkpoint as ckpt
 from node_agent.drivers import lxc_config as cfg
+from node_agent.drivers import lxc_metrics as mx
 from node_agent.drivers import lxc_state as st
 from node_agent.drivers.base import (
     DriverError,
@@ -440,8 +442,25 @@ class LxcDriver:
         return st.STATUS.get(self._reader(name)[1], st.ERROR_STATUS)[0]
 
     def metric_samples(self, name: str) -> list[Sample]:
-        """LXD's instance metrics (none read yet)."""
-        return []
+        """LXD's instance metrics of a running container, from cgroup, /proc and statvfs
+        (no fork); [] when it does not run. NotFound if it is not defined."""
+        container, _ = self._reader(name)
+        pid = int(container.init_pid)
+        if pid <= 0:
+            return []
+        return mx.container_samples(self.mounts, self._payload_rel(name), pid,
+                                    self.host.memory, len(self.host.cpus),
+                                    self._disks(name, container))
+
+    def _disks(self, name: str, container: Any) -> list[mx.Disk]:
+        """The root disk (the rootfs liblxc runs) and the host-path disks of the saved
+        definition."""
+        rootfs = _item(container, "lxc.rootfs.path").removeprefix("dir:")
+        try:
+            devices = json.loads((self._dir(name) / DEFINITION_FILE).read_text())["devices"]
+        except (OSError, ValueError, KeyError, TypeError):
+            devices = {}
+        return mx.filesystem_disks(rootfs, devices if isinstance(devices, dict) else {})
 
     def pid(self, name: str) -> int:
         """The host pid of the container's init (killing it ends the container), 0 when

@@ -88,12 +88,18 @@ def _clean(value: str, what: str) -> str:
     return value
 
 
+def _is_number(text: str) -> bool:
+    """ASCII digits only: ``str.isdigit`` also accepts ``²``, which int() refuses, and
+    other scripts' digits, which int() reads but liblxc and the kernel do not."""
+    return text.isascii() and text.isdigit()
+
+
 def parse_cpuset(text: str) -> tuple[int, ...]:
     """``"0-2,5"`` -> ``(0, 1, 2, 5)``; raises ConfigError on anything else."""
     cpus: set[int] = set()
     for part in text.strip().split(","):
         low, sep, high = part.strip().partition("-")
-        if not low.isdigit() or (sep and not high.isdigit()):
+        if not _is_number(low) or (sep and not _is_number(high)):
             raise ConfigError(f"invalid CPU set {text!r}")
         first, last = int(low), int(high) if sep else int(low)
         if last < first:
@@ -121,7 +127,7 @@ def cpuset_for(value: str, host_cpus: tuple[int, ...]) -> str:
     """``limits.cpu`` as a cpuset: a count N takes the first N host CPUs (all if N is
     larger, as LXD does); a set (``"0,1"``, ``"0-1"``) must name host CPUs only."""
     text = value.strip()
-    if text.isdigit():
+    if _is_number(text):
         count = int(text)
         if count <= 0:
             raise ConfigError(f"limits.cpu must be a positive number of CPUs, got {value!r}")
@@ -158,7 +164,7 @@ def cgroup_limits(config: Mapping[str, str], host: HostFacts, reset: bool = Fals
         items.append((memory_file, "-1" if v1_memory else "max"))
     processes = config.get("limits.processes", "")
     if processes:
-        if not processes.strip().isdigit() or int(processes) <= 0:
+        if not _is_number(processes.strip()) or int(processes) <= 0:
             raise ConfigError(f"limits.processes must be a positive integer, got {processes!r}")
         items.append(("pids.max", str(int(processes))))
     elif reset:
@@ -191,7 +197,7 @@ def nic_lines(index: int, device: str, dev: Mapping[str, str],
         lines.append((f"{prefix}.hwaddr", hwaddr.lower()))
     mtu = dev.get("mtu", "")
     if mtu:
-        if not mtu.isdigit() or not 68 <= int(mtu) <= 65535:
+        if not _is_number(mtu) or not 68 <= int(mtu) <= 65535:
             raise ConfigError(f"device {device!r}: invalid mtu {mtu!r}")
         lines.append((f"{prefix}.mtu", mtu))
     host_name = dev.get("host_name", "")

@@ -33,7 +33,7 @@ STATUS: dict[str, tuple[str, int]] = {
     "THAWED": status_pair("Running"),  # liblxc's thawed is LXD's Running, not Thawed
 }
 ERROR_STATUS = status_pair("Error")
-CONTROLLERS = ("cpuset", "cpu", "cpuacct", "memory", "pids", "freezer")
+CONTROLLERS = ("cpuset", "cpu", "cpuacct", "memory", "pids", "freezer", "blkio")
 
 
 @dataclass(frozen=True)
@@ -142,7 +142,7 @@ def parse_net_dev(text: str) -> dict[str, dict[str, int]]:
     for line in text.splitlines()[2:]:
         name, sep, numbers = line.partition(":")
         cols = numbers.split()
-        if not sep or len(cols) < 16:
+        if not sep or len(cols) < 16 or not all(col.isdecimal() for col in cols):
             continue
         values = [int(col) for col in cols]
         result[name.strip()] = {

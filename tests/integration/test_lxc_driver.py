@@ -23,8 +23,10 @@ from pathlib import Path
 
 import pytest
 
+from corral_shared.instance_metrics import FAMILIES, Sample
 from node_agent.drivers.base import InstanceDefinition, InvalidState, NotFound
 from node_agent.drivers.lxc import PTY_WRAPPER, DriverError, InvalidConfig, LxcDriver
+from node_agent.drivers.lxc_metrics import lxd_fstype
 from node_agent.idmap import IdMap, ensure_root_idmap
 
 pytestmark = pytest.mark.real
@@ -422,6 +424,62 @@ def test_state_reads_a_running_container_and_its_monitor(lab: Lab) -> None:
     cmdline, pss = monitor_pss_kb(state["pid"])
     print(f"\nstate(): median {median:.3f} ms; monitor {cmdline!r} PSS {pss} kB")
     assert b"lxc monitor" in cmdline and pss > 0
+
+
+def test_metrics_of_a_running_container_are_lxds_and_a_stopped_one_has_none(lab: Lab) -> None:
+    bridge = f"ctst{secrets.token_hex(2)}"
+    subprocess.run(["ip", "link", "add", bridge, "type", "bridge"], check=True)
+    try:
+        subprocess.run(["ip", "link", "set", bridge, "up"], check=True)
+        data = lab.base / "data"
+        data.mkdir()
+        definition = lab.define(
+            "c1", {"limits.memory": "256MiB", "raw.lxc": "lxc.net.0.ipv4.address = 192.0.2.2/24"},
+            {"eth0": {"type": "nic", "nictype": "bridged", "parent": bridge},
+             "data": {"type": "disk", "source": str(data), "path": "/data"}})
+        driver = lab.driver
+        driver.start("c1")
+        lab.exec("c1", "sh", "-c", "ping -c 1 -W 1 192.0.2.1; i=0; "
+                 "while [ $i -lt 20000 ]; do i=$((i+1)); done")  # some traffic and CPU
+        started = time.perf_counter()
+        samples = driver.metric_samples("c1")
+        print(f"\nmetric_samples(): {(time.perf_counter() - started) * 1000:.2f} ms, "
+              f"{len(samples)} samples")
+        assert all(s.family in FAMILIES for s in samples)
+        by_family: dict[str, list[Sample]] = {}
+        for sample in samples:
+            by_family.setdefault(sample.family, []).append(sample)
+
+        def one(family: str, **labels: str) -> float:
+            [match] = [s.value for s in by_family[family] if s.labels == labels]
+            return match
+
+        cpu = by_family["lxd_cpu_seconds"]
+        assert {s.labels["mode"] for s in cpu} == {"user", "system"}
+        assert {tuple(sorted(s.labels)) for s in cpu} == {("cpu", "mode")}
+        assert sum(s.value for s in cpu) > 0
+        assert one("lxd_cpu_effective_total") == len(driver.host.cpus)
+        assert one("lxd_memory_MemTotal_bytes") == 256 * MiB  # the limit
+        assert 0 < one("lxd_memory_MemFree_bytes") < 256 * MiB
+        assert one("lxd_memory_OOM_kills") == 0
+        assert one("lxd_procs_total") >= 1
+        assert one("lxd_network_transmit_packets", device="eth0") >= 1
+        assert one("lxd_network_receive_bytes", device="lo") >= 0
+        fstype = lxd_fstype(subprocess.run(["findmnt", "-no", "FSTYPE", "-T",
+                                            str(definition.rootfs)], capture_output=True,
+                                           text=True, check=True).stdout.strip())
+        root = {"device": "", "fstype": fstype, "mountpoint": "/"}  # a plain dir: no device
+        size = one("lxd_filesystem_size_bytes", **root)
+        assert 0 < one("lxd_filesystem_avail_bytes", **root) <= size
+        assert one("lxd_filesystem_size_bytes", device=str(data), fstype=fstype,
+                   mountpoint="/data") == size  # the same filesystem
+        driver.stop("c1", force=True, timeout=0)
+        assert driver.metric_samples("c1") == []
+        with pytest.raises(NotFound):
+            driver.metric_samples("nosuch")
+    finally:
+        _teardown(lab.driver)  # before the bridge goes
+        subprocess.run(["ip", "link", "del", bridge], check=False)
 
 
 def test_fifty_containers_run_side_by_side_on_one_shared_rootfs(lab: Lab) -> None:

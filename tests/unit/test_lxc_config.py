@@ -101,7 +101,7 @@ def test_memory_percentages_are_of_host_memory() -> None:
 def test_cpusets_parse_and_format_in_kernel_notation() -> None:
     assert parse_cpuset("0-2,5") == (0, 1, 2, 5)
     assert format_cpuset([5, 0, 1, 2]) == "0-2,5"
-    for bad in ("", "a", "2-1", "1-", ",", "1,,2"):
+    for bad in ("", "a", "2-1", "1-", ",", "1,,2", "²", "0-٣"):
         with pytest.raises(ConfigError):
             parse_cpuset(bad)
 
@@ -149,7 +149,8 @@ def test_reset_lifts_limits_that_were_removed() -> None:
 
 
 @pytest.mark.parametrize("config", [{"limits.memory": "lots"}, {"limits.processes": "-3"},
-                                    {"limits.processes": "0"}, {"limits.cpu": "0"}])
+                                    {"limits.processes": "0"}, {"limits.cpu": "0"},
+                                    {"limits.cpu": "²"}, {"limits.processes": "٣"}])
 def test_bad_limits_are_config_errors(config: dict[str, str]) -> None:
     with pytest.raises(ConfigError):
         build(config)
@@ -210,6 +211,7 @@ def test_nics_are_veths_on_their_bridge_in_device_order() -> None:
     {"type": "nic", "network": "br0", "name": "a-very-long-interface-name"},
     {"type": "nic", "network": "br0", "hwaddr": "zz:zz"},
     {"type": "nic", "network": "br0", "mtu": "9"},
+    {"type": "nic", "network": "br0", "mtu": "١٥٠٠"},
     {"type": "unix-char", "path": "/dev/kvm"},
     {"type": "disk", "source": "relative", "path": "/mnt"},
 ])
