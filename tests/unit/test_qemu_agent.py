@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import fcntl
 import socket
 import subprocess
 import sys
@@ -135,3 +136,15 @@ def test_concurrent_calls_take_turns(tmp_path: Path,
     for thread in threads:
         thread.join()
     assert sorted(codes) == [1, 2, 3, 4, 5]
+
+
+def test_a_call_with_a_lock_timeout_gives_up_on_a_busy_agent(
+        tmp_path: Path, guest: Callable[[Reply], FakeGuest]) -> None:
+    guest(echo_agent)
+    with open(tmp_path / agent.LOCK, "a+b") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # another call (another process) runs
+        started = time.monotonic()
+        with pytest.raises(agent.AgentUnavailable, match="busy"):
+            agent.exec_in_vm(tmp_path, ["x"], lock_timeout=0.3)
+        assert 0.3 <= time.monotonic() - started < 2
+    assert agent.exec_in_vm(tmp_path, ["x"], lock_timeout=0.3).exit_code == 1

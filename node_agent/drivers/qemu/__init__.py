@@ -13,6 +13,10 @@
     agent.py    host side of the in-guest exec agent (virtio-serial line protocol)
     vm_exec.py  command-line exec through the agent (what exec_argv returns)
     host.py     /proc readers for the QEMU process, tap devices
+    guest_metrics.py  LXD's metrics from inside the guest: one script run by the agent,
+                pure parsers of its output
+    host_metrics.py   LXD's metrics as the host sees the VM (QMP, /proc, taps), when
+                the agent does not answer
     accel.py    KVM-or-TCG probe (a boot sector under KVM, in a child, with a timeout)
 """
 

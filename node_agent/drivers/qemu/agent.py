@@ -91,16 +91,19 @@ def _read_until(stream: BufferedIOBase, sock: socket.socket, deadline: float,
 
 
 def exec_in_vm(vm_dir: Path, argv: list[str], timeout: float = 60.0,
-               hello_timeout: float = HELLO_TIMEOUT) -> ExecResult:
+               hello_timeout: float = HELLO_TIMEOUT, lock_timeout: float | None = None,
+               slack: float = 10.0) -> ExecResult:
     """Run ``argv`` in the guest as root, in ``/``, stdin from /dev/null.
 
     ``timeout`` (s, <= 0: none) is enforced in the guest (the command is killed, exit 137)
-    and again on the host. Raises AgentUnavailable, AgentError."""
+    and on the host ``slack`` s later. ``lock_timeout``: how long to wait for the agent
+    while another call holds it (None: as long as that takes); AgentUnavailable after.
+    Raises AgentUnavailable, AgentError."""
     vm_dir = Path(vm_dir)
     request = encode_exec(secrets.token_hex(4), argv, timeout)
     request_id = request.split(b" ")[1].decode()
     with open(vm_dir / LOCK, "a+b") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+        _take(lock, lock_timeout)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             try:
@@ -113,7 +116,7 @@ def exec_in_vm(vm_dir: Path, argv: list[str], timeout: float = 60.0,
                 _hello(stream, sock, hello_timeout)
                 stream.write(request)
                 stream.flush()
-                deadline = time.monotonic() + (timeout + 10 if timeout > 0 else 1e9)
+                deadline = time.monotonic() + (timeout + slack if timeout > 0 else 1e9)
                 while line := _read_until(stream, sock, deadline, b"RESULT "):
                     if (result := parse_result(line, request_id)) is not None:
                         return result
@@ -122,6 +125,23 @@ def exec_in_vm(vm_dir: Path, argv: list[str], timeout: float = 60.0,
             raise AgentUnavailable(f"agent channel of {vm_dir} failed: {exc}") from exc
         finally:
             sock.close()
+
+
+def _take(lock: BufferedIOBase, timeout: float | None) -> None:
+    """Lock the agent for this call, waiting at most ``timeout`` s (None: forever)."""
+    if timeout is None:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                raise AgentUnavailable(f"the agent is busy with another call for more "
+                                       f"than {timeout:g} s") from None
+            time.sleep(0.02)
 
 
 def _hello(stream: BufferedIOBase, sock: socket.socket, timeout: float) -> None:

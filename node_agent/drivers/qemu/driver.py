@@ -9,6 +9,8 @@
     stop ----> QMP system_powerdown (ACPI), then QMP quit, then SIGKILL; taps removed
     freeze/unfreeze ---> QMP stop / cont          status ---> pid file + QMP query-status
     state ---> /proc/<pid> (RSS, CPU) and the taps' counters (no fork, one QMP call)
+    metric_samples ---> guest_metrics.SCRIPT through the agent, else host_metrics (QMP,
+               /proc, taps)
     exec ----> agent.exec_in_vm over agent.sock (virtio-serial), see agent.py
     snapshot/restore/... ---> qcow2 internal snapshots of root.qcow2, see snapshots.py
     replica_backup ---> QMP backup job + dirty bitmaps (HA replicas), see backup.py
@@ -59,7 +61,7 @@ from node_agent.drivers.base import (
 )
 from node_agent.drivers.lxc_state import read_text, stopped_state
 from node_agent.drivers.qemu import accel as accel_probe
-from node_agent.drivers.qemu import backup, host, qcow2, qmp
+from node_agent.drivers.qemu import backup, guest_metrics, host, host_metrics, qcow2, qmp
 from node_agent.drivers.qemu import cmdline as cl
 from node_agent.drivers.qemu import snapshots as snaps
 from node_agent.drivers.qemu.accel_choice import AcceleratorChoice, GuestFinder
@@ -80,6 +82,11 @@ STATUS: dict[str, tuple[str, int]] = {
 }
 STOPPED = status_pair("Stopped")
 ERROR = status_pair("Error")
+# How long a metrics scrape waits for the guest's agent before it reports the host's view
+# instead: for another exec to finish, for the agent's hello (an idle agent polls its port
+# once a second), and for the script (well under a second even under TCG), plus the time
+# its result may take to come back.
+METRICS_LOCK_WAIT, METRICS_HELLO, METRICS_RUN, METRICS_SLACK = 1.0, 2.0, 5.0, 2.0
 
 
 def _wait_gone(pid: int, seconds: float) -> bool:
@@ -566,8 +573,32 @@ class QemuDriver:
         return self._status(name)[0][0]
 
     def metric_samples(self, name: str) -> list[Sample]:
-        """LXD's instance metrics (none read yet)."""
-        return []
+        """LXD's metrics of a running (or frozen) VM, [] if it is stopped: what its guest
+        reports through the agent (guest_metrics.py), or, if the agent does not answer
+        within seconds, what the host sees of it (host_metrics.py). Either way
+        ``lxd_cpu_effective_total`` is its vCPU count. Raises NotFound."""
+        spec = self._spec(name, running=True)
+        (status, _), pid = self._status(name)
+        if not pid:
+            return []
+        samples = [Sample("lxd_cpu_effective_total", float(spec.cpus))]
+        output = self._guest_metrics(name) if status == STATUS["running"][0] else None
+        if output is not None:
+            return samples + guest_metrics.guest_samples(output)
+        return samples + host_metrics.host_samples(self._run_qmp(name), pid, spec.nics)
+
+    def _guest_metrics(self, name: str) -> str | None:
+        """What guest_metrics.SCRIPT printed in the guest; None if the agent did not
+        answer in time (no agent in the image, not booted yet, busy) or the script
+        failed."""
+        try:
+            result = exec_in_vm(self._dir(name), guest_metrics.ARGV, timeout=METRICS_RUN,
+                                hello_timeout=METRICS_HELLO, lock_timeout=METRICS_LOCK_WAIT,
+                                slack=METRICS_SLACK)
+        except DriverError:
+            return None
+        return result.stdout.decode("utf-8", errors="replace") if result.exit_code == 0 \
+            else None
 
     def pid(self, name: str) -> int:
         """The pid of the VM's QEMU (the process a fence kills), 0 when it does not run."""
