@@ -75,6 +75,7 @@ def test_prometheus_scrapes_every_member_and_the_cluster_scope(tmp_path: Path) -
             vm = prom.wait_for('lxd_cpu_seconds_total{name="vm1",job="corral"}', 60)
             assert {s["metric"]["type"] for s in vm} == {"virtual-machine"}
             leader = _leader(cli)
+            assert leader is not None
             leaders = prom.wait_for('corral_raft_leader{job="corral"} == 1', 30)
             assert len(leaders) == 1
             assert leaders[0]["metric"]["instance"] == addresses[leader]
