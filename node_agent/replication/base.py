@@ -7,8 +7,10 @@ makes its payload and applies it. Sync methods block (callers run them in thread
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 from node_agent.replication.framing import FrameWriter, Header
@@ -46,3 +48,24 @@ class ReplicaStore(Protocol):
     def uids(self) -> list[str]: ...
 
     def promote(self, uid: str, snapshot: str, name: str) -> None: ...
+
+
+class Scratching(Protocol):
+    """What ``discard`` needs of a pool."""
+
+    def incoming_scratch(self) -> Path: ...
+
+    def discard_scratch(self, scratch: Path) -> None: ...
+
+
+def discard(pool: Scratching, path: Path) -> None:
+    """Make ``path`` gone at once (one rename into the pool's ``.tmp``), then delete it:
+    a crash in between leaves it where ``ensure`` clears it, never half deleted in
+    place. Blocking."""
+    if not os.path.lexists(path):
+        return
+    scratch = pool.incoming_scratch()
+    try:
+        os.rename(path, scratch / "trash")
+    finally:
+        pool.discard_scratch(scratch)

@@ -44,6 +44,7 @@ import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
+from node_agent.replication.base import discard
 from node_agent.replication.errors import BadStream, ParentNotHeld
 from node_agent.replication.framing import FrameWriter, Header
 from node_agent.replication.names import (
@@ -178,14 +179,7 @@ class DirReplicas:
         self._discard(self.pool.replicas_path(uid))
 
     def _discard(self, path: Path) -> None:
-        """Gone at once (one rename into ``.tmp``), then deleted."""
-        if not os.path.lexists(path):
-            return
-        scratch = self.pool.incoming_scratch()
-        try:
-            os.rename(path, scratch / "trash")
-        finally:
-            self.pool.discard_scratch(scratch)
+        discard(self.pool, path)
 
     def promote(self, uid: str, snapshot: str, name: str) -> None:
         target = self.pool.instance_path(name)

@@ -49,6 +49,7 @@ from pathlib import Path
 from typing import Protocol
 
 from node_agent.replication import parts, qcow2_chain
+from node_agent.replication.base import discard
 from node_agent.replication.errors import BadStream, ParentNotHeld
 from node_agent.replication.framing import FrameWriter, Header
 from node_agent.replication.names import KEEP_RECEIVED, KEEP_SENT, is_snapshot_name, to_drop
@@ -230,14 +231,7 @@ class VmReplicas:
         self._discard(vm_replicas_path(self.pool, uid))
 
     def _discard(self, path: Path) -> None:
-        """Gone at once (one rename into the pool's ``.tmp``), then deleted."""
-        if not os.path.lexists(path):
-            return
-        scratch = self.pool.incoming_scratch()
-        try:
-            os.rename(path, scratch / "trash")
-        finally:
-            self.pool.discard_scratch(scratch)
+        discard(self.pool, path)
 
     def promote(self, uid: str, snapshot: str, name: str) -> None:
         holder = vm_replicas_path(self.pool, uid)

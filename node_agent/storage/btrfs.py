@@ -183,28 +183,6 @@ class BtrfsPool(VolumeLayout):
         for holder in (self.snapshots_path(name), self.replication_path(name)):
             _remove_holder(holder)
 
-    def rename(self, old: str, new: str) -> None:
-        """Rename the volume and its snapshots; on failure neither is renamed."""
-        src = self.instance_path(old)
-        if not src.is_dir():
-            raise VolumeNotFound(f"instance volume {old} not found")
-        moves = [(self.snapshots_path(old), self.snapshots_path(new)),
-                 (self.replication_path(old), self.replication_path(new))]
-        for _, dst in moves:
-            if os.path.lexists(dst):
-                raise VolumeExists(f"{dst} already exists")
-        _rename(src, self.instance_path(new), _RENAME_NOREPLACE, what=f"instance volume {new}")
-        done: list[tuple[Path, Path]] = [(src, self.instance_path(new))]
-        try:
-            for before, after in moves:
-                if before.exists():
-                    _rename(before, after, _RENAME_NOREPLACE, what=str(after))
-                    done.append((before, after))
-        except BaseException:
-            for before, after in reversed(done):
-                _rename(after, before, _RENAME_NOREPLACE, what=str(before))
-            raise
-
     def incoming_scratch(self) -> Path:
         """A directory in ``.tmp`` to unpack a volume arriving as a tar stream into
         (``adopt`` turns it into subvolumes)."""

@@ -77,6 +77,29 @@ class VolumeLayout:
         the instance can be renamed on the member that runs it."""
         return self.path / "replicas" / _check_name(uid)
 
+    def rename(self, old: str, new: str) -> None:
+        """Rename the volume, its snapshots and what this member keeps of the replicas
+        it sent (``replication_path``); on failure none is renamed. Blocking."""
+        src = self.instance_path(old)
+        if not src.is_dir():
+            raise VolumeNotFound(f"instance volume {old} not found")
+        moves = [(self.snapshots_path(old), self.snapshots_path(new)),
+                 (self.replication_path(old), self.replication_path(new))]
+        for _, dst in moves:
+            if os.path.lexists(dst):
+                raise VolumeExists(f"{dst} already exists")
+        _rename(src, self.instance_path(new), _RENAME_NOREPLACE, what=f"instance volume {new}")
+        done: list[tuple[Path, Path]] = [(src, self.instance_path(new))]
+        try:
+            for before, after in moves:
+                if before.exists():
+                    _rename(before, after, _RENAME_NOREPLACE, what=str(after))
+                    done.append((before, after))
+        except BaseException:
+            for before, after in reversed(done):
+                _rename(after, before, _RENAME_NOREPLACE, what=str(before))
+            raise
+
 
 class DirPool(VolumeLayout):
     """One ``dir`` pool. All methods block; callers run them in worker threads."""
@@ -138,29 +161,6 @@ class DirPool(VolumeLayout):
         self._discard(target)
         self._discard(self.snapshots_path(name))
         self._discard(self.replication_path(name))
-
-    def rename(self, old: str, new: str) -> None:
-        """Rename the volume, its snapshots and its replication manifests; on failure
-        none is renamed."""
-        src = self.instance_path(old)
-        if not src.is_dir():
-            raise VolumeNotFound(f"instance volume {old} not found")
-        moves = [(self.snapshots_path(old), self.snapshots_path(new)),
-                 (self.replication_path(old), self.replication_path(new))]
-        for _, dst in moves:
-            if os.path.lexists(dst):
-                raise VolumeExists(f"{dst} already exists")
-        _rename(src, self.instance_path(new), _RENAME_NOREPLACE, what=f"instance volume {new}")
-        done: list[tuple[Path, Path]] = [(src, self.instance_path(new))]
-        try:
-            for before, after in moves:
-                if before.exists():
-                    _rename(before, after, _RENAME_NOREPLACE, what=str(after))
-                    done.append((before, after))
-        except BaseException:
-            for before, after in reversed(done):
-                _rename(after, before, _RENAME_NOREPLACE, what=str(before))
-            raise
 
     def incoming_scratch(self) -> Path:
         """A directory in ``.tmp`` to unpack a volume arriving from another member into
