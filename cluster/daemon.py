@@ -24,6 +24,7 @@ from cluster.api.event_hub import EventHub
 from cluster.api.handlers.images import cleanup_uploads
 from cluster.api.listener import start_runner
 from cluster.api.op_registry import Operations
+from cluster.controllers.control_metrics import ControlMetrics
 from cluster.controllers.evacuation import EvacuationController
 from cluster.controllers.ha import HaController
 from cluster.controllers.live_moves import LiveMovesController
@@ -82,15 +83,18 @@ async def serve(paths: Paths, ready: asyncio.Event | None = None) -> None:
     ops = Operations(local.member, lambda op: events.publish("operation", op.to_dict()))
     ops.follow_unknown = partial(outcomes.follow, ops, store.settle)
     agent = NodeAgent(local.member, store, node)
+    control = ControlMetrics()  # the API's and the controllers' (one per daemon)
     ctx = Context(paths=paths, member=local.member, store=store,
-                  host=NodeFacade(node, agent), ops=ops, events=events, local=local)
+                  host=NodeFacade(node, agent), ops=ops, events=events, local=local,
+                  control=control)
     await ctx.open_local_parts()
     accel_task = asyncio.create_task(asyncio.to_thread(node.probe_accelerator))
     await agent.start()
     partners_task = asyncio.create_task(track_partners(ctx))
     controllers = LeaderRuntime(store, lambda: ctx.member,
-                                [LivenessController(), VotersController(), MovesController(),
-                                 LiveMovesController(), EvacuationController(), HaController()],
+                                [LivenessController(metrics=control), VotersController(),
+                                 MovesController(control), LiveMovesController(control),
+                                 EvacuationController(control), HaController(metrics=control)],
                                 ctx.peer_client)
     controllers.start()
     way_back_task = asyncio.create_task(find_way_back(ctx))

@@ -102,6 +102,11 @@ class NodeFacade:
     def status(self, name: str, instance_type: str = CONTAINER) -> str:
         return self._node.status(name, instance_type)
 
+    def fenced_instances(self) -> int:
+        """HA instance processes fencing killed here since this daemon started (its own
+        kills and the watchdog's; ``fencing/kills.py``). Read from memory."""
+        return self._agent.fencing.kills.count
+
     def metric_samples(self, name: str, instance_type: str = CONTAINER) -> list[Sample]:
         """LXD's instance metrics of a running instance (``corral_shared.instance_metrics``):
         [] when it does not run here."""

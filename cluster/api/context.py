@@ -14,6 +14,7 @@ from aiohttp import web
 from cluster.api.event_hub import EventHub
 from cluster.api.op_registry import Operations
 from cluster.api.response import ApiError
+from cluster.controllers.control_metrics import ControlMetrics
 from cluster.local_config import LocalConfig
 from cluster.local_config import save_async as save_local_config
 from cluster.state import waiters
@@ -37,6 +38,8 @@ class Context:
     local: LocalConfig | None = None
     started_at: float = field(default_factory=time.time)
     server_config: dict[str, Any] = field(default_factory=dict)
+    # The daemon's control-plane metrics, shared with its controllers (one per daemon).
+    control: ControlMetrics = field(default_factory=ControlMetrics)
     peer_client: peers.PeerClient = field(init=False)
 
     def __post_init__(self) -> None:

@@ -11,13 +11,13 @@ from collections.abc import Iterable
 from typing import Any
 
 from cluster.api.response import ApiError, bad_request
+from cluster.controllers.control_metrics import PlaceFn, unrecorded
 from cluster.state import reservations
 from cluster.state.apply_instances import expanded
 from cluster.state.cluster_view import view_from_state
 from cluster.state.errors import Conflict
 from cluster.state.model import State
 from corral_shared.resources import ZERO, Resources
-from scheduler.pipeline import place
 from scheduler.plan import Plan, explain_json, explain_text
 from scheduler.request import request_for
 
@@ -28,9 +28,12 @@ def plan_instance(state: State, *, request_id: str, name: str, type_: str, archi
                   config: dict[str, str], devices: dict[str, dict[str, str]],
                   profiles: list[str], target: str = "",
                   exclude: Iterable[str] = (),
-                  pending: dict[str, Resources] | None = None) -> Plan:
+                  pending: dict[str, Resources] | None = None,
+                  purpose: str = "create", place: PlaceFn = unrecorded) -> Plan:
     """The scheduler's plan for an instance spec (profiles expanded here). ``pending``:
-    what plans made alongside this one (not committed yet) will add to members."""
+    what plans made alongside this one (not committed yet) will add to members.
+    ``place`` runs the scheduler: ``ControlMetrics.place`` counts the run under
+    ``purpose``; the default counts nothing (dry runs)."""
     if target and not target.startswith("@") and target not in state.members:
         raise bad_request(f"Cluster member {target!r} not found")
     full_config, full_devices = expanded(state, config, devices,
@@ -44,7 +47,7 @@ def plan_instance(state: State, *, request_id: str, name: str, type_: str, archi
     if pending:
         reserved = {**reserved, **{m: reserved.get(m, ZERO) + r for m, r in pending.items()}}
     view = view_from_state(state, reserved=reserved)
-    return place(view, request)
+    return place(purpose, view, request)
 
 
 def chosen_member(plan: Plan) -> str:

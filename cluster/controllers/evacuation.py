@@ -26,6 +26,7 @@ import asyncio
 import logging
 from typing import Any, Literal
 
+from cluster.controllers.control_metrics import PlaceFn
 from cluster.controllers.intents import IntentController, agent_step, read_intent
 from cluster.controllers.move_phases import INTERRUPTED
 from cluster.controllers.move_request import MoveRefused, move_request
@@ -91,7 +92,7 @@ class EvacuationController(IntentController):
             return
         if intent.phase == "new":
             await _start(lease, intent)
-        await _handle_items(lease, intent)
+        await _handle_items(lease, intent, self.metrics.place)
 
 
 async def _start(lease: Lease, intent: Intent) -> None:
@@ -114,12 +115,12 @@ async def _start(lease: Lease, intent: Intent) -> None:
     intent.phase, intent.items = "moving", items
 
 
-async def _handle_items(lease: Lease, intent: Intent) -> None:
+async def _handle_items(lease: Lease, intent: Intent, place: PlaceFn) -> None:
     gate = asyncio.Semaphore(PARALLEL)
     moves = [n for n, i in intent.items.items() if i["how"] not in ("stop", "start")]
-    await asyncio.gather(*(_one(lease, intent, name, gate) for name in moves))
+    await asyncio.gather(*(_one(lease, intent, name, gate, place) for name in moves))
     for name in [n for n, i in intent.items.items() if i["how"] in ("stop", "start")]:
-        await _one(lease, intent, name, gate)  # stops and restarts: one after another
+        await _one(lease, intent, name, gate, place)  # stops and restarts: one by one
     failed = {n: i for n, i in intent.items.items() if i.get("state") == "failed"}
     extra: dict[str, Any] = {}
     if failed:
@@ -136,7 +137,8 @@ async def _settle(lease: Lease, intent: Intent, name: str, **update: Any) -> Non
                        progress={"evacuate_progress": summary(intent.items)})
 
 
-async def _one(lease: Lease, intent: Intent, name: str, gate: asyncio.Semaphore) -> None:
+async def _one(lease: Lease, intent: Intent, name: str, gate: asyncio.Semaphore,
+               place: PlaceFn) -> None:
     item = intent.items[name]
     if item.get("state") in ("done", "failed"):
         return
@@ -147,7 +149,7 @@ async def _one(lease: Lease, intent: Intent, name: str, gate: asyncio.Semaphore)
             elif item["how"] == "start":
                 await _start_again(lease, intent, name)
             else:
-                await _move(lease, intent, name)
+                await _move(lease, intent, name, place)
                 return
         except StateError as exc:
             await _settle(lease, intent, name, state="failed", error=str(exc))
@@ -182,7 +184,7 @@ def _child_phase(lease: Lease, child: str) -> tuple[str | None, str, str]:
         return found.phase, found.error, str(found.request.get("target", ""))
 
 
-async def _move(lease: Lease, intent: Intent, name: str) -> None:
+async def _move(lease: Lease, intent: Intent, name: str, place: PlaceFn) -> None:
     """Drive one instance's child moves until one is done or ``ATTEMPTS`` failed."""
     member = intent.request["member"]
     while True:
@@ -209,7 +211,7 @@ async def _move(lease: Lease, intent: Intent, name: str) -> None:
             await asyncio.sleep(POLL)
             continue
         if step == "create":
-            problem = await _create_child(lease, intent, name, child, member, item)
+            problem = await _create_child(lease, intent, name, child, member, item, place)
             if problem:
                 if attempt >= ATTEMPTS:
                     await _settle(lease, intent, name, state="failed", error=problem)
@@ -224,15 +226,15 @@ async def _move(lease: Lease, intent: Intent, name: str) -> None:
 
 
 async def _create_child(lease: Lease, intent: Intent, name: str, child: str, member: str,
-                        item: dict[str, Any]) -> str:
+                        item: dict[str, Any], place: PlaceFn) -> str:
     """Create the child move; why it could not be created ("" when it was, or when it
     exists already: a previous leader created it)."""
     with lease.store.read() as state:
         try:
             if intent.kind == "evacuate":
                 (target, why), = plan_targets(state, [name],
-                                              {name: list(item.get("avoid", [member]))}
-                                              ).values()
+                                              {name: list(item.get("avoid", [member]))},
+                                              place).values()
                 if not target:
                     return why
                 kind, request = move_request(state, name, target, origin=member,

@@ -24,12 +24,12 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from cluster.controllers.control_metrics import PlaceFn, unrecorded
 from cluster.state import ha
 from cluster.state.apply_instances import expanded
 from cluster.state.apply_members import OFFLINE, ONLINE, member_status
 from cluster.state.cluster_view import view_from_state
 from cluster.state.model import Instance, State
-from scheduler.pipeline import place
 from scheduler.request import PlacementRequest, request_for
 
 
@@ -64,9 +64,11 @@ def concerned(state: State) -> list[str]:
             if inst.replicas or inst.ha_waiting or ha.ha_enabled(state, inst)]
 
 
-def plan_ha(state: State, now: float, names: Iterable[str] | None = None) -> list[Step]:
+def plan_ha(state: State, now: float, names: Iterable[str] | None = None,
+            place: PlaceFn = unrecorded) -> list[Step]:
     """Every step due now for the instances ``names`` (default: all), failovers first
-    (they are what users wait for)."""
+    (they are what users wait for). ``place`` runs the scheduler (the controller's
+    counts its runs)."""
     failovers: list[Step] = []
     others: list[Step] = []
     chosen = (state.instances.values() if names is None else
@@ -83,11 +85,11 @@ def plan_ha(state: State, now: float, names: Iterable[str] | None = None) -> lis
             continue
         member = state.members.get(inst.location)
         if member is not None and member_status(member) == OFFLINE:
-            failovers.append(_failover(state, inst, now))
+            failovers.append(_failover(state, inst, now, place))
             continue
         if inst.ha_waiting:
             others.append(Waiting(inst.uid, ""))
-        holders = _holders(state, inst)
+        holders = _holders(state, inst, place)
         if holders is not None:
             others.append(holders)
     return failovers + others
@@ -104,7 +106,7 @@ def _request(state: State, inst: Instance, purpose: str,
         return str(exc)
 
 
-def _failover(state: State, inst: Instance, now: float) -> Step:
+def _failover(state: State, inst: Instance, now: float, place: PlaceFn) -> Step:
     wanted = ha.settings(state, inst)
     fresh: dict[str, float] = {}
     stale: list[str] = []
@@ -127,14 +129,14 @@ def _failover(state: State, inst: Instance, now: float) -> Step:
     request = _request(state, inst, f"failover-{inst.epoch}", frozenset({inst.location}))
     if isinstance(request, str):
         return Waiting(inst.uid, f"Failover from {inst.location} waits: {request}")
-    plan = place(view_from_state(state, members=sorted(fresh)), request)
+    plan = place("ha_failover", view_from_state(state, members=sorted(fresh)), request)
     if plan.member is None:
         return Waiting(inst.uid, f"Failover from {inst.location} waits: no replica holder "
                                  f"can take it: {plan.error}")
     return Failover(inst.uid, inst.name, plan.member, inst.epoch, fresh[plan.member])
 
 
-def _holders(state: State, inst: Instance) -> Holders | None:
+def _holders(state: State, inst: Instance, place: PlaceFn) -> Holders | None:
     """The holders to commit, or None when the current ones are right.
 
     ONLINE holders stay; the scheduler fills the rest from the ONLINE members that could
@@ -155,7 +157,7 @@ def _holders(state: State, inst: Instance) -> Holders | None:
                            frozenset({inst.location, *chosen}))
         if not candidates or isinstance(request, str):
             break
-        plan = place(view_from_state(state, members=candidates), request)
+        plan = place("ha_replica", view_from_state(state, members=candidates), request)
         if plan.member is None:
             break
         chosen.append(plan.member)

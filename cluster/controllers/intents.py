@@ -5,6 +5,9 @@ A controller's ``run`` scans ``State.intents`` when it starts (a new leader resu
 every unfinished intent) and again whenever an ``intent.*`` command commits, or every
 ``RESCAN`` seconds. An intent whose driver raised is driven again after ``RETRY_PAUSE``:
 the driver then finds it half-way (``resumed``) and undoes or rolls forward.
+
+The drive that finishes an intent counts it (``corral_moves_total{kind,result}``), with
+its duration when that drive found it new (one leader drove all of it).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from cluster.controllers.control_metrics import ControlMetrics
 from cluster.controllers.runtime import Lease
 from cluster.state import waiters
 from cluster.state.model import Intent
@@ -31,8 +35,9 @@ class IntentController:
     name = "intents"
     kinds: frozenset[str] = frozenset()
 
-    def __init__(self) -> None:
+    def __init__(self, metrics: ControlMetrics | None = None) -> None:
         self._failed_at: dict[str, float] = {}
+        self.metrics = metrics if metrics is not None else ControlMetrics()
 
     async def drive(self, lease: Lease, intent_id: str, resumed: bool) -> None:
         raise NotImplementedError
@@ -67,6 +72,8 @@ class IntentController:
             await asyncio.gather(*running.values(), return_exceptions=True)
 
     async def _guard(self, lease: Lease, intent_id: str, resumed: bool) -> None:
+        before = read_intent(lease, intent_id)
+        started = time.monotonic()
         try:
             await self.drive(lease, intent_id, resumed)
         except asyncio.CancelledError:
@@ -74,6 +81,19 @@ class IntentController:
         except Exception:  # noqa: BLE001 - logged; driven again (as resumed) after a pause
             log.exception("%s: driving intent %s failed", self.name, intent_id)
             self._failed_at[intent_id] = time.monotonic()
+        finally:
+            self._count(lease, before, started)
+
+    def _count(self, lease: Lease, before: Intent | None, started: float) -> None:
+        """Count the intent if this drive finished it."""
+        if before is None or before.finished:
+            return
+        with lease.store.read() as state:
+            after = state.intents.get(before.id)
+            phase = after.phase if after is not None else ""
+        whole = before.phase == "new"
+        self.metrics.move_finished(before.kind, phase,
+                                   time.monotonic() - started if whole else None)
 
 
 async def _next_change(queue: asyncio.Queue[Any], timeout: float) -> None:

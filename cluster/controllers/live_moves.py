@@ -6,6 +6,7 @@ reserves there) -> ``prepared`` (the target starts a paused QEMU waiting for the
 exports its new disk over NBD) -> ``sending`` (the source mirrors its disk there, then
 migrates RAM and pauses) -> ``ending`` (``move_end``: the VM lives on the target) ->
 ``switched`` (the target runs the guest, the source quits its QEMU and deletes its files).
+The guest's pause, as QEMU measured it, is ``corral_move_downtime_seconds{kind="live_move"}``.
 
 Until ``move_end`` commits, a failure, a cancel or a new leader undoes it: the target's
 incoming QEMU is killed first (so a ``migrate_out`` the source may still be running for a
@@ -21,6 +22,7 @@ import logging
 from typing import Any
 
 from cluster.controllers import transfer
+from cluster.controllers.control_metrics import ControlMetrics
 from cluster.controllers.intents import (
     IntentController,
     MoveCancelled,
@@ -53,10 +55,10 @@ class LiveMovesController(IntentController):
                        f"The live migration was {INTERRUPTED}; the VM runs on its "
                        "source", cancelled=intent.cancel)
         elif what == "run":
-            await _run(lease, intent)
+            await _run(lease, intent, self.metrics)
 
 
-async def _run(lease: Lease, intent: Intent) -> None:
+async def _run(lease: Lease, intent: Intent, metrics: ControlMetrics) -> None:
     req = intent.request
     name, uid, target = req["name"], req["uid"], req["target"]
     source_address, target_address = transfer.addresses(lease, req["source"], target)
@@ -88,6 +90,9 @@ async def _run(lease: Lease, intent: Intent) -> None:
         return
     log.info("live-migrated %s to %s in %s ms (downtime %s ms)", name, target,
              stats.get("total_ms"), stats.get("downtime_ms"))
+    downtime_ms = stats.get("downtime_ms")
+    if isinstance(downtime_ms, int | float):  # QEMU's own measure of the guest's pause
+        metrics.move_downtime("live_move", downtime_ms / 1000)
     await roll_forward(lease, intent)
 
 

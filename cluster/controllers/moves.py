@@ -11,7 +11,9 @@ it received, the reservation is freed, the instance runs again on the source if 
 after the switch the move only rolls forward. Every step is safe to repeat.
 
 The API commits the intent (``handlers/instances.py``); its operation is rendered from
-the replica on any member (``api/intent_ops.py``).
+the replica on any member (``api/intent_ops.py``). A move of a running instance that one
+leader carried out whole records its downtime, from asking the source to stop it to the
+target reporting it running (``corral_move_downtime_seconds{kind="move"}``).
 """
 
 from __future__ import annotations
@@ -19,9 +21,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable
 from typing import Any
 
 from cluster.controllers import transfer
+from cluster.controllers.control_metrics import ControlMetrics
 from cluster.controllers.intents import (
     IntentController,
     MoveCancelled,
@@ -59,7 +63,7 @@ class MovesController(IntentController):
                        f"The move was {INTERRUPTED} and was undone",
                        cancelled=intent.cancel)
         else:
-            await _run(lease, intent)
+            await _run(lease, intent, self.metrics)
 
 
 def decision_of(lease: Lease, intent: Intent, resumed: bool) -> str:
@@ -92,7 +96,7 @@ def progress_reporter(lease: Lease, intent: Intent) -> tuple[Throttled, Any]:
     return throttled, progress
 
 
-async def _run(lease: Lease, intent: Intent) -> None:
+async def _run(lease: Lease, intent: Intent, metrics: ControlMetrics) -> None:
     req = intent.request
     name, uid, target = req["name"], req["uid"], req["target"]
     was_running, stateful = bool(req["was_running"]), bool(req["stateful"])
@@ -109,6 +113,7 @@ async def _run(lease: Lease, intent: Intent) -> None:
                 await asyncio.wait([precopy])
         check_cancel(lease, intent.id)
         await _advance(lease, intent, "stopping")
+        stopped_at = time.monotonic()
         if was_running:
             await agent_step(lease, uid, "instance.action", name=name, action="stop",
                              force=False, timeout=STOP_TIMEOUT, stateful=stateful,
@@ -136,8 +141,10 @@ async def _run(lease: Lease, intent: Intent) -> None:
         await undo(lease, intent, str(exc) or type(exc).__name__,
                    cancelled=isinstance(exc, MoveCancelled))
         return
-    await roll_forward(lease, intent)
+    ran_at = await roll_forward(lease, intent)
     laps.append(time.monotonic())
+    if was_running and ran_at is not None:
+        metrics.move_downtime("move", ran_at - stopped_at)
     log.info("moved %s from %s to %s in %.2f s (stop %.2f, copy %.2f, start and drop %.2f)",
              name, req["source"], target, laps[-1] - laps[0],
              *(b - a for a, b in zip(laps, laps[1:], strict=False)))
@@ -174,15 +181,16 @@ async def ensure_running(lease: Lease, intent: Intent, stateful: bool) -> None:
                          wait=START_WAIT, intent=intent.id)
 
 
-async def roll_forward(lease: Lease, intent: Intent) -> None:
+async def roll_forward(lease: Lease, intent: Intent) -> float | None:
     """After the switch: run the instance on the target if it ran, drop the source's
-    copy, and finish. Safe to repeat."""
+    copy, and finish. Safe to repeat. Returns when (``time.monotonic()``) the target
+    reported it running, None if it was not to run or did not start."""
     req = intent.request
     if intent.phase != "switched":
         await _advance(lease, intent, "switched", cancellable=False)
     (source_address,) = transfer.addresses(lease, req["source"])
-    start = (ensure_running(lease, intent, bool(req["stateful"])) if req["was_running"]
-             else asyncio.sleep(0))
+    start = (_timed(ensure_running(lease, intent, bool(req["stateful"])))
+             if req["was_running"] else asyncio.sleep(0))
     results = await asyncio.gather(
         transfer.drop_copy(lease, req["name"], req["uid"], source_address), start,
         return_exceptions=True)
@@ -190,6 +198,14 @@ async def roll_forward(lease: Lease, intent: Intent) -> None:
     extra: dict[str, Any] = {"error": f"moved, but it did not start: {failed[0]}"} if failed else {}
     await lease.submit("intent.finish", intent=intent.id, from_phase=intent.phase,
                        status="done", **extra)
+    ran_at = results[1]
+    return ran_at if isinstance(ran_at, float) and not failed else None
+
+
+async def _timed(work: Awaitable[None]) -> float:
+    """Await ``work``; when it ended."""
+    await work
+    return time.monotonic()
 
 
 async def undo(lease: Lease, intent: Intent, error: str, cancelled: bool = False) -> None:

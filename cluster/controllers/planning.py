@@ -7,20 +7,20 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from cluster.controllers.control_metrics import PlaceFn, unrecorded
 from cluster.state import reservations
 from cluster.state.apply_instances import expanded
 from cluster.state.cluster_view import view_from_state
 from cluster.state.model import State
 from corral_shared.resources import ZERO, Resources
-from scheduler.pipeline import place
 from scheduler.request import request_for
 
 
 def plan_targets(state: State, names: Iterable[str], exclude: dict[str, list[str]],
-                 ) -> dict[str, tuple[str, str]]:
+                 place: PlaceFn = unrecorded) -> dict[str, tuple[str, str]]:
     """Per instance name: ``(member, "")`` where it goes, or ``("", why not)``.
     ``exclude[name]``: the members it must not go to (its own, and the targets of
-    attempts that failed)."""
+    attempts that failed). ``place`` runs the scheduler (the controller's counts)."""
     found: dict[str, tuple[str, str]] = {}
     pending: dict[str, Resources] = {}
     reserved = reservations.totals(state)
@@ -40,7 +40,7 @@ def plan_targets(state: State, names: Iterable[str], exclude: dict[str, list[str
             continue
         view = view_from_state(state, reserved={
             **reserved, **{m: reserved.get(m, ZERO) + r for m, r in pending.items()}})
-        plan = place(view, request)
+        plan = place("evacuation", view, request)
         if plan.member is None:
             found[name] = ("", f"No cluster member can take the instance: {plan.error}")
             continue

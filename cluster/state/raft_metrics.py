@@ -138,11 +138,11 @@ class RaftMetrics:
         owned = (self.leader_changes, self.proposals_committed, self.proposals_failed,
                  self.proposals_pending, self.commit_latency, self.snapshot_duration,
                  self.wal_fsync)
-        return [*view_families(view), *(_without_created(family) for metric in owned
+        return [*view_families(view), *(without_created(family) for metric in owned
                                         for family in metric.collect())]
 
 
-def _without_created(family: Metric) -> Metric:
+def without_created(family: Metric) -> Metric:
     """``family`` without its ``_created`` sample (the time the counter was made):
     etcd exposes none, and the text format shows each as a gauge family of its own.
     ``collect`` makes the family afresh for every scrape, so it is changed in place."""

@@ -10,6 +10,7 @@ Raft leader can judge it OFFLINE and fail them over, so an instance never runs t
     watchdog.py    a separate process that enforces the lease file, even when the
                    daemon is frozen or dead; ensure_watchdog starts it detached
     guard.py       FenceGuard: what the node agent calls (beat, holds, refresh)
+    kills.py       FenceKills: the HA instances fenced here, counted once each
 
 ``lease_file``, ``proc``, ``timing`` and ``watchdog`` import only the standard library,
 ``corral_shared`` and each other: the watchdog stays a small process (and this

@@ -13,6 +13,9 @@ back while fenced, and start again what a fence stopped once the lease is held a
               watchdog process: kills them once time.monotonic() > deadline
     FenceGuard._enforce (every check period): the same kill from inside the daemon
 
+``kills`` counts the HA instances fenced on this member, by the daemon or the watchdog
+(``kills.py``; ``corral_ha_fenced_instances_total``, through ``NodeFacade``).
+
 ``holds``: the agent skips a pass over an HA instance while fenced, and ``on_lift``
 kicks every local instance when the lease is held again. ``stopped_by_fence``: an HA
 instance that a fence stopped is started again (``converge.plan_power``'s ``again``)
@@ -43,9 +46,10 @@ from node_agent.fencing.fence import (
     listed_process,
     write_member_lease,
 )
+from node_agent.fencing.kills import FenceKills
 from node_agent.fencing.lease_file import Listed, lease_path, read_lease
 from node_agent.fencing.timing import CHECK_PERIOD, DEFAULT_OFFLINE_THRESHOLD, fencing_lease
-from node_agent.fencing.watchdog import ensure_watchdog
+from node_agent.fencing.watchdog import ensure_watchdog, fenced_file
 
 log = logging.getLogger(__name__)
 KINDS = {"container": "lxc", "virtual-machine": "qemu"}
@@ -78,6 +82,8 @@ class FenceGuard:
             self.fenced |= set(self.listed)
         self._keep_file = carried is not None
         self._refreshing = asyncio.Lock()
+        # The watchdog stamps its kills with the real CLOCK_MONOTONIC, whatever ``clock``.
+        self.kills = FenceKills(proc.boot_id(), time.monotonic())
 
     def start(self) -> asyncio.Task[None]:
         """The daemon's own check, every check period (cancel the task to stop it)."""
@@ -123,7 +129,7 @@ class FenceGuard:
             self.fence.set_lease(fencing_lease(threshold))
             self.fenced &= {name for name, _ in wanted}  # failed over: not ours to start
             try:
-                self.listed = await asyncio.to_thread(self._processes, wanted)
+                self.listed = await asyncio.to_thread(self._look, wanted)
                 if self.fence.expired():
                     self.fenced |= set(self.listed)
                 if self.state_dir is not None and (self.listed or self._keep_file):
@@ -131,6 +137,12 @@ class FenceGuard:
                                             list(self.listed.values()), set(self.fenced))
             except Exception:  # noqa: BLE001 - the heartbeats must go on; the next retries
                 log.exception("fencing lease file not written")
+
+    def _look(self, wanted: list[tuple[str, str]]) -> dict[str, Listed]:
+        """``_processes``, and the watchdog's kills since the last look (blocking)."""
+        if self.state_dir is not None:
+            self.kills.read(fenced_file(self.state_dir))
+        return self._processes(wanted)
 
     def _processes(self, wanted: list[tuple[str, str]]) -> dict[str, Listed]:
         """The running ones among ``wanted`` (name, instance type), by name (blocking)."""
@@ -158,6 +170,7 @@ class FenceGuard:
             log.warning("fencing lease ran out %.2f s ago: hard-stopping HA instances %s",
                         -self.fence.remaining(), ", ".join(v.name for v in victims))
             killed = await asyncio.to_thread(hard_stop, victims)
+            self.kills.killed(killed)
             for item in killed:
                 log.warning("fenced %s %s: killed pid %d", item.kind, item.name, item.pid)
             for item in victims:

@@ -26,6 +26,7 @@ from typing import Any
 
 import pytest
 
+from cluster.api.metrics.render import parse
 from devtools import devcluster
 from devtools.ha_probe import running_on as _running_on
 from devtools.harness import DaemonProcess
@@ -71,6 +72,14 @@ def _has_copy(daemon: DaemonProcess) -> bool:
 def _instance(member: DaemonProcess) -> dict[str, Any]:
     status, doc = Api(str(member.socket)).call("GET", f"/1.0/instances/{NAME}")
     return doc.get("metadata") or {} if status == 200 else {}
+
+
+def _leader_metrics(leader: DaemonProcess) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """The leader's own ``/1.0/metrics`` samples, by name and sorted labels."""
+    status, _, body = Api(str(leader.socket)).raw("GET", "/1.0/metrics")
+    assert status == 200, body
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in parse(body.decode()) for s in family.samples}
 
 
 def _counter_on_disk(daemon: DaemonProcess) -> int:
@@ -135,6 +144,17 @@ def test_a_killed_hosts_ha_container_runs_again_elsewhere_with_its_data(backend:
         lost = before - after
         # at most one interval and the time it took to read and ship, in 100 ms ticks
         assert 0 <= lost <= (INTERVAL * 2 + 2) * 10, (before, after)
+        # The leader counted the verdict and the failover, and timed it from the verdict
+        # to the instance running (its replica reports that a moment after the API does).
+        found = _until(lambda: (m := _leader_metrics(members[leader])).get(
+            ("corral_ha_failover_duration_seconds_count", ())) and m, 30,
+            "the failover timed on the leader")
+        assert found[("corral_ha_failovers_total", ())] >= 1
+        assert found[("corral_member_liveness_transitions_total",
+                      (("member", victim), ("status", "OFFLINE")))] >= 1
+        assert 0 < found[("corral_ha_failover_duration_seconds_sum", ())] < took
+        print(f"leader's failover duration: "
+              f"{found[('corral_ha_failover_duration_seconds_sum', ())]:.2f} s")
 
         _dev(cli, "start", victim)
         came_back = members[victim]

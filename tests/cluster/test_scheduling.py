@@ -8,7 +8,9 @@ import time
 
 import pytest
 
+from cluster.api.metrics.render import parse
 from devtools.harness import DaemonProcess
+from tests.cluster.test_nemesis import _leader
 from tests.integration.api import Api
 from tests.integration.guest_counter import count, counter_pid, start_counter
 
@@ -55,6 +57,14 @@ def test_a_full_cluster_names_the_binding_constraint(members: list[DaemonProcess
     assert result.returncode == 1
     assert b"no member has 100 TiB free memory; largest free:" in result.stderr, result.stderr
     assert "huge" not in _where(members[1])
+
+
+def _metrics(daemon: DaemonProcess) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """The member's own ``/1.0/metrics`` samples, by name and sorted labels."""
+    status, _, body = Api(str(daemon.socket)).raw("GET", "/1.0/metrics")
+    assert status == 200, body
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in parse(body.decode()) for s in family.samples}
 
 
 def test_move_a_running_container_keeps_its_files(members: list[DaemonProcess]) -> None:
@@ -138,6 +148,19 @@ def test_evacuate_and_restore_a_member(members: list[DaemonProcess]) -> None:
     assert m1.corral("exec", "e1", "--", "cat", "/root/mark").stdout.decode().strip() == "here"
     assert counter_pid(m1, "e2") == pid  # moved twice with its processes
     print(f"evacuation of 3 containers: {evacuated_in:.2f} s")
+    # The leader drove it all and counted it: an evacuation, a restore, six cold moves of
+    # running containers (each with its downtime), three targets the scheduler chose.
+    leader = _leader(m1)
+    found = _metrics(next(m for m in members if m.root.name == leader))
+
+    def moves(kind: str) -> float:
+        return found[("corral_moves_total", (("kind", kind), ("result", "succeeded")))]
+
+    assert moves("evacuate") >= 1 and moves("restore") >= 1 and moves("move") >= 6
+    assert found[("corral_move_downtime_seconds_count", (("kind", "move"),))] >= 6
+    assert found[("corral_move_duration_seconds_count", (("kind", "evacuate"),))] >= 1
+    assert found[("corral_scheduler_placements_total",
+                  (("purpose", "evacuation"), ("result", "placed")))] >= 3
 
 
 def test_target_a_cluster_group(members: list[DaemonProcess]) -> None:

@@ -96,6 +96,25 @@ def test_a_running_container_has_lxds_series(api: Api, running: str) -> None:
         api.settle("DELETE", f"/1.0/instances/{stopped}")
 
 
+def test_the_control_plane_is_counted_where_it_works(api: Api, running: str) -> None:
+    """A lone member leads: its scheduler runs, liveness and HA figures are here."""
+    found = samples(scrape(api)[2])
+
+    def only(name: str, **labels: str) -> float:
+        (value,) = [v for lb, v in found[name] if lb == labels]
+        return value
+
+    assert only("corral_scheduler_placements_total", purpose="create", result="placed") >= 1
+    assert only("corral_scheduler_placement_duration_seconds_count") >= 1
+    assert only("corral_scheduler_rejections_total", reason="memory") >= 0
+    assert only("corral_moves_total", kind="move", result="succeeded") >= 0
+    assert only("corral_ha_failovers_total") == 0.0
+    assert only("corral_ha_waiting") == 0.0
+    assert only("corral_ha_fenced_instances_total") == 0.0
+    ages = found["corral_member_heartbeat_age_seconds"]  # the leader judges liveness
+    assert len(ages) == 1 and 0.0 <= ages[0][1] < 10.0
+
+
 def test_openmetrics_when_asked(api: Api, running: str) -> None:
     status, ctype, text = scrape(api, accept="application/openmetrics-text;version=1.0.0")
     assert status == 200 and ctype.startswith("application/openmetrics-text")

@@ -144,6 +144,7 @@ def test_the_daemon_kills_its_ha_processes_itself_when_the_lease_runs_out(
             await until(lambda: sleeper.poll() is not None, 2.0, "the HA process killed")
             assert sleeper.returncode == -9
             assert guard.fenced == {"c1"} and guard.listed == {}
+            assert guard.kills.count == 1  # corral_ha_fenced_instances_total
         finally:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)

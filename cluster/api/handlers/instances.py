@@ -32,6 +32,7 @@ from cluster.api.plan_adapter import (
 )
 from cluster.api.reads import instance_names, render_each
 from cluster.api.response import ApiError, bad_request, not_found, sync
+from cluster.controllers.control_metrics import unrecorded
 from cluster.state import etags, validate
 from cluster.state.apply_instances import expanded
 from cluster.state.commands import command
@@ -154,7 +155,8 @@ async def create_instance(request: web.Request) -> web.Response:
         with ctx.store.read() as state:
             plan = plan_instance(state, request_id=uid, name=name, type_=instance_type,
                                  architecture=architecture, config=config, devices=devices,
-                                 profiles=profiles, target=target)
+                                 profiles=profiles, target=target,
+                                 place=unrecorded if explain else ctx.control.place)
         if explain:  # a dry run: where it would go, and why; nothing is created
             return sync(explain_response(plan))
         cmd = command("instance.create", uid=uid, name=name, type=instance_type,
@@ -294,6 +296,7 @@ async def _move(request: web.Request, name: str, body: dict[str, Any]) -> web.Re
                                  type_=inst.type, architecture=inst.architecture,
                                  config=inst.config, devices=inst.devices,
                                  profiles=inst.profiles, target=requested,
-                                 exclude=[inst.location])
+                                 exclude=[inst.location], purpose="move",
+                                 place=ctx.control.place)
         target = chosen_member(plan)
     return await start_move(ctx, name, target, requested=requested or target)

@@ -18,7 +18,7 @@ from prometheus_client.metrics_core import Metric
 
 from cluster.api.context import Context
 from cluster.api.handlers.common import ctx_of
-from cluster.api.metrics import instances, server
+from cluster.api.metrics import control, instances, server
 from cluster.api.metrics.api_stats import ApiStats
 from cluster.api.metrics.cache import ScrapeCache, cache_families
 from cluster.api.metrics.cluster_scope import cluster_families
@@ -55,9 +55,11 @@ def setup(app: web.Application, ctx: Context) -> ApiStats:
 
 
 def live_families(request: web.Request, ctx: Context) -> list[Metric]:
-    """What is read from memory on every scrape: server, cluster, Raft and API figures."""
+    """What is read from memory on every scrape: server, cluster, Raft, API and control
+    plane figures."""
     return [*server.families(ctx), *ctx.store.collect_metrics(),
-            *request.app[API_STATS].families(), *cache_families(request.app[SCRAPE_CACHE])]
+            *request.app[API_STATS].families(), *cache_families(request.app[SCRAPE_CACHE]),
+            *control.families(ctx)]
 
 
 def _scope(request: web.Request) -> str:

@@ -62,6 +62,13 @@ class LivenessTracker:
         self._heard_at[name] = self.clock()
         self._beats[name] = max(beats, self._beats.get(name, 0))
 
+    def ages(self) -> dict[str, float]:
+        """Seconds since each member was last heard (or since ``start``, for a member
+        committed ONLINE and not heard yet), as of the last look; members committed
+        OFFLINE and not heard since have none."""
+        now = self.clock()
+        return {name: now - at for name, at in self._heard_at.items() if at is not None}
+
     def alive(self, name: str) -> bool:
         heard_at = self._heard_at.get(name)
         return heard_at is not None and self.clock() - heard_at <= self.threshold
