@@ -46,6 +46,13 @@ HISTORY_S = 8.0
 AFTER_EVENTS = {
     "corral_ha_replica_lag_seconds": "an HA instance with a complete replica on another "
                                      "member: needs a cluster of two or more",
+    "corral_scheduler_placements_total": "a placement: an instance created since the "
+                                         "daemon started (other tests' work)",
+    "corral_scheduler_rejections_total": "a member the scheduler filtered out: needs a "
+                                         "cluster of two or more",
+    "corral_moves_total": "a move: needs a cluster of two or more",
+    "corral_move_duration_seconds_bucket": "a move: needs a cluster of two or more",
+    "corral_move_downtime_seconds_bucket": "a move: needs a cluster of two or more",
 }
 CLUSTER_SCOPE_ONLY = {"corral_member_scrape_success"}  # served with ?scope=cluster only
 
