@@ -12,7 +12,16 @@ APT_PACKAGES := lxc lxc-dev busybox-static dnsmasq-base iptables iproute2 pkg-co
 APT_PACKAGES_BARE := prometheus
 export CORRAL_DIR ?= /var/lib/corral
 
-.PHONY: deps demo demo-clean test lint bench chaos
+.PHONY: deps demo demo-clean test lint bench chaos install-systemd
+
+# `make install-systemd`: corral.service, its stop helper and the `corral` group
+# (deploy/systemd/README.md). CORRAL_VENV is where corral is pip-installed; with DESTDIR
+# (a staged install, for packaging) no group is made and systemd is not reloaded.
+CORRAL_VENV ?= /opt/corral/venv
+CORRAL_LIBEXEC ?= /usr/local/lib/corral
+SYSTEMD_UNIT_DIR ?= /etc/systemd/system
+SYSUSERS_DIR ?= /etc/sysusers.d
+DESTDIR ?=
 
 # Debian's prometheus package enables and starts a server on :9090 when it is installed;
 # the tests need only the binaries, so a fresh install is stopped and disabled at once.
@@ -50,6 +59,26 @@ demo: deps
 demo-clean: deps
 	@$(VENV)/bin/corral dev-cluster down --dir "$${CORRAL_DEV_DIR:-/var/lib/corral-dev}" || true
 	@$(PY) -m devtools.teardown "$(CORRAL_DIR)"
+
+install-systemd:
+	@set -e; \
+	unit=$(DESTDIR)$(SYSTEMD_UNIT_DIR)/corral.service; \
+	install -d -m 0755 $(DESTDIR)$(SYSTEMD_UNIT_DIR) $(DESTDIR)$(CORRAL_LIBEXEC) $(DESTDIR)$(SYSUSERS_DIR); \
+	install -m 0755 deploy/systemd/corral-stop $(DESTDIR)$(CORRAL_LIBEXEC)/corral-stop; \
+	install -m 0644 deploy/systemd/corral.sysusers.conf $(DESTDIR)$(SYSUSERS_DIR)/corral.conf; \
+	sed -e 's#/opt/corral/venv#$(CORRAL_VENV)#g' -e 's#/usr/local/lib/corral#$(CORRAL_LIBEXEC)#g' \
+		deploy/systemd/corral.service > "$$unit.tmp"; \
+	chmod 0644 "$$unit.tmp"; mv "$$unit.tmp" "$$unit"; \
+	echo "installed $$unit, $(DESTDIR)$(CORRAL_LIBEXEC)/corral-stop, $(DESTDIR)$(SYSUSERS_DIR)/corral.conf"; \
+	if [ -z "$(DESTDIR)" ]; then \
+		[ -x $(CORRAL_VENV)/bin/corral ] || echo "warning: $(CORRAL_VENV)/bin/corral is missing (deploy/systemd/README.md)"; \
+		if ! getent group corral >/dev/null; then \
+			systemd-sysusers $(SYSUSERS_DIR)/corral.conf 2>/dev/null || groupadd --system corral; \
+			echo "made group corral (its members may use the unix socket: root-equivalent)"; \
+		fi; \
+		if [ -d /run/systemd/system ]; then systemctl daemon-reload; \
+		else echo "systemd is not running: no daemon-reload"; fi; \
+	fi
 
 # lint-imports checks the import contracts in pyproject.toml ([tool.importlinter]).
 lint: deps

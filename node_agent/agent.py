@@ -38,6 +38,7 @@ from node_agent.desired import MISSING, Record, Reported, Step, local_name, plan
 from node_agent.desired_snapshots import SnapStep, SnapWant, plan_snapshots
 from node_agent.fencing.guard import FenceGuard
 from node_agent.fencing.timing import HEARTBEAT_PERIOD, HEARTBEAT_SUBMIT_TIMEOUT
+from node_agent.host_shutdown import TOTAL_SECONDS, Marks, Outcome, Target, own_timeout, shut_down
 from node_agent.migration_leftovers import EndStep, Side, end_step
 from node_agent.node import InstanceSpec, LocalNode
 from node_agent.old_queues import desired_of_queue, snapshots_of_queue
@@ -82,6 +83,9 @@ class NodeAgent:
         self.sweeper = Sweeper(node, store, lambda: self.member, self.replicas)
         self.fencing = FenceGuard(lambda: self.member, store, node, node.paths.root)
         self.fencing.on_lift = self._resync  # start what the fence held back or stopped
+        # What a host shutdown (SIGPWR) stopped here, started again when found stopped
+        # (``host_shutdown``): read back from the daemon before.
+        self.shutdown_marks = Marks(node.paths.root)
 
     async def start(self) -> None:
         queue = self.store.subscribe()
@@ -279,7 +283,10 @@ class NodeAgent:
         from before, then its power state, then at most one report. True if a failed step
         left other changes for another pass."""
         found = self._read(uid)
-        if found is None or self.fencing.holds(found.ha):  # on_lift kicks it again
+        if found is None:  # gone, or lives elsewhere now: not ours to start again
+            await self._unmark(uid)
+            return False
+        if self.fencing.holds(found.ha):  # on_lift kicks it again
             return False
         spec, want, seen = found.spec, found.want, found.seen
         local = dc_replace(spec, name=local_name(found.record, found.reported))
@@ -294,6 +301,7 @@ class NodeAgent:
         after = reached(found.record, found.reported, tuple(done))
         if found.record.deleted:
             await self._report(spec, want.generation, "", "Stopped", want.boots, after)
+            await self._unmark(uid)
             return False
         snaps: list[SnapStep] = []
         for snap in found.snaps:
@@ -309,11 +317,12 @@ class NodeAgent:
             return retry
         if self.fencing.holds(found.ha):
             return False
-        again = self.fencing.stopped_by_fence(spec.name)
+        again = self.fencing.stopped_by_fence(spec.name) or spec.uid in self.shutdown_marks
         power, status, error, self_stopped = await asyncio.to_thread(
             self._converge_power, spec, want, seen, self._host, again)
         if again and not error:
             self.fencing.restarted(spec.name)
+            await self._unmark(spec.uid)
         if found.ha and "start" in power:  # in the lease file at once, for the watchdog
             await self.fencing.refresh()
         if self_stopped:
@@ -332,6 +341,24 @@ class NodeAgent:
         if "stop" in power and not error:
             await self._delete_if_ephemeral(spec)
         return False
+
+    async def _unmark(self, uid: str) -> None:
+        if uid in self.shutdown_marks:
+            await asyncio.to_thread(self.shutdown_marks.drop, uid)
+
+    async def stop_for_host_shutdown(self, total: float = TOTAL_SECONDS) -> list[Outcome]:
+        """Stop every instance that runs on this member, cleanly and in parallel, for a
+        host shutdown (``host_shutdown``), leaving the desired state as it is. Call it once
+        ``close`` has returned, so no worker converges or reports meanwhile."""
+        with self.store.read() as state:
+            targets = []
+            for inst in state.instances.values():
+                if inst.location == self.member and inst.power != "Deleted":
+                    config = self._spec_of(state, inst).config
+                    targets.append(Target(inst.uid, inst.observed.name or inst.name,
+                                          inst.type, own_timeout(config)))
+        return await asyncio.to_thread(shut_down, self.node, self.shutdown_marks, targets,
+                                       total)
 
     def _present(self, spec: InstanceSpec, local: InstanceSpec) -> bool:
         """Whether the host has the instance, under its local or its record's name."""

@@ -133,8 +133,9 @@ async def _root(request: web.Request) -> web.Response:
 
 
 def _is_trusted(request: web.Request) -> bool:
-    """The unix socket is root-only, so its clients are trusted (as LXD's); over TLS,
-    clients whose certificate is in the trust store (``cluster.transport.https``)."""
+    """The unix socket's clients are trusted (as LXD's: root and the ``corral`` group,
+    ``cluster.transport.unix_socket``); over TLS, clients whose certificate is in the
+    trust store (``cluster.transport.https``)."""
     return is_trusted(request, request.app[CTX].store)
 
 

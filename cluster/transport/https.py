@@ -4,7 +4,8 @@ The same aiohttp application serves the unix socket and, when
 ``core.https_address`` is set, a TLS ``TCPSite``. Changing the key (``PUT``/``PATCH
 /1.0``, ``corral init --auto --address``) starts, moves or stops the listener at
 once. A TLS client is trusted when its certificate's fingerprint is in the
-replicated trust store; the root-only unix socket is always trusted.
+replicated trust store; the unix socket (root, and the ``corral`` group when it
+exists: ``unix_socket``) is always trusted.
 """
 
 from __future__ import annotations
@@ -296,7 +297,7 @@ UNIX, MEMBER = "unix", "member"  # callers that are not certificates of the trus
 
 
 def caller_kind(request: web.Request, store: RaftStore) -> str:
-    """Who is calling: ``unix`` (the root-only socket), ``member`` (the cluster
+    """Who is calling: ``unix`` (the unix socket), ``member`` (the cluster
     certificate), the type of the caller's certificate in the trust store (``client``,
     ``metrics``), or "" for an unknown or absent certificate."""
     transport = request.transport
@@ -326,7 +327,8 @@ def may_read_metrics(request: web.Request, store: RaftStore) -> bool:
 
 
 def is_trusted(request: web.Request, store: RaftStore) -> bool:
-    """The unix socket is root-only, so trusted (as LXD's); a TLS client is trusted when
-    its certificate is in the trust store (``store``'s replica) as a ``client``, or is the
-    cluster's (another member). A ``metrics`` certificate is not: it reads metrics only."""
+    """The unix socket is trusted (as LXD's: only root and the ``corral`` group may
+    connect, ``unix_socket``); a TLS client is trusted when its certificate is in the
+    trust store (``store``'s replica) as a ``client``, or is the cluster's (another
+    member). A ``metrics`` certificate is not: it reads metrics only."""
     return caller_kind(request, store) in (UNIX, MEMBER, CLIENT)
