@@ -12,7 +12,8 @@ APT_PACKAGES := lxc lxc-dev busybox-static dnsmasq-base iptables iproute2 pkg-co
 APT_PACKAGES_BARE := prometheus
 export CORRAL_DIR ?= /var/lib/corral
 
-.PHONY: deps demo demo-clean test test-compose lint bench chaos install-systemd
+.PHONY: deps demo demo-clean test test-compose lint bench chaos install-systemd wheels \
+	test-ansible
 
 # `make install-systemd`: corral.service, its stop helper and the `corral` group
 # (deploy/systemd/README.md). CORRAL_VENV is where corral is pip-installed; with DESTDIR
@@ -119,3 +120,12 @@ bench: deps
 # The chaos suite's long profile (the short one runs in `make test`).
 chaos: deps
 	CORRAL_CHAOS=long $(PY) -m pytest -q -s -p no:cacheprovider --timeout=1800 tests/chaos
+
+# The Ansible playbook (ansible/): build/corral-wheels.tar, corral and its dependencies as
+# wheels built from this checkout, which the playbook ships to hosts without internet.
+wheels: deps
+	$(PY) -m devtools.wheels
+
+# Only the playbook's real test: three ssh hosts in namespaces, deployed, run again, grown.
+test-ansible: deps
+	$(PY) -m pytest -q -p no:cacheprovider --timeout=900 tests/deploy/test_ansible.py
