@@ -46,9 +46,12 @@ def tar_bytes(files: Iterable[tuple[str, bytes]]) -> bytes:
     return buffer.getvalue()
 
 
-def build(checkout: Path, outdir: Path, python: str = sys.executable) -> Path:
+def build(checkout: Path, outdir: Path, python: str = sys.executable,
+          epoch: str | None = None) -> Path:
     """``pip wheel`` of ``checkout`` into ``outdir``/wheels (old wheels removed first),
-    then the archive ``outdir``/corral-wheels.tar; returns the archive's path.
+    then the archive ``outdir``/corral-wheels.tar; returns the archive's path. ``epoch``
+    (``SOURCE_DATE_EPOCH``) defaults to the last commit's time; another one gives other
+    bytes for the same code (the test of an upgrade uses that).
 
     Raises RuntimeError with pip's output when the build fails.
     """
@@ -56,7 +59,7 @@ def build(checkout: Path, outdir: Path, python: str = sys.executable) -> Path:
     wheels.mkdir(parents=True, exist_ok=True)
     for old in wheels.glob("*.whl"):
         old.unlink()
-    env = {**os.environ, "SOURCE_DATE_EPOCH": source_date_epoch(checkout)}
+    env = {**os.environ, "SOURCE_DATE_EPOCH": epoch or source_date_epoch(checkout)}
     proc = subprocess.run([python, "-m", "pip", "wheel", "-q", "--disable-pip-version-check",
                            str(checkout), "-w", str(wheels)], env=env, capture_output=True,
                           text=True, timeout=BUILD_TIMEOUT, check=False)

@@ -23,6 +23,7 @@ import secrets
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -218,3 +219,39 @@ def test_deploys_a_cluster_idempotently_and_grows_it(lab: Lab,
     corral(h4, "launch", "busybox", "c-h4", "--target", "h4", timeout=300)
     listed = {i["name"]: i for i in json.loads(corral(h1, "list", "--format", "json"))}
     assert (listed["c-h4"]["status"], listed["c-h4"]["location"]) == ("Running", "h4"), listed
+
+    # New wheels (other bytes): every host reinstalls and restarts its daemon; the
+    # cluster and its containers carry on.
+    everyone = [*names, "h4"]
+    hosts = [lab.hosts.hosts[n] for n in everyone]
+    before = {h.name: daemon_pid(h) for h in hosts}
+    lab.archive = wheels.build(REPO, lab.archive.parent.parent / "build-next", epoch="1")
+    upgrade = lab.controller.run(lab.inventory(everyone))
+    assert upgrade.returncode == 0, explain(upgrade)
+    assert all(upgrade.changed()[n] > 0 for n in everyone), explain(upgrade)
+    report(capsys, f"run installing new wheels on 4 hosts: {upgrade.seconds:.1f} s")
+    after = {h.name: daemon_pid(h) for h in hosts}
+    assert all(after[n] != before[n] for n in everyone), (before, after)
+    assert all_online(h3, everyone)
+    listed = {i["name"]: i["status"] for i in json.loads(corral(h4, "list", "--format", "json"))}
+    assert listed == {f"c-{n}": "Running" for n in everyone}, listed
+
+
+def all_online(host: SshHost, names: list[str], timeout: float = 60.0) -> bool:
+    """Wait until ``host`` sees exactly ``names``, all Online (daemons that have just
+    restarted are judged after the liveness threshold); fails with what it saw."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            seen = {n: m["status"] for n, m in members(host).items()}
+        except AssertionError as exc:  # e.g. 503 while the leader changes
+            seen = {"error": str(exc)}
+        if seen == {n: "Online" for n in names}:
+            return True
+        assert time.monotonic() < deadline, f"members seen from {host.name}: {seen}"
+        time.sleep(1)
+
+
+def daemon_pid(host: SshHost) -> int:
+    """The pid (in the host's PID namespace) of its running daemon, from its pid file."""
+    return int(host.path("/var/lib/corral/corral.pid").read_text())
