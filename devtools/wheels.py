@@ -2,10 +2,13 @@
 Ansible playbook ships to hosts that have no internet and no compiler
 (``pip install --no-index --find-links``).
 
-The archive is reproducible: the project's wheel is built with ``SOURCE_DATE_EPOCH`` of the
-last commit (so the same tree gives the same bytes) and the tar has sorted members with
-fixed times and owners. The playbook copies it and reinstalls only when its checksum
-changes, so building again from an unchanged checkout changes nothing on the hosts.
+The project's wheel is built from a clean copy of the files git tracks or would track (as
+the compose image's, ``devtools.compose_image.project_files``): a stale ``build/`` of
+setuptools in the checkout could otherwise slip deleted modules into it. The archive is
+reproducible: the wheel is built with ``SOURCE_DATE_EPOCH`` of the last commit (so the same
+tree gives the same bytes) and the tar has sorted members with fixed times and owners. The
+playbook copies it and reinstalls only when its checksum changes, so building again from an
+unchanged checkout changes nothing on the hosts.
 
     python -m devtools.wheels [OUTDIR]     # default build/: OUTDIR/wheels/*.whl and
                                            # OUTDIR/corral-wheels.tar
@@ -15,11 +18,15 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
+import tempfile
 from collections.abc import Iterable
 from pathlib import Path
+
+from devtools.compose_image import project_files
 
 ARCHIVE = "corral-wheels.tar"
 BUILD_TIMEOUT = 900.0  # s: the first build downloads every dependency
@@ -60,9 +67,14 @@ def build(checkout: Path, outdir: Path, python: str = sys.executable,
     for old in wheels.glob("*.whl"):
         old.unlink()
     env = {**os.environ, "SOURCE_DATE_EPOCH": epoch or source_date_epoch(checkout)}
-    proc = subprocess.run([python, "-m", "pip", "wheel", "-q", "--disable-pip-version-check",
-                           str(checkout), "-w", str(wheels)], env=env, capture_output=True,
-                          text=True, timeout=BUILD_TIMEOUT, check=False)
+    with tempfile.TemporaryDirectory(prefix="corral-src-") as source:
+        for name in project_files(checkout):
+            (Path(source) / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(checkout / name, Path(source) / name)
+        proc = subprocess.run([python, "-m", "pip", "wheel", "-q",
+                               "--disable-pip-version-check", source, "-w", str(wheels)],
+                              env=env, capture_output=True, text=True, timeout=BUILD_TIMEOUT,
+                              check=False)
     if proc.returncode != 0:
         raise RuntimeError(f"pip wheel failed: {proc.stderr[-3000:]}")
     found = sorted(wheels.glob("*.whl"))
