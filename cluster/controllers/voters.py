@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 
 from cluster.controllers.runtime import Lease
 from cluster.state.apply_members import VOTER, plan_promotions, raft_drift
@@ -56,15 +57,27 @@ class VotersController:
                     log.info("promotion of %s skipped: %s", follower, exc)
                     continue
                 log.info("voter %s is offline: promoting %s", lost, follower)
-            await follow_roles_in_raft(lease.store)
+            await follow_roles_in_raft(lease.store, lease.holds)
 
 
-async def follow_roles_in_raft(store: RaftStore) -> None:
+async def follow_roles_in_raft(store: RaftStore, holds: Callable[[], bool]) -> None:
     """Add the missing voters first (the quorum only grows while a vote moves), then
-    remove the extra ones; each change commits before the next starts."""
+    remove the extra ones; each change commits before the next starts.
+
+    A change of Raft's configuration is a side effect no epoch fences, so each is made
+    only while ``holds()`` (this member still leads under the lease's epoch). A member
+    that was its own leader before it joined a cluster still ran this for a moment after
+    its store was rebound to the cluster, with a replica still empty: it read every
+    partner as extra and asked Raft to remove them."""
+    if not holds() or not store.replica_loaded:
+        return
     with store.read() as state:
         to_add, to_remove = raft_drift(state, store.address, store.raft_partners())
     for raft in to_add:
+        if not holds():
+            return
         await add_voter(store, raft)
     for raft in to_remove:
+        if not holds():
+            return
         await remove_voter(store, raft)
