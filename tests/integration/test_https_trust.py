@@ -64,6 +64,20 @@ def tls_call(port: int, method: str, path: str, body: Any = None,
         conn.close()
 
 
+def free_port_pair() -> int:
+    """A port that is free with the next one too: ``init --address HOST:PORT`` puts Raft
+    on PORT + 1, and a PORT + 1 already taken kept the replicated state from starting."""
+    for _ in range(50):
+        port = free_port()
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no two free consecutive ports on 127.0.0.1")
+
+
 def client_pair(tmp: Path) -> tuple[Path, Path]:
     crt, key = tmp / "client.crt", tmp / "client.key"
     tls.ensure_pair(crt, key, "test-client", [])
@@ -232,7 +246,7 @@ def test_init_auto_address_serves_https_from_the_start(tmp_path: Path) -> None:
     proc = new_daemon(base)
     try:
         proc.start()
-        port = free_port()
+        port = free_port_pair()
         proc.corral("init", "--auto", "--bridge-name", proc.bridge, "--network-address",
                     proc.address, "--address", f"127.0.0.1:{port}")
         status, doc = tls_call(port, "GET", "/1.0")
