@@ -17,13 +17,11 @@ adds the latency of ``scope=cluster`` on a 3-member namespace cluster. With
 from __future__ import annotations
 
 import argparse
-import http.client
 import json
 import os
 import random
 import secrets
 import shutil
-import socket
 import statistics
 import sys
 import time
@@ -33,22 +31,13 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.lifecycle import Conn  # noqa: E402
 from devtools import devcluster  # noqa: E402
 from devtools.harness import DaemonProcess  # noqa: E402
 from node_agent.network.bridge import host_ipv4_networks, pick_subnet  # noqa: E402
 
 TARGET_MS = 20.0  # a cached scrape of one member with 50 running containers
 SCRAPE_INTERVAL = 15.0
-
-
-class Conn(http.client.HTTPConnection):
-    def __init__(self, path: str) -> None:
-        super().__init__("bench", timeout=300)
-        self.path = path
-
-    def connect(self) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.connect(self.path)
 
 
 def call(sock: str, method: str, path: str, body: Any = None) -> tuple[int, bytes]:
